@@ -1,0 +1,1 @@
+"""Output formats (and the component builder), imported as ``provision.builders``."""

@@ -1,0 +1,1 @@
+"""Machine providers (qemu, aws, gcp, azure, pxe), imported as ``provision.providers``."""
