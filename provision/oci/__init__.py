@@ -1,0 +1,24 @@
+"""OCI images: the local store (an OCI image layout), image writing, registry client."""
+
+from __future__ import annotations
+
+from provision.oci.imagebuild import LayerEntry, tar_layer_from_entries, write_image, write_index
+from provision.oci.store import (
+    Descriptor,
+    ImageEntry,
+    ImageStore,
+    Platform,
+    ResolvedImage,
+)
+
+__all__ = [
+    "Descriptor",
+    "ImageEntry",
+    "ImageStore",
+    "LayerEntry",
+    "Platform",
+    "ResolvedImage",
+    "tar_layer_from_entries",
+    "write_image",
+    "write_index",
+]

@@ -1,0 +1,730 @@
+"""The local image cache: an OCI image layout on disk.
+
+Layout (as the OCI image-layout spec, LinuxKit, skopeo ``oci:`` and umoci use it)::
+
+    ROOT/oci-layout            {"imageLayoutVersion": "1.0.0"}
+    ROOT/index.json            manifests, each named by org.opencontainers.image.ref.name
+    ROOT/blobs/sha256/<hex>    content-addressed blobs
+    ROOT/.ingest/              blobs being written (temp names, renamed into blobs/)
+    ROOT/.index.lock           flock: serialises read-modify-write of index.json
+    ROOT/.gc.lock              flock: writers hold it shared, gc holds it exclusive
+
+Every write is temp file + fsync + rename, so an interrupted pull leaves no corrupt blob and
+two builds may share one store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import io
+import json
+import os
+import platform as _platform
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO, cast
+
+from provision.errors import (
+    DigestMismatchError,
+    HostileInputError,
+    ImageNotFoundError,
+    ProvisionError,
+)
+from provision.reference import ImageRef
+
+# Media types.
+OCI_LAYOUT_VERSION = "1.0.0"
+MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+MT_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MT_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+MT_OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+MT_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+MT_DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+
+INDEX_MEDIA_TYPES = frozenset({MT_OCI_INDEX, MT_DOCKER_LIST})
+MANIFEST_MEDIA_TYPES = frozenset({MT_OCI_MANIFEST, MT_DOCKER_MANIFEST})
+GZIP_LAYER_TYPES = frozenset(
+    {
+        MT_OCI_LAYER_GZIP,
+        MT_DOCKER_LAYER_GZIP,
+        MT_DOCKER_FOREIGN_LAYER,
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    }
+)
+ZSTD_LAYER_TYPES = frozenset(
+    {MT_OCI_LAYER_ZSTD, "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"}
+)
+PLAIN_LAYER_TYPES = frozenset(
+    {MT_OCI_LAYER, "application/vnd.oci.image.layer.nondistributable.v1.tar"}
+)
+
+REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
+CHUNK = 1 << 20
+_DIGEST_RE = re.compile(r"(sha256):([a-f0-9]{64})|(sha512):([a-f0-9]{128})")
+_ALGORITHMS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
+ProgressCallback = Callable[[int, int | None], None]
+
+
+def parse_digest(digest: str) -> tuple[str, str]:
+    """Split ``algorithm:hex``; refuse anything else (digests become file names)."""
+    match = _DIGEST_RE.fullmatch(digest) if isinstance(digest, str) else None
+    if not match:
+        raise HostileInputError(
+            f"invalid digest {digest!r}", hint="expected sha256:<64 lowercase hex digits>"
+        )
+    algorithm = match.group(1) or match.group(3)
+    hexpart = match.group(2) or match.group(4)
+    return algorithm, hexpart
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(value: Any) -> bytes:
+    """Deterministic JSON bytes: sorted keys, no white space, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_ARCH_ALIASES = {
+    "x86_64": ("amd64", None),
+    "amd64": ("amd64", None),
+    "aarch64": ("arm64", None),
+    "arm64": ("arm64", None),
+    "armv7l": ("arm", "v7"),
+    "armv6l": ("arm", "v6"),
+    "i386": ("386", None),
+    "i686": ("386", None),
+    "ppc64le": ("ppc64le", None),
+    "s390x": ("s390x", None),
+    "riscv64": ("riscv64", None),
+}
+
+
+@dataclass(frozen=True)
+class Platform:
+    """An OCI platform: ``linux/amd64``, ``linux/arm64/v8``, ``linux/arm/v7``."""
+
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    @classmethod
+    def host(cls) -> Platform:
+        machine = _platform.machine().lower()
+        arch, variant = _ARCH_ALIASES.get(machine, (machine, None))
+        return cls("linux", arch, variant)
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        parts = text.strip().split("/")
+        if len(parts) == 1 and parts[0]:
+            arch, variant = _ARCH_ALIASES.get(parts[0], (parts[0], None))
+            return cls("linux", arch, variant)
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ProvisionError(
+                f"invalid platform {text!r}", hint="write os/arch[/variant], e.g. linux/arm64/v8"
+            )
+        arch, alias_variant = _ARCH_ALIASES.get(parts[1], (parts[1], None))
+        variant = parts[2] if len(parts) == 3 else alias_variant
+        return cls(parts[0], arch, variant)
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Platform:
+        return cls(
+            str(value.get("os", "")),
+            str(value.get("architecture", "")),
+            value.get("variant") or None,
+        )
+
+    def to_json(self) -> dict[str, str]:
+        out = {"architecture": self.architecture, "os": self.os}
+        if self.variant:
+            out["variant"] = self.variant
+        return out
+
+    def normalized(self) -> Platform:
+        """arm64 without variant means v8; amd64's v1 is the default."""
+        variant = self.variant
+        if self.architecture == "arm64" and variant in (None, "v8"):
+            variant = None
+        if self.architecture == "amd64" and variant in (None, "v1"):
+            variant = None
+        return Platform(self.os, self.architecture, variant)
+
+    def matches(self, other: Platform) -> bool:
+        """Whether an image built for ``other`` runs as this platform (exact after normalising;
+        a missing variant on either side matches any)."""
+        mine, theirs = self.normalized(), other.normalized()
+        if (mine.os, mine.architecture) != (theirs.os, theirs.architecture):
+            return False
+        return mine.variant is None or theirs.variant is None or mine.variant == theirs.variant
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: Mapping[str, str] = field(default_factory=dict, hash=False)
+    platform: Platform | None = None
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Descriptor:
+        try:
+            digest = str(value["digest"])
+            size = int(value["size"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProvisionError(f"malformed descriptor: {dict(value)!r}") from exc
+        parse_digest(digest)
+        if size < 0:
+            raise ProvisionError(f"malformed descriptor: negative size for {digest}")
+        platform = value.get("platform")
+        return cls(
+            media_type=str(value.get("mediaType", "")),
+            digest=digest,
+            size=size,
+            annotations=dict(value.get("annotations") or {}),
+            platform=Platform.from_json(platform) if isinstance(platform, Mapping) else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": self.digest,
+            "size": self.size,
+        }
+        if self.annotations:
+            out["annotations"] = dict(sorted(self.annotations.items()))
+        if self.platform is not None:
+            out["platform"] = self.platform.to_json()
+        return out
+
+    def with_annotations(self, annotations: Mapping[str, str]) -> Descriptor:
+        return Descriptor(self.media_type, self.digest, self.size, dict(annotations), self.platform)
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """One platform's image, fully present in the store."""
+
+    name: str
+    digest: str  # the manifest's digest
+    manifest: dict[str, Any] = field(hash=False, compare=False)
+    config: dict[str, Any] = field(hash=False, compare=False)
+    layers: tuple[Descriptor, ...] = ()
+    config_digest: str = ""
+    index_digest: str | None = None  # the image index the manifest was chosen from, if any
+    media_type: str = MT_OCI_MANIFEST
+    size: int = 0
+
+    @property
+    def platform(self) -> Platform:
+        return Platform(
+            str(self.config.get("os", "linux")),
+            str(self.config.get("architecture", "")),
+            self.config.get("variant") or None,
+        )
+
+    @property
+    def descriptor(self) -> Descriptor:
+        return Descriptor(self.media_type, self.digest, self.size, {}, self.platform)
+
+    @property
+    def image_config(self) -> dict[str, Any]:
+        """The ``config`` section (Entrypoint, Cmd, Env, WorkingDir, Labels, ...)."""
+        section = self.config.get("config") or {}
+        return dict(section) if isinstance(section, Mapping) else {}
+
+    @property
+    def diff_ids(self) -> tuple[str, ...]:
+        rootfs = self.config.get("rootfs") or {}
+        return tuple(rootfs.get("diff_ids") or ())
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One named entry of index.json."""
+
+    name: str
+    descriptor: Descriptor
+
+
+class _HashingWriter:
+    def __init__(self, out: IO[bytes], algorithm: str) -> None:
+        self.out = out
+        self.hash = _ALGORITHMS[algorithm]()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.hash.update(data)
+        self.out.write(data)
+        self.size += len(data)
+
+
+def choose_manifest(index: Mapping[str, Any], platform: Platform) -> Descriptor:
+    """Pick the manifest for ``platform`` from an image index (first match wins, as in
+    containerd; attestation manifests with platform unknown/unknown never match)."""
+    candidates = []
+    for raw in index.get("manifests") or ():
+        desc = Descriptor.from_json(raw)
+        if desc.media_type and desc.media_type not in MANIFEST_MEDIA_TYPES | INDEX_MEDIA_TYPES:
+            continue
+        if desc.platform is None:
+            continue
+        if platform.matches(desc.platform):
+            candidates.append(desc)
+    if not candidates:
+        offered = sorted(
+            str(Descriptor.from_json(m).platform)
+            for m in index.get("manifests") or ()
+            if m.get("platform")
+        )
+        raise ImageNotFoundError(
+            f"no image for platform {platform} in the index",
+            hint="available: " + (", ".join(offered) or "none"),
+        )
+    exact = [
+        d
+        for d in candidates
+        if d.platform and d.platform.normalized().variant == platform.normalized().variant
+    ]
+    return (exact or candidates)[0]
+
+
+class ImageStore:
+    """An OCI image layout used as provision's image cache."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    # -- locations -------------------------------------------------------------------------
+    @classmethod
+    def default(cls) -> ImageStore:
+        """``$PROVISION_CACHE``, else ``$XDG_CACHE_HOME/provision/oci``, else
+        ``~/.cache/provision/oci``."""
+        env = os.environ.get("PROVISION_CACHE")
+        if env:
+            return cls(Path(env).expanduser())
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+        return cls(base / "provision" / "oci")
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index.json"
+
+    def blob_path(self, digest: str) -> Path:
+        algorithm, hexpart = parse_digest(digest)
+        return self.root / "blobs" / algorithm / hexpart
+
+    def ensure_layout(self) -> None:
+        """Create the layout if it is not there yet (idempotent, safe concurrently)."""
+        (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        (self.root / ".ingest").mkdir(exist_ok=True)
+        layout = self.root / "oci-layout"
+        if not layout.exists():
+            self._write_atomic(layout, canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION}))
+        if not self.index_path.exists():
+            with self._index_lock():
+                if not self.index_path.exists():
+                    self._write_index(
+                        {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": []}
+                    )
+
+    # -- locks -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _flock(self, name: str, mode: int) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _index_lock(self) -> contextlib.AbstractContextManager[None]:
+        return self._flock(".index.lock", fcntl.LOCK_EX)
+
+    def pinning(self) -> contextlib.AbstractContextManager[None]:
+        """Hold while writing blobs that are not yet tagged: gc waits until released."""
+        return self._flock(".gc.lock", fcntl.LOCK_SH)
+
+    # -- blobs -------------------------------------------------------------------------------
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        path = self.blob_path(digest)
+        try:
+            return open(path, "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            raise ImageNotFoundError(f"blob {digest} is not in the store at {self.root}") from None
+
+    def read_blob(self, digest: str) -> bytes:
+        with self.open_blob(digest) as handle:
+            return handle.read()
+
+    def read_json(self, digest: str) -> dict[str, Any]:
+        data = self.read_blob(digest)
+        try:
+            value = json.loads(data)
+        except ValueError as exc:
+            raise ProvisionError(f"blob {digest} is not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise ProvisionError(f"blob {digest} is not a JSON object")
+        return value
+
+    def write_blob(
+        self,
+        data: bytes | BinaryIO | IO[bytes],
+        expected_digest: str | None = None,
+        *,
+        expected_size: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[str, int]:
+        """Store ``data`` (bytes or a readable stream, read in chunks) and return
+        ``(digest, size)``. With ``expected_digest`` the content must hash to it, else
+        DigestMismatchError and nothing is stored. Written to a temp name and renamed."""
+        algorithm = parse_digest(expected_digest)[0] if expected_digest else "sha256"
+        if expected_digest and self.has_blob(expected_digest):
+            size = self.blob_path(expected_digest).stat().st_size
+            if progress:
+                progress(size, size)
+            return expected_digest, size
+        self.ensure_layout()
+        stream: IO[bytes] = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+        with self.pinning():
+            return self._ingest(stream, algorithm, expected_digest, expected_size, progress)
+
+    def _ingest(
+        self,
+        stream: IO[bytes],
+        algorithm: str,
+        expected_digest: str | None,
+        expected_size: int | None,
+        progress: ProgressCallback | None,
+    ) -> tuple[str, int]:
+        fd, tmp_name = tempfile.mkstemp(prefix="blob-", dir=self.root / ".ingest")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                writer = _HashingWriter(out, algorithm)
+                while True:
+                    chunk = stream.read(CHUNK)
+                    if not chunk:
+                        break
+                    writer.write(chunk)
+                    if expected_size is not None and writer.size > expected_size:
+                        raise DigestMismatchError(
+                            f"content for {expected_digest or 'blob'} is larger than the "
+                            f"expected {expected_size} bytes"
+                        )
+                    if progress:
+                        progress(writer.size, expected_size)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = f"{algorithm}:{writer.hash.hexdigest()}"
+            if expected_digest and digest != expected_digest:
+                raise DigestMismatchError(
+                    f"content does not match its digest: expected {expected_digest}, got {digest}",
+                    hint="the registry or the network corrupted the data; nothing was stored",
+                )
+            if expected_size is not None and writer.size != expected_size:
+                raise DigestMismatchError(
+                    f"content for {digest} has {writer.size} bytes, expected {expected_size}"
+                )
+            final = self.blob_path(digest)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, final)
+            return digest, writer.size
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def write_json_blob(self, value: Any) -> tuple[str, int]:
+        return self.write_blob(canonical_json(value))
+
+    def open_layer(self, desc: Descriptor) -> BinaryIO:
+        """The layer's uncompressed tar stream (streaming; gzip, zstd or plain)."""
+        raw = self.open_blob(desc.digest)
+        media = desc.media_type
+        if media in PLAIN_LAYER_TYPES:
+            return raw
+        if media in GZIP_LAYER_TYPES:
+            return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
+        if media in ZSTD_LAYER_TYPES:
+            import zstandard
+
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+            return cast(BinaryIO, io.BufferedReader(reader, CHUNK))
+        # Unknown type: sniff the magic bytes rather than fail on an odd media type.
+        head = raw.read(4)
+        raw.seek(0)
+        if head[:2] == b"\x1f\x8b":
+            return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
+        if head == b"\x28\xb5\x2f\xfd":
+            import zstandard
+
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+            return cast(BinaryIO, io.BufferedReader(reader, CHUNK))
+        return raw
+
+    # -- index.json ---------------------------------------------------------------------------
+    def read_index(self) -> dict[str, Any]:
+        try:
+            data = self.index_path.read_bytes()
+        except FileNotFoundError:
+            return {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": []}
+        try:
+            index = json.loads(data)
+        except ValueError as exc:
+            raise ProvisionError(
+                f"{self.index_path} is not valid JSON: {exc}",
+                hint="remove the cache directory to start over",
+            ) from exc
+        if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
+            raise ProvisionError(f"{self.index_path} is not an OCI image index")
+        index.setdefault("manifests", [])
+        return index
+
+    def _write_index(self, index: Mapping[str, Any]) -> None:
+        self._write_atomic(self.index_path, json.dumps(index, indent=2, sort_keys=True).encode())
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp_name, 0o644)
+            os.replace(tmp_name, path)
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+
+    @staticmethod
+    def _normalize_name(name: str | ImageRef) -> str:
+        if isinstance(name, ImageRef):
+            return name.name
+        try:
+            return ImageRef.parse(name).name
+        except ProvisionError:
+            return name  # a plain layout tag such as "latest" (skopeo oci:DIR:TAG)
+
+    def tag(self, name: str | ImageRef, desc: Descriptor) -> None:
+        """Point ``name`` at ``desc`` (replacing what it named). The blob must be present."""
+        name = self._normalize_name(name)
+        if not self.has_blob(desc.digest):
+            raise ImageNotFoundError(f"cannot tag {name}: blob {desc.digest} is not in the store")
+        self.ensure_layout()
+        entry = desc.with_annotations({**desc.annotations, REF_NAME_ANNOTATION: name}).to_json()
+        with self._index_lock():
+            index = self.read_index()
+            manifests = [
+                m
+                for m in index["manifests"]
+                if (m.get("annotations") or {}).get(REF_NAME_ANNOTATION) != name
+            ]
+            manifests.append(entry)
+            manifests.sort(
+                key=lambda m: (
+                    m["annotations"].get(REF_NAME_ANNOTATION, "") if m.get("annotations") else "",
+                    m["digest"],
+                )
+            )
+            index["manifests"] = manifests
+            self._write_index(index)
+
+    def untag(self, name: str | ImageRef) -> bool:
+        """Remove ``name`` from index.json; return whether it was there. Blobs stay until gc."""
+        name = self._normalize_name(name)
+        if not self.index_path.exists():
+            return False
+        with self._index_lock():
+            index = self.read_index()
+            kept = [
+                m
+                for m in index["manifests"]
+                if (m.get("annotations") or {}).get(REF_NAME_ANNOTATION) != name
+            ]
+            if len(kept) == len(index["manifests"]):
+                return False
+            index["manifests"] = kept
+            self._write_index(index)
+            return True
+
+    def list_images(self) -> list[ImageEntry]:
+        entries = []
+        for raw in self.read_index()["manifests"]:
+            desc = Descriptor.from_json(raw)
+            name = desc.annotations.get(REF_NAME_ANNOTATION, "")
+            entries.append(ImageEntry(name, desc))
+        return sorted(entries, key=lambda e: (e.name, e.descriptor.digest))
+
+    def lookup(self, name: str | ImageRef) -> Descriptor | None:
+        name = self._normalize_name(name)
+        for entry in self.list_images():
+            if entry.name == name:
+                return entry.descriptor
+        return None
+
+    # -- resolution ---------------------------------------------------------------------------
+    def resolve(self, ref: str | ImageRef, platform: Platform | None = None) -> ResolvedImage:
+        """The image ``ref`` names, for ``platform`` (default: the host), from the cache only.
+        Follows an image index to the platform's manifest. ImageNotFoundError when the image
+        or any of its blobs is missing."""
+        platform = platform or Platform.host()
+        if isinstance(ref, str):
+            try:
+                parsed: ImageRef | None = ImageRef.parse(ref)
+            except ProvisionError:
+                parsed = None
+            name = parsed.name if parsed else ref
+        else:
+            parsed, name = ref, ref.name
+        desc = self.lookup(name)
+        if desc is None and parsed is not None and parsed.digest:
+            desc = self._descriptor_for_digest(parsed.digest)
+        if desc is None:
+            raise ImageNotFoundError(
+                f"image {name} is not in the cache ({self.root})",
+                hint=f"pull it: provision cache pull {name}",
+            )
+        return self.resolve_descriptor(name, desc, platform)
+
+    def _descriptor_for_digest(self, digest: str) -> Descriptor | None:
+        for entry in self.list_images():
+            if entry.descriptor.digest == digest:
+                return entry.descriptor
+        if not self.has_blob(digest):
+            return None
+        try:
+            doc = self.read_json(digest)
+        except ProvisionError:
+            return None
+        media = str(doc.get("mediaType") or "")
+        if not media:
+            media = MT_OCI_INDEX if "manifests" in doc else MT_OCI_MANIFEST
+        return Descriptor(media, digest, self.blob_path(digest).stat().st_size)
+
+    def resolve_descriptor(
+        self, name: str, desc: Descriptor, platform: Platform | None = None
+    ) -> ResolvedImage:
+        platform = platform or Platform.host()
+        index_digest: str | None = None
+        seen = 0
+        while True:
+            if not self.has_blob(desc.digest):
+                raise ImageNotFoundError(
+                    f"image {name}: manifest {desc.digest} is not in the cache",
+                    hint=f"pull it: provision cache pull {name}",
+                )
+            doc = self.read_json(desc.digest)
+            media = str(doc.get("mediaType") or desc.media_type or "")
+            if media in INDEX_MEDIA_TYPES or (not media and "manifests" in doc):
+                seen += 1
+                if seen > 4:
+                    raise ProvisionError(f"image {name}: image indexes nested too deeply")
+                index_digest = index_digest or desc.digest
+                try:
+                    desc = choose_manifest(doc, platform)
+                except ImageNotFoundError as exc:
+                    raise ImageNotFoundError(f"image {name}: {exc.message}", exc.hint) from None
+                continue
+            break
+        if media not in MANIFEST_MEDIA_TYPES and "layers" not in doc:
+            raise ProvisionError(
+                f"image {name}: unsupported manifest media type {media!r}",
+                hint="provision reads OCI and Docker schema 2 images",
+            )
+        config_desc = Descriptor.from_json(doc.get("config") or {})
+        layers = tuple(Descriptor.from_json(layer) for layer in doc.get("layers") or ())
+        missing = [d.digest for d in (config_desc, *layers) if not self.has_blob(d.digest)]
+        if missing:
+            raise ImageNotFoundError(
+                f"image {name} is incomplete in the cache "
+                f"({len(missing)} blob(s) missing, first {missing[0]})",
+                hint=f"pull it again: provision cache pull {name}",
+            )
+        config = self.read_json(config_desc.digest)
+        return ResolvedImage(
+            name=name,
+            digest=desc.digest,
+            manifest=doc,
+            config=config,
+            layers=layers,
+            config_digest=config_desc.digest,
+            index_digest=index_digest,
+            media_type=media or MT_OCI_MANIFEST,
+            size=self.blob_path(desc.digest).stat().st_size,
+        )
+
+    # -- garbage collection ---------------------------------------------------------------------
+    def referenced_blobs(self) -> set[str]:
+        """Every blob reachable from index.json that is present in the store."""
+        reachable: set[str] = set()
+        pending = [Descriptor.from_json(m) for m in self.read_index()["manifests"]]
+        while pending:
+            desc = pending.pop()
+            if desc.digest in reachable or not self.has_blob(desc.digest):
+                continue
+            reachable.add(desc.digest)
+            if desc.media_type in (INDEX_MEDIA_TYPES | MANIFEST_MEDIA_TYPES) or (
+                desc.size < 4 * CHUNK and desc.media_type in ("", "application/json")
+            ):
+                try:
+                    doc = self.read_json(desc.digest)
+                except ProvisionError:
+                    continue
+                for key in ("manifests", "layers"):
+                    pending.extend(Descriptor.from_json(d) for d in doc.get(key) or ())
+                if isinstance(doc.get("config"), Mapping):
+                    pending.append(Descriptor.from_json(doc["config"]))
+        return reachable
+
+    def gc(self) -> int:
+        """Delete every blob no name reaches, and leftover temp files. Returns bytes freed.
+        Waits for concurrent writers (who hold :meth:`pinning`)."""
+        if not (self.root / "blobs").is_dir():
+            return 0
+        freed = 0
+        with self._flock(".gc.lock", fcntl.LOCK_EX), self._index_lock():
+            keep = self.referenced_blobs()
+            for algorithm_dir in (self.root / "blobs").iterdir():
+                if not algorithm_dir.is_dir():
+                    continue
+                for blob in algorithm_dir.iterdir():
+                    digest = f"{algorithm_dir.name}:{blob.name}"
+                    if digest not in keep:
+                        freed += blob.lstat().st_size
+                        blob.unlink()
+            ingest = self.root / ".ingest"
+            if ingest.is_dir():
+                for leftover in ingest.iterdir():
+                    freed += leftover.lstat().st_size
+                    leftover.unlink()
+        return freed
+
+    def disk_usage(self) -> int:
+        blobs = self.root / "blobs"
+        if not blobs.is_dir():
+            return 0
+        return sum(p.lstat().st_size for p in blobs.rglob("*") if p.is_file())
