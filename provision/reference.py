@@ -16,8 +16,6 @@ from provision.errors import ProvisionError
 
 DEFAULT_REGISTRY = "docker.io"
 DEFAULT_TAG = "latest"
-# Docker Hub answers the API on another host; the canonical name stays docker.io.
-_REGISTRY_ALIASES = {"index.docker.io": DEFAULT_REGISTRY, "registry-1.docker.io": DEFAULT_REGISTRY}
 
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -83,7 +81,6 @@ class ImageRef:
                 raise InvalidReferenceError(text, f"bad registry host {registry!r}")
         else:
             registry, path = DEFAULT_REGISTRY, rest
-        registry = _REGISTRY_ALIASES.get(registry.lower(), registry)
         if not path:
             raise InvalidReferenceError(text, "no repository name")
         for component in path.split("/"):

@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, Protocol, cast
 
 from provision.errors import (
     DigestMismatchError,
@@ -74,6 +74,12 @@ CHUNK = 1 << 20
 _DIGEST_RE = re.compile(r"(sha256):([a-f0-9]{64})|(sha512):([a-f0-9]{128})")
 _ALGORITHMS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 ProgressCallback = Callable[[int, int | None], None]
+
+
+class Readable(Protocol):
+    """Anything with ``read(size) -> bytes``: files, sockets, response bodies."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 def parse_digest(digest: str) -> tuple[str, str]:
@@ -393,7 +399,7 @@ class ImageStore:
 
     def write_blob(
         self,
-        data: bytes | BinaryIO | IO[bytes],
+        data: bytes | Readable,
         expected_digest: str | None = None,
         *,
         expected_size: int | None = None,
@@ -409,13 +415,13 @@ class ImageStore:
                 progress(size, size)
             return expected_digest, size
         self.ensure_layout()
-        stream: IO[bytes] = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+        stream: Readable = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
         with self.pinning():
             return self._ingest(stream, algorithm, expected_digest, expected_size, progress)
 
     def _ingest(
         self,
-        stream: IO[bytes],
+        stream: Readable,
         algorithm: str,
         expected_digest: str | None,
         expected_size: int | None,
