@@ -53,7 +53,7 @@ from provision.runner import require_tools, run
 
 __all__ = [
     "DiskSpec", "PortMapping", "StopResult", "VMConfig", "VMError", "VMHandle", "VMInfo",
-    "default_state_root", "list_vms", "parse_disk", "parse_publish", "parse_tag",
+    "attach_vm", "default_state_root", "find_vms", "list_vms", "parse_disk", "parse_publish", "parse_tag",
     "plan_qemu_argv", "start_vm", "stop_vm", "wait_serial",
 ]  # fmt: skip
 
@@ -368,6 +368,24 @@ def start_vm(config: VMConfig, *, state_root: Path, detach: bool) -> VMHandle:
     remove_vm_dir(directory)
     code = result.returncode if result.returncode >= 0 else 128 - result.returncode
     return VMHandle(**{**handle.__dict__, "exit_code": code})
+
+
+def attach_vm(name: str, state_root: Path) -> VMHandle:
+    """A handle on an already running VM (e.g. one started by another process)."""
+    directory = vm_dir(state_root, name)
+    info = read_vm(directory)
+    if info is None:
+        raise UsageError(f"no VM named {name!r}", hint="`provision ps` lists them")
+    argv = info.extra.get("argv", [])
+    return VMHandle(
+        name=info.name,
+        state_dir=directory,
+        pid=info.pid,
+        serial_log=info.serial_log,
+        qmp_socket=directory / QMP_SOCKET,
+        accel=info.accel,
+        argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
+    )
 
 
 # ----------------------------------------------------------------------------- wait_

@@ -1,0 +1,40 @@
+"""The CLI's behaviour where no VM boots: stale state, missing artifacts, unknown names."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from qemu_testkit import provision
+
+from provision.providers.qemu import list_vms
+from provision.providers.qemu_state import CONFIG_FILE, PID_FILE, write_json_atomic
+
+
+def test_stop_cleans_stale_state(state_root: Path) -> None:
+    stale = state_root / "vms" / "ghost"
+    stale.mkdir(parents=True)
+    write_json_atomic(stale / CONFIG_FILE, {"name": "ghost", "tags": {}})
+    # A live process that is not this VM's QEMU (a recycled pid) must not count as running.
+    (stale / PID_FILE).write_text(f"{os.getpid()}\n")
+    ps = json.loads(provision(state_root, "ps", "--json").stdout)
+    assert [(vm["name"], vm["state"], vm["pid"]) for vm in ps] == [("ghost", "stopped", None)]
+    result = provision(state_root, "stop", "--all")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ghost: stale"
+    assert not stale.exists()
+
+
+def test_missing_artifact_is_a_usage_error(state_root: Path, tmp_path: Path) -> None:
+    result = provision(state_root, "run", "qemu", str(tmp_path / "out" / "web"), "--accel", "tcg")
+    assert result.returncode == 2
+    assert f"artifact not found: {tmp_path / 'out' / 'web'}" in result.stderr
+    assert "hint:" in result.stderr
+    assert list_vms(state_root) == []
+
+
+def test_stop_unknown_vm_is_a_usage_error(state_root: Path) -> None:
+    result = provision(state_root, "stop", "nope")
+    assert result.returncode == 2
+    assert "no VM named 'nope'" in result.stderr
