@@ -25,7 +25,7 @@ import os
 import platform as _platform
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol, cast
@@ -686,8 +686,12 @@ class ImageStore:
     # -- garbage collection ---------------------------------------------------------------------
     def referenced_blobs(self) -> set[str]:
         """Every blob reachable from index.json that is present in the store."""
+        return self.reachable_blobs(Descriptor.from_json(m) for m in self.read_index()["manifests"])
+
+    def reachable_blobs(self, roots: Iterable[Descriptor]) -> set[str]:
+        """Every present blob reachable from ``roots`` (indexes, manifests, configs, layers)."""
         reachable: set[str] = set()
-        pending = [Descriptor.from_json(m) for m in self.read_index()["manifests"]]
+        pending = list(roots)
         while pending:
             desc = pending.pop()
             if desc.digest in reachable or not self.has_blob(desc.digest):
@@ -702,8 +706,9 @@ class ImageStore:
                     continue
                 for key in ("manifests", "layers"):
                     pending.extend(Descriptor.from_json(d) for d in doc.get(key) or ())
-                if isinstance(doc.get("config"), Mapping):
-                    pending.append(Descriptor.from_json(doc["config"]))
+                config = doc.get("config")
+                if isinstance(config, Mapping) and "digest" in config:
+                    pending.append(Descriptor.from_json(config))
         return reachable
 
     def gc(self) -> int:
