@@ -273,16 +273,36 @@ class RegistryClient:
                 timeout=(10, self.timeout),
                 verify=self._verify(url),
             )
-            if response.status_code != 401 or attempt == 1 or not same_host:
+            if response.status_code != 401 or not same_host:
                 return response
+            if attempt == 1:
+                response.close()
+                self._raise_denied(base, registry, scope)
             challenge = response.headers.get("WWW-Authenticate", "")
             response.close()
             self._authenticate(base, registry, scope, challenge)
         raise AssertionError("unreachable")
 
+    def _credentials_for(self, base: str, registry: str) -> Credentials | None:
+        host = urlsplit(base).netloc
+        return self.credentials.get(registry if base == self.base_url(registry) else host)
+
+    def _raise_denied(self, base: str, registry: str, scope: str) -> None:
+        who = (
+            "with the configured credentials"
+            if self._credentials_for(base, registry)
+            else ("anonymously")
+        )
+        action = scope.rsplit(":", 1)[-1]
+        raise RegistryError(
+            f"{urlsplit(base).netloc} denied {action} access to "
+            f"{scope.split(':')[1] if ':' in scope else scope} {who}",
+            hint="check the credentials for this registry in ~/.docker/config.json (auths)",
+        )
+
     def _authenticate(self, base: str, registry: str, scope: str, header: str) -> None:
         host = urlsplit(base).netloc
-        creds = self.credentials.get(registry if base == self.base_url(registry) else host)
+        creds = self._credentials_for(base, registry)
         challenge = parse_challenge(header) if header else None
         if challenge is None or challenge.scheme not in ("bearer", "basic"):
             raise RegistryError(

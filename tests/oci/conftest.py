@@ -147,8 +147,12 @@ class TokenFront:
         self.server.server_close()
 
     @staticmethod
-    def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes = b"",
-               headers: dict[str, str] | None = None) -> None:
+    def _reply(
+        handler: BaseHTTPRequestHandler,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         handler.send_response(status)
         for key, value in (headers or {}).items():
             handler.send_header(key, value)
@@ -196,15 +200,31 @@ class TokenFront:
         if not allowed:
             scope = f',scope="repository:{repo}:{action}"' if repo else ""
             challenge = f'Bearer realm="http://{self.host}/token",service="test-registry"{scope}'
-            self._reply(handler, 401, b'{"errors":[{"code":"UNAUTHORIZED"}]}',
-                        {"WWW-Authenticate": challenge, "Content-Type": "application/json"})
+            self._reply(
+                handler,
+                401,
+                b'{"errors":[{"code":"UNAUTHORIZED"}]}',
+                {"WWW-Authenticate": challenge, "Content-Type": "application/json"},
+            )
             return
-        headers = {k: v for k, v in handler.headers.items()
-                   if k.lower() not in ("authorization", "content-length", "connection")}
-        response = requests.request(handler.command, f"http://{self.upstream}{handler.path}",
-                                    headers=headers, data=body, allow_redirects=False, timeout=30)
-        out = {k: v for k, v in response.headers.items()
-               if k.lower() not in ("content-length", "transfer-encoding", "connection")}
+        headers = {
+            k: v
+            for k, v in handler.headers.items()
+            if k.lower() not in ("authorization", "content-length", "connection")
+        }
+        response = requests.request(
+            handler.command,
+            f"http://{self.upstream}{handler.path}",
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            timeout=30,
+        )
+        out = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-length", "transfer-encoding", "connection")
+        }
         self._reply(handler, response.status_code, response.content, out)
 
 
@@ -220,11 +240,13 @@ def store(tmp_path: Path) -> ImageStore:
     return ImageStore(tmp_path / "store")
 
 
-def make_client(credentials: dict[str, Credentials] | None = None,
-                **config: object) -> RegistryClient:
+def make_client(
+    credentials: dict[str, Credentials] | None = None, **config: object
+) -> RegistryClient:
     return RegistryClient(
         config=RegistryConfig(**config),  # type: ignore[arg-type]
         credentials=CredentialStore.from_mapping(credentials or {}),
+        sleep=lambda _seconds: None,
     )
 
 
@@ -233,8 +255,13 @@ def client() -> RegistryClient:
     return make_client()
 
 
-def make_image(store: ImageStore, name: str | None, files: dict[str, bytes],
-               platform: Platform | None = None, **kw: object) -> ResolvedImage:
+def make_image(
+    store: ImageStore,
+    name: str | None,
+    files: dict[str, bytes],
+    platform: Platform | None = None,
+    **kw: object,
+) -> ResolvedImage:
     entries: list[tuple[str, bytes | str | None]] = []
     dirs: set[str] = set()
     for path in sorted(files):
@@ -246,5 +273,6 @@ def make_image(store: ImageStore, name: str | None, files: dict[str, bytes],
                 entries.append((d, None))
         entries.append((path, files[path]))
     layer = tar_layer_from_entries(entries)
-    return write_image(store, name, [layer], {"Cmd": ["/bin/sh"], "Env": ["A=1"]},
-                       platform=platform, **kw)  # type: ignore[arg-type]
+    return write_image(
+        store, name, [layer], {"Cmd": ["/bin/sh"], "Env": ["A=1"]}, platform=platform, **kw
+    )  # type: ignore[arg-type]

@@ -43,14 +43,29 @@ def test_references_normalise(text: str, canonical: str) -> None:
 def test_reference_parts() -> None:
     ref = ImageRef.parse("127.0.0.1:5000/team/app:1")
     assert (ref.registry, ref.repository, ref.tag, ref.digest) == (
-        "127.0.0.1:5000", "team/app", "1", None)
+        "127.0.0.1:5000",
+        "team/app",
+        "1",
+        None,
+    )
     pinned = ImageRef.parse(f"alpine@{DIGEST}")
     assert pinned.tag is None and pinned.reference == DIGEST
 
 
 @pytest.mark.parametrize(
-    "text", ["", "Redis", "redis:", "a//b", "redis@sha256:abc", "x:bad tag", "-lead", "a:b:c",
-             "redis@md5:" + "a" * 32, "host:99999999/x"],
+    "text",
+    [
+        "",
+        "Redis",
+        "redis:",
+        "a//b",
+        "redis@sha256:abc",
+        "x:bad tag",
+        "-lead",
+        "a:b:c",
+        "redis@md5:" + "a" * 32,
+        "host:99999999/x",
+    ],
 )
 def test_bad_references_are_refused(text: str) -> None:
     with pytest.raises(InvalidReferenceError) as info:
@@ -92,14 +107,16 @@ def test_write_image_is_reproducible(tmp_path: Path) -> None:
 @pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
 def test_open_layer_streams_the_uncompressed_tar(store: ImageStore, compression: str) -> None:
     payload = bytes(range(256)) * 4096
-    layer = tar_layer_from_entries([("data", None), ("data/blob", payload),
-                                    LayerEntry.symlink("data/link", "blob")])
+    layer = tar_layer_from_entries(
+        [("data", None), ("data/blob", payload), LayerEntry.symlink("data/link", "blob")]
+    )
     image = write_image(store, "layers:1", [layer], {}, compression=compression)  # type: ignore[arg-type]
     resolved = store.resolve("layers:1")
     assert resolved.layers == image.layers
-    with store.open_layer(resolved.layers[0]) as stream, tarfile.open(
-        fileobj=stream, mode="r|"
-    ) as tar:
+    with (
+        store.open_layer(resolved.layers[0]) as stream,
+        tarfile.open(fileobj=stream, mode="r|") as tar,
+    ):
         members = {}
         for member in tar:
             handle = tar.extractfile(member) if member.isfile() else None
