@@ -197,7 +197,8 @@ class _LayerApplier:
             raise self.origin.error(name, f"hard link to {linkname!r} resolves outside the "
                                     "image root") from None
         except TreeError as exc:
-            raise self.origin.error(name, f"hard link target {linkname!r}: {exc}") from None
+            raise self.origin.error(name, f"hard link to {linkname!r}, which does not exist "
+                                    f"in the image ({exc})") from None
         target = located.node if located is not None else None
         if target is None:
             raise self.origin.error(name, f"hard link to {linkname!r}, which does not exist "

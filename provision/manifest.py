@@ -1,0 +1,105 @@
+"""The build manifest ``NAME.manifest.json``: what went in and what came out.
+
+Deterministic like the outputs (no times, no absolute paths): the image digest, the
+SOURCE_DATE_EPOCH used, every spec file (name and sha256), every input image (role, name,
+reference, manifest digest), the formats and options, and the sha256 and size of every
+output file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    role: str
+    name: str
+    ref: str
+    digest: str
+    platform: str
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    file: str
+    format: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class SpecRecord:
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BuildManifest:
+    name: str
+    image_digest: str
+    source_date_epoch: int
+    platform: str
+    specs: tuple[SpecRecord, ...]
+    images: tuple[ImageRecord, ...]
+    formats: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    outputs: tuple[OutputRecord, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        value = asdict(self)
+        value["version"] = MANIFEST_VERSION
+        value["options"] = dict(self.options)
+        return value
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """(``sha256:<hex>``, size) of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return "sha256:" + h.hexdigest(), size
+
+
+def record_outputs(paths: Sequence[tuple[str, Path]]) -> tuple[OutputRecord, ...]:
+    """An OutputRecord for each (format, path)."""
+    records = []
+    for format_name, path in paths:
+        digest, size = file_sha256(path)
+        records.append(OutputRecord(path.name, format_name, digest, size))
+    return tuple(records)
+
+
+def render_manifest(manifest: BuildManifest) -> bytes:
+    return (json.dumps(manifest.to_json(), sort_keys=True, indent=2) + "\n").encode()
+
+
+def write_manifest(manifest: BuildManifest, path: Path) -> Path:
+    """Write atomically (temp name in the same directory, then rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(render_manifest(manifest))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    value = json.loads(path.read_text())
+    assert isinstance(value, dict)
+    return value
