@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from qemu_testkit import BUSYBOX, INIT, MODULES, _host_kernel, _module_order, write_newc
 
 from provision.providers.qemu import list_vms, stop_vm
+from provision.runner import run
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +62,31 @@ def state_root(tmp_path: Path) -> Iterator[Path]:
     yield root
     for vm in list_vms(root):
         stop_vm(vm.name, root, timeout=0)
+
+
+@pytest.fixture(scope="session")
+def hybrid_iso(test_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BIOS-bootable hybrid ISO (isolinux) of the tiny kernel+initrd: boots as a CD-ROM and,
+    converted, as a disk. Its kernel command line powers the guest off at once."""
+    isolinux = Path("/usr/lib/ISOLINUX/isolinux.bin")
+    ldlinux = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
+    mbr = Path("/usr/lib/ISOLINUX/isohdpfx.bin")
+    if not all(p.is_file() for p in (isolinux, ldlinux, mbr)):
+        pytest.skip("needs isolinux and syslinux-common")
+    tree = tmp_path_factory.mktemp("isotree")
+    (tree / "isolinux").mkdir()
+    shutil.copyfile(isolinux, tree / "isolinux" / "isolinux.bin")
+    shutil.copyfile(ldlinux, tree / "isolinux" / "ldlinux.c32")
+    shutil.copyfile(Path(f"{test_artifact}-kernel"), tree / "kernel")
+    shutil.copyfile(Path(f"{test_artifact}-initrd.img"), tree / "initrd.img")
+    (tree / "isolinux" / "isolinux.cfg").write_text(
+        "DEFAULT linux\nLABEL linux\n  KERNEL /kernel\n"
+        "  APPEND initrd=/initrd.img console=ttyS0 panic=-1 quiet test.poweroff=early\n"
+    )
+    out = tmp_path_factory.mktemp("iso") / "tiny.iso"
+    run(
+        ["xorriso", "-as", "mkisofs", "-quiet", "-o", out, "-V", "TINY",
+         "-isohybrid-mbr", mbr, "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat",
+         "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table", tree]
+    )  # fmt: skip
+    return out

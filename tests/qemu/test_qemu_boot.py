@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import urllib.request
@@ -12,6 +13,7 @@ from qemu_testkit import MARKER, dead_pid, free_port, provision
 
 from provision.providers.qemu import attach_vm, list_vms, wait_serial
 from provision.providers.qemu_state import CONFIG_FILE, PID_FILE, pid_is_vm, write_json_atomic
+from provision.runner import run
 
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(120)]
 
@@ -102,3 +104,19 @@ def test_uefi_direct_kernel_boot_reads_cidata_on_q35(test_artifact: Path, state_
     assert result.returncode == 0, result.stderr
     assert MARKER in result.stdout
     assert "USER-DATA-BEGIN\nefi-user-data" in result.stdout.replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("image", ["iso", "qcow2"])
+def test_iso_boots_as_cdrom_and_qcow2_as_disk_left_unchanged(
+    hybrid_iso: Path, state_root: Path, tmp_path: Path, image: str
+) -> None:
+    artifact = hybrid_iso
+    if image == "qcow2":
+        artifact = tmp_path / "tiny.qcow2"
+        run(["qemu-img", "convert", "-O", "qcow2", hybrid_iso, artifact])
+    before = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    result = provision(state_root, "run", "qemu", str(artifact), "--accel", "tcg", "--mem", "256")
+    assert result.returncode == 0, result.stderr
+    assert MARKER in result.stdout
+    assert "BOOT_IMAGE=/kernel" in result.stdout  # booted by isolinux, not -kernel
+    assert hashlib.sha256(artifact.read_bytes()).hexdigest() == before  # snapshot=on
