@@ -156,9 +156,15 @@ def resolve_manifest(manifest: Path) -> BootSource:
         data = json.loads(manifest.read_text())
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read build manifest {manifest}: {exc}") from exc
+    outputs = data.get("outputs") if isinstance(data, dict) else None
+    if isinstance(outputs, list) and outputs:
+        # provision.manifest: outputs = [{"file": "web-kernel", "format": "kernel+initrd"}, ...]
+        entries = list(_manifest_entries(outputs))
+    else:
+        entries = list(_manifest_entries(data))
     existing = [
         (fmt, manifest.parent / name)
-        for fmt, name in _manifest_entries(data)
+        for fmt, name in entries
         if name and (manifest.parent / name).is_file()
     ]
     for fmt, path in existing:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from provision.errors import UsageError
+from provision.manifest import BuildManifest, SpecRecord, record_outputs, write_manifest
 from provision.providers.qemu import (
     DiskSpec,
     PortMapping,
@@ -77,23 +78,32 @@ def test_prefix_naming_several_images_asks_which(tmp_path: Path) -> None:
         resolve_artifact(tmp_path / "web")
 
 
-def test_manifest_directory_prefers_kernel_and_initrd(tmp_path: Path) -> None:
-    kernel_output(tmp_path, cmdline=None)
+def test_build_manifest_directory_prefers_kernel_and_initrd(tmp_path: Path) -> None:
+    kernel_output(tmp_path, cmdline="console=ttyS0")
     (tmp_path / "web-efi.raw").write_bytes(b"raw")
-    manifest = {
-        "name": "web",
-        "outputs": [
-            {"format": "raw-efi", "path": "web-efi.raw"},
-            {
-                "format": "kernel+initrd",
-                "files": [{"path": "web-kernel"}, {"path": "web-initrd.img"}],
-            },
-        ],
-    }
-    (tmp_path / "web.manifest.json").write_text(json.dumps(manifest))
+    outputs = record_outputs(
+        [
+            ("raw-efi", tmp_path / "web-efi.raw"),
+            ("kernel+initrd", tmp_path / "web-kernel"),
+            ("kernel+initrd", tmp_path / "web-initrd.img"),
+            ("kernel+initrd", tmp_path / "web-cmdline"),
+        ]
+    )
+    manifest = BuildManifest(
+        name="web",
+        image_digest="sha256:" + "0" * 64,
+        source_date_epoch=0,
+        platform="linux/amd64",
+        specs=(SpecRecord("web.yml", "sha256:" + "1" * 64),),
+        images=(),
+        formats=("raw-efi", "kernel+initrd"),
+        outputs=outputs,
+    )
+    write_manifest(manifest, tmp_path / "web.manifest.json")
     source = resolve_artifact(tmp_path)
     assert source.kind is BootKind.KERNEL
-    assert source.cmdline == ""
+    assert (source.path, source.cmdline) == (tmp_path / "web-kernel", "console=ttyS0")
+    assert resolve_artifact(tmp_path / "web.manifest.json") == source
 
 
 def test_manifest_with_only_an_efi_disk_boots_it_with_efi(tmp_path: Path) -> None:
