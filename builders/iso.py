@@ -1,0 +1,139 @@
+"""Bootable ISO 9660 images written by xorriso: no root, reproducible.
+
+- ``iso-bios``: isolinux (El Torito, no emulation), hybrid MBR so it also boots from a disk.
+- ``iso-efi``: an El Torito EFI image (FAT) holding a grub-mkimage'd BOOTX64.EFI whose embedded
+  script finds this ISO by a tag file named after the image digest and boots the kernel and
+  initrd from the ISO 9660 tree (the FAT stays tiny).
+- ``iso-efi-initrd``: the El Torito EFI image holds systemd-boot, the kernel and the initrd:
+  the firmware alone reads everything (no bootloader filesystem driver involved).
+
+Reproducible: SOURCE_DATE_EPOCH fixes xorriso's volume dates and UUID, every file's dates are
+set to it, ownership is rationalised (``-r``), the FAT image is reproducible in its own right.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision.builders import bios, efi
+from provision.builders.base import BootInputs, FormatOptions, derive_hex32, require_files, tool_env
+from provision.builders.fat import FAT_TOOLS, size_fat_for, write_fat_image
+
+from provision.runner import run
+
+VOLUME_ID = "PROVISION"
+EFI_IMAGE_PATH = "/EFI/efiboot.img"
+
+
+def write_iso(
+    out: Path,
+    tree: Mapping[str, Path],
+    boot_args: Sequence[str],
+    epoch: int,
+) -> None:
+    """Write an ISO holding ``tree`` (ISO path -> source file) with El Torito ``boot_args``."""
+    grafts = [f"{target}={source}" for target, source in sorted(tree.items())]
+    run(
+        [
+            "xorriso", "-as", "mkisofs", "-quiet", "-o", out, "-V", VOLUME_ID, "-r",
+            "-iso-level", "3", *boot_args, "-graft-points", *grafts,
+            "--", "-alter_date_r", "b", f"@{epoch}", "/", "--",
+        ],
+        env=tool_env(epoch),
+    )
+
+
+def extension_of(name: str) -> str:
+    from provision.builders.formats import OutputFormat
+
+    return OutputFormat(name).extension()
+
+
+@dataclass(frozen=True)
+class IsoBiosWriter:
+    name: str = "iso-bios"
+
+    def tools(self) -> Sequence[str]:
+        return ("xorriso",)
+
+    def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
+        require_files([bios.ISOLINUX_BIN, bios.ISOHYBRID_MBR, bios.LDLINUX_C32])
+        out = dest / (inputs.name + extension_of(self.name))
+        with tempfile.TemporaryDirectory(prefix="iso-", dir=dest) as scratch:
+            config = Path(scratch) / "isolinux.cfg"
+            config.write_bytes(bios.write_syslinux_config(inputs.cmdline))
+            tree = {
+                "/isolinux/isolinux.bin": Path(bios.ISOLINUX_BIN),
+                "/isolinux/ldlinux.c32": Path(bios.LDLINUX_C32),
+                "/isolinux/isolinux.cfg": config,
+                bios.KERNEL_PATH: inputs.kernel,
+                bios.INITRD_PATH: inputs.initrd,
+            }
+            boot = [
+                "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot",
+                "-boot-load-size", "4", "-boot-info-table", "-isohybrid-mbr", bios.ISOHYBRID_MBR,
+            ]
+            write_iso(out, tree, boot, inputs.source_date_epoch)
+        return [out]
+
+
+def efi_boot_args() -> list[str]:
+    return ["-e", EFI_IMAGE_PATH.lstrip("/"), "-no-emul-boot"]
+
+
+@dataclass(frozen=True)
+class IsoEfiWriter:
+    name: str = "iso-efi"
+
+    def tools(self) -> Sequence[str]:
+        return ("xorriso", "grub-mkimage", *FAT_TOOLS)
+
+    def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
+        require_files([f"{efi.GRUB_EFI_DIR}/linux.mod"])
+        out = dest / (inputs.name + extension_of(self.name))
+        tag = f"/boot/provision-{derive_hex32(inputs.digest, 'iso-tag')}"
+        with tempfile.TemporaryDirectory(prefix="iso-", dir=dest) as scratch:
+            work = Path(scratch)
+            grub = work / "BOOTX64.EFI"
+            efi.write_grub_efi(grub, tag_file=tag, cmdline=inputs.cmdline, epoch=inputs.source_date_epoch)
+            fat_files: dict[str, Path | bytes] = {efi.EFI_BOOT_PATH: grub}
+            fat = work / "efiboot.img"
+            write_fat_image(
+                fat, size_fat_for(fat_files, minimum=2 * 1024 * 1024), fat_files, label="EFIBOOT",
+                volume_id=derive_hex32(inputs.digest, "iso-efi-fat"), epoch=inputs.source_date_epoch,
+                bits="12",
+            )
+            marker = work / "tag"
+            marker.write_bytes(inputs.digest.encode() + b"\n")
+            tree = {
+                EFI_IMAGE_PATH: fat,
+                bios.KERNEL_PATH: inputs.kernel,
+                bios.INITRD_PATH: inputs.initrd,
+                tag: marker,
+            }
+            write_iso(out, tree, efi_boot_args(), inputs.source_date_epoch)
+        return [out]
+
+
+@dataclass(frozen=True)
+class IsoEfiInitrdWriter:
+    name: str = "iso-efi-initrd"
+
+    def tools(self) -> Sequence[str]:
+        return ("xorriso", *FAT_TOOLS)
+
+    def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
+        require_files([efi.SYSTEMD_BOOT])
+        out = dest / (inputs.name + extension_of(self.name))
+        with tempfile.TemporaryDirectory(prefix="iso-", dir=dest) as scratch:
+            files = efi.write_systemd_boot_files(inputs.kernel, inputs.initrd, inputs.cmdline)
+            fat = Path(scratch) / "efiboot.img"
+            write_fat_image(
+                fat, size_fat_for(files, spare=0.05), files, label="EFIBOOT",
+                volume_id=derive_hex32(inputs.digest, "iso-efi-fat"), epoch=inputs.source_date_epoch,
+            )
+            write_iso(out, {EFI_IMAGE_PATH: fat}, efi_boot_args(), inputs.source_date_epoch)
+        return [out]

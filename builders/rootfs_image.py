@@ -1,0 +1,86 @@
+"""``kernel+squashfs`` and ``kernel+erofs``: the kernel, the canonical root filesystem as a
+read-only filesystem image, and the kernel command line, as three files
+(``NAME-kernel``, ``NAME-squashfs.img`` / ``NAME-erofs.img``, ``NAME-cmdline``).
+
+The root tar is unpacked into a scratch directory with GNU tar and packed by mksquashfs /
+mkfs.erofs. As an ordinary user both run inside one fakeroot session, so ownership, modes and
+device nodes of the tar come through without root. Reproducible: fixed timestamps
+(SOURCE_DATE_EPOCH), filesystem UUID from the digest, sorted directories, no xattrs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision.builders.base import BootInputs, FormatOptions, check_cmdline, derive_uuid, tool_env
+from provision.errors import UsageError
+from provision.runner import run
+
+
+def as_root_argv(state: Path) -> list[str | Path]:
+    """Prefix for commands that must see root ownership (fakeroot when not root)."""
+    if os.geteuid() == 0:
+        return []
+    return ["fakeroot", "-i", state, "-s", state, "--"] if state.exists() else ["fakeroot", "-s", state, "--"]
+
+
+def root_tools() -> tuple[str, ...]:
+    return ("tar",) if os.geteuid() == 0 else ("tar", "fakeroot")
+
+
+def write_rootfs_tree(rootfs_tar: Path, tree: Path, state: Path) -> None:
+    tree.mkdir()
+    run([*as_root_argv(state), "tar", "--numeric-owner", "-xpf", rootfs_tar, "-C", tree])
+
+
+def write_squashfs(tree: Path, out: Path, epoch: int, state: Path) -> None:
+    run(
+        [
+            *as_root_argv(state), "mksquashfs", tree, out, "-noappend", "-no-progress", "-quiet",
+            "-comp", "zstd", "-no-xattrs",
+        ],  # SOURCE_DATE_EPOCH (set by tool_env) fixes every inode time and the mkfs time
+        env=tool_env(epoch),
+    )
+
+
+def write_erofs(tree: Path, out: Path, epoch: int, digest: str, state: Path) -> None:
+    run(
+        [
+            *as_root_argv(state), "mkfs.erofs", "--quiet", "-zlz4hc", "-x", "-1", f"-T{epoch}",
+            f"-U{derive_uuid(digest, 'erofs')}", out, tree,
+        ],
+        env=tool_env(epoch),
+    )
+
+
+@dataclass(frozen=True)
+class KernelRootfsWriter:
+    """``kernel+squashfs`` / ``kernel+erofs``."""
+
+    name: str
+    filesystem: str  # "squashfs" or "erofs"
+
+    def tools(self) -> Sequence[str]:
+        return (*root_tools(), "mksquashfs" if self.filesystem == "squashfs" else "mkfs.erofs")
+
+    def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
+        if inputs.rootfs_tar is None:
+            raise UsageError(f"{self.name} needs the root filesystem tar, and none was given")
+        kernel = dest / f"{inputs.name}-kernel"
+        image = dest / f"{inputs.name}-{self.filesystem}.img"
+        cmdline = dest / f"{inputs.name}-cmdline"
+        with tempfile.TemporaryDirectory(prefix="rootfs-", dir=dest) as scratch:
+            tree, state = Path(scratch) / "root", Path(scratch) / "fakeroot.state"
+            write_rootfs_tree(inputs.rootfs_tar, tree, state)
+            if self.filesystem == "squashfs":
+                write_squashfs(tree, image, inputs.source_date_epoch, state)
+            else:
+                write_erofs(tree, image, inputs.source_date_epoch, inputs.digest, state)
+        shutil.copyfile(inputs.kernel, kernel)
+        cmdline.write_text(check_cmdline(inputs.cmdline) + "\n")
+        return [kernel, image, cmdline]
