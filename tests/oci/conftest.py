@@ -260,7 +260,7 @@ def make_image(
     name: str | None,
     files: dict[str, bytes],
     platform: Platform | None = None,
-    **kw: object,
+    created: int = 0,
 ) -> ResolvedImage:
     entries: list[tuple[str, bytes | str | None]] = []
     dirs: set[str] = set()
@@ -274,5 +274,10 @@ def make_image(
         entries.append((path, files[path]))
     layer = tar_layer_from_entries(entries)
     return write_image(
-        store, name, [layer], {"Cmd": ["/bin/sh"], "Env": ["A=1"]}, platform=platform, **kw
-    )  # type: ignore[arg-type]
+        store,
+        name,
+        [layer],
+        {"Cmd": ["/bin/sh"], "Env": ["A=1"]},
+        platform=platform,
+        created=created,
+    )
