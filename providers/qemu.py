@@ -217,9 +217,19 @@ def plan_qemu_argv(
     netdev += "".join(f",hostfwd={p.proto}:127.0.0.1:{p.host}-:{p.guest}" for p in config.publish)
     argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,romfile="]
     if source.kind is BootKind.KERNEL:
-        assert source.initrd is not None
-        argv += ["-kernel", str(source.path), "-initrd", str(source.initrd),
-                 "-append", _kernel_cmdline(source, config.cmdline_extra)]  # fmt: skip
+        argv += [
+            "-kernel",
+            str(source.path),
+            "-append",
+            _kernel_cmdline(source, config.cmdline_extra),
+        ]
+        if source.initrd is not None:
+            argv += ["-initrd", str(source.initrd)]
+        if source.root_image is not None:  # kernel+squashfs / kernel+erofs: /dev/vda
+            argv += [
+                "-drive", f"file={_opt(source.root_image)},format=raw,if=none,id=root0,readonly=on",
+                "-device", "virtio-blk-pci,drive=root0",
+            ]  # fmt: skip
     elif source.kind is BootKind.CDROM:
         argv += [
             "-drive", f"file={_opt(source.path)},format=raw,if=none,id=boot0,media=cdrom,readonly=on",

@@ -42,6 +42,7 @@ class BootSource:
     disk_format: str | None = None
     efi: bool = False
     label: str = ""
+    root_image: Path | None = None  # kernel+squashfs / kernel+erofs: the root, a virtio disk
 
 
 # File extension -> (kind, qemu block driver).
@@ -58,6 +59,8 @@ KERNEL_SUFFIX = "-kernel"
 INITRD_SUFFIX = "-initrd.img"
 CMDLINE_SUFFIX = "-cmdline"
 MANIFEST_SUFFIX = ".manifest.json"
+ROOT_IMAGE_SUFFIXES = ("-squashfs.img", "-erofs.img")
+UNBOOTABLE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".gz", ".xz", ".zst")
 
 
 def _not_found(path: Path, detail: str = "") -> UsageError:
@@ -70,7 +73,13 @@ def _not_found(path: Path, detail: str = "") -> UsageError:
 
 def _label_of(path: Path) -> str:
     name = path.name
-    for suffix in (KERNEL_SUFFIX, INITRD_SUFFIX, MANIFEST_SUFFIX, *EXTENSIONS):
+    for suffix in (
+        KERNEL_SUFFIX,
+        INITRD_SUFFIX,
+        MANIFEST_SUFFIX,
+        *ROOT_IMAGE_SUFFIXES,
+        *EXTENSIONS,
+    ):
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name
@@ -80,13 +89,37 @@ def _says_efi(*words: str) -> bool:
     return any("efi" in word.lower() for word in words if word)
 
 
+def _formats_module() -> Any:
+    try:
+        return importlib.import_module("provision.builders.formats")
+    except Exception:  # noqa: BLE001 - not there (yet), or broken: infer from file names
+        return None
+
+
+def format_from_name(path: Path) -> str:
+    """The output format whose file name ``path`` has (longest matching extension), or ""."""
+    formats = _formats_module()
+    if formats is None:
+        return ""
+    try:
+        matches = [
+            (len(fmt.extension()), str(fmt.value))
+            for fmt in formats.OutputFormat
+            if path.name.endswith(fmt.extension()) and len(path.name) > len(fmt.extension())
+        ]
+    except Exception:  # noqa: BLE001
+        return ""
+    return max(matches)[1] if matches else ""
+
+
 def _boot_method_from_formats(fmt: str) -> tuple[BootKind | None, bool | None, str | None]:
     """Ask provision.builders.formats (when it exists) how ``fmt`` boots."""
+    formats = _formats_module()
+    if formats is None or not fmt:
+        return None, None, None
     try:
-        formats = importlib.import_module("provision.builders.formats")
-        boot_method = formats.boot_method
-        method: Any = boot_method(fmt)
-    except Exception:  # noqa: BLE001 - absent or unknown format: fall back to inference
+        method: Any = formats.boot_method(fmt)
+    except Exception:  # noqa: BLE001 - unknown format: fall back to inference
         return None, None, None
     kind_text = str(getattr(method, "kind", "") or "").lower()
     kind = None
@@ -107,30 +140,53 @@ def _boot_method_from_formats(fmt: str) -> tuple[BootKind | None, bool | None, s
     )
 
 
+def _kernel_prefix(path: Path) -> Path | None:
+    """``out/web`` when ``path`` is one file of a kernel output set, else None."""
+    for suffix in (KERNEL_SUFFIX, INITRD_SUFFIX, CMDLINE_SUFFIX, *ROOT_IMAGE_SUFFIXES):
+        if path.name.endswith(suffix) and len(path.name) > len(suffix):
+            return Path(str(path)[: -len(suffix)])
+    return None
+
+
 def _kernel_source(prefix: Path, efi: bool) -> BootSource:
+    """NAME-kernel with NAME-initrd.img and/or a root image (NAME-squashfs.img, -erofs.img)."""
     kernel = Path(f"{prefix}{KERNEL_SUFFIX}")
-    initrd = Path(f"{prefix}{INITRD_SUFFIX}")
     if not kernel.is_file():
         raise _not_found(kernel)
-    if not initrd.is_file():
-        raise _not_found(initrd, f"the initrd that goes with {kernel.name}")
+    initrd = Path(f"{prefix}{INITRD_SUFFIX}")
+    roots = [Path(f"{prefix}{s}") for s in ROOT_IMAGE_SUFFIXES if Path(f"{prefix}{s}").is_file()]
+    if not initrd.is_file() and not roots:
+        raise _not_found(initrd, f"the initrd (or root image) that goes with {kernel.name}")
     cmdline_file = Path(f"{prefix}{CMDLINE_SUFFIX}")
     cmdline = cmdline_file.read_text().strip() if cmdline_file.is_file() else ""
-    return BootSource(BootKind.KERNEL, kernel, initrd, cmdline, None, efi, prefix.name)
+    return BootSource(
+        BootKind.KERNEL,
+        kernel,
+        initrd if initrd.is_file() else None,
+        cmdline,
+        None,
+        efi,
+        prefix.name,
+        roots[0] if roots else None,
+    )
 
 
 def _file_source(path: Path, fmt: str = "") -> BootSource:
-    if path.name.endswith(KERNEL_SUFFIX):
-        return _kernel_source(Path(str(path)[: -len(KERNEL_SUFFIX)]), _says_efi(fmt))
+    if path.name.lower().endswith(UNBOOTABLE_SUFFIXES):
+        raise UsageError(
+            f"{path} is an archive, which QEMU cannot boot as it is",
+            hint="unpack it (a gcp tarball holds disk.raw), or build kernel+initrd, iso or raw",
+        )
+    prefix = _kernel_prefix(path)
+    fmt = fmt or format_from_name(path)
+    if prefix is not None and Path(f"{prefix}{KERNEL_SUFFIX}").is_file():
+        return _kernel_source(prefix, _says_efi(fmt))
     kind, disk_format = EXTENSIONS.get(path.suffix.lower(), (BootKind.DISK, "raw"))
     efi = _says_efi(fmt, _label_of(path))
-    if fmt:
-        asked_kind, asked_efi, asked_format = _boot_method_from_formats(fmt)
-        kind = asked_kind or kind
-        efi = efi if asked_efi is None else asked_efi
-        disk_format = asked_format or disk_format
-        if kind is BootKind.KERNEL:
-            return _kernel_source(Path(str(path).removesuffix(KERNEL_SUFFIX)), efi)
+    asked_kind, asked_efi, asked_format = _boot_method_from_formats(fmt)
+    kind = asked_kind if asked_kind in (BootKind.CDROM, BootKind.DISK) else kind
+    efi = efi if asked_efi is None else asked_efi
+    disk_format = asked_format or disk_format
     return BootSource(kind, path, None, "", disk_format, efi, _label_of(path))
 
 
@@ -179,6 +235,25 @@ def resolve_manifest(manifest: Path) -> BootSource:
     )
 
 
+def _image_suffixes() -> list[str]:
+    """What may follow a build prefix in a bootable image's file name (``.iso``, ``-efi.img``...)."""
+    variants = ("", "-bios", "-efi", "-efi-initrd", "-dynamic")
+    suffixes = dict.fromkeys(f"{variant}{ext}" for variant in variants for ext in EXTENSIONS)
+    formats = _formats_module()
+    if formats is not None:
+        try:
+            for fmt in formats.OutputFormat:
+                ext = str(fmt.extension())
+                if not ext.lower().endswith(UNBOOTABLE_SUFFIXES) and ext not in (
+                    INITRD_SUFFIX,
+                    *ROOT_IMAGE_SUFFIXES,
+                ):
+                    suffixes[ext] = None
+        except Exception:  # noqa: BLE001
+            pass
+    return sorted(suffixes)
+
+
 def _resolve_directory(directory: Path) -> BootSource:
     manifests = sorted(directory.glob(f"*{MANIFEST_SUFFIX}"))
     if len(manifests) == 1:
@@ -208,7 +283,7 @@ def resolve_artifact(path: Path) -> BootSource:
     manifest = Path(f"{path}{MANIFEST_SUFFIX}")
     if manifest.is_file():
         return resolve_manifest(manifest)
-    images = [Path(f"{path}{ext}") for ext in EXTENSIONS if Path(f"{path}{ext}").is_file()]
+    images = [Path(f"{path}{ext}") for ext in _image_suffixes() if Path(f"{path}{ext}").is_file()]
     if len(images) == 1:
         return _file_source(images[0])
     if len(images) > 1:

@@ -54,10 +54,14 @@ def test_kernel_without_its_initrd_is_named(tmp_path: Path) -> None:
     [
         ("web.iso", BootKind.CDROM, "raw", False),
         ("web-efi.iso", BootKind.CDROM, "raw", True),
+        ("web-efi-initrd.iso", BootKind.CDROM, "raw", True),
+        ("web-bios.img", BootKind.DISK, "raw", False),
+        ("web-efi.img", BootKind.DISK, "raw", True),
         ("web.raw", BootKind.DISK, "raw", False),
-        ("web-efi.raw", BootKind.DISK, "raw", True),
         ("web.qcow2", BootKind.DISK, "qcow2", False),
+        ("web-efi.qcow2", BootKind.DISK, "qcow2", True),
         ("web.vhd", BootKind.DISK, "vpc", False),
+        ("web-dynamic.vhd", BootKind.DISK, "vpc", False),
         ("web.vmdk", BootKind.DISK, "vmdk", False),
     ],
 )
@@ -65,7 +69,7 @@ def test_image_files_by_extension(
     tmp_path: Path, file_name: str, kind: BootKind, driver: str, efi: bool
 ) -> None:
     (tmp_path / file_name).write_bytes(b"\0" * 512)
-    for given in (tmp_path / file_name, tmp_path / file_name.rsplit(".", 1)[0]):
+    for given in (tmp_path / file_name, tmp_path / "web"):  # the file, or the build prefix
         source = resolve_artifact(given)
         assert (source.kind, source.disk_format, source.efi) == (kind, driver, efi)
         assert source.path == tmp_path / file_name
@@ -190,3 +194,25 @@ def test_parse_disk() -> None:
     assert DiskSpec(Path("x.qcow2")).driver == "qcow2"
     with pytest.raises(UsageError):
         parse_disk("d.img,bogus=1")
+
+
+def test_kernel_with_a_squashfs_root_and_no_initrd(tmp_path: Path) -> None:
+    (tmp_path / "web-kernel").write_bytes(b"kernel")
+    (tmp_path / "web-squashfs.img").write_bytes(b"hsqs")
+    (tmp_path / "web-cmdline").write_text("root=/dev/vda ro\n")
+    source = resolve_artifact(tmp_path / "web-squashfs.img")
+    assert (source.kind, source.initrd) == (BootKind.KERNEL, None)
+    assert source.root_image == tmp_path / "web-squashfs.img"
+    assert resolve_artifact(tmp_path / "web") == source
+    config = VMConfig(name="web", artifact=tmp_path / "web")
+    argv = plan_qemu_argv(config, source, accel="tcg", state_dir=tmp_path, detach=True)
+    assert "-initrd" not in argv
+    assert f"file={tmp_path}/web-squashfs.img,format=raw,if=none,id=root0,readonly=on" in argv
+    assert argv[argv.index("-append") + 1] == "root=/dev/vda ro console=ttyS0"
+
+
+@pytest.mark.parametrize("file_name", ["web.img.tar.gz", "web-initrd.tar", "web.tar"])
+def test_archives_are_refused(tmp_path: Path, file_name: str) -> None:
+    (tmp_path / file_name).write_bytes(b"x")
+    with pytest.raises(UsageError, match="archive"):
+        resolve_artifact(tmp_path / file_name)
