@@ -1,0 +1,292 @@
+"""The build pipeline: spec -> images -> root tree -> kernel, initrd, rootfs tar -> formats.
+
+1. choose the format writers and check every program they run (before any work);
+2. load the spec (all problems at once) and resolve every image through the store (pulling
+   per the policy);
+3. compute the image digest and the epoch (SOURCE_DATE_EPOCH, else the newest ``created``
+   of the input images, else 0);
+4. assemble the root tree in a private work directory inside the output directory (contents
+   spooled to one file there: memory does not grow with the image);
+5. write the kernel, the initrd (microcode cpio + compressed newc cpio) and, when a format
+   wants it, the canonical root tar;
+6. run each format writer into a staging directory; when ALL succeeded, rename every output
+   into place and then write ``NAME.manifest.json``. A failure at any step leaves no output
+   (and removes the work directory).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision.assemble import (
+    BOOT_FILES,
+    ImageSource,
+    assemble_root,
+    compute_image_digest,
+    default_epoch,
+    list_image_uses,
+    resolve_file_source,
+)
+from provision.builders.base import BootInputs, FormatOptions, FormatWriter
+from provision.builders.cpio import write_cpio
+from provision.builders.tar import write_tar
+from provision.compress import CompressedWriter, Compression
+from provision.errors import ProvisionError, UsageError
+from provision.manifest import (
+    BuildManifest,
+    ImageRecord,
+    SpecRecord,
+    file_sha256,
+    record_outputs,
+    write_manifest,
+)
+from provision.oci.pull import PullPolicy, ensure_image
+from provision.oci.registry import RegistryClient
+from provision.oci.store import ImageStore, Platform, ResolvedImage
+from provision.runner import require_tools
+from provision.spec import ImageSpec, load_spec
+from provision.tree import NodeKind, Spool, Tree
+
+DEFAULT_FORMATS = ("kernel+initrd",)
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build produced: output files (final paths), the manifest, the image digest."""
+
+    name: str
+    outputs: tuple[Path, ...]
+    manifest: Path
+    image_digest: str
+    source_date_epoch: int
+
+
+def available_writers() -> dict[str, FormatWriter]:
+    """Every output format by its name (the one registry, builders/formats.py)."""
+    from provision.builders.formats import FORMATS
+
+    return {str(key): writer for key, writer in FORMATS.items()}
+
+
+def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``kernel+initrd,tar`` or a list of names: unique, in the order given."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names = tuple(dict.fromkeys(item.strip() for item in items if item.strip()))
+    if not names:
+        raise UsageError("no output format given")
+    return names
+
+
+def select_writers(names: Sequence[str],
+                   registry: Mapping[str, FormatWriter] | None = None) -> list[FormatWriter]:
+    registry = registry if registry is not None else available_writers()
+    unknown = [name for name in names if name not in registry]
+    if unknown:
+        raise UsageError(f"unknown output format{'s' if len(unknown) > 1 else ''}: "
+                         + ", ".join(unknown), hint="known: " + ", ".join(sorted(registry)))
+    return [registry[name] for name in names]
+
+
+def _needs(writer: FormatWriter, what: str, default: bool) -> bool:
+    return bool(getattr(writer, what, default))
+
+
+def _sha256_file(path: Path) -> str:
+    return file_sha256(path)[0]
+
+
+@dataclass
+class _Build:
+    """Run-time state of one build (kept apart from the frozen inputs and result)."""
+
+    spec: ImageSpec
+    store: ImageStore
+    writers: list[FormatWriter]
+    outdir: Path
+    name: str
+    pull: PullPolicy
+    compression: Compression
+    options: FormatOptions
+    platform: Platform
+    client: RegistryClient | None
+    progress: Progress | None
+    spec_files: tuple[Path, ...]
+
+    def say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+    def resolve_images(self) -> dict[str, ResolvedImage]:
+        images: dict[str, ResolvedImage] = {}
+        for use in list_image_uses(self.spec):
+            if use.ref not in images:
+                self.say(f"resolve {use.ref}")
+                images[use.ref] = ensure_image(self.store, use.ref, self.platform,
+                                               pull=self.pull, client=self.client)
+        return images
+
+    def file_sources(self) -> list[tuple[str, str]]:
+        base = self.spec_files[0].parent if self.spec_files else None
+        found = []
+        for entry in self.spec.files:
+            path = resolve_file_source(entry, base)
+            if path is not None and path.is_file():
+                found.append((entry.path, _sha256_file(path)))
+        return found
+
+    def run(self) -> BuildResult:
+        images = self.resolve_images()
+        uses = list_image_uses(self.spec)
+        epoch = default_epoch(images.values())
+        digest = compute_image_digest(self.spec, images, self.file_sources())
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{self.name}.build-", dir=self.outdir))
+        try:
+            spool = Spool(work / "spool")
+            try:
+                base = self.spec_files[0].parent if self.spec_files else None
+                source: ImageSource = self.store
+                tree = assemble_root(self.spec, images, source, spool, epoch=epoch,
+                                     name=self.name, digest=digest, base=base,
+                                     progress=self.progress)
+                inputs = self.write_intermediates(tree, spool, work, epoch, digest)
+            finally:
+                spool.close()
+            (work / "spool").unlink()
+            staged = self.write_formats(inputs, work)
+            outputs = self.publish(staged)
+            manifest = BuildManifest(
+                name=self.name,
+                image_digest=digest,
+                source_date_epoch=epoch,
+                platform=str(self.platform),
+                specs=tuple(SpecRecord(p.name, _sha256_file(p)) for p in self.spec_files),
+                images=tuple(ImageRecord(u.role, u.name, u.ref, images[u.ref].digest,
+                                         str(images[u.ref].platform)) for u in uses),
+                formats=tuple(w.name for w in self.writers),
+                options={"compress": str(self.compression), "size": self.options.size},
+                outputs=record_outputs([(fmt, self.outdir / p.name) for fmt, p in staged]),
+            )
+            path = write_manifest(manifest, self.outdir / f"{self.name}.manifest.json")
+            self.say(f"wrote {path}")
+            return BuildResult(self.name, tuple(outputs), path, digest, epoch)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def write_intermediates(self, tree: Tree, spool: Spool, work: Path, epoch: int,
+                            digest: str) -> BootInputs:
+        need_initrd = any(_needs(w, "needs_initrd", True) for w in self.writers)
+        # Writers that do not say what they need get everything (correct, if slower).
+        need_rootfs = any(_needs(w, "needs_rootfs", True) for w in self.writers)
+        kernel_path, initrd_path, rootfs = work / "kernel", work / "initrd.img", None
+        cmdline = self.spec.kernel.cmdline if self.spec.kernel else ""
+        if need_initrd:
+            kernel = tree.lookup("boot/kernel")
+            if kernel is None or kernel.kind is not NodeKind.FILE:
+                raise UsageError("the spec has no kernel, which "
+                                 + ", ".join(w.name for w in self.writers
+                                             if _needs(w, "needs_initrd", True))
+                                 + " needs", hint="add a kernel section, or build -f tar")
+            self.say("write kernel")
+            with open(kernel_path, "wb") as out:
+                for chunk in spool.iter_range(kernel.offset, kernel.size):
+                    out.write(chunk)
+            self.say(f"write initrd ({self.compression})")
+            with open(initrd_path, "wb") as out:
+                ucode = tree.lookup("boot/ucode.cpio")
+                if ucode is not None and ucode.kind is NodeKind.FILE:
+                    for chunk in spool.iter_range(ucode.offset, ucode.size):
+                        out.write(chunk)
+                with CompressedWriter(out, self.compression) as writer:
+                    write_cpio(tree, spool, writer, epoch=epoch, exclude=BOOT_FILES)
+        if need_rootfs:
+            self.say("write rootfs tar")
+            rootfs = work / "rootfs.tar"
+            with open(rootfs, "wb") as out:
+                write_tar(tree, spool, out, epoch=epoch)
+        return BootInputs(kernel=kernel_path, initrd=initrd_path, cmdline=cmdline,
+                          rootfs_tar=rootfs, digest=digest, source_date_epoch=epoch,
+                          name=self.name)
+
+    def write_formats(self, inputs: BootInputs, work: Path) -> list[tuple[str, Path]]:
+        staging = work / "out"
+        staging.mkdir()
+        staged: list[tuple[str, Path]] = []
+        seen: set[str] = set()
+        for writer in self.writers:
+            self.say(f"format {writer.name}")
+            dest = staging / writer.name.replace("/", "_")
+            dest.mkdir()
+            for path in writer.write(inputs, dest, self.options):
+                if path.name in seen:
+                    raise ProvisionError(f"two formats both write {path.name}")
+                seen.add(path.name)
+                staged.append((writer.name, path))
+        return staged
+
+    def publish(self, staged: list[tuple[str, Path]]) -> list[Path]:
+        """Rename every staged output into the output directory (same file system)."""
+        final = []
+        for _format, path in staged:
+            target = self.outdir / path.name
+            os.chmod(path, 0o644)
+            os.replace(path, target)
+            final.append(target)
+            self.say(f"wrote {target}")
+        return final
+
+
+def default_name(spec_files: Sequence[Path]) -> str:
+    """The first spec file's name without its extension (``linuxkit.yml`` -> ``linuxkit``)."""
+    if not spec_files:
+        return "image"
+    return spec_files[0].name.split(".")[0] or "image"
+
+
+def build_image(
+    spec: Sequence[str | os.PathLike[str]] | ImageSpec,
+    *,
+    store: ImageStore,
+    formats: str | Sequence[str] = DEFAULT_FORMATS,
+    outdir: str | os.PathLike[str] = ".",
+    name: str | None = None,
+    pull: PullPolicy = "missing",
+    compress: Compression | None = None,
+    size: int | None = None,
+    platform: Platform | None = None,
+    client: RegistryClient | None = None,
+    registry: Mapping[str, FormatWriter] | None = None,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Build ``spec`` (spec file paths, or an already loaded ImageSpec) into ``formats``.
+
+    Raises SpecError / HostileInputError / UsageError (exit code 2), ToolMissingError before
+    any work, ProvisionError otherwise. Outputs appear in ``outdir`` only when every format
+    succeeded."""
+    writers = select_writers(parse_formats(formats), registry)
+    require_tools(tool for writer in writers for tool in writer.tools())
+    spec_files: tuple[Path, ...] = ()
+    if isinstance(spec, ImageSpec):
+        image_spec = spec
+    else:
+        spec_files = tuple(Path(p) for p in spec)
+        if not spec_files:
+            raise UsageError("no spec file given")
+        image_spec = load_spec(spec_files)
+    name = name or default_name(spec_files)
+    if "/" in name or name.startswith(".") or not name:
+        raise UsageError(f"invalid output name {name!r}")
+    state = _Build(
+        spec=image_spec, store=store, writers=writers, outdir=Path(outdir), name=name,
+        pull=pull, compression=compress or Compression(), options=FormatOptions(size=size),
+        platform=platform or Platform.host(), client=client, progress=progress,
+        spec_files=spec_files,
+    )
+    return state.run()
+

@@ -1,0 +1,107 @@
+"""``provision build``: build an image spec into one or more output formats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from provision.compress import Compression, parse_compression
+from provision.errors import ProvisionError
+from provision.oci.pull import PULL_POLICIES
+from provision.oci.store import ImageStore, Platform
+
+_SIZE = re.compile(r"^(\d+)\s*([kmgt]?)(i?b)?$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``1G``, ``512M``, ``1073741824``, ``2GiB`` (binary units)."""
+    match = _SIZE.match(text.strip())
+    if not match or int(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (write e.g. 1G or 512M)")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def _compression(text: str) -> Compression:
+    try:
+        return parse_compression(text)
+    except ProvisionError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _platform(text: str) -> Platform:
+    try:
+        return Platform.parse(text)
+    except ProvisionError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "build",
+        help="build an image spec into kernel+initrd, tar, disk and ISO images",
+        description="Build a LinuxKit image spec (several files merge in order) into one or "
+        "more output formats, reproducibly. Writes NAME.manifest.json next to the outputs.",
+    )
+    parser.add_argument("specs", nargs="+", type=Path, metavar="SPEC", help="spec file(s)")
+    parser.add_argument("-f", "--format", default="kernel+initrd", metavar="FORMATS",
+                        help="comma-separated output formats (default: kernel+initrd)")
+    parser.add_argument("-o", "--output", "--dir", dest="outdir", type=Path, default=Path("."),
+                        metavar="DIR", help="output directory (default: .)")
+    parser.add_argument("--name", help="output name (default: the first spec file's stem)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the merged, resolved spec and exit")
+    parser.add_argument("--pull", choices=PULL_POLICIES, default="missing",
+                        help="when to pull images (default: missing)")
+    parser.add_argument("--compress", type=_compression, default=Compression(),
+                        metavar="gzip|zstd|xz[:LEVEL]", help="initrd compression (default gzip)")
+    parser.add_argument("--size", type=parse_size, help="disk size for disk formats (e.g. 1G)")
+    parser.add_argument("--platform", type=_platform, help="os/arch[/variant] (default: host)")
+    parser.add_argument("--cache", type=Path, metavar="DIR", help="image cache directory")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    parser.set_defaults(func=run_build)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from provision.build import build_image, parse_formats
+    from provision.spec import dump_spec, load_spec
+
+    if args.dry_run:
+        sys.stdout.write(dump_spec(load_spec(args.specs)))
+        return 0
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr)
+
+    result = build_image(
+        args.specs,
+        store=ImageStore(args.cache) if args.cache else ImageStore.default(),
+        formats=parse_formats(args.format),
+        outdir=args.outdir,
+        name=args.name,
+        pull=args.pull,
+        compress=args.compress,
+        size=args.size,
+        platform=args.platform,
+        progress=progress,
+    )
+    if args.json:
+        print(json.dumps({
+            "name": result.name,
+            "image_digest": result.image_digest,
+            "source_date_epoch": result.source_date_epoch,
+            "outputs": [str(p) for p in result.outputs],
+            "manifest": str(result.manifest),
+        }, indent=2, sort_keys=True))
+    else:
+        for path in result.outputs:
+            print(path)
+    return 0

@@ -1,0 +1,237 @@
+"""End-to-end builds: the layout image-spec.md promises, reproducibility, the manifest,
+all-or-nothing outputs, and hostile layers through ``provision build``."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import subprocess
+import tarfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from conftest import KERNEL_BYTES, SERVICE, write_test_images
+
+from provision.build import build_image
+from provision.builders.base import BootInputs, FormatOptions
+from provision.cli import main
+from provision.compress import parse_compression
+from provision.errors import ProvisionError
+from provision.manifest import file_sha256
+from provision.oci.imagebuild import LayerEntry as E
+from provision.oci.imagebuild import tar_layer_from_entries, write_image
+from provision.oci.store import ImageStore
+
+
+def cpio_names(initrd: Path, tmp: Path) -> list[str]:
+    data = initrd.read_bytes()
+    assert data.startswith(b"070701")  # the microcode cpio comes first, uncompressed
+    start = data.index(b"\x1f\x8b\x08")
+    raw = tmp / "initrd.cpio"
+    raw.write_bytes(gzip.decompress(data[start:]))
+    out = subprocess.run(["cpio", "-it", "--quiet", "-F", str(raw)], check=True,
+                         capture_output=True, text=True).stdout
+    return out.splitlines()
+
+
+def test_build_writes_the_documented_layout(image_store: ImageStore, spec_file: Path,
+                                            tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = build_image([spec_file], store=image_store, outdir=out,
+                         formats="kernel+initrd,tar-kernel-initrd,tar", pull="never")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["machine-cmdline", "machine-initrd.img", "machine-initrd.tar",
+                     "machine-kernel", "machine.manifest.json", "machine.tar"]
+    assert (out / "machine-kernel").read_bytes() == KERNEL_BYTES
+    assert (out / "machine-cmdline").read_text() == "console=ttyS0 quiet\n"
+    listing = cpio_names(out / "machine-initrd.img", tmp_path)
+    for expected in ("dev/console", "dev/null", "init", "bin/sh", "etc/provision/image.json",
+                     "lib/modules/6.1.0/kernel/virtio.ko",
+                     "containers/onboot/000-dhcpcd/config.json",
+                     "containers/onboot/000-dhcpcd/runtime.json",
+                     "containers/onboot/000-dhcpcd/rootfs/sbin/dhcpcd",
+                     "containers/services/web/config.json",
+                     "containers/services/web/rootfs/usr/bin/web",
+                     "containers/services/scratch/lower/sbin/dhcpcd",
+                     "containers/services/scratch/tmp",
+                     "containers/volumes/data", "etc/motd", "etc/web", "etc/link",
+                     "run/init.pid", "run/from-files", "opt/upper"):
+        assert expected in listing, expected
+    # kernel, cmdline and microcode are split out of the initrd, as LinuxKit does
+    assert "boot/kernel" not in listing and "boot/cmdline" not in listing
+    # whiteouts and opaque directories of the init image were applied
+    assert "tmp-old" not in listing and "opt/lower" not in listing
+    assert listing == sorted(listing, key=lambda p: p.split("/"))
+
+    with tarfile.open(out / "machine.tar") as tar:
+        members = {m.name: m for m in tar}
+        assert members["boot/kernel"].size == len(KERNEL_BYTES)
+        assert members["bin/sh"].islnk() and members["bin/sh"].linkname == "bin/busybox"
+        assert members["var/run"].issym() and members["var/run"].linkname == "/run"
+        assert members["dev/console"].ischr()
+        assert members["etc/web"].uid == 33 and members["etc/web"].mode == 0o700
+        assert members["etc/motd"].mode == 0o644
+        config = json.loads(tar.extractfile("containers/services/web/config.json").read())  # type: ignore[union-attr]
+        assert config["process"]["args"][:1] == ["/usr/bin/web"]
+        image_info = json.loads(tar.extractfile("etc/provision/image.json").read())  # type: ignore[union-attr]
+    assert image_info == {"digest": result.image_digest, "name": "machine"}
+
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["image_digest"] == result.image_digest
+    assert {i["ref"] for i in manifest["images"]} >= {SERVICE}
+    assert all(i["digest"].startswith("sha256:") for i in manifest["images"])
+    assert manifest["specs"][0]["file"] == "machine.yml"
+    for record in manifest["outputs"]:
+        digest, size = file_sha256(out / record["file"])
+        assert (record["sha256"], record["size"]) == (digest, size)
+    assert {r["file"] for r in manifest["outputs"]} == set(names) - {"machine.manifest.json"}
+    with tarfile.open(out / "machine-initrd.tar") as tar:
+        assert tar.getnames() == ["kernel", "initrd.img", "cmdline"]
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd", "xz"])
+def test_two_builds_from_different_directories_and_times_are_identical(
+    image_store: ImageStore, spec_file: Path, tmp_path: Path, compress: str,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = []
+    for attempt in ("a", "b"):
+        cwd = tmp_path / f"cwd-{attempt}"
+        cwd.mkdir()
+        monkeypatch.chdir(cwd)
+        relative = Path(os.path.relpath(spec_file, cwd))
+        if attempt == "b":
+            time.sleep(1.1)
+            os.utime(spec_file)  # the spec file is newer, too
+        result = build_image([relative], store=image_store, outdir="out",
+                             formats="kernel+initrd,tar", pull="never",
+                             compress=parse_compression(compress))
+        results.append({p.name: p.read_bytes() for p in (cwd / "out").iterdir()})
+        assert result.manifest.exists()
+    assert results[0] == results[1]
+    assert set(results[0]) == {"machine-kernel", "machine-initrd.img", "machine-cmdline",
+                               "machine.tar", "machine.manifest.json"}
+
+
+def test_same_images_in_another_store_give_the_same_bytes(spec_file: Path,
+                                                          tmp_path: Path) -> None:
+    outputs = []
+    for attempt in ("one", "two"):
+        store = ImageStore(tmp_path / f"store-{attempt}")
+        write_test_images(store)
+        result = build_image([spec_file], store=store, outdir=tmp_path / attempt,
+                             formats="kernel+initrd", pull="never")
+        outputs.append((result.image_digest, (tmp_path / attempt / "machine-initrd.img")
+                        .read_bytes()))
+    assert outputs[0] == outputs[1]
+
+
+def test_source_date_epoch_clamps_every_mtime(image_store: ImageStore, spec_file: Path,
+                                              tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
+    result = build_image([spec_file], store=image_store, outdir=tmp_path / "o", formats="tar",
+                         pull="never")
+    assert result.source_date_epoch == 86400
+    with tarfile.open(tmp_path / "o" / "machine.tar") as tar:
+        assert {m.mtime for m in tar} == {0, 86400} or max(m.mtime for m in tar) == 86400
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    default = build_image([spec_file], store=image_store, outdir=tmp_path / "d", formats="tar",
+                          pull="never")
+    assert default.source_date_epoch == 1_600_000_010  # newest created of the input images
+
+
+class _FailingWriter:
+    """A format that writes part of a file and then fails."""
+
+    name = "fails-midway"
+    needs_initrd = True
+    needs_rootfs = False
+
+    def tools(self) -> Sequence[str]:
+        return ()
+
+    def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
+        (dest / f"{inputs.name}.half").write_bytes(b"half written")
+        raise ProvisionError("the disk writer failed")
+
+
+def test_a_failing_format_leaves_nothing_behind(image_store: ImageStore, spec_file: Path,
+                                                tmp_path: Path) -> None:
+    from provision.build import available_writers
+
+    registry = {**available_writers(), "fails-midway": _FailingWriter()}
+    out = tmp_path / "out"
+    with pytest.raises(ProvisionError, match="disk writer failed"):
+        build_image([spec_file], store=image_store, outdir=out, pull="never",
+                    formats="kernel+initrd,tar,fails-midway", registry=registry)
+    assert list(out.iterdir()) == []
+
+
+HOSTILE_LAYERS = {
+    "dotdot": [("../../etc/cron.d/evil", b"x")],
+    "symlink-escape": [E.symlink("up", "../../.."), ("up/tmp/evil", b"x")],
+    "hardlink-outside": [E.hardlink("shadow", "../../../etc/shadow")],
+    "device-node": [E(path="dev/kmem", kind="char", devmajor=1, devminor=2)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_LAYERS))
+def test_hostile_service_image_exits_2_with_a_located_error_and_no_output(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = ImageStore(tmp_path / "store")
+    write_test_images(store)
+    ref = "registry.example.test/hostile:1"
+    layer = tar_layer_from_entries(HOSTILE_LAYERS[case])
+    image = write_image(store, ref, [tar_layer_from_entries([("ok", b"fine")]), layer], {})
+    spec = tmp_path / "hostile.yml"
+    spec.write_text(f"services:\n  - name: bad\n    image: {ref}\n")
+    out = tmp_path / "out"
+    code = main(["build", "-q", "--cache", str(store.root), "--pull", "never", "-f", "tar",
+                 "-o", str(out), str(spec)])
+    err = capsys.readouterr().err
+    assert code == 2
+    line = err.splitlines()[0]
+    assert line.startswith("provision: error: refused image " + ref)
+    assert f"layer {image.layers[1].digest[:19]}" in line and "entry " in line
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_dry_run_prints_the_resolved_spec(spec_file: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", "--dry-run", str(spec_file)]) == 0
+    printed = capsys.readouterr().out
+    assert "registry.example.test/web:1" in printed
+
+
+def test_unknown_format_is_a_usage_error(spec_file: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", "-f", "floppy", str(spec_file)]) == 2
+    assert "unknown output format" in capsys.readouterr().err
+
+
+def test_missing_image_without_pull_fails_cleanly(spec_file: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = main(["build", "--cache", str(tmp_path / "empty"), "--pull", "never",
+                 "-o", str(out), str(spec_file)])
+    assert code == 1
+    assert "not in the cache" in capsys.readouterr().err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_json_output(image_store: ImageStore, spec_file: Path, tmp_path: Path,
+                     capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["build", "-q", "--json", "--cache", str(image_store.root), "--pull", "never",
+                 "-f", "kernel+initrd", "--name", "m2", "-o", str(tmp_path / "o"),
+                 str(spec_file)])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["name"] == "m2" and result["image_digest"].startswith("sha256:")
+    assert Path(result["manifest"]).name == "m2.manifest.json"
+    assert io.BytesIO(Path(result["outputs"][0]).read_bytes()).read(4)
