@@ -31,7 +31,6 @@ from provision.oci.auth import (
     Credentials,
     CredentialStore,
     RegistryConfig,
-    is_loopback,
     load_registry_config,
     parse_challenge,
 )
@@ -192,8 +191,7 @@ class RegistryClient:
         return [*self.config.mirrors.get(registry, ()), self.base_url(registry)]
 
     def _verify(self, url: str) -> bool:
-        host = urlsplit(url).netloc
-        return not (host in self.config.insecure or is_loopback(host))
+        return not self.config.is_insecure(urlsplit(url).netloc)
 
     def _check_scheme(self, url: str) -> None:
         parts = urlsplit(url)

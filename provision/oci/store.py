@@ -561,21 +561,24 @@ class ImageStore:
 
     def untag(self, name: str | ImageRef) -> bool:
         """Remove ``name`` from index.json; return whether it was there. Blobs stay until gc."""
-        name = self._normalize_name(name)
+        wanted = [self._normalize_name(name)]
+        if isinstance(name, str) and name not in wanted:
+            wanted.append(name)
         if not self.index_path.exists():
             return False
         with self._index_lock():
             index = self.read_index()
-            kept = [
-                m
-                for m in index["manifests"]
-                if (m.get("annotations") or {}).get(REF_NAME_ANNOTATION) != name
-            ]
-            if len(kept) == len(index["manifests"]):
-                return False
-            index["manifests"] = kept
-            self._write_index(index)
-            return True
+            for candidate in wanted:
+                kept = [
+                    m
+                    for m in index["manifests"]
+                    if (m.get("annotations") or {}).get(REF_NAME_ANNOTATION) != candidate
+                ]
+                if len(kept) != len(index["manifests"]):
+                    index["manifests"] = kept
+                    self._write_index(index)
+                    return True
+            return False
 
     def list_images(self) -> list[ImageEntry]:
         entries = []
@@ -586,10 +589,16 @@ class ImageStore:
         return sorted(entries, key=lambda e: (e.name, e.descriptor.digest))
 
     def lookup(self, name: str | ImageRef) -> Descriptor | None:
-        name = self._normalize_name(name)
-        for entry in self.list_images():
-            if entry.name == name:
-                return entry.descriptor
+        """The descriptor ``name`` points at: the canonical reference, or (for layouts other
+        tools wrote, e.g. skopeo's ``oci:DIR:latest``) the name exactly as written."""
+        wanted = [self._normalize_name(name)]
+        if isinstance(name, str) and name not in wanted:
+            wanted.append(name)
+        entries = self.list_images()
+        for candidate in wanted:
+            for entry in entries:
+                if entry.name == candidate:
+                    return entry.descriptor
         return None
 
     # -- resolution ---------------------------------------------------------------------------
@@ -606,7 +615,7 @@ class ImageStore:
             name = parsed.name if parsed else ref
         else:
             parsed, name = ref, ref.name
-        desc = self.lookup(name)
+        desc = self.lookup(ref)
         if desc is None and parsed is not None and parsed.digest:
             desc = self._descriptor_for_digest(parsed.digest)
         if desc is None:

@@ -46,6 +46,8 @@ def test_skopeo_copies_what_provision_pushed(
     )
     index = json.loads((layout / "index.json").read_text())
     assert index["manifests"][0]["digest"] == image.digest
+    # and provision reads the layout skopeo wrote, names as skopeo wrote them
+    assert ImageStore(layout).resolve("copied").digest == image.digest
     info = json.loads(
         skopeo(
             tmp_path, "inspect", "--tls-verify=false", f"docker://{registry.host}/pushed/interop:1"
