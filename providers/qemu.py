@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -282,6 +283,22 @@ def _check_prerequisites(config: VMConfig, source: BootSource) -> None:
             )
     if config.mem_mib < 32 or config.cpus < 1:
         raise UsageError("--mem must be at least 32 (MiB) and --cpus at least 1")
+    for port in config.publish:
+        check_port_free(port)
+
+
+def check_port_free(port: PortMapping) -> None:
+    """Raise UsageError when 127.0.0.1:HOST is already taken (QEMU's own error is vaguer)."""
+    kind = socket.SOCK_DGRAM if port.proto == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        try:
+            probe.bind(("127.0.0.1", port.host))
+        except OSError as exc:
+            raise UsageError(
+                f"cannot publish {port}: 127.0.0.1:{port.host}/{port.proto} is in use "
+                f"({exc.strerror})",
+                hint="choose another host port (`provision ps` shows what VMs publish)",
+            ) from exc
 
 
 def _claim_state_dir(state_root: Path, name: str) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +25,8 @@ from typing import Literal
 
 from provision.errors import CommandError, UsageError
 from provision.runner import require_tools, run
+
+log = logging.getLogger(__name__)
 
 Accel = Literal["tcg", "kvm"]
 ACCEL_CHOICES = ("tcg", "kvm", "auto")
@@ -171,7 +174,12 @@ def resolve_accel(
                 return "kvm" if cached.get("kvm_works") else "tcg"
         except (OSError, ValueError, AttributeError):
             pass
+    log.info("probing KVM with a test guest (at most %gs)", timeout)
     verdict = probe_kvm(qemu=qemu, device=device, timeout=timeout)
+    if not verdict.kvm_works and os.path.exists(device):
+        log.warning("KVM is not usable (%s); using tcg, software emulation", verdict.reason)
+    else:
+        log.info("KVM %s: %s", "usable" if verdict.kvm_works else "not usable", verdict.reason)
     if cache is not None:
         write_accel_cache(cache, key, verdict)
     return "kvm" if verdict.kvm_works else "tcg"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 from qemu_testkit import provision
@@ -38,3 +39,18 @@ def test_stop_unknown_vm_is_a_usage_error(state_root: Path) -> None:
     result = provision(state_root, "stop", "nope")
     assert result.returncode == 2
     assert "no VM named 'nope'" in result.stderr
+
+
+def test_publishing_a_taken_port_is_refused_before_qemu_starts(
+    state_root: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "web.iso").write_bytes(b"iso")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = provision(state_root, "run", "qemu", str(tmp_path / "web.iso"),
+                           "--accel", "tcg", "-d", "-p", f"{port}:80")  # fmt: skip
+    assert result.returncode == 2
+    assert f"127.0.0.1:{port}/tcp is in use" in result.stderr
+    assert list_vms(state_root) == []
