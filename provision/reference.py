@@ -35,7 +35,7 @@ class InvalidReferenceError(ProvisionError):
     def __init__(self, text: str, reason: str) -> None:
         super().__init__(
             f"invalid image reference {text!r}: {reason}",
-            hint="write references like redis, alpine:3.19, ghcr.io/org/app@sha256:<64 hex>",
+            hint="write references like redis, alpine:3.19, registry.example:5000/team/app@sha256:<64 hex>",
         )
         self.text = text
         self.reason = reason

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -132,6 +133,26 @@ class _UploadReader:
         return data
 
 
+def _describe_exception(exc: BaseException) -> str:
+    """The innermost useful reason of a requests/urllib3 error ("connection refused")."""
+    reason: BaseException | None = exc
+    seen = 0
+    while reason is not None and seen < 8:
+        seen += 1
+        if isinstance(reason, OSError) and reason.strerror:
+            return reason.strerror.lower()
+        inner = getattr(reason, "reason", None)
+        if isinstance(inner, BaseException):
+            reason = inner
+            continue
+        args = getattr(reason, "args", ())
+        nested = next((a for a in args if isinstance(a, BaseException)), None)
+        reason = nested or reason.__cause__ or reason.__context__
+    text = str(exc)
+    match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    return match.group(1).lower() if match else type(exc).__name__
+
+
 def _registry_message(response: requests.Response) -> str:
     try:
         errors = response.json().get("errors") or []
@@ -233,7 +254,11 @@ class RegistryClient:
                 )
             except requests.exceptions.RequestException as exc:
                 if attempt + 1 >= attempts:
-                    raise RegistryError(f"{method} {full}: {exc}") from exc
+                    raise RegistryError(
+                        f"cannot reach {urlsplit(full).netloc} ({method} {urlsplit(full).path}): "
+                        + _describe_exception(exc),
+                        hint="check the network, the registry address and any mirrors configured",
+                    ) from exc
                 self.sleep(0.5 * 2**attempt)
                 continue
             transient = response.status_code >= 500 or response.status_code == 429
