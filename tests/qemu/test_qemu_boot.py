@@ -96,14 +96,18 @@ def test_detached_vm_publishes_gets_data_and_stops_gracefully(
     print(f"detached start to ready: {ready:.1f}s, graceful stop: {stop_seconds:.1f}s")
 
 
-def test_uefi_direct_kernel_boot_reads_cidata_on_q35(test_artifact: Path, state_root: Path) -> None:
+def test_uefi_direct_kernel_boot_reads_cidata_on_q35(
+    test_artifact: Path, state_root: Path, tmp_path: Path
+) -> None:
+    user_data = tmp_path / "user-data.yml"
+    user_data.write_text("efi-user-data: from a file")
     result = provision(
         state_root, "run", "qemu", str(test_artifact), "--accel", "tcg", "--mem", "256",
-        "--uefi", "--data", "efi-user-data", "--cmdline", "test.poweroff=late",
+        "--uefi", "--data-file", str(user_data), "--cmdline", "test.poweroff=late",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert MARKER in result.stdout
-    assert "USER-DATA-BEGIN\nefi-user-data" in result.stdout.replace("\r\n", "\n")
+    assert "USER-DATA-BEGIN\nefi-user-data: from a file" in result.stdout.replace("\r\n", "\n")
 
 
 @pytest.mark.parametrize("image", ["iso", "qcow2"])
