@@ -7,6 +7,7 @@ import json
 import random
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,29 @@ def test_provision_pulls_what_skopeo_pushed(
     pulled = client.pull(fresh, f"{registry.host}/skopeo/pushed:7")
     assert pulled.config_digest == image.config_digest
     assert [d.digest for d in pulled.layers] == [d.digest for d in image.layers]
+
+
+def test_provision_pulls_docker_schema2_images(
+    registry: Registry, store: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    make_image(store, "v2s2:1", {"etc/format": b"docker"})
+    skopeo(
+        tmp_path,
+        "copy",
+        "--format",
+        "v2s2",
+        "--dest-tls-verify=false",
+        f"oci:{store.root}:docker.io/library/v2s2:1",
+        f"docker://{registry.host}/docker/v2s2:1",
+    )
+    pulled = client.pull(ImageStore(tmp_path / "fresh"), f"{registry.host}/docker/v2s2:1")
+    assert pulled.media_type == "application/vnd.docker.distribution.manifest.v2+json"
+    (layer,) = pulled.layers
+    assert layer.media_type == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    fresh = ImageStore(tmp_path / "fresh")
+    with fresh.open_layer(layer) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        names = {member.name: member for member in tar}
+    assert "etc/format" in names
 
 
 def test_umoci_unpacks_an_image_from_the_store(store: ImageStore, tmp_path: Path) -> None:
