@@ -1,0 +1,392 @@
+"""The engine: observe, plan and act for each group, journaling every mutating call.
+
+Per pass and group: re-drive pending intents (same idempotency key), observe, compute the step
+the rollout rules allow, then destroy and create. Every mutating call is bracketed by journal
+writes: the intent before, the result after. ``boundary(point)`` is called at each side-effect
+boundary so tests can crash the engine there.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provision.reconcile.clock import Clock
+from provision.reconcile.image import resolve_group_image
+from provision.reconcile.journal import Intent, KnownInstance, Store
+from provision.reconcile.logs import log_event
+from provision.reconcile.metrics import Metrics
+from provision.reconcile.model import Condition, Machine, Observation
+from provision.reconcile.observe import Observer
+from provision.reconcile.plan import (
+    ClusterPlan,
+    GroupPlan,
+    describe_trigger,
+    digest_observations,
+    plan_group,
+)
+from provision.reconcile.provider import (
+    TAG_CLUSTER,
+    TAG_CONFIG,
+    TAG_EPOCH,
+    TAG_GROUP,
+    TAG_SLOT,
+    CreateRequest,
+    HealthSource,
+    HealthState,
+    Instance,
+    OutcomeUnknownError,
+    Page,
+    Provider,
+    ProviderError,
+    StaleEpochError,
+    TransientProviderError,
+)
+from provision.reconcile.rollout import plan_step
+from provision.reconcile.spec import ClusterSpec, GroupSpec, config_digest
+from provision.reconcile.throttle import Backoff, RateLimiter
+
+Boundary = Callable[[str], None]
+
+
+@dataclass
+class PassResult:
+    group: str
+    created: int = 0
+    destroyed: int = 0
+    recovered: int = 0
+    errors: list[str] = field(default_factory=list)
+    converged: bool = False
+    pages: int = 0
+    notes: tuple[str, ...] = ()
+
+
+class PacedProvider:
+    """Wraps a provider: every call waits for the provider's rate limit and is counted."""
+
+    def __init__(self, inner: Provider, limiter: RateLimiter, metrics: Metrics | None) -> None:
+        self.inner, self.limiter, self.metrics, self.name = inner, limiter, metrics, inner.name
+
+    def _tick(self, op: str) -> None:
+        self.limiter.acquire()
+        if self.metrics is not None:
+            self.metrics.inc("provision_provider_calls_total", provider=self.name, op=op)
+
+    def create_instance(self, request: CreateRequest) -> Instance:
+        self._tick("create")
+        return self.inner.create_instance(request)
+
+    def list_instances(self, tags: Mapping[str, str], page_token: str | None = None) -> Page:
+        self._tick("list")
+        return self.inner.list_instances(tags, page_token)
+
+    def destroy_instance(self, instance_id: str, epoch: int) -> None:
+        self._tick("destroy")
+        self.inner.destroy_instance(instance_id, epoch)
+
+    def address(self, instance: Instance, port: int) -> tuple[str, int] | None:
+        return self.inner.address(instance, port)
+
+    def probe_health(self, instance: Instance) -> HealthState:
+        if isinstance(self.inner, HealthSource):
+            return self.inner.probe_health(instance)
+        return HealthState.UNKNOWN
+
+
+class Engine:
+    """Reconciles one cluster spec against its providers, through one journal."""
+
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        providers: Mapping[str, Provider],
+        store: Store,
+        clock: Clock,
+        *,
+        owner: str = "engine",
+        boundary: Boundary | None = None,
+        stop: threading.Event | None = None,
+        metrics: Metrics | None = None,
+        backoff: Backoff | None = None,
+        grace: float = 300.0,
+        images: Mapping[str, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.store = store
+        self.clock = clock
+        self.owner = owner
+        self.boundary = boundary or (lambda _point: None)
+        self.stop = stop or threading.Event()
+        self.metrics = metrics
+        self.backoff = backoff or Backoff(clock)
+        self.grace = grace
+        self.epoch = 0
+        self._images = dict(images or {})
+        self._configs_written: set[str] = set()
+        self._scope_created: dict[str, int] = {}  # creates made under a saved plan, per group
+        self.providers: dict[str, PacedProvider] = {}
+        for name, provider in providers.items():
+            pspec = spec.providers.get(name)
+            limiter = RateLimiter(clock, pspec.rate_limit if pspec else None)
+            self.providers[name] = PacedProvider(provider, limiter, metrics)
+
+    # -- leadership ----------------------------------------------------------------------
+
+    def acquire(self, ttl: float = 15.0) -> int:
+        self.epoch = self.store.acquire_lease(self.spec.name, self.owner, ttl, self.clock.now())
+        self.store.put_desired(self.spec.name, self.spec.digest, self.spec.source_text, self.epoch)
+        if self.metrics is not None:
+            self.metrics.set("provision_leader_epoch", self.epoch)
+        return self.epoch
+
+    def renew(self, ttl: float = 15.0) -> None:
+        self.store.renew_lease(self.spec.name, self.owner, self.epoch, ttl, self.clock.now())
+
+    def release(self) -> None:
+        self.store.release_lease(self.spec.name, self.owner, self.epoch)
+
+    # -- desired state -------------------------------------------------------------------
+
+    def desired(self, group: GroupSpec) -> tuple[str, str]:
+        """(image id, config digest) the group's machines should have."""
+        image = self._images.get(group.name)
+        if image is None:
+            base = Path(self.spec.source_file).parent if not self.spec.source_file.startswith("<") else Path.cwd()
+            image = resolve_group_image(group, self.spec.providers[group.provider], base)
+            self._images[group.name] = image
+        config = config_digest(image, group.properties)
+        if config not in self._configs_written:
+            self.store.put_config(config, image, dict(group.properties))
+            self._configs_written.add(config)
+        return image, config
+
+    def observer(self, group: GroupSpec) -> Observer:
+        return Observer(self.spec.name, self.providers[group.provider], self.store, self.clock, self.grace)
+
+    def observe(self, group: GroupSpec) -> Observation:
+        return self.observer(group).observe(group)
+
+    def plan(self) -> ClusterPlan:
+        observations = [self.observe(g) for g in self.spec.groups]
+        groups = tuple(self.plan_observed(g, o) for g, o in zip(self.spec.groups, observations, strict=True))
+        return ClusterPlan(
+            self.spec.name, self.spec.source_file, self.spec.digest, self.spec.source_text,
+            digest_observations(observations), groups,
+        )
+
+    def plan_observed(self, group: GroupSpec, observation: Observation) -> GroupPlan:
+        image, config = self.desired(group)
+
+        def trigger(m: Machine) -> str:
+            return describe_trigger(m, image, group.properties, self.store.config)
+
+        return plan_group(group, image, config, observation, trigger)
+
+    # -- one pass --------------------------------------------------------------------------
+
+    def reconcile(self, scope: ClusterPlan | None = None) -> list[PassResult]:
+        return [self.reconcile_group(g, scope) for g in self.spec.groups]
+
+    def reconcile_group(self, group: GroupSpec, scope: ClusterPlan | None = None) -> PassResult:
+        started = time.monotonic()
+        result = PassResult(group.name)
+        provider = self.providers[group.provider]
+        image, config = self.desired(group)
+        try:
+            result.recovered = self._recover(group, provider, result)
+            observation = self.observe(group)
+            result.pages = observation.pages
+            allowed: set[str] | None = None
+            budget: int | None = None
+            if scope is not None:
+                allowed, planned = scope.scope(group.name)
+                budget = planned - self._scope_created.get(group.name, 0)
+            step = plan_step(group, config, observation.machines, allowed=allowed, create_budget=budget)
+            result.notes = step.notes
+            freed = 0
+            for destruction in step.destroys:
+                if self.stop.is_set():
+                    break
+                if self._destroy(group, provider, destruction.machine, destruction.reason, result):
+                    freed += 1
+            for creation in step.creates[: step.room + freed]:
+                if self.stop.is_set() or not self.backoff.ready(f"{group.name}:create"):
+                    break
+                if not self._create(group, provider, image, config, creation.slot, creation.reason, result):
+                    break
+            self._scope_created[group.name] = self._scope_created.get(group.name, 0) + result.created
+            self._record(group, config, observation, result)
+            result.converged = (
+                step.empty
+                and not result.errors
+                and not any(m.id is None for m in observation.machines)
+                and len(observation.machines) == group.desired
+                and all(m.config == config and m.condition is Condition.AVAILABLE for m in observation.machines)
+            )
+        except StaleEpochError:
+            raise
+        except TransientProviderError as exc:
+            result.errors.append(f"list: {exc}")
+            self.backoff.failed(f"{group.name}:list", exc.retry_after)
+        if self.metrics is not None:
+            self.metrics.inc("provision_reconcile_passes_total", group=group.name)
+            self.metrics.inc("provision_pass_seconds_sum", time.monotonic() - started, group=group.name)
+        return result
+
+    def _record(self, group: GroupSpec, config: str, observation: Observation, result: PassResult) -> None:
+        if self.metrics is None:
+            return
+        machines = observation.machines
+        m = self.metrics
+        m.set("provision_group_desired", group.desired, group=group.name)
+        m.set("provision_group_observed", len(machines), group=group.name)
+        m.set("provision_group_available", sum(1 for x in machines if x.condition is Condition.AVAILABLE), group=group.name)
+        m.set("provision_group_up_to_date", sum(1 for x in machines if x.config == config), group=group.name)
+
+    # -- the journaled mutations ------------------------------------------------------------
+
+    def _recover(self, group: GroupSpec, provider: Provider, result: PassResult) -> int:
+        """Re-drive intents left pending by a crash or a failed call: same key, same request."""
+        done = 0
+        for intent in self.store.pending_intents(self.spec.name, group.name):
+            item = f"{group.name}:intent:{intent.key}"
+            if self.stop.is_set() or not self.backoff.ready(item):
+                continue
+            try:
+                if intent.op == "create":
+                    body = json.loads(intent.request)
+                    request = CreateRequest(body["key"], body["name"], body["image"], body["properties"], body["tags"], self.epoch)
+                    instance = provider.create_instance(request)
+                    self.boundary("create:call-returned")
+                    self.store.finish_create(intent.key, _known(group, intent.slot, intent.config, request, instance), self.epoch)
+                else:
+                    assert intent.instance_id is not None
+                    provider.destroy_instance(intent.instance_id, self.epoch)
+                    self.boundary("destroy:call-returned")
+                    self.store.finish_destroy(intent.key, intent.instance_id, self.clock.now(), self.epoch)
+                self.boundary(f"{intent.op}:result-written")
+            except StaleEpochError:
+                raise
+            except TransientProviderError as exc:
+                self._failed(group, item, intent.op, exc, result)
+                continue
+            except ProviderError as exc:
+                self.store.abandon_intent(intent.key, str(exc), self.epoch)
+                self._failed(group, item, intent.op, exc, result)
+                continue
+            self.backoff.succeeded(item)
+            log_event("recovered", cluster=self.spec.name, group=group.name, op=intent.op, key=intent.key)
+            done += 1
+        return done
+
+    def _create(self, group: GroupSpec, provider: Provider, image: str, config: str, slot: str, reason: str, result: PassResult) -> bool:
+        cluster = self.spec.name
+        seq = self.store.next_sequence(cluster, group.name, self.epoch)
+        slot = slot or f"{seq:05d}"
+        key = f"{cluster}/{group.name}/{slot}/{seq}"
+        name = f"{cluster}-{group.name}-{slot}" + (f"-{seq}" if group.members is not None else "")
+        tags = {TAG_CLUSTER: cluster, TAG_GROUP: group.name, TAG_SLOT: slot, TAG_CONFIG: config, TAG_EPOCH: str(self.epoch)}
+        request = CreateRequest(key, name, image, dict(group.properties), tags, self.epoch)
+        body = {"key": key, "name": name, "image": image, "properties": dict(group.properties), "tags": tags}
+        intent = Intent(key, cluster, group.name, "create", slot, None, config, reason, json.dumps(body, default=str), self.clock.now())
+        self.store.begin_intents([intent], self.epoch)
+        self.boundary("create:intent-written")
+        item = f"{group.name}:create"
+        try:
+            instance = provider.create_instance(request)
+        except StaleEpochError:
+            raise
+        except TransientProviderError as exc:
+            self._failed(group, item, "create", exc, result)  # the intent stays pending: re-driven
+            return False
+        except ProviderError as exc:
+            self.store.abandon_intent(key, str(exc), self.epoch)
+            self._failed(group, item, "create", exc, result)
+            return False
+        self.boundary("create:call-returned")
+        self.store.finish_create(key, _known(group, slot, config, request, instance), self.epoch)
+        self.boundary("create:result-written")
+        self.backoff.succeeded(item)
+        result.created += 1
+        if self.metrics is not None:
+            self.metrics.inc("provision_machines_created_total", group=group.name)
+        log_event("created", cluster=cluster, group=group.name, slot=slot, instance=instance.id, key=key, reason=reason, epoch=self.epoch)
+        return True
+
+    def _destroy(self, group: GroupSpec, provider: Provider, machine: Machine, reason: str, result: PassResult) -> bool:
+        assert machine.id is not None
+        item = f"{group.name}:destroy:{machine.id}"
+        if not self.backoff.ready(item):
+            return False
+        key = f"{self.spec.name}/{group.name}/destroy/{machine.id}/{self.epoch}"
+        intent = Intent(key, self.spec.name, group.name, "destroy", machine.slot, machine.id, machine.config, reason, "", self.clock.now())
+        self.store.begin_intents([intent], self.epoch)
+        self.boundary("destroy:intent-written")
+        try:
+            provider.destroy_instance(machine.id, self.epoch)
+        except StaleEpochError:
+            raise
+        except TransientProviderError as exc:
+            self._failed(group, item, "destroy", exc, result)
+            return False
+        except ProviderError as exc:
+            self.store.abandon_intent(key, str(exc), self.epoch)
+            self._failed(group, item, "destroy", exc, result)
+            return False
+        self.boundary("destroy:call-returned")
+        self.store.finish_destroy(key, machine.id, self.clock.now(), self.epoch)
+        self.boundary("destroy:result-written")
+        self.backoff.succeeded(item)
+        result.destroyed += 1
+        if self.metrics is not None:
+            self.metrics.inc("provision_machines_destroyed_total", group=group.name, reason=reason)
+        log_event("destroyed", cluster=self.spec.name, group=group.name, slot=machine.slot, instance=machine.id, reason=reason, epoch=self.epoch)
+        return True
+
+    def _failed(self, group: GroupSpec, item: str, op: str, exc: ProviderError, result: PassResult) -> None:
+        retry_after = exc.retry_after if isinstance(exc, TransientProviderError) else None
+        delay = self.backoff.failed(item, retry_after if not isinstance(exc, OutcomeUnknownError) else None)
+        result.errors.append(f"{op}: {exc}")
+        if self.metrics is not None:
+            self.metrics.inc("provision_reconcile_errors_total", group=group.name, op=op)
+        log_event("call-failed", cluster=self.spec.name, group=group.name, op=op, error=str(exc), retry_in=round(delay, 3))
+
+    # -- until done -----------------------------------------------------------------------------
+
+    def converge(self, *, max_passes: int = 1000, scope: ClusterPlan | None = None, between: Callable[[int], None] | None = None) -> int:
+        """Run passes until every group converges (or a scoped plan is exhausted); return the
+        number of passes. ``between(n)`` runs after pass n (tests advance the clock there)."""
+        for n in range(1, max_passes + 1):
+            results = self.reconcile(scope)
+            if all(r.converged for r in results) or self.stop.is_set():
+                return n
+            if scope is not None and _scope_done(self, scope, results):
+                return n
+            if between is not None:
+                between(n)
+        return max_passes
+
+
+def _scope_done(engine: Engine, scope: ClusterPlan, results: list[PassResult]) -> bool:
+    """A saved plan is done when nothing it names is left and no call is in flight."""
+    if any(r.errors or r.created or r.destroyed or r.recovered for r in results):
+        return False
+    if engine.store.pending_intents(engine.spec.name):
+        return False
+    for group in engine.spec.groups:
+        ids, _ = scope.scope(group.name)
+        observation = engine.observe(group)
+        if any(m.id in ids for m in observation.machines):
+            return False
+        if any(m.condition is Condition.STARTING for m in observation.machines):
+            return False
+    return True
+
+
+def _known(group: GroupSpec, slot: str, config: str, request: CreateRequest, instance: Instance) -> KnownInstance:
+    return KnownInstance(instance.id, group.name, slot, config, instance.image or request.image, instance.name or request.name, request.key, instance.created_at, None)
+

@@ -1,0 +1,349 @@
+"""The journal: desired specs, intents and leases, behind a Store Protocol.
+
+Write-ahead discipline: an intent (with the idempotency key the provider call will carry) is
+committed *before* each mutating call and its result *after* it. A crash anywhere leaves either
+nothing, a pending intent (re-driven on restart with the same key, so the provider returns the
+machine it already made), or a finished one. Nothing is leaked, nothing duplicated.
+
+Fencing: each lease acquisition bumps the cluster's epoch. Every journal write checks, in the
+same transaction, that the writer's epoch is still current, and every provider call carries the
+epoch. An etcd Store maps this directly: the lease is an etcd lease on a leader key, the epoch is
+that key's create_revision, and each write is a transaction guarded by
+``create_revision(leader) == epoch``.
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``: durable across a crash of this process (the
+failure the engine must survive); a power cut may lose the last commits, which the re-drive of
+intents and the ownership tags on the machines still cover.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from provision.errors import ProvisionError
+from provision.reconcile.provider import StaleEpochError
+
+
+class LeaseHeldError(ProvisionError):
+    """Another daemon holds the cluster's lease."""
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A mutating call, journaled before it is made."""
+
+    key: str
+    cluster: str
+    group: str
+    op: str  # "create" | "destroy"
+    slot: str
+    instance_id: str | None
+    config: str
+    reason: str
+    request: str  # JSON of the create request (without epoch), "" for destroys
+    created_at: float
+
+
+@dataclass(frozen=True)
+class KnownInstance:
+    """A machine the journal knows and the provider's list may not show yet (or still shows)."""
+
+    instance_id: str
+    group: str
+    slot: str
+    config: str
+    image: str
+    name: str
+    key: str
+    created_at: float
+    destroyed_at: float | None
+
+
+class Store(Protocol):
+    def acquire_lease(self, cluster: str, owner: str, ttl: float, now: float) -> int: ...
+
+    def renew_lease(self, cluster: str, owner: str, epoch: int, ttl: float, now: float) -> None: ...
+
+    def release_lease(self, cluster: str, owner: str, epoch: int) -> None: ...
+
+    def put_desired(self, cluster: str, digest: str, text: str, epoch: int) -> None: ...
+
+    def desired(self, cluster: str) -> tuple[str, str] | None: ...
+
+    def put_config(self, config: str, image: str, properties: dict[str, Any]) -> None: ...
+
+    def config(self, config: str) -> tuple[str, dict[str, Any]] | None: ...
+
+    def next_sequence(self, cluster: str, group: str, epoch: int) -> int: ...
+
+    def begin_intents(self, intents: Sequence[Intent], epoch: int) -> None: ...
+
+    def finish_create(self, key: str, known: KnownInstance, epoch: int) -> None: ...
+
+    def finish_destroy(self, key: str, instance_id: str, now: float, epoch: int) -> None: ...
+
+    def abandon_intent(self, key: str, message: str, epoch: int) -> None: ...
+
+    def pending_intents(self, cluster: str, group: str | None = None) -> list[Intent]: ...
+
+    def known_instances(self, cluster: str, group: str) -> list[KnownInstance]: ...
+
+    def forget_instances(self, cluster: str, ids: Iterable[str]) -> None: ...
+
+    def unhealthy_since(self, cluster: str, group: str) -> dict[str, float]: ...
+
+    def set_unhealthy_since(self, cluster: str, group: str, changes: dict[str, float | None]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (cluster TEXT PRIMARY KEY, owner TEXT, epoch INTEGER NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS desired (cluster TEXT PRIMARY KEY, digest TEXT NOT NULL, text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS configs (config TEXT PRIMARY KEY, image TEXT NOT NULL, properties TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sequences (cluster TEXT, grp TEXT, value INTEGER NOT NULL, PRIMARY KEY (cluster, grp));
+CREATE TABLE IF NOT EXISTS intents (
+  key TEXT PRIMARY KEY, cluster TEXT NOT NULL, grp TEXT NOT NULL, op TEXT NOT NULL, slot TEXT NOT NULL,
+  instance_id TEXT, config TEXT NOT NULL, reason TEXT NOT NULL, request TEXT NOT NULL,
+  created_at REAL NOT NULL, state TEXT NOT NULL, result TEXT, epoch INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS intents_pending ON intents (cluster, state);
+CREATE TABLE IF NOT EXISTS instances (
+  instance_id TEXT PRIMARY KEY, cluster TEXT NOT NULL, grp TEXT NOT NULL, slot TEXT NOT NULL,
+  config TEXT NOT NULL, image TEXT NOT NULL, name TEXT NOT NULL, key TEXT NOT NULL,
+  created_at REAL NOT NULL, destroyed_at REAL);
+CREATE INDEX IF NOT EXISTS instances_group ON instances (cluster, grp);
+CREATE TABLE IF NOT EXISTS health (cluster TEXT, grp TEXT, instance_id TEXT, since REAL NOT NULL,
+  PRIMARY KEY (cluster, instance_id));
+"""
+
+
+class SqliteStore:
+    """The embedded Store: one SQLite file in WAL mode, safe to share between threads."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- transactions --------------------------------------------------------------------
+
+    def _write(self, cluster: str, epoch: int | None, body: Any) -> Any:
+        """Run ``body(db)`` in one IMMEDIATE transaction, fenced by ``epoch`` when given."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if epoch is not None:
+                    row = db.execute("SELECT epoch FROM leases WHERE cluster=?", (cluster,)).fetchone()
+                    current = row[0] if row else 0
+                    if current != epoch:
+                        raise StaleEpochError(
+                            f"journal write refused: epoch {epoch} is not the current {current} of {cluster!r}",
+                            hint="another daemon took the lease; this one must stop",
+                        )
+                result = body(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+    def _cluster_of(self, key: str) -> str:
+        with self._lock:
+            row = self._db.execute("SELECT cluster FROM intents WHERE key=?", (key,)).fetchone()
+        return str(row[0]) if row else ""
+
+    # -- leases --------------------------------------------------------------------------
+
+    def acquire_lease(self, cluster: str, owner: str, ttl: float, now: float) -> int:
+        def body(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT owner, epoch, expires FROM leases WHERE cluster=?", (cluster,)).fetchone()
+            if row and row[0] and row[0] != owner and row[2] > now:
+                raise LeaseHeldError(
+                    f"cluster {cluster!r} is managed by {row[0]} (lease for {row[2] - now:.0f}s more)",
+                    hint="stop the other daemon, or wait for its lease to expire",
+                )
+            epoch = (row[1] if row else 0) + 1
+            db.execute(
+                "INSERT INTO leases VALUES (?,?,?,?) ON CONFLICT(cluster) DO UPDATE SET owner=excluded.owner, epoch=excluded.epoch, expires=excluded.expires",
+                (cluster, owner, epoch, now + ttl),
+            )
+            return epoch
+
+        return int(self._write(cluster, None, body))
+
+    def renew_lease(self, cluster: str, owner: str, epoch: int, ttl: float, now: float) -> None:
+        def body(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE leases SET expires=? WHERE cluster=? AND owner=?", (now + ttl, cluster, owner))
+
+        self._write(cluster, epoch, body)
+
+    def release_lease(self, cluster: str, owner: str, epoch: int) -> None:
+        def body(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE leases SET owner=NULL, expires=0 WHERE cluster=? AND owner=?", (cluster, owner))
+
+        with contextlib.suppress(StaleEpochError):
+            self._write(cluster, epoch, body)
+
+    # -- desired state and configs -------------------------------------------------------
+
+    def put_desired(self, cluster: str, digest: str, text: str, epoch: int) -> None:
+        self._write(
+            cluster,
+            epoch,
+            lambda db: db.execute(
+                "INSERT INTO desired VALUES (?,?,?) ON CONFLICT(cluster) DO UPDATE SET digest=excluded.digest, text=excluded.text",
+                (cluster, digest, text),
+            ),
+        )
+
+    def desired(self, cluster: str) -> tuple[str, str] | None:
+        with self._lock:
+            row = self._db.execute("SELECT digest, text FROM desired WHERE cluster=?", (cluster,)).fetchone()
+        return (str(row[0]), str(row[1])) if row else None
+
+    def put_config(self, config: str, image: str, properties: dict[str, Any]) -> None:
+        text = json.dumps(properties, sort_keys=True, default=str)
+        self._write(
+            "",
+            None,
+            lambda db: db.execute("INSERT OR IGNORE INTO configs VALUES (?,?,?)", (config, image, text)),
+        )
+
+    def config(self, config: str) -> tuple[str, dict[str, Any]] | None:
+        with self._lock:
+            row = self._db.execute("SELECT image, properties FROM configs WHERE config=?", (config,)).fetchone()
+        return (str(row[0]), dict(json.loads(row[1]))) if row else None
+
+    def next_sequence(self, cluster: str, group: str, epoch: int) -> int:
+        def body(db: sqlite3.Connection) -> int:
+            db.execute(
+                "INSERT INTO sequences VALUES (?,?,1) ON CONFLICT(cluster, grp) DO UPDATE SET value=value+1",
+                (cluster, group),
+            )
+            row = db.execute("SELECT value FROM sequences WHERE cluster=? AND grp=?", (cluster, group)).fetchone()
+            return int(row[0])
+
+        return int(self._write(cluster, epoch, body))
+
+    # -- intents -------------------------------------------------------------------------
+
+    def begin_intents(self, intents: Sequence[Intent], epoch: int) -> None:
+        if not intents:
+            return
+
+        def body(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO intents VALUES (?,?,?,?,?,?,?,?,?,?,'pending',NULL,?)",
+                [
+                    (i.key, i.cluster, i.group, i.op, i.slot, i.instance_id, i.config, i.reason, i.request, i.created_at, epoch)
+                    for i in intents
+                ],
+            )
+
+        self._write(intents[0].cluster, epoch, body)
+
+    def finish_create(self, key: str, known: KnownInstance, epoch: int) -> None:
+        cluster = self._cluster_of(key)
+
+        def body(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE intents SET state='done', result=?, instance_id=? WHERE key=?", (known.instance_id, known.instance_id, key))
+            db.execute(
+                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,NULL)",
+                (known.instance_id, cluster, known.group, known.slot, known.config, known.image, known.name, known.key, known.created_at),
+            )
+
+        self._write(cluster, epoch, body)
+
+    def finish_destroy(self, key: str, instance_id: str, now: float, epoch: int) -> None:
+        cluster = self._cluster_of(key)
+
+        def body(db: sqlite3.Connection) -> None:
+            row = db.execute("SELECT grp, slot, config FROM intents WHERE key=?", (key,)).fetchone()
+            db.execute("UPDATE intents SET state='done', result='destroyed' WHERE key=?", (key,))
+            db.execute(
+                "INSERT INTO instances VALUES (?,?,?,?,?,'','','',0,?) ON CONFLICT(instance_id) DO UPDATE SET destroyed_at=excluded.destroyed_at",
+                (instance_id, cluster, row[0] if row else "", row[1] if row else "", row[2] if row else "", now),
+            )
+            db.execute("DELETE FROM health WHERE cluster=? AND instance_id=?", (cluster, instance_id))
+
+        self._write(cluster, epoch, body)
+
+    def abandon_intent(self, key: str, message: str, epoch: int) -> None:
+        cluster = self._cluster_of(key)
+        self._write(
+            cluster, epoch, lambda db: db.execute("UPDATE intents SET state='failed', result=? WHERE key=?", (message, key))
+        )
+
+    def pending_intents(self, cluster: str, group: str | None = None) -> list[Intent]:
+        query = "SELECT key, cluster, grp, op, slot, instance_id, config, reason, request, created_at FROM intents WHERE cluster=? AND state='pending'"
+        args: tuple[str, ...] = (cluster,)
+        if group is not None:
+            query += " AND grp=?"
+            args = (cluster, group)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY created_at, key", args).fetchall()
+        return [Intent(*row) for row in rows]
+
+    # -- instances the list may not show yet ---------------------------------------------
+
+    def known_instances(self, cluster: str, group: str) -> list[KnownInstance]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT instance_id, grp, slot, config, image, name, key, created_at, destroyed_at FROM instances WHERE cluster=? AND grp=?",
+                (cluster, group),
+            ).fetchall()
+        return [KnownInstance(*row) for row in rows]
+
+    def forget_instances(self, cluster: str, ids: Iterable[str]) -> None:
+        rows = [(cluster, i) for i in ids]
+        if rows:
+            self._write(cluster, None, lambda db: db.executemany("DELETE FROM instances WHERE cluster=? AND instance_id=?", rows))
+
+    # -- health history --------------------------------------------------------------------
+
+    def unhealthy_since(self, cluster: str, group: str) -> dict[str, float]:
+        with self._lock:
+            rows = self._db.execute("SELECT instance_id, since FROM health WHERE cluster=? AND grp=?", (cluster, group)).fetchall()
+        return {str(r[0]): float(r[1]) for r in rows}
+
+    def set_unhealthy_since(self, cluster: str, group: str, changes: dict[str, float | None]) -> None:
+        if not changes:
+            return
+
+        def body(db: sqlite3.Connection) -> None:
+            for instance_id, since in changes.items():
+                if since is None:
+                    db.execute("DELETE FROM health WHERE cluster=? AND instance_id=?", (cluster, instance_id))
+                else:
+                    db.execute("INSERT OR REPLACE INTO health VALUES (?,?,?,?)", (cluster, group, instance_id, since))
+
+        self._write(cluster, None, body)
+
+    # -- inspection (status, tests) ---------------------------------------------------------
+
+    def intent_counts(self, cluster: str) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM intents WHERE cluster=? GROUP BY state", (cluster,)).fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def current_epoch(self, cluster: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT epoch FROM leases WHERE cluster=?", (cluster,)).fetchone()
+        return int(row[0]) if row else 0

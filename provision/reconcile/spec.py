@@ -1,0 +1,386 @@
+"""The cluster spec: groups of machines, each with a provider, an image, a size or member names,
+provider properties, an update policy and health checks. Parsed strictly; every problem located.
+
+The format is documented in docs/cluster-spec.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Any
+
+from provision.errors import Problem, SpecError
+from provision.reconcile.yamlsource import Path as KeyPath
+from provision.reconcile.yamlsource import YamlSource, parse_yaml_source
+
+NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class Strategy(StrEnum):
+    ROLLING = "rolling"
+    ON_DELETE = "on-delete"
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A count (``2``) or a percentage of the desired size (``"25%"``)."""
+
+    value: int
+    percent: bool = False
+
+    def resolve(self, total: int, *, round_up: bool) -> int:
+        if not self.percent:
+            return self.value
+        exact = total * self.value / 100
+        return math.ceil(exact) if round_up else math.floor(exact)
+
+    def __str__(self) -> str:
+        return f"{self.value}%" if self.percent else str(self.value)
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    strategy: Strategy = Strategy.ROLLING
+    max_surge: Quantity = Quantity(1)
+    max_unavailable: Quantity = Quantity(0)
+    paused: bool = False
+
+    def bounds(self, desired: int) -> tuple[int, int]:
+        """(surge, unavailable) as counts for ``desired`` machines; never both zero."""
+        surge = self.max_surge.resolve(desired, round_up=True)
+        unavailable = self.max_unavailable.resolve(desired, round_up=False)
+        if surge == 0 and unavailable == 0:
+            surge = 1
+        return surge, unavailable
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    """How a machine's health is read and when an unhealthy one is replaced."""
+
+    port: int | None = None
+    path: str = "/healthz"
+    startup_timeout: float = 600.0
+    unhealthy_timeout: float = 300.0
+    max_unhealthy: Quantity = Quantity(40, percent=True)
+    max_in_flight: int = 1
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    name: str
+    type: str
+    rate_limit: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    name: str
+    provider: str
+    image: str
+    size: int | None = None
+    members: tuple[str, ...] | None = None
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    update: UpdatePolicy = UpdatePolicy()
+    health: HealthPolicy = HealthPolicy()
+
+    @property
+    def desired(self) -> int:
+        return len(self.members) if self.members is not None else int(self.size or 0)
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    interval: float = 10.0
+    resync: float = 600.0
+    listen: str = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str
+    groups: tuple[GroupSpec, ...]
+    providers: Mapping[str, ProviderSpec]
+    daemon: DaemonSettings
+    journal: Path
+    source_file: str
+    source_text: str
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.source_text.encode()).hexdigest()
+
+    def group(self, name: str) -> GroupSpec:
+        for group in self.groups:
+            if group.name == name:
+                return group
+        raise KeyError(name)
+
+
+def config_digest(image: str, properties: Mapping[str, Any]) -> str:
+    """The tag value that says which configuration a machine was created with (16 hex)."""
+    canon = json.dumps({"image": image, "properties": properties}, sort_keys=True, default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def parse_duration(value: Any) -> float | None:
+    """``30`` / ``30s`` / ``1.5m`` / ``500ms`` / ``2h`` -> seconds; None when unreadable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and value >= 0:
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match:
+            return float(match.group(1)) * _UNITS[match.group(2)]
+    return None
+
+
+def parse_quantity(value: Any) -> Quantity | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value >= 0:
+        return Quantity(value)
+    if isinstance(value, str) and re.fullmatch(r"\d{1,3}%", value.strip()):
+        number = int(value.strip()[:-1])
+        return Quantity(number, percent=True) if number <= 100 else None
+    return None
+
+
+def default_journal(name: str) -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local/state")
+    return Path(base) / "provision" / "clusters" / f"{name}.db"
+
+
+class _Reader:
+    """Collects problems while reading typed values out of a located document."""
+
+    def __init__(self, source: YamlSource) -> None:
+        self.source = source
+        self.problems: list[Problem] = []
+
+    def fail(self, path: KeyPath, message: str) -> None:
+        self.problems.append(self.source.problem(path, message))
+
+    def mapping(self, value: Any, path: KeyPath, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping, not {type(value).__name__}")
+            return {}
+        for key in value:
+            if str(key) not in allowed:
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.fail((*path, str(key)), f"unknown key{hint}")
+        for key in sorted(required - set(value)):
+            self.fail(path, f"missing required key {key!r}")
+        return {str(k): v for k, v in value.items()}
+
+    def typed(self, value: Any, path: KeyPath, parse: Callable[[Any], Any], what: str, default: Any) -> Any:
+        if value is None:
+            return default
+        result = parse(value)
+        if result is None:
+            self.fail(path, f"must be {what}, not {value!r}")
+            return default
+        return result
+
+    def name(self, value: Any, path: KeyPath) -> str:
+        if not isinstance(value, str) or not NAME.fullmatch(value):
+            self.fail(path, "must be 1-32 lowercase letters, digits or '-' (a tag value everywhere)")
+            return str(value)
+        return value
+
+
+def _int(minimum: int, maximum: int = 1_000_000) -> Callable[[Any], int | None]:
+    def parse(value: Any) -> int | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= maximum
+        return value if ok else None
+
+    return parse
+
+
+def _bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _enum(kind: type[Enum]) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        try:
+            return kind(value)
+        except ValueError:
+            return None
+
+    return parse
+
+
+def parse_cluster_spec(text: str, file: str = "<cluster>") -> ClusterSpec:
+    """Parse and validate a cluster spec; raise SpecError listing every located problem."""
+    source = parse_yaml_source(text, file)
+    r = _Reader(source)
+    top = r.mapping(source.value, (), {"cluster", "providers", "groups", "journal", "daemon"}, {"cluster", "groups"})
+    name = r.name(top.get("cluster"), ("cluster",)) if "cluster" in top else "cluster"
+    providers = _parse_providers(r, top.get("providers"))
+    groups = _parse_groups(r, top.get("groups"), providers)
+    daemon = _parse_daemon(r, top.get("daemon"))
+    journal_value = top.get("journal")
+    if journal_value is not None and not isinstance(journal_value, str):
+        r.fail(("journal",), "must be a path")
+        journal_value = None
+    base = Path(file).parent if file and not file.startswith("<") else Path.cwd()
+    journal = base / journal_value if journal_value else default_journal(name)
+    if r.problems:
+        raise SpecError(r.problems, hint="see docs/cluster-spec.md for the format")
+    return ClusterSpec(name, groups, providers, daemon, journal, file, text)
+
+
+def load_cluster_spec(path: str | Path) -> ClusterSpec:
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise SpecError([Problem(str(file), 0, 0, "", f"cannot read: {exc.strerror}")]) from exc
+    return parse_cluster_spec(text, str(file))
+
+
+def _parse_providers(r: _Reader, value: Any) -> dict[str, ProviderSpec]:
+    result: dict[str, ProviderSpec] = {}
+    if value is None:
+        return result
+    if not isinstance(value, dict):
+        r.fail(("providers",), "must be a mapping of provider name to settings")
+        return result
+    for key, body in value.items():
+        path: KeyPath = ("providers", str(key))
+        name = r.name(str(key), path)
+        fields = r.mapping(body, path, {"type", "rateLimit", "options"})
+        kind = fields.get("type", name)
+        if not isinstance(kind, str):
+            r.fail((*path, "type"), "must be a provider type such as simulated, qemu, aws")
+            kind = name
+        rate = fields.get("rateLimit")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0):
+            r.fail((*path, "rateLimit"), "must be a positive number of calls per second")
+            rate = None
+        options = fields.get("options") or {}
+        if not isinstance(options, dict):
+            r.fail((*path, "options"), "must be a mapping")
+            options = {}
+        result[name] = ProviderSpec(name, kind, float(rate) if rate else None, options)
+    return result
+
+
+def _parse_groups(r: _Reader, value: Any, providers: dict[str, ProviderSpec]) -> tuple[GroupSpec, ...]:
+    if not isinstance(value, list) or not value:
+        r.fail(("groups",), "must be a non-empty list of groups")
+        return ()
+    groups: list[GroupSpec] = []
+    seen: set[str] = set()
+    allowed = {"name", "provider", "image", "size", "members", "properties", "update", "health"}
+    for index, body in enumerate(value):
+        path: KeyPath = ("groups", index)
+        fields = r.mapping(body, path, allowed, {"name", "provider", "image"})
+        name = r.name(fields.get("name"), (*path, "name")) if "name" in fields else f"group{index}"
+        if name in seen:
+            r.fail((*path, "name"), f"group {name!r} is declared twice")
+        seen.add(name)
+        provider = fields.get("provider")
+        if "provider" in fields and (not isinstance(provider, str) or not provider):
+            r.fail((*path, "provider"), "must name a provider")
+        provider = str(provider or "")
+        if provider and provider not in providers and NAME.fullmatch(provider):
+            providers[provider] = ProviderSpec(provider, provider)
+        image = fields.get("image")
+        if "image" in fields and (not isinstance(image, str) or not image.strip()):
+            r.fail((*path, "image"), "must be an image id or the path of an image spec")
+        size, members = _parse_size(r, fields, path)
+        properties = fields.get("properties") or {}
+        if not isinstance(properties, dict):
+            r.fail((*path, "properties"), "must be a mapping of provider properties")
+            properties = {}
+        update = _parse_update(r, fields.get("update"), (*path, "update"))
+        health = _parse_health(r, fields.get("health"), (*path, "health"))
+        groups.append(GroupSpec(name, provider, str(image or ""), size, members, properties, update, health))
+    return tuple(groups)
+
+
+def _parse_size(r: _Reader, fields: dict[str, Any], path: KeyPath) -> tuple[int | None, tuple[str, ...] | None]:
+    if "size" in fields and "members" in fields:
+        r.fail(path, "give either size (cattle) or members (pets), not both")
+    if "members" in fields:
+        raw = fields["members"]
+        if not isinstance(raw, list) or not raw:
+            r.fail((*path, "members"), "must be a non-empty list of member names")
+            return None, ()
+        names = tuple(r.name(m, (*path, "members", i)) for i, m in enumerate(raw))
+        if len(set(names)) != len(names):
+            r.fail((*path, "members"), "member names must be unique")
+        return None, names
+    size = r.typed(fields.get("size"), (*path, "size"), _int(0), "a whole number >= 0", 0)
+    if "size" not in fields:
+        r.fail(path, "missing 'size' (or 'members')")
+    return int(size), None
+
+
+def _parse_update(r: _Reader, value: Any, path: KeyPath) -> UpdatePolicy:
+    fields = r.mapping(value, path, {"strategy", "maxSurge", "maxUnavailable", "paused"})
+    qty = "a count or a percentage like '25%'"
+    surge = r.typed(fields.get("maxSurge"), (*path, "maxSurge"), parse_quantity, qty, Quantity(1))
+    unavailable = r.typed(fields.get("maxUnavailable"), (*path, "maxUnavailable"), parse_quantity, qty, Quantity(0))
+    if surge.value == 0 and unavailable.value == 0:
+        r.fail(path, "maxSurge and maxUnavailable cannot both be 0 (no rollout could progress)")
+    return UpdatePolicy(
+        strategy=r.typed(fields.get("strategy"), (*path, "strategy"), _enum(Strategy), "rolling or on-delete", Strategy.ROLLING),
+        max_surge=surge,
+        max_unavailable=unavailable,
+        paused=r.typed(fields.get("paused"), (*path, "paused"), _bool, "true or false", False),
+    )
+
+
+def _parse_health(r: _Reader, value: Any, path: KeyPath) -> HealthPolicy:
+    if value is None:
+        return HealthPolicy()
+    allowed = {"port", "path", "startupTimeout", "unhealthyTimeout", "maxUnhealthy", "maxInFlight"}
+    fields = r.mapping(value, path, allowed)
+    dur = "a duration like 30s, 10m"
+    health_path = fields.get("path", "/healthz")
+    if not isinstance(health_path, str) or not health_path.startswith("/"):
+        r.fail((*path, "path"), "must be an absolute URL path like /healthz")
+        health_path = "/healthz"
+    return HealthPolicy(
+        port=r.typed(fields.get("port"), (*path, "port"), _int(1, 65535), "a TCP port", None),
+        path=health_path,
+        startup_timeout=r.typed(fields.get("startupTimeout"), (*path, "startupTimeout"), parse_duration, dur, 600.0),
+        unhealthy_timeout=r.typed(fields.get("unhealthyTimeout"), (*path, "unhealthyTimeout"), parse_duration, dur, 300.0),
+        max_unhealthy=r.typed(fields.get("maxUnhealthy"), (*path, "maxUnhealthy"), parse_quantity, "a count or a percentage", Quantity(40, percent=True)),
+        max_in_flight=r.typed(fields.get("maxInFlight"), (*path, "maxInFlight"), _int(1), "a whole number >= 1", 1),
+        enabled=True,
+    )
+
+
+def _parse_daemon(r: _Reader, value: Any) -> DaemonSettings:
+    path: KeyPath = ("daemon",)
+    fields = r.mapping(value, path, {"interval", "resync", "listen"})
+    listen = fields.get("listen", "127.0.0.1:9464")
+    if not isinstance(listen, str) or not re.fullmatch(r"[0-9.]+:\d{1,5}|\[[0-9a-f:]+\]:\d{1,5}", listen):
+        r.fail((*path, "listen"), "must be HOST:PORT, e.g. 127.0.0.1:9464")
+        listen = "127.0.0.1:9464"
+    return DaemonSettings(
+        interval=r.typed(fields.get("interval"), (*path, "interval"), parse_duration, "a duration", 10.0),
+        resync=r.typed(fields.get("resync"), (*path, "resync"), parse_duration, "a duration", 600.0),
+        listen=listen,
+    )

@@ -1,0 +1,84 @@
+"""Pacing: a token-bucket rate limit per provider and per-item exponential back-off with jitter."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import tenacity
+
+from provision.reconcile.clock import Clock
+
+
+class RateLimiter:
+    """At most ``rate`` calls per second on average, bursts up to ``burst``; shared by threads."""
+
+    def __init__(self, clock: Clock, rate: float | None, burst: float | None = None) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst if burst is not None else max(1.0, rate or 1.0)
+        self._tokens = self.burst
+        self._stamp = clock.now()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        if not self.rate:
+            return
+        while True:
+            with self._lock:
+                now = self.clock.now()
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+                self._stamp = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                wait = (1 - self._tokens) / self.rate
+            self.clock.sleep(wait)
+
+
+@dataclass
+class _Attempts:
+    count: int
+    next_at: float
+
+
+class Backoff:
+    """Per-item exponential back-off with full jitter (tenacity's ``wait_random_exponential``):
+    an item that failed n times is skipped until ``initial * 2**n`` seconds (random, capped)
+    have passed. Items are keys like ``web:create`` or ``web:destroy:i-123``."""
+
+    def __init__(self, clock: Clock, initial: float = 0.5, maximum: float = 300.0) -> None:
+        self.clock = clock
+        self._wait = tenacity.wait_random_exponential(multiplier=initial, max=maximum)
+        self._items: dict[str, _Attempts] = {}
+        self._lock = threading.Lock()
+
+    def ready(self, item: str) -> bool:
+        with self._lock:
+            entry = self._items.get(item)
+        return entry is None or self.clock.now() >= entry.next_at
+
+    def failed(self, item: str, retry_after: float | None = None) -> float:
+        """Record a failure; return the delay before the item is tried again."""
+        with self._lock:
+            entry = self._items.get(item) or _Attempts(0, 0.0)
+            entry.count += 1
+            state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+            state.attempt_number = entry.count
+            delay = max(float(self._wait(state)), retry_after or 0.0)
+            entry.next_at = self.clock.now() + delay
+            self._items[item] = entry
+            return delay
+
+    def succeeded(self, item: str) -> None:
+        with self._lock:
+            self._items.pop(item, None)
+
+    def attempts(self, item: str) -> int:
+        with self._lock:
+            entry = self._items.get(item)
+        return entry.count if entry else 0
+
+    def earliest(self) -> float | None:
+        with self._lock:
+            return min((e.next_at for e in self._items.values()), default=None)
