@@ -268,7 +268,10 @@ def plan_qemu_argv(
 
 
 def _check_prerequisites(config: VMConfig, source: BootSource) -> None:
-    require_tools([config.qemu] + (["xorriso"] if config.data is not None else []))
+    tools = [config.qemu] + (["xorriso"] if config.data is not None else [])
+    if any(not disk.path.exists() and disk.size for disk in config.disks):
+        tools.append("qemu-img")
+    require_tools(tools)
     if config.uefi or source.efi:
         for firmware in (OVMF_CODE, OVMF_VARS_TEMPLATE):
             if not firmware.is_file():
