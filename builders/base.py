@@ -66,7 +66,10 @@ class FormatOptions:
 class FormatWriter(Protocol):
     """One output format. ``name`` is the YAML/CLI spelling (``raw-efi``)."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The YAML/CLI spelling (a read-only attribute satisfies it, frozen dataclasses too)."""
+        ...
 
     def tools(self) -> Sequence[str]:
         """Programs this writer runs, checked before any work starts."""
@@ -137,7 +140,7 @@ DATA_FILES: Mapping[str, str] = {
     "/usr/lib/ISOLINUX/isohdpfx.bin": "isolinux",
     "/usr/lib/syslinux/modules/bios/ldlinux.c32": "syslinux-common",
     "/usr/lib/systemd/boot/efi/systemd-bootx64.efi": "systemd-boot-efi",
-    "/usr/lib/grub/x86_64-efi/linux.mod": "grub-efi-amd64-bin",
+    "/usr/lib/systemd/boot/efi/linuxx64.efi.stub": "systemd-boot-efi",
 }
 
 

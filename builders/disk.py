@@ -113,10 +113,8 @@ def write_partition_table(disk: Path, layout: DiskLayout, firmware: Firmware, di
                 f"type={LINUX_TYPE_GPT}, uuid={derive_uuid(digest, 'gpt-data')}, name=\"{DATA_LABEL}\""
             )
     else:
-        if firmware == "hybrid":
-            boot_type = "ef"
-        else:
-            boot_type = "c" if layout.boot_size >= 512 * MIB else "e"
+        fat_type = "c" if layout.boot_size >= 512 * MIB else "e"  # FAT32 / FAT16, LBA
+        boot_type = "ef" if firmware == "hybrid" else fat_type
         lines = [
             "label: dos",
             f"label-id: 0x{derive_hex32(digest, 'mbr-disk')}",
@@ -254,7 +252,6 @@ def write_reimage(image: Path, target: Path) -> None:
                     part.write(block)
                     remaining -= len(block)
             part.flush()
-            os.pwrite(fd, bytes(0), 0)
             zero_tail = old_boot.size - new_boot.size
             copy_sparse(Path(part.name), fd, old_boot.start)
             if zero_tail:

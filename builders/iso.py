@@ -1,11 +1,12 @@
 """Bootable ISO 9660 images written by xorriso: no root, reproducible.
 
 - ``iso-bios``: isolinux (El Torito, no emulation), hybrid MBR so it also boots from a disk.
-- ``iso-efi``: an El Torito EFI image (FAT) holding a grub-mkimage'd BOOTX64.EFI whose embedded
-  script finds this ISO by a tag file named after the image digest and boots the kernel and
-  initrd from the ISO 9660 tree (the FAT stays tiny).
-- ``iso-efi-initrd``: the El Torito EFI image holds systemd-boot, the kernel and the initrd:
-  the firmware alone reads everything (no bootloader filesystem driver involved).
+- ``iso-efi``: the El Torito EFI image (FAT) holds one file, ``EFI/BOOT/BOOTX64.EFI``, a unified
+  kernel image (systemd's stub + kernel + initrd + command line, one signed-able PE).
+- ``iso-efi-initrd``: the El Torito EFI image holds systemd-boot with a loader entry and the
+  kernel and initrd as separate files (the initrd can be swapped without rebuilding a PE).
+
+Both boot on firmware alone (no bootloader filesystem driver for ISO 9660 involved).
 
 Reproducible: SOURCE_DATE_EPOCH fixes xorriso's volume dates and UUID, every file's dates are
 set to it, ownership is rationalised (``-r``), the FAT image is reproducible in its own right.
@@ -21,7 +22,6 @@ from pathlib import Path
 from provision.builders import bios, efi
 from provision.builders.base import BootInputs, FormatOptions, derive_hex32, require_files, tool_env
 from provision.builders.fat import FAT_TOOLS, size_fat_for, write_fat_image
-
 from provision.runner import run
 
 VOLUME_ID = "PROVISION"
@@ -89,32 +89,25 @@ class IsoEfiWriter:
     name: str = "iso-efi"
 
     def tools(self) -> Sequence[str]:
-        return ("xorriso", "grub-mkimage", *FAT_TOOLS)
+        return ("xorriso", "objcopy", *FAT_TOOLS)
 
     def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
-        require_files([f"{efi.GRUB_EFI_DIR}/linux.mod"])
+        require_files([efi.SYSTEMD_STUB])
         out = dest / (inputs.name + extension_of(self.name))
-        tag = f"/boot/provision-{derive_hex32(inputs.digest, 'iso-tag')}"
         with tempfile.TemporaryDirectory(prefix="iso-", dir=dest) as scratch:
             work = Path(scratch)
-            grub = work / "BOOTX64.EFI"
-            efi.write_grub_efi(grub, tag_file=tag, cmdline=inputs.cmdline, epoch=inputs.source_date_epoch)
-            fat_files: dict[str, Path | bytes] = {efi.EFI_BOOT_PATH: grub}
+            uki = work / "BOOTX64.EFI"
+            efi.write_uki(
+                uki, kernel=inputs.kernel, initrd=inputs.initrd, cmdline=inputs.cmdline,
+                epoch=inputs.source_date_epoch, scratch=work,
+            )
+            fat_files: dict[str, Path | bytes] = {efi.EFI_BOOT_PATH: uki}
             fat = work / "efiboot.img"
             write_fat_image(
-                fat, size_fat_for(fat_files, minimum=2 * 1024 * 1024), fat_files, label="EFIBOOT",
+                fat, size_fat_for(fat_files, spare=0.05), fat_files, label="EFIBOOT",
                 volume_id=derive_hex32(inputs.digest, "iso-efi-fat"), epoch=inputs.source_date_epoch,
-                bits="12",
             )
-            marker = work / "tag"
-            marker.write_bytes(inputs.digest.encode() + b"\n")
-            tree = {
-                EFI_IMAGE_PATH: fat,
-                bios.KERNEL_PATH: inputs.kernel,
-                bios.INITRD_PATH: inputs.initrd,
-                tag: marker,
-            }
-            write_iso(out, tree, efi_boot_args(), inputs.source_date_epoch)
+            write_iso(out, {EFI_IMAGE_PATH: fat}, efi_boot_args(), inputs.source_date_epoch)
         return [out]
 
 

@@ -35,7 +35,7 @@ def write_normalised_descriptor(path: Path, *, cid: str, file_name: str) -> None
     with open(path, "r+b") as f:
         f.seek(offset)
         area = f.read(length)
-        text = area.rstrip(b"\0").decode()
+        text = area.split(b"\0", 1)[0].decode()  # qemu may leave bytes after the NUL
         text = re.sub(r"(?m)^CID=[0-9a-fA-F]+$", f"CID={cid}", text)
         text = re.sub(r'(?m)^(RW \d+ SPARSE )".*"$', lambda m: f'{m.group(1)}"{file_name}"', text)
         new = text.encode()

@@ -18,6 +18,7 @@ TOOL_PACKAGES: Mapping[str, str] = {
     "xorriso": "xorriso",
     "mcopy": "mtools",
     "mmd": "mtools",
+    "objcopy": "binutils", "fakeroot": "fakeroot", "tar": "tar", "unsquashfs": "squashfs-tools",
     "mkfs.vfat": "dosfstools",
     "sfdisk": "fdisk",
     "syslinux": "syslinux",

@@ -1,0 +1,63 @@
+"""Every bootable format boots under QEMU (TCG) to the initrd's marker, and the kernel sees the
+command line it was given. BIOS formats on SeaBIOS, EFI ones on OVMF; the hybrid disks of the
+cloud formats on both."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+from conftest import CMDLINE, MARKER, ROOTFS_MARKER, Built, format_boot_method, qemu_boot
+
+from provision.builders.base import BootInputs
+
+pytestmark = pytest.mark.boot
+
+IMAGE_BOOTS = [
+    "iso-bios", "iso-efi", "iso-efi-initrd", "raw-bios", "raw-efi", "qcow2-bios", "qcow2-efi",
+    "vhd", "dynamic-vhd", "vmdk", "aws",
+]
+
+
+def assert_booted(console: str) -> None:
+    assert MARKER in console, console[-3000:]
+    seen = [line for line in console.splitlines() if line.startswith("CMDLINE=")]
+    assert seen, console[-3000:]
+    # Every word given is passed on verbatim (loaders may add BOOT_IMAGE= / initrd=).
+    words = seen[0].removeprefix("CMDLINE=").split()
+    for word in CMDLINE.split():
+        assert word in words, f"{word!r} missing from the kernel command line {seen[0]!r}"
+
+
+@pytest.mark.parametrize("fmt", IMAGE_BOOTS)
+def test_format_boots_to_marker_with_cmdline(fmt: str, first_build: dict[str, Built], tmp_path: Path) -> None:
+    kind, firmware, disk_format = format_boot_method(fmt)
+    (image,) = first_build[fmt].files
+    console, _ = qemu_boot(tmp_path, kind=kind, firmware=firmware, image=image, disk_format=disk_format)
+    assert_booted(console)
+
+
+@pytest.mark.parametrize("fmt", ["vmdk", "gcp"])
+def test_cloud_disks_also_boot_on_efi(fmt: str, first_build: dict[str, Built], tmp_path: Path) -> None:
+    (artifact,) = first_build[fmt].files
+    disk_format = "vmdk"
+    if fmt == "gcp":
+        with tarfile.open(artifact) as tar:
+            tar.extract("disk.raw", tmp_path, filter="data")
+        artifact, disk_format = tmp_path / "disk.raw", "raw"
+    console, _ = qemu_boot(tmp_path, kind="disk", firmware="efi", image=artifact, disk_format=disk_format)
+    assert_booted(console)
+
+
+@pytest.mark.parametrize(("fmt", "filesystem"), [("kernel+squashfs", "squashfs"), ("kernel+erofs", "erofs")])
+def test_kernel_mounts_rootfs_image(
+    fmt: str, filesystem: str, first_build: dict[str, Built], boot_inputs: BootInputs, tmp_path: Path
+) -> None:
+    kernel, image, cmdline = first_build[fmt].files
+    console, _ = qemu_boot(
+        tmp_path, kind="kernel", firmware="bios", image=image, kernel=kernel, initrd=boot_inputs.initrd,
+        append=cmdline.read_text().strip() + f" provision.rootfs={filesystem}",
+    )
+    assert_booted(console)
+    assert f"ROOTFS={ROOTFS_MARKER}" in console, console[-3000:]
