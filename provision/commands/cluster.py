@@ -1,0 +1,198 @@
+"""Cluster commands: ``provision plan | apply | daemon | status CLUSTER.yml``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from provision.errors import ProvisionError, UsageError
+from provision.reconcile.clock import SystemClock
+from provision.reconcile.daemon import Daemon, DaemonOptions, reloader
+from provision.reconcile.engine import Engine
+from provision.reconcile.journal import SqliteStore
+from provision.reconcile.logs import JsonFormatter
+from provision.reconcile.model import Condition
+from provision.reconcile.plan import ClusterPlan, StalePlanError, render_plan_table
+from provision.reconcile.registry import create_providers
+from provision.reconcile.spec import ClusterSpec, load_cluster_spec, parse_cluster_spec
+
+
+def register(subparsers: Any) -> None:
+    plan = subparsers.add_parser("plan", help="show what apply would change in a cluster")
+    plan.add_argument("cluster", help="cluster spec (YAML)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes, 0 when none")
+    plan.add_argument("--out", metavar="PLAN", help="save the plan for `provision apply PLAN`")
+    plan.add_argument("--all", action="store_true", help="list unchanged machines too")
+    _common(plan)
+    plan.set_defaults(func=run_plan)
+
+    apply = subparsers.add_parser("apply", help="make a cluster match its spec (or execute a saved plan)")
+    apply.add_argument("cluster", help="cluster spec (YAML) or a plan saved by `provision plan --out`")
+    apply.add_argument("--timeout", type=float, default=1800.0, help="give up after SECONDS (default 1800)")
+    apply.add_argument("--interval", type=float, default=1.0, help="seconds between passes (default 1)")
+    _common(apply)
+    apply.set_defaults(func=run_apply)
+
+    daemon = subparsers.add_parser("daemon", help="keep a cluster at its spec until stopped (SIGTERM)")
+    daemon.add_argument("cluster", help="cluster spec (YAML)")
+    daemon.add_argument("--listen", help="metrics and health address HOST:PORT (default from the spec)")
+    daemon.add_argument("--interval", type=float, help="seconds between passes (default from the spec)")
+    daemon.add_argument("--resync", type=float, help="seconds between full resyncs (default from the spec)")
+    daemon.add_argument("--owner", default=f"{os.uname().nodename}:{os.getpid()}", help="this daemon's name in the lease")
+    _common(daemon)
+    daemon.set_defaults(func=run_daemon)
+
+    status = subparsers.add_parser("status", help="show a cluster's machines and the journal's state")
+    status.add_argument("cluster", help="cluster spec (YAML)")
+    status.add_argument("--json", action="store_true", help="print as JSON")
+    _common(status)
+    status.set_defaults(func=run_status)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--journal", metavar="PATH", help="journal database (default from the spec)")
+
+
+def _open(args: argparse.Namespace, spec: ClusterSpec) -> tuple[Engine, SqliteStore]:
+    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
+    clock = SystemClock()
+    return Engine(spec, create_providers(spec, clock), store, clock, owner=f"cli:{os.getpid()}"), store
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    spec = load_cluster_spec(args.cluster)
+    engine, store = _open(args, spec)
+    try:
+        plan = engine.plan()
+    finally:
+        store.close()
+    if args.out:
+        tmp = f"{args.out}.tmp-{os.getpid()}"
+        Path(tmp).write_text(plan.to_json())
+        os.replace(tmp, args.out)
+    print(plan.to_json() if args.json else render_plan_table(plan, verbose=args.all), end="")
+    return 2 if args.detailed_exitcode and plan.has_changes else 0
+
+
+def _load_target(path: str) -> tuple[ClusterSpec, ClusterPlan | None]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    if text.lstrip().startswith("{"):
+        plan = ClusterPlan.from_json(text)
+        return parse_cluster_spec(plan.spec_text, plan.spec_file), plan
+    return load_cluster_spec(path), None
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    spec, saved = _load_target(args.cluster)
+    engine, store = _open(args, spec)
+    try:
+        current = engine.plan()
+        if saved is not None and current.observed_digest != saved.observed_digest:
+            raise StalePlanError(
+                "the machines changed since this plan was made; refusing to apply it",
+                hint=f"make a new plan: provision plan {saved.spec_file} --out PLAN",
+            )
+        plan = saved or current
+        print(render_plan_table(plan), end="")
+        if not plan.has_changes:
+            return 0
+        engine.acquire()
+        deadline = time.monotonic() + args.timeout
+
+        def between(_n: int) -> None:
+            if time.monotonic() > deadline:
+                engine.stop.set()
+            engine.renew()
+            time.sleep(args.interval)
+
+        passes = engine.converge(max_passes=1_000_000, scope=plan, between=between)
+        engine.release()
+        if engine.stop.is_set():
+            raise ProvisionError(f"apply did not finish within {args.timeout:g}s", hint="see `provision status`; run apply again or the daemon")
+        print(f"Apply complete after {passes} pass{'es' if passes != 1 else ''}.")
+        return 0
+    finally:
+        store.close()
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    spec = load_cluster_spec(args.cluster)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("provision.reconcile")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
+    clock = SystemClock()
+    stop = threading.Event()
+    options = DaemonOptions(
+        interval=args.interval if args.interval is not None else spec.daemon.interval,
+        resync=args.resync if args.resync is not None else spec.daemon.resync,
+        listen=args.listen or spec.daemon.listen,
+        owner=args.owner,
+    )
+    daemon = Daemon(spec, create_providers(spec, clock), store, clock, options, stop=stop, reload=reloader(Path(args.cluster)))
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        return daemon.run()
+    finally:
+        store.close()
+
+
+def run_status(args: argparse.Namespace) -> int:
+    spec = load_cluster_spec(args.cluster)
+    engine, store = _open(args, spec)
+    try:
+        groups: list[dict[str, Any]] = []
+        for group in spec.groups:
+            image, config = engine.desired(group)
+            observation = engine.observe(group)
+            machines = observation.machines
+            groups.append({
+                "group": group.name,
+                "provider": group.provider,
+                "image": image,
+                "config": config,
+                "desired": group.desired,
+                "observed": len(machines),
+                "available": sum(1 for m in machines if m.condition is Condition.AVAILABLE),
+                "up_to_date": sum(1 for m in machines if m.config == config),
+                "machines": [
+                    {"id": m.ref, "name": m.name, "slot": m.slot, "image": m.image, "condition": m.condition.value,
+                     "up_to_date": m.config == config}
+                    for m in machines
+                ],
+            })
+        body = {
+            "cluster": spec.name,
+            "journal": str(store.path),
+            "epoch": store.current_epoch(spec.name),
+            "intents": store.intent_counts(spec.name),
+            "groups": groups,
+        }
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    print(f"cluster {spec.name}  journal={body['journal']}  epoch={body['epoch']}  intents={body['intents']}")
+    for g in groups:
+        print(f"\ngroup {g['group']}  {g['available']}/{g['desired']} available, {g['up_to_date']} up to date, {g['observed']} observed  image={g['image']}")
+        print(f"  {'MACHINE':<22} {'SLOT':<10} {'CONDITION':<10} {'CURRENT':<8} IMAGE")
+        for m in g["machines"]:
+            print(f"  {m['id']:<22} {m['slot']:<10} {m['condition']:<10} {'yes' if m['up_to_date'] else 'no':<8} {m['image']}")
+    return 0
