@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision.assemble import (
@@ -35,7 +35,7 @@ from provision.assemble import (
 from provision.builders.base import BootInputs, FormatOptions, FormatWriter
 from provision.builders.cpio import write_cpio
 from provision.builders.tar import write_tar
-from provision.compress import CompressedWriter, Compression
+from provision.compress import CompressedWriter, Compression, HashingSink
 from provision.errors import ProvisionError, UsageError
 from provision.manifest import (
     BuildManifest,
@@ -117,6 +117,7 @@ class _Build:
     client: RegistryClient | None
     progress: Progress | None
     spec_files: tuple[Path, ...]
+    hashed: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)
 
     def say(self, message: str) -> None:
         if self.progress is not None:
@@ -171,7 +172,8 @@ class _Build:
                                          str(images[u.ref].platform)) for u in uses),
                 formats=tuple(w.name for w in self.writers),
                 options={"compress": str(self.compression), "size": self.options.size},
-                outputs=record_outputs([(fmt, self.outdir / p.name) for fmt, p in staged]),
+                outputs=record_outputs([(fmt, self.outdir / p.name) for fmt, p in staged],
+                                       self.hashed),
             )
             path = write_manifest(manifest, self.outdir / f"{self.name}.manifest.json")
             self.say(f"wrote {path}")
@@ -199,20 +201,28 @@ class _Build:
                     out.write(chunk)
             self.say(f"write initrd ({self.compression})")
             with open(initrd_path, "wb") as out:
+                sink = HashingSink(out)
                 ucode = tree.lookup("boot/ucode.cpio")
                 if ucode is not None and ucode.kind is NodeKind.FILE:
                     for chunk in spool.iter_range(ucode.offset, ucode.size):
-                        out.write(chunk)
-                with CompressedWriter(out, self.compression) as writer:
+                        sink.write(chunk)
+                with CompressedWriter(sink, self.compression) as writer:
                     write_cpio(tree, spool, writer, epoch=epoch, exclude=BOOT_FILES)
+            self.remember(initrd_path, sink)
         if need_rootfs:
             self.say("write rootfs tar")
             rootfs = work / "rootfs.tar"
             with open(rootfs, "wb") as out:
-                write_tar(tree, spool, out, epoch=epoch)
+                sink = HashingSink(out)
+                write_tar(tree, spool, sink, epoch=epoch)
+            self.remember(rootfs, sink)
         return BootInputs(kernel=kernel_path, initrd=initrd_path, cmdline=cmdline,
                           rootfs_tar=rootfs, digest=digest, source_date_epoch=epoch,
                           name=self.name)
+
+    def remember(self, path: Path, sink: HashingSink) -> None:
+        st = path.stat()
+        self.hashed[(st.st_dev, st.st_ino)] = (sink.digest, sink.size)
 
     def write_formats(self, inputs: BootInputs, work: Path) -> list[tuple[str, Path]]:
         staging = work / "out"

@@ -18,6 +18,7 @@ and archives that are not tar. Nothing here touches the host file system except 
 from __future__ import annotations
 
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -262,13 +263,14 @@ def apply_layer(
     """Apply one uncompressed layer tar, read as a stream, onto ``tree``."""
     applier = _LayerApplier(tree, spool, origin, allow_devices=allow_devices, limits=limits)
     try:
-        with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:
+        with tarfile.open(fileobj=stream, mode="r|", errorlevel=2, bufsize=1 << 20) as tar:
             for member in _members(tar, origin):
                 applier.apply_member(tar, member)
     except tarfile.TarError as exc:
         raise origin.error("?", f"not a valid tar archive: {exc}") from None
-    except (EOFError, OSError) as exc:
+    except (EOFError, OSError, zlib.error) as exc:
         raise origin.error("?", f"cannot read the layer: {exc}") from None
+
 
 
 def _members(tar: tarfile.TarFile, origin: LayerOrigin) -> Iterator[tarfile.TarInfo]:

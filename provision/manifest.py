@@ -73,11 +73,18 @@ def file_sha256(path: Path) -> tuple[str, int]:
     return "sha256:" + h.hexdigest(), size
 
 
-def record_outputs(paths: Sequence[tuple[str, Path]]) -> tuple[OutputRecord, ...]:
-    """An OutputRecord for each (format, path)."""
+def record_outputs(
+    paths: Sequence[tuple[str, Path]],
+    known: Mapping[tuple[int, int], tuple[str, int]] | None = None,
+) -> tuple[OutputRecord, ...]:
+    """An OutputRecord for each (format, path). ``known`` maps (st_dev, st_ino) of files
+    hashed while they were written to their (digest, size), which saves reading them again
+    (outputs are often hard links of the pipeline's intermediate files)."""
     records = []
     for format_name, path in paths:
-        digest, size = file_sha256(path)
+        st = path.stat()
+        cached = (known or {}).get((st.st_dev, st.st_ino))
+        digest, size = cached if cached and cached[1] == st.st_size else file_sha256(path)
         records.append(OutputRecord(path.name, format_name, digest, size))
     return tuple(records)
 
