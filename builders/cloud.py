@@ -1,37 +1,49 @@
 """Cloud disk formats over the hybrid (BIOS + EFI) raw disk.
 
-- ``gcp``: ``NAME.img.tar.gz``, a GNU tar holding exactly one member ``disk.raw`` (what GCE
-  image import requires), member mtime SOURCE_DATE_EPOCH, owner 0:0, gzip header mtime 0 and
-  no file name.
+- ``gcp``: ``NAME.img.tar.gz``, a GNU tar (``oldgnu`` format, sparse, as GCE image import
+  documents) holding exactly one member ``disk.raw``, member mtime SOURCE_DATE_EPOCH, owner 0:0,
+  gzip header mtime 0 and no file name. GNU tar writes the tar (it stores the holes of a big
+  sparse disk as a map instead of gigabytes of zeros); Python gzips it.
 - ``aws``: ``NAME.raw``, the raw disk (EC2 snapshot import takes raw).
 """
 
 from __future__ import annotations
 
 import gzip
-import tarfile
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.builders.base import BootInputs, FormatOptions
+from provision.builders.base import BootInputs, FormatOptions, tool_env
 from provision.builders.disk import disk_tools, write_raw_disk
+from provision.runner import run
 
 GCP_MEMBER = "disk.raw"
 
 
 def write_gcp_tarball(raw: Path, out: Path, epoch: int, *, level: int = 6) -> None:
-    """Pack ``raw`` as ``disk.raw`` in a reproducible GNU tar, gzip with mtime 0."""
-    info = tarfile.TarInfo(GCP_MEMBER)
-    info.size = raw.stat().st_size
-    info.mtime = epoch
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    with open(out, "wb") as f, gzip.GzipFile(
-        filename="", mode="wb", fileobj=f, mtime=0, compresslevel=level
-    ) as gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar, open(raw, "rb") as src:
-        tar.addfile(info, src)
+    """Pack ``raw`` as ``disk.raw`` in a reproducible sparse GNU tar, gzip with mtime 0."""
+    with tempfile.TemporaryDirectory(prefix="gcp-", dir=out.parent) as scratch:
+        member = Path(scratch) / GCP_MEMBER
+        try:
+            os.link(raw, member)  # same directory tree: no copy
+        except OSError:
+            shutil.copyfile(raw, member)
+        tar = Path(scratch) / "disk.tar"
+        run(
+            [
+                "tar", "--format=oldgnu", "--sparse", "--numeric-owner", "--owner=0", "--group=0",
+                f"--mtime=@{epoch}", "--mode=0644", "-C", scratch, "-cf", tar, GCP_MEMBER,
+            ],
+            env=tool_env(epoch),
+        )
+        with open(tar, "rb") as src, open(out, "wb") as f, gzip.GzipFile(
+            filename="", mode="wb", fileobj=f, mtime=0, compresslevel=level
+        ) as gz:
+            shutil.copyfileobj(src, gz, 4 * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -39,7 +51,7 @@ class GcpWriter:
     name: str = "gcp"
 
     def tools(self) -> Sequence[str]:
-        return disk_tools("hybrid")
+        return (*disk_tools("hybrid"), "tar")
 
     def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
         from provision.builders.formats import OutputFormat

@@ -94,7 +94,8 @@ def write_dynamic_vhd(raw: Path, out: Path, unique_id: uuid.UUID, epoch: int) ->
     next_sector = (3 * SECTOR + bat_bytes) // SECTOR
     with open(raw, "rb") as src, open(out, "wb") as dst:
         dst.seek(next_sector * SECTOR)
-        for index in range(entries):
+        for index in data_blocks(src.fileno(), size):
+            src.seek(index * BLOCK_SIZE)
             block = src.read(BLOCK_SIZE)
             if not block.strip(b"\0"):
                 continue
@@ -105,6 +106,23 @@ def write_dynamic_vhd(raw: Path, out: Path, unique_id: uuid.UUID, epoch: int) ->
         dst.seek(0)
         dst.write(footer + pack_dynamic_header(size))
         dst.write(struct.pack(f">{entries}I", *bat).ljust(bat_bytes, b"\xff"))
+
+
+def data_blocks(fd: int, size: int) -> list[int]:
+    """Indexes of the blocks of a (sparse) file that hold data, skipping holes unread."""
+    blocks: list[int] = []
+    position = 0
+    while position < size:
+        try:
+            data = os.lseek(fd, position, os.SEEK_DATA)
+        except OSError:  # ENXIO: no data after position
+            break
+        if data >= size:
+            break
+        index = data // BLOCK_SIZE
+        blocks.append(index)
+        position = (index + 1) * BLOCK_SIZE
+    return blocks
 
 
 @dataclass(frozen=True)
