@@ -213,7 +213,7 @@ class Engine:
                     break
                 if self._destroy(group, provider, destruction.machine, destruction.reason, result):
                     freed += 1
-            for creation in step.creates[: step.room + freed]:
+            for creation in step.creates[: max(0, step.room + freed)]:
                 if self.stop.is_set() or not self.backoff.ready(f"{group.name}:create"):
                     break
                 if not self._create(group, provider, image, config, creation.slot, creation.reason, result):

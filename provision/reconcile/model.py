@@ -35,6 +35,7 @@ class Machine:
     condition: Condition
     key: str = ""
     visible: bool = True  # False: known from the journal, not yet in the provider's list
+    deleting: bool = False  # a destroy intent is pending: it still counts, but is neither kept nor available
 
     @property
     def ref(self) -> str:
@@ -70,7 +71,7 @@ class Step:
 
     destroys: tuple[Destruction, ...]
     creates: tuple[Creation, ...]
-    room: int  # creates allowed before any destroy succeeds
+    room: int  # creates allowed before any destroy succeeds (negative: above the ceiling)
     notes: tuple[str, ...] = ()
 
     @property

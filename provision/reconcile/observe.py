@@ -4,11 +4,13 @@ each machine's health classified. Only machines carrying both ownership tags are
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import requests
+import tenacity
 
 from provision.reconcile.clock import Clock
 from provision.reconcile.journal import Store
@@ -21,6 +23,7 @@ from provision.reconcile.provider import (
     Instance,
     InstanceState,
     Provider,
+    TransientProviderError,
     list_all,
 )
 from provision.reconcile.spec import GroupSpec
@@ -75,7 +78,7 @@ class Observer:
 
     def observe(self, group: GroupSpec) -> Observation:
         now = self.clock.now()
-        listed, pages = list_all(self.provider, {TAG_CLUSTER: self.cluster, TAG_GROUP: group.name})
+        listed, pages = self._list(group)
         # Never trust the filter: re-check ownership, drop what is already gone.
         live = {
             i.id: i
@@ -98,7 +101,10 @@ class Observer:
                 self.vanished.append(known.instance_id)
         self.store.forget_instances(self.cluster, forget)
         machines = self._classify(group, list(live.values()), now)
-        for intent in self.store.pending_intents(self.cluster, group.name):
+        pending = self.store.pending_intents(self.cluster, group.name)
+        deleting = {i.instance_id for i in pending if i.op == "destroy"}
+        machines = [dataclasses.replace(m, deleting=True) if m.id in deleting else m for m in machines]
+        for intent in pending:
             if intent.op == "create":
                 request = json.loads(intent.request) if intent.request else {}
                 machines.append(
@@ -107,6 +113,19 @@ class Observer:
                 )
         machines.sort(key=lambda m: (m.slot, m.name, m.ref))
         return Observation(group.name, tuple(machines), pages)
+
+    def _list(self, group: GroupSpec) -> tuple[list[Instance], int]:
+        """List the group's machines; a transient failure (429, 5xx) restarts the listing after a
+        short jittered back-off, a few times, before the pass gives up."""
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientProviderError),
+            wait=tenacity.wait_random_exponential(multiplier=0.2, max=5.0),
+            stop=tenacity.stop_after_attempt(6),
+            sleep=self.clock.sleep,
+            reraise=True,
+        )
+        tags = {TAG_CLUSTER: self.cluster, TAG_GROUP: group.name}
+        return retrying(list_all, self.provider, tags)
 
     def _classify(self, group: GroupSpec, instances: list[Instance], now: float) -> list[Machine]:
         states = probe_instances(self.provider, group, instances)

@@ -138,7 +138,9 @@ def plan_group(group: GroupSpec, image: str, config: str, observation: Observati
     for slot in new_slots:
         changes.append(MachineChange("create", slot, "(new)", "missing" if slot else "scale up", "", config))
     for m in machines:
-        if m.ref not in decided:
+        if m.deleting:
+            changes.append(MachineChange("destroy", m.slot, m.ref, "destroy in flight (re-driven)", m.config, ""))
+        elif m.ref not in decided:
             reason = "create in flight" if m.id is None else m.condition.value
             if m.config != config:
                 reason = f"out of date ({group.update.strategy.value}{', paused' if group.update.paused else ''})"

@@ -46,6 +46,7 @@ def _keeper_key(machine: Machine) -> tuple[int, float, str]:
 
 
 def plan_targets(group: GroupSpec, config: str, machines: Sequence[Machine]) -> Targets:
+    machines = [m for m in machines if not m.deleting]  # already going
     rolling = group.update.strategy is Strategy.ROLLING and not group.update.paused
     notes: list[str] = []
     if group.update.paused:
@@ -127,13 +128,15 @@ def plan_step(
     ceiling = desired + surge
     floor = desired - unavailable
     total = len(machines)
-    available = sum(1 for m in machines if m.condition is Condition.AVAILABLE)
+    available = sum(1 for m in machines if m.condition is Condition.AVAILABLE and not m.deleting)
     budget = available - floor  # how many available machines may go now
 
     def permitted(m: Machine) -> bool:
         return m.id is not None and (allowed is None or m.id in allowed)
 
-    covered = {m.slot for m in machines if m.config == config and m.condition is Condition.AVAILABLE}
+    covered: set[str] = set()  # pets: slots whose replacement is up, so their old machine goes first
+    if group.members is not None:
+        covered = {m.slot for m in machines if m.config == config and m.condition is Condition.AVAILABLE}
     destroys: list[Destruction] = []
     # Remediation: failed machines are not available, so they never cost availability; the
     # number in flight (destroyed, replacement not yet healthy) is capped by maxInFlight.
@@ -158,7 +161,7 @@ def plan_step(
             budget -= 1
         destroys.append(Destruction(m, reason))
         remaining_after -= 1
-    room = max(0, ceiling - total)
+    room = ceiling - total  # negative when above the ceiling: destroys must first make room
     creates = [Creation(d.machine.slot if group.members is not None else "", "replace unhealthy") for d in destroys if d.remediation]
     creates += [Creation(slot, "missing" if slot else "scale up") for slot in targets.missing]
     gone = {d.machine.id for d in destroys}
@@ -169,5 +172,5 @@ def plan_step(
     notes = list(targets.notes)
     if len(creates) > room + len(destroys):
         notes.append(f"creates held at the surge ceiling {ceiling}")
-    return Step(tuple(destroys), tuple(creates[: room + len(destroys)]), room, tuple(notes))
+    return Step(tuple(destroys), tuple(creates[: max(0, room + len(destroys))]), room, tuple(notes))
 
