@@ -235,3 +235,22 @@ def test_json_output(image_store: ImageStore, spec_file: Path, tmp_path: Path,
     assert result["name"] == "m2" and result["image_digest"].startswith("sha256:")
     assert Path(result["manifest"]).name == "m2.manifest.json"
     assert io.BytesIO(Path(result["outputs"][0]).read_bytes()).read(4)
+
+
+class _NeedsMissingTool(_FailingWriter):
+    name = "needs-tool"
+
+    def tools(self) -> Sequence[str]:
+        return ["provision-no-such-program"]
+
+
+def test_missing_tools_are_reported_before_any_work(spec_file: Path, tmp_path: Path) -> None:
+    from provision.build import available_writers
+    from provision.errors import ToolMissingError
+
+    registry = {**available_writers(), "needs-tool": _NeedsMissingTool()}
+    out = tmp_path / "never-created"
+    with pytest.raises(ToolMissingError, match="provision-no-such-program"):
+        build_image([spec_file], store=ImageStore(tmp_path / "no-store"), outdir=out,
+                    formats="kernel+initrd,needs-tool", registry=registry)
+    assert not out.exists() and not (tmp_path / "no-store").exists()
