@@ -172,8 +172,8 @@ class _Reader:
         self.source = source
         self.problems: list[Problem] = []
 
-    def fail(self, path: KeyPath, message: str) -> None:
-        self.problems.append(self.source.problem(path, message))
+    def fail(self, path: KeyPath, message: str, *, at_key: bool = False) -> None:
+        self.problems.append(self.source.problem(path, message, at_key=at_key))
 
     def mapping(self, value: Any, path: KeyPath, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
         if value is None:
@@ -185,7 +185,7 @@ class _Reader:
             if str(key) not in allowed:
                 close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.fail((*path, str(key)), f"unknown key{hint}")
+                self.fail((*path, str(key)), f"unknown key{hint}", at_key=True)
         for key in sorted(required - set(value)):
             self.fail(path, f"missing required key {key!r}")
         return {str(k): v for k, v in value.items()}

@@ -23,9 +23,13 @@ class YamlSource:
     file: str
     value: Any
     positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    key_positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
 
-    def problem(self, path: Path, message: str) -> Problem:
-        """A located problem; falls back to the nearest known ancestor's position."""
+    def problem(self, path: Path, message: str, *, at_key: bool = False) -> Problem:
+        """A located problem at the value (or its key); falls back to the nearest ancestor."""
+        if at_key and path in self.key_positions:
+            line, column = self.key_positions[path]
+            return Problem(self.file, line, column, render_path(path), message)
         probe = path
         while probe not in self.positions and probe:
             probe = probe[:-1]
@@ -81,9 +85,8 @@ def _walk(node: yaml.Node, path: Path, source: YamlSource, problems: list[Proble
                     )
                 )
             seen.add(key)
-            source.positions[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            source.key_positions[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             _walk(value_node, child, source, problems)
-            source.positions[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _walk(item, (*path, index), source, problems)
