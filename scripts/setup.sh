@@ -10,7 +10,7 @@ APT_PACKAGES=(
   linux-image-cloud-amd64 busybox-static runc runit kmod
   xorriso mtools dosfstools fdisk e2fsprogs syslinux syslinux-common isolinux
   grub-common grub-efi-amd64-bin grub-pc-bin systemd-boot-efi
-  squashfs-tools erofs-utils cpio zstd xz-utils
+  squashfs-tools erofs-utils cpio zstd xz-utils binutils fakeroot
   docker-registry skopeo umoci dnsmasq apache2-utils gpgv debian-archive-keyring
 )
 
