@@ -1,0 +1,91 @@
+"""The daemon as a user runs it: a subprocess against the simulated cloud served over HTTP."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from provision.providers.simulated import SimulatedCloud, serve_simulated_cloud
+
+SPEC = """
+cluster: demo
+providers:
+  sim: {{type: simulated-http, options: {{url: "{url}"}}}}
+groups:
+  - name: web
+    provider: sim
+    image: img-1
+    size: {size}
+    health: {{startupTimeout: 30s}}
+"""
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def cloud() -> Iterator[tuple[SimulatedCloud, str]]:
+    sim = SimulatedCloud(page_size=2)
+    server = serve_simulated_cloud(sim)
+    yield sim, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_daemon_converges_serves_metrics_and_stops_cleanly_on_sigterm(tmp_path: Path, cloud: tuple[SimulatedCloud, str]) -> None:
+    sim, url = cloud
+    spec = tmp_path / "cluster.yml"
+    spec.write_text(SPEC.format(url=url, size=3))
+    journal = tmp_path / "journal.db"
+    argv = [sys.executable, "-m", "provision", "daemon", str(spec), "--journal", str(journal),
+            "--listen", "127.0.0.1:0", "--interval", "0.2", "--resync", "0.3"]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    events: list[dict[str, object]] = []
+    reader = threading.Thread(target=lambda: events.extend(json.loads(line) for line in proc.stderr or []), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: len(sim.live()) == 3)
+        wait_for(lambda: any(e["event"] == "listening" for e in events))
+        address = next(e["address"] for e in events if e["event"] == "listening")
+        assert requests.get(f"http://{address}/healthz", timeout=5).status_code == 200
+
+        def metric_ready() -> bool:
+            text = requests.get(f"http://{address}/metrics", timeout=5).text
+            return 'provision_group_available{group="web"} 3' in text
+
+        wait_for(metric_ready)
+        # slow the cloud down, grow the group, and stop the daemon while a create is in flight
+        sim.faults.call_delay = 0.8
+        creates = sim.stats.calls.get("create", 0)
+        spec.write_text(SPEC.format(url=url, size=6))
+        wait_for(lambda: sim.stats.calls.get("create", 0) > creates)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=5)
+    assert any(e["event"] == "stopped" for e in events)
+    assert {"created", "leader"} <= {str(e["event"]) for e in events}
+    db = sqlite3.connect(journal)
+    pending = db.execute("SELECT COUNT(*) FROM intents WHERE state='pending'").fetchone()[0]
+    tracked = {r[0] for r in db.execute("SELECT instance_id FROM intents WHERE op='create' AND state='done'")}
+    lease_owner = db.execute("SELECT owner FROM leases").fetchone()[0]
+    db.close()
+    assert pending == 0  # the in-flight create finished and was journaled
+    assert {i.id for i in sim.live()} == tracked  # nothing untracked
+    assert len(tracked) > 3  # the grown group was being created when the daemon stopped
+    assert lease_owner is None  # released for the next daemon
