@@ -80,7 +80,7 @@ def test_remediation_breaker_holds_every_destroy_when_too_many_are_unhealthy() -
     # at the threshold, remediation runs, capped by maxInFlight
     machines = [machine(i, condition=Condition.FAILED if i < 2 else Condition.AVAILABLE) for i in range(10)]
     step = plan_step(spec, NEW, machines)
-    assert sorted(d.machine.id for d in step.destroys) == ["i-000", "i-001"]
+    assert sorted(str(d.machine.id) for d in step.destroys) == ["i-000", "i-001"]
     assert all(d.remediation for d in step.destroys) and len(step.creates) == 2
 
 
