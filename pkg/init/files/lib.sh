@@ -41,7 +41,7 @@ run_containers_in_order() {
 		prepare_rootfs "$bundle"
 		log "$kind $(basename "$bundle"): starting"
 		$RUNC delete -f "$id" >/dev/null 2>&1
-		$RUNC run --bundle "$bundle" "$id"
+		$RUNC run --bundle "$bundle" "$id" </dev/null
 		log "$kind $(basename "$bundle"): exited with status $?"
 	done
 }
