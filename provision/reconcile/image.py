@@ -17,6 +17,22 @@ from provision.reconcile.spec import GroupSpec, ProviderSpec
 
 ImageBuilder = Callable[[Path, GroupSpec, ProviderSpec], str]
 _builder: ImageBuilder | None = None
+# A provider type that turns ``image`` into an id itself (qemu: build a spec or take a built
+# artifact, return its digest) is asked first, with the image text as written.
+ImageResolver = Callable[[str, GroupSpec, ProviderSpec, Path], str]
+_resolvers: dict[str, ImageResolver] = {}
+
+
+def register_image_resolver(provider_type: str, resolver: ImageResolver) -> None:
+    _resolvers[provider_type] = resolver
+
+
+def _resolver_for(provider_type: str) -> ImageResolver | None:
+    if provider_type == "qemu" and "qemu" not in _resolvers:
+        from provision.providers.qemu_cluster import resolve_qemu_image
+
+        _resolvers["qemu"] = resolve_qemu_image
+    return _resolvers.get(provider_type)
 
 
 def register_image_builder(builder: ImageBuilder | None) -> None:
@@ -31,6 +47,9 @@ def is_image_spec_path(image: str) -> bool:
 
 def resolve_group_image(group: GroupSpec, provider: ProviderSpec, base_dir: Path) -> str:
     """The image id the group's machines should run (building it first when it is a spec)."""
+    resolver = _resolver_for(provider.type)
+    if resolver is not None:
+        return resolver(group.image, group, provider, base_dir)
     if not is_image_spec_path(group.image):
         return group.image
     path = (base_dir / group.image).resolve()

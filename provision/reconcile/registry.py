@@ -43,8 +43,15 @@ def _simulated_http(spec: ProviderSpec, clock: Clock, base: Path) -> Provider:
     return HttpSimulatedProvider(url, spec.name)
 
 
+def _qemu(spec: ProviderSpec, clock: Clock, base: Path) -> Provider:
+    from provision.providers.qemu_cluster import create_qemu_provider
+
+    return create_qemu_provider(spec, clock, base)
+
+
 register_provider("simulated", _simulated)
 register_provider("simulated-http", _simulated_http)
+register_provider("qemu", _qemu)
 
 
 def create_providers(spec: ClusterSpec, clock: Clock) -> dict[str, Provider]:
