@@ -33,7 +33,7 @@ for dir in "$SERVICES"/*/; do
 			tai=0
 			for byte in $1 $2 $3 $4 $5 $6 $7 $8; do tai=$((tai * 256 + byte)); done
 			since=$((tai - TAI_UNIX_OFFSET))
-			pid=$(($13 + $14 * 256 + $15 * 65536 + $16 * 16777216))
+			pid=$((${13} + ${14} * 256 + ${15} * 65536 + ${16} * 16777216))
 			want=${18}
 			case "$stat" in
 			run*) state=running ;;

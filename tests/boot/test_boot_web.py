@@ -1,0 +1,145 @@
+"""examples/web.yml (+ the console shell and a one-capability service) boots with user
+data on a CIDATA CD; from the host, through published ports, the agent reports every
+service running and the image digest; a killed service is restarted and the agent shows
+it; poweroff inside stops everything and QEMU exits 0."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boot_rig as rig
+import pytest
+from boot_machine import Machine, free_port, write_cidata
+
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot-web"), pytest.mark.timeout(300)]
+
+SPECS = [rig.REPO / "examples/web.yml", rig.REPO / "tests/boot/specs/web-test.yml"]
+SERVICES = {"dhcpcd", "agent", "web", "getty", "captest"}
+USER_DATA = {
+    "test": {"entries": {"greeting": {"content": "hello from cidata\n", "perm": "0640"}}},
+    "agent": {"entries": {}},
+}
+CAP_NET_BIND_SERVICE = 10
+
+
+@dataclass
+class Web:
+    machine: Machine
+    digest: str
+    agent_port: int
+    web_port: int
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.agent_port}/", timeout=10) as r:
+            assert r.headers["Content-Type"] == "application/json"
+            result: dict[str, Any] = json.load(r)
+            return result
+
+    def wait_status(self, ready: Any, timeout: float = 90.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.status()
+                if ready(last):
+                    return last  # type: ignore[no-any-return]
+            except OSError as exc:
+                last = exc
+            time.sleep(0.5)
+        raise AssertionError(f"agent never got there; last answer: {last}")
+
+
+def all_running(status: dict[str, Any]) -> bool:
+    services = status["services"]
+    return set(services) == SERVICES and all(s["state"] == "running" for s in services.values())
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
+    out: Path = tmp_path_factory.mktemp("web")
+    kernel, initrd, digest = rig.build_image(SPECS, out)
+    cidata = write_cidata(out / "cidata.iso", json.dumps(USER_DATA), hostname="web-test")
+    agent_port, web_port = free_port(), free_port()
+    machine = Machine(kernel, initrd, out, publish=[(agent_port, 7080), (web_port, 80)],
+                      cidata=cidata)  # fmt: skip
+    try:
+        booted = Web(machine, digest, agent_port, web_port)
+        booted.wait_status(all_running, timeout=120)
+        yield booted
+    finally:
+        machine.kill()
+
+
+def test_agent_reports_every_service_running_and_the_image_digest(web: Web) -> None:
+    status = web.status()
+    assert status["digest"] == web.digest
+    assert set(status["services"]) == SERVICES
+    for name, service in status["services"].items():
+        assert service["state"] == "running", name
+        assert service["restarts"] == 0, name
+        assert service["pid"] > 1, name
+        assert 0 <= service["uptime"] <= status["uptime"] + 1, name
+    assert status["uptime"] > 0
+    assert status["hostname"] == "web-test"  # local-hostname from the CIDATA meta-data
+
+
+def test_web_page_through_the_published_port(web: Web) -> None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{web.web_port}/", timeout=10) as r:
+        assert b"Hello from a provision machine" in r.read()
+
+
+def test_user_data_reaches_run_config(web: Web) -> None:
+    assert web.machine.shell("cat /run/config/test/greeting") == "hello from cidata\n"
+    assert web.machine.shell("stat -c %a /run/config/test/greeting").strip() == "640"
+    assert "metadata: read CIDATA from /dev/sr0" in web.machine.console
+
+
+def test_service_with_fewer_capabilities_lacks_them(web: Web) -> None:
+    match = re.search(r"CAPTEST CapEff:\s*([0-9a-f]+)", web.machine.console)
+    assert match, "the captest service printed no CapEff"
+    assert int(match.group(1), 16) == 1 << CAP_NET_BIND_SERVICE
+    # the console shell (capabilities: all) has the full set, so the mask is real
+    shell_caps = web.machine.shell("grep CapEff /proc/self/status").split()[1]
+    assert int(shell_caps, 16) > 1 << 37
+
+
+def test_killed_service_is_restarted_and_the_agent_shows_it(web: Web) -> None:
+    before = web.status()["services"]["web"]
+    web.machine.shell("runc kill web KILL")
+    after = web.wait_status(
+        lambda s: s["services"]["web"]["restarts"] == before["restarts"] + 1
+        and s["services"]["web"]["state"] == "running",
+        timeout=60,
+    )["services"]["web"]
+    assert after["pid"] != before["pid"]
+    assert after["uptime"] < 30
+    # "running" means runsv runs the container; httpd inside may need a moment to listen
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web.web_port}/", timeout=10) as r:
+                assert r.status == 200
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    others = {k: v["restarts"] for k, v in web.status()["services"].items() if k != "web"}
+    assert set(others.values()) == {0}
+
+
+def test_poweroff_inside_stops_services_and_exits_cleanly(web: Web) -> None:
+    start = len(web.machine.console)
+    web.machine.send("\x1b[1;1Rpoweroff\n")
+    assert web.machine.wait_exit(timeout=90) == 0
+    tail = web.machine.console[start:]
+    assert "shutdown: services stopped" in tail
+    assert "reboot: Power down" in tail
+    assert "Kernel panic" not in web.machine.console
