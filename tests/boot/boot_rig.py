@@ -30,24 +30,6 @@ PKG = REPO / "pkg"
 KERNEL_VERSION = "6.1.0-56-cloud-amd64"
 CACHE = Path(os.environ.get("PROVISION_TEST_CACHE", "/var/tmp/provision-boot-cache"))
 
-# The kernel modules the image carries (with their dependencies), like pkg/kernel ships.
-KERNEL_MODULES = (
-    "kernel/drivers/virtio/",
-    "kernel/drivers/net/virtio_net.ko",
-    "kernel/drivers/net/net_failover.ko",
-    "kernel/net/core/failover.ko",
-    "kernel/drivers/block/virtio_blk.ko",
-    "kernel/drivers/scsi/",
-    "kernel/drivers/ata/",
-    "kernel/drivers/cdrom/",
-    "kernel/drivers/char/hw_random/virtio-rng.ko",
-    "kernel/drivers/char/virtio_console.ko",
-    "kernel/drivers/acpi/button.ko",
-    "kernel/drivers/input/evdev.ko",
-    "kernel/fs/overlayfs/",
-    "kernel/fs/isofs/",
-)
-
 ALL_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"]
 DEFAULT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]
 
@@ -305,15 +287,19 @@ def _copy_tree(src: Path, dest: Path) -> None:
 
 
 def _install_kernel_modules(root: Path) -> None:
+    """The modules init loads (pkg/init's modules.conf) and their dependencies."""
     source = Path("/lib/modules") / KERNEL_VERSION
     dest = root / "lib/modules" / KERNEL_VERSION
-    for rel in KERNEL_MODULES:
-        src = source / rel
-        if src.is_dir():
-            shutil.copytree(src, dest / rel, dirs_exist_ok=True)
-        else:
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
+    conf = (PKG / "init/files/modules.conf").read_text()
+    wanted = [line.split("#")[0].strip() for line in conf.splitlines()]
+    for name in filter(None, wanted):
+        shown = _run(["modprobe", "-S", KERNEL_VERSION, "--show-depends", name])
+        for line in shown.splitlines():
+            if line.startswith("insmod "):
+                src = Path(line.split()[1])
+                rel = src.relative_to(source)
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / rel)
     for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
         shutil.copy2(source / name, dest / name)
     _run(["depmod", "-b", str(root), KERNEL_VERSION])
@@ -332,7 +318,13 @@ def assemble_rootfs(spec: Mapping[str, Any], root: Path) -> str:
             component = assemble_component(component_of(entry["image"]))
             image = json.loads((component / ".provision-image.json").read_text())
             bundle.mkdir(parents=True)
-            _copy_tree(component, bundle / "rootfs")
+            readonly = {**image.get("label", {}), **entry}.get("readonly", False)
+            # image-spec: read-only containers carry rootfs/, writable ones lower/ + tmp/
+            # (init overlays a tmpfs on lower/ at boot)
+            _copy_tree(component, bundle / ("rootfs" if readonly else "lower"))
+            if not readonly:
+                (bundle / "tmp").mkdir()
+                (bundle / "rootfs").mkdir()
             write_runtime_config(bundle, entry, image)
     for entry in spec["files"]:
         dest = root / entry["path"].lstrip("/")
@@ -355,8 +347,23 @@ def assemble_rootfs(spec: Mapping[str, Any], root: Path) -> str:
     return digest
 
 
-def write_initrd(root: Path, dest: Path) -> None:
-    """newc cpio of ``root`` (owner 0), gzip."""
+def link_duplicates(root: Path) -> None:
+    """Hard-link identical regular files (every container carries its own busybox and
+    libc): the cpio then stores each content once."""
+    seen: dict[tuple[int, str], Path] = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        info = path.stat()
+        key = (info.st_mode, hashlib.sha256(path.read_bytes()).hexdigest())
+        first = seen.setdefault(key, path)
+        if first != path and not path.samefile(first):
+            path.unlink()
+            os.link(first, path)
+
+
+def write_initrd(root: Path, dest: Path, compress: str = "gzip") -> None:
+    """newc cpio of ``root`` (owner 0), compressed with gzip (default), xz or zstd."""
     names = sorted(
         "./" + os.path.relpath(os.path.join(d, n), root)
         for d, dirs, files in os.walk(root)
@@ -365,15 +372,24 @@ def write_initrd(root: Path, dest: Path) -> None:
     cpio = subprocess.run(["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet"], cwd=root,
                           input="\n".join(names).encode() + b"\n", capture_output=True, check=True)  # fmt: skip
     partial = dest.with_name(dest.name + ".partial")
-    partial.write_bytes(gzip.compress(cpio.stdout, compresslevel=6, mtime=0))
+    if compress == "gzip":
+        data = gzip.compress(cpio.stdout, compresslevel=9, mtime=0)
+    elif compress == "xz":
+        data = subprocess.run(["xz", "-9", "--check=crc32", "-c"], input=cpio.stdout,
+                              capture_output=True, check=True).stdout  # fmt: skip
+    else:
+        data = subprocess.run(["zstd", "-19", "-c", "-q"], input=cpio.stdout,
+                              capture_output=True, check=True).stdout  # fmt: skip
+    partial.write_bytes(data)
     partial.rename(dest)
 
 
-def build_image(specs: Sequence[Path], out: Path) -> tuple[Path, Path, str]:
+def build_image(specs: Sequence[Path], out: Path, compress: str = "gzip") -> tuple[Path, Path, str]:
     """Build kernel + initrd for ``specs`` into ``out``: (kernel, initrd, digest)."""
     root = out / "rootfs"
     root.mkdir(parents=True)
     digest = assemble_rootfs(load_specs(specs), root)
+    link_duplicates(root)
     initrd = out / "initrd.img"
-    write_initrd(root, initrd)
+    write_initrd(root, initrd, compress)
     return Path(f"/boot/vmlinuz-{KERNEL_VERSION}"), initrd, digest

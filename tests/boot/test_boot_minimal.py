@@ -44,6 +44,8 @@ def test_root_is_a_tmpfs_and_the_service_is_supervised(minimal: Machine) -> None
     assert re.search(r"^\S+ / tmpfs ", mounts, re.M), mounts
     assert minimal.shell("cat /run/service/getty/supervise/stat").strip() == "run"
     assert minimal.shell("runc list -q").split() == ["getty"]
+    # getty is writable: its lower/ is overlaid with a tmpfs
+    assert " /containers/services/getty/rootfs overlay " in minimal.shell("cat /proc/mounts")
     assert minimal.shell("hostname").strip() == "provision"
 
 
