@@ -49,7 +49,14 @@ from provision.spec_fields import (
     table_yaml_keys,
     type_name,
 )
-from provision.yamlsource import Mark, YamlList, YamlMap, parse_yaml_text, read_yaml_file
+from provision.yamlsource import (
+    Mark,
+    YamlList,
+    YamlMap,
+    mark_of,
+    parse_yaml_text,
+    read_yaml_file,
+)
 
 __all__ = [
     "CAPABILITIES", "RLIMITS", "BindNamespaces", "Device", "FileEntry", "IDMapping",
@@ -124,7 +131,7 @@ def parse_spec_file(path: Path) -> tuple[ParsedFile, list[Problem]]:
     parsed = ParsedFile(str(path))
     if value is None:
         return parsed, ctx.problems
-    doc_mark = Mark(str(path), 1, 1)
+    doc_mark = mark_of(value, Mark(str(path), 1, 1))
     if not isinstance(value, YamlMap):
         ctx.err(doc_mark, "", f"a spec must be a mapping, not {type_name(value)}")
         return parsed, ctx.problems

@@ -739,7 +739,7 @@ class ImageEntry(ImageConfig):
 
 
 IMAGE_ENTRY_TABLE: Table = {
-    "name": ("name", p_str(MAX_NAME + 1, "name")),
+    "name": ("name", p_str(1024, "name")),
     "image": ("image", p_str(1024, "image_ref")),
     **IMAGE_CONFIG_TABLE,
 }
@@ -842,7 +842,7 @@ def check_volume_name(ctx: Ctx, value: str, mark: Mark, key: str) -> bool:
 
 
 parse_volume = p_obj({
-    "name": ("name", p_str(MAX_NAME + 1, check_volume_name)),
+    "name": ("name", p_str(1024, check_volume_name)),
     "image": ("image", p_str(1024, "image_ref")),
     "readonly": ("readonly", p_bool),
     "format": ("format", p_enum("filesystem", "oci")),

@@ -118,7 +118,7 @@ class _Builder:
         if node.tag not in _SCALAR_TAGS:
             self.problems.append(_mark(self.file, node).problem(
                 path, f"unsupported YAML tag {node.tag!r}"))
-            return None
+            return node.value
         if node.tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:timestamp"):
             return node.value
         try:
