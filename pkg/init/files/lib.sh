@@ -31,6 +31,25 @@ prepare_rootfs() {
 	fi
 }
 
+# Values of the string array "$2" of the JSON file $1 (runtime.json), one per line.
+json_array() {
+	{ tr -d '\n' <"$1"; echo; } | sed -n "s/.*\"$2\": *\[\([^]]*\)\].*/\1/p" | tr ',' '\n' |
+		sed -n 's/^ *"\(.*\)" *$/\1/p'
+}
+
+# LinuxKit's runtime.json beside config.json: "mkdir" and "cgroups" are applied;
+# mounts, interfaces and bindNS are not supported by this init (reported, ignored).
+apply_runtime() {
+	runtime=${1%/}/runtime.json
+	[ -f "$runtime" ] || return 0
+	for dir in $(json_array "$runtime" mkdir); do mkdir -p "$dir"; done
+	for group in $(json_array "$runtime" cgroups); do mkdir -p "/sys/fs/cgroup/${group#/}"; done
+	case "$(tr -d ' \n' <"$runtime")" in
+	*'"mounts":[{'* | *'"interfaces":[{'* | *'"bindNS":{'*'":"/'*)
+		log "$(basename "$1"): runtime.json mounts / interfaces / bindNS are not supported, ignored" ;;
+	esac
+}
+
 # Run the containers of containers/onboot or containers/onshutdown one after another.
 run_containers_in_order() {
 	kind=$1
@@ -39,6 +58,7 @@ run_containers_in_order() {
 		bundle=${bundle%/}
 		id=$(container_id "$bundle")
 		prepare_rootfs "$bundle"
+		apply_runtime "$bundle"
 		log "$kind $(basename "$bundle"): starting"
 		$RUNC delete -f "$id" >/dev/null 2>&1
 		$RUNC run --bundle "$bundle" "$id" </dev/null

@@ -1,0 +1,110 @@
+"""Fast checks of the component recipes and examples (no VM): recipes are complete,
+scripts parse, labels stay in LinuxKit's image-entry schema, and the examples reference
+the components' current tags."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPONENTS = ("init", "getty", "dhcpcd", "sshd", "metadata", "sysctl", "agent")
+EXAMPLES = ("minimal", "sshd", "web")
+RECIPE_KEYS = {"name", "packages", "keep", "files", "symlinks", "directories", "config",
+               "label", "elf_closure"}  # fmt: skip
+LABEL_KEYS = {"capabilities", "binds", "binds.add", "tmpfs", "net", "pid", "ipc", "uts",
+              "readonly", "devices", "mounts", "rootfsPropagation", "command", "env"}  # fmt: skip
+
+
+def recipe(name: str) -> dict[str, object]:
+    loaded = yaml.safe_load((REPO / "pkg" / name / "build.yml").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_recipe_is_complete(name: str) -> None:
+    r = recipe(name)
+    assert r["name"] == name
+    assert set(r) <= RECIPE_KEYS, set(r) - RECIPE_KEYS
+    packages = r["packages"]
+    keep = r["keep"]
+    assert isinstance(packages, list) and isinstance(keep, dict)
+    assert set(keep) == set(packages), "every package keeps something, nothing else is kept"
+    for entry in r.get("files", []):  # type: ignore[attr-defined]
+        assert entry["path"].startswith("/")
+        assert ("source" in entry) != ("contents" in entry)
+        if "source" in entry:
+            assert (REPO / "pkg" / name / entry["source"]).is_file(), entry["source"]
+    label = r.get("label", {})
+    assert isinstance(label, dict) and set(label) <= LABEL_KEYS, label
+    for cap in label.get("capabilities", []):
+        assert cap in ("all", "none") or re.fullmatch(r"CAP_[A-Z_]+", cap), cap
+
+
+@pytest.mark.parametrize("name", [n for n in COMPONENTS if n != "init"])
+def test_service_entrypoint_is_shipped(name: str) -> None:
+    r = recipe(name)
+    entrypoint = r["config"]["Entrypoint"][0]  # type: ignore[index]
+    shipped = {f["path"] for f in r["files"]} | set(r.get("symlinks", {}))  # type: ignore[attr-defined]
+    assert entrypoint in shipped
+
+
+def shell_scripts() -> list[Path]:
+    found = []
+    for path in sorted((REPO / "pkg").glob("*/files/*")):
+        if path.parent.parent.name in COMPONENTS and path.read_bytes().startswith(b"#!/bin/sh"):
+            found.append(path)
+    found.append(REPO / "pkg/init/files/lib.sh")
+    return found
+
+
+@pytest.mark.parametrize("script", shell_scripts(), ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_scripts_parse_with_busybox_sh(script: Path) -> None:
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.fail("busybox-static is needed (apt-get install busybox-static)")
+    done = subprocess.run([busybox, "sh", "-n", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def example_refs(example: str) -> list[str]:
+    spec = yaml.safe_load((REPO / "examples" / f"{example}.yml").read_text())
+    refs = [spec["kernel"]["image"], *spec["init"]]
+    for kind in ("onboot", "services", "onshutdown"):
+        refs += [entry["image"] for entry in spec.get(kind) or []]
+    return refs
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_examples_use_only_provision_components(example: str) -> None:
+    for ref in example_refs(example):
+        match = re.fullmatch(r"provision/([a-z0-9-]+):([\w.-]+)", ref)
+        assert match, f"{example}: {ref} is not a provision component"
+        assert (REPO / "pkg" / match.group(1) / "build.yml").is_file(), ref
+
+
+def current_tag(name: str) -> str | None:
+    """`provision pkg tag pkg/NAME`, or None while that command does not exist."""
+    done = subprocess.run([sys.executable, "-m", "provision", "pkg", "tag", f"pkg/{name}"],
+                          capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    if done.returncode == 2 and "invalid choice" in done.stderr:
+        return None
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().rsplit(":", 1)[-1]
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_examples_reference_the_current_tags(example: str) -> None:
+    for ref in example_refs(example):
+        name, tag = ref.removeprefix("provision/").split(":")
+        current = current_tag(name)
+        if current is None:
+            pytest.skip("`provision pkg tag` is not available yet")
+        assert tag == current, f"{example}: {ref} but pkg/{name} is now {current}"
