@@ -249,7 +249,7 @@ def _cap_keyword(value: str) -> bool:
 def check_capability(ctx: Ctx, value: str, mark: Mark, key: str) -> bool:
     if value in CAPABILITIES or _cap_keyword(value):
         return True
-    close = difflib.get_close_matches(value.upper(), CAPABILITIES, n=1)
+    close = difflib.get_close_matches(value.upper(), CAPABILITIES, n=1, cutoff=0.8)
     hint = f" (did you mean {close[0]}?)" if close else ""
     ctx.err(mark, key, f"unknown capability {value!r}{hint}")
     return False

@@ -131,13 +131,13 @@ class _Builder:
         result = YamlMap(_mark(self.file, node))
         for key_node, value_node in node.value:
             key_mark = _mark(self.file, key_node)
+            if isinstance(key_node, ScalarNode) and key_node.tag == "tag:yaml.org,2002:merge":
+                self.problems.append(key_mark.problem(path, "YAML merge keys (<<) are not supported"))
+                continue
             if not isinstance(key_node, ScalarNode) or key_node.tag not in (
                     "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool",
                     "tag:yaml.org,2002:float", "tag:yaml.org,2002:null"):
                 self.problems.append(key_mark.problem(path, "mapping keys must be plain strings"))
-                continue
-            if key_node.tag == "tag:yaml.org,2002:merge" or key_node.value == "<<":
-                self.problems.append(key_mark.problem(path, "YAML merge keys (<<) are not supported"))
                 continue
             key = key_node.value
             child = f"{path}.{key}" if path else key

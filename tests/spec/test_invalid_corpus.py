@@ -10,7 +10,8 @@ import pytest
 
 from provision.errors import SpecError
 from provision.spec import load_spec
-from tests.spec.conftest import INVALID
+
+INVALID = Path(__file__).resolve().parent / "invalid"
 
 EXPECT = re.compile(r"# expect: (\d+):(\d+) (\S*): (.+)")
 CASES = sorted(INVALID.glob("*.yml"))
