@@ -195,3 +195,15 @@ def test_missing_and_unreadable_files_are_problems_not_crashes(write: Write,
     found = problems_of([missing, binary])
     assert found[0].startswith(f"{binary}: not UTF-8 text")
     assert found[1].startswith(f"{missing}: cannot read: No such file")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("files:\n  - path: etc/big\n    contents: '" + "x" * (5 * 1024 * 1024) + "'\n",
+     "longer than 4194304 bytes"),
+    ("services:\n" + "".join(f"  - name: s{i}\n    image: busybox:1\n" for i in range(2))
+     + "    env: [" + ", ".join(["A=1"] * 5000) + "]\n", "more than 4096 items"),
+    ("files:\n  - path: /" + "d/" * 3000 + "f\n    contents: x\n", "longer than 4096 bytes"),
+])
+def test_oversized_fields_are_refused(write: Write, text: str, message: str) -> None:
+    found = problems_of([write("big.yml", text)])
+    assert len(found) == 1 and message in found[0]
