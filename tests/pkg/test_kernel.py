@@ -42,9 +42,8 @@ def kernel_image(
     store = ImageStore(base / "store")
     result = build_recipe(recipe, store, host_apt, deb_cache)
     image = store.resolve(result.name)
-    with store.open_layer(image.layers[0]) as handle:
-        outer = tarfile.open(fileobj=io.BytesIO(handle.read()))
-    files = {m.name: outer.extractfile(m).read() for m in outer if m.isreg()}  # type: ignore[union-attr]
+    with store.open_layer(image.layers[0]) as handle, tarfile.open(fileobj=handle) as outer:
+        files = {m.name: outer.extractfile(m).read() for m in outer if m.isreg()}  # type: ignore[union-attr]
     assert result.kernel is not None
     return tarfile.open(fileobj=io.BytesIO(files["kernel.tar"])), files, result.kernel.version
 

@@ -3,7 +3,6 @@ host's apt, and on hand-made packages in a local repository given with --sources
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -283,6 +282,6 @@ def test_lock_cli_check_and_sources_option(local_repo: LocalRepo, tmp_path: Path
 def test_layer_is_a_plain_tar(tiny: tuple[Path, Path, str]) -> None:
     store = ImageStore(tiny[1])
     image = store.resolve(tiny[2].split()[0])
-    with store.open_layer(image.layers[0]) as handle:
-        names = tarfile.open(fileobj=io.BytesIO(handle.read())).getnames()
+    with store.open_layer(image.layers[0]) as handle, tarfile.open(fileobj=handle) as tar:
+        names = tar.getnames()
     assert names == sorted(names, key=lambda n: n.split("/"))
