@@ -34,7 +34,7 @@ def test_onboot_containers_ran_in_declared_order(minimal: Machine) -> None:
     marks = re.findall(r"^ONBOOT-MARK (\w+)$", console, re.M)
     assert marks == ["first", "second", "third"]
     for name in ("000-first", "001-second", "002-third"):
-        assert f"provision-init: onboot {name}: exited with status 0" in console
+        assert f"onboot {name}: exited with status 0" in console
     # every onboot container finished before the first service started
     assert console.index("onboot 002-third: exited") < console.index("service getty: starting")
 

@@ -3,7 +3,11 @@ PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 RUNC="runc --root /run/runc"
 
-log() { echo "provision-init: $*" >/dev/console 2>/dev/null || echo "provision-init: $*"; }
+# "provision-init: [UPTIME] message" on the console
+log() {
+	read -r _up _ </proc/uptime 2>/dev/null
+	echo "provision-init: [${_up:-?}] $*" >/dev/console 2>/dev/null || echo "provision-init: $*"
+}
 
 # uptime in whole seconds
 uptime_s() { read -r up _ </proc/uptime; echo "${up%%.*}"; }
@@ -12,6 +16,13 @@ uptime_s() { read -r up _ </proc/uptime; echo "${up%%.*}"; }
 container_id() { basename "$1" | sed 's/^[0-9][0-9]*-//'; }
 
 is_mounted() { grep -q " $1 " /proc/mounts; }
+
+# Remove what is left of container $1 (runc costs ~0.4 s per call under emulation:
+# call it only when runc has state for it).
+forget_container() {
+	[ -e "/run/runc/$1" ] && $RUNC delete -f "$1" >/dev/null 2>&1
+	return 0
+}
 
 # A writable container (lower/ + tmp/) gets an overlay of lower/ and a tmpfs upper
 # mounted on rootfs/; read-only containers carry rootfs/ itself.
@@ -60,7 +71,7 @@ run_containers_in_order() {
 		prepare_rootfs "$bundle"
 		apply_runtime "$bundle"
 		log "$kind $(basename "$bundle"): starting"
-		$RUNC delete -f "$id" >/dev/null 2>&1
+		forget_container "$id"
 		$RUNC run --bundle "$bundle" "$id" </dev/null
 		log "$kind $(basename "$bundle"): exited with status $?"
 	done

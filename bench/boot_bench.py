@@ -1,0 +1,135 @@
+"""Boot time under TCG: examples/web.yml to "every service running" (as its agent reports
+through a published port) against the floor, the same kernel booting a bare busybox
+initrd to a shell, side by side. Also minimal.yml to its console shell.
+
+    python bench/boot_bench.py [--runs 3] [--json out.json]
+
+Images are assembled from the pkg/ recipes and the examples by tests/boot/boot_rig.py
+(the host's cloud kernel; Debian packages through apt). Runs are sequential (2 cores:
+parallel VMs would slow each other). Goal: web <= 2 x floor. Exit status 1 when over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "boot"))
+
+import boot_rig as rig  # noqa: E402
+from boot_machine import Machine, free_port  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+GOAL = 2.0
+FLOOR_INIT = """#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+echo FLOOR-SHELL-READY
+exec /bin/busybox sh
+"""
+
+
+def build_floor(out: Path) -> Path:
+    """A bare busybox initrd whose /init starts a shell."""
+    root = out / "floor-root"
+    (root / "bin").mkdir(parents=True)
+    (root / "proc").mkdir()
+    busybox = rig.fetch_package("busybox-static") / "bin/busybox"
+    (root / "bin/busybox").write_bytes(busybox.read_bytes())
+    (root / "bin/busybox").chmod(0o755)
+    (root / "init").write_text(FLOOR_INIT)
+    (root / "init").chmod(0o755)
+    (root / "dev").mkdir()
+    subprocess.run(["mknod", "-m", "600", str(root / "dev/console"), "c", "5", "1"], check=True)
+    initrd = out / "floor.img"
+    rig.write_initrd(root, initrd)
+    return initrd
+
+
+def time_floor(kernel: Path, initrd: Path, out: Path) -> float:
+    machine = Machine(kernel, initrd, out, cmdline="console=ttyS0 panic=-1 quiet")
+    try:
+        machine.wait_for("FLOOR-SHELL-READY", timeout=120)
+        return time.monotonic() - machine.started
+    finally:
+        machine.kill()
+
+
+def time_minimal(kernel: Path, initrd: Path, out: Path) -> float:
+    machine = Machine(kernel, initrd, out)
+    try:
+        machine.wait_for(r"# \x1b\[6n", timeout=120)
+        return time.monotonic() - machine.started
+    finally:
+        machine.kill()
+
+
+def time_web(kernel: Path, initrd: Path, out: Path, services: int) -> float:
+    port = free_port()
+    machine = Machine(kernel, initrd, out, publish=[(port, 7080)])
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    status = json.load(r)
+                states = [s["state"] for s in status["services"].values()]
+                if len(states) == services and set(states) == {"running"}:
+                    return time.monotonic() - machine.started
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        raise SystemExit("web never reported every service running")
+    finally:
+        machine.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="boot-bench-") as tmp:
+        work = Path(tmp)
+        (work / "web").mkdir()
+        (work / "minimal").mkdir()
+        kernel, web_initrd, _ = rig.build_image([REPO / "examples/web.yml"], work / "web")
+        _, min_initrd, _ = rig.build_image([REPO / "examples/minimal.yml"], work / "minimal")
+        floor_initrd = build_floor(work)
+        services = len(rig.load_specs([REPO / "examples/web.yml"])["services"])
+        results: dict[str, list[float]] = {"floor": [], "minimal": [], "web": []}
+        for run in range(args.runs):
+            for name in results:
+                out = work / f"{name}-{run}"
+                out.mkdir()
+                if name == "floor":
+                    results[name].append(time_floor(kernel, floor_initrd, out))
+                elif name == "minimal":
+                    results[name].append(time_minimal(kernel, min_initrd, out))
+                else:
+                    results[name].append(time_web(kernel, web_initrd, out, services))
+                print(f"run {run + 1}: {name:8s} {results[name][-1]:6.2f} s", file=sys.stderr)
+    floor = statistics.median(results["floor"])
+    report = {
+        name: {"median_s": round(statistics.median(v), 2), "runs_s": [round(x, 2) for x in v],
+               "x_floor": round(statistics.median(v) / floor, 2)}
+        for name, v in results.items()
+    }  # fmt: skip
+    print(f"{'image':10s} {'median':>8s} {'x floor':>8s}   (QEMU TCG, boot to ready)")
+    for name, row in report.items():
+        print(f"{name:10s} {row['median_s']:7.2f}s {row['x_floor']:7.2f}x")
+    ok = report["web"]["x_floor"] <= GOAL
+    print(f"goal: web <= {GOAL}x floor: {'met' if ok else 'NOT met'}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
