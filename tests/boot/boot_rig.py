@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -393,3 +394,22 @@ def build_image(specs: Sequence[Path], out: Path, compress: str = "gzip") -> tup
     initrd = out / "initrd.img"
     write_initrd(root, initrd, compress)
     return Path(f"/boot/vmlinuz-{KERNEL_VERSION}"), initrd, digest
+
+
+# ------------------------------------------------------------------ the real pipeline
+def build_with_provision(specs: Sequence[Path], out: Path, name: str) -> tuple[Path, Path, str]:
+    """`provision pkg build` every component the specs name, then `provision build`:
+    (kernel, initrd, image digest)."""
+    merged = load_specs(specs)
+    refs = [merged["kernel"]["image"], *merged["init"]]
+    refs += [e["image"] for kind in ("onboot", "services", "onshutdown") for e in merged[kind]]
+    components = sorted({component_of(ref) for ref in refs})
+    provision = [sys.executable, "-m", "provision"]
+    for argv in (
+        [*provision, "pkg", "build", "-q", *[f"pkg/{c}" for c in components]],
+        [*provision, "build", "-q", "-o", str(out), "--name", name, *map(str, specs)],
+    ):
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, f"{' '.join(argv)} failed:\n{done.stdout}{done.stderr}"
+    manifest = json.loads((out / f"{name}.manifest.json").read_text())
+    return out / f"{name}-kernel", out / f"{name}-initrd.img", manifest["image_digest"]

@@ -20,7 +20,7 @@ SPECS = [rig.REPO / "examples/minimal.yml", rig.REPO / "tests/boot/specs/minimal
 @pytest.fixture(scope="module")
 def minimal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     out: Path = tmp_path_factory.mktemp("minimal")
-    kernel, initrd, _digest = rig.build_image(SPECS, out)
+    kernel, initrd, _digest = rig.build_with_provision(SPECS, out, "minimal")
     machine = Machine(kernel, initrd, out)
     try:
         machine.wait_for(r"# \x1b\[6n", timeout=120)  # the console shell's first prompt

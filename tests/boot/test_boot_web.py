@@ -64,7 +64,7 @@ def all_running(status: dict[str, Any]) -> bool:
 @pytest.fixture(scope="module")
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
     out: Path = tmp_path_factory.mktemp("web")
-    kernel, initrd, digest = rig.build_image(SPECS, out)
+    kernel, initrd, digest = rig.build_with_provision(SPECS, out, "web")
     cidata = write_cidata(out / "cidata.iso", json.dumps(USER_DATA), hostname="web-test")
     agent_port, web_port = free_port(), free_port()
     machine = Machine(kernel, initrd, out, publish=[(agent_port, 7080), (web_port, 80)],
