@@ -21,14 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from build_speed import ensure_spec_module, make_images  # noqa: E402
+from build_speed import make_images  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 sys.path.insert(0, sys.argv[1] + "/bench")
-from build_speed import ensure_spec_module
-ensure_spec_module()
 from provision.build import build_image
 from provision.oci.store import ImageStore
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -50,7 +48,6 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=1074, help="root size (1 GiB = 1074 MB)")
     parser.add_argument("--formats", default="kernel+initrd,tar")
     args = parser.parse_args()
-    ensure_spec_module()
     with tempfile.TemporaryDirectory(prefix="provision-bench-mem-") as tmp:
         work = Path(tmp)
         started = time.perf_counter()

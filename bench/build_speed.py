@@ -11,7 +11,6 @@ warms the caches and is not counted. Goal: build time <= 1.3 x the floor.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import os
 import random
@@ -23,19 +22,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def ensure_spec_module() -> None:
-    """Until provision.spec is in the tree, use the tests' stand-in."""
-    if importlib.util.find_spec("provision.spec") is not None:
-        return
-    path = ROOT / "tests" / "build" / "_spec_standin.py"
-    loader = importlib.util.spec_from_file_location("_spec_standin", path)
-    assert loader is not None and loader.loader is not None
-    module = importlib.util.module_from_spec(loader)
-    sys.modules["_spec_standin"] = module
-    loader.loader.exec_module(module)
-    module.install()
 
 
 WORDS = [b"lorem", b"ipsum", b"kernel", b"module", b"config", b"service", b"network",
@@ -161,7 +147,6 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--compress", default="gzip,zstd")
     args = parser.parse_args()
-    ensure_spec_module()
     with tempfile.TemporaryDirectory(prefix="provision-bench-") as tmp:
         work = Path(tmp)
         started = time.perf_counter()

@@ -8,8 +8,9 @@ The layout (image-spec.md, "The root filesystem layout that the build writes"), 
    symlinks already in the root are followed inside it);
 3. ``containers/onboot/NNN-name``, ``containers/onshutdown/NNN-name``,
    ``containers/services/name``: ``config.json`` and ``runtime.json`` (sorted-key JSON from
-   :func:`provision.runtime_config.render_runtime_bundle`) with ``rootfs/`` (read-only
-   containers) or ``lower/`` + ``tmp/`` (writable ones);
+   :func:`provision.runtime_config.render_runtime_bundle`, given the container's role and
+   the spec's container id map) with ``rootfs/`` (``readonly: true``) or ``lower/`` +
+   ``tmp/`` (writable, LinuxKit's default);
 4. ``containers/volumes/<name>/``: empty, the image's files (``format: filesystem``) or an OCI
    image layout of it (``format: oci``);
 5. ``/dev/console`` and ``/dev/null`` (the kernel opens the console before ``/init`` runs);
@@ -33,10 +34,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from provision.errors import ProvisionError, UsageError
+from provision.errors import HostileInputError, ProvisionError, UsageError
 from provision.layers import LayerOrigin, apply_layer, merge_tree, short_digest
 from provision.oci.store import Descriptor, ResolvedImage, canonical_json
-from provision.runtime_config import render_runtime_bundle
+from provision.runtime_config import assign_container_ids, render_runtime_bundle
 from provision.spec import (
     FileEntry,
     ImageEntry,
@@ -44,6 +45,7 @@ from provision.spec import (
     VolumeSpec,
     dump_spec,
     parse_image_config_label,
+    spec_to_dict,
 )
 from provision.tree import Node, NodeKind, PathEscape, Spool, Tree, TreeError, clean_path
 
@@ -151,6 +153,7 @@ class Assembler:
     def __post_init__(self) -> None:
         self.tree = Tree(Node.directory(0o755, mtime=self.epoch))
         self._flat: dict[str, Tree] = {}
+        self._ids = assign_container_ids(self.spec)
 
     def say(self, message: str) -> None:
         if self.progress is not None:
@@ -247,8 +250,12 @@ class Assembler:
         image_config = image.image_config
         labels = image_config.get("Labels") or {}
         label_text = labels.get(LABEL) if isinstance(labels, Mapping) else None
+        if label_text is not None and not isinstance(label_text, str):
+            raise HostileInputError(f"refused image {entry.image}: its {LABEL} label is "
+                                    f"{type(label_text).__name__}, not a string")
         label = parse_image_config_label(label_text, entry.image) if label_text else None
-        bundle = render_runtime_bundle(entry, image_config, label, volumes=self.spec.volumes)
+        bundle = render_runtime_bundle(entry, image_config, label, volumes=self.spec.volumes,
+                                       role=role, id_map=self._ids)
         leaf = entry.name if role == "services" else f"{index:03d}-{entry.name}"
         base = f"containers/{role}/{leaf}"
         self.tree.mkdir_p(base, 0o755, self.epoch)
@@ -357,15 +364,11 @@ class Assembler:
 
 
 def render_metadata(spec: ImageSpec, kind: str) -> bytes:
-    """``metadata: yaml|json``: the resolved spec itself."""
-    text = dump_spec(spec)
+    """``metadata: yaml|json``: the resolved spec itself (:func:`dump_spec`, or
+    :func:`spec_to_dict` as sorted-key JSON)."""
     if kind == "yaml":
-        return text.encode()
-    import yaml
-
-    value: Any = yaml.safe_load(text)
-    rendered: str = json.dumps(value, sort_keys=True, indent=2) + "\n"
-    return rendered.encode()
+        return dump_spec(spec).encode()
+    return _json(spec_to_dict(spec))
 
 
 def _json(value: Mapping[str, Any]) -> bytes:

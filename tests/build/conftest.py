@@ -3,30 +3,19 @@ themselves (a kernel image, an init image, service images), and spec files using
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import random
-import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-if importlib.util.find_spec("provision.spec") is None:  # pragma: no cover - until it lands
-    _path = Path(__file__).with_name("_spec_standin.py")
-    _loader = importlib.util.spec_from_file_location("_spec_standin", _path)
-    assert _loader is not None and _loader.loader is not None
-    _module = importlib.util.module_from_spec(_loader)
-    sys.modules["_spec_standin"] = _module
-    _loader.loader.exec_module(_module)
-    _module.install()
-
-from provision.builders.cpio import write_cpio_members  # noqa: E402
-from provision.oci.imagebuild import LayerEntry as E  # noqa: E402
-from provision.oci.imagebuild import tar_layer_from_entries, write_image  # noqa: E402
-from provision.oci.store import ImageStore  # noqa: E402
+from provision.builders.cpio import write_cpio_members
+from provision.oci.imagebuild import LayerEntry as E
+from provision.oci.imagebuild import tar_layer_from_entries, write_image
+from provision.oci.store import ImageStore
 
 REG = "registry.example.test"
 KERNEL = f"{REG}/kernel:6.1"
@@ -94,12 +83,14 @@ init:
 onboot:
   - name: dhcpcd
     image: {ONBOOT}
+    readonly: true
 services:
   - name: web
     image: {SERVICE}
+    readonly: true
   - name: scratch
     image: {ONBOOT}
-    readonly: false
+    uid: web
 files:
   - path: etc/motd
     contents: "hello\\n"
@@ -111,6 +102,8 @@ files:
     symlink: /etc/motd
   - path: etc/provision/spec.yml
     metadata: yaml
+  - path: etc/provision/spec.json
+    metadata: json
   - path: var/run/from-files
     contents: through the symlink
 volumes:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import KERNEL_BYTES, SERVICE, write_test_images
 
 from provision.build import build_image
@@ -25,6 +26,7 @@ from provision.manifest import file_sha256
 from provision.oci.imagebuild import LayerEntry as E
 from provision.oci.imagebuild import tar_layer_from_entries, write_image
 from provision.oci.store import ImageStore
+from provision.spec import dump_spec, load_spec, spec_to_dict
 
 
 def cpio_names(initrd: Path, tmp: Path) -> list[str]:
@@ -75,10 +77,26 @@ def test_build_writes_the_documented_layout(image_store: ImageStore, spec_file: 
         assert members["dev/console"].ischr()
         assert members["etc/web"].uid == 33 and members["etc/web"].mode == 0o700
         assert members["etc/motd"].mode == 0o644
-        config = json.loads(tar.extractfile("containers/services/web/config.json").read())  # type: ignore[union-attr]
+        def read(name: str) -> bytes:
+            member = tar.extractfile(name)
+            assert member is not None, name
+            return member.read()
+
+        config = json.loads(read("containers/services/web/config.json"))
         assert config["process"]["args"][:1] == ["/usr/bin/web"]
-        image_info = json.loads(tar.extractfile("etc/provision/image.json").read())  # type: ignore[union-attr]
+        assert config["root"] == {"path": "rootfs", "readonly": True}
+        assert config["linux"]["cgroupsPath"] == "/provision/services/web"
+        onboot = json.loads(read("containers/onboot/000-dhcpcd/config.json"))
+        assert onboot["linux"]["cgroupsPath"] == "/provision/onboot/dhcpcd"
+        scratch = json.loads(read("containers/services/scratch/config.json"))
+        assert scratch["root"] == {"path": "rootfs"}  # writable unless readonly: true
+        assert scratch["process"]["user"]["uid"] == 101  # uid: web -> web's container id
+        image_info = json.loads(read("etc/provision/image.json"))
+        spec_yaml, spec_json = read("etc/provision/spec.yml"), read("etc/provision/spec.json")
     assert image_info == {"digest": result.image_digest, "name": "machine"}
+    spec = load_spec([spec_file])
+    assert spec_yaml.decode() == dump_spec(spec)
+    assert json.loads(spec_json) == spec_to_dict(spec)
 
     manifest = json.loads(result.manifest.read_text())
     assert manifest["image_digest"] == result.image_digest
@@ -254,3 +272,51 @@ def test_missing_tools_are_reported_before_any_work(spec_file: Path, tmp_path: P
         build_image([spec_file], store=ImageStore(tmp_path / "no-store"), outdir=out,
                     formats="kernel+initrd,needs-tool", registry=registry)
     assert not out.exists() and not (tmp_path / "no-store").exists()
+
+
+def test_dry_run_prints_dump_spec_of_the_merged_files(spec_file: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    extra = tmp_path / "extra.yml"
+    extra.write_text("services:\n  - name: extra\n    image: registry.example.test/web:1\n"
+                     "remove:\n  services: [scratch]\n")
+    assert main(["build", "--dry-run", "-o", str(tmp_path / "out"), str(spec_file),
+                 str(extra)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == dump_spec(load_spec([spec_file, extra]))
+    names = [s["name"] for s in yaml.safe_load(printed)["services"]]
+    assert names == ["web", "extra"]
+    assert not (tmp_path / "out").exists()
+
+
+BAD_SPECS = {
+    "located": "services:\n  - name: web\n    image: registry.example.test/web:1\n"
+               "    capabilities: [CAP_NOT_REAL]\n    readonlyy: true\nfiles:\n  - path: /x\n",
+    "alias-bomb": "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                  + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join(
+                      [f"*{chr(97 + i)}"] * 10) + "]\n" for i in range(6)),
+    "not-a-mapping": "- just\n- a list\n",
+    "python-tag": "kernel: !!python/object/apply:os.system [true]\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_validate_and_build_report_the_same_located_errors(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "bad.yml"
+    spec.write_text(BAD_SPECS[case])
+    out = tmp_path / "out"
+    reports = []
+    for argv in (["validate", str(spec)],
+                 ["build", "-q", "--cache", str(tmp_path / "store"), "-o", str(out), str(spec)],
+                 ["build", "--dry-run", str(spec)]):
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        reports.append(captured.err)
+    assert reports[0] == reports[1] == reports[2]
+    assert f"{spec}:" in reports[0]
+    assert not out.exists() and not (tmp_path / "store").exists()
+    if case == "located":
+        assert f"{spec}:4:20: services[0].capabilities[0]:" in reports[0]
+        assert f"{spec}:5:5: services[0].readonlyy:" in reports[0]
