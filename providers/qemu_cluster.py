@@ -6,7 +6,9 @@ written (atomically) before QEMU starts, so a machine is owned from birth. The V
 derived from the create's idempotency key: creating twice with one key finds the first VM.
 
 Every VM publishes the agent port (7080) and each port the group declares on a free host port
-of 127.0.0.1; ``address()`` returns it. Group properties::
+of 127.0.0.1; ``address()`` returns it. A machine is healthy when its agent answers there and
+reports every service ``running`` (``probe_health``; used when the group has a ``health``
+section). Group properties::
 
     accel: tcg | kvm | auto      (default: the provider option ``accel``, else tcg)
     mem: 512 | 512M | 1G         (MiB unless suffixed; default 512)
@@ -60,13 +62,14 @@ from provision.reconcile.clock import Clock
 from provision.reconcile.provider import (
     TAG_CLUSTER,
     CreateRequest,
+    HealthState,
     Instance,
     InstanceState,
     Page,
     ProviderError,
     TransientProviderError,
 )
-from provision.reconcile.spec import GroupSpec, ProviderSpec
+from provision.reconcile.spec import GroupSpec, ProviderSpec, parse_duration
 
 AGENT_PORT = 7080
 PRIVATE = "qemu-"  # tag prefix of what this provider records for itself (not shown as tags)
@@ -329,6 +332,18 @@ class QemuProvider:
         except VMError as exc:
             raise TransientProviderError(f"VM {instance_id} did not stop: {exc}") from exc
 
+    # -- health -----------------------------------------------------------------------------
+
+    def probe_health(self, instance: Instance) -> HealthState:
+        """Healthy when the machine's agent answers and reports every service running."""
+        where = self.address(instance, self.agent_port)
+        if where is None:
+            return HealthState.UNKNOWN
+        status = read_agent(*where)
+        if status is None or any(state != "running" for state in status.services.values()):
+            return HealthState.UNHEALTHY
+        return HealthState.HEALTHY
+
     # -- address ----------------------------------------------------------------------------
 
     def address(self, instance: Instance, port: int) -> tuple[str, int] | None:
@@ -357,12 +372,16 @@ def create_qemu_provider(spec: ProviderSpec, clock: Clock, base: Path) -> QemuPr
     accel = str(options.get("accel", "tcg"))
     if accel not in ("tcg", "kvm", "auto"):
         raise UsageError(f"provider {spec.name!r}: accel must be tcg, kvm or auto")
-    return QemuProvider(
-        state_root_of(spec, base), clock, name=spec.name, accel=accel,
-        agent_port=int(options.get("agentPort", AGENT_PORT)),
-        stop_timeout=float(options.get("stopTimeout", 10.0)),
-        page_size=int(options.get("pageSize", 50)),
-    )
+    stop_timeout = parse_duration(options.get("stopTimeout", 10.0))
+    agent_port = options.get("agentPort", AGENT_PORT)
+    page_size = options.get("pageSize", 50)
+    if stop_timeout is None:
+        raise UsageError(f"provider {spec.name!r}: stopTimeout must be a duration like 10s")
+    for key, value, top in (("agentPort", agent_port, 65535), ("pageSize", page_size, 10_000)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise UsageError(f"provider {spec.name!r}: {key} must be a whole number from 1 to {top}")
+    return QemuProvider(state_root_of(spec, base), clock, name=spec.name, accel=accel,
+                        agent_port=agent_port, stop_timeout=stop_timeout, page_size=page_size)
 
 
 # --------------------------------------------------------------------------- the agent

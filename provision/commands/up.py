@@ -1,0 +1,288 @@
+"""``provision up CLUSTER.yml`` and ``provision down CLUSTER.yml``: the main job.
+
+``up`` builds each group's image if needed, applies the spec until every group has converged
+(machines created, replaced and healthy), showing progress, then prints the cluster's status:
+machines, image digest and the services each machine's agent reports. ``down`` destroys every
+machine carrying the cluster's ownership tag and checks that none is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from provision.errors import ProvisionError
+from provision.reconcile.clock import SystemClock
+from provision.reconcile.engine import Engine, PassResult
+from provision.reconcile.image import resolve_group_image
+from provision.reconcile.journal import SqliteStore
+from provision.reconcile.model import Condition, Machine
+from provision.reconcile.provider import TAG_CLUSTER, TAG_GROUP, Instance, Provider, list_all
+from provision.reconcile.registry import create_providers
+from provision.reconcile.spec import ClusterSpec, GroupSpec, load_cluster_spec
+
+AGENT_PORT = 7080
+Say = Callable[[str], None]
+
+
+def register(subparsers: Any) -> None:
+    up = subparsers.add_parser(
+        "up", help="build, boot and converge a cluster (e.g. examples/local-cluster.yml), then show it",
+        description="Build each group's image if needed, create and replace machines until the "
+        "cluster matches its spec and every machine is healthy, then print its status.",
+    )
+    up.add_argument("cluster", help="cluster spec (YAML)")
+    up.add_argument("--timeout", type=float, default=900.0, help="give up after SECONDS (default 900)")
+    up.add_argument("--interval", type=float, default=1.0, help="seconds between passes (default 1)")
+    up.add_argument("--json", action="store_true", help="print the final status as JSON")
+    up.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    up.add_argument("--journal", metavar="PATH", help="journal database (default from the spec)")
+    up.set_defaults(func=run_up)
+
+    down = subparsers.add_parser(
+        "down", help="destroy every machine of a cluster",
+        description="Destroy every machine carrying the cluster's ownership tag (in any group, "
+        "running or not) and check that none is left.",
+    )
+    down.add_argument("cluster", help="cluster spec (YAML)")
+    down.add_argument("--timeout", type=float, default=300.0, help="give up after SECONDS (default 300)")
+    down.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    down.add_argument("--journal", metavar="PATH", help="journal database (default from the spec)")
+    down.set_defaults(func=run_down)
+
+
+def _progress(quiet: bool) -> Say:
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        if not quiet:
+            print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _base(spec: ClusterSpec) -> Path:
+    return Path(spec.source_file).parent if not spec.source_file.startswith("<") else Path.cwd()
+
+
+# ------------------------------------------------------------------------------------ up
+
+
+def resolve_images(spec: ClusterSpec, say: Say) -> dict[str, str]:
+    """Each group's image id, building (or caching) qemu images first, with progress."""
+    from provision.providers.qemu_cluster import parse_machine_properties, resolve_qemu_image
+
+    images: dict[str, str] = {}
+    for group in spec.groups:
+        provider = spec.providers[group.provider]
+        if provider.type == "qemu":
+            parse_machine_properties(group.properties, str(provider.options.get("accel", "tcg")))
+            images[group.name] = resolve_qemu_image(group.image, group, provider, _base(spec), progress=say)
+        else:
+            images[group.name] = resolve_group_image(group, provider, _base(spec))
+        say(f"group {group.name}: image {images[group.name]}")
+    return images
+
+
+def _summary(machines: tuple[Machine, ...], config: str) -> str:
+    counts = {c: sum(1 for m in machines if m.condition is c) for c in Condition}
+    parts = [f"{n} {c.value}" for c, n in counts.items() if n]
+    current = sum(1 for m in machines if m.config == config)
+    return f"{len(machines)} machine{'s' if len(machines) != 1 else ''} ({', '.join(parts) or 'none'}), {current} up to date"
+
+
+def converge_cluster(engine: Engine, say: Say, *, timeout: float, interval: float) -> int:
+    """Passes until every group converged; report what changed. Returns the pass count."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, str] = {}
+    passes = 0
+    while True:
+        passes += 1
+        results = engine.reconcile()
+        for group, result in zip(engine.spec.groups, results, strict=True):
+            _report(engine, group, result, last, say)
+        if all(r.converged for r in results):
+            return passes
+        if time.monotonic() > deadline:
+            raise ProvisionError(
+                f"the cluster did not converge within {timeout:g}s",
+                hint="see `provision status " + engine.spec.source_file + "` and the machines' consoles "
+                "(`provision ps`, serial.log in each VM's state directory); `provision up` again resumes",
+            )
+        engine.renew()
+        time.sleep(interval)
+
+
+def _report(engine: Engine, group: GroupSpec, result: PassResult, last: dict[str, str], say: Say) -> None:
+    _image, config = engine.desired(group)
+    observation = engine.observe(group)
+    line = _summary(observation.machines, config)
+    actions = []
+    if result.created:
+        actions.append(f"created {result.created}")
+    if result.destroyed:
+        actions.append(f"destroyed {result.destroyed}")
+    if result.recovered:
+        actions.append(f"resumed {result.recovered}")
+    for error in result.errors:
+        actions.append(f"error: {error}")
+    text = line + ("  [" + "; ".join(actions) + "]" if actions else "")
+    if last.get(group.name) != text:
+        say(f"{group.name}: {text}")
+        last[group.name] = text
+
+
+def collect_status(engine: Engine, images: Mapping[str, str]) -> dict[str, Any]:
+    """The cluster's machines, each with its address and what its agent says."""
+    from provision.providers.qemu_cluster import read_agent
+
+    groups = []
+    for group in engine.spec.groups:
+        provider = engine.providers[group.provider]
+        _image, config = engine.desired(group)
+        observation = engine.observe(group)
+        instances = {i.id: i for i in list_all(provider, {TAG_CLUSTER: engine.spec.name, TAG_GROUP: group.name})[0]}
+        port = group.health.port or AGENT_PORT
+        machines = []
+        for m in observation.machines:
+            instance = instances.get(m.id or "")
+            where = provider.address(instance, port) if instance is not None else None
+            agent = read_agent(*where) if where is not None else None
+            machines.append({
+                "machine": m.ref, "condition": m.condition.value, "up_to_date": m.config == config,
+                "image": m.image, "agent": f"{where[0]}:{where[1]}" if where else None,
+                "agent_digest": agent.digest if agent else None,
+                "services": dict(agent.services) if agent else None,
+            })
+        groups.append({
+            "group": group.name, "provider": group.provider, "image": images[group.name],
+            "source": group.image, "desired": group.desired, "machines": machines,
+        })
+    return {"cluster": engine.spec.name, "groups": groups}
+
+
+def render_status(status: Mapping[str, Any]) -> str:
+    lines = []
+    for g in status["groups"]:
+        healthy = sum(1 for m in g["machines"] if m["condition"] == Condition.AVAILABLE.value)
+        lines.append(f"group {g['group']}  {healthy}/{g['desired']} healthy  image {g['image']}  ({g['source']})")
+        lines.append(f"  {'MACHINE':<30} {'STATE':<10} {'AGENT':<16} {'IMAGE':<19} SERVICES")
+        for m in g["machines"]:
+            services = m["services"]
+            shown = " ".join(f"{k}={v}" for k, v in sorted(services.items())) if services is not None else "(agent not answering)"
+            image = m["image"][:19] + ("" if m["up_to_date"] else " (old)")
+            lines.append(f"  {m['machine']:<30} {m['condition']:<10} {m['agent'] or '-':<16} {image:<19} {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def run_up(args: argparse.Namespace) -> int:
+    say = _progress(args.quiet)
+    spec = load_cluster_spec(args.cluster)
+    clock = SystemClock()
+    providers = create_providers(spec, clock)
+    images = resolve_images(spec, say)
+    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
+    engine = Engine(spec, providers, store, clock, owner=f"up:{os.getpid()}", images=images)
+    started = time.monotonic()
+    try:
+        engine.acquire()
+        try:
+            passes = converge_cluster(engine, say, timeout=args.timeout, interval=args.interval)
+        except KeyboardInterrupt:
+            engine.stop.set()
+            print(f"interrupted: machines started so far keep running; remove them with `provision down {args.cluster}`",
+                  file=sys.stderr)
+            return 130
+        finally:
+            engine.release()
+        status = collect_status(engine, images)
+    finally:
+        store.close()
+    status["seconds"] = round(time.monotonic() - started, 1)
+    status["passes"] = passes
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    total = sum(g["desired"] for g in status["groups"])
+    print(f"Cluster {spec.name} is up: {total} machine{'s' if total != 1 else ''} healthy "
+          f"({status['seconds']}s, {passes} passes).\n")
+    print(render_status(status), end="")
+    print(f"\nRemove it with: provision down {args.cluster}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- down
+
+
+def sweep_cluster(spec: ClusterSpec, providers: Mapping[str, Provider], epoch: int, say: Say) -> list[Instance]:
+    """Destroy every machine tagged with the cluster (any group, stopped ones too)."""
+    destroyed = []
+    for name in sorted({g.provider for g in spec.groups}):
+        provider = providers[name]
+        for instance in list_all(provider, {TAG_CLUSTER: spec.name})[0]:
+            if instance.tags.get(TAG_CLUSTER) != spec.name:
+                continue
+            say(f"destroy {instance.id} ({instance.tags.get(TAG_GROUP, '?')}, {instance.state.value})")
+            provider.destroy_instance(instance.id, epoch)
+            destroyed.append(instance)
+    return destroyed
+
+
+def remaining_machines(spec: ClusterSpec, providers: Mapping[str, Provider]) -> list[Instance]:
+    found = []
+    for name in sorted({g.provider for g in spec.groups}):
+        found += [i for i in list_all(providers[name], {TAG_CLUSTER: spec.name})[0] if i.tags.get(TAG_CLUSTER) == spec.name]
+    return found
+
+
+def run_down(args: argparse.Namespace) -> int:
+    say = _progress(args.quiet)
+    spec = load_cluster_spec(args.cluster)
+    clock = SystemClock()
+    providers = create_providers(spec, clock)
+    # Scale every group to zero through the engine (journaled, pending creates resumed and
+    # undone); no image is built for that.
+    empty = dataclasses.replace(spec, groups=tuple(dataclasses.replace(g, size=0, members=None) for g in spec.groups))
+    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
+    engine = Engine(empty, providers, store, clock, owner=f"down:{os.getpid()}", images={g.name: "-" for g in spec.groups})
+    destroyed = 0
+    try:
+        engine.acquire()
+        try:
+            deadline = time.monotonic() + args.timeout
+            while True:
+                results = engine.reconcile()
+                for r in results:
+                    destroyed += r.destroyed
+                    for error in r.errors:
+                        say(f"{r.group}: {error}")
+                    if r.destroyed:
+                        say(f"{r.group}: destroyed {r.destroyed}")
+                if all(r.converged for r in results):
+                    break
+                if time.monotonic() > deadline:
+                    raise ProvisionError(f"cluster {spec.name} was not removed within {args.timeout:g}s",
+                                         hint="run `provision down` again; `provision ps` shows local VMs")
+                engine.renew()
+                time.sleep(0.5)
+            # Machines of groups no longer in the spec, and stopped VMs, by the ownership tag.
+            swept = sweep_cluster(spec, engine.providers, engine.epoch, say)
+            destroyed += len(swept)
+            store.forget_instances(spec.name, [i.id for i in swept])
+        finally:
+            engine.release()
+    finally:
+        store.close()
+    left = remaining_machines(spec, providers)
+    if left:
+        raise ProvisionError(f"{len(left)} machine(s) of cluster {spec.name} are still there: "
+                             + ", ".join(i.id for i in left), hint="run `provision down` again")
+    print(f"Cluster {spec.name} is down: {destroyed} machine{'s' if destroyed != 1 else ''} destroyed, none left.")
+    return 0
