@@ -177,6 +177,46 @@ class Apt:
             "with --sources)",
         )
 
+    def candidates(self, names: Sequence[str]) -> dict[str, str]:
+        """Candidate versions of several packages in one apt-cache call (unknown ones left
+        out)."""
+        if not names:
+            return {}
+        result = self._run(self.config.argv("apt-cache", "policy", *names), check=False)
+        found: dict[str, str] = {}
+        current = None
+        for line in (result.stdout or b"").decode(errors="replace").splitlines():
+            if line and not line[0].isspace() and line.endswith(":"):
+                current = line[:-1].split(":")[0]
+            elif current and line.strip().startswith("Candidate:"):
+                version = line.split(":", 1)[1].strip()
+                if version and version != "(none)":
+                    found[current] = version
+        return found
+
+    def resolve_many(
+        self, names: Sequence[str], architecture: str
+    ) -> dict[str, tuple[LockedPackage, dict[str, str]]]:
+        """Like :meth:`resolve` for many names with two apt-cache calls; unknown names and
+        virtual packages are left out."""
+        versions = self.candidates(names)
+        if not versions:
+            return {}
+        specs = [f"{n}={v}" for n, v in versions.items()]
+        result = self._run(self.config.argv("apt-cache", "show", *specs), check=False)
+        resolved = {}
+        for record in parse_deb822((result.stdout or b"").decode(errors="replace")):
+            name = record.get("Package", "")
+            if (
+                versions.get(name) == record.get("Version")
+                and record.get("Architecture") in (architecture, "all")
+                and record.get("SHA256")
+                and record.get("Filename")
+                and name not in resolved
+            ):
+                resolved[name] = (_locked(name, record), record)
+        return resolved
+
     def show(self, name: str, version: str, architecture: str) -> dict[str, str] | None:
         """The index record of ``name`` at ``version`` (None when apt does not know it)."""
         result = self._run(self.config.argv("apt-cache", "show", f"{name}={version}"), check=False)
@@ -203,15 +243,7 @@ class Apt:
                 f"package {name} {version}: no downloadable record in apt's index",
                 hint="it may be installed locally only; refresh the index",
             )
-        package = LockedPackage(
-            name=name,
-            version=version,
-            architecture=record["Architecture"],
-            filename=record["Filename"],
-            size=int(record.get("Size", "0")),
-            sha256=record["SHA256"].lower(),
-        )
-        return package, record
+        return _locked(name, record), record
 
     def check_index(self, package: LockedPackage) -> bool:
         """Compare the lock entry with apt's index: True when the index has it and agrees,
@@ -257,6 +289,17 @@ class Apt:
             verify_deb(debs[0], package)
             os.replace(debs[0], target)
         return target
+
+
+def _locked(name: str, record: dict[str, str]) -> LockedPackage:
+    return LockedPackage(
+        name=name,
+        version=record["Version"],
+        architecture=record["Architecture"],
+        filename=record["Filename"],
+        size=int(record.get("Size", "0")),
+        sha256=record["SHA256"].lower(),
+    )
 
 
 def _host_archive_names(package: LockedPackage) -> Sequence[Path]:

@@ -6,7 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.builders.pkg.apt import Apt, parse_depends
+from provision.builders.pkg.apt import Apt, default_deb_cache, parse_depends
+from provision.builders.pkg.closure import resolve_libraries
 from provision.builders.pkg.deb import DebFile, iter_deb_files, select_files
 from provision.builders.pkg.elf import MissingDependency, check_elf_closure
 from provision.builders.pkg.image import (
@@ -57,9 +58,12 @@ def _noop(_message: str) -> None:
 
 
 # ------------------------------------------------------------------ lock
-def lock_recipe(recipe: Recipe, apt: Apt) -> Lock:
+def lock_recipe(
+    recipe: Recipe, apt: Apt, deb_cache: Path | None = None, progress: Progress = _noop
+) -> Lock:
     """Resolve every package of ``recipe`` (the kernel's meta package through its
-    dependency on a ``linux-image-*`` package) to apt's candidate version."""
+    dependency on a ``linux-image-*`` package) to apt's candidate version; with
+    ``elf_closure: resolve``, add the library packages its ELF files need."""
     apt.require()
     architecture = apt.architecture()
     packages: dict[str, LockedPackage] = {}
@@ -78,13 +82,23 @@ def lock_recipe(recipe: Recipe, apt: Apt) -> Lock:
         else:
             packages[target], _record = apt.resolve(target, architecture)
             resolved.append(Resolution(meta.name, meta.version, target))
-    return Lock(architecture, tuple(packages.values()), tuple(resolved))
+    lock = Lock(architecture, tuple(packages.values()), tuple(resolved))
+    if recipe.resolve_libraries:
+        cache = deb_cache or default_deb_cache()
+
+        def assemble(recipe: Recipe, lock: Lock, check: bool) -> dict[str, LayerEntry]:
+            debs = fetch_packages(recipe, lock, apt, cache, progress)
+            return assemble_image_files(recipe, lock, debs, progress, check=check)[0]
+
+        lock = resolve_libraries(recipe, lock, apt, cache, assemble, progress)
+    return lock
 
 
 def check_lock(recipe: Recipe, lock: Lock) -> None:
     """The lock must resolve exactly the recipe's packages."""
     missing = lock.covers(recipe.all_packages())
     expected = {lock.package(n).name for n in recipe.all_packages() if n not in missing}
+    expected |= {name for name, _paths in lock.libraries}
     extra = sorted({p.name for p in lock.packages} - expected)
     if missing or extra:
         detail = []
@@ -146,7 +160,12 @@ def closure_hint(missing: Sequence[MissingDependency]) -> str:
 
 
 def assemble_image_files(
-    recipe: Recipe, lock: Lock, debs: dict[str, Path], progress: Progress = _noop
+    recipe: Recipe,
+    lock: Lock,
+    debs: dict[str, Path],
+    progress: Progress = _noop,
+    *,
+    check: bool = True,
 ) -> tuple[dict[str, LayerEntry], KernelModules | None]:
     """The image's entries by absolute path: kept package files, then the recipe's own
     directories, files and symlinks; the kernel's two files for a kernel recipe."""
@@ -158,6 +177,11 @@ def assemble_image_files(
         progress(f"unpack {package.name}")
         files = list(iter_deb_files(debs[package.name], label))
         image.add_all(_package_entries(recipe, name, files, label), label)
+    for name, paths in lock.libraries:
+        package = lock.package(name)
+        label = f"{package.name} {package.version} ({debs[package.name].name}, a library)"
+        files = list(iter_deb_files(debs[package.name], label))
+        image.add_all([(f.path, f.entry) for f in select_files(files, paths, label)], label)
     if recipe.kernel is not None:
         package = lock.package(recipe.kernel.package)
         label = f"{package.name} {package.version}"
@@ -167,7 +191,7 @@ def assemble_image_files(
         image.add_all([("/" + e.path, e) for e in kernel_files], label)
     _recipe_entries(recipe, image)
     entries = image.complete()
-    if recipe.elf_closure:
+    if recipe.elf_closure and check:
         missing = check_elf_closure(entries)
         if missing:
             raise ElfClosureError(recipe, missing, closure_hint(missing))

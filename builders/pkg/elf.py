@@ -154,6 +154,7 @@ class MissingDependency:
     file: str  # the ELF file, absolute in the image
     needs: str  # a soname, or the interpreter's path
     kind: str  # "library" or "interpreter"
+    paths: tuple[str, ...] = ()  # where the loader looks for it
 
     def __str__(self) -> str:
         if self.kind == "interpreter":
@@ -236,10 +237,12 @@ def check_elf_closure(entries: Mapping[str, LayerEntry]) -> list[MissingDependen
         if info is None or info.type not in (ET_EXEC, ET_DYN):
             continue
         if info.interpreter and not tree.is_file(info.interpreter):
-            missing.append(MissingDependency(path, info.interpreter, "interpreter"))
+            missing.append(
+                MissingDependency(path, info.interpreter, "interpreter", (info.interpreter,))
+            )
         dirs = library_dirs(info, posixpath.dirname(path))
         for soname in info.needed:
             candidates = [soname] if "/" in soname else [posixpath.join(d, soname) for d in dirs]
             if not any(tree.is_file(c) for c in candidates):
-                missing.append(MissingDependency(path, soname, "library"))
+                missing.append(MissingDependency(path, soname, "library", tuple(candidates)))
     return missing

@@ -66,6 +66,8 @@ class Lock:
     architecture: str
     packages: tuple[LockedPackage, ...]
     resolved: tuple[Resolution, ...] = ()
+    # elf_closure: resolve: packages added for the libraries, and the paths kept of each
+    libraries: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def package(self, name: str) -> LockedPackage:
         """The locked package ``name`` (a meta package gives what it resolved to)."""
@@ -98,6 +100,8 @@ class Lock:
                 r.name: {"version": r.version, "package": r.package}
                 for r in sorted(self.resolved, key=lambda r: r.name)
             }
+        if self.libraries:
+            data["libraries"] = {name: list(paths) for name, paths in sorted(self.libraries)}
         return data
 
 
@@ -154,7 +158,19 @@ def read_lock(path: Path) -> Lock:
         ):
             raise _bad(path, f"resolved.{name}: needs version and package")
         resolved.append(Resolution(str(name), entry["version"], entry["package"]))
-    return Lock(arch, tuple(packages), tuple(resolved))
+    libraries = []
+    libraries_data = data.get("libraries", {})
+    if not isinstance(libraries_data, dict):
+        raise _bad(path, "libraries: must be a mapping")
+    for name, paths in libraries_data.items():
+        if not isinstance(paths, list) or not all(
+            isinstance(p, str) and p.startswith("/") and ".." not in p.split("/") for p in paths
+        ):
+            raise _bad(path, f"libraries.{name}: must list absolute paths")
+        if name not in {p.name for p in packages}:
+            raise _bad(path, f"libraries.{name}: not one of the locked packages")
+        libraries.append((str(name), tuple(paths)))
+    return Lock(arch, tuple(packages), tuple(resolved), tuple(sorted(libraries)))
 
 
 def _parse_package(path: Path, name: str, entry: Any) -> LockedPackage:

@@ -70,6 +70,7 @@ class Recipe:
     config: Mapping[str, Any] = field(default_factory=dict)
     label: Mapping[str, Any] | None = None
     elf_closure: bool = False
+    resolve_libraries: bool = False  # elf_closure: resolve
     kernel: KernelSpec | None = None
 
     @property
@@ -206,8 +207,11 @@ def parse_recipe(directory: Path, data: Any, loc: _Locator | None = None) -> Rec
         loc.add(["label"], "must be a mapping (LinuxKit's image entry keys)")
         label = None
     elf_closure = data.get("elf_closure", False)
-    if not isinstance(elf_closure, bool):
-        loc.add(["elf_closure"], "must be true or false")
+    resolve_libraries = elf_closure == "resolve"
+    if resolve_libraries:
+        elf_closure = True
+    elif not isinstance(elf_closure, bool):
+        loc.add(["elf_closure"], "must be true, false or resolve")
         elf_closure = False
     kernel = _parse_kernel(loc, data.get("kernel"))
     if not packages and kernel is None:
@@ -225,6 +229,7 @@ def parse_recipe(directory: Path, data: Any, loc: _Locator | None = None) -> Rec
         config=config,
         label=label,
         elf_closure=elf_closure,
+        resolve_libraries=resolve_libraries,
         kernel=kernel,
     )
 

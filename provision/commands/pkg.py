@@ -51,6 +51,8 @@ def register(subparsers: Any) -> None:
     apt_args(lock)
     lock.add_argument("--update", action="store_true",
                       help="with --sources: refresh its index first")  # fmt: skip
+    lock.add_argument("--debs", type=Path, metavar="DIR",
+                      help="download cache for elf_closure: resolve")  # fmt: skip
     lock.add_argument("--check", action="store_true",
                       help="write nothing; exit 1 when a lock would change")  # fmt: skip
     lock.set_defaults(func=pkg_lock)
@@ -97,7 +99,7 @@ def pkg_lock(args: argparse.Namespace) -> int:
     apt.ensure_lists(refresh=args.update)
     changed = 0
     for recipe in recipes:
-        lock = lock_recipe(recipe, apt)
+        lock = lock_recipe(recipe, apt, args.debs or default_deb_cache())
         old = recipe.lock_file.read_text() if recipe.lock_file.is_file() else None
         new = dump_lock(lock)
         if old == new:

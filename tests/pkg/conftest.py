@@ -52,13 +52,13 @@ def locked(directory: Path, apt: Apt) -> Recipe:
 
 # ------------------------------------------------------------------ a local apt repository
 def make_deb(workdir: Path, name: str, files: Mapping[str, bytes | str], version: str = "1.0",
-             depends: str = "") -> Path:  # fmt: skip
+             depends: str = "", section: str = "misc") -> Path:  # fmt: skip
     """A real .deb built with dpkg-deb -b; ``files`` maps paths to contents (str = symlink)."""
     root = workdir / f"{name}-root"
     (root / "DEBIAN").mkdir(parents=True)
     control = (
         f"Package: {name}\nVersion: {version}\nArchitecture: amd64\n"
-        "Maintainer: Test <test@localhost>\nDescription: test package\n"
+        f"Section: {section}\nMaintainer: Test <test@localhost>\nDescription: test package\n"
     )
     if depends:
         control += f"Depends: {depends}\n"

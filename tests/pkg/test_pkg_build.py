@@ -216,6 +216,37 @@ def test_custom_sources_elf_closure_passes_with_the_libraries(
     assert "usr/bin/tool" in members
 
 
+def test_elf_closure_resolve_adds_library_packages_to_the_lock(
+    local_repo: LocalRepo, tmp_path: Path
+) -> None:
+    libc = Path("/lib/x86_64-linux-gnu/libc.so.6").resolve().read_bytes()
+    loader = Path("/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2").resolve().read_bytes()
+    make_deb(local_repo.directory, "tool", {"/usr/bin/tool": Path("/bin/true").read_bytes()},
+             depends="helper, minilibc (>= 1.0)")  # fmt: skip
+    make_deb(local_repo.directory, "helper", {"/usr/bin/helper": b"#!/bin/sh\n"})
+    make_deb(local_repo.directory, "minilibc", {
+        "/lib/x86_64-linux-gnu/libc-2.36.so": libc,
+        "/lib/x86_64-linux-gnu/libc.so.6": "libc-2.36.so",
+        "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": loader,
+        "/lib64/ld-linux-x86-64.so.2": "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        "/usr/share/doc/minilibc/README": b"not needed",
+    }, section="libs")  # fmt: skip
+    apt = local_repo.publish()
+    recipe_dir = write_recipe(tmp_path / "tool", "name: tool\npackages: [tool]\nelf_closure: resolve\n")
+    recipe = load_recipe(recipe_dir)
+    write_lock(recipe.lock_file, lock_recipe(recipe, apt, tmp_path / "debs"))
+    lock = read_lock(recipe.lock_file)
+    assert sorted(p.name for p in lock.packages) == ["minilibc", "tool"]  # helper is no library
+    assert lock.libraries == (("minilibc", (
+        "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/libc-2.36.so",
+        "/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2",
+    )),)  # fmt: skip
+    store = ImageStore(tmp_path / "s")
+    members = layer_members(store, build_recipe(recipe, store, apt, tmp_path / "debs").name)
+    assert "lib/x86_64-linux-gnu/libc-2.36.so" in members
+    assert not any("doc" in name for name in members)
+
+
 @pytest.mark.parametrize(
     "member",
     [
