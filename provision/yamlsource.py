@@ -183,8 +183,9 @@ def parse_yaml_text(text: str, file: str) -> tuple[Any, list[Problem]]:
     return value, builder.problems
 
 
-def read_yaml_file(path: Path) -> tuple[Any, list[Problem]]:
-    """Read and parse ``path``; an unreadable or non-UTF-8 file is one problem."""
+def read_text_file(path: Path) -> tuple[str | None, list[Problem]]:
+    """The text of ``path`` (None with one problem when it is unreadable, larger than
+    :data:`MAX_SPEC_BYTES` or not UTF-8)."""
     file = str(path)
     try:
         size = path.stat().st_size
@@ -194,7 +195,14 @@ def read_yaml_file(path: Path) -> tuple[Any, list[Problem]]:
     except OSError as exc:
         return None, [Problem(file, 0, 0, "", f"cannot read: {exc.strerror or exc}")]
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8"), []
     except UnicodeDecodeError as exc:
         return None, [Problem(file, 0, 0, "", f"not UTF-8 text (byte {exc.start})")]
-    return parse_yaml_text(text, file)
+
+
+def read_yaml_file(path: Path) -> tuple[Any, list[Problem]]:
+    """Read and parse ``path``; an unreadable or non-UTF-8 file is one problem."""
+    text, problems = read_text_file(path)
+    if text is None:
+        return None, problems
+    return parse_yaml_text(text, str(path))

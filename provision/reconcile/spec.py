@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import Problem, SpecError
-from provision.reconcile.yamlsource import Path as KeyPath
-from provision.reconcile.yamlsource import YamlSource, parse_yaml_source
+from provision.yamlsource import Mark, YamlList, YamlMap, mark_of, parse_yaml_text, read_text_file
+
+KeyPath = tuple[str | int, ...]
 
 NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -165,15 +166,42 @@ def default_journal(name: str) -> Path:
     return Path(base) / "provision" / "clusters" / f"{name}.db"
 
 
+def render_key_path(path: KeyPath) -> str:
+    """``("groups", 0, "update")`` -> ``groups[0].update``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def mark_at(root: Any, path: KeyPath, fallback: Mark, *, at_key: bool = False) -> Mark:
+    """Where ``path`` is written in the located document ``root`` (its key with ``at_key``),
+    else where its nearest written ancestor is."""
+    mark = mark_of(root, fallback)
+    node = root
+    for index, part in enumerate(path):
+        if isinstance(node, YamlMap) and isinstance(part, str) and part in node:
+            last = index == len(path) - 1
+            mark = node.key_mark(part) if last and at_key else node.value_mark(part)
+        elif isinstance(node, YamlList) and isinstance(part, int) and 0 <= part < len(node):
+            mark = node.item_mark(part)
+        else:
+            break
+        node = node[part]
+    return mark
+
+
 class _Reader:
     """Collects problems while reading typed values out of a located document."""
 
-    def __init__(self, source: YamlSource) -> None:
-        self.source = source
+    def __init__(self, root: Any, file: str) -> None:
+        self.root = root
+        self.file = file
         self.problems: list[Problem] = []
 
     def fail(self, path: KeyPath, message: str, *, at_key: bool = False) -> None:
-        self.problems.append(self.source.problem(path, message, at_key=at_key))
+        mark = mark_at(self.root, path, Mark(self.file, 0, 0), at_key=at_key)
+        self.problems.append(mark.problem(render_key_path(path), message))
 
     def mapping(self, value: Any, path: KeyPath, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
         if value is None:
@@ -230,9 +258,11 @@ def _enum(kind: type[Enum]) -> Callable[[Any], Any]:
 
 def parse_cluster_spec(text: str, file: str = "<cluster>") -> ClusterSpec:
     """Parse and validate a cluster spec; raise SpecError listing every located problem."""
-    source = parse_yaml_source(text, file)
-    r = _Reader(source)
-    top = r.mapping(source.value, (), {"cluster", "providers", "groups", "journal", "daemon"}, {"cluster", "groups"})
+    root, problems = parse_yaml_text(text, file)
+    if problems:
+        raise SpecError(problems, hint="see docs/cluster-spec.md for the format")
+    r = _Reader(root, file)
+    top = r.mapping(root, (), {"cluster", "providers", "groups", "journal", "daemon"}, {"cluster", "groups"})
     name = r.name(top.get("cluster"), ("cluster",)) if "cluster" in top else "cluster"
     providers = _parse_providers(r, top.get("providers"))
     groups = _parse_groups(r, top.get("groups"), providers)
@@ -250,10 +280,9 @@ def parse_cluster_spec(text: str, file: str = "<cluster>") -> ClusterSpec:
 
 def load_cluster_spec(path: str | Path) -> ClusterSpec:
     file = Path(path)
-    try:
-        text = file.read_text()
-    except OSError as exc:
-        raise SpecError([Problem(str(file), 0, 0, "", f"cannot read: {exc.strerror}")]) from exc
+    text, problems = read_text_file(file)
+    if text is None:
+        raise SpecError(problems)
     return parse_cluster_spec(text, str(file))
 
 
