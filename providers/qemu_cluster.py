@@ -548,7 +548,7 @@ def plan_spec_digest(spec_path: Path, store: Any) -> str:
             images[use.ref] = ensure_image(store, use.ref, Platform.host(), pull="missing")
     if missing:
         raise ComponentsMissingError(
-            f"{spec_path}: the component images {', '.join(missing)} are not built yet",
+            f"{spec_path}: the component images {', '.join(dict.fromkeys(missing))} are not built yet",
             hint="build them first: provision pkg build --all",
         )
     sources = []
