@@ -316,3 +316,42 @@ def test_layer_is_a_plain_tar(tiny: tuple[Path, Path, str]) -> None:
     with store.open_layer(image.layers[0]) as handle, tarfile.open(fileobj=handle) as tar:
         names = tar.getnames()
     assert names == sorted(names, key=lambda n: n.split("/"))
+
+
+@pytest.mark.registry
+def test_build_push_sends_the_image_to_a_registry(
+    tiny: tuple[Path, Path, str], tmp_path: Path, deb_cache: Path
+) -> None:
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nstorage: {{filesystem: {{rootdirectory: {tmp_path}/data}}}}\n"
+                      f"http: {{addr: 127.0.0.1:{port}}}\n")  # fmt: skip
+    process = subprocess.Popen(["docker-registry", "serve", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        for _ in range(50):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        done = cli("pkg", "build", str(tiny[0]), "--cache", str(tmp_path / "s"), "--debs",
+                   str(deb_cache), "-q", "--push", f"127.0.0.1:{port}/components")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        name, digest = done.stdout.splitlines()[0].split()
+        tag = name.split(":")[1]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v2/components/tiny/manifests/{tag}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.headers["Docker-Content-Digest"] == digest
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
