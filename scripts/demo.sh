@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The main job on the local default: install everything, build the component images from
+# Debian packages, then build examples/web.yml and bring up a two-machine QEMU cluster running
+# it (examples/local-cluster.yml). `scripts/demo.sh down` removes the cluster again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+if [ "${1:-up}" = "down" ]; then
+  exec provision down examples/local-cluster.yml
+fi
+provision pkg build --all
+provision up examples/local-cluster.yml
+echo
+echo "The cluster runs in the background. Try:"
+echo "  provision status examples/local-cluster.yml"
+echo "  provision ps"
+echo "  scripts/demo.sh down"
