@@ -4,8 +4,8 @@ initrd to a shell, side by side. Also minimal.yml to its console shell.
 
     python bench/boot_bench.py [--runs 3] [--json out.json]
 
-Images are assembled from the pkg/ recipes and the examples by tests/boot/boot_rig.py
-(the host's cloud kernel; Debian packages through apt). Runs are sequential (2 cores:
+Images are built by the real pipeline (`provision pkg build` of the components, then
+`provision build`, default gzip initrd; see tests/boot/boot_rig.py). Runs are sequential (2 cores:
 parallel VMs would slow each other). Goal: web <= 2 x floor. Exit status 1 when over.
 """
 
@@ -99,8 +99,10 @@ def main() -> int:
         work = Path(tmp)
         (work / "web").mkdir()
         (work / "minimal").mkdir()
-        kernel, web_initrd, _ = rig.build_image([REPO / "examples/web.yml"], work / "web")
-        _, min_initrd, _ = rig.build_image([REPO / "examples/minimal.yml"], work / "minimal")
+        kernel, web_initrd, _ = rig.build_with_provision([REPO / "examples/web.yml"], work / "web", "web")
+        _, min_initrd, _ = rig.build_with_provision(
+            [REPO / "examples/minimal.yml"], work / "minimal", "minimal"
+        )
         floor_initrd = build_floor(work)
         services = len(rig.load_specs([REPO / "examples/web.yml"])["services"])
         results: dict[str, list[float]] = {"floor": [], "minimal": [], "web": []}

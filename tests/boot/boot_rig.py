@@ -1,4 +1,8 @@
-"""A small stand-in for `provision pkg build` + `provision build` used by the boot tests:
+"""How the boot tests and benches get images. `build_with_provision` runs the real
+pipeline (`provision pkg build`, `provision build`); the boot tests use it.
+
+The rest is a small stand-in for `provision pkg build` + `provision build` (written before
+those landed, kept for bench/size_report.py's hard-link comparison):
 assemble the components of pkg/ from Debian packages (downloaded with the host's apt
 configuration and cached), lay out a rootfs as image-spec.md describes (init images in /,
 containers/onboot/NNN-name, containers/services/name with config.json + rootfs/), and
