@@ -35,13 +35,13 @@ from provision.assemble import (
 from provision.builders.base import BootInputs, FormatOptions, FormatWriter
 from provision.builders.cpio import write_cpio
 from provision.builders.tar import write_tar
-from provision.compress import CompressedWriter, Compression, HashingSink
+from provision.compress import CompressedWriter, Compression
 from provision.errors import ProvisionError, UsageError
+from provision.fsutil import HashingWriter, file_sha256
 from provision.manifest import (
     BuildManifest,
     ImageRecord,
     SpecRecord,
-    file_sha256,
     record_outputs,
     write_manifest,
 )
@@ -97,10 +97,6 @@ def _needs(writer: FormatWriter, what: str, default: bool) -> bool:
     return bool(getattr(writer, what, default))
 
 
-def _sha256_file(path: Path) -> str:
-    return file_sha256(path)[0]
-
-
 @dataclass
 class _Build:
     """Run-time state of one build (kept apart from the frozen inputs and result)."""
@@ -138,7 +134,7 @@ class _Build:
         for entry in self.spec.files:
             path = resolve_file_source(entry, base)
             if path is not None and path.is_file():
-                found.append((entry.path, _sha256_file(path)))
+                found.append((entry.path, file_sha256(path)[0]))
         return found
 
     def run(self) -> BuildResult:
@@ -167,7 +163,7 @@ class _Build:
                 image_digest=digest,
                 source_date_epoch=epoch,
                 platform=str(self.platform),
-                specs=tuple(SpecRecord(p.name, _sha256_file(p)) for p in self.spec_files),
+                specs=tuple(SpecRecord(p.name, file_sha256(p)[0]) for p in self.spec_files),
                 images=tuple(ImageRecord(u.role, u.name, u.ref, images[u.ref].digest,
                                          str(images[u.ref].platform)) for u in uses),
                 formats=tuple(w.name for w in self.writers),
@@ -201,7 +197,7 @@ class _Build:
                     out.write(chunk)
             self.say(f"write initrd ({self.compression})")
             with open(initrd_path, "wb") as out:
-                sink = HashingSink(out)
+                sink = HashingWriter(out)
                 ucode = tree.lookup("boot/ucode.cpio")
                 if ucode is not None and ucode.kind is NodeKind.FILE:
                     for chunk in spool.iter_range(ucode.offset, ucode.size):
@@ -213,14 +209,14 @@ class _Build:
             self.say("write rootfs tar")
             rootfs = work / "rootfs.tar"
             with open(rootfs, "wb") as out:
-                sink = HashingSink(out)
+                sink = HashingWriter(out)
                 write_tar(tree, spool, sink, epoch=epoch)
             self.remember(rootfs, sink)
         return BootInputs(kernel=kernel_path, initrd=initrd_path, cmdline=cmdline,
                           rootfs_tar=rootfs, digest=digest, source_date_epoch=epoch,
                           name=self.name)
 
-    def remember(self, path: Path, sink: HashingSink) -> None:
+    def remember(self, path: Path, sink: HashingWriter) -> None:
         st = path.stat()
         self.hashed[(st.st_dev, st.st_ino)] = (sink.digest, sink.size)
 

@@ -12,12 +12,11 @@ a small queue of 1 MiB chunks.
 
 from __future__ import annotations
 
-import hashlib
 import lzma
 import queue
 import threading
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from provision.errors import UsageError
 
@@ -57,25 +56,6 @@ def parse_compression(text: str) -> Compression:
 
 class Sink(Protocol):
     def write(self, data: bytes, /) -> int | None: ...
-
-
-class HashingSink:
-    """Writes to a binary file and keeps the sha256 and size of what passed."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self.out = out
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.hash.update(data)
-        self.out.write(data)
-        self.size += len(data)
-        return len(data)
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
 
 
 class _Codec(Protocol):

@@ -8,14 +8,14 @@ output file.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from provision.fsutil import file_sha256 as file_sha256
+from provision.fsutil import write_bytes_atomic
 
 MANIFEST_VERSION = 1
 
@@ -62,17 +62,6 @@ class BuildManifest:
         return value
 
 
-def file_sha256(path: Path) -> tuple[str, int]:
-    """(``sha256:<hex>``, size) of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return "sha256:" + h.hexdigest(), size
-
-
 def record_outputs(
     paths: Sequence[tuple[str, Path]],
     known: Mapping[tuple[int, int], tuple[str, int]] | None = None,
@@ -95,15 +84,7 @@ def render_manifest(manifest: BuildManifest) -> bytes:
 
 def write_manifest(manifest: BuildManifest, path: Path) -> Path:
     """Write atomically (temp name in the same directory, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(render_manifest(manifest))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return write_bytes_atomic(path, render_manifest(manifest))
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

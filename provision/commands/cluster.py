@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import ProvisionError, UsageError
+from provision.fsutil import write_bytes_atomic
 from provision.reconcile.clock import SystemClock
 from provision.reconcile.daemon import Daemon, DaemonOptions, reloader
 from provision.reconcile.engine import Engine
@@ -76,9 +77,7 @@ def run_plan(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.out:
-        tmp = f"{args.out}.tmp-{os.getpid()}"
-        Path(tmp).write_text(plan.to_json())
-        os.replace(tmp, args.out)
+        write_bytes_atomic(Path(args.out), plan.to_json().encode())
     print(plan.to_json() if args.json else render_plan_table(plan, verbose=args.all), end="")
     return 2 if args.detailed_exitcode and plan.has_changes else 0
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import tarfile
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from provision.errors import HostileInputError, ImageNotFoundError, ProvisionError, UsageError
+from provision.fsutil import atomic_output
 from provision.oci.store import (
     INDEX_MEDIA_TYPES,
     MT_OCI_INDEX,
@@ -64,31 +63,23 @@ def export_archive(store: ImageStore, refs: Sequence[str | ImageRef], output: Pa
     index = {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": entries}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix="." + output.name + ".", dir=output.parent)
-    try:
-        with (
-            os.fdopen(fd, "wb") as raw,
-            tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
-        ):
-            _add_dir(tar, "blobs")
-            for algorithm in sorted({d.split(":")[0] for d in blobs}):
-                _add_dir(tar, f"blobs/{algorithm}")
-            for digest in blobs:
-                algorithm, hexpart = parse_digest(digest)
-                path = store.blob_path(digest)
-                info = _info(f"blobs/{algorithm}/{hexpart}", path.stat().st_size)
-                with open(path, "rb") as handle:
-                    tar.addfile(info, handle)
-            _add_bytes(tar, "index.json", json.dumps(index, indent=2, sort_keys=True).encode())
-            _add_bytes(
-                tar, "oci-layout", canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION})
-            )
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, output)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    with (
+        atomic_output(output) as raw,
+        tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        _add_dir(tar, "blobs")
+        for algorithm in sorted({d.split(":")[0] for d in blobs}):
+            _add_dir(tar, f"blobs/{algorithm}")
+        for digest in blobs:
+            algorithm, hexpart = parse_digest(digest)
+            path = store.blob_path(digest)
+            info = _info(f"blobs/{algorithm}/{hexpart}", path.stat().st_size)
+            with open(path, "rb") as handle:
+                tar.addfile(info, handle)
+        _add_bytes(tar, "index.json", json.dumps(index, indent=2, sort_keys=True).encode())
+        _add_bytes(
+            tar, "oci-layout", canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION})
+        )
     return output
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -28,7 +27,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 from provision.errors import (
     DigestMismatchError,
@@ -36,6 +35,8 @@ from provision.errors import (
     ImageNotFoundError,
     ProvisionError,
 )
+from provision.fsutil import HashingWriter, write_bytes_atomic
+from provision.fsutil import sha256_digest as sha256_digest
 from provision.reference import ImageRef
 
 # Media types.
@@ -72,7 +73,6 @@ PLAIN_LAYER_TYPES = frozenset(
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 CHUNK = 1 << 20
 _DIGEST_RE = re.compile(r"(sha256):([a-f0-9]{64})|(sha512):([a-f0-9]{128})")
-_ALGORITHMS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 ProgressCallback = Callable[[int, int | None], None]
 
 
@@ -92,10 +92,6 @@ def parse_digest(digest: str) -> tuple[str, str]:
     algorithm = match.group(1) or match.group(3)
     hexpart = match.group(2) or match.group(4)
     return algorithm, hexpart
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def canonical_json(value: Any) -> bytes:
@@ -272,18 +268,6 @@ class ImageEntry:
     descriptor: Descriptor
 
 
-class _HashingWriter:
-    def __init__(self, out: IO[bytes], algorithm: str) -> None:
-        self.out = out
-        self.hash = _ALGORITHMS[algorithm]()
-        self.size = 0
-
-    def write(self, data: bytes) -> None:
-        self.hash.update(data)
-        self.out.write(data)
-        self.size += len(data)
-
-
 def choose_manifest(index: Mapping[str, Any], platform: Platform) -> Descriptor:
     """Pick the manifest for ``platform`` from an image index (first match wins, as in
     containerd; attestation manifests with platform unknown/unknown never match)."""
@@ -431,7 +415,7 @@ class ImageStore:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out:
-                writer = _HashingWriter(out, algorithm)
+                writer = HashingWriter(out, algorithm)
                 while True:
                     chunk = stream.read(CHUNK)
                     if not chunk:
@@ -446,7 +430,7 @@ class ImageStore:
                         progress(writer.size, expected_size)
                 out.flush()
                 os.fsync(out.fileno())
-            digest = f"{algorithm}:{writer.hash.hexdigest()}"
+            digest = writer.digest
             if expected_digest and digest != expected_digest:
                 raise DigestMismatchError(
                     f"content does not match its digest: expected {expected_digest}, got {digest}",
@@ -515,16 +499,7 @@ class ImageStore:
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp_name, 0o644)
-            os.replace(tmp_name, path)
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
+        write_bytes_atomic(path, data)
 
     @staticmethod
     def _normalize_name(name: str | ImageRef) -> str:

@@ -7,13 +7,13 @@ observed state has changed since it was made.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from provision.errors import ProvisionError
+from provision.fsutil import sha256_digest
 from provision.reconcile.model import Condition, Machine, Observation
 from provision.reconcile.rollout import plan_targets
 from provision.reconcile.spec import GroupSpec
@@ -103,7 +103,7 @@ def digest_observations(observations: Sequence[Observation]) -> str:
         [o.group, [[m.ref, m.slot, m.config, m.condition is Condition.FAILED] for m in o.machines]]
         for o in sorted(observations, key=lambda o: o.group)
     ]
-    return "sha256:" + hashlib.sha256(json.dumps(canon).encode()).hexdigest()
+    return sha256_digest(json.dumps(canon).encode())
 
 
 Trigger = Callable[[Machine], str]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import Problem, SpecError
+from provision.fsutil import sha256_digest
 from provision.yamlsource import Mark, YamlList, YamlMap, mark_of, parse_yaml_text, read_text_file
 
 KeyPath = tuple[str | int, ...]
@@ -122,7 +123,7 @@ class ClusterSpec:
 
     @property
     def digest(self) -> str:
-        return "sha256:" + hashlib.sha256(self.source_text.encode()).hexdigest()
+        return sha256_digest(self.source_text.encode())
 
     def group(self, name: str) -> GroupSpec:
         for group in self.groups:
