@@ -150,16 +150,23 @@ def collect_status(engine: Engine, images: Mapping[str, str]) -> dict[str, Any]:
         observation = engine.observe(group)
         instances = {i.id: i for i in list_all(provider, {TAG_CLUSTER: engine.spec.name, TAG_GROUP: group.name})[0]}
         port = group.health.port or AGENT_PORT
+        declared = _declared_ports(group)
         machines = []
         for m in observation.machines:
             instance = instances.get(m.id or "")
             where = provider.address(instance, port) if instance is not None else None
             agent = read_agent(*where) if where is not None else None
+            published = {}
+            for guest in declared:
+                found = provider.address(instance, guest) if instance is not None else None
+                if found is not None:
+                    published[str(guest)] = f"{found[0]}:{found[1]}"
             machines.append({
                 "machine": m.ref, "condition": m.condition.value, "up_to_date": m.config == config,
                 "image": m.image, "agent": f"{where[0]}:{where[1]}" if where else None,
                 "agent_digest": agent.digest if agent else None,
                 "services": dict(agent.services) if agent else None,
+                "ports": published,
             })
         groups.append({
             "group": group.name, "provider": group.provider, "image": images[group.name],
@@ -168,17 +175,32 @@ def collect_status(engine: Engine, images: Mapping[str, str]) -> dict[str, Any]:
     return {"cluster": engine.spec.name, "groups": groups}
 
 
+def _declared_ports(group: GroupSpec) -> list[int]:
+    """The TCP guest ports a group's properties publish (qemu's ``ports``)."""
+    ports = group.properties.get("ports", [])
+    found = []
+    for item in ports if isinstance(ports, list) else []:
+        text = str(item)
+        if text.isdigit():
+            found.append(int(text))
+        elif text.endswith("/tcp") and text[:-4].isdigit():
+            found.append(int(text[:-4]))
+    return found
+
+
 def render_status(status: Mapping[str, Any]) -> str:
     lines = []
     for g in status["groups"]:
         healthy = sum(1 for m in g["machines"] if m["condition"] == Condition.AVAILABLE.value)
         lines.append(f"group {g['group']}  {healthy}/{g['desired']} healthy  image {g['image']}  ({g['source']})")
-        lines.append(f"  {'MACHINE':<30} {'STATE':<10} {'AGENT':<16} {'IMAGE':<19} SERVICES")
+        lines.append(f"  {'MACHINE':<26} {'STATE':<10} {'AGENT':<16} {'PORTS':<16} {'IMAGE':<19} SERVICES")
         for m in g["machines"]:
             services = m["services"]
             shown = " ".join(f"{k}={v}" for k, v in sorted(services.items())) if services is not None else "(agent not answering)"
             image = m["image"][:19] + ("" if m["up_to_date"] else " (old)")
-            lines.append(f"  {m['machine']:<30} {m['condition']:<10} {m['agent'] or '-':<16} {image:<19} {shown}")
+            ports = " ".join(f"{guest}->{where.rsplit(':', 1)[1]}" for guest, where in m["ports"].items()) or "-"
+            lines.append(f"  {m['machine']:<26} {m['condition']:<10} {m['agent'] or '-':<16} {ports:<16} {image:<19} {shown}")
+        lines.append("  (AGENT and PORTS: 127.0.0.1 ports forwarded to the agent's 7080 and to the declared guest ports)")
     return "\n".join(lines) + "\n"
 
 
@@ -212,7 +234,7 @@ def run_up(args: argparse.Namespace) -> int:
         return 0
     total = sum(g["desired"] for g in status["groups"])
     print(f"Cluster {spec.name} is up: {total} machine{'s' if total != 1 else ''} healthy "
-          f"({status['seconds']}s, {passes} passes).\n")
+          f"({status['seconds']}s, {passes} pass{'es' if passes != 1 else ''}).\n")
     print(render_status(status), end="")
     print(f"\nRemove it with: provision down {args.cluster}")
     return 0
