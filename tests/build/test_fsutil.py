@@ -21,11 +21,11 @@ def test_atomic_output_replaces_only_on_success(tmp_path: Path) -> None:
         raise RuntimeError("interrupted")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
-    os.umask(0o077)  # the mode is set explicitly, whatever the umask
+    old_umask = os.umask(0o077)  # the mode is set explicitly, whatever the umask
     try:
         write_bytes_atomic(target, b"new", mode=0o640)
     finally:
-        os.umask(0o022)
+        os.umask(old_umask)
     assert target.read_bytes() == b"new" and target.stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
