@@ -36,13 +36,11 @@ from provision.reconcile.provider import (
     TAG_GROUP,
     TAG_SLOT,
     CreateRequest,
-    HealthSource,
-    HealthState,
     Instance,
     OutcomeUnknownError,
-    Page,
     Provider,
     ProviderError,
+    ProviderWrapper,
     StaleEpochError,
     TransientProviderError,
 )
@@ -65,36 +63,17 @@ class PassResult:
     notes: tuple[str, ...] = ()
 
 
-class PacedProvider:
+class PacedProvider(ProviderWrapper):
     """Wraps a provider: every call waits for the provider's rate limit and is counted."""
 
     def __init__(self, inner: Provider, limiter: RateLimiter, metrics: Metrics | None) -> None:
-        self.inner, self.limiter, self.metrics, self.name = inner, limiter, metrics, inner.name
+        super().__init__(inner)
+        self.limiter, self.metrics = limiter, metrics
 
-    def _tick(self, op: str) -> None:
+    def before(self, op: str) -> None:
         self.limiter.acquire()
         if self.metrics is not None:
             self.metrics.inc("provision_provider_calls_total", provider=self.name, op=op)
-
-    def create_instance(self, request: CreateRequest) -> Instance:
-        self._tick("create")
-        return self.inner.create_instance(request)
-
-    def list_instances(self, tags: Mapping[str, str], page_token: str | None = None) -> Page:
-        self._tick("list")
-        return self.inner.list_instances(tags, page_token)
-
-    def destroy_instance(self, instance_id: str, epoch: int) -> None:
-        self._tick("destroy")
-        self.inner.destroy_instance(instance_id, epoch)
-
-    def address(self, instance: Instance, port: int) -> tuple[str, int] | None:
-        return self.inner.address(instance, port)
-
-    def probe_health(self, instance: Instance) -> HealthState:
-        if isinstance(self.inner, HealthSource):
-            return self.inner.probe_health(instance)
-        return HealthState.UNKNOWN
 
 
 class Engine:

@@ -182,24 +182,28 @@ class CallCounter:
         return sum(self.calls.values())
 
 
-class CountingProvider:
-    """A transparent wrapper that counts calls (for metrics, tests and the benchmark)."""
+class ProviderWrapper:
+    """A transparent wrapper around a provider: :meth:`before` runs ahead of every create,
+    list and destroy call (``op`` is ``create``, ``list`` or ``destroy``); subclasses
+    override it to count or pace calls."""
 
-    def __init__(self, inner: Provider, counter: CallCounter | None = None) -> None:
+    def __init__(self, inner: Provider) -> None:
         self.inner = inner
         self.name = inner.name
-        self.counter = counter or CallCounter()
+
+    def before(self, op: str) -> None:
+        """Called before each mutating or listing call."""
 
     def create_instance(self, request: CreateRequest) -> Instance:
-        self.counter.add("create")
+        self.before("create")
         return self.inner.create_instance(request)
 
     def list_instances(self, tags: Mapping[str, str], page_token: str | None = None) -> Page:
-        self.counter.add("list")
+        self.before("list")
         return self.inner.list_instances(tags, page_token)
 
     def destroy_instance(self, instance_id: str, epoch: int) -> None:
-        self.counter.add("destroy")
+        self.before("destroy")
         self.inner.destroy_instance(instance_id, epoch)
 
     def address(self, instance: Instance, port: int) -> tuple[str, int] | None:
@@ -209,3 +213,14 @@ class CountingProvider:
         if isinstance(self.inner, HealthSource):
             return self.inner.probe_health(instance)
         return HealthState.UNKNOWN
+
+
+class CountingProvider(ProviderWrapper):
+    """A transparent wrapper that counts calls (for metrics, tests and the benchmark)."""
+
+    def __init__(self, inner: Provider, counter: CallCounter | None = None) -> None:
+        super().__init__(inner)
+        self.counter = counter or CallCounter()
+
+    def before(self, op: str) -> None:
+        self.counter.add(op)
