@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from provision.errors import HostileInputError, ProvisionError, UsageError
+from provision.fsutil import file_sha256
 from provision.layers import LayerOrigin, apply_layer, merge_tree, short_digest
 from provision.oci.store import Descriptor, ResolvedImage, canonical_json
 from provision.runtime_config import assign_container_ids, render_runtime_bundle
@@ -95,6 +96,17 @@ def resolve_file_source(entry: FileEntry, base: Path | None) -> Path | None:
     if not path.is_absolute() and base is not None:
         path = base / path
     return path
+
+
+def list_file_sources(spec: ImageSpec, base: Path | None) -> list[tuple[str, str]]:
+    """(path in the image, sha256 of the host file) of every ``files`` source that exists:
+    what :func:`compute_image_digest` covers besides the spec and the images."""
+    found = []
+    for entry in spec.files:
+        path = resolve_file_source(entry, base)
+        if path is not None and path.is_file():
+            found.append((entry.path, file_sha256(path)[0]))
+    return found
 
 
 def compute_image_digest(spec: ImageSpec, images: Mapping[str, ResolvedImage],

@@ -29,8 +29,8 @@ from provision.assemble import (
     assemble_root,
     compute_image_digest,
     default_epoch,
+    list_file_sources,
     list_image_uses,
-    resolve_file_source,
 )
 from provision.builders.base import BootInputs, FormatOptions, FormatWriter
 from provision.builders.cpio import write_cpio
@@ -128,26 +128,17 @@ class _Build:
                                                pull=self.pull, client=self.client)
         return images
 
-    def file_sources(self) -> list[tuple[str, str]]:
-        base = self.spec_files[0].parent if self.spec_files else None
-        found = []
-        for entry in self.spec.files:
-            path = resolve_file_source(entry, base)
-            if path is not None and path.is_file():
-                found.append((entry.path, file_sha256(path)[0]))
-        return found
-
     def run(self) -> BuildResult:
         images = self.resolve_images()
         uses = list_image_uses(self.spec)
         epoch = default_epoch(images.values())
-        digest = compute_image_digest(self.spec, images, self.file_sources())
+        base = self.spec_files[0].parent if self.spec_files else None
+        digest = compute_image_digest(self.spec, images, list_file_sources(self.spec, base))
         self.outdir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{self.name}.build-", dir=self.outdir))
         try:
             spool = Spool(work / "spool")
             try:
-                base = self.spec_files[0].parent if self.spec_files else None
                 source: ImageSource = self.store
                 tree = assemble_root(self.spec, images, source, spool, epoch=epoch,
                                      name=self.name, digest=digest, base=base,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import KERNEL_BYTES, SERVICE, write_test_images
+from conftest import INIT, KERNEL_BYTES, SERVICE, write_test_images
 
 from provision.build import build_image
 from provision.builders.base import BootInputs, FormatOptions
@@ -320,3 +320,27 @@ def test_validate_and_build_report_the_same_located_errors(
     if case == "located":
         assert f"{spec}:4:20: services[0].capabilities[0]:" in reports[0]
         assert f"{spec}:5:5: services[0].readonlyy:" in reports[0]
+
+
+def test_files_source_is_read_relative_to_the_spec_and_counts_in_the_digest(
+    image_store: ImageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "banner").write_text("one\n")
+    spec = specs / "src.yml"
+    spec.write_text(f"init:\n  - {INIT}\nfiles:\n  - path: etc/banner\n    source: banner\n"
+                    "    mode: \"0640\"\n")
+    monkeypatch.chdir(tmp_path)  # not the spec's directory
+    digests = []
+    for text in ("one\n", "two\n"):
+        (specs / "banner").write_text(text)
+        out = tmp_path / text.strip()
+        result = build_image([spec], store=image_store, outdir=out, formats="tar", pull="never")
+        with tarfile.open(out / "src.tar") as tar:
+            member = tar.getmember("etc/banner")
+            handle = tar.extractfile(member)
+            assert handle is not None and handle.read() == text.encode()
+            assert member.mode == 0o640
+        digests.append(result.image_digest)
+    assert digests[0] != digests[1]
