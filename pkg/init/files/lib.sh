@@ -53,6 +53,9 @@ json_array() {
 apply_runtime() {
 	runtime=${1%/}/runtime.json
 	[ -f "$runtime" ] || return 0
+	# nothing to do unless an array has items or a string is set (one grep: forks are
+	# costly under emulation)
+	grep -q -e '\[$' -e '": *\["' -e '": *"[^"]' "$runtime" || return 0
 	for dir in $(json_array "$runtime" mkdir); do mkdir -p "$dir"; done
 	for group in $(json_array "$runtime" cgroups); do mkdir -p "/sys/fs/cgroup/${group#/}"; done
 	case "$(tr -d ' \n' <"$runtime")" in
