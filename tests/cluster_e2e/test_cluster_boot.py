@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from standin import host_kernel, write_standin
 from provision.providers.qemu_cluster import read_agent
 from provision.providers.qemu_state import list_vms
 
-pytestmark = [pytest.mark.boot, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.boot, pytest.mark.timeout(400)]
 
 SIZE, MAX_SURGE, MAX_UNAVAILABLE = 2, 1, 0
 CLUSTER = """\
@@ -43,13 +44,35 @@ groups:
 """
 
 
+REPO = Path(__file__).resolve().parents[2]
+# The component images for examples/web.yml are built once into this cache (kept across runs).
+COMPONENTS = Path(os.environ.get("PROVISION_E2E_CACHE", "/var/tmp/provision-e2e-oci"))
+WEB_COMPONENTS = ("pkg/kernel", "pkg/init", "pkg/sysctl", "pkg/metadata", "pkg/dhcpcd", "pkg/agent")
+
+
 def provision(*args: str, cwd: Path, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PROVISION_CACHE": str(COMPONENTS)}
     return subprocess.run([sys.executable, "-m", "provision", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+                          timeout=timeout, stdin=subprocess.DEVNULL, check=False, env=env)
 
 
-def up(cwd: Path) -> dict[str, Any]:
-    done = provision("up", "cluster.yml", "--json", "--interval", "0.5", "--timeout", "150", cwd=cwd)
+@pytest.fixture(scope="session")
+def components() -> Path:
+    """The component images web.yml uses, built by `provision pkg build` (unless there)."""
+    from provision.oci.store import ImageStore
+    from provision.providers.qemu_cluster import ComponentsMissingError, plan_spec_digest
+
+    try:
+        plan_spec_digest(REPO / "examples/web.yml", ImageStore(COMPONENTS))
+    except ComponentsMissingError:
+        done = provision("pkg", "build", "-q", *WEB_COMPONENTS, cwd=REPO, timeout=600)
+        assert done.returncode == 0, done.stderr
+    return COMPONENTS
+
+
+def up(cwd: Path, timeout: float = 150) -> dict[str, Any]:
+    done = provision("up", "cluster.yml", "--json", "--interval", "0.5", "--timeout", str(timeout), cwd=cwd,
+                     timeout=timeout + 60)
     assert done.returncode == 0, done.stderr
     status: dict[str, Any] = json.loads(done.stdout)
     return status
@@ -83,47 +106,76 @@ class Watcher(threading.Thread):
                 time.sleep(0.2)
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> Iterator[Path]:
+@dataclass(frozen=True)
+class Variant:
+    image_v1: str
+    image_v2: str
+    services: frozenset[str]
+    timeout: float
+    agent_reports_image: bool  # the real agent answers the image digest; the stand-in its name
+
+    def agent_digest(self, version: str, image: str) -> str:
+        return image if self.agent_reports_image else f"standin-{version}"
+
+
+def write_web_variants(tmp_path: Path) -> None:
+    """examples/web.yml as it is, and with another page: two image specs, two digests."""
+    text = (REPO / "examples/web.yml").read_text()
+    changed = text.replace("Hello from a provision machine", "Hello from the second image")
+    assert changed != text
+    for name, body in (("v1", text), ("v2", changed)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "web.yml").write_text(body)
+
+
+@pytest.fixture(params=["standin", "web"])
+def workdir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, Variant]]:
     if host_kernel() is None or not Path("/bin/busybox").is_file():
         pytest.skip("needs linux-image-cloud-amd64 and busybox-static")
-    write_standin(tmp_path / "v1", "v1")
-    write_standin(tmp_path / "v2", "v2")
-    (tmp_path / "cluster.yml").write_text(CLUSTER.format(image="v1/standin"))
-    yield tmp_path
+    if request.param == "standin":
+        write_standin(tmp_path / "v1", "v1")
+        write_standin(tmp_path / "v2", "v2")
+        variant = Variant("v1/standin", "v2/standin", frozenset({"standin"}), 150, False)
+    else:
+        request.getfixturevalue("components")
+        write_web_variants(tmp_path)
+        variant = Variant("v1/web.yml", "v2/web.yml", frozenset({"agent", "dhcpcd", "web"}), 200, True)
+    (tmp_path / "cluster.yml").write_text(CLUSTER.format(image=variant.image_v1))
+    yield tmp_path, variant
     for vm in list_vms(tmp_path / "state"):  # whatever happened, leave no VM behind
         if vm.pid is not None:
             os.kill(vm.pid, 9)
 
 
-def test_up_roll_down_a_two_machine_cluster(workdir: Path) -> None:
-    state = workdir / "state"
+def test_up_roll_down_a_two_machine_cluster(workdir: tuple[Path, Variant]) -> None:
+    cwd, variant = workdir
+    state = cwd / "state"
     started = time.monotonic()
-    first = up(workdir)
+    first = up(cwd, variant.timeout)
     boot_seconds = time.monotonic() - started
     machines = machines_of(first)
     image_v1 = first["groups"][0]["image"]
     assert len(machines) == SIZE
     for m in machines:
         assert m["condition"] == "available" and m["image"] == image_v1
-        assert m["services"] == {"standin": "running"}
+        assert m["services"] == dict.fromkeys(variant.services, "running")
         host, port = m["agent"].split(":")
         reply = read_agent(host, int(port))  # and straight from the agent, too
-        assert reply is not None and reply.digest == "standin-v1"
+        assert reply is not None and reply.digest == variant.agent_digest("v1", image_v1)
     old_names = {m["machine"] for m in machines}
     assert {vm.name for vm in list_vms(state)} == old_names
 
     # a fixpoint: up again changes nothing
-    again = up(workdir)
+    again = up(cwd)
     assert {m["machine"] for m in machines_of(again)} == old_names and again["passes"] == 1
 
     # roll to the second image, watched from outside
-    (workdir / "cluster.yml").write_text(CLUSTER.format(image="v2/standin"))
+    (cwd / "cluster.yml").write_text(CLUSTER.format(image=variant.image_v2))
     watcher = Watcher(state)
     watcher.start()
     started = time.monotonic()
     try:
-        rolled = up(workdir)
+        rolled = up(cwd, variant.timeout)
     finally:
         watcher.halt.set()
         watcher.join()
@@ -133,7 +185,8 @@ def test_up_roll_down_a_two_machine_cluster(workdir: Path) -> None:
     machines = machines_of(rolled)
     assert len(machines) == SIZE and not old_names & {m["machine"] for m in machines}
     for m in machines:
-        assert m["condition"] == "available" and m["image"] == image_v2 and m["agent_digest"] == "standin-v2"
+        assert m["condition"] == "available" and m["image"] == image_v2
+        assert m["agent_digest"] == variant.agent_digest("v2", image_v2)
     running = [r for r, _ in watcher.samples]
     available = [a for _, a in watcher.samples]
     assert len(watcher.samples) > 10
@@ -143,14 +196,17 @@ def test_up_roll_down_a_two_machine_cluster(workdir: Path) -> None:
 
     # down: no VM, no state directory, no QEMU left
     pids = [vm.pid for vm in list_vms(state)]
-    done = provision("down", "cluster.yml", cwd=workdir)
+    started = time.monotonic()
+    done = provision("down", "cluster.yml", cwd=cwd)
+    down_seconds = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     assert "none left" in done.stdout
     assert list_vms(state) == [] and list((state / "vms").iterdir()) == []
     time.sleep(0.5)
     for pid in pids:
         assert pid is not None and not _is_live_qemu(pid)
-    print(f"\nboot to healthy: {boot_seconds:.1f}s, roll: {roll_seconds:.1f}s, samples: {len(watcher.samples)}")
+    print(f"\n{variant.image_v1}: up {boot_seconds:.1f}s, roll {roll_seconds:.1f}s, down {down_seconds:.1f}s, "
+          f"{len(watcher.samples)} samples")
 
 
 def _is_live_qemu(pid: int) -> bool:
