@@ -24,7 +24,14 @@ from provision.reconcile.engine import Engine, PassResult
 from provision.reconcile.image import resolve_group_image
 from provision.reconcile.journal import SqliteStore
 from provision.reconcile.model import Condition, Machine
-from provision.reconcile.provider import TAG_CLUSTER, TAG_GROUP, Instance, Provider, list_all
+from provision.reconcile.provider import (
+    TAG_CLUSTER,
+    TAG_GROUP,
+    Instance,
+    InstanceState,
+    Provider,
+    list_all,
+)
 from provision.reconcile.registry import create_providers
 from provision.reconcile.spec import ClusterSpec, GroupSpec, load_cluster_spec
 
@@ -111,13 +118,31 @@ def converge_cluster(engine: Engine, say: Say, *, timeout: float, interval: floa
         if all(r.converged for r in results):
             return passes
         if time.monotonic() > deadline:
+            consoles = _consoles(engine)
             raise ProvisionError(
                 f"the cluster did not converge within {timeout:g}s",
-                hint="see `provision status " + engine.spec.source_file + "` and the machines' consoles "
-                "(`provision ps`, serial.log in each VM's state directory); `provision up` again resumes",
+                hint=(f"machines not healthy or ended; their consoles: {', '.join(consoles)}; " if consoles else "")
+                + f"see `provision status {engine.spec.source_file}`; `provision up` again resumes",
             )
         engine.renew()
         time.sleep(interval)
+
+
+def _consoles(engine: Engine) -> list[str]:
+    """The serial logs of the qemu machines that are not available."""
+    from provision.providers.qemu_cluster import QemuProvider
+
+    found = []
+    for group in engine.spec.groups:
+        inner = getattr(engine.providers[group.provider], "inner", None)
+        if not isinstance(inner, QemuProvider):
+            continue
+        ids = [m.id for m in engine.observe(group).machines if m.id is not None and m.condition is not Condition.AVAILABLE]
+        listed = list_all(inner, {TAG_CLUSTER: engine.spec.name, TAG_GROUP: group.name})[0]
+        dead = sorted((i for i in listed if i.state is InstanceState.TERMINATED), key=lambda i: -i.created_at)
+        ids += [i.id for i in dead[:3]]  # VMs whose QEMU ended (a panic, a poweroff)
+        found += [str(inner.state_root / "vms" / name / "serial.log") for name in ids]
+    return found
 
 
 def _report(engine: Engine, group: GroupSpec, result: PassResult, last: dict[str, str], say: Say) -> None:
@@ -207,6 +232,11 @@ def render_status(status: Mapping[str, Any]) -> str:
 def run_up(args: argparse.Namespace) -> int:
     say = _progress(args.quiet)
     spec = load_cluster_spec(args.cluster)
+    if any(spec.providers[g.provider].type == "qemu" for g in spec.groups):
+        from provision.providers.qemu_accel import QEMU
+        from provision.runner import require_tools
+
+        require_tools([QEMU])  # before building anything
     clock = SystemClock()
     providers = create_providers(spec, clock)
     images = resolve_images(spec, say)
