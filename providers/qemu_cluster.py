@@ -527,8 +527,7 @@ def import_artifact(path: Path, cache: Path, *, progress: Progress | None = None
 def plan_spec_digest(spec_path: Path, store: Any) -> str:
     """The image digest a build of ``spec_path`` will have (resolving its images in the
     store, pulling only what is not a provision component)."""
-    from provision.assemble import compute_image_digest, list_image_uses, resolve_file_source
-    from provision.manifest import file_sha256
+    from provision.assemble import compute_image_digest, list_file_sources, list_image_uses
     from provision.oci.pull import ensure_image
     from provision.oci.store import Platform
     from provision.spec import load_spec
@@ -551,12 +550,7 @@ def plan_spec_digest(spec_path: Path, store: Any) -> str:
             f"{spec_path}: the component images {', '.join(dict.fromkeys(missing))} are not built yet",
             hint="build them first: provision pkg build --all",
         )
-    sources = []
-    for entry in spec.files:
-        source = resolve_file_source(entry, spec_path.parent)
-        if source is not None and source.is_file():
-            sources.append((entry.path, file_sha256(source)[0]))
-    return compute_image_digest(spec, images, sources)
+    return compute_image_digest(spec, images, list_file_sources(spec, spec_path.parent))
 
 
 def build_spec_image(spec_path: Path, cache: Path, *, progress: Progress | None = None, store: Any = None) -> str:
