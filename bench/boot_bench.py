@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "boot"))
 
@@ -118,7 +119,7 @@ def main() -> int:
                     results[name].append(time_web(kernel, web_initrd, out, services))
                 print(f"run {run + 1}: {name:8s} {results[name][-1]:6.2f} s", file=sys.stderr)
     floor = statistics.median(results["floor"])
-    report = {
+    report: dict[str, dict[str, Any]] = {
         name: {"median_s": round(statistics.median(v), 2), "runs_s": [round(x, 2) for x in v],
                "x_floor": round(statistics.median(v) / floor, 2)}
         for name, v in results.items()

@@ -267,8 +267,8 @@ def write_runtime_config(bundle: Path, entry: Mapping[str, Any], image: Mapping[
     }
     if not spec["hostname"]:
         del spec["hostname"]
-    if not spec["linux"]["rootfsPropagation"]:  # type: ignore[index]
-        del spec["linux"]["rootfsPropagation"]  # type: ignore[attr-defined]
+    if not spec["linux"]["rootfsPropagation"]:
+        del spec["linux"]["rootfsPropagation"]
     (bundle / "config.json").write_text(json.dumps(spec, indent=2))
     (bundle / "runtime.json").write_text("{}")
 

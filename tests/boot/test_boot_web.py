@@ -49,7 +49,7 @@ class Web:
             try:
                 last = self.status()
                 if ready(last):
-                    return last  # type: ignore[no-any-return]
+                    return last
             except OSError as exc:
                 last = exc
             time.sleep(0.5)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -22,7 +23,7 @@ LABEL_KEYS = {"capabilities", "binds", "binds.add", "tmpfs", "net", "pid", "ipc"
               "readonly", "devices", "mounts", "rootfsPropagation", "command", "env"}  # fmt: skip
 
 
-def recipe(name: str) -> dict[str, object]:
+def recipe(name: str) -> dict[str, Any]:
     loaded = yaml.safe_load((REPO / "pkg" / name / "build.yml").read_text())
     assert isinstance(loaded, dict)
     return loaded
@@ -37,7 +38,7 @@ def test_recipe_is_complete(name: str) -> None:
     keep = r["keep"]
     assert isinstance(packages, list) and isinstance(keep, dict)
     assert set(keep) == set(packages), "every package keeps something, nothing else is kept"
-    for entry in r.get("files", []):  # type: ignore[attr-defined]
+    for entry in r.get("files", []):
         assert entry["path"].startswith("/")
         assert ("source" in entry) != ("contents" in entry)
         if "source" in entry:
@@ -51,8 +52,8 @@ def test_recipe_is_complete(name: str) -> None:
 @pytest.mark.parametrize("name", [n for n in COMPONENTS if n != "init"])
 def test_service_entrypoint_is_shipped(name: str) -> None:
     r = recipe(name)
-    entrypoint = r["config"]["Entrypoint"][0]  # type: ignore[index]
-    shipped = {f["path"] for f in r["files"]} | set(r.get("symlinks", {}))  # type: ignore[attr-defined]
+    entrypoint = r["config"]["Entrypoint"][0]
+    shipped = {f["path"] for f in r["files"]} | set(r.get("symlinks", {}))
     assert entrypoint in shipped
 
 
