@@ -23,6 +23,7 @@ from provision.reconcile.provider import (
     Instance,
     InstanceState,
     Provider,
+    ProviderWrapper,
     TransientProviderError,
     list_all,
 )
@@ -53,12 +54,21 @@ class HttpHealthChecker:
             return list(pool.map(self.probe, instances))
 
 
+def _health_source(provider: Provider) -> HealthSource | None:
+    """The provider that knows health itself, looking through counting/pacing wrappers (which
+    always have ``probe_health`` and so would hide a provider that has none)."""
+    while isinstance(provider, ProviderWrapper):
+        provider = provider.inner
+    return provider if isinstance(provider, HealthSource) else None
+
+
 def probe_instances(provider: Provider, group: GroupSpec, instances: Sequence[Instance]) -> list[HealthState]:
     """Health of each instance: from the provider itself when it knows, else over HTTP."""
     if not group.health.enabled:
         return [HealthState.HEALTHY] * len(instances)
-    if isinstance(provider, HealthSource):
-        return [provider.probe_health(i) for i in instances]
+    source = _health_source(provider)
+    if source is not None:
+        return [source.probe_health(i) for i in instances]
     if group.health.port is None:
         return [HealthState.HEALTHY] * len(instances)
     return HttpHealthChecker(provider, group.health.port, group.health.path).probe_all(instances)
