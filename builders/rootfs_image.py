@@ -1,6 +1,9 @@
 """``kernel+squashfs`` and ``kernel+erofs``: the kernel, the canonical root filesystem as a
-read-only filesystem image, and the kernel command line, as three files
-(``NAME-kernel``, ``NAME-squashfs.img`` / ``NAME-erofs.img``, ``NAME-cmdline``).
+read-only filesystem image, the kernel command line, and the small initrd that mounts the
+image at boot (builders/root_loader.py), as four files (``NAME-kernel``,
+``NAME-squashfs.img`` / ``NAME-erofs.img``, ``NAME-cmdline``, ``NAME-squashfs-initrd.img`` /
+``NAME-erofs-initrd.img``). The kernel and command line are those of ``kernel+initrd``, so
+the formats can be built together.
 
 The root tar is unpacked into a scratch directory with GNU tar and packed by mksquashfs /
 mkfs.erofs. As an ordinary user both run inside one fakeroot session, so ownership, modes and
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provision.builders.base import BootInputs, FormatOptions, check_cmdline, derive_uuid, tool_env
+from provision.builders.root_loader import write_root_loader
 from provision.errors import UsageError
 from provision.runner import run
 
@@ -74,6 +78,7 @@ class KernelRootfsWriter:
         kernel = dest / f"{inputs.name}-kernel"
         image = dest / f"{inputs.name}-{self.filesystem}.img"
         cmdline = dest / f"{inputs.name}-cmdline"
+        loader = dest / f"{inputs.name}-{self.filesystem}-initrd.img"
         with tempfile.TemporaryDirectory(prefix="rootfs-", dir=dest) as scratch:
             tree, state = Path(scratch) / "root", Path(scratch) / "fakeroot.state"
             write_rootfs_tree(inputs.rootfs_tar, tree, state)
@@ -81,6 +86,7 @@ class KernelRootfsWriter:
                 write_squashfs(tree, image, inputs.source_date_epoch, state)
             else:
                 write_erofs(tree, image, inputs.source_date_epoch, inputs.digest, state)
+        write_root_loader(inputs.rootfs_tar, self.filesystem, loader, inputs.source_date_epoch)
         shutil.copyfile(inputs.kernel, kernel)
         cmdline.write_text(check_cmdline(inputs.cmdline) + "\n")
-        return [kernel, image, cmdline]
+        return [kernel, image, cmdline, loader]

@@ -148,13 +148,20 @@ def _kernel_prefix(path: Path) -> Path | None:
     return None
 
 
-def _kernel_source(prefix: Path, efi: bool) -> BootSource:
-    """NAME-kernel with NAME-initrd.img and/or a root image (NAME-squashfs.img, -erofs.img)."""
+def _kernel_source(prefix: Path, efi: bool, root: Path | None = None) -> BootSource:
+    """NAME-kernel with NAME-initrd.img and/or a root image (NAME-squashfs.img, -erofs.img;
+    ``root`` when the user named it). A root image boots with its loader initrd
+    (NAME-squashfs-initrd.img) when named, or when there is no NAME-initrd.img."""
     kernel = Path(f"{prefix}{KERNEL_SUFFIX}")
     if not kernel.is_file():
         raise _not_found(kernel)
     initrd = Path(f"{prefix}{INITRD_SUFFIX}")
     roots = [Path(f"{prefix}{s}") for s in ROOT_IMAGE_SUFFIXES if Path(f"{prefix}{s}").is_file()]
+    if root is not None:
+        roots = [root]
+    loader = Path(str(roots[0]).removesuffix(".img") + INITRD_SUFFIX) if roots else None
+    if loader is not None and loader.is_file() and (root is not None or not initrd.is_file()):
+        initrd = loader
     if not initrd.is_file() and not roots:
         raise _not_found(initrd, f"the initrd (or root image) that goes with {kernel.name}")
     cmdline_file = Path(f"{prefix}{CMDLINE_SUFFIX}")
@@ -180,7 +187,8 @@ def _file_source(path: Path, fmt: str = "") -> BootSource:
     prefix = _kernel_prefix(path)
     fmt = fmt or format_from_name(path)
     if prefix is not None and Path(f"{prefix}{KERNEL_SUFFIX}").is_file():
-        return _kernel_source(prefix, _says_efi(fmt))
+        root = path if path.name.endswith(ROOT_IMAGE_SUFFIXES) else None
+        return _kernel_source(prefix, _says_efi(fmt), root)
     kind, disk_format = EXTENSIONS.get(path.suffix.lower(), (BootKind.DISK, "raw"))
     efi = _says_efi(fmt, _label_of(path))
     asked_kind, asked_efi, asked_format = _boot_method_from_formats(fmt)

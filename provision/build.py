@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import tempfile
@@ -215,15 +216,17 @@ class _Build:
         staging = work / "out"
         staging.mkdir()
         staged: list[tuple[str, Path]] = []
-        seen: set[str] = set()
+        seen: dict[str, Path] = {}
         for writer in self.writers:
             self.say(f"format {writer.name}")
             dest = staging / writer.name.replace("/", "_")
             dest.mkdir()
             for path in writer.write(inputs, dest, self.options):
-                if path.name in seen:
-                    raise ProvisionError(f"two formats both write {path.name}")
-                seen.add(path.name)
+                if path.name in seen:  # NAME-kernel of kernel+initrd and kernel+squashfs: one file
+                    if not filecmp.cmp(seen[path.name], path, shallow=False):
+                        raise ProvisionError(f"two formats both write {path.name}, differently")
+                    continue
+                seen[path.name] = path
                 staged.append((writer.name, path))
         return staged
 

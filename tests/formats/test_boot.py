@@ -54,7 +54,7 @@ def test_cloud_disks_also_boot_on_efi(fmt: str, first_build: dict[str, Built], t
 def test_kernel_mounts_rootfs_image(
     fmt: str, filesystem: str, first_build: dict[str, Built], boot_inputs: BootInputs, tmp_path: Path
 ) -> None:
-    kernel, image, cmdline = first_build[fmt].files
+    kernel, image, cmdline, _loader = first_build[fmt].files
     console, _ = qemu_boot(
         tmp_path, kind="kernel", firmware="bios", image=image, kernel=kernel, initrd=boot_inputs.initrd,
         append=cmdline.read_text().strip() + f" provision.rootfs={filesystem}",

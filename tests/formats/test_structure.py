@@ -112,7 +112,7 @@ def test_gcp_tarball_layout(first_build: dict[str, Built]) -> None:
 
 
 def test_squashfs_holds_the_root_with_owners_and_devices(first_build: dict[str, Built]) -> None:
-    kernel, image, cmdline = first_build["kernel+squashfs"].files
+    kernel, image, cmdline, _loader = first_build["kernel+squashfs"].files
     assert cmdline.read_text().strip() == CMDLINE
     listing = subprocess.run(["unsquashfs", "-lln", image], capture_output=True, check=True, text=True).stdout
     lines = {line.split()[-1] if "->" not in line else line.split()[-3]: line for line in listing.splitlines() if "squashfs-root" in line}
@@ -124,7 +124,7 @@ def test_squashfs_holds_the_root_with_owners_and_devices(first_build: dict[str, 
 
 
 def test_erofs_holds_the_root(first_build: dict[str, Built], tmp_path: Path) -> None:
-    _, image, _ = first_build["kernel+erofs"].files
+    _, image, _, _ = first_build["kernel+erofs"].files
     subprocess.run(["fsck.erofs", image], check=True, capture_output=True)
     dump = subprocess.run(["dump.erofs", "--path=/home/user/notes", image], capture_output=True, check=True, text=True).stdout
     assert "Uid: 1000" in dump or "1000" in dump
