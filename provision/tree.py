@@ -18,6 +18,7 @@ climbs out) raises :class:`PathEscape`; the caller turns it into a located
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -138,34 +139,52 @@ def sort_key(name: str) -> bytes:
 
 
 class Spool:
-    """An append-only file holding the contents of every file of a build."""
+    """An append-only file holding the contents of every file of a build, with the sha256
+    of each range it appended."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file = open(path, "w+b")  # noqa: SIM115 - closed by close()
         self._fd = self._file.fileno()
         self.size = 0
+        self._digests: dict[int, tuple[int, bytes]] = {}  # offset -> (size, sha256)
 
     def add_bytes(self, data: bytes) -> tuple[int, int]:
         offset = self.size
         self._file.seek(offset)
         self._file.write(data)
         self.size += len(data)
+        self._digests[offset] = (len(data), hashlib.sha256(data).digest())
         return offset, len(data)
 
     def add_stream(self, source: BinaryIO, size: int) -> tuple[int, int]:
         """Copy exactly ``size`` bytes of ``source``; a short read raises TreeError."""
         offset = self.size
         self._file.seek(offset)
+        digest = hashlib.sha256()
         left = size
         while left:
             chunk = source.read(min(CHUNK, left))
             if not chunk:
                 raise TreeError(f"content ends {left} bytes early")
             self._file.write(chunk)
+            digest.update(chunk)
             left -= len(chunk)
         self.size += size
+        self._digests[offset] = (size, digest.digest())
         return offset, size
+
+    def content_digest(self, offset: int, size: int) -> bytes:
+        """The sha256 of ``size`` bytes at ``offset``: the one taken while they were
+        appended, or (for a range that spans several appends) read and hashed now."""
+        recorded = self._digests.get(offset)
+        if recorded is not None and recorded[0] == size:
+            return recorded[1]
+        digest = hashlib.sha256()
+        for chunk in self.iter_range(offset, size):
+            digest.update(chunk)
+        self._digests.setdefault(offset, (size, digest.digest()))
+        return digest.digest()
 
     def iter_range(self, offset: int, size: int) -> Iterator[bytes]:
         self._file.flush()
