@@ -34,6 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from provision.dedupe import dedupe_container_files
 from provision.errors import HostileInputError, ProvisionError, UsageError
 from provision.fsutil import file_sha256
 from provision.layers import LayerOrigin, apply_layer, merge_tree, short_digest
@@ -435,6 +436,13 @@ def copy_tree(tree: Tree) -> Tree:
 
 def assemble_root(spec: ImageSpec, images: Mapping[str, ResolvedImage], source: ImageSource,
                   spool: Spool, *, epoch: int, name: str, digest: str,
-                  base: Path | None = None, progress: Progress | None = None) -> Tree:
-    """The root filesystem of ``spec`` (see the module's docstring)."""
-    return Assembler(spec, images, source, spool, epoch, name, digest, base, progress).assemble()
+                  base: Path | None = None, progress: Progress | None = None,
+                  dedupe: bool = True) -> Tree:
+    """The root filesystem of ``spec`` (see the module's docstring); with ``dedupe`` the
+    identical files of the container roots are hard links (:mod:`provision.dedupe`)."""
+    tree = Assembler(spec, images, source, spool, epoch, name, digest, base, progress).assemble()
+    if dedupe:
+        linked = dedupe_container_files(tree, spool, epoch=epoch)
+        if progress is not None and linked.linked:
+            progress(f"linked {linked.linked} identical files ({linked.saved_bytes} bytes)")
+    return tree
