@@ -14,7 +14,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import INIT, KERNEL, REG, write_test_images
 
 from provision.assemble import assemble_root
 from provision.build import build_image
@@ -26,6 +25,8 @@ from provision.oci.store import ImageStore
 from provision.spec import load_spec
 from provision.tree import Node, NodeKind, Spool, Tree
 
+REG = "registry.example.test"
+KERNEL, INIT = f"{REG}/dedupe-kernel:1", f"{REG}/dedupe-init:1"
 BUSYBOX = random.Random(7).randbytes(256_000)  # incompressible: one copy is visible in size
 TOOL = b"#!/bin/sh\necho tool\n" * 50
 HOST_BUSYBOX = b"BUSYBOX" * 1000  # the init image's /bin/busybox
@@ -36,6 +37,7 @@ SPEC = f"""\
 kernel:
   image: {KERNEL}
   cmdline: "console=ttyS0"
+  tar: none
 init:
   - {INIT}
 onboot:
@@ -53,7 +55,12 @@ SERVICE_BUSYBOX = "containers/services/second/rootfs/bin/busybox"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> ImageStore:
     store = ImageStore(tmp_path_factory.mktemp("dedupe-store"))
-    write_test_images(store, created=EPOCH)
+    write_image(store, KERNEL, [tar_layer_from_entries([("kernel", b"KERNEL" * 100)])], {},
+                created=EPOCH)
+    write_image(store, INIT, [tar_layer_from_entries([
+        ("bin/", None), E.file("bin/busybox", HOST_BUSYBOX, mode=0o755),
+        E.hardlink("bin/sh", "bin/busybox"),
+    ])], {}, created=EPOCH)
     for ref, tool_mode in ((FIRST, 0o755), (SECOND, 0o750)):
         write_image(store, ref, [tar_layer_from_entries([
             ("bin/", None), E.file("bin/busybox", BUSYBOX, mode=0o755),
