@@ -5,18 +5,21 @@ filesystem and prints the marker file it finds there."""
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import gzip
 import io
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from provision.builders.base import BootInputs, FormatOptions
 from provision.builders.formats import FORMATS, OutputFormat, boot_method
@@ -196,3 +199,41 @@ def format_boot_method(fmt: str) -> tuple[str, str, str]:
 
 def env_without_tools() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PATH"}
+
+
+# --- the real components (provision pkg build), for booting images to the agent --------------
+
+REPO = Path(__file__).resolve().parents[2]
+# Shared with tests/cluster_e2e: the component images, built once and kept across runs.
+COMPONENT_STORE = Path(os.environ.get("PROVISION_E2E_CACHE", "/var/tmp/provision-e2e-oci"))
+AGENT_COMPONENTS = ("pkg/kernel", "pkg/init", "pkg/dhcpcd", "pkg/agent")
+
+
+def provision_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python -m provision ARGS`` in the repository, with the component store as its cache."""
+    env = {**os.environ, "PROVISION_CACHE": str(COMPONENT_STORE)}
+    return subprocess.run([sys.executable, "-m", "provision", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, check=False, env=env)
+
+
+@pytest.fixture(scope="session")
+def component_store() -> Path:
+    """The store holding kernel, init, dhcpcd and agent as `provision pkg build` makes them
+    (a no-op of a few seconds when they are current; a lock keeps xdist workers apart)."""
+    COMPONENT_STORE.parent.mkdir(parents=True, exist_ok=True)
+    with open(COMPONENT_STORE.parent / f".{COMPONENT_STORE.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = provision_cli("pkg", "build", "-q", *AGENT_COMPONENTS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return COMPONENT_STORE
+
+
+def write_agent_spec(dest: Path) -> Path:
+    """The smallest machine the agent reports on: examples/web.yml's kernel, init, dhcpcd
+    (for the published port) and agent, console on the serial port only."""
+    web = yaml.safe_load((REPO / "examples/web.yml").read_text())
+    services = [s for s in web["services"] if s["name"] in ("dhcpcd", "agent")]
+    spec = {"kernel": {"image": web["kernel"]["image"], "cmdline": "console=ttyS0"}, "init": web["init"],
+            "services": services}
+    dest.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return dest

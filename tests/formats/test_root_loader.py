@@ -46,7 +46,8 @@ def write_root(dest: Path, *, modules: bool = True, busybox: bool = True) -> Pat
 
 
 def read_newc(path: Path) -> dict[str, tuple[int, bytes]]:
-    raw, out, pos = gzip.decompress(path.read_bytes()), {}, 0
+    raw, pos = gzip.decompress(path.read_bytes()), 0
+    out: dict[str, tuple[int, bytes]] = {}
     while True:
         fields = [int(raw[pos + 6 + 8 * i: pos + 14 + 8 * i], 16) for i in range(13)]
         mode, size, namesize = fields[1], fields[6], fields[11]
