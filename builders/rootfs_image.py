@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision.assemble import BOOT_FILES
 from provision.builders.base import BootInputs, FormatOptions, check_cmdline, derive_uuid, tool_env
 from provision.builders.root_loader import write_root_loader
 from provision.errors import UsageError
@@ -38,8 +39,11 @@ def root_tools() -> tuple[str, ...]:
 
 
 def write_rootfs_tree(rootfs_tar: Path, tree: Path, state: Path) -> None:
+    """Unpack the root, less the boot files (kernel, command line, microcode): they are
+    files of their own, and the initrd of kernel+initrd leaves them out too."""
     tree.mkdir()
-    run([*as_root_argv(state), "tar", "--numeric-owner", "-xpf", rootfs_tar, "-C", tree])
+    excludes = [f"--exclude={path}" for path in BOOT_FILES]
+    run([*as_root_argv(state), "tar", "--numeric-owner", "--anchored", *excludes, "-xpf", rootfs_tar, "-C", tree])
 
 
 def write_squashfs(tree: Path, out: Path, epoch: int, state: Path) -> None:
