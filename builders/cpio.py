@@ -4,7 +4,8 @@ Deterministic: entries in sorted pre-order (parents first, names bytewise), owne
 from the tree, mtimes clamped to ``[0, epoch]``, inode numbers assigned in that order from 1
 (hard links share theirs; directories count ``2 + subdirectories`` links), device numbers 0.
 Hard links follow GNU cpio's convention, which the kernel accepts: every name of the inode is
-written, and the data travels with the last one.
+written, and the data travels with the last one. Assembly makes the identical files of the
+container roots such links (provision/dedupe.py), so five containers' busybox is stored once.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ disk and ISO formats consume).
 
 POSIX pax format; entries in the tree's sorted pre-order, numeric owners with empty names,
 mtimes clamped to ``[0, epoch]``, extended attributes as ``SCHILY.xattr.*`` records, hard links
-as links to the first name, the archive padded to 10 KiB records as GNU tar does.
+as links to the first name, the archive padded to 10 KiB records as GNU tar does. The links
+are the tree's: the identical container files assembly linked (provision/dedupe.py) are links
+here too, so the ``tar`` output, squashfs and erofs carry the same links as the initrd.
 """
 
 from __future__ import annotations
