@@ -23,7 +23,11 @@ seen through every other):
   in any container's ``config.json`` or ``runtime.json`` names a host path; that path
   (as written, and resolved through the symlinks of the assembled root) and everything
   under it is left alone. A bind of ``/`` or ``/containers`` (sshd binds ``/containers``)
-  therefore turns linking off for every container root under it.
+  therefore turns linking off for every container root under it. A relative source counts
+  from its bundle, as runc reads it. Not covered: a container that reaches the host root
+  another way (``/proc/1/root`` with the host's pid namespace and ``CAP_SYS_PTRACE``,
+  mounting with ``CAP_SYS_ADMIN``) can change every container's files anyway; with links a
+  write in place through one name changes them all.
 - files are linked only when their content (sha256 taken while spooling) AND the metadata a
   link shares are equal: mode (with setuid bits), uid, gid, mtime as written (clamped to
   ``[0, epoch]``) and extended attributes.
@@ -140,17 +144,20 @@ def list_exposed_paths(tree: Tree, spool: Spool) -> list[Parts]:
     """The host paths some container may write through a bind (each as written and as
     resolved in ``tree``); ``()`` (the whole root) when a bundle cannot be read."""
     exposed: set[Parts] = set()
-    for bundle in _list_bundle_files(tree):
+    for bundle, node in _list_bundle_files(tree):
         try:
-            document = json.loads(spool.read_range(bundle.offset, bundle.size))
+            document = json.loads(spool.read_range(node.offset, node.size))
         except ValueError:
             return [()]
         for source in _writable_bind_sources(document):
+            if not source.startswith("/"):  # runc: relative to the bundle
+                source = "/".join(("", *bundle, source))
             exposed.update(_spellings(tree, source))
     return sorted(exposed)
 
 
-def _list_bundle_files(tree: Tree) -> Iterator[Node]:
+def _list_bundle_files(tree: Tree) -> Iterator[tuple[Parts, Node]]:
+    """(bundle directory, file) of every container's config.json and runtime.json."""
     containers = tree.root.children.get("containers") if tree.root.children else None
     for role in CONTAINER_ROLES:
         role_dir = _child_dir(containers, role)
@@ -164,7 +171,7 @@ def _list_bundle_files(tree: Tree) -> Iterator[Node]:
             for name in BUNDLE_FILES:
                 node = bundle.children.get(name)
                 if node is not None and node.kind is NodeKind.FILE:
-                    yield node
+                    yield ("containers", role, leaf), node
 
 
 def _writable_bind_sources(document: Any) -> Iterator[str]:

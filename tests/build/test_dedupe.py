@@ -239,8 +239,9 @@ def bind(source: str, *options: str) -> dict[str, object]:
     (bind("/run/resolvconf", "rw"), None, True),
     ({"destination": "/x", "type": "none", "source": "/containers", "options": ["rbind"]},
      None, False),
+    (bind("lower", "rw"), None, False),  # relative to the bundle, containers/services/b
 ], ids=["containers", "root", "the-file", "dotdot", "through-symlink", "read-only",
-        "another-dir", "elsewhere", "rbind-option"])
+        "another-dir", "elsewhere", "rbind-option", "bundle-relative"])
 def test_a_writable_bind_leaves_what_it_exposes_alone(
         tmp_path: Path, mount: dict[str, object], symlink: tuple[str, str] | None,
         expect: bool) -> None:
