@@ -294,6 +294,8 @@ def check_port_free(port: PortMapping) -> None:
     """Raise UsageError when 127.0.0.1:HOST is already taken (QEMU's own error is vaguer)."""
     kind = socket.SOCK_DGRAM if port.proto == "udp" else socket.SOCK_STREAM
     with socket.socket(socket.AF_INET, kind) as probe:
+        if kind == socket.SOCK_STREAM:  # as QEMU's hostfwd: a closed VM's TIME_WAIT is no conflict
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port.host))
         except OSError as exc:
@@ -369,7 +371,7 @@ def start_vm(config: VMConfig, *, state_root: Path, detach: bool) -> VMHandle:
     """Boot ``config``. Detached: return once QEMU runs in the background. Foreground: the
     serial console is this process's terminal; return when QEMU ends, with its exit code."""
     check_vm_name(config.name)
-    source = resolve_artifact(config.artifact)
+    source = resolve_artifact(config.artifact.absolute())  # QEMU runs in the state directory
     _check_prerequisites(config, source)
     accel = resolve_accel(config.accel, cache_dir=state_root, qemu=config.qemu)
     directory = _claim_state_dir(state_root, config.name)
