@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import INIT, KERNEL_BYTES, SERVICE, write_test_images
+from build_testkit import INIT, KERNEL_BYTES, SERVICE, write_test_images
 
 from provision.build import build_image
 from provision.builders.base import BootInputs, FormatOptions

@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import CMDLINE, MARKER, ROOTFS_MARKER, Built, format_boot_method, qemu_boot
+from formats_testkit import CMDLINE, MARKER, ROOTFS_MARKER, Built, format_boot_method, qemu_boot
 
 from provision.builders.base import BootInputs
 

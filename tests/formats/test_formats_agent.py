@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import provision_cli, write_agent_spec
+from formats_testkit import provision_cli, write_agent_spec
 
 from provision.builders.formats import boot_method
 from provision.providers.qemu import PortMapping, VMConfig, start_vm, stop_vm

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Built, write_format
+from formats_testkit import Built, write_format
 
 from provision.builders.base import BootInputs
 from provision.builders.disk import read_partitions

@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import CMDLINE, DIGEST, EPOCH, Built, write_format
+from formats_testkit import CMDLINE, DIGEST, EPOCH, Built, write_format
 
 from provision.builders.base import MIB, BootInputs, FormatOptions, derive_uuid
 from provision.builders.disk import read_partitions, write_reimage

@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import make_image
+from oci_testkit import make_image
 
 from provision.errors import DigestMismatchError, HostileInputError, UsageError
 from provision.oci.archive import export_archive, import_archive

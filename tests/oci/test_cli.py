@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Registry, make_image
+from oci_testkit import Registry, make_image
 
 from provision.commands import cache
 from provision.errors import ProvisionError

@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import Registry, make_image
+from oci_testkit import Registry, make_image
 
 from provision.oci.archive import export_archive, import_archive
 from provision.oci.registry import RegistryClient

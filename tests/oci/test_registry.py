@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import (
+from oci_testkit import (
     PASSWORD,
     USER,
     Registry,

@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import make_image
+from oci_testkit import make_image
 
 from provision.errors import DigestMismatchError, HostileInputError, ImageNotFoundError
 from provision.oci.imagebuild import LayerEntry, tar_layer_from_entries, write_image, write_index

@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, locked
+from pkg_testkit import REPO, locked
 
 from provision.builders.pkg import Apt, build_recipe, check_lock, load_recipe, read_lock
 from provision.builders.pkg.kernel import module_name

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import LocalRepo, locked, make_deb, replace_data, write_recipe
+from pkg_testkit import LocalRepo, locked, make_deb, replace_data, write_recipe
 
 from provision.builders.pkg import (
     Apt,

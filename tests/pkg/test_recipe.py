@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write_recipe
+from pkg_testkit import REPO, write_recipe
 
 from provision.builders.pkg import find_recipes, load_recipe
 from provision.builders.pkg.elf import ImageTree, check_elf_closure, parse_elf
