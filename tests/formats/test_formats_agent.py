@@ -24,7 +24,7 @@ from provision.providers.qemu import PortMapping, VMConfig, start_vm, stop_vm
 from provision.providers.qemu_cluster import AgentStatus, read_agent
 from provision.providers.qemu_state import pid_is_vm
 
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("formats-agent"), pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("formats-agent"), pytest.mark.timeout(600)]  # a cold component store: pkg build first
 
 BOOTS = [
     "iso-bios", "iso-efi", "iso-efi-initrd", "raw-bios", "raw-efi", "qcow2-bios", "qcow2-efi", "vhd",
