@@ -52,15 +52,15 @@ FORMATS_BENCHED = [
 
 def default_inputs(work: Path) -> BootInputs:
     sys.path.insert(0, str(REPO / "tests" / "formats"))
-    conftest = importlib.import_module("conftest")  # the tests' tiny inputs: host kernel + busybox initrd
+    testkit = importlib.import_module("formats_testkit")  # the tests' tiny inputs: host kernel + busybox initrd
 
-    kernel = conftest.find_kernel()
+    kernel = testkit.find_kernel()
     (work / "kernel").write_bytes(kernel.read_bytes())
-    conftest.write_test_initrd(work / "initrd.img", kernel)
-    conftest.write_test_rootfs(work / "rootfs.tar")
+    testkit.write_test_initrd(work / "initrd.img", kernel)
+    testkit.write_test_rootfs(work / "rootfs.tar")
     return BootInputs(
-        work / "kernel", work / "initrd.img", conftest.CMDLINE, work / "rootfs.tar",
-        conftest.DIGEST, conftest.EPOCH, "bench",
+        work / "kernel", work / "initrd.img", testkit.CMDLINE, work / "rootfs.tar",
+        testkit.DIGEST, testkit.EPOCH, "bench",
     )
 
 
