@@ -114,6 +114,7 @@ class _Build:
     client: RegistryClient | None
     progress: Progress | None
     spec_files: tuple[Path, ...]
+    dedupe: bool = True
     hashed: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)
 
     def say(self, message: str) -> None:
@@ -143,7 +144,7 @@ class _Build:
                 source: ImageSource = self.store
                 tree = assemble_root(self.spec, images, source, spool, epoch=epoch,
                                      name=self.name, digest=digest, base=base,
-                                     progress=self.progress)
+                                     progress=self.progress, dedupe=self.dedupe)
                 inputs = self.write_intermediates(tree, spool, work, epoch, digest)
             finally:
                 spool.close()
@@ -159,7 +160,9 @@ class _Build:
                 images=tuple(ImageRecord(u.role, u.name, u.ref, images[u.ref].digest,
                                          str(images[u.ref].platform)) for u in uses),
                 formats=tuple(w.name for w in self.writers),
-                options={"compress": str(self.compression), "size": self.options.size},
+                options={"compress": str(self.compression), "size": self.options.size,
+                         "boot_size": self.options.boot_size,
+                         "data_size": self.options.data_size, "dedupe": self.dedupe},
                 outputs=record_outputs([(fmt, self.outdir / p.name) for fmt, p in staged],
                                        self.hashed),
             )
@@ -259,6 +262,9 @@ def build_image(
     pull: PullPolicy = "missing",
     compress: Compression | None = None,
     size: int | None = None,
+    boot_size: int | None = None,
+    data_size: int | None = None,
+    dedupe: bool = True,
     platform: Platform | None = None,
     client: RegistryClient | None = None,
     registry: Mapping[str, FormatWriter] | None = None,
@@ -268,7 +274,9 @@ def build_image(
 
     Raises SpecError / HostileInputError / UsageError (exit code 2), ToolMissingError before
     any work, ProvisionError otherwise. Outputs appear in ``outdir`` only when every format
-    succeeded."""
+    succeeded. ``boot_size`` fixes the disk formats' boot partition size, ``data_size`` adds
+    their persistent data partition (:class:`FormatOptions`); ``dedupe=False`` keeps identical
+    container files as separate copies."""
     writers = select_writers(parse_formats(formats), registry)
     require_tools(tool for writer in writers for tool in writer.tools())
     spec_files: tuple[Path, ...] = ()
@@ -284,9 +292,9 @@ def build_image(
         raise UsageError(f"invalid output name {name!r}")
     state = _Build(
         spec=image_spec, store=store, writers=writers, outdir=Path(outdir), name=name,
-        pull=pull, compression=compress or Compression(), options=FormatOptions(size=size),
+        pull=pull, compression=compress or Compression(), options=FormatOptions(size=size, boot_size=boot_size, data_size=data_size),
         platform=platform or Platform.host(), client=client, progress=progress,
-        spec_files=spec_files,
+        spec_files=spec_files, dedupe=dedupe,
     )
     return state.run()
 

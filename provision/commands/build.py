@@ -61,6 +61,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--compress", type=_compression, default=Compression(),
                         metavar="gzip|zstd|xz[:LEVEL]", help="initrd compression (default gzip)")
     parser.add_argument("--size", type=parse_size, help="disk size for disk formats (e.g. 1G)")
+    parser.add_argument("--boot-size", type=parse_size, metavar="SIZE",
+                        help="fixed boot partition size for disk formats, so disks of later "
+                        "images can be re-imaged (default: fit the content)")
+    parser.add_argument("--data-size", type=parse_size, metavar="SIZE",
+                        help="add a persistent ext4 data partition (label provision-data, "
+                        "mounted at /var/persist) of SIZE to disk formats")
+    parser.add_argument("--no-dedupe", dest="dedupe", action="store_false",
+                        help="keep identical container files as copies (default: hard links)")
     parser.add_argument("--platform", type=_platform, help="os/arch[/variant] (default: host)")
     parser.add_argument("--cache", type=Path, metavar="DIR", help="image cache directory")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -90,6 +98,9 @@ def run_build(args: argparse.Namespace) -> int:
         pull=args.pull,
         compress=args.compress,
         size=args.size,
+        boot_size=args.boot_size,
+        data_size=args.data_size,
+        dedupe=args.dedupe,
         platform=args.platform,
         progress=progress,
     )
