@@ -79,3 +79,17 @@ run_containers_in_order() {
 		log "$kind $(basename "$bundle"): exited with status $?"
 	done
 }
+
+# The persistent data partition of disks built with --data-size: an ext4 file system
+# labelled provision-data, mounted at /var/persist (before the onboot containers run).
+# Missing partition: nothing to do; a failed mount is logged, never fatal.
+mount_persist() {
+	dev=$(findfs LABEL=provision-data 2>/dev/null) || return 0
+	[ -b "$dev" ] || return 0
+	mkdir -p /var/persist
+	if mount -t ext4 -o noatime "$dev" /var/persist; then
+		log "data partition $dev (provision-data) mounted at /var/persist"
+	else
+		log "data partition $dev (provision-data): mounting at /var/persist failed"
+	fi
+}
