@@ -15,6 +15,7 @@ from provision.runner import run
 
 FAT_TOOLS = ("mkfs.vfat", "mmd", "mcopy")
 FAT32_FROM = 512 * MIB  # FAT16 below this (syslinux refuses FAT12), FAT32 from here
+SMALL_FAT16_BELOW = 16 * MIB
 
 FatContent = Mapping[str, "Path | bytes"]
 
@@ -44,10 +45,13 @@ def write_fat_image(
     (keys are absolute paths inside the filesystem, values a source file or its bytes)."""
     env = tool_env(clamp_fat_epoch(epoch))
     bits = bits or ("32" if size >= FAT32_FROM else "16")
+    # mkfs.vfat's default cluster size leaves a small FAT16 (8 MiB) under the 4085 clusters
+    # FAT16 needs; one-sector clusters keep it valid up to 32 MiB.
+    cluster = ["-s", "1"] if bits == "16" and size < SMALL_FAT16_BELOW else []
     run(
         [
-            "mkfs.vfat", "-C", "--invariant", "-F", bits, "-i", volume_id, "-n", label[:11].upper(),
-            "-h", str(hidden_sectors), dest, str(size // 1024),
+            "mkfs.vfat", "-C", "--invariant", "-F", bits, *cluster, "-i", volume_id,
+            "-n", label[:11].upper(), "-h", str(hidden_sectors), dest, str(size // 1024),
         ],
         env=env,
     )
