@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from provision.commands import argument_type
 from provision.compress import Compression, parse_compression
-from provision.errors import ProvisionError
 from provision.oci.pull import PULL_POLICIES
 from provision.oci.store import ImageStore, Platform
 
@@ -25,20 +25,6 @@ def parse_size(text: str) -> int:
     if not match or int(match.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"invalid size {text!r} (write e.g. 1G or 512M)")
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
-
-
-def _compression(text: str) -> Compression:
-    try:
-        return parse_compression(text)
-    except ProvisionError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from None
-
-
-def _platform(text: str) -> Platform:
-    try:
-        return Platform.parse(text)
-    except ProvisionError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def register(subparsers: Any) -> None:
@@ -58,7 +44,7 @@ def register(subparsers: Any) -> None:
                         help="print the merged, resolved spec and exit")
     parser.add_argument("--pull", choices=PULL_POLICIES, default="missing",
                         help="when to pull images (default: missing)")
-    parser.add_argument("--compress", type=_compression, default=Compression(),
+    parser.add_argument("--compress", type=argument_type(parse_compression), default=Compression(),
                         metavar="gzip|zstd|xz[:LEVEL]", help="initrd compression (default gzip)")
     parser.add_argument("--size", type=parse_size, help="disk size for disk formats (e.g. 1G)")
     parser.add_argument("--boot-size", type=parse_size, metavar="SIZE",
@@ -69,7 +55,7 @@ def register(subparsers: Any) -> None:
                         "mounted at /var/persist) of SIZE to disk formats")
     parser.add_argument("--no-dedupe", dest="dedupe", action="store_false",
                         help="keep identical container files as copies (default: hard links)")
-    parser.add_argument("--platform", type=_platform, help="os/arch[/variant] (default: host)")
+    parser.add_argument("--platform", type=argument_type(Platform.parse), help="os/arch[/variant] (default: host)")
     parser.add_argument("--cache", type=Path, metavar="DIR", help="image cache directory")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")

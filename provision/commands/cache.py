@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from provision.errors import ImageNotFoundError, ProvisionError, UsageError
+from provision.commands import argument_type
+from provision.errors import ImageNotFoundError, UsageError
 from provision.oci.archive import export_archive, import_archive
 from provision.oci.registry import ProgressFn, RegistryClient
 from provision.oci.store import (
@@ -19,13 +20,6 @@ from provision.oci.store import (
     Platform,
 )
 from provision.reference import ImageRef
-
-
-def _platform(text: str) -> Platform:
-    try:
-        return Platform.parse(text)
-    except ProvisionError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def register(subparsers: Any) -> None:
@@ -43,7 +37,7 @@ def register(subparsers: Any) -> None:
 
     pull = actions.add_parser("pull", help="pull images from their registries")
     pull.add_argument("refs", nargs="+", metavar="REF")
-    pull.add_argument("--platform", type=_platform, help="os/arch[/variant] (default: this host)")
+    pull.add_argument("--platform", type=argument_type(Platform.parse), help="os/arch[/variant] (default: this host)")
     pull.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     pull.set_defaults(func=cache_pull)
 
