@@ -101,6 +101,15 @@ def _link_key(node: Node, spool: Spool, epoch: int) -> _Key:
 def _walk_roots(tree: Tree) -> Iterator[tuple[Node, str, Node, Parts]]:
     """(directory, name, node, path) of every non-empty regular file under a container root,
     in sorted order."""
+    for bundle_parts, bundle in _walk_bundles(tree):
+        for root_name in ROOT_DIRS:
+            root = _child_dir(bundle, root_name)
+            if root is not None:
+                yield from _walk_files(root, (*bundle_parts, root_name))
+
+
+def _walk_bundles(tree: Tree) -> Iterator[tuple[Parts, Node]]:
+    """(path, directory) of every container bundle (containers/ROLE/NAME), in sorted order."""
     containers = tree.root.children.get("containers") if tree.root.children else None
     for role in CONTAINER_ROLES:
         role_dir = _child_dir(containers, role)
@@ -108,10 +117,9 @@ def _walk_roots(tree: Tree) -> Iterator[tuple[Node, str, Node, Parts]]:
             continue
         assert role_dir.children is not None
         for leaf in sorted(role_dir.children):
-            for root_name in ROOT_DIRS:
-                root = _child_dir(role_dir.children[leaf], root_name)
-                if root is not None:
-                    yield from _walk_files(root, ("containers", role, leaf, root_name))
+            bundle = _child_dir(role_dir, leaf)
+            if bundle is not None:
+                yield ("containers", role, leaf), bundle
 
 
 def _child_dir(directory: Node | None, name: str) -> Node | None:
@@ -158,20 +166,12 @@ def list_exposed_paths(tree: Tree, spool: Spool) -> list[Parts]:
 
 def _list_bundle_files(tree: Tree) -> Iterator[tuple[Parts, Node]]:
     """(bundle directory, file) of every container's config.json and runtime.json."""
-    containers = tree.root.children.get("containers") if tree.root.children else None
-    for role in CONTAINER_ROLES:
-        role_dir = _child_dir(containers, role)
-        if role_dir is None:
-            continue
-        assert role_dir.children is not None
-        for leaf in sorted(role_dir.children):
-            bundle = role_dir.children[leaf]
-            if bundle.children is None:
-                continue
-            for name in BUNDLE_FILES:
-                node = bundle.children.get(name)
-                if node is not None and node.kind is NodeKind.FILE:
-                    yield ("containers", role, leaf), node
+    for bundle_parts, bundle in _walk_bundles(tree):
+        assert bundle.children is not None
+        for name in BUNDLE_FILES:
+            node = bundle.children.get(name)
+            if node is not None and node.kind is NodeKind.FILE:
+                yield bundle_parts, node
 
 
 def _writable_bind_sources(document: Any) -> Iterator[str]:
