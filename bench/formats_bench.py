@@ -51,7 +51,7 @@ FORMATS_BENCHED = [
 
 
 def default_inputs(work: Path) -> BootInputs:
-    sys.path.insert(0, str(REPO / "tests" / "formats"))
+    sys.path[:0] = [str(REPO / "tests" / "formats"), str(REPO / "tests")]
     testkit = importlib.import_module("formats_testkit")  # the tests' tiny inputs: host kernel + busybox initrd
 
     kernel = testkit.find_kernel()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+from guest_testkit import host_kernel, module_order, newc_archive
+
 BUSYBOX = Path("/bin/busybox")
 MODULES = ("virtio_pci", "virtio_net", "evdev", "button")
 
@@ -36,48 +38,13 @@ while true; do sleep 60; done
 """
 
 
-def _newc_entry(name: str, mode: int, data: bytes, rdev: tuple[int, int], ino: int) -> bytes:
-    encoded = name.encode() + b"\0"
-    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0]
-    out = b"070701" + b"".join(f"{v:08x}".encode() for v in fields) + encoded
-    out += b"\0" * (-len(out) % 4) + data
-    return out + b"\0" * (-len(out) % 4)
-
-
-def _module_order(modules_dir: Path) -> list[str]:
-    deps: dict[str, list[str]] = {}
-    for line in (modules_dir / "modules.dep").read_text().splitlines():
-        module, _, rest = line.partition(":")
-        deps[module] = rest.split()
-    by_name = {Path(m).name.removesuffix(".ko"): m for m in deps}
-    order: list[str] = []
-
-    def visit(module: str) -> None:
-        if module not in order:
-            for dep in reversed(deps[module]):
-                visit(dep)
-            order.append(module)
-
-    for name in MODULES:
-        visit(by_name[name])
-    return order
-
-
-def host_kernel() -> tuple[Path, Path] | None:
-    for kernel in sorted(Path("/boot").glob("vmlinuz-*-cloud-amd64"), reverse=True):
-        modules = Path("/lib/modules") / kernel.name.removeprefix("vmlinuz-")
-        if (modules / "modules.dep").is_file():
-            return kernel, modules
-    return None
-
-
 def write_standin(out: Path, variant: str) -> Path:
     """Write ``out/standin-kernel``, ``-initrd.img``, ``-cmdline``; return the prefix."""
     found = host_kernel()
     if found is None or not BUSYBOX.is_file():
         raise FileNotFoundError("needs linux-image-cloud-amd64 and busybox-static")
     kernel, modules_dir = found
-    order = _module_order(modules_dir)
+    order = module_order(modules_dir, MODULES)
     d, f = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644
     entries = [
         ("bin", d, b"", (0, 0)),
@@ -93,10 +60,8 @@ def write_standin(out: Path, variant: str) -> Path:
         ("modules.order", f, "\n".join(Path(m).name for m in order).encode(), (0, 0)),
     ]
     entries += [(f"lib/modules/{Path(m).name}", f, (modules_dir / m).read_bytes(), (0, 0)) for m in order]
-    blob = b"".join(_newc_entry(n, m, data, r, i) for i, (n, m, data, r) in enumerate(sorted(entries), 1))
-    blob += _newc_entry("TRAILER!!!", 0, b"", (0, 0), 0)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "standin-initrd.img").write_bytes(blob + b"\0" * (-len(blob) % 512))
+    (out / "standin-initrd.img").write_bytes(newc_archive(entries))
     link = out / "standin-kernel"
     if not link.exists():
         link.symlink_to(kernel)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from guest_testkit import newc_archive
 
 from provision.builders.base import BootInputs, FormatOptions
 from provision.builders.formats import FORMATS, OutputFormat, boot_method
@@ -59,14 +60,6 @@ def find_kernel() -> Path:
     return Path(kernels[-1])
 
 
-def newc_entry(name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0), ino: int = 0) -> bytes:
-    fields = [ino, mode, 0, 0, 1, EPOCH, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
-    head = b"070701" + b"".join(f"{v:08x}".encode() for v in fields)
-    out = head + name.encode() + b"\0"
-    out += b"\0" * (-len(out) % 4)
-    return out + data + b"\0" * (-len(data) % 4)
-
-
 def write_test_initrd(dest: Path, kernel: Path) -> None:
     version = kernel.name.removeprefix("vmlinuz-")
     busybox = Path(shutil.which("busybox") or "/bin/busybox").read_bytes()
@@ -86,8 +79,7 @@ def write_test_initrd(dest: Path, kernel: Path) -> None:
         path = Path(f"/lib/modules/{version}/kernel/{module}")
         if path.exists():
             entries.append((f"lib/modules/{path.name}", 0o100644, path.read_bytes(), (0, 0)))
-    raw = b"".join(newc_entry(n, m, d, r, i + 1) for i, (n, m, d, r) in enumerate(sorted(entries)))
-    raw += newc_entry("TRAILER!!!", 0)
+    raw = newc_archive(entries, mtime=EPOCH)
     dest.write_bytes(gzip.compress(raw, compresslevel=6, mtime=0))
 
 

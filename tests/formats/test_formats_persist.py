@@ -34,6 +34,7 @@ def test_data_partition_is_mounted_at_var_persist(component_store: Path, tmp_pat
     try:
         line = wait_serial(handle, MOUNTED, BOOT_TIMEOUT)
         seconds = time.monotonic() - started
+        wait_serial(handle, "starting 2 services", BOOT_TIMEOUT)  # the order is checked below
         console = handle.serial_log.read_bytes().decode(errors="replace")
     finally:
         stop_vm("persist", tmp_path / "state", timeout=0.5)

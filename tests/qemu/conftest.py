@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from qemu_testkit import BUSYBOX, INIT, MODULES, _host_kernel, _module_order, write_newc
+from guest_testkit import host_kernel, module_order
+from qemu_testkit import BUSYBOX, INIT, MODULES, write_newc
 
 from provision.providers.qemu import list_vms, stop_vm
 from provision.runner import run
@@ -18,11 +19,11 @@ from provision.runner import run
 @pytest.fixture(scope="session")
 def test_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A build-output prefix (``.../tiny``): tiny-kernel, tiny-initrd.img, tiny-cmdline."""
-    found = _host_kernel()
+    found = host_kernel()
     if found is None or not BUSYBOX.is_file():
         pytest.skip("needs linux-image-cloud-amd64 (kernel + modules) and busybox-static")
     kernel, modules_dir = found
-    order = _module_order(modules_dir, MODULES)
+    order = module_order(modules_dir, MODULES)
     entries: list[tuple[str, int, bytes, tuple[int, int]]] = [
         ("bin", stat.S_IFDIR | 0o755, b"", (0, 0)),
         ("bin/busybox", stat.S_IFREG | 0o755, BUSYBOX.read_bytes(), (0, 0)),

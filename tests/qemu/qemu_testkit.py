@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from guest_testkit import NewcEntry, newc_archive
+
 BUSYBOX = Path("/bin/busybox")
 MARKER = "PROVISION-QEMU-TEST-MARKER"
 MODULES = (
@@ -57,54 +59,9 @@ while true; do sleep 60; done
 """
 
 
-def _newc_entry(
-    name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0), ino: int = 0
-) -> bytes:
-    encoded = name.encode() + b"\0"
-    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0]
-    header = b"070701" + b"".join(f"{value:08x}".encode() for value in fields)
-    out = header + encoded
-    out += b"\0" * (-len(out) % 4) + data
-    return out + b"\0" * (-len(out) % 4)
-
-
-def write_newc(path: Path, entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> None:
+def write_newc(path: Path, entries: list[NewcEntry]) -> None:
     """A newc cpio archive (owner 0, mtime 0) of ``entries``, sorted by name."""
-    blob = b"".join(
-        _newc_entry(name, mode, data, rdev, ino)
-        for ino, (name, mode, data, rdev) in enumerate(sorted(entries), start=1)
-    )
-    blob += _newc_entry("TRAILER!!!", 0)
-    path.write_bytes(blob + b"\0" * (-len(blob) % 512))
-
-
-def _module_order(modules_dir: Path, wanted: tuple[str, ...]) -> list[str]:
-    deps: dict[str, list[str]] = {}
-    for line in (modules_dir / "modules.dep").read_text().splitlines():
-        module, _, rest = line.partition(":")
-        deps[module] = rest.split()
-    by_name = {Path(m).name.removesuffix(".ko"): m for m in deps}
-    order: list[str] = []
-
-    def visit(module: str) -> None:
-        if module in order:
-            return
-        for dep in reversed(deps[module]):
-            visit(dep)
-        order.append(module)
-
-    for name in wanted:
-        visit(by_name[name])
-    return order
-
-
-def _host_kernel() -> tuple[Path, Path] | None:
-    kernels = sorted(Path("/boot").glob("vmlinuz-*-cloud-amd64"))
-    for kernel in reversed(kernels):
-        modules = Path("/lib/modules") / kernel.name.removeprefix("vmlinuz-")
-        if (modules / "modules.dep").is_file():
-            return kernel, modules
-    return None
+    path.write_bytes(newc_archive(entries))
 
 
 def provision(
