@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from provision.providers.simulated import SimulatedCloud, SimulatedProvider
+from provision.providers.simulated.cloud import SimulatedCloud, SimulatedProvider
 from provision.reconcile.clock import FakeClock
 from provision.reconcile.engine import Engine
 from provision.reconcile.journal import SqliteStore

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator
 from typing import Protocol
 
+from provision.assemble.tree import Node, NodeKind, Spool, Tree
 from provision.errors import ProvisionError
-from provision.tree import Node, NodeKind, Spool, Tree
 
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"

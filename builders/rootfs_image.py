@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.assemble import BOOT_FILES
+from provision.assemble.root import BOOT_FILES
 from provision.builders.base import BootInputs, FormatOptions, check_cmdline, derive_uuid, tool_env
 from provision.builders.root_loader import write_root_loader
 from provision.errors import UsageError

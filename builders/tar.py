@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from provision.tree import Node, NodeKind, Spool, Tree
+from provision.assemble.tree import Node, NodeKind, Spool, Tree
 
 BLOCK = 512
 RECORD = 20 * BLOCK

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provision.assemble import (
+from provision.assemble.root import (
     BOOT_FILES,
     ImageSource,
     assemble_root,
@@ -33,6 +33,7 @@ from provision.assemble import (
     list_file_sources,
     list_image_uses,
 )
+from provision.assemble.tree import NodeKind, Spool, Tree
 from provision.builders.base import BootInputs, FormatOptions, FormatWriter
 from provision.builders.cpio import write_cpio
 from provision.builders.tar import write_tar
@@ -50,8 +51,8 @@ from provision.oci.pull import PullPolicy, ensure_image
 from provision.oci.registry import RegistryClient
 from provision.oci.store import ImageStore, Platform, ResolvedImage
 from provision.runner import require_tools
-from provision.spec import ImageSpec, load_spec
-from provision.tree import NodeKind, Spool, Tree
+from provision.spec.image import ImageSpec
+from provision.spec.load import load_spec
 
 DEFAULT_FORMATS = ("kernel+initrd",)
 Progress = Callable[[str], None]

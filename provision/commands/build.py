@@ -64,7 +64,8 @@ def register(subparsers: Any) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from provision.build import build_image, parse_formats
-    from provision.spec import dump_spec, load_spec
+    from provision.spec.image import dump_spec
+    from provision.spec.load import load_spec
 
     if args.dry_run:
         sys.stdout.write(dump_spec(load_spec(args.specs)))

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import UsageError
-from provision.providers.qemu import (
+from provision.providers.qemu.accel import ACCEL_CHOICES
+from provision.providers.qemu.artifact import resolve_artifact
+from provision.providers.qemu.vm import (
     VMConfig,
     default_state_root,
     list_vms,
@@ -20,8 +22,6 @@ from provision.providers.qemu import (
     start_vm,
     stop_vm,
 )
-from provision.providers.qemu_accel import ACCEL_CHOICES
-from provision.providers.qemu_artifact import resolve_artifact
 
 
 def parse_mem(text: str) -> int:

@@ -84,7 +84,7 @@ def _base(spec: ClusterSpec) -> Path:
 
 def resolve_images(spec: ClusterSpec, say: Say) -> dict[str, str]:
     """Each group's image id, building (or caching) qemu images first, with progress."""
-    from provision.providers.qemu_cluster import parse_machine_properties, resolve_qemu_image
+    from provision.providers.qemu.provider import parse_machine_properties, resolve_qemu_image
 
     images: dict[str, str] = {}
     for group in spec.groups:
@@ -130,7 +130,7 @@ def converge_cluster(engine: Engine, say: Say, *, timeout: float, interval: floa
 
 def _consoles(engine: Engine) -> list[str]:
     """The serial logs of the qemu machines that are not available."""
-    from provision.providers.qemu_cluster import QemuProvider
+    from provision.providers.qemu.provider import QemuProvider
 
     found = []
     for group in engine.spec.groups:
@@ -166,7 +166,7 @@ def _report(engine: Engine, group: GroupSpec, result: PassResult, last: dict[str
 
 def collect_status(engine: Engine, images: Mapping[str, str]) -> dict[str, Any]:
     """The cluster's machines, each with its address and what its agent says."""
-    from provision.providers.qemu_cluster import read_agent
+    from provision.providers.qemu.provider import read_agent
 
     groups = []
     for group in engine.spec.groups:
@@ -233,7 +233,7 @@ def run_up(args: argparse.Namespace) -> int:
     say = _progress(args.quiet)
     spec = load_cluster_spec(args.cluster)
     if any(spec.providers[g.provider].type == "qemu" for g in spec.groups):
-        from provision.providers.qemu_accel import QEMU
+        from provision.providers.qemu.accel import QEMU
         from provision.runner import require_tools
 
         require_tools([QEMU])  # before building anything

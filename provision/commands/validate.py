@@ -15,7 +15,8 @@ from dataclasses import asdict
 from typing import Any
 
 from provision.errors import SpecError
-from provision.spec import load_spec, spec_to_dict
+from provision.spec.image import spec_to_dict
+from provision.spec.load import load_spec
 
 
 def register(subparsers: Any) -> None:

@@ -29,7 +29,7 @@ def register_image_resolver(provider_type: str, resolver: ImageResolver) -> None
 
 def _resolver_for(provider_type: str) -> ImageResolver | None:
     if provider_type == "qemu" and "qemu" not in _resolvers:
-        from provision.providers.qemu_cluster import resolve_qemu_image
+        from provision.providers.qemu.provider import resolve_qemu_image
 
         _resolvers["qemu"] = resolve_qemu_image
     return _resolvers.get(provider_type)

@@ -22,7 +22,7 @@ def register_provider(kind: str, factory: ProviderFactory) -> None:
 
 
 def _simulated(spec: ProviderSpec, clock: Clock, base: Path) -> Provider:
-    from provision.providers.simulated import (
+    from provision.providers.simulated.cloud import (
         FileSimulatedProvider,
         SimulatedCloud,
         SimulatedProvider,
@@ -35,7 +35,7 @@ def _simulated(spec: ProviderSpec, clock: Clock, base: Path) -> Provider:
 
 
 def _simulated_http(spec: ProviderSpec, clock: Clock, base: Path) -> Provider:
-    from provision.providers.simulated import HttpSimulatedProvider
+    from provision.providers.simulated.cloud import HttpSimulatedProvider
 
     url = spec.options.get("url")
     if not isinstance(url, str) or not url.startswith("http://127.0.0.1"):
@@ -44,7 +44,7 @@ def _simulated_http(spec: ProviderSpec, clock: Clock, base: Path) -> Provider:
 
 
 def _qemu(spec: ProviderSpec, clock: Clock, base: Path) -> Provider:
-    from provision.providers.qemu_cluster import create_qemu_provider
+    from provision.providers.qemu.provider import create_qemu_provider
 
     return create_qemu_provider(spec, clock, base)
 

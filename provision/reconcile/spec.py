@@ -20,7 +20,7 @@ from typing import Any
 
 from provision.errors import Problem, SpecError
 from provision.fsutil import sha256_digest
-from provision.yamlsource import Mark, YamlList, YamlMap, mark_of, parse_yaml_text, read_text_file
+from provision.spec.source import Mark, YamlList, YamlMap, mark_of, parse_yaml_text, read_text_file
 
 KeyPath = tuple[str | int, ...]
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from provision.assemble.layers import LayerOrigin, apply_layer
+from provision.assemble.tree import NodeKind, Spool, Tree
 from provision.errors import HostileInputError
-from provision.layers import LayerOrigin, apply_layer
 from provision.oci.imagebuild import LayerEntry as E
 from provision.oci.imagebuild import tar_layer_from_entries
-from provision.tree import NodeKind, Spool, Tree
 
 ORIGIN = LayerOrigin("example.org/app:1", "sha256:0123456789ab")
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from provision.assemble.tree import Node, NodeKind, Spool, Tree
 from provision.builders.cpio import write_cpio
 from provision.builders.tar import write_tar
 from provision.compress import CompressedWriter, compress_bytes, parse_compression
 from provision.errors import UsageError
-from provision.tree import Node, NodeKind, Spool, Tree
 
 
 def sample_tree(spool: Spool) -> Tree:

@@ -26,7 +26,8 @@ from provision.manifest import file_sha256
 from provision.oci.imagebuild import LayerEntry as E
 from provision.oci.imagebuild import tar_layer_from_entries, write_image
 from provision.oci.store import ImageStore
-from provision.spec import dump_spec, load_spec, spec_to_dict
+from provision.spec.image import dump_spec, spec_to_dict
+from provision.spec.load import load_spec
 
 
 def cpio_names(initrd: Path, tmp: Path) -> list[str]:

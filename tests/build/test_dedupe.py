@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from provision.assemble import assemble_root
+from provision.assemble.dedupe import dedupe_container_files
+from provision.assemble.root import assemble_root
+from provision.assemble.tree import Node, NodeKind, Spool, Tree
 from provision.build import build_image
 from provision.builders.cpio import write_cpio
-from provision.dedupe import dedupe_container_files
 from provision.oci.imagebuild import LayerEntry as E
 from provision.oci.imagebuild import tar_layer_from_entries, write_image
 from provision.oci.store import ImageStore
-from provision.spec import load_spec
-from provision.tree import Node, NodeKind, Spool, Tree
+from provision.spec.load import load_spec
 
 REG = "registry.example.test"
 KERNEL, INIT = f"{REG}/dedupe-kernel:1", f"{REG}/dedupe-init:1"

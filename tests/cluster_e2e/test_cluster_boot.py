@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from standin import host_kernel, write_standin
 
-from provision.providers.qemu_cluster import read_agent
-from provision.providers.qemu_state import list_vms
+from provision.providers.qemu.provider import read_agent
+from provision.providers.qemu.state import list_vms
 
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(400)]
 
@@ -60,7 +60,7 @@ def provision(*args: str, cwd: Path, timeout: float = 150) -> subprocess.Complet
 def components() -> Path:
     """The component images web.yml uses, built by `provision pkg build` (unless there)."""
     from provision.oci.store import ImageStore
-    from provision.providers.qemu_cluster import ComponentsMissingError, plan_spec_digest
+    from provision.providers.qemu.provider import ComponentsMissingError, plan_spec_digest
 
     try:
         plan_spec_digest(REPO / "examples/web.yml", ImageStore(COMPONENTS))

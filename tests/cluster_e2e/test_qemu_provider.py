@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from provision.errors import UsageError
-from provision.providers.qemu import VMConfig
-from provision.providers.qemu_cluster import (
+from provision.providers.qemu.provider import (
     ComponentsMissingError,
     QemuProvider,
     image_cache,
@@ -19,7 +18,8 @@ from provision.providers.qemu_cluster import (
     resolve_qemu_image,
     vm_name_for,
 )
-from provision.providers.qemu_state import VMInfo
+from provision.providers.qemu.state import VMInfo
+from provision.providers.qemu.vm import VMConfig
 from provision.reconcile.clock import FakeClock
 from provision.reconcile.engine import Engine
 from provision.reconcile.journal import SqliteStore

@@ -20,9 +20,9 @@ import pytest
 from formats_testkit import provision_cli, write_agent_spec
 
 from provision.builders.formats import boot_method
-from provision.providers.qemu import PortMapping, VMConfig, start_vm, stop_vm
-from provision.providers.qemu_cluster import AgentStatus, read_agent
-from provision.providers.qemu_state import pid_is_vm
+from provision.providers.qemu.provider import AgentStatus, read_agent
+from provision.providers.qemu.state import pid_is_vm
+from provision.providers.qemu.vm import PortMapping, VMConfig, start_vm, stop_vm
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("formats-agent"), pytest.mark.timeout(600)]  # a cold component store: pkg build first
 

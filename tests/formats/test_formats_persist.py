@@ -13,7 +13,7 @@ import pytest
 from formats_testkit import provision_cli, write_agent_spec
 
 from provision.builders.disk import read_partitions
-from provision.providers.qemu import VMConfig, start_vm, stop_vm, wait_serial
+from provision.providers.qemu.vm import VMConfig, start_vm, stop_vm, wait_serial
 
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(600)]  # a cold component store: pkg build first
 

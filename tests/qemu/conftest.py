@@ -12,7 +12,7 @@ import pytest
 from guest_testkit import host_kernel, module_order
 from qemu_testkit import BUSYBOX, INIT, MODULES, write_newc
 
-from provision.providers.qemu import list_vms, stop_vm
+from provision.providers.qemu.vm import list_vms, stop_vm
 from provision.runner import run
 
 

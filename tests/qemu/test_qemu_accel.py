@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from provision.errors import UsageError
-from provision.providers.qemu_accel import (
+from provision.providers.qemu.accel import (
     build_probe_firmware,
     probe_accel_boot,
     probe_kvm,

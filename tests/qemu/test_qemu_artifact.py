@@ -9,7 +9,8 @@ import pytest
 
 from provision.errors import UsageError
 from provision.manifest import BuildManifest, SpecRecord, record_outputs, write_manifest
-from provision.providers.qemu import (
+from provision.providers.qemu.artifact import BootKind, resolve_artifact
+from provision.providers.qemu.vm import (
     DiskSpec,
     PortMapping,
     VMConfig,
@@ -17,7 +18,6 @@ from provision.providers.qemu import (
     parse_publish,
     plan_qemu_argv,
 )
-from provision.providers.qemu_artifact import BootKind, resolve_artifact
 
 
 def kernel_output(directory: Path, name: str = "web", cmdline: str | None = "quiet") -> Path:

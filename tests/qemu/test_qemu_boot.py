@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from qemu_testkit import MARKER, dead_pid, free_port, provision
 
-from provision.providers.qemu import attach_vm, list_vms, wait_serial
-from provision.providers.qemu_state import CONFIG_FILE, PID_FILE, pid_is_vm, write_json_atomic
+from provision.providers.qemu.state import CONFIG_FILE, PID_FILE, pid_is_vm, write_json_atomic
+from provision.providers.qemu.vm import attach_vm, list_vms, wait_serial
 from provision.runner import run
 
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(120)]

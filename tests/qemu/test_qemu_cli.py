@@ -9,8 +9,8 @@ from pathlib import Path
 
 from qemu_testkit import provision
 
-from provision.providers.qemu import list_vms
-from provision.providers.qemu_state import CONFIG_FILE, PID_FILE, write_json_atomic
+from provision.providers.qemu.state import CONFIG_FILE, PID_FILE, write_json_atomic
+from provision.providers.qemu.vm import list_vms
 
 
 def test_stop_cleans_stale_state(state_root: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from qemu_testkit import MARKER
 
 from provision.errors import UsageError
-from provision.providers.qemu import PortMapping, check_port_free
+from provision.providers.qemu.vm import PortMapping, check_port_free
 
 
 @pytest.mark.boot

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from provision.providers.simulated import Faults, SimulatedCloud, SimulatedProvider
+from provision.providers.simulated.cloud import Faults, SimulatedCloud, SimulatedProvider
 from provision.reconcile.clock import FakeClock
 from provision.reconcile.engine import Engine
 from provision.reconcile.journal import SqliteStore

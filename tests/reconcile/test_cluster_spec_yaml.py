@@ -9,7 +9,7 @@ import pytest
 
 from provision.errors import SpecError
 from provision.reconcile.spec import load_cluster_spec, mark_at, parse_cluster_spec
-from provision.yamlsource import Mark, parse_yaml_text
+from provision.spec.source import Mark, parse_yaml_text
 
 GOOD = "cluster: demo\ngroups:\n  - name: web\n    provider: sim\n    image: img\n    size: 2\n"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from reconcile_world import make_spec
 
-from provision.providers.simulated import (
+from provision.providers.simulated.cloud import (
     HttpSimulatedProvider,
     SimulatedCloud,
     serve_simulated_cloud,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reconcile_world import World, make_spec
 
-from provision.providers.simulated import Faults, SimulatedCrash
+from provision.providers.simulated.cloud import Faults, SimulatedCrash
 from provision.reconcile.engine import Engine
 from provision.reconcile.journal import LeaseHeldError
 from provision.reconcile.provider import (
@@ -196,7 +196,7 @@ def test_converged_state_plans_empty_and_makes_no_mutating_call(tmp_path: Path) 
     world.engine(spec).converge(between=world.step(3))
     world.clock.advance(60)
     counter = CallCounter()
-    from provision.providers.simulated import SimulatedProvider
+    from provision.providers.simulated.cloud import SimulatedProvider
 
     engine = Engine(spec, {"sim": CountingProvider(SimulatedProvider(world.cloud, "sim"), counter)}, world.engine(spec, acquire=False).store, world.clock)
     engine.acquire()

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from provision.spec import ImageEntry, ImageSpec, KernelSpec, dump_spec, load_spec, spec_to_dict
+from provision.spec.image import ImageEntry, ImageSpec, KernelSpec, dump_spec, spec_to_dict
+from provision.spec.load import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "linuxkit"
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from provision.errors import SpecError
-from provision.spec import load_spec
+from provision.spec.load import load_spec
 
 INVALID = Path(__file__).resolve().parent / "invalid"
 

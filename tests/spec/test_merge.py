@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from provision.errors import SpecError
-from provision.spec import load_spec
+from provision.spec.load import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "linuxkit"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from provision.runtime_config import render_runtime_bundle
-from provision.spec import ImageEntry, VolumeSpec
+from provision.assemble.runtime_config import render_runtime_bundle
+from provision.spec.image import ImageEntry, VolumeSpec
 
 BUSYBOX = shutil.which("busybox")
 pytestmark = pytest.mark.skipif(

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from provision.errors import SpecError
-from provision.runtime_config import (
+from provision.assemble.runtime_config import (
     RuntimeConfigError,
     assign_container_ids,
     render_runtime_bundle,
 )
-from provision.spec import (
+from provision.errors import SpecError
+from provision.spec.image import (
     CAPABILITIES,
     ImageConfig,
     ImageEntry,

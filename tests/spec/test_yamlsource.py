@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from provision.yamlsource import Mark, YamlList, YamlMap, parse_yaml_text
+from provision.spec.source import Mark, YamlList, YamlMap, parse_yaml_text
 
 
 def test_marks_of_keys_values_and_items() -> None:

@@ -1,6 +1,6 @@
 """The ``qemu`` provider of the reconcile engine: a cluster's machines as local QEMU VMs.
 
-Each machine is a VM started by :mod:`provision.providers.qemu` (detached) with its state
+Each machine is a VM started by :mod:`provision.providers.qemu.vm` (detached) with its state
 directory ``STATE_ROOT/vms/NAME/``; the directory's ``config.json`` carries the ownership tags,
 written (atomically) before QEMU starts, so a machine is owned from birth. The VM's name is
 derived from the create's idempotency key: creating twice with one key finds the first VM.
@@ -46,9 +46,8 @@ from typing import Any, Literal, Protocol
 import requests
 
 from provision.errors import CommandError, ImageNotFoundError, ProvisionError, UsageError
-from provision.providers.qemu import VMConfig, VMError, start_vm, stop_vm
-from provision.providers.qemu_artifact import BootKind, resolve_artifact
-from provision.providers.qemu_state import (
+from provision.providers.qemu.artifact import BootKind, resolve_artifact
+from provision.providers.qemu.state import (
     PortMapping,
     VMInfo,
     check_vm_name,
@@ -58,6 +57,7 @@ from provision.providers.qemu_state import (
     vm_dir,
     write_json_atomic,
 )
+from provision.providers.qemu.vm import VMConfig, VMError, start_vm, stop_vm
 from provision.reconcile.clock import Clock
 from provision.reconcile.provider import (
     TAG_CLUSTER,
@@ -99,7 +99,7 @@ class Launcher(Protocol):
 
 
 class QemuLauncher:
-    """The real launcher: :mod:`provision.providers.qemu`, VMs detached."""
+    """The real launcher: :mod:`provision.providers.qemu.vm`, VMs detached."""
 
     def start(self, config: VMConfig, state_root: Path) -> None:
         start_vm(config, state_root=state_root, detach=True)
@@ -527,10 +527,10 @@ def import_artifact(path: Path, cache: Path, *, progress: Progress | None = None
 def plan_spec_digest(spec_path: Path, store: Any) -> str:
     """The image digest a build of ``spec_path`` will have (resolving its images in the
     store, pulling only what is not a provision component)."""
-    from provision.assemble import compute_image_digest, list_file_sources, list_image_uses
+    from provision.assemble.root import compute_image_digest, list_file_sources, list_image_uses
     from provision.oci.pull import ensure_image
     from provision.oci.store import Platform
-    from provision.spec import load_spec
+    from provision.spec.load import load_spec
 
     spec = load_spec([spec_path])
     images = {}

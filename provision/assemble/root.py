@@ -34,13 +34,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from provision.dedupe import dedupe_container_files
+from provision.assemble.dedupe import dedupe_container_files
+from provision.assemble.layers import LayerOrigin, apply_layer, merge_tree, short_digest
+from provision.assemble.runtime_config import assign_container_ids, render_runtime_bundle
+from provision.assemble.tree import Node, NodeKind, PathEscape, Spool, Tree, TreeError, clean_path
 from provision.errors import HostileInputError, ProvisionError, UsageError
 from provision.fsutil import file_sha256
-from provision.layers import LayerOrigin, apply_layer, merge_tree, short_digest
 from provision.oci.store import Descriptor, ResolvedImage, canonical_json
-from provision.runtime_config import assign_container_ids, render_runtime_bundle
-from provision.spec import (
+from provision.spec.image import (
     FileEntry,
     ImageEntry,
     ImageSpec,
@@ -49,7 +50,6 @@ from provision.spec import (
     parse_image_config_label,
     spec_to_dict,
 )
-from provision.tree import Node, NodeKind, PathEscape, Spool, Tree, TreeError, clean_path
 
 LABEL = "org.mobyproject.config"
 IMAGE_INFO_PATH = "etc/provision/image.json"
@@ -439,7 +439,7 @@ def assemble_root(spec: ImageSpec, images: Mapping[str, ResolvedImage], source: 
                   base: Path | None = None, progress: Progress | None = None,
                   dedupe: bool = True) -> Tree:
     """The root filesystem of ``spec`` (see the module's docstring); with ``dedupe`` the
-    identical files of the container roots are hard links (:mod:`provision.dedupe`)."""
+    identical files of the container roots are hard links (:mod:`provision.assemble.dedupe`)."""
     tree = Assembler(spec, images, source, spool, epoch, name, digest, base, progress).assemble()
     if dedupe:
         linked = dedupe_container_files(tree, spool, epoch=epoch)

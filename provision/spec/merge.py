@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from provision.errors import Problem
-from provision.spec import (
+from provision.spec.image import (
     ENTRY_SECTIONS,
     FileEntry,
     ImageEntry,
@@ -45,7 +45,7 @@ from provision.spec import (
     ParsedFile,
     VolumeSpec,
 )
-from provision.yamlsource import Mark, YamlList, YamlMap
+from provision.spec.source import Mark, YamlList, YamlMap
 
 SECTIONS = ("init", "onboot", "onshutdown", "services", "files", "volumes")
 SINGULAR = {"onboot": "onboot entry", "onshutdown": "onshutdown entry", "services": "service",

@@ -1,20 +1,12 @@
 """The image spec: LinuxKit's YAML format as frozen dataclasses, parsed strictly.
 
-``load_spec(paths)`` reads one or more spec files, checks every key and value, merges the
-files (see :mod:`provision.spec_merge`, which also documents this project's ``replace`` /
-``remove`` extension) and returns an :class:`ImageSpec`, or raises :class:`SpecError` listing
-*every* problem at once, each with file, line, column and key path
-(``services[2].binds[0]``). Nothing here touches the network; ``files`` sources are only
-checked for existence.
-
-The field tables live in :mod:`provision.spec_fields`; this module holds the dataclasses'
-public home, the per-file parse, the label parse and the canonical dump.
+The field tables live in :mod:`provision.spec.fields`; this module holds the dataclasses'
+public home, the per-file parse, the label parse and the canonical dump. Loading several files
+into one spec is :func:`provision.spec.load.load_spec`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +14,7 @@ from typing import Any
 import yaml
 
 from provision.errors import Problem, SpecError
-from provision.spec_fields import (
+from provision.spec.fields import (
     CAPABILITIES,
     INVALID,
     KERNEL_TABLE,
@@ -49,7 +41,7 @@ from provision.spec_fields import (
     table_yaml_keys,
     type_name,
 )
-from provision.yamlsource import (
+from provision.spec.source import (
     Mark,
     YamlList,
     YamlMap,
@@ -61,7 +53,7 @@ from provision.yamlsource import (
 __all__ = [
     "CAPABILITIES", "RLIMITS", "BindNamespaces", "Device", "FileEntry", "IDMapping",
     "ImageConfig", "ImageEntry", "ImageSpec", "Interface", "KernelSpec", "Located", "Mount",
-    "ParsedFile", "Removal", "RuntimeActions", "VolumeSpec", "dump_spec", "load_spec",
+    "ParsedFile", "Removal", "RuntimeActions", "VolumeSpec", "dump_spec",
     "parse_image_config_label", "parse_spec_file", "spec_to_dict",
 ]
 
@@ -220,25 +212,6 @@ def parse_removals(ctx: Ctx, value: Any, mark: Mark) -> list[Removal]:
         removals.extend(Removal(section, name, items.item_mark(i), f"{key}[{i}]")
                         for i, name in enumerate(names))
     return removals
-
-
-def load_spec(paths: Sequence[str | os.PathLike[str]]) -> ImageSpec:
-    """Parse, validate and merge the spec files; raise SpecError listing all problems."""
-    from provision.spec_merge import merge_parsed_files
-
-    problems: list[Problem] = []
-    parsed_files: list[ParsedFile] = []
-    if not paths:
-        raise SpecError([Problem("-", 0, 0, "", "no spec file given")])
-    for raw in paths:
-        parsed, found = parse_spec_file(Path(raw))
-        parsed_files.append(parsed)
-        problems.extend(found)
-    spec, merge_problems = merge_parsed_files(parsed_files)
-    problems.extend(merge_problems)
-    if problems:
-        raise SpecError(problems, hint="fix the problems listed (file:line:column: key: what)")
-    return spec
 
 
 def parse_image_config_label(text: str, image: str) -> ImageConfig:

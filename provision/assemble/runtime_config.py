@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from provision.errors import ProvisionError
-from provision.spec import ImageConfig, ImageEntry, ImageSpec, Mount, VolumeSpec
-from provision.spec_fields import (
+from provision.spec.fields import (
     CAPABILITIES,
     DEFAULT_MOUNTPOINTS,
     MOUNT_TYPE_FROM_SOURCE,
     parse_rlimit,
 )
+from provision.spec.image import ImageConfig, ImageEntry, ImageSpec, Mount, VolumeSpec
 
 OCI_VERSION = "1.0.2"
 VOLUMES_DIR = "/containers/volumes"

@@ -1,7 +1,7 @@
 """The image spec's fields: frozen dataclasses and one table per object.
 
 Each table maps a YAML key to ``(attribute, parser)`` (parsers and checks live in
-:mod:`provision.spec_checks`). One table drives parsing, unknown-key errors (with a "did you
+:mod:`provision.spec.checks`). One table drives parsing, unknown-key errors (with a "did you
 mean"), the canonical dump (``YAML_KEYS`` on each dataclass) and the label parse.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from provision.spec_checks import (
+from provision.spec.checks import (
     ABS,
     CAPABILITIES,
     DEFAULT_MOUNTPOINTS,
@@ -40,7 +40,7 @@ from provision.spec_checks import (
     parse_rlimit,
     type_name,
 )
-from provision.yamlsource import Mark, YamlList, YamlMap
+from provision.spec.source import Mark, YamlList, YamlMap
 
 __all__ = ["CAPABILITIES", "DEFAULT_MOUNTPOINTS", "INVALID", "MOUNT_TYPE_FROM_SOURCE", "RLIMITS",
            "Ctx", "p_list", "p_obj", "p_str", "parse_rlimit", "type_name"]

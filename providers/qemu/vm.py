@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Literal
 
 from provision.errors import ProvisionError, ToolMissingError, UsageError
-from provision.providers.qemu_accel import QEMU, resolve_accel
-from provision.providers.qemu_artifact import EXTENSIONS, BootKind, BootSource, resolve_artifact
-from provision.providers.qemu_cidata import write_cidata_iso
-from provision.providers.qemu_qmp import QMPClient, QMPError
-from provision.providers.qemu_state import (
+from provision.providers.qemu.accel import QEMU, resolve_accel
+from provision.providers.qemu.artifact import EXTENSIONS, BootKind, BootSource, resolve_artifact
+from provision.providers.qemu.cidata import write_cidata_iso
+from provision.providers.qemu.qmp import QMPClient, QMPError
+from provision.providers.qemu.state import (
     CIDATA_ISO,
     CONFIG_FILE,
     OVMF_VARS,

@@ -482,7 +482,7 @@ class FileSimulatedProvider(SimulatedProvider):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m provision.providers.simulated --port 8900 [--state FILE]``: serve a cloud."""
+    """``python -m provision.providers.simulated.cloud --port 8900 [--state FILE]``: serve a cloud."""
     import argparse
     import signal
     import sys

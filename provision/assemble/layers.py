@@ -23,8 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from provision.errors import HostileInputError
-from provision.tree import (
+from provision.assemble.tree import (
     Node,
     NodeKind,
     PathEscape,
@@ -33,6 +32,7 @@ from provision.tree import (
     TreeError,
     clean_path,
 )
+from provision.errors import HostileInputError
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"

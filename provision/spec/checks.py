@@ -2,7 +2,7 @@
 
 A parser takes ``(ctx, value, mark, keypath)`` and returns the converted value, or
 :data:`INVALID` after recording a located problem on ``ctx``; :func:`p_obj` makes one from a
-table mapping each YAML key to ``(attribute, parser)`` (see :mod:`provision.spec_fields`).
+table mapping each YAML key to ``(attribute, parser)`` (see :mod:`provision.spec.fields`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from provision.errors import Problem
 from provision.reference import ImageRef, InvalidReferenceError
-from provision.yamlsource import Mark, YamlList, YamlMap
+from provision.spec.source import Mark, YamlList, YamlMap
 
 INVALID: Any = type("Invalid", (), {"__repr__": lambda self: "INVALID"})()
 

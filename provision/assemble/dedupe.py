@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from provision.tree import Node, NodeKind, PathEscape, Spool, Tree, TreeError, clean_path
+from provision.assemble.tree import Node, NodeKind, PathEscape, Spool, Tree, TreeError, clean_path
 
 CONTAINER_ROLES = ("onboot", "onshutdown", "services")
 ROOT_DIRS = ("rootfs", "lower")
