@@ -86,12 +86,12 @@ def qemu_convert(raw: Path, out: Path, fmt: str, opts: str | None) -> None:
 
 def find_web_store(asked: Path | None, spec: Path) -> ImageStore | None:
     """The first store holding every image ``spec`` names (None: components not built)."""
-    from provision.providers.qemu.provider import ComponentsMissingError, plan_spec_digest
+    from provision.image_digest import ComponentsMissingError, plan_image_digest
 
     candidates = [ImageStore(asked)] if asked else [ImageStore.default(), ImageStore(E2E_STORE)]
     for store in candidates:
         try:
-            plan_spec_digest(spec, store)
+            plan_image_digest([spec], store)
         except (ComponentsMissingError, ProvisionError):
             continue
         return store

@@ -1,1 +1,44 @@
-"""Machine providers (qemu, aws, gcp, azure, pxe), imported as ``provision.providers``."""
+"""The targets, imported as ``provision.providers``: the ONE registry of places machines run.
+
+A target is a package ``providers/NAME/`` whose object satisfies ``provision.target.Target``;
+adding one means adding the package and one line to ``_TARGETS`` (the provider ``type`` in a
+cluster spec, and where its object lives). Targets are imported only when a spec uses them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from provision.errors import UsageError
+from provision.target import Target
+
+_TARGETS: dict[str, tuple[str, str]] = {
+    "simulated": ("provision.providers.simulated.target", "SIMULATED"),
+    "simulated-http": ("provision.providers.simulated.target", "SIMULATED_HTTP"),
+    "qemu": ("provision.providers.qemu.target", "QEMU_TARGET"),
+}
+
+
+def target_names() -> tuple[str, ...]:
+    """Every registered provider type, sorted."""
+    return tuple(sorted(_TARGETS))
+
+
+def find_target(name: str) -> Target | None:
+    """The target registered as ``name``, or None."""
+    where = _TARGETS.get(name)
+    if where is None:
+        return None
+    module, attribute = where
+    target = getattr(importlib.import_module(module), attribute)
+    if not isinstance(target, Target):
+        raise TypeError(f"{module}.{attribute} is not a Target")
+    return target
+
+
+def get_target(name: str) -> Target:
+    """The target registered as ``name``; a UsageError naming the known ones otherwise."""
+    target = find_target(name)
+    if target is None:
+        raise UsageError(f"unknown provider type {name!r}", hint="known: " + ", ".join(target_names()))
+    return target

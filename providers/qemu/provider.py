@@ -21,32 +21,26 @@ Provider options: ``stateRoot`` (default ``$PROVISION_STATE`` or ``~/.local/stat
 relative to the cluster file), ``accel``, ``agentPort`` (7080), ``stopTimeout`` (10 s),
 ``pageSize`` (50).
 
-Images: a group's ``image`` is an image spec (``examples/web.yml``: built as kernel+initrd into
-``STATE_ROOT/images/<digest>/`` once per digest), a built artifact (``out/web``: copied there,
-keyed by the sha256 of what boots), or an image digest already in that cache. The digest is
-the image id the engine compares to find out-of-date machines.
+Images come from the image cache (:mod:`provision.providers.qemu.images`): a create names an
+image digest that was published there (the qemu target's ``publish`` and ``resolve_image``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 import shutil
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import requests
-
-from provision.errors import CommandError, ImageNotFoundError, ProvisionError, UsageError
-from provision.providers.qemu.artifact import BootKind, resolve_artifact
+from provision import schema
+from provision.agent import AGENT_PORT, read_agent
+from provision.errors import CommandError, ProvisionError, UsageError
+from provision.providers.qemu.images import resolve_cached_image
 from provision.providers.qemu.state import (
     PortMapping,
     VMInfo,
@@ -55,7 +49,6 @@ from provision.providers.qemu.state import (
     list_vms,
     read_vm,
     vm_dir,
-    write_json_atomic,
 )
 from provision.providers.qemu.vm import VMConfig, VMError, start_vm, stop_vm
 from provision.reconcile.clock import Clock
@@ -69,15 +62,13 @@ from provision.reconcile.provider import (
     ProviderError,
     TransientProviderError,
 )
-from provision.reconcile.spec import GroupSpec, ProviderSpec, parse_duration
+from provision.reconcile.spec import ProviderSpec, parse_duration
+from provision.schema import Field, Schema, check_mapping
 
-AGENT_PORT = 7080
 PRIVATE = "qemu-"  # tag prefix of what this provider records for itself (not shown as tags)
 TAG_KEY = "qemu-key"
 TAG_CREATED = "qemu-created"
 TAG_IMAGE = "qemu-image"
-IMAGE_INFO = "image.json"
-_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _MEM = re.compile(r"(\d+)\s*([MG]i?B?)?", re.IGNORECASE)
 _PORT = re.compile(r"(\d{1,5})(?:/(tcp|udp))?")
 Progress = Callable[[str], None]
@@ -130,55 +121,53 @@ class MachineProperties:
     data: str | None = None
 
 
-def parse_machine_properties(properties: Mapping[str, Any], default_accel: str = "tcg") -> MachineProperties:
-    """Check a qemu group's properties; raise UsageError naming every bad one."""
-    problems: list[str] = []
-    known = {"accel", "mem", "cpus", "ports", "cmdline", "data"}
-    problems += [f"unknown property {key!r} (known: {', '.join(sorted(known))})" for key in properties if key not in known]
-    accel = properties.get("accel", default_accel)
-    if accel not in ("tcg", "kvm", "auto"):
-        problems.append(f"accel must be tcg, kvm or auto, not {accel!r}")
-        accel = "tcg"
-    mem = _parse_mem(properties.get("mem", 512))
-    if mem is None:
-        problems.append(f"mem must be MiB (512) or 512M / 1G, at least 64M, not {properties.get('mem')!r}")
-    cpus = properties.get("cpus", 1)
-    if isinstance(cpus, bool) or not isinstance(cpus, int) or not 1 <= cpus <= 64:
-        problems.append(f"cpus must be a whole number from 1 to 64, not {cpus!r}")
-        cpus = 1
-    ports: list[tuple[int, Literal["tcp", "udp"]]] = []
-    raw_ports = properties.get("ports", [])
-    if not isinstance(raw_ports, list):
-        problems.append("ports must be a list of guest ports, e.g. [80, \"53/udp\"]")
-        raw_ports = []
-    for item in raw_ports:
-        match = _PORT.fullmatch(str(item).strip()) if not isinstance(item, bool) else None
-        if match is None or not 1 <= int(match.group(1)) <= 65535:
-            problems.append(f"ports: {item!r} is not a port (80, or \"53/udp\")")
-            continue
-        ports.append((int(match.group(1)), "udp" if match.group(2) == "udp" else "tcp"))
-    cmdline = properties.get("cmdline", "")
-    if not isinstance(cmdline, str):
-        problems.append("cmdline must be a string")
-        cmdline = ""
-    data = properties.get("data")
-    if data is not None and not isinstance(data, str):
-        problems.append("data must be a string (the user data)")
-        data = None
-    if problems:
-        raise UsageError("invalid qemu properties: " + "; ".join(problems),
-                         hint="see docs/local-cluster.md for the qemu group properties")
-    return MachineProperties(str(accel), mem or 512, cpus, tuple(dict.fromkeys(ports)), cmdline, data)
-
-
 def _parse_mem(value: Any) -> int | None:
+    """MiB: ``512``, ``512M``, ``1G``; at least 64."""
     if isinstance(value, bool):
         return None
     match = _MEM.fullmatch(str(value).strip())
     if match is None:
         return None
     number = int(match.group(1)) * (1024 if (match.group(2) or "").upper().startswith("G") else 1)
-    return number if number >= 64 else None
+    return number if 64 <= number <= 1 << 20 else None
+
+
+def _parse_port(value: Any) -> tuple[int, Literal["tcp", "udp"]] | None:
+    match = _PORT.fullmatch(str(value).strip()) if not isinstance(value, bool) else None
+    if match is None or not 1 <= int(match.group(1)) <= 65535:
+        return None
+    return int(match.group(1)), "udp" if match.group(2) == "udp" else "tcp"
+
+
+ACCELS = ("tcg", "kvm", "auto")
+PROPERTIES = Schema({
+    "accel": Field("tcg, kvm or auto", schema.one_of(*ACCELS), doc="default: the provider's accel"),
+    "mem": Field("MiB (512) or 512M / 1G, at least 64M", _parse_mem, doc="default 512"),
+    "cpus": Field("a whole number from 1 to 64", schema.integer(1, 64), doc="default 1"),
+    "ports": Field('a list of guest ports, e.g. [80, "53/udp"]', schema.list_of(_parse_port, 64)),
+    "cmdline": Field("a string (appended to the kernel command line)", schema.text(max_len=4096)),
+    "data": Field("a string (the user data)", schema.text(max_len=1 << 20)),
+})
+OPTIONS = Schema({
+    "stateRoot": Field("a directory path", schema.text(max_len=4096)),
+    "accel": Field("tcg, kvm or auto", schema.one_of(*ACCELS), doc="default tcg"),
+    "agentPort": Field("a TCP port from 1 to 65535", schema.integer(1, 65535), doc="default 7080"),
+    "stopTimeout": Field("a duration from 1s to 1h, like 10s", schema.duration(1.0, 3600.0), doc="default 10s"),
+    "pageSize": Field("a whole number from 1 to 10000", schema.integer(1, 10_000), doc="default 50"),
+})
+
+
+def parse_machine_properties(properties: Mapping[str, Any], default_accel: str = "tcg") -> MachineProperties:
+    """A qemu group's properties, checked against :data:`PROPERTIES`; a UsageError naming every
+    bad one (the cluster-spec loader reports the same problems located)."""
+    problems = check_mapping(PROPERTIES, properties)
+    if problems:
+        raise UsageError("invalid qemu properties: " + "; ".join(f"{'.'.join(map(str, v.path))}: {v.message}" for v in problems),
+                         hint="see docs/local-cluster.md for the qemu group properties")
+    mem = _parse_mem(properties.get("mem", 512)) or 512
+    ports = [port for item in properties.get("ports", []) if (port := _parse_port(item)) is not None]
+    return MachineProperties(str(properties.get("accel", default_accel)), mem, int(properties.get("cpus", 1)),
+                             tuple(dict.fromkeys(ports)), str(properties.get("cmdline", "")), properties.get("data"))
 
 
 # --------------------------------------------------------------------------- names
@@ -222,8 +211,10 @@ class QemuProvider:
         stop_timeout: float = 10.0,
         page_size: int = 50,
         port_picker: Callable[[Literal["tcp", "udp"]], int] = free_port,
+        base: Path | None = None,
     ) -> None:
         self.name = name
+        self.base = base or Path.cwd()  # relative image paths count from here (the cluster file)
         self.state_root = state_root
         self.clock = clock
         self.launcher: Launcher = launcher or QemuLauncher()
@@ -356,220 +347,21 @@ class QemuProvider:
         return None
 
 
-def state_root_of(spec: ProviderSpec, base: Path) -> Path:
+def state_root_of(spec: ProviderSpec) -> Path:
+    """``options.stateRoot`` (relative to the cluster file), else the default state root."""
     value = spec.options.get("stateRoot")
-    return (base / str(value)).resolve() if value else default_state_root()
+    return (spec.base / str(value)).resolve() if value else default_state_root()
 
 
-def create_qemu_provider(spec: ProviderSpec, clock: Clock, base: Path) -> QemuProvider:
-    """The registry's factory for ``type: qemu``."""
+def create_qemu_provider(spec: ProviderSpec, clock: Clock) -> QemuProvider:
+    """The qemu target's provider for ``spec`` (options checked against :data:`OPTIONS`)."""
     options = spec.options
-    known = {"stateRoot", "accel", "agentPort", "stopTimeout", "pageSize"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise UsageError(f"provider {spec.name!r}: unknown qemu option(s) {', '.join(unknown)}",
-                         hint="known: " + ", ".join(sorted(known)))
-    accel = str(options.get("accel", "tcg"))
-    if accel not in ("tcg", "kvm", "auto"):
-        raise UsageError(f"provider {spec.name!r}: accel must be tcg, kvm or auto")
-    stop_timeout = parse_duration(options.get("stopTimeout", 10.0))
-    agent_port = options.get("agentPort", AGENT_PORT)
-    page_size = options.get("pageSize", 50)
-    if stop_timeout is None:
-        raise UsageError(f"provider {spec.name!r}: stopTimeout must be a duration like 10s")
-    for key, value, top in (("agentPort", agent_port, 65535), ("pageSize", page_size, 10_000)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-            raise UsageError(f"provider {spec.name!r}: {key} must be a whole number from 1 to {top}")
-    return QemuProvider(state_root_of(spec, base), clock, name=spec.name, accel=accel,
-                        agent_port=agent_port, stop_timeout=stop_timeout, page_size=page_size)
+    problems = check_mapping(OPTIONS, options)
+    if problems:
+        raise UsageError(f"provider {spec.name!r}: " + "; ".join(f"options.{'.'.join(map(str, v.path))}: {v.message}" for v in problems))
+    return QemuProvider(state_root_of(spec), clock, name=spec.name, accel=str(options.get("accel", "tcg")),
+                        agent_port=int(options.get("agentPort", AGENT_PORT)),
+                        stop_timeout=parse_duration(options.get("stopTimeout", 10.0)) or 10.0,
+                        page_size=int(options.get("pageSize", 50)), base=spec.base)
 
 
-# --------------------------------------------------------------------------- the agent
-
-
-@dataclass(frozen=True)
-class AgentStatus:
-    """What a machine's agent answers on its port (GET /)."""
-
-    digest: str
-    hostname: str
-    uptime: float
-    services: Mapping[str, str]  # name -> running | restarting | exited | starting
-
-
-def read_agent(host: str, port: int, timeout: float = 2.0) -> AgentStatus | None:
-    """The agent's status, or None when it does not answer (yet) with its JSON."""
-    try:
-        response = requests.get(f"http://{host}:{port}/", timeout=timeout)
-        body = response.json()
-    except (requests.RequestException, ValueError):
-        return None
-    if not isinstance(body, dict) or not response.ok:
-        return None
-    services = body.get("services")
-    states = {str(k): str(v.get("state", "?")) if isinstance(v, dict) else str(v)
-              for k, v in (services.items() if isinstance(services, dict) else ())}
-    uptime = body.get("uptime", 0)
-    return AgentStatus(str(body.get("digest", "")), str(body.get("hostname", "")),
-                       float(uptime) if isinstance(uptime, int | float) else 0.0, states)
-
-
-# --------------------------------------------------------------------------- images
-
-
-class ComponentsMissingError(ProvisionError):
-    """The image spec uses component images (provision/...) that are not built yet."""
-
-
-def image_cache(state_root: Path) -> Path:
-    return state_root / "images"
-
-
-def resolve_cached_image(state_root: Path, image: str) -> Path:
-    """The artifact (for ``start_vm``) an image digest names in the cache."""
-    match = _DIGEST.fullmatch(image)
-    directory = image_cache(state_root) / match.group(1) if match else None
-    info = _read_image_info(directory) if directory is not None else None
-    if directory is None or info is None:
-        raise ProviderError(
-            f"image {image!r} is not in the qemu image cache ({image_cache(state_root)})",
-            hint="give the group's image as an image spec (.yml) or a built artifact; "
-            "`provision up` builds and caches it",
-        )
-    return directory / str(info["artifact"])
-
-
-def _read_image_info(directory: Path) -> dict[str, Any] | None:
-    try:
-        info = json.loads((directory / IMAGE_INFO).read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and "artifact" in info else None
-
-
-def resolve_qemu_image(image: str, group: GroupSpec, provider: ProviderSpec, base_dir: Path,
-                       *, progress: Progress | None = None, store: Any = None) -> str:
-    """A qemu group's image -> its digest, building or caching it first (the engine's seam)."""
-    root = state_root_of(provider, base_dir)
-    if _DIGEST.fullmatch(image):
-        resolve_cached_image(root, image)
-        return image
-    path = (base_dir / image) if not os.path.isabs(image) else Path(image)
-    if path.suffix in (".yml", ".yaml"):
-        if not path.is_file():
-            raise UsageError(f"group {group.name!r}: image spec {path} does not exist")
-        return build_spec_image(path, image_cache(root), progress=progress, store=store)
-    try:
-        return import_artifact(path, image_cache(root), progress=progress)
-    except UsageError as exc:
-        raise UsageError(f"group {group.name!r}: {exc.message}", hint=exc.hint) from exc
-
-
-def _staging(cache: Path) -> Path:
-    cache.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".new-", dir=cache))
-
-
-def _publish(staging: Path, cache: Path, digest: str, artifact: str, source: str) -> None:
-    """Record what boots, then rename the staged directory to the digest's (once)."""
-    write_json_atomic(staging / IMAGE_INFO, {
-        "digest": digest, "artifact": artifact, "source": source,
-        "cached_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    })
-    target = cache / digest.split(":", 1)[1]
-    try:
-        os.rename(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)  # someone cached it meanwhile
-        if _read_image_info(target) is None:
-            raise
-
-
-def digest_artifact(path: Path) -> tuple[str, list[Path]]:
-    """sha256 over what a built artifact boots (kernel, initrd, root image, command line, or
-    the disk or ISO), and those files."""
-    source = resolve_artifact(path)
-    files = [p for p in (source.path, source.initrd, source.root_image) if p is not None]
-    h = hashlib.sha256(b"provision-qemu-artifact-v1\n")
-    h.update(f"{source.kind.value} efi={source.efi}\n".encode())
-    for file in files:
-        with open(file, "rb") as handle:
-            h.update(f"{file.name}\n".encode())
-            while chunk := handle.read(1 << 20):
-                h.update(chunk)
-    if source.kind is BootKind.KERNEL:
-        h.update(f"\ncmdline {source.cmdline}".encode())
-    return "sha256:" + h.hexdigest(), files
-
-
-def import_artifact(path: Path, cache: Path, *, progress: Progress | None = None) -> str:
-    """Copy a built artifact into the cache under its digest (once); return the digest."""
-    digest, files = digest_artifact(path)
-    if _read_image_info(cache / digest.split(":", 1)[1]) is not None:
-        return digest
-    source = resolve_artifact(path)
-    if progress is not None:
-        progress(f"caching {path} as {digest[:19]}")
-    staging = _staging(cache)
-    try:
-        for file in files:
-            shutil.copyfile(file, staging / file.name)
-        if source.kind is BootKind.KERNEL:
-            prefix = source.path.name.removesuffix("-kernel")
-            (staging / f"{prefix}-cmdline").write_text(source.cmdline + "\n")
-        _publish(staging, cache, digest, source.path.name, str(path.resolve()))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return digest
-
-
-def plan_spec_digest(spec_path: Path, store: Any) -> str:
-    """The image digest a build of ``spec_path`` will have (resolving its images in the
-    store, pulling only what is not a provision component)."""
-    from provision.assemble.root import compute_image_digest, list_file_sources, list_image_uses
-    from provision.oci.pull import ensure_image
-    from provision.oci.store import Platform
-    from provision.spec.load import load_spec
-
-    spec = load_spec([spec_path])
-    images = {}
-    missing: list[str] = []
-    for use in list_image_uses(spec):
-        if use.ref in images:
-            continue
-        try:
-            images[use.ref] = ensure_image(store, use.ref, Platform.host(), pull="never")
-        except ImageNotFoundError:
-            if use.ref.split("/", 1)[0] == "provision" or "/provision/" in use.ref:
-                missing.append(use.ref)
-                continue
-            images[use.ref] = ensure_image(store, use.ref, Platform.host(), pull="missing")
-    if missing:
-        raise ComponentsMissingError(
-            f"{spec_path}: the component images {', '.join(dict.fromkeys(missing))} are not built yet",
-            hint="build them first: provision pkg build --all",
-        )
-    return compute_image_digest(spec, images, list_file_sources(spec, spec_path.parent))
-
-
-def build_spec_image(spec_path: Path, cache: Path, *, progress: Progress | None = None, store: Any = None) -> str:
-    """Build an image spec as kernel+initrd into the cache, unless its digest is there already."""
-    from provision.build import build_image
-    from provision.oci.store import ImageStore
-
-    store = store if store is not None else ImageStore.default()
-    digest = plan_spec_digest(spec_path, store)
-    if _read_image_info(cache / digest.split(":", 1)[1]) is not None:
-        return digest
-    if progress is not None:
-        progress(f"building {spec_path} ({digest[:19]})")
-    staging = _staging(cache)
-    try:
-        result = build_image([spec_path], store=store, formats="kernel+initrd", outdir=staging,
-                             progress=progress)
-        _publish(staging, cache, result.image_digest, result.manifest.name, str(spec_path.resolve()))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return result.image_digest

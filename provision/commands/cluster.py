@@ -18,6 +18,7 @@ from provision.fsutil import write_bytes_atomic
 from provision.reconcile.clock import SystemClock
 from provision.reconcile.daemon import Daemon, DaemonOptions, reloader
 from provision.reconcile.engine import Engine
+from provision.reconcile.image import GroupImages
 from provision.reconcile.journal import SqliteStore
 from provision.reconcile.logs import JsonFormatter
 from provision.reconcile.model import Condition
@@ -63,15 +64,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--journal", metavar="PATH", help="journal database (default from the spec)")
 
 
-def _open(args: argparse.Namespace, spec: ClusterSpec) -> tuple[Engine, SqliteStore]:
+def _open(args: argparse.Namespace, spec: ClusterSpec, *, build: bool) -> tuple[Engine, SqliteStore]:
+    """The engine over the spec's providers. ``build``: group images from image specs are built
+    and published (apply); otherwise only their digests are computed (plan, status)."""
     store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
     clock = SystemClock()
-    return Engine(spec, create_providers(spec, clock), store, clock, owner=f"cli:{os.getpid()}"), store
+    providers = create_providers(spec, clock)
+    images = GroupImages(spec, providers, build=build, progress=_say)
+    return Engine(spec, providers, store, clock, owner=f"cli:{os.getpid()}", images=images), store
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def run_plan(args: argparse.Namespace) -> int:
     spec = load_cluster_spec(args.cluster)
-    engine, store = _open(args, spec)
+    engine, store = _open(args, spec, build=False)
     try:
         plan = engine.plan()
     finally:
@@ -95,7 +104,7 @@ def _load_target(path: str) -> tuple[ClusterSpec, ClusterPlan | None]:
 
 def run_apply(args: argparse.Namespace) -> int:
     spec, saved = _load_target(args.cluster)
-    engine, store = _open(args, spec)
+    engine, store = _open(args, spec, build=True)
     try:
         current = engine.plan()
         if saved is not None and current.observed_digest != saved.observed_digest:
@@ -154,7 +163,7 @@ def run_daemon(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     spec = load_cluster_spec(args.cluster)
-    engine, store = _open(args, spec)
+    engine, store = _open(args, spec, build=False)
     try:
         groups: list[dict[str, Any]] = []
         for group in spec.groups:

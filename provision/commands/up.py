@@ -18,10 +18,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from provision.agent import AGENT_PORT, read_agent
 from provision.errors import ProvisionError
+from provision.providers import get_target
 from provision.reconcile.clock import SystemClock
 from provision.reconcile.engine import Engine, PassResult
-from provision.reconcile.image import resolve_group_image
+from provision.reconcile.image import GroupImages
 from provision.reconcile.journal import SqliteStore
 from provision.reconcile.model import Condition, Machine
 from provision.reconcile.provider import (
@@ -35,7 +37,6 @@ from provision.reconcile.provider import (
 from provision.reconcile.registry import create_providers
 from provision.reconcile.spec import ClusterSpec, GroupSpec, load_cluster_spec
 
-AGENT_PORT = 7080
 Say = Callable[[str], None]
 
 
@@ -82,20 +83,11 @@ def _base(spec: ClusterSpec) -> Path:
 # ------------------------------------------------------------------------------------ up
 
 
-def resolve_images(spec: ClusterSpec, say: Say) -> dict[str, str]:
-    """Each group's image id, building (or caching) qemu images first, with progress."""
-    from provision.providers.qemu.provider import parse_machine_properties, resolve_qemu_image
+def check_targets(spec: ClusterSpec) -> None:
+    """The programs every group's target needs, before anything is built or booted."""
+    from provision.runner import require_tools
 
-    images: dict[str, str] = {}
-    for group in spec.groups:
-        provider = spec.providers[group.provider]
-        if provider.type == "qemu":
-            parse_machine_properties(group.properties, str(provider.options.get("accel", "tcg")))
-            images[group.name] = resolve_qemu_image(group.image, group, provider, _base(spec), progress=say)
-        else:
-            images[group.name] = resolve_group_image(group, provider, _base(spec))
-        say(f"group {group.name}: image {images[group.name]}")
-    return images
+    require_tools(tool for g in spec.groups for tool in get_target(spec.providers[g.provider].type).tools)
 
 
 def _summary(machines: tuple[Machine, ...], config: str) -> str:
@@ -129,19 +121,16 @@ def converge_cluster(engine: Engine, say: Say, *, timeout: float, interval: floa
 
 
 def _consoles(engine: Engine) -> list[str]:
-    """The serial logs of the qemu machines that are not available."""
-    from provision.providers.qemu.provider import QemuProvider
-
+    """Where the machines that are not available (and the last ones that ended) printed."""
     found = []
     for group in engine.spec.groups:
-        inner = getattr(engine.providers[group.provider], "inner", None)
-        if not isinstance(inner, QemuProvider):
-            continue
-        ids = [m.id for m in engine.observe(group).machines if m.id is not None and m.condition is not Condition.AVAILABLE]
-        listed = list_all(inner, {TAG_CLUSTER: engine.spec.name, TAG_GROUP: group.name})[0]
+        target = get_target(engine.spec.providers[group.provider].type)
+        provider = engine.providers[group.provider]
+        unavailable = {m.id for m in engine.observe(group).machines if m.id is not None and m.condition is not Condition.AVAILABLE}
+        listed = list_all(provider, {TAG_CLUSTER: engine.spec.name, TAG_GROUP: group.name})[0]
         dead = sorted((i for i in listed if i.state is InstanceState.TERMINATED), key=lambda i: -i.created_at)
-        ids += [i.id for i in dead[:3]]  # VMs whose QEMU ended (a panic, a poweroff)
-        found += [str(inner.state_root / "vms" / name / "serial.log") for name in ids]
+        chosen = [i for i in listed if i.id in unavailable] + dead[:3]  # ended: a panic, a poweroff
+        found += target.consoles(provider, chosen)
     return found
 
 
@@ -164,18 +153,17 @@ def _report(engine: Engine, group: GroupSpec, result: PassResult, last: dict[str
         last[group.name] = text
 
 
-def collect_status(engine: Engine, images: Mapping[str, str]) -> dict[str, Any]:
+def collect_status(engine: Engine) -> dict[str, Any]:
     """The cluster's machines, each with its address and what its agent says."""
-    from provision.providers.qemu.provider import read_agent
-
     groups = []
     for group in engine.spec.groups:
         provider = engine.providers[group.provider]
+        target = get_target(engine.spec.providers[group.provider].type)
         _image, config = engine.desired(group)
         observation = engine.observe(group)
         instances = {i.id: i for i in list_all(provider, {TAG_CLUSTER: engine.spec.name, TAG_GROUP: group.name})[0]}
         port = group.health.port or AGENT_PORT
-        declared = _declared_ports(group)
+        declared = target.declared_ports(group.properties)
         machines = []
         for m in observation.machines:
             instance = instances.get(m.id or "")
@@ -194,23 +182,10 @@ def collect_status(engine: Engine, images: Mapping[str, str]) -> dict[str, Any]:
                 "ports": published,
             })
         groups.append({
-            "group": group.name, "provider": group.provider, "image": images[group.name],
+            "group": group.name, "provider": group.provider, "image": engine.images.image(group).id,
             "source": group.image, "desired": group.desired, "machines": machines,
         })
     return {"cluster": engine.spec.name, "groups": groups}
-
-
-def _declared_ports(group: GroupSpec) -> list[int]:
-    """The TCP guest ports a group's properties publish (qemu's ``ports``)."""
-    ports = group.properties.get("ports", [])
-    found = []
-    for item in ports if isinstance(ports, list) else []:
-        text = str(item)
-        if text.isdigit():
-            found.append(int(text))
-        elif text.endswith("/tcp") and text[:-4].isdigit():
-            found.append(int(text[:-4]))
-    return found
 
 
 def render_status(status: Mapping[str, Any]) -> str:
@@ -232,14 +207,12 @@ def render_status(status: Mapping[str, Any]) -> str:
 def run_up(args: argparse.Namespace) -> int:
     say = _progress(args.quiet)
     spec = load_cluster_spec(args.cluster)
-    if any(spec.providers[g.provider].type == "qemu" for g in spec.groups):
-        from provision.providers.qemu.accel import QEMU
-        from provision.runner import require_tools
-
-        require_tools([QEMU])  # before building anything
+    check_targets(spec)
     clock = SystemClock()
     providers = create_providers(spec, clock)
-    images = resolve_images(spec, say)
+    images = GroupImages(spec, providers, build=True, progress=say)
+    for group in spec.groups:
+        say(f"group {group.name}: image {images.image(group).id}")
     store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
     engine = Engine(spec, providers, store, clock, owner=f"up:{os.getpid()}", images=images)
     started = time.monotonic()
@@ -254,7 +227,7 @@ def run_up(args: argparse.Namespace) -> int:
             return 130
         finally:
             engine.release()
-        status = collect_status(engine, images)
+        status = collect_status(engine)
     finally:
         store.close()
     status["seconds"] = round(time.monotonic() - started, 1)

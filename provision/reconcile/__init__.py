@@ -3,8 +3,8 @@
 Public API (import from the modules):
   spec:     parse_cluster_spec, load_cluster_spec, ClusterSpec, GroupSpec, config_digest
   provider: Provider, HealthSource, Instance, CreateRequest, Page, list_all, TAG_*, the error classes
-  image:    resolve_group_image, register_image_builder   (the build pipeline's seam)
-  registry: create_providers, register_provider            (provider types by name)
+  image:    GroupImages (a group's image id: planned, or built and published by its target)
+  registry: create_providers                               (providers made by their targets)
   engine:   Engine (plan, reconcile, converge)
   plan:     ClusterPlan, render_plan_table
   journal:  Store (Protocol), SqliteStore

@@ -123,7 +123,7 @@ class Daemon:
             else:
                 if spec.digest != self.engine.spec.digest:
                     self.engine.spec = spec
-                    self.engine._images.clear()
+                    self.engine.images.clear()
                     self.engine.store.put_desired(spec.name, spec.digest, spec.source_text, self.engine.epoch)
                     log_event("spec-reloaded", cluster=spec.name, digest=spec.digest)
                     self._start_groups()

@@ -8,15 +8,15 @@ boundary so tests can crash the engine there.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from provision.reconcile.clock import Clock
-from provision.reconcile.image import resolve_group_image
+from provision.reconcile.image import GroupImages
 from provision.reconcile.journal import Intent, KnownInstance, Store
 from provision.reconcile.logs import log_event
 from provision.reconcile.metrics import Metrics
@@ -92,7 +92,7 @@ class Engine:
         metrics: Metrics | None = None,
         backoff: Backoff | None = None,
         grace: float = 300.0,
-        images: Mapping[str, str] | None = None,
+        images: GroupImages | Mapping[str, str] | None = None,
     ) -> None:
         self.spec = spec
         self.store = store
@@ -104,7 +104,12 @@ class Engine:
         self.backoff = backoff or Backoff(clock)
         self.grace = grace
         self.epoch = 0
-        self._images = dict(images or {})
+        # Each group's image: built and published on first use unless the caller decides
+        # (a plan passes GroupImages(build=False); fixed ids come as a mapping).
+        if isinstance(images, GroupImages):
+            self.images = images
+        else:
+            self.images = GroupImages(spec, providers, build=True, fixed=images)
         self._configs_written: set[str] = set()
         self._scope_created: dict[str, int] = {}  # creates made under a saved plan, per group
         self.providers: dict[str, PacedProvider] = {}
@@ -132,11 +137,7 @@ class Engine:
 
     def desired(self, group: GroupSpec) -> tuple[str, str]:
         """(image id, config digest) the group's machines should have."""
-        image = self._images.get(group.name)
-        if image is None:
-            base = Path(self.spec.source_file).parent if not self.spec.source_file.startswith("<") else Path.cwd()
-            image = resolve_group_image(group, self.spec.providers[group.provider], base)
-            self._images[group.name] = image
+        image = self.images.image(group).id
         config = config_digest(image, group.properties)
         if config not in self._configs_written:
             self.store.put_config(config, image, dict(group.properties))
@@ -163,7 +164,9 @@ class Engine:
         def trigger(m: Machine) -> str:
             return describe_trigger(m, image, group.properties, self.store.config)
 
-        return plan_group(group, image, config, observation, trigger)
+        plan = plan_group(group, image, config, observation, trigger)
+        note = self.images.image(group).note()
+        return dataclasses.replace(plan, notes=(note, *plan.notes)) if note else plan
 
     # -- one pass --------------------------------------------------------------------------
 

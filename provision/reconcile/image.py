@@ -1,63 +1,162 @@
-"""Turning a group's ``image`` into the id its provider launches.
+"""Turning a group's ``image`` into the id its provider launches, for every target alike.
 
-``image`` is either an id the provider already knows (an AMI, a simulated image name, a digest)
-or the path of an image spec to build. Building is the build pipeline's job: it registers a
-builder with :func:`register_image_builder`, and :func:`resolve_group_image` calls it (for qemu
-the result is the built artifact's digest). Until one is registered, a spec path is an error
-with a hint rather than a silent guess.
+``image`` is either the path of an image spec (``web.yml``) or anything else the group's target
+understands (an AMI id, a simulated image name, a qemu image digest or built artifact: the
+target's ``resolve_image``).
+
+For an image spec, :class:`GroupImages` works in one of two modes:
+
+* **plan** (``build=False``): nothing is assembled, built or uploaded. The image digest is
+  computed from the spec, its input images' manifest digests and its ``files`` sources
+  (:func:`provision.image_digest.plan_image_digest`); when the target has that digest published
+  already (``find_image``) its id is used, otherwise the digest stands in for the id and the
+  plan notes ``image: will build sha256:... (web.yml)``;
+* **apply** (``build=True``, what ``apply``, ``up`` and the daemon use): the spec is built in
+  the target's first format into the artifact cache (``artifacts/<digest hex>/<format>/``, once
+  per digest), published through the target (idempotent by digest), and the published id is
+  launched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from provision.errors import ProvisionError
-from provision.reconcile.spec import GroupSpec, ProviderSpec
+from provision.oci.store import ImageStore
+from provision.providers import get_target
+from provision.reconcile.provider import Provider
+from provision.reconcile.spec import ClusterSpec, GroupSpec
+from provision.target import Artifact, read_artifact
 
-ImageBuilder = Callable[[Path, GroupSpec, ProviderSpec], str]
-_builder: ImageBuilder | None = None
-# A provider type that turns ``image`` into an id itself (qemu: build a spec or take a built
-# artifact, return its digest) is asked first, with the image text as written.
-ImageResolver = Callable[[str, GroupSpec, ProviderSpec, Path], str]
-_resolvers: dict[str, ImageResolver] = {}
-
-
-def register_image_resolver(provider_type: str, resolver: ImageResolver) -> None:
-    _resolvers[provider_type] = resolver
-
-
-def _resolver_for(provider_type: str) -> ImageResolver | None:
-    if provider_type == "qemu" and "qemu" not in _resolvers:
-        from provision.providers.qemu.provider import resolve_qemu_image
-
-        _resolvers["qemu"] = resolve_qemu_image
-    return _resolvers.get(provider_type)
-
-
-def register_image_builder(builder: ImageBuilder | None) -> None:
-    """Install the function that builds an image spec and returns the id to launch."""
-    global _builder
-    _builder = builder
+Progress = Callable[[str], None]
 
 
 def is_image_spec_path(image: str) -> bool:
-    return image.endswith((".yml", ".yaml")) or "/" in image and Path(image).suffix in (".yml", ".yaml")
+    return Path(image).suffix in (".yml", ".yaml")
 
 
-def resolve_group_image(group: GroupSpec, provider: ProviderSpec, base_dir: Path) -> str:
-    """The image id the group's machines should run (building it first when it is a spec)."""
-    resolver = _resolver_for(provider.type)
-    if resolver is not None:
-        return resolver(group.image, group, provider, base_dir)
-    if not is_image_spec_path(group.image):
-        return group.image
-    path = (base_dir / group.image).resolve()
-    if _builder is None:
-        raise ProvisionError(
-            f"group {group.name!r}: image {group.image!r} is an image spec, and no image builder is available",
-            hint="build it with `provision build` and put the resulting image id in the cluster spec",
-        )
-    if not path.is_file():
-        raise ProvisionError(f"group {group.name!r}: image spec {path} does not exist")
-    return _builder(path, group, provider)
+def default_artifact_cache() -> Path:
+    """``$PROVISION_ARTIFACTS``, else ``$XDG_CACHE_HOME/provision/artifacts``, else
+    ``~/.cache/provision/artifacts``: builds of group images, one directory per digest."""
+    explicit = os.environ.get("PROVISION_ARTIFACTS")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "provision" / "artifacts"
+
+
+@dataclass(frozen=True)
+class GroupImage:
+    """A group's image: the id to launch, and for an image spec its digest and whether it
+    still has to be built and published (only in plan mode)."""
+
+    id: str
+    source: str
+    digest: str | None = None
+    pending: bool = False
+
+    def note(self) -> str | None:
+        if self.pending:
+            return f"image: will build {self.digest} ({self.source})"
+        return None
+
+
+class GroupImages:
+    """Each group's :class:`GroupImage`, resolved once per group (``clear`` forgets them, as a
+    resync does). ``fixed`` maps group names to ids given by the caller (nothing resolved)."""
+
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        providers: Mapping[str, Provider],
+        *,
+        build: bool,
+        store: ImageStore | None = None,
+        artifacts: Path | None = None,
+        progress: Progress | None = None,
+        fixed: Mapping[str, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.providers = providers
+        self.build = build
+        self._store = store
+        self.artifacts = artifacts or default_artifact_cache()
+        self.progress = progress
+        self.fixed = dict(fixed or {})
+        self._resolved: dict[str, GroupImage] = {}
+
+    @property
+    def store(self) -> ImageStore:
+        if self._store is None:
+            self._store = ImageStore.default()
+        return self._store
+
+    def clear(self) -> None:
+        self._resolved.clear()
+
+    def image(self, group: GroupSpec) -> GroupImage:
+        found = self._resolved.get(group.name)
+        if found is None:
+            found = self._resolve(group)
+            self._resolved[group.name] = found
+        return found
+
+    def _say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+    def _resolve(self, group: GroupSpec) -> GroupImage:
+        if group.name in self.fixed:
+            return GroupImage(self.fixed[group.name], group.image)
+        pspec = self.spec.providers[group.provider]
+        target = get_target(pspec.type)
+        provider = self.providers[group.provider]
+        if not is_image_spec_path(group.image):
+            return GroupImage(target.resolve_image(provider, group.image, self.progress), group.image)
+        from provision.image_digest import plan_image_digest
+
+        path = (pspec.base / group.image).resolve()
+        if not path.is_file():
+            raise ProvisionError(f"group {group.name!r}: image spec {path} does not exist")
+        digest = plan_image_digest([path], self.store)
+        published = target.find_image(provider, digest)
+        if published is not None:
+            return GroupImage(published, group.image, digest)
+        if not self.build:
+            return GroupImage(digest, group.image, digest, pending=True)
+        artifact = self.build_artifact(path, digest, target.formats[0])
+        ref = target.publish(provider, artifact, self.progress)
+        self._say(f"group {group.name}: published {digest[:19]} as {ref.id}")
+        return GroupImage(ref.id, group.image, digest)
+
+    def build_artifact(self, spec_path: Path, digest: str, fmt: str) -> Artifact:
+        """The ``fmt`` build of ``spec_path`` from the artifact cache, building it once."""
+        from provision.build import build_image
+
+        name = spec_path.name.split(".")[0] or "image"
+        final = self.artifacts / digest.split(":", 1)[1] / fmt.replace("+", "-")
+        manifest = final / f"{name}.manifest.json"
+        if manifest.is_file():
+            return read_artifact(manifest, fmt)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
+        try:
+            self._say(f"building {spec_path} as {fmt} ({digest[:19]})")
+            result = build_image([spec_path], store=self.store, formats=fmt, outdir=staging, name=name,
+                                 progress=self.progress)
+            if result.image_digest != digest:
+                raise ProvisionError(f"{spec_path}: the build's digest {result.image_digest} is not the planned {digest}",
+                                     hint="an input changed during the build; run again")
+            try:
+                os.rename(staging, final)
+            except OSError:
+                if not (final / f"{name}.manifest.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return read_artifact(manifest, fmt)

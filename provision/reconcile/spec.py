@@ -82,10 +82,15 @@ class HealthPolicy:
 
 @dataclass(frozen=True)
 class ProviderSpec:
+    """A provider of a cluster spec: its target ``type`` and that target's ``options`` (checked
+    against the target's schema). ``base`` is the cluster file's directory: relative paths in
+    ``options`` count from there."""
+
     name: str
     type: str
     rate_limit: float | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    base: Path = field(default_factory=Path.cwd)
 
 
 @dataclass(frozen=True)
@@ -265,14 +270,15 @@ def parse_cluster_spec(text: str, file: str = "<cluster>") -> ClusterSpec:
     r = _Reader(root, file)
     top = r.mapping(root, (), {"cluster", "providers", "groups", "journal", "daemon"}, {"cluster", "groups"})
     name = r.name(top.get("cluster"), ("cluster",)) if "cluster" in top else "cluster"
-    providers = _parse_providers(r, top.get("providers"))
-    groups = _parse_groups(r, top.get("groups"), providers)
+    base = (Path(file).parent if file and not file.startswith("<") else Path.cwd()).absolute()
+    providers = _parse_providers(r, top.get("providers"), base)
+    groups = _parse_groups(r, top.get("groups"), providers, base)
+    check_target_settings(r, top, providers, groups)
     daemon = _parse_daemon(r, top.get("daemon"))
     journal_value = top.get("journal")
     if journal_value is not None and not isinstance(journal_value, str):
         r.fail(("journal",), "must be a path")
         journal_value = None
-    base = Path(file).parent if file and not file.startswith("<") else Path.cwd()
     journal = base / journal_value if journal_value else default_journal(name)
     if r.problems:
         raise SpecError(r.problems, hint="see docs/cluster-spec.md for the format")
@@ -287,7 +293,7 @@ def load_cluster_spec(path: str | Path) -> ClusterSpec:
     return parse_cluster_spec(text, str(file))
 
 
-def _parse_providers(r: _Reader, value: Any) -> dict[str, ProviderSpec]:
+def _parse_providers(r: _Reader, value: Any, base: Path) -> dict[str, ProviderSpec]:
     result: dict[str, ProviderSpec] = {}
     if value is None:
         return result
@@ -310,11 +316,11 @@ def _parse_providers(r: _Reader, value: Any) -> dict[str, ProviderSpec]:
         if not isinstance(options, dict):
             r.fail((*path, "options"), "must be a mapping")
             options = {}
-        result[name] = ProviderSpec(name, kind, float(rate) if rate else None, options)
+        result[name] = ProviderSpec(name, kind, float(rate) if rate else None, options, base)
     return result
 
 
-def _parse_groups(r: _Reader, value: Any, providers: dict[str, ProviderSpec]) -> tuple[GroupSpec, ...]:
+def _parse_groups(r: _Reader, value: Any, providers: dict[str, ProviderSpec], base: Path) -> tuple[GroupSpec, ...]:
     if not isinstance(value, list) or not value:
         r.fail(("groups",), "must be a non-empty list of groups")
         return ()
@@ -333,7 +339,8 @@ def _parse_groups(r: _Reader, value: Any, providers: dict[str, ProviderSpec]) ->
             r.fail((*path, "provider"), "must name a provider")
         provider = str(provider or "")
         if provider and provider not in providers and NAME.fullmatch(provider):
-            providers[provider] = ProviderSpec(provider, provider)
+            # A group may name a provider type directly (default options).
+            providers[provider] = ProviderSpec(provider, provider, base=base)
         image = fields.get("image")
         if "image" in fields and (not isinstance(image, str) or not image.strip()):
             r.fail((*path, "image"), "must be an image id or the path of an image spec")
@@ -346,6 +353,40 @@ def _parse_groups(r: _Reader, value: Any, providers: dict[str, ProviderSpec]) ->
         health = _parse_health(r, fields.get("health"), (*path, "health"))
         groups.append(GroupSpec(name, provider, str(image or ""), size, members, properties, update, health))
     return tuple(groups)
+
+
+def check_target_settings(r: _Reader, top: Mapping[str, Any], providers: Mapping[str, ProviderSpec],
+                          groups: tuple[GroupSpec, ...]) -> None:
+    """Each provider's type is a registered target, its ``options`` and its groups'
+    ``properties`` match that target's schemas; every problem located."""
+    from provision.providers import find_target, target_names
+    from provision.schema import Schema, check_mapping
+
+    raw = top.get("providers")
+    declared: dict[str, Any] = {str(k): v for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+    def check(schema: Schema, value: Mapping[str, Any], path: KeyPath) -> None:
+        for violation in check_mapping(schema, value):
+            r.fail((*path, *violation.path), violation.message, at_key=violation.at_key)
+
+    known = ", ".join(target_names())
+    for name, pspec in providers.items():
+        target = find_target(pspec.type)
+        if name in declared:
+            path: KeyPath = ("providers", name)
+            if target is None:
+                where = (*path, "type") if isinstance(declared.get(name), dict) and "type" in declared[name] else path
+                r.fail(where, f"unknown provider type {pspec.type!r} (known: {known})")
+            else:
+                check(target.options, pspec.options, (*path, "options"))
+    for index, group in enumerate(groups):
+        used = providers.get(group.provider)
+        target = find_target(used.type) if used is not None else None
+        if used is not None and target is None and group.provider not in declared:
+            r.fail(("groups", index, "provider"),
+                   f"{group.provider!r} is neither a provider declared under providers: nor a provider type (known: {known})")
+        if target is not None:
+            check(target.properties, group.properties, ("groups", index, "properties"))
 
 
 def _parse_size(r: _Reader, fields: dict[str, Any], path: KeyPath) -> tuple[int | None, tuple[str, ...] | None]:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from standin import host_kernel, write_standin
 
-from provision.providers.qemu.provider import read_agent
+from provision.agent import read_agent
 from provision.providers.qemu.state import list_vms
 
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(400)]
@@ -59,11 +59,11 @@ def provision(*args: str, cwd: Path, timeout: float = 150) -> subprocess.Complet
 @pytest.fixture(scope="session")
 def components() -> Path:
     """The component images web.yml uses, built by `provision pkg build` (unless there)."""
+    from provision.image_digest import ComponentsMissingError, plan_image_digest
     from provision.oci.store import ImageStore
-    from provision.providers.qemu.provider import ComponentsMissingError, plan_spec_digest
 
     try:
-        plan_spec_digest(REPO / "examples/web.yml", ImageStore(COMPONENTS))
+        plan_image_digest([REPO / "examples/web.yml"], ImageStore(COMPONENTS))
     except ComponentsMissingError:
         done = provision("pkg", "build", "-q", *WEB_COMPONENTS, cwd=REPO, timeout=600)
         assert done.returncode == 0, done.stderr

@@ -9,19 +9,14 @@ from pathlib import Path
 import pytest
 
 from provision.errors import UsageError
-from provision.providers.qemu.provider import (
-    ComponentsMissingError,
-    QemuProvider,
-    image_cache,
-    import_artifact,
-    resolve_cached_image,
-    resolve_qemu_image,
-    vm_name_for,
-)
+from provision.image_digest import ComponentsMissingError
+from provision.providers.qemu.images import image_cache, import_artifact, resolve_cached_image
+from provision.providers.qemu.provider import QemuProvider, vm_name_for
 from provision.providers.qemu.state import VMInfo
 from provision.providers.qemu.vm import VMConfig
 from provision.reconcile.clock import FakeClock
 from provision.reconcile.engine import Engine
+from provision.reconcile.image import GroupImages
 from provision.reconcile.journal import SqliteStore
 from provision.reconcile.provider import (
     TAG_CLUSTER,
@@ -192,7 +187,8 @@ def test_bad_properties_are_refused_all_at_once(cached_image: tuple[Path, str]) 
     with pytest.raises(ProviderError) as caught:
         provider.create_instance(_request("c1/web/00001/1", digest, accel="xen", mem="lots", memory=1))
     message = caught.value.message
-    assert "accel" in message and "mem must" in message and "'memory'" in message
+    assert "accel: must be tcg, kvm or auto" in message and "mem: must be MiB" in message
+    assert "memory: unknown key" in message
     assert launcher.started == []
 
 
@@ -219,8 +215,10 @@ def test_an_image_spec_with_unbuilt_components_says_how_to_build_them(tmp_path: 
         "cluster: c1\ngroups:\n- {name: web, provider: qemu, image: web.yml, size: 1}\n", str(REPO / "examples/x.yml")
     )
     group = spec.groups[0]
+    providers = create_providers(spec, FakeClock())
+    images = GroupImages(spec, providers, build=False, store=ImageStore(tmp_path / "oci"), artifacts=tmp_path / "art")
     with pytest.raises(ComponentsMissingError) as caught:
-        resolve_qemu_image(group.image, group, spec.providers["qemu"], REPO / "examples", store=ImageStore(tmp_path / "oci"))
+        images.image(group)
     assert "provision/kernel:" in caught.value.message and "provision/agent:" in caught.value.message
     assert caught.value.hint == "build them first: provision pkg build --all"
 

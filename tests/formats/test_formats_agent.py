@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from formats_testkit import provision_cli, write_agent_spec
 
+from provision.agent import AgentStatus, read_agent
 from provision.builders.formats import boot_method
-from provision.providers.qemu.provider import AgentStatus, read_agent
 from provision.providers.qemu.state import pid_is_vm
 from provision.providers.qemu.vm import PortMapping, VMConfig, start_vm, stop_vm
 

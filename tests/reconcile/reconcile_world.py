@@ -28,6 +28,8 @@ def make_spec(
     count = f"members: [{', '.join(members)}]" if members is not None else f"size: {size}"
     text = f"""
 cluster: demo
+providers:
+  sim: {{type: simulated}}
 groups:
   - name: web
     provider: sim

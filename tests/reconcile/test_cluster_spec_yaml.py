@@ -11,7 +11,7 @@ from provision.errors import SpecError
 from provision.reconcile.spec import load_cluster_spec, mark_at, parse_cluster_spec
 from provision.spec.source import Mark, parse_yaml_text
 
-GOOD = "cluster: demo\ngroups:\n  - name: web\n    provider: sim\n    image: img\n    size: 2\n"
+GOOD = "cluster: demo\ngroups:\n  - name: web\n    provider: simulated\n    image: img\n    size: 2\n"
 
 
 def problems(text: str) -> list[str]:

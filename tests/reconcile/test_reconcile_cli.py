@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from provision.cli import main
-from provision.providers.simulated.cloud import load_cloud, save_cloud
+from provision.providers.simulated.persistence import load_cloud, save_cloud
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from provision.providers.simulated.cloud import SimulatedCloud, serve_simulated_cloud
+from provision.providers.simulated.cloud import SimulatedCloud
+from provision.providers.simulated.server import serve_simulated_cloud
 
 SPEC = """
 cluster: demo

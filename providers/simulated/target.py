@@ -1,0 +1,92 @@
+"""The simulated targets: ``simulated`` (in the process, or kept in the JSON file
+``options.state``) and ``simulated-http`` (a cloud served by
+``python -m provision.providers.simulated.server`` at ``options.url``).
+
+They launch any image id; an image spec is built as kernel+initrd and published by registering
+its digest with the cloud (one image id per digest). Properties are free-form (the simulated
+cloud keeps them as given)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from provision import schema
+from provision.providers.simulated.client import HttpSimulatedProvider
+from provision.providers.simulated.cloud import SimulatedCloud, SimulatedProvider
+from provision.providers.simulated.persistence import FileSimulatedProvider
+from provision.reconcile.clock import Clock
+from provision.reconcile.provider import Instance, Provider
+from provision.reconcile.spec import ProviderSpec
+from provision.schema import Field, Schema
+from provision.target import Artifact, Progress, PublishedImage, own_provider
+
+LOCAL_URL = r"http://127\.0\.0\.1:\d{1,5}/?"
+
+
+@dataclass(frozen=True)
+class SimulatedTarget:
+    """``simulated``: a cloud in the process's memory, or kept in the file ``options.state``."""
+
+    name: str = "simulated"
+    formats: tuple[str, ...] = ("kernel+initrd",)
+    options: Schema = Schema({"state": Field("a file path (the cloud's JSON state)", schema.text(max_len=4096))})
+    properties: Schema = Schema(open=True)
+    tools: tuple[str, ...] = ()
+
+    def create_provider(self, spec: ProviderSpec, clock: Clock) -> SimulatedProvider:
+        state = spec.options.get("state")
+        if state:
+            return FileSimulatedProvider(str(spec.base / str(state)), clock, spec.name)
+        return SimulatedProvider(SimulatedCloud(clock), spec.name)
+
+    def find_image(self, provider: Provider, digest: str) -> str | None:
+        return own_provider(provider, SimulatedProvider, self.name).cloud.find_image(digest)
+
+    def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
+        image_id, reused = own_provider(provider, SimulatedProvider, self.name).register_image(artifact.digest)
+        return PublishedImage(image_id, artifact.digest, reused)
+
+    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None) -> str:
+        return image
+
+    def consoles(self, provider: Provider, instances: Sequence[Instance]) -> list[str]:
+        return []
+
+    def declared_ports(self, properties: Mapping[str, Any]) -> tuple[int, ...]:
+        return ()
+
+
+@dataclass(frozen=True)
+class SimulatedHttpTarget:
+    """``simulated-http``: the cloud of another process, over its HTTP API."""
+
+    name: str = "simulated-http"
+    formats: tuple[str, ...] = ("kernel+initrd",)
+    options: Schema = Schema({"url": Field("http://127.0.0.1:PORT", schema.text(LOCAL_URL), required=True)})
+    properties: Schema = Schema(open=True)
+    tools: tuple[str, ...] = ()
+
+    def create_provider(self, spec: ProviderSpec, clock: Clock) -> HttpSimulatedProvider:
+        return HttpSimulatedProvider(str(spec.options["url"]), spec.name)
+
+    def find_image(self, provider: Provider, digest: str) -> str | None:
+        return own_provider(provider, HttpSimulatedProvider, self.name).find_image(digest)
+
+    def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
+        image_id, reused = own_provider(provider, HttpSimulatedProvider, self.name).register_image(artifact.digest)
+        return PublishedImage(image_id, artifact.digest, reused)
+
+    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None) -> str:
+        return image
+
+    def consoles(self, provider: Provider, instances: Sequence[Instance]) -> list[str]:
+        return []
+
+    def declared_ports(self, properties: Mapping[str, Any]) -> tuple[int, ...]:
+        return ()
+
+
+SIMULATED = SimulatedTarget()
+SIMULATED_HTTP = SimulatedHttpTarget()
