@@ -26,7 +26,7 @@ APT_PACKAGES=(
 # One dpkg-query for all packages; a package dpkg has never heard of prints nothing.
 declare -A installed=()
 while read -r pkg state; do
-  [ "$state" = "install ok installed" ] && installed[$pkg]=1
+  if [ "$state" = "install ok installed" ]; then installed[$pkg]=1; fi
 done < <(dpkg-query -W -f='${Package} ${Status}\n' "${APT_PACKAGES[@]}" 2>/dev/null || true)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -35,8 +35,9 @@ done
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   say "installing Debian packages: ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $SUDO apt-get update -qq || die "apt-get update failed (its error is above)"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install failed (its error is above)"
 fi
 
 # The interpreter the venv must run: Debian's unless $PYTHON names another one.
