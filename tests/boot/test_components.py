@@ -91,12 +91,10 @@ def test_examples_use_only_provision_components(example: str) -> None:
         assert (REPO / "pkg" / match.group(1) / "build.yml").is_file(), ref
 
 
-def current_tag(name: str) -> str | None:
-    """`provision pkg tag pkg/NAME`, or None while that command does not exist."""
+def current_tag(name: str) -> str:
+    """The tag `provision pkg tag pkg/NAME` gives the component now."""
     done = subprocess.run([sys.executable, "-m", "provision", "pkg", "tag", f"pkg/{name}"],
                           capture_output=True, text=True, cwd=REPO)  # fmt: skip
-    if done.returncode == 2 and "invalid choice" in done.stderr:
-        return None
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().rsplit(":", 1)[-1]
 
@@ -106,6 +104,4 @@ def test_examples_reference_the_current_tags(example: str) -> None:
     for ref in example_refs(example):
         name, tag = ref.removeprefix("provision/").split(":")
         current = current_tag(name)
-        if current is None:
-            pytest.skip("`provision pkg tag` is not available yet")
         assert tag == current, f"{example}: {ref} but pkg/{name} is now {current}"

@@ -131,7 +131,7 @@ def write_web_variants(tmp_path: Path) -> None:
 @pytest.fixture(params=["standin", "web"])
 def workdir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, Variant]]:
     if host_kernel() is None or not Path("/bin/busybox").is_file():
-        pytest.skip("needs linux-image-cloud-amd64 and busybox-static")
+        pytest.fail("needs linux-image-cloud-amd64 and busybox-static (see scripts/setup.sh)")
     if request.param == "standin":
         write_standin(tmp_path / "v1", "v1")
         write_standin(tmp_path / "v2", "v2")

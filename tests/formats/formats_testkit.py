@@ -56,7 +56,7 @@ poweroff -f
 def find_kernel() -> Path:
     kernels = sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"))
     if not kernels:
-        pytest.skip("no Debian cloud kernel installed (apt-get install linux-image-cloud-amd64)")
+        pytest.fail("no Debian cloud kernel installed (apt-get install linux-image-cloud-amd64, see scripts/setup.sh)")
     return Path(kernels[-1])
 
 

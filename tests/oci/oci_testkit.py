@@ -56,7 +56,7 @@ class Registry:
 
 def start_registry(tmp: Path, *, htpasswd: bool = False) -> Registry:
     if shutil.which("docker-registry") is None:
-        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+        pytest.fail("docker-registry is not installed (apt-get install docker-registry, see scripts/setup.sh)")
     port = free_port()
     storage = tmp / "storage"
     storage.mkdir(parents=True)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.registry
 
 def skopeo(tmp_path: Path, *args: str) -> str:
     if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed (apt-get install skopeo)")
+        pytest.fail("skopeo is not installed (apt-get install skopeo, see scripts/setup.sh)")
     policy = tmp_path / "policy.json"
     policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
     result = subprocess.run(
@@ -100,7 +100,7 @@ def test_provision_pulls_docker_schema2_images(
 
 def test_umoci_unpacks_an_image_from_the_store(store: ImageStore, tmp_path: Path) -> None:
     if shutil.which("umoci") is None:
-        pytest.skip("umoci is not installed (apt-get install umoci)")
+        pytest.fail("umoci is not installed (apt-get install umoci, see scripts/setup.sh)")
     make_image(store, "127.0.0.1:5000/team/unpack:1", {"bin/hello": b"#!/bin/sh\necho hi\n"})
     bundle = tmp_path / "bundle"
     result = subprocess.run(

@@ -21,7 +21,7 @@ def test_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A build-output prefix (``.../tiny``): tiny-kernel, tiny-initrd.img, tiny-cmdline."""
     found = host_kernel()
     if found is None or not BUSYBOX.is_file():
-        pytest.skip("needs linux-image-cloud-amd64 (kernel + modules) and busybox-static")
+        pytest.fail("needs linux-image-cloud-amd64 (kernel + modules) and busybox-static (see scripts/setup.sh)")
     kernel, modules_dir = found
     order = module_order(modules_dir, MODULES)
     entries: list[tuple[str, int, bytes, tuple[int, int]]] = [
@@ -73,7 +73,7 @@ def hybrid_iso(test_artifact: Path, tmp_path_factory: pytest.TempPathFactory) ->
     ldlinux = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
     mbr = Path("/usr/lib/ISOLINUX/isohdpfx.bin")
     if not all(p.is_file() for p in (isolinux, ldlinux, mbr)):
-        pytest.skip("needs isolinux and syslinux-common")
+        pytest.fail("needs isolinux and syslinux-common (see scripts/setup.sh)")
     tree = tmp_path_factory.mktemp("isotree")
     (tree / "isolinux").mkdir()
     shutil.copyfile(isolinux, tree / "isolinux" / "isolinux.bin")

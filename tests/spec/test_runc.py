@@ -15,9 +15,15 @@ from provision.assemble.runtime_config import render_runtime_bundle
 from provision.spec.image import ImageEntry, VolumeSpec
 
 BUSYBOX = shutil.which("busybox")
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("runc") and BUSYBOX and os.geteuid() == 0),
-    reason="needs runc, busybox and root")
+
+
+@pytest.fixture(autouse=True)
+def _runc_and_root() -> None:
+    missing = [what for what, there in (("runc", shutil.which("runc")), ("busybox-static", BUSYBOX)) if not there]
+    if missing:
+        pytest.fail(f"needs {' and '.join(missing)} (apt-get install {' '.join(missing)}, see scripts/setup.sh)")
+    if os.geteuid() != 0:
+        pytest.fail("runs a container under runc, which needs root: run the tests as root")
 
 
 def test_runc_runs_the_rendered_config(tmp_path: Path) -> None:
