@@ -46,6 +46,9 @@ class Faults:
     crash: Callable[[str], None] | None = None
     call_delay: float = 0.0
     seed: int = 0
+    # One-shot: the next call fails this way ("429", "503", or "timeout": a create that takes
+    # effect and then times out, any other call that times out before it does anything).
+    next_error: str | None = None
 
 
 @dataclass
@@ -83,11 +86,22 @@ class SimulatedCloud:
         self._images: dict[str, str] = {}  # image digest -> image id
         self._counter = 0
         self._polls = 0
+        self._timeout_next_create = False
         self._lock = threading.RLock()
 
     # -- fault helpers ---------------------------------------------------------------------
 
     def _call(self, op: str) -> None:
+        with self._lock:
+            injected, self.faults.next_error = self.faults.next_error, None
+        if injected == "429":
+            raise RateLimitedError(f"simulated 429 on {op}", retry_after=1.0)
+        if injected == "503":
+            raise TransientProviderError(f"simulated 503 on {op}")
+        if injected == "timeout":
+            if op != "create":
+                raise OutcomeUnknownError(f"simulated timeout on {op}")
+            self._timeout_next_create = True
         with self._lock:
             self.stats.calls[op] = self.stats.calls.get(op, 0) + 1
             roll = self._rng.random() if self.faults.error_rate else 1.0
@@ -117,6 +131,7 @@ class SimulatedCloud:
         self._call("create")
         self._crash("create:before")
         with self._lock:
+            injected_timeout, self._timeout_next_create = self._timeout_next_create, False
             self._fence(request.tags.get(TAG_CLUSTER, ""), request.epoch)
             existing = self._keys.get(request.key)
             if existing is not None:
@@ -129,7 +144,8 @@ class SimulatedCloud:
             self._order.append(instance_id)
             self._keys[request.key] = instance_id
             self.stats.creates += 1
-            timeout = self.faults.create_timeout_rate and self._rng.random() < self.faults.create_timeout_rate
+            timeout = injected_timeout or (
+                self.faults.create_timeout_rate and self._rng.random() < self.faults.create_timeout_rate)
         self._crash("create:applied")
         if timeout:
             raise OutcomeUnknownError(f"simulated timeout creating {request.key} (it was created)")

@@ -42,8 +42,8 @@ def load_cloud(path: str, clock: Clock | None = None, **kwargs: Any) -> Simulate
 class FileSimulatedProvider(SimulatedProvider):
     """A simulated cloud kept in a JSON file, saved after every mutating call."""
 
-    def __init__(self, path: str, clock: Clock | None = None, name: str = "simulated") -> None:
-        super().__init__(load_cloud(path, clock), name)
+    def __init__(self, path: str, clock: Clock | None = None, name: str = "simulated", *, page_size: int = 500) -> None:
+        super().__init__(load_cloud(path, clock, page_size=page_size), name)
         self.path = path
 
     def create_instance(self, request: CreateRequest) -> Instance:

@@ -100,7 +100,7 @@ def serve_simulated_cloud(cloud: SimulatedCloud, host: str = "127.0.0.1", port: 
                 cloud.set_health(body["id"], HealthState(state) if state else None)
                 self._reply(200, {})
             elif parts == ["v1", "admin", "faults"]:
-                for key in ("list_lag", "create_timeout_rate", "error_rate", "call_delay"):
+                for key in ("list_lag", "create_timeout_rate", "error_rate", "call_delay", "next_error"):
                     if key in body:
                         setattr(cloud.faults, key, body[key])
                 self._reply(200, {})

@@ -31,15 +31,19 @@ class SimulatedTarget:
 
     name: str = "simulated"
     formats: tuple[str, ...] = ("kernel+initrd",)
-    options: Schema = Schema({"state": Field("a file path (the cloud's JSON state)", schema.text(max_len=4096))})
+    options: Schema = Schema({
+        "state": Field("a file path (the cloud's JSON state)", schema.text(max_len=4096)),
+        "pageSize": Field("a whole number from 1 to 10000", schema.integer(1, 10_000), doc="default 500"),
+    })
     properties: Schema = Schema(open=True)
     tools: tuple[str, ...] = ()
 
     def create_provider(self, spec: ProviderSpec, clock: Clock) -> SimulatedProvider:
         state = spec.options.get("state")
+        page_size = int(spec.options.get("pageSize", 500))
         if state:
-            return FileSimulatedProvider(str(spec.base / str(state)), clock, spec.name)
-        return SimulatedProvider(SimulatedCloud(clock), spec.name)
+            return FileSimulatedProvider(str(spec.base / str(state)), clock, spec.name, page_size=page_size)
+        return SimulatedProvider(SimulatedCloud(clock, page_size=page_size), spec.name)
 
     def find_image(self, provider: Provider, digest: str) -> str | None:
         return own_provider(provider, SimulatedProvider, self.name).cloud.find_image(digest)
