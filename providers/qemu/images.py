@@ -119,7 +119,10 @@ def publish_files(files: list[Path], cache: Path, digest: str, artifact: str, so
     staging = _staging(cache)
     try:
         for file in files:
-            shutil.copyfile(file, staging / file.name)
+            try:  # the cache's copy of an immutable build output: a hard link when it can be
+                os.link(file.resolve(), staging / file.name)
+            except OSError:
+                shutil.copyfile(file, staging / file.name)
         if cmdline is not None:
             (staging / cmdline[0]).write_text(cmdline[1] + "\n")
         _publish(staging, cache, digest, artifact, source)
