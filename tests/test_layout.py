@@ -1,4 +1,4 @@
-"""The repository layout DESIGN.md promises: builders/ and providers/ are reached only through
+"""The repository layout docs/architecture.md describes: builders/ and providers/ are reached only through
 the provision package, by committed relative symlinks, and nothing imports the bare names."""
 
 from __future__ import annotations

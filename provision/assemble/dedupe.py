@@ -2,7 +2,7 @@
 
 Every container image carries its own busybox, libc and so on; the initrd (and the root tar)
 would store each copy. :func:`dedupe_container_files` makes the tree's identical files one
-:class:`~provision.tree.Node` with several names, which the cpio and tar writers already
+:class:`~provision.assemble.tree.Node` with several names, which the cpio and tar writers already
 write as hard links: the cpio carries the data once (with the last name), the tar links the
 later names to the first. The root tar feeding squashfs / erofs and the ``tar`` output
 therefore carry the same links as the initrd.

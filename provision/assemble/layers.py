@@ -1,4 +1,4 @@
-"""Applying image layers onto a :class:`~provision.tree.Tree`, the way containerd does.
+"""Applying image layers onto a :class:`~provision.assemble.tree.Tree`, the way containerd does.
 
 - entry names are cleaned relative to the root (``/etc/x``, ``./etc/x`` and ``etc/x`` are
   the same); a directory entry for the root itself is ignored, as containerd ignores it;

@@ -1,6 +1,6 @@
 """Assembly: from a resolved spec and cached images, the root filesystem as a :class:`Tree`.
 
-The layout (image-spec.md, "The root filesystem layout that the build writes"), in order:
+The root filesystem layout the build writes (LinuxKit's), in order:
 
 1. ``boot/kernel``, ``boot/cmdline``, ``boot/ucode.cpio``; the kernel's modules tarball
    unpacked into ``/``;
@@ -8,7 +8,7 @@ The layout (image-spec.md, "The root filesystem layout that the build writes"), 
    symlinks already in the root are followed inside it);
 3. ``containers/onboot/NNN-name``, ``containers/onshutdown/NNN-name``,
    ``containers/services/name``: ``config.json`` and ``runtime.json`` (sorted-key JSON from
-   :func:`provision.runtime_config.render_runtime_bundle`, given the container's role and
+   :func:`provision.assemble.runtime_config.render_runtime_bundle`, given the container's role and
    the spec's container id map) with ``rootfs/`` (``readonly: true``) or ``lower/`` +
    ``tmp/`` (writable, LinuxKit's default);
 4. ``containers/volumes/<name>/``: empty, the image's files (``format: filesystem``) or an OCI

@@ -4,7 +4,7 @@ pipeline (`provision pkg build`, `provision build`); the boot tests use it.
 The rest is a small stand-in for `provision pkg build` + `provision build` (written before
 those landed, kept for bench/size_report.py's hard-link comparison):
 assemble the components of pkg/ from Debian packages (downloaded with the host's apt
-configuration and cached), lay out a rootfs as image-spec.md describes (init images in /,
+configuration and cached), lay out a rootfs as provision/assemble/root.py describes (init images in /,
 containers/onboot/NNN-name, containers/services/name with config.json + rootfs/), and
 write a gzip newc initrd. The kernel and its modules are the host's cloud kernel.
 

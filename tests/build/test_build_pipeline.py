@@ -1,4 +1,4 @@
-"""End-to-end builds: the layout image-spec.md promises, reproducibility, the manifest,
+"""End-to-end builds: the root layout provision/assemble/root.py writes, reproducibility, the manifest,
 all-or-nothing outputs, and hostile layers through ``provision build``."""
 
 from __future__ import annotations
