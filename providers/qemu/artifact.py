@@ -148,11 +148,11 @@ def _kernel_source(prefix: Path, efi: bool, root: Path | None = None) -> BootSou
 
 def _read_packed_cmdline(archive: Path, members: tuple[str, ...]) -> str:
     """The command line of a tar-kernel-initrd archive (members: kernel, initrd, cmdline),
-    after checking it holds all three."""
+    after checking it holds all three as regular files."""
     try:
         with tarfile.open(archive) as tar:
-            names = set(tar.getnames())
-            missing = [m for m in members if m not in names]
+            files = {m.name for m in tar.getmembers() if m.isreg()}
+            missing = [m for m in members if m not in files]
             if missing:
                 raise UsageError(f"{archive} holds no {', '.join(missing)}",
                                  hint="a tar-kernel-initrd archive holds " + ", ".join(members))
@@ -204,7 +204,7 @@ def _file_source(path: Path, fmt: str = "") -> BootSource:
     if prefix is not None:  # one file of a kernel output set whose kernel is missing
         return _kernel_source(prefix, False)
     kind, disk_format = EXTENSIONS.get(path.suffix.lower(), (BootKind.DISK, "raw"))
-    return BootSource(kind, path, None, "", disk_format, _says_efi(_label_of(path), path.name),
+    return BootSource(kind, path, None, "", disk_format, _says_efi(path.name),
                       _label_of(path))
 
 

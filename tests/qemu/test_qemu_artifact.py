@@ -281,6 +281,14 @@ def test_an_archive_without_the_boot_files_is_named(tmp_path: Path) -> None:
         tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(UsageError, match="holds no initrd.img, cmdline"):
         resolve_artifact(tmp_path / "web-initrd.tar")
+    with tarfile.open(tmp_path / "odd-initrd.tar", "w") as tar:  # the kernel a link elsewhere
+        link = tarfile.TarInfo("kernel")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+        tar.addfile(link)
+        for name in ("initrd.img", "cmdline"):
+            tar.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
+    with pytest.raises(UsageError, match="holds no kernel$"):
+        resolve_artifact(tmp_path / "odd-initrd.tar")
 
 
 def test_gcp_tarball_boots_its_unpacked_sparse_disk(tmp_path: Path) -> None:
