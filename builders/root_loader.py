@@ -22,12 +22,12 @@ mtime 0.
 
 from __future__ import annotations
 
-import gzip
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from provision.builders.cpio import TRAILER, cpio_entry_header
+from provision.compress import GZIP
 from provision.errors import UsageError
 
 BUSYBOX = "bin/busybox"
@@ -193,5 +193,5 @@ def write_root_loader(rootfs_tar: Path, filesystem: str, out: Path, epoch: int) 
         if name == "dev":  # the kernel opens /dev/console before /init runs
             raw += cpio_entry_header(b"dev/console", len(members) + 1, 0o20600, 0, 0, 1, mtime, 0, (5, 1))
     raw += cpio_entry_header(TRAILER.encode(), 0, 0, 0, 0, 1, 0, 0)
-    out.write_bytes(gzip.compress(bytes(raw), compresslevel=6, mtime=0))
+    out.write_bytes(GZIP.compress(bytes(raw), 6))
     return out

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gzip
 import io
 import json
 import os
@@ -27,8 +26,9 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol
 
+from provision.compress import codec_for_media_type, sniff_codec
 from provision.errors import (
     DigestMismatchError,
     HostileInputError,
@@ -452,29 +452,11 @@ class ImageStore:
         return self.write_blob(canonical_json(value))
 
     def open_layer(self, desc: Descriptor) -> BinaryIO:
-        """The layer's uncompressed tar stream (streaming; gzip, zstd or plain)."""
+        """The layer's uncompressed tar stream (streaming; the codec its media type names, or
+        the one its magic bytes show when the type is unknown)."""
         raw = self.open_blob(desc.digest)
-        media = desc.media_type
-        if media in PLAIN_LAYER_TYPES:
-            return raw
-        if media in GZIP_LAYER_TYPES:
-            return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
-        if media in ZSTD_LAYER_TYPES:
-            import zstandard
-
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-            return cast(BinaryIO, io.BufferedReader(reader, CHUNK))
-        # Unknown type: sniff the magic bytes rather than fail on an odd media type.
-        head = raw.read(4)
-        raw.seek(0)
-        if head[:2] == b"\x1f\x8b":
-            return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
-        if head == b"\x28\xb5\x2f\xfd":
-            import zstandard
-
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-            return cast(BinaryIO, io.BufferedReader(reader, CHUNK))
-        return raw
+        codec = codec_for_media_type(desc.media_type) or sniff_codec(raw)
+        return codec.open_reader(raw)
 
     # -- index.json ---------------------------------------------------------------------------
     def read_index(self) -> dict[str, Any]:
