@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="provision",
         description="Build minimal Linux machine images and keep fleets of machines running them.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log what runs (every external command) to stderr; -vv adds the "
+                        "HTTP libraries' logs")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     version = subparsers.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _args: print(f"provision {__version__}") or 0)
@@ -37,10 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    if args.verbose < 2:
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

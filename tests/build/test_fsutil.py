@@ -9,6 +9,7 @@ import io
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,7 @@ def _special_files(tmp_path: Path) -> dict[str, Path]:
 def test_outputs_replace_only_regular_files(tmp_path: Path) -> None:
     for kind, path in _special_files(tmp_path).items():
         before = os.lstat(path)
-        writers = [
+        writers: list[Callable[[Path], Path]] = [
             lambda p: write_bytes_atomic(p, b"x"), lambda p: write_text_atomic(p, "x"),
             lambda p: write_json_atomic(p, {}), lambda p: copy_file_atomic(Path(__file__), p),
         ]
