@@ -5,8 +5,9 @@ the programs the code runs.
 The programs are derived from the source, not listed here: every ``run(...)`` call's program
 (the first string of its argv, followed through local variables, parameters and their call
 sites, helper functions, dataclass field defaults and imported constants) and every program a
-``require_tools`` call or a format writer's ``tools()`` declares. A call whose program cannot be
-derived fails the test, unless it is on the short, commented list below."""
+``require_tools`` call, a format writer's ``tools()`` or a target's ``tools`` declares. A call
+whose program cannot be derived fails the test, unless it is on the short, commented list
+below."""
 
 from __future__ import annotations
 
@@ -232,11 +233,14 @@ def call_name(call: ast.Call) -> str | None:
     return None
 
 
-def is_writer_tools(node: ast.expr) -> bool:
-    """``(tool for writer in writers for tool in writer.tools())``"""
+def is_plugin_tools(node: ast.expr) -> bool:
+    """``(tool for writer in writers for tool in writer.tools())`` or ``... in target.tools)``:
+    the programs plug-ins declare (scanned where they declare them)."""
+    def declares(it: ast.expr) -> bool:
+        return (isinstance(it, ast.Call) and call_name(it) == "tools") or (
+            isinstance(it, ast.Attribute) and it.attr == "tools")
     return isinstance(node, ast.GeneratorExp | ast.ListComp) and any(
-        isinstance(gen.iter, ast.Call) and call_name(gen.iter) == "tools" for gen in node.generators
-    )
+        declares(gen.iter) for gen in node.generators)
 
 
 @dataclass
@@ -268,12 +272,19 @@ def scan() -> Scan:
                     else:
                         result.unresolved.append(f"{rel}:{node.lineno}: run({ast.unparse(node.args[0])}): {exc}")
             elif isinstance(node, ast.Call) and call_name(node) == "require_tools" and node.args:
-                if is_writer_tools(node.args[0]):
-                    continue  # the format writers' tools(), scanned below
+                if is_plugin_tools(node.args[0]):
+                    continue  # the format writers' tools() and the targets' tools, scanned below
                 try:
                     result.declared |= resolver.strings(node.args[0], module.function(node))
                 except Unresolved as exc:
                     result.unresolved.append(f"{rel}:{node.lineno}: require_tools: {exc}")
+            elif isinstance(node, ast.ClassDef):  # a target's ``tools: tuple[str, ...] = (...)``
+                for item in node.body:
+                    if (value := bound_value(item, "tools")) is not None:
+                        try:
+                            result.declared |= resolver.strings(value, None)
+                        except Unresolved as exc:
+                            result.unresolved.append(f"{rel}:{item.lineno}: {node.name}.tools: {exc}")
             elif isinstance(node, ast.FunctionDef) and node.name == "tools":
                 for _r, value, scope in resolver.returns("tools"):
                     if scope is node:
