@@ -55,20 +55,6 @@ MT_DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.
 
 INDEX_MEDIA_TYPES = frozenset({MT_OCI_INDEX, MT_DOCKER_LIST})
 MANIFEST_MEDIA_TYPES = frozenset({MT_OCI_MANIFEST, MT_DOCKER_MANIFEST})
-GZIP_LAYER_TYPES = frozenset(
-    {
-        MT_OCI_LAYER_GZIP,
-        MT_DOCKER_LAYER_GZIP,
-        MT_DOCKER_FOREIGN_LAYER,
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    }
-)
-ZSTD_LAYER_TYPES = frozenset(
-    {MT_OCI_LAYER_ZSTD, "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"}
-)
-PLAIN_LAYER_TYPES = frozenset(
-    {MT_OCI_LAYER, "application/vnd.oci.image.layer.nondistributable.v1.tar"}
-)
 
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 CHUNK = 1 << 20
