@@ -49,9 +49,10 @@ from provision.manifest import (
     record_outputs,
     write_manifest,
 )
+from provision.oci.model import Platform, ResolvedImage
 from provision.oci.pull import PullPolicy, ensure_image
 from provision.oci.registry import RegistryClient
-from provision.oci.store import ImageStore, Platform, ResolvedImage
+from provision.oci.store import ImageStore
 from provision.runner import require_tools
 from provision.spec.image import ImageSpec
 from provision.spec.load import load_spec

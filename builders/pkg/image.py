@@ -17,7 +17,7 @@ from provision.builders.pkg.recipe import MOBY_LABEL, Recipe
 from provision.errors import ProvisionError
 from provision.fsutil import file_sha256_hex
 from provision.oci.imagebuild import LayerEntry
-from provision.oci.store import Platform
+from provision.oci.model import Platform
 
 # Bump when the builder changes what it writes for the same recipe and lock: tags change too.
 BUILDER_VERSION = "1"

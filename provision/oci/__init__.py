@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from provision.oci.imagebuild import LayerEntry, tar_layer_from_entries, write_image, write_index
-from provision.oci.store import (
-    Descriptor,
-    ImageEntry,
-    ImageStore,
-    Platform,
-    ResolvedImage,
-)
+from provision.oci.model import Descriptor, ImageEntry, Platform, ResolvedImage
+from provision.oci.store import ImageStore
 
 __all__ = [
     "Descriptor",

@@ -21,16 +21,16 @@ from typing import IO, Any, Literal
 
 from provision.compress import CompressedWriter, Compression, codec_named
 from provision.errors import ProvisionError
-from provision.oci.store import (
+from provision.oci.model import (
     CHUNK,
     MT_OCI_CONFIG,
     MT_OCI_INDEX,
     MT_OCI_MANIFEST,
     Descriptor,
-    ImageStore,
     Platform,
     ResolvedImage,
 )
+from provision.oci.store import ImageStore
 from provision.reference import ImageRef
 
 LayerCompression = Literal["gzip", "zstd", "none"]

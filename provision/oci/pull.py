@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 from provision.errors import ImageNotFoundError, UsageError
+from provision.oci.model import Platform, ResolvedImage
 from provision.oci.registry import ProgressFn, RegistryClient
-from provision.oci.store import ImageStore, Platform, ResolvedImage
+from provision.oci.store import ImageStore
 from provision.reference import ImageRef
 
 PullPolicy = Literal["missing", "always", "never"]

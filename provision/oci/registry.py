@@ -35,16 +35,16 @@ from provision.oci.auth import (
     load_registry_config,
     parse_challenge,
 )
-from provision.oci.store import (
+from provision.oci.model import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
     Descriptor,
-    ImageStore,
     Platform,
     ResolvedImage,
     choose_manifest,
     parse_digest,
 )
+from provision.oci.store import ImageStore
 from provision.reference import ImageRef
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,9 @@ import requests
 
 from provision.oci.auth import Credentials, CredentialStore, RegistryConfig
 from provision.oci.imagebuild import tar_layer_from_entries, write_image
+from provision.oci.model import Platform, ResolvedImage
 from provision.oci.registry import RegistryClient
-from provision.oci.store import ImageStore, Platform, ResolvedImage
+from provision.oci.store import ImageStore
 
 USER, PASSWORD = "tester", "s3cret-pass"
 

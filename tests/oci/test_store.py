@@ -13,9 +13,11 @@ import pytest
 from oci_testkit import make_image
 
 from provision.errors import DigestMismatchError, HostileInputError, ImageNotFoundError
+from provision.fsutil import sha256_digest
 from provision.oci.imagebuild import LayerEntry, tar_layer_from_entries, write_image, write_index
+from provision.oci.model import Descriptor, Platform
 from provision.oci.pull import ensure_image
-from provision.oci.store import Descriptor, ImageStore, Platform, sha256_digest
+from provision.oci.store import ImageStore
 from provision.reference import ImageRef, InvalidReferenceError
 
 DIGEST = "sha256:" + "ab" * 32
