@@ -13,7 +13,8 @@ from provision.commands import argument_type
 from provision.errors import ImageNotFoundError, UsageError
 from provision.oci.archive import export_archive, import_archive
 from provision.oci.model import INDEX_MEDIA_TYPES, ImageEntry, Platform
-from provision.oci.registry import ProgressFn, RegistryClient
+from provision.oci.progress import ProgressFn
+from provision.oci.registry import RegistryClient
 from provision.oci.store import ImageStore
 from provision.reference import ImageRef
 

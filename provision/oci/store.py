@@ -5,7 +5,8 @@ Layout (as the OCI image-layout spec, LinuxKit, skopeo ``oci:`` and umoci use it
     ROOT/oci-layout            {"imageLayoutVersion": "1.0.0"}
     ROOT/index.json            manifests, each named by org.opencontainers.image.ref.name
     ROOT/blobs/sha256/<hex>    content-addressed blobs
-    ROOT/.ingest/              blobs being written (temp names, renamed into blobs/)
+    ROOT/.ingest/              blobs being written (temp names, renamed into blobs/), and
+                               interrupted downloads kept for resuming (ALG-HEX.partial)
     ROOT/.index.lock           flock: serialises read-modify-write of index.json
     ROOT/.gc.lock              flock: writers hold it shared, gc holds it exclusive
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -204,6 +206,43 @@ class ImageStore:
             return digest, writer.size
         finally:
             tmp.unlink(missing_ok=True)
+
+    def partial_path(self, digest: str) -> Path:
+        """Where an interrupted download of ``digest`` waits to be resumed."""
+        algorithm, hexpart = parse_digest(digest)
+        return self.root / ".ingest" / f"{algorithm}-{hexpart}.partial"
+
+    @contextlib.contextmanager
+    def download_blob(self, digest: str, size: int) -> Iterator[BlobDownload | None]:
+        """A resumable download of the blob ``digest`` of ``size`` bytes: None when the blob is
+        stored already, else a :class:`BlobDownload` that starts with whatever an earlier,
+        interrupted download left. Other processes downloading the same blob wait (flock).
+        What the download holds when the block ends without :meth:`BlobDownload.commit`
+        stays for the next try (gc removes it)."""
+        if self.has_blob(digest):
+            yield None
+            return
+        self.ensure_layout()
+        path = self.partial_path(digest)
+        with self.pinning():
+            while True:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    if self.has_blob(digest):
+                        yield None
+                        return
+                    try:
+                        current = os.stat(path).st_ino
+                    except FileNotFoundError:
+                        current = -1
+                    if current != os.fstat(fd).st_ino:
+                        continue  # the previous holder committed or discarded it: reopen
+                    yield BlobDownload(self, digest, size, path, fd)
+                    return
+                finally:
+                    _drop_if_empty(path, fd)
+                    os.close(fd)
 
     def write_json_blob(self, value: Any) -> tuple[str, int]:
         return self.write_blob(canonical_json(value))
@@ -462,3 +501,73 @@ class ImageStore:
         if not blobs.is_dir():
             return 0
         return sum(p.lstat().st_size for p in blobs.rglob("*") if p.is_file())
+
+
+def _drop_if_empty(path: Path, fd: int) -> None:
+    """Remove an empty partial download (nothing to resume), if it is still ours."""
+    try:
+        mine = os.fstat(fd)
+        if mine.st_size == 0 and os.stat(path).st_ino == mine.st_ino:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+class BlobDownload:
+    """The bytes of one blob received so far (``offset`` of them, hashed as they arrive).
+    Made by :meth:`ImageStore.download_blob`; the file descriptor belongs to it."""
+
+    def __init__(self, store: ImageStore, digest: str, size: int, path: Path, fd: int) -> None:
+        self.store, self.digest, self.size, self.path, self.fd = store, digest, size, path, fd
+        self.algorithm = parse_digest(digest)[0]
+        self.hash = hashlib.new(self.algorithm)
+        self.offset = 0
+        if os.fstat(fd).st_size > size:
+            os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        while chunk := os.read(fd, CHUNK):
+            self.hash.update(chunk)
+            self.offset += len(chunk)
+        self.inherited = self.offset  # bytes an earlier download left (not verified yet)
+
+    def restart(self) -> None:
+        """Start over from byte 0 (the server ignored the range, or the data was bad)."""
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.hash = hashlib.new(self.algorithm)
+        self.offset = self.inherited = 0
+
+    def write(self, data: bytes) -> None:
+        if self.offset + len(data) > self.size:
+            self.restart()
+            raise DigestMismatchError(
+                f"content for {self.digest} is larger than the expected {self.size} bytes"
+            )
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self.hash.update(data)
+        self.offset += len(data)
+
+    @property
+    def complete(self) -> bool:
+        return self.offset == self.size
+
+    def commit(self) -> None:
+        """Verify the whole blob against its digest and move it into the store; on a
+        mismatch nothing is stored, the partial data is dropped and DigestMismatchError
+        raised."""
+        got = f"{self.algorithm}:{self.hash.hexdigest()}"
+        if self.offset != self.size or got != self.digest:
+            self.restart()
+            raise DigestMismatchError(
+                f"content does not match its digest: expected {self.digest} "
+                f"({self.size} bytes), got {got} ({self.offset} bytes)",
+                hint="the registry or the network corrupted the data; nothing was stored",
+            )
+        os.fsync(self.fd)
+        final = self.store.blob_path(self.digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.fchmod(self.fd, 0o644)
+        os.replace(self.path, final)

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import requests
-import tenacity
 
 from provision.reconcile.clock import Clock
 from provision.reconcile.journal import Store
@@ -28,6 +27,7 @@ from provision.reconcile.provider import (
     list_all,
 )
 from provision.reconcile.spec import GroupSpec
+from provision.retry import RetryPolicy
 
 
 class HttpHealthChecker:
@@ -126,16 +126,12 @@ class Observer:
 
     def _list(self, group: GroupSpec) -> tuple[list[Instance], int]:
         """List the group's machines; a transient failure (429, 5xx) restarts the listing after a
-        short jittered back-off, a few times, before the pass gives up."""
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(TransientProviderError),
-            wait=tenacity.wait_random_exponential(multiplier=0.2, max=5.0),
-            stop=tenacity.stop_after_attempt(6),
-            sleep=self.clock.sleep,
-            reraise=True,
-        )
+        short jittered back-off (or the provider's retry_after), a few times, before the pass
+        gives up."""
+        policy = RetryPolicy(attempts=6, total=60.0, initial=0.2, maximum=5.0, clock=self.clock)
         tags = {TAG_CLUSTER: self.cluster, TAG_GROUP: group.name}
-        return retrying(list_all, self.provider, tags)
+        return policy.call(lambda: list_all(self.provider, tags), retry_on=(TransientProviderError,),
+                           what=f"listing group {group.name}")
 
     def _classify(self, group: GroupSpec, instances: list[Instance], now: float) -> list[Machine]:
         states = probe_instances(self.provider, group, instances)

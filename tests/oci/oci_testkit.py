@@ -21,11 +21,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from provision.oci.auth import Credentials, CredentialStore, RegistryConfig
+from provision.oci.auth import Credentials, CredentialStore
+from provision.oci.config import RegistryConfig
 from provision.oci.imagebuild import tar_layer_from_entries, write_image
 from provision.oci.model import Platform, ResolvedImage
 from provision.oci.registry import RegistryClient
 from provision.oci.store import ImageStore
+from provision.retry import RetryPolicy
 
 USER, PASSWORD = "tester", "s3cret-pass"
 
@@ -241,13 +243,37 @@ def store(tmp_path: Path) -> ImageStore:
     return ImageStore(tmp_path / "store")
 
 
+class FakeClock:
+    """Injected time for the retry policy: ``sleep`` records and advances, never waits."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.time = start
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            return self.time
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.time += seconds
+
+
 def make_client(
-    credentials: dict[str, Credentials] | None = None, **config: object
+    credentials: dict[str, Credentials] | None = None,
+    *,
+    clock: FakeClock | None = None,
+    attempts: int = 5,
+    parallel: int | None = None,
+    **config: object,
 ) -> RegistryClient:
     return RegistryClient(
         config=RegistryConfig(**config),  # type: ignore[arg-type]
         credentials=CredentialStore.from_mapping(credentials or {}),
-        sleep=lambda _seconds: None,
+        retry=RetryPolicy(attempts=attempts, total=120.0, clock=clock or FakeClock()),
+        parallel=parallel,
     )
 
 
