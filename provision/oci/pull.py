@@ -22,7 +22,6 @@ import requests
 
 from provision.errors import DigestMismatchError, ImageNotFoundError, RegistryError, UsageError
 from provision.oci.model import (
-    CHUNK,
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
     Descriptor,
@@ -51,6 +50,8 @@ ACCEPT_MANIFESTS = ", ".join(
     ]
 )
 MAX_MANIFEST_BYTES = 4 << 20
+# Blob bodies are read in pieces this big: what an interrupted read held is lost, at most this.
+BODY_PIECE = 256 << 10
 PullPolicy = Literal["missing", "always", "never"]
 PULL_POLICIES: tuple[PullPolicy, ...] = ("missing", "always", "never")
 
@@ -223,7 +224,7 @@ def _receive(
         if report:
             report(download.offset, desc.size)
         try:
-            for chunk in response.iter_content(CHUNK):
+            for chunk in response.iter_content(BODY_PIECE):
                 if cancel is not None and cancel.is_set():
                     raise _Cancelled
                 download.write(chunk)
