@@ -28,8 +28,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from provision.errors import UsageError
 
 # Registry names whose API is not at https://NAME (a product default, as in every OCI client).
@@ -101,6 +99,8 @@ def load_registry_config(env: Mapping[str, str] | None = None) -> RegistryConfig
     parallel = DEFAULT_PARALLEL
     path = _config_file(env)
     if path.is_file():
+        import yaml  # only when there is a file: most runs have none (a faster start)
+
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

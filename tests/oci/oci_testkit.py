@@ -24,7 +24,7 @@ import requests
 
 from provision.oci.auth import Credentials, CredentialStore
 from provision.oci.config import RegistryConfig
-from provision.oci.imagebuild import tar_layer_from_entries, write_image
+from provision.oci.imagebuild import Compression, tar_layer_from_entries, write_image
 from provision.oci.model import Platform, ResolvedImage
 from provision.oci.registry import RegistryClient
 from provision.oci.store import ImageStore
@@ -442,8 +442,11 @@ def faulty_front(registry: Registry) -> Iterator[FaultyFront]:
     front.close()
 
 
-def make_layered_image(store: ImageStore, name: str, layers: int, size: int, seed: int) -> ResolvedImage:
+def make_layered_image(
+    store: ImageStore, name: str, layers: int, size: int, seed: int,
+    compression: Compression = "none",
+) -> ResolvedImage:
     """An image of ``layers`` layers, each one file of ``size`` random bytes."""
     rng = random.Random(seed)
     tars = [tar_layer_from_entries([(f"layer{i}.bin", rng.randbytes(size))]) for i in range(layers)]
-    return write_image(store, name, tars, {"Cmd": ["/bin/sh"]}, compression="none")
+    return write_image(store, name, tars, {"Cmd": ["/bin/sh"]}, compression=compression)
