@@ -4,7 +4,10 @@ wire-level front that cuts bodies, drops Range headers, delays and answers 429/5
 from __future__ import annotations
 
 import email.utils
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,3 +160,38 @@ def test_429_and_503_with_retry_after_are_waited_out(
         make_client(clock=clock, attempts=3).pull(
             ImageStore(tmp_path / "other"), f"{faulty_front.host}/busy:1"
         )
+
+
+def test_two_processes_pulling_one_store_download_each_blob_once(
+    registry: Registry, faulty_front: FaultyFront, store: ImageStore, tmp_path: Path
+) -> None:
+    digest = pushed(registry, store, "shared:1", layers=6, size=150_000)
+    faulty_front.blob_delay = 0.5  # the two pulls overlap for a second or more
+    shared = tmp_path / "shared"
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+        PROVISION_REGISTRIES=str(tmp_path / "none.yml"),
+        DOCKER_CONFIG=str(tmp_path / "docker"),
+    )
+    argv = [sys.executable, "-m", "provision", "cache", "--cache", str(shared), "pull", "-q",
+            f"{faulty_front.host}/shared:1"]
+    pulls = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    for pull in pulls:
+        out, err = pull.communicate(timeout=120)
+        assert pull.returncode == 0, err.decode()
+        assert digest in out.decode()
+    image = ImageStore(shared).resolve(f"{faulty_front.host}/shared:1")
+    assert image.digest == digest and same_blobs(ImageStore(shared), store, image.layers)
+    for layer in image.layers:
+        assert len(faulty_front.blob_gets(layer.digest)) == 1, layer.digest
+    assert partials(ImageStore(shared)) == []
+
+
+def test_gc_removes_partial_downloads(store: ImageStore) -> None:
+    store.ensure_layout()
+    partial = store.partial_path("sha256:" + "cd" * 32)
+    partial.write_bytes(b"half a blob")
+    store.gc()
+    assert not partial.exists()
