@@ -13,12 +13,13 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import requests
+import urllib3
 
 from provision.errors import DigestMismatchError, ImageNotFoundError, RegistryError, UsageError
 from provision.oci.model import (
@@ -88,29 +89,39 @@ def fetch_manifest(
     transport: RegistryTransport, base: str, ref: ImageRef, reference: str
 ) -> FetchedManifest:
     """GET one manifest or index, checked against its digest."""
-    response = transport.request(
-        base,
-        ref.registry,
-        "GET",
-        f"/v2/{ref.repository}/manifests/{reference}",
-        scope=f"repository:{ref.repository}:pull",
-        headers={"Accept": ACCEPT_MANIFESTS},
-        stream=True,
-        retry=True,
-    )
-    with response:
-        if response.status_code == 404:
-            raise ImageNotFoundError(f"{ref.locator}:{reference} not found at {base}")
-        if response.status_code != 200:
-            raise RegistryError(
-                f"GET manifest {ref.locator}:{reference} from {base}: "
-                f"{registry_message(response)}"
-            )
-        data = response.raw.read(MAX_MANIFEST_BYTES + 1, decode_content=True)
+
+    def attempt() -> tuple[bytes, Mapping[str, str]]:
+        response = transport.send(
+            base,
+            ref.registry,
+            "GET",
+            f"/v2/{ref.repository}/manifests/{reference}",
+            scope=f"repository:{ref.repository}:pull",
+            headers={"Accept": ACCEPT_MANIFESTS},
+            stream=True,
+        )
+        with response:
+            if response.status_code == 404:
+                raise ImageNotFoundError(f"{ref.locator}:{reference} not found at {base}")
+            if response.status_code != 200:
+                raise RegistryError(
+                    f"GET manifest {ref.locator}:{reference} from {base}: "
+                    f"{registry_message(response)}"
+                )
+            try:
+                body: bytes = response.raw.read(MAX_MANIFEST_BYTES + 1, decode_content=True)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise Interrupted(
+                    f"manifest {ref.locator}:{reference} from {base} stopped: "
+                    + describe_exception(exc)
+                ) from exc
+        return body, response.headers
+
+    data, headers = transport.call(f"GET manifest {ref.locator}:{reference}", attempt)
     if len(data) > MAX_MANIFEST_BYTES:
         raise RegistryError(f"manifest {ref.locator}:{reference} is larger than 4 MiB")
     expected = reference if reference.startswith("sha") and ":" in reference else None
-    header = response.headers.get("Docker-Content-Digest")
+    header = headers.get("Docker-Content-Digest")
     algorithm = parse_digest(expected)[0] if expected else "sha256"
     digest = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
     if expected and digest != expected:
@@ -126,7 +137,7 @@ def fetch_manifest(
     doc = FetchedManifest(data, "", digest).document()
     media = str(doc.get("mediaType") or "")
     if not media:
-        content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        content_type = headers.get("Content-Type", "").split(";")[0].strip()
         media = (
             content_type
             if content_type in (INDEX_MEDIA_TYPES | MANIFEST_MEDIA_TYPES)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import requests
 
 from provision.oci.auth import CredentialStore
-from provision.oci.config import RegistryConfig, check_parallel
+from provision.oci.config import RegistryConfig, check_parallel, load_registry_config
 from provision.oci.model import Platform, ResolvedImage
 from provision.oci.progress import ProgressFn
 from provision.oci.pull import pull_image
@@ -39,11 +39,13 @@ class RegistryClient:
         parallel: int | None = None,
         chunk_size: int = DEFAULT_CHUNK,
     ) -> None:
-        self.transport = RegistryTransport(
-            config, credentials, session, timeout=timeout, retry=retry
-        )
+        config = config if config is not None else load_registry_config()
         self.parallel = check_parallel(
-            parallel if parallel is not None else self.transport.config.parallel, "parallel"
+            parallel if parallel is not None else config.parallel, "parallel"
+        )
+        self.transport = RegistryTransport(
+            config, credentials, session, timeout=timeout, retry=retry,
+            connections=max(16, self.parallel),
         )
         self.chunk_size = chunk_size
 

@@ -195,3 +195,14 @@ def test_gc_removes_partial_downloads(store: ImageStore) -> None:
     partial.write_bytes(b"half a blob")
     store.gc()
     assert not partial.exists()
+
+
+def test_interrupted_manifest_is_fetched_again(
+    registry: Registry, faulty_front: FaultyFront, store: ImageStore, tmp_path: Path
+) -> None:
+    digest = pushed(registry, store, "mcut:2", layers=1, size=10_000)
+    faulty_front.cut_after["2"] = 40  # the manifest GET by tag
+    image = make_client().pull(ImageStore(tmp_path / "fresh"), f"{faulty_front.host}/mcut:2")
+    assert image.digest == digest
+    gets = [s for s in faulty_front.log if s.method == "GET" and s.path.endswith("/manifests/2")]
+    assert [g.sent for g in gets][0] == 40 and len(gets) == 2
