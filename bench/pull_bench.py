@@ -11,6 +11,7 @@ empty destination with
 - ``provision cache --cache DIR pull REF`` (a new process, as a user runs it),
 - ``skopeo copy docker://REF oci:DIR:bench`` (a new process; the same OCI layout result),
 - the library call ``RegistryClient().pull`` in this process (no interpreter start-up),
+- ``provision cache ls`` of an empty cache: the command's start-up alone, for reference,
 
 and prints the median of each and the ratios to skopeo (below 1.0 is faster). Goal: the
 command's ratio at most 1.0x.
@@ -85,10 +86,15 @@ def main() -> int:
                 client = RegistryClient(config=RegistryConfig(), parallel=args.parallel)
                 client.pull(ImageStore(work / f"lib-{n}"), ref)
 
-            times: dict[str, list[float]] = {"provision cache pull": [], "skopeo copy": [],
-                                             "library pull": []}
+            def startup(_n: int) -> None:
+                subprocess.run(
+                    [sys.executable, "-m", "provision", "cache", "--cache", str(work / "none"),
+                     "ls"], check=True, env=env, stdout=subprocess.DEVNULL,
+                )
+
             runners = {"provision cache pull": provision_command, "skopeo copy": skopeo,
-                       "library pull": library}
+                       "library pull": library, "provision start-up": startup}
+            times: dict[str, list[float]] = {name: [] for name in runners}
             for n in range(args.runs + 1):
                 order = list(runners) if n % 2 == 0 else list(reversed(runners))
                 for name in order:
@@ -104,9 +110,9 @@ def main() -> int:
     floor = statistics.median(times["skopeo copy"])
     for name, samples in times.items():
         median = statistics.median(samples)
-        rate = size / 1e6 / median
+        rate = f"{size / 1e6 / median:6.1f} MB/s" if name != "provision start-up" else " " * 11
         print(
-            f"{name:<22} median {median:6.3f} s  {rate:6.1f} MB/s  "
+            f"{name:<22} median {median:6.3f} s  {rate}  "
             f"ratio to skopeo {median / floor:4.2f}x  "
             f"(runs: {', '.join(f'{s:.3f}' for s in samples)})"
         )
