@@ -1,4 +1,6 @@
-"""OCI images: the local store (an OCI image layout), image writing, registry client."""
+"""OCI images: the model (model.py), the local store, an OCI image layout (store.py), image
+writing (imagebuild.py), archives, and the registry client (registry.py over config.py,
+auth.py, transport.py, pull.py, push.py)."""
 
 from __future__ import annotations
 

@@ -172,16 +172,16 @@ def fetch_blob(
                 report(desc.size, desc.size)
             return
         for _pass in range(2):
-            inherited = download.inherited
             transport.call(
                 f"GET blob {desc.digest}",
                 lambda: _receive(transport, base, ref, desc, download, report, cancel),
             )
+            resumed = download.inherited > 0  # bytes an earlier process left are in it
             try:
                 download.commit()
                 return
             except DigestMismatchError:
-                if not inherited:
+                if not resumed:
                     raise
                 log.info("resumed bytes of %s did not verify; downloading it again", desc.digest)
         raise AssertionError("unreachable")
