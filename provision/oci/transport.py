@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -46,6 +48,25 @@ class TransientStatus(RetryLater):
     def __init__(self, reason: str, response: requests.Response, retry_after: float | None):
         super().__init__(reason, retry_after)
         self.response = response
+
+
+def speaks_tls(registry: str, timeout: float) -> bool:
+    """Whether ``host[:port]`` (port 443 by default) completes a TLS handshake: how an
+    insecure registry's scheme is chosen (https first, as Docker does). Certificates are not
+    checked here (insecure registries are not verified), so no CA store is loaded."""
+    parts = urlsplit(f"https://{registry}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    address = (parts.hostname or "", parts.port or 443)
+    try:
+        with (
+            socket.create_connection(address, timeout) as raw,
+            context.wrap_socket(raw, server_hostname=parts.hostname),
+        ):
+            return True
+    except (OSError, ValueError):  # refused, reset, timed out, not TLS (ssl.SSLError)
+        return False
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -130,11 +151,7 @@ class RegistryTransport:
         https = f"https://{registry}"
         if not self.config.is_insecure(registry):
             return https
-        try:
-            self.session.get(f"{https}/v2/", timeout=5, verify=False, allow_redirects=False)
-            return https
-        except requests.exceptions.RequestException:
-            return f"http://{registry}"
+        return https if speaks_tls(registry, timeout=5.0) else f"http://{registry}"
 
     def pull_endpoints(self, registry: str) -> list[str]:
         """Where pulls of ``registry`` go, in order: its mirrors, then its API root."""

@@ -3,6 +3,11 @@ lives (Docker Hub by default for docker.io; configured mirrors and endpoints fir
 
 from __future__ import annotations
 
+import socket
+import ssl
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -79,3 +84,34 @@ def test_mirrors_and_endpoints_come_before_docker_hub(tmp_path: Path) -> None:
     assert config.endpoint("docker.io") == "https://hub.lan"
     client = make_client(mirrors=config.mirrors, endpoints=config.endpoints)
     assert client.pull_endpoints("docker.io") == ["https://mirror.lan", "https://hub.lan"]
+
+
+def test_insecure_registry_speaking_tls_keeps_https(tmp_path: Path) -> None:
+    """A loopback (or insecure) registry gets https when it completes a TLS handshake, plain
+    http when it does not, as Docker chooses."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    plain = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    threading.Thread(target=plain.serve_forever, daemon=True).start()
+    try:
+        tls_host = f"127.0.0.1:{server.server_address[1]}"
+        plain_host = f"127.0.0.1:{plain.server_address[1]}"
+        assert make_client().base_url(tls_host) == f"https://{tls_host}"
+        assert make_client().base_url(plain_host) == f"http://{plain_host}"
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            closed = f"127.0.0.1:{unused.getsockname()[1]}"
+        assert make_client().base_url(closed) == f"http://{closed}"
+    finally:
+        for each in (server, plain):
+            each.shutdown()
+            each.server_close()
