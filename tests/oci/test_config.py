@@ -15,6 +15,7 @@ from oci_testkit import make_client
 
 from provision.errors import UsageError
 from provision.oci.config import load_registry_config
+from provision.oci.registry import RegistryClient
 from provision.reference import ImageRef
 
 
@@ -46,7 +47,10 @@ def test_parallel_setting(tmp_path: Path) -> None:
     settings = tmp_path / "registries.yml"
     assert load_registry_config({"PROVISION_REGISTRIES": str(settings)}).parallel == 4
     settings.write_text("parallel: 9\n")
-    assert load_registry_config({"PROVISION_REGISTRIES": str(settings)}).parallel == 9
+    config = load_registry_config({"PROVISION_REGISTRIES": str(settings)})
+    assert config.parallel == 9
+    assert RegistryClient(config=config).parallel == 9  # the client's default
+    assert RegistryClient(config=config, parallel=2).parallel == 2  # the CLI's -j wins
     for bad in ("0", "-1", "two", "true", "1000"):
         settings.write_text(f"parallel: {bad}\n")
         with pytest.raises(UsageError, match=r"parallel: .* is not a whole number from 1 to 64"):
