@@ -513,6 +513,13 @@ def _drop_if_empty(path: Path, fd: int) -> None:
         pass
 
 
+def _cache_write_error(path: Path, exc: OSError) -> ProvisionError:
+    return ProvisionError(
+        f"cannot write {path}: {exc.strerror or exc}",
+        hint="check the free space and permissions of the image cache ($PROVISION_CACHE)",
+    )
+
+
 class BlobDownload:
     """The bytes of one blob received so far (``offset`` of them, hashed as they arrive).
     Made by :meth:`ImageStore.download_blob`; the file descriptor belongs to it."""
@@ -544,9 +551,12 @@ class BlobDownload:
                 f"content for {self.digest} is larger than the expected {self.size} bytes"
             )
         view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+        except OSError as exc:
+            raise _cache_write_error(self.path, exc) from exc
         self.hash.update(data)
         self.offset += len(data)
 
@@ -566,8 +576,11 @@ class BlobDownload:
                 f"({self.size} bytes), got {got} ({self.offset} bytes)",
                 hint="the registry or the network corrupted the data; nothing was stored",
             )
-        os.fsync(self.fd)
         final = self.store.blob_path(self.digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.fchmod(self.fd, 0o644)
-        os.replace(self.path, final)
+        try:
+            os.fsync(self.fd)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.fchmod(self.fd, 0o644)
+            os.replace(self.path, final)
+        except OSError as exc:
+            raise _cache_write_error(final, exc) from exc

@@ -6,6 +6,8 @@ from __future__ import annotations
 import email.utils
 import os
 import random
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +208,29 @@ def test_interrupted_manifest_is_fetched_again(
     assert image.digest == digest
     gets = [s for s in faulty_front.log if s.method == "GET" and s.path.endswith("/manifests/2")]
     assert [g.sent for g in gets][0] == 40 and len(gets) == 2
+
+
+def _limit_file_size() -> None:
+    """In the child: files may not grow past 100 kB (writes then fail with EFBIG)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+
+def test_a_full_disk_is_a_one_line_error(
+    registry: Registry, store: ImageStore, tmp_path: Path
+) -> None:
+    pushed(registry, store, "full:1", layers=1, size=400_000)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+        PROVISION_REGISTRIES=str(tmp_path / "none.yml"),
+        DOCKER_CONFIG=str(tmp_path / "docker"),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "provision", "cache", "--cache", str(tmp_path / "small"), "pull",
+         "-q", f"{registry.host}/full:1"],
+        env=env, capture_output=True, text=True, timeout=120, preexec_fn=_limit_file_size,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "provision: error: cannot write" in result.stderr and "File too large" in result.stderr
