@@ -24,7 +24,7 @@ import requests
 
 from provision.oci.auth import Credentials, CredentialStore
 from provision.oci.config import RegistryConfig
-from provision.oci.imagebuild import Compression, tar_layer_from_entries, write_image
+from provision.oci.imagebuild import LayerCompression, tar_layer_from_entries, write_image
 from provision.oci.model import Platform, ResolvedImage
 from provision.oci.registry import RegistryClient
 from provision.oci.store import ImageStore
@@ -444,7 +444,7 @@ def faulty_front(registry: Registry) -> Iterator[FaultyFront]:
 
 def make_layered_image(
     store: ImageStore, name: str, layers: int, size: int, seed: int,
-    compression: Compression = "none",
+    compression: LayerCompression = "none",
 ) -> ResolvedImage:
     """An image of ``layers`` layers, each one file of ``size`` random bytes."""
     rng = random.Random(seed)
