@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -172,9 +172,9 @@ def fetch_blob(
                 report(desc.size, desc.size)
             return
         for _pass in range(2):
-            transport.call(
-                f"GET blob {desc.digest}",
-                lambda: _receive(transport, base, ref, desc, download, report, cancel),
+            _receive_while_progressing(
+                transport, lambda: _receive(transport, base, ref, desc, download, report, cancel),
+                download, f"GET blob {desc.digest}",
             )
             resumed = download.inherited > 0  # bytes an earlier process left are in it
             try:
@@ -185,6 +185,23 @@ def fetch_blob(
                     raise
                 log.info("resumed bytes of %s did not verify; downloading it again", desc.digest)
         raise AssertionError("unreachable")
+
+
+def _receive_while_progressing(
+    transport: RegistryTransport, attempt: Callable[[], None], download: BlobDownload, what: str
+) -> None:
+    """Run ``attempt`` under the retry policy; when the policy gives up on interruptions but
+    bytes arrived since it started, start it afresh (a slow, flaky link still finishes; a
+    link that delivers nothing is given up within the policy's bounds)."""
+    while True:
+        start = download.offset
+        try:
+            transport.call(what, attempt)
+            return
+        except RegistryError as exc:
+            if not isinstance(exc.__cause__, Interrupted) or download.offset <= start:
+                raise
+            log.info("%s: %s; it made progress, so the retries start over", what, exc)
 
 
 def _receive(

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import re
 import socket
 import ssl
@@ -26,6 +27,7 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 import requests.adapters
+import urllib3
 
 from provision.errors import RegistryError
 from provision.oci.auth import Credentials, CredentialStore, parse_challenge
@@ -75,6 +77,8 @@ def describe_exception(exc: BaseException) -> str:
     seen = 0
     while reason is not None and seen < 8:
         seen += 1
+        if isinstance(reason, http.client.IncompleteRead | urllib3.exceptions.IncompleteRead):
+            return "the connection closed before the end of the body"
         if isinstance(reason, OSError) and reason.strerror:
             return reason.strerror.lower()
         inner = getattr(reason, "reason", None)

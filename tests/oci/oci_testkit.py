@@ -330,7 +330,8 @@ class FaultyFront:
         self.upstream = upstream
         self.log: list[Seen] = []
         self.transient: list[tuple[str, int, str]] = []  # (path part, status, Retry-After)
-        self.cut_after: dict[str, int] = {}  # blob digest -> bytes sent before the cut (once)
+        # blob digest (or manifest reference) -> bytes each next GET sends before it is cut
+        self.cut_after: dict[str, list[int]] = {}
         self.strip_range = False
         self.blob_delay = 0.0
         self.inflight = self.max_inflight = 0
@@ -415,7 +416,8 @@ class FaultyFront:
         seen.status = response.status_code
         digest = urlsplit(path).path.rsplit("/", 1)[-1]
         with self._lock:
-            cut = self.cut_after.pop(digest, None) if handler.command == "GET" else None
+            cuts = self.cut_after.get(digest) if handler.command == "GET" else None
+            cut = cuts.pop(0) if cuts else None
         handler.send_response(response.status_code)
         for key, value in response.headers.items():
             if key.lower() not in ("transfer-encoding", "connection"):

@@ -64,7 +64,7 @@ def test_interrupted_download_resumes_with_a_range(
     pushed(registry, store, "cut:1", layers=2, size=1_500_000)
     source = store.resolve("cut:1")
     layer = source.layers[1]
-    faulty_front.cut_after[layer.digest] = 600_000
+    faulty_front.cut_after[layer.digest] = [600_000]
     fresh = ImageStore(tmp_path / "fresh")
     image = make_client().pull(fresh, f"{faulty_front.host}/cut:1")
     assert image.digest == source.digest and same_blobs(fresh, store, image.layers)
@@ -203,7 +203,7 @@ def test_interrupted_manifest_is_fetched_again(
     registry: Registry, faulty_front: FaultyFront, store: ImageStore, tmp_path: Path
 ) -> None:
     digest = pushed(registry, store, "mcut:2", layers=1, size=10_000)
-    faulty_front.cut_after["2"] = 40  # the manifest GET by tag
+    faulty_front.cut_after["2"] = [40]  # the manifest GET by tag
     image = make_client().pull(ImageStore(tmp_path / "fresh"), f"{faulty_front.host}/mcut:2")
     assert image.digest == digest
     gets = [s for s in faulty_front.log if s.method == "GET" and s.path.endswith("/manifests/2")]
@@ -234,3 +234,22 @@ def test_a_full_disk_is_a_one_line_error(
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert "provision: error: cannot write" in result.stderr and "File too large" in result.stderr
+
+
+def test_a_download_that_keeps_progressing_is_not_given_up(
+    registry: Registry, faulty_front: FaultyFront, store: ImageStore, tmp_path: Path
+) -> None:
+    """Interruptions after progress start a fresh retry budget: 6 cuts with 3 attempts."""
+    pushed(registry, store, "flaky:1", layers=1, size=2_000_000)
+    layer = store.resolve("flaky:1").layers[0]
+    faulty_front.cut_after[layer.digest] = [300_000] * 6
+    fresh = ImageStore(tmp_path / "fresh")
+    make_client(attempts=3).pull(fresh, f"{faulty_front.host}/flaky:1")
+    assert fresh.read_blob(layer.digest) == store.read_blob(layer.digest)
+    gets = faulty_front.blob_gets(layer.digest)
+    assert len(gets) == 7 and all(g.range for g in gets[1:])
+
+    # no progress at all: the policy's bound holds
+    faulty_front.cut_after[layer.digest] = [0] * 10
+    with pytest.raises(RegistryError, match="after 3 attempts"):
+        make_client(attempts=3).pull(ImageStore(tmp_path / "other"), f"{faulty_front.host}/flaky:1")
