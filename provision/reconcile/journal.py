@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,7 +69,20 @@ class KnownInstance:
     destroyed_at: float | None
 
 
+@dataclass(frozen=True)
+class ProviderRecord:
+    """A provider a cluster's spec declared at some point: enough to reach it again."""
+
+    name: str
+    type: str
+    rate_limit: float | None
+    options: dict[str, Any]
+    source_file: str  # the spec it came from: relative options resolve against its directory
+
+
 class Store(Protocol):
+    def identity(self) -> str: ...
+
     def acquire_lease(self, cluster: str, owner: str, ttl: float, now: float) -> int: ...
 
     def renew_lease(self, cluster: str, owner: str, epoch: int, ttl: float, now: float) -> None: ...
@@ -101,6 +117,22 @@ class Store(Protocol):
 
     def set_unhealthy_since(self, cluster: str, group: str, changes: dict[str, float | None]) -> None: ...
 
+    def record_cluster(self, cluster: str, groups: Mapping[str, str], providers: Sequence[ProviderRecord], epoch: int) -> None: ...
+
+    def groups_seen(self, cluster: str) -> dict[str, str]: ...
+
+    def groups_with_intents(self, cluster: str) -> set[str]: ...
+
+    def retire_group(self, cluster: str, group: str, epoch: int) -> None: ...
+
+    def providers_seen(self, cluster: str) -> list[ProviderRecord]: ...
+
+    def adopt_journals(self, cluster: str, ids: Iterable[str], epoch: int) -> None: ...
+
+    def adopted_journals(self, cluster: str) -> set[str]: ...
+
+    def birth_times(self, cluster: str, group: str) -> dict[str, float]: ...
+
     def close(self) -> None: ...
 
 
@@ -121,7 +153,47 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE INDEX IF NOT EXISTS instances_group ON instances (cluster, grp);
 CREATE TABLE IF NOT EXISTS health (cluster TEXT, grp TEXT, instance_id TEXT, since REAL NOT NULL,
   PRIMARY KEY (cluster, instance_id));
+CREATE TABLE IF NOT EXISTS births (cluster TEXT, grp TEXT, instance_id TEXT, created_at REAL NOT NULL,
+  PRIMARY KEY (cluster, instance_id));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS groups_seen (cluster TEXT, grp TEXT, provider TEXT NOT NULL, retired INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (cluster, grp));
+CREATE TABLE IF NOT EXISTS providers_seen (cluster TEXT, name TEXT, type TEXT NOT NULL, rate_limit REAL,
+  options TEXT NOT NULL, source_file TEXT NOT NULL, PRIMARY KEY (cluster, name));
+CREATE TABLE IF NOT EXISTS adopted (cluster TEXT, journal TEXT, PRIMARY KEY (cluster, journal));
 """
+
+
+def process_token(pid: int | None = None) -> str:
+    """``host:pid:start``: names a live process on this host, and not a later one reusing its pid."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or ''}"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks (/proc/PID/stat field 22), None when it is gone
+    or a zombie (killed, not yet reaped: dead for our purpose)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def holder_is_dead(token: str | None) -> bool:
+    """True only when ``token`` names a process on this host that no longer runs."""
+    if not token:
+        return False
+    host, _, rest = token.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    now_start = _start_time(int(pid_text))
+    return now_start is None or (bool(start) and now_start != start)
+
 
 
 class SqliteStore:
@@ -136,6 +208,15 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        columns = {str(row[1]) for row in self._db.execute("PRAGMA table_info(leases)")}
+        if "holder" not in columns:
+            self._db.execute("ALTER TABLE leases ADD COLUMN holder TEXT")
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('journal-id', ?)", (uuid.uuid4().hex[:16],))
+        self._identity = str(self._db.execute("SELECT value FROM meta WHERE key='journal-id'").fetchone()[0])
+
+    def identity(self) -> str:
+        """This journal's id (16 hex), tagged on every machine it creates."""
+        return self._identity
 
     def close(self) -> None:
         with self._lock:
@@ -173,16 +254,17 @@ class SqliteStore:
 
     def acquire_lease(self, cluster: str, owner: str, ttl: float, now: float) -> int:
         def body(db: sqlite3.Connection) -> int:
-            row = db.execute("SELECT owner, epoch, expires FROM leases WHERE cluster=?", (cluster,)).fetchone()
-            if row and row[0] and row[0] != owner and row[2] > now:
+            row = db.execute("SELECT owner, epoch, expires, holder FROM leases WHERE cluster=?", (cluster,)).fetchone()
+            if row and row[0] and row[0] != owner and row[2] > now and not holder_is_dead(row[3]):
                 raise LeaseHeldError(
                     f"cluster {cluster!r} is managed by {row[0]} (lease for {row[2] - now:.0f}s more)",
                     hint="stop the other daemon, or wait for its lease to expire",
                 )
             epoch = (row[1] if row else 0) + 1
             db.execute(
-                "INSERT INTO leases VALUES (?,?,?,?) ON CONFLICT(cluster) DO UPDATE SET owner=excluded.owner, epoch=excluded.epoch, expires=excluded.expires",
-                (cluster, owner, epoch, now + ttl),
+                "INSERT INTO leases (cluster, owner, epoch, expires, holder) VALUES (?,?,?,?,?) ON CONFLICT(cluster) "
+                "DO UPDATE SET owner=excluded.owner, epoch=excluded.epoch, expires=excluded.expires, holder=excluded.holder",
+                (cluster, owner, epoch, now + ttl, process_token()),
             )
             return epoch
 
@@ -268,6 +350,7 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,NULL)",
                 (known.instance_id, cluster, known.group, known.slot, known.config, known.image, known.name, known.key, known.created_at),
             )
+            db.execute("INSERT OR IGNORE INTO births VALUES (?,?,?,?)", (cluster, known.group, known.instance_id, known.created_at))
 
         self._write(cluster, epoch, body)
 
@@ -282,6 +365,7 @@ class SqliteStore:
                 (instance_id, cluster, row[0] if row else "", row[1] if row else "", row[2] if row else "", now),
             )
             db.execute("DELETE FROM health WHERE cluster=? AND instance_id=?", (cluster, instance_id))
+            db.execute("DELETE FROM births WHERE cluster=? AND instance_id=?", (cluster, instance_id))
 
         self._write(cluster, epoch, body)
 
@@ -335,6 +419,60 @@ class SqliteStore:
                     db.execute("INSERT OR REPLACE INTO health VALUES (?,?,?,?)", (cluster, group, instance_id, since))
 
         self._write(cluster, None, body)
+
+    def birth_times(self, cluster: str, group: str) -> dict[str, float]:
+        """When each machine this journal created was made (kept while the machine lives)."""
+        with self._lock:
+            rows = self._db.execute("SELECT instance_id, created_at FROM births WHERE cluster=? AND grp=?", (cluster, group)).fetchall()
+        return {str(r[0]): float(r[1]) for r in rows}
+
+    # -- what the cluster ever used ------------------------------------------------------------
+
+    def record_cluster(self, cluster: str, groups: Mapping[str, str], providers: Sequence[ProviderRecord], epoch: int) -> None:
+        """Remember the spec's groups (name -> provider) and providers; a group is never forgotten
+        until :meth:`retire_group` says its machines are gone, a provider never."""
+
+        def body(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO groups_seen VALUES (?,?,?,0) ON CONFLICT(cluster, grp) DO UPDATE SET provider=excluded.provider, retired=0",
+                [(cluster, g, p) for g, p in groups.items()],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO providers_seen VALUES (?,?,?,?,?,?)",
+                [(cluster, p.name, p.type, p.rate_limit, json.dumps(p.options, sort_keys=True, default=str), p.source_file) for p in providers],
+            )
+
+        self._write(cluster, epoch, body)
+
+    def groups_seen(self, cluster: str) -> dict[str, str]:
+        with self._lock:
+            rows = self._db.execute("SELECT grp, provider FROM groups_seen WHERE cluster=? AND retired=0", (cluster,)).fetchall()
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def groups_with_intents(self, cluster: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT grp FROM intents WHERE cluster=?", (cluster,)).fetchall()
+        return {str(r[0]) for r in rows}
+
+    def retire_group(self, cluster: str, group: str, epoch: int) -> None:
+        self._write(cluster, epoch, lambda db: db.execute("UPDATE groups_seen SET retired=1 WHERE cluster=? AND grp=?", (cluster, group)))
+
+    def providers_seen(self, cluster: str) -> list[ProviderRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, type, rate_limit, options, source_file FROM providers_seen WHERE cluster=? ORDER BY name", (cluster,)
+            ).fetchall()
+        return [ProviderRecord(str(r[0]), str(r[1]), r[2], dict(json.loads(r[3])), str(r[4])) for r in rows]
+
+    def adopt_journals(self, cluster: str, ids: Iterable[str], epoch: int) -> None:
+        rows = [(cluster, i) for i in ids]
+        if rows:
+            self._write(cluster, epoch, lambda db: db.executemany("INSERT OR IGNORE INTO adopted VALUES (?,?)", rows))
+
+    def adopted_journals(self, cluster: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT journal FROM adopted WHERE cluster=?", (cluster,)).fetchall()
+        return {str(r[0]) for r in rows}
 
     # -- inspection (status, tests) ---------------------------------------------------------
 
