@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -23,8 +24,10 @@ from provision.reconcile.journal import SqliteStore
 from provision.reconcile.logs import JsonFormatter
 from provision.reconcile.model import Condition
 from provision.reconcile.plan import ClusterPlan, StalePlanError, render_plan_table
+from provision.reconcile.provider import Provider
 from provision.reconcile.registry import create_providers
 from provision.reconcile.spec import ClusterSpec, load_cluster_spec, parse_cluster_spec
+from provision.reconcile.teardown import open_cluster_providers
 
 
 def register(subparsers: Any) -> None:
@@ -41,6 +44,9 @@ def register(subparsers: Any) -> None:
     apply.add_argument("cluster", help="cluster spec (YAML) or a plan saved by `provision plan --out`")
     apply.add_argument("--timeout", type=float, default=1800.0, help="give up after SECONDS (default 1800)")
     apply.add_argument("--interval", type=float, default=1.0, help="seconds between passes (default 1)")
+    apply.add_argument("--allow-destroy-all", action="store_true",
+                       help="let a spec that removes every group of the cluster destroy all its machines")
+    apply.add_argument("--adopt", action="store_true", help="take over machines another journal created")
     _common(apply)
     apply.set_defaults(func=run_apply)
 
@@ -50,6 +56,7 @@ def register(subparsers: Any) -> None:
     daemon.add_argument("--interval", type=float, help="seconds between passes (default from the spec)")
     daemon.add_argument("--resync", type=float, help="seconds between full resyncs (default from the spec)")
     daemon.add_argument("--owner", default=f"{os.uname().nodename}:{os.getpid()}", help="this daemon's name in the lease")
+    daemon.add_argument("--adopt", action="store_true", help="take over machines another journal created")
     _common(daemon)
     daemon.set_defaults(func=run_daemon)
 
@@ -64,18 +71,39 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--journal", metavar="PATH", help="journal database (default from the spec)")
 
 
+def _providers(spec: ClusterSpec, store: SqliteStore, clock: SystemClock) -> dict[str, Provider]:
+    """The spec's providers and those the journal remembers (for groups since removed)."""
+    opened = open_cluster_providers(spec, store, clock)
+    used = {g.provider for g in spec.groups}
+    if used & set(opened.unreachable):
+        create_providers(spec, clock)  # raises the error of the spec's own provider
+    return opened.providers
+
+
 def _open(args: argparse.Namespace, spec: ClusterSpec, *, build: bool) -> tuple[Engine, SqliteStore]:
-    """The engine over the spec's providers. ``build``: group images from image specs are built
-    and published (apply); otherwise only their digests are computed (plan, status)."""
+    """The engine over the spec's providers (and those the journal remembers). ``build``: group
+    images from image specs are built and published (apply); otherwise only their digests are
+    computed (plan, status)."""
     store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
     clock = SystemClock()
-    providers = create_providers(spec, clock)
-    images = GroupImages(spec, providers, build=build, progress=_say)
-    return Engine(spec, providers, store, clock, owner=f"cli:{os.getpid()}", images=images), store
+    try:
+        providers = _providers(spec, store, clock)
+        images = GroupImages(spec, providers, build=build, progress=_say)
+        engine = Engine(spec, providers, store, clock, owner=f"cli:{os.getpid()}", images=images,
+                        allow_destroy_all=getattr(args, "allow_destroy_all", False), adopt=getattr(args, "adopt", False))
+    except BaseException:
+        store.close()
+        raise
+    return engine, store
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _check_seconds(name: str, value: float, *, zero: bool) -> None:
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise UsageError(f"{name} must be a finite number of seconds{' (0 or more)' if zero else ' above 0'}, not {value:g}")
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -103,6 +131,8 @@ def _load_target(path: str) -> tuple[ClusterSpec, ClusterPlan | None]:
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    _check_seconds("--interval", args.interval, zero=True)
+    _check_seconds("--timeout", args.timeout, zero=False)
     spec, saved = _load_target(args.cluster)
     engine, store = _open(args, spec, build=True)
     try:
@@ -116,6 +146,7 @@ def run_apply(args: argparse.Namespace) -> int:
         print(render_plan_table(plan), end="")
         if not plan.has_changes:
             return 0
+        engine.check_destroy_all()  # before the lease: a refused apply leaves nothing behind
         engine.acquire()
         deadline = time.monotonic() + args.timeout
 
@@ -151,8 +182,14 @@ def run_daemon(args: argparse.Namespace) -> int:
         resync=args.resync if args.resync is not None else spec.daemon.resync,
         listen=args.listen or spec.daemon.listen,
         owner=args.owner,
+        adopt=args.adopt,
     )
-    daemon = Daemon(spec, create_providers(spec, clock), store, clock, options, stop=stop, reload=reloader(Path(args.cluster)))
+    try:
+        options.check()
+        daemon = Daemon(spec, _providers(spec, store, clock), store, clock, options, stop=stop, reload=reloader(Path(args.cluster)))
+    except BaseException:
+        store.close()
+        raise
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:

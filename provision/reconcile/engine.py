@@ -299,7 +299,7 @@ class Engine:
         result = PassResult(group.name)
         provider = self.providers.get(group.provider)
         if provider is None:  # a removed group whose provider is not reachable from here
-            result.errors.append(f"provider {group.provider!r} of removed group {group.name} is not available")
+            result.errors.append(f"provider {group.provider!r} of group {group.name} is not available")
             return result
         removed = self.is_removed(group)
         image, config = self.desired(group)
