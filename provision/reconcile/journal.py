@@ -154,7 +154,7 @@ CREATE INDEX IF NOT EXISTS instances_group ON instances (cluster, grp);
 CREATE TABLE IF NOT EXISTS health (cluster TEXT, grp TEXT, instance_id TEXT, since REAL NOT NULL,
   PRIMARY KEY (cluster, instance_id));
 CREATE TABLE IF NOT EXISTS births (cluster TEXT, grp TEXT, instance_id TEXT, created_at REAL NOT NULL,
-  PRIMARY KEY (cluster, instance_id));
+  PRIMARY KEY (cluster, grp, instance_id));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS groups_seen (cluster TEXT, grp TEXT, provider TEXT NOT NULL, retired INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (cluster, grp));
@@ -365,7 +365,7 @@ class SqliteStore:
                 (instance_id, cluster, row[0] if row else "", row[1] if row else "", row[2] if row else "", now),
             )
             db.execute("DELETE FROM health WHERE cluster=? AND instance_id=?", (cluster, instance_id))
-            db.execute("DELETE FROM births WHERE cluster=? AND instance_id=?", (cluster, instance_id))
+            db.execute("DELETE FROM births WHERE cluster=? AND grp=? AND instance_id=?", (cluster, row[0] if row else "", instance_id))
 
         self._write(cluster, epoch, body)
 

@@ -64,6 +64,7 @@ class TeardownReport:
     left: list[tuple[str, Instance]] = field(default_factory=list)  # (provider, machine)
     unreachable: dict[str, str] = field(default_factory=dict)  # provider -> why
     errors: list[str] = field(default_factory=list)
+    journaled: dict[str, list[str]] = field(default_factory=dict)  # unreachable provider -> machines the journal knows there
 
     @property
     def complete(self) -> bool:
@@ -71,7 +72,10 @@ class TeardownReport:
 
     def describe_left(self) -> str:
         parts = [f"{i.id} ({i.tags.get(TAG_GROUP, '?')}, {i.state.value}) on {p}" for p, i in self.left]
-        parts += [f"provider {p} not reachable: {why}" for p, why in sorted(self.unreachable.items())]
+        for p, why in sorted(self.unreachable.items()):
+            known = self.journaled.get(p, [])
+            parts.append(f"provider {p} not reachable ({why})"
+                         + (f", the journal knows {len(known)} machine(s) there: {', '.join(known)}" if known else ""))
         return "; ".join(parts)
 
 
@@ -144,4 +148,9 @@ def tear_down_cluster(
             (name, i) for i in listed
             if i.tags.get(TAG_CLUSTER) == cluster and (i.state is not InstanceState.TERMINATED or i.id not in swept)
         ]
+    seen = engine.store.groups_seen(cluster) | {g.name: g.provider for g in engine.spec.groups}
+    for name in report.unreachable:
+        report.journaled[name] = sorted(
+            machine for group, provider in seen.items() if provider == name for machine in engine.store.birth_times(cluster, group)
+        )
     return report
