@@ -31,6 +31,7 @@ from provision.reconcile.spec import ClusterSpec, load_cluster_spec
 MAX_WAIT = 3600.0  # no single wait is longer than this, whatever a spec says
 RESTARTS = 3  # a group thread that dies more often than this (within RESTART_WINDOW) ends the daemon
 RESTART_WINDOW = 600.0
+RESTART_DELAY = 0.5  # seconds before the first restart of a dead group thread, doubling after each
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class Daemon:
         self.ready = threading.Event()
         self._wake: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
-        self._dead: dict[str, str] = {}  # group -> why its thread died (until restarted)
+        self._dead: dict[str, tuple[str, float]] = {}  # group -> (why its thread died, when), until restarted
         self._deaths: dict[str, list[float]] = {}
         self._heartbeat = time.monotonic()
 
@@ -110,7 +111,7 @@ class Daemon:
         if self.standby:
             return True, f"standby: {self.standby}\n"
         if self._dead:
-            return False, "".join(f"group {g} thread died: {why}\n" for g, why in sorted(self._dead.items()))
+            return False, "".join(f"group {g} thread died: {why}\n" for g, (why, _) in sorted(self._dead.items()))
         fresh = time.monotonic() - self._heartbeat < 3 * self.options.interval + self.options.lease_ttl
         return (True, "ok\n") if fresh else (False, "stalled\n")
 
@@ -203,7 +204,7 @@ class Daemon:
         """Restart the threads that died (each at most RESTARTS times in RESTART_WINDOW);
         beyond that, end the daemon: a loop that cannot run must not look healthy."""
         now = time.monotonic()
-        for name, why in sorted(self._dead.items()):
+        for name, (why, died) in sorted(self._dead.items()):
             deaths = [t for t in self._deaths.get(name, []) if now - t < RESTART_WINDOW]
             self._deaths[name] = deaths
             if len(deaths) > RESTARTS:
@@ -211,6 +212,8 @@ class Daemon:
                 log_event("daemon-failed", logging.ERROR, cluster=self.engine.spec.name, group=name, error=why)
                 self.stop.set()
                 return
+            if now - died < RESTART_DELAY * 2 ** (len(deaths) - 1):
+                continue
             del self._dead[name]
             log_event("group-restarted", logging.WARNING, group=name, deaths=len(deaths))
             self._start_groups()
@@ -244,7 +247,7 @@ class Daemon:
         except BaseException as exc:  # noqa: BLE001 (recorded: /healthz fails, the thread is restarted)
             if not self.stop.is_set():
                 self._deaths.setdefault(name, []).append(time.monotonic())
-                self._dead[name] = repr(exc)
+                self._dead[name] = (repr(exc), time.monotonic())
                 logging.getLogger("provision.reconcile").error(
                     "group-died", exc_info=True, extra={"fields": {"group": name, "error": repr(exc)}}
                 )
