@@ -174,9 +174,13 @@ def run_daemon(args: argparse.Namespace) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
-    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
-    clock = SystemClock()
-    stop = threading.Event()
+    try:
+        return _run_daemon(args, spec)
+    finally:
+        log.removeHandler(handler)
+
+
+def _run_daemon(args: argparse.Namespace, spec: ClusterSpec) -> int:
     options = DaemonOptions(
         interval=args.interval if args.interval is not None else spec.daemon.interval,
         resync=args.resync if args.resync is not None else spec.daemon.resync,
@@ -184,15 +188,14 @@ def run_daemon(args: argparse.Namespace) -> int:
         owner=args.owner,
         adopt=args.adopt,
     )
+    options.check()  # before anything is opened or taken
+    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
+    clock = SystemClock()
+    stop = threading.Event()
     try:
-        options.check()
         daemon = Daemon(spec, _providers(spec, store, clock), store, clock, options, stop=stop, reload=reloader(Path(args.cluster)))
-    except BaseException:
-        store.close()
-        raise
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    try:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
         return daemon.run()
     finally:
         store.close()
