@@ -189,13 +189,13 @@ def _run_daemon(args: argparse.Namespace, spec: ClusterSpec) -> int:
         adopt=args.adopt,
     )
     options.check()  # before anything is opened or taken
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
     clock = SystemClock()
-    stop = threading.Event()
     try:
         daemon = Daemon(spec, _providers(spec, store, clock), store, clock, options, stop=stop, reload=reloader(Path(args.cluster)))
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
         return daemon.run()
     finally:
         store.close()
