@@ -343,6 +343,7 @@ class Engine:
                 and not any(m.id is None for m in observation.machines)
                 and len(observation.machines) == group.desired
                 and all(m.config == config and m.condition is Condition.AVAILABLE for m in observation.machines)
+                and not self.store.pending_intents(self.spec.name, group.name)  # e.g. a timed-out destroy to re-drive
             )
         except StaleEpochError:
             raise
