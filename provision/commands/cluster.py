@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -110,7 +111,7 @@ def run_plan(args: argparse.Namespace) -> int:
     spec = load_cluster_spec(args.cluster)
     engine, store = _open(args, spec, build=False)
     try:
-        plan = engine.plan()
+        plan = dataclasses.replace(engine.plan(), journal=str(store.path.resolve()))
     finally:
         store.close()
     if args.out:
@@ -134,6 +135,8 @@ def run_apply(args: argparse.Namespace) -> int:
     _check_seconds("--interval", args.interval, zero=True)
     _check_seconds("--timeout", args.timeout, zero=False)
     spec, saved = _load_target(args.cluster)
+    if saved is not None and saved.journal and not args.journal:
+        args.journal = saved.journal  # the journal the plan was made against, from any directory
     engine, store = _open(args, spec, build=True)
     try:
         current = engine.plan()

@@ -157,7 +157,7 @@ class Engine:
         cluster = spec.name
         previous = self.store.desired(cluster)
         self.store.put_desired(cluster, spec.digest, spec.source_text, self.epoch)
-        source = spec.source_file if spec.source_file.startswith("<") else str(Path(spec.source_file).resolve())
+        source = _resolved(spec.source_file)
         records = [ProviderRecord(p.name, p.type, p.rate_limit, dict(p.options), source) for p in spec.providers.values()]
         # Journals written before groups were recorded: the groups that had intents.
         known = set(self.store.groups_seen(cluster))
@@ -266,7 +266,7 @@ class Engine:
             note = f"{refusal}: apply refuses without --allow-destroy-all, the daemon refuses"
             groups = tuple(dataclasses.replace(g, notes=(*g.notes, note)) if g.removed else g for g in groups)
         return ClusterPlan(
-            self.spec.name, self.spec.source_file, self.spec.digest, self.spec.source_text,
+            self.spec.name, _resolved(self.spec.source_file), self.spec.digest, self.spec.source_text,
             digest_observations(observations), groups,
         )
 
@@ -528,6 +528,11 @@ def _scope_done(engine: Engine, scope: ClusterPlan, results: list[PassResult]) -
         if any(m.condition is Condition.STARTING for m in observation.machines):
             return False
     return True
+
+
+def _resolved(source_file: str) -> str:
+    """The spec's path as it resolves from anywhere (a saved plan is applied from any directory)."""
+    return source_file if source_file.startswith("<") else str(Path(source_file).resolve())
 
 
 def step_removed_group(machines: tuple[Machine, ...], allowed: set[str] | None) -> Step:

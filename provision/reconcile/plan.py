@@ -66,6 +66,7 @@ class ClusterPlan:
     spec_text: str
     observed_digest: str
     groups: tuple[GroupPlan, ...]
+    journal: str = ""  # the journal the plan was made against (absolute): apply uses the same one
 
     @property
     def has_changes(self) -> bool:
