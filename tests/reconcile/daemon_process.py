@@ -19,7 +19,12 @@ from typing import Any
 import requests
 
 from provision.providers.simulated.cloud import SimulatedCloud
-from provision.reconcile.provider import CreateRequest, Instance, StaleEpochError
+from provision.reconcile.provider import (
+    CreateRequest,
+    Instance,
+    StaleEpochError,
+    TransientProviderError,
+)
 
 
 @dataclass(frozen=True)
@@ -38,12 +43,23 @@ class RecordingCloud(SimulatedCloud):
         self.calls: list[Call] = []
         self.refused: list[Call] = []
         self._calls_lock = threading.Lock()
+        self.stall: tuple[int, int] | None = None  # (epoch, n): that epoch's creates after the n-th hang
+        self.stalled = threading.Event()  # a create is hanging
+        self.thaw = threading.Event()  # ... until this is set, then it fails with a 503
 
     def _note(self, op: str, epoch: int, accepted: bool) -> None:
         with self._calls_lock:
             (self.calls if accepted else self.refused).append(Call(time.monotonic(), op, epoch))
 
     def create(self, request: CreateRequest) -> Instance:
+        if self.stall is not None and request.epoch == self.stall[0]:
+            with self._calls_lock:
+                made = sum(1 for c in self.calls if c.op == "create" and c.epoch == request.epoch)
+            if made >= self.stall[1]:
+                self._note("create", request.epoch, True)  # made while its daemon still ran
+                self.stalled.set()
+                self.thaw.wait(60)
+                raise TransientProviderError("simulated: the cloud stalled and gave up")
         try:
             instance = super().create(request)
         except StaleEpochError:

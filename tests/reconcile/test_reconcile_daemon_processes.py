@@ -55,7 +55,7 @@ def live_from_the_api(url: str) -> list[dict[str, object]]:
 
 def test_a_second_daemon_stands_by_and_takes_over_when_the_leader_is_killed(tmp_path: Path, served: tuple[RecordingCloud, str]) -> None:
     cloud, url = served
-    cloud.faults.call_delay = 0.1  # slow creates: the leader is killed mid scale-up
+    cloud.stall = (1, 3)  # the first leader's fourth create hangs: it is killed mid scale-up
     spec = tmp_path / "cluster.yml"
     spec.write_text(SPEC.format(url=url, image="img-1", size=8, surge=1))
     journal = tmp_path / "journal.db"
@@ -69,10 +69,11 @@ def test_a_second_daemon_stands_by_and_takes_over_when_the_leader_is_killed(tmp_
         code, text = second.healthz()
         assert code == 200 and text.startswith("standby: cluster 'demo' is managed by first")
         assert first.healthz() == (200, "ok\n")
-        wait_for(lambda: len(cloud.live()) >= 3, 20, "the leader's first creates")
+        wait_for(cloud.stalled.is_set, 20, "the leader's first creates")
         assert not second.has("leader") and not second.has("created")
         first.kill()
         killed = time.monotonic()
+        cloud.thaw.set()
         second.wait_event("leader", timeout=LEASE)
         took_over = time.monotonic() - killed
         assert took_over < LEASE
