@@ -103,8 +103,9 @@ def converge_cluster(engine: Engine, say: Say, *, timeout: float, interval: floa
     passes = 0
     while True:
         passes += 1
+        groups = engine.groups()  # the spec's, then those removed from it (destroyed)
         results = engine.reconcile()
-        for group, result in zip(engine.spec.groups, results, strict=True):
+        for group, result in zip(groups, results, strict=True):
             _report(engine, group, result, last, say)
         if all(r.converged for r in results):
             return passes
@@ -213,6 +214,8 @@ def run_up(args: argparse.Namespace) -> int:
     for group in spec.groups:
         say(f"group {group.name}: image {images.image(group).id}")
     store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
+    # groups removed from the spec may live on providers no group uses now: the journal knows them
+    providers = {**open_cluster_providers(spec, store, clock).providers, **providers}
     engine = Engine(spec, providers, store, clock, owner=f"up:{os.getpid()}", images=images)
     started = time.monotonic()
     try:

@@ -211,3 +211,13 @@ def test_machines_carry_their_journal_and_another_journal_must_adopt_them(world:
     again.acquire()
     assert all(r.converged for r in again.reconcile())  # the adoption is remembered
 
+
+
+def test_up_also_destroys_a_removed_group(cluster: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "up", str(cluster), "--interval", "0", "-q")[0] == 0
+    cluster.write_text(without_etcd(cluster.read_text()))
+    code, out, err = run(capsys, "up", str(cluster), "--interval", "0", "-q")
+    assert code == 0, err
+    assert "Cluster demo is up: 3 machines healthy" in out
+    state = load_cloud(str(cluster.parent / ".demo-sim-cloud.json"))
+    assert sorted(i.tags["provision-group"] for i in state.live()) == ["web"] * 3
