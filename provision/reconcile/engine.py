@@ -157,8 +157,7 @@ class Engine:
         cluster = spec.name
         previous = self.store.desired(cluster)
         self.store.put_desired(cluster, spec.digest, spec.source_text, self.epoch)
-        source = _resolved(spec.source_file)
-        records = [ProviderRecord(p.name, p.type, p.rate_limit, dict(p.options), source) for p in spec.providers.values()]
+        records = [ProviderRecord(p.name, p.type, p.rate_limit, dict(p.options), str(p.base.absolute())) for p in spec.providers.values()]
         # Journals written before groups were recorded: the groups that had intents.
         known = set(self.store.groups_seen(cluster))
         legacy = self.store.groups_with_intents(cluster) - known

@@ -77,7 +77,7 @@ class ProviderRecord:
     type: str
     rate_limit: float | None
     options: dict[str, Any]
-    source_file: str  # the spec it came from: relative options resolve against its directory
+    base: str  # the directory of the spec it came from: relative options resolve against it
 
 
 class Store(Protocol):
@@ -159,7 +159,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS groups_seen (cluster TEXT, grp TEXT, provider TEXT NOT NULL, retired INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (cluster, grp));
 CREATE TABLE IF NOT EXISTS providers_seen (cluster TEXT, name TEXT, type TEXT NOT NULL, rate_limit REAL,
-  options TEXT NOT NULL, source_file TEXT NOT NULL, PRIMARY KEY (cluster, name));
+  options TEXT NOT NULL, base TEXT NOT NULL, PRIMARY KEY (cluster, name));
 CREATE TABLE IF NOT EXISTS adopted (cluster TEXT, journal TEXT, PRIMARY KEY (cluster, journal));
 """
 
@@ -439,7 +439,7 @@ class SqliteStore:
             )
             db.executemany(
                 "INSERT OR REPLACE INTO providers_seen VALUES (?,?,?,?,?,?)",
-                [(cluster, p.name, p.type, p.rate_limit, json.dumps(p.options, sort_keys=True, default=str), p.source_file) for p in providers],
+                [(cluster, p.name, p.type, p.rate_limit, json.dumps(p.options, sort_keys=True, default=str), p.base) for p in providers],
             )
 
         self._write(cluster, epoch, body)
@@ -460,7 +460,7 @@ class SqliteStore:
     def providers_seen(self, cluster: str) -> list[ProviderRecord]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT name, type, rate_limit, options, source_file FROM providers_seen WHERE cluster=? ORDER BY name", (cluster,)
+                "SELECT name, type, rate_limit, options, base FROM providers_seen WHERE cluster=? ORDER BY name", (cluster,)
             ).fetchall()
         return [ProviderRecord(str(r[0]), str(r[1]), r[2], dict(json.loads(r[3])), str(r[4])) for r in rows]
 

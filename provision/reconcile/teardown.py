@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from provision.errors import ProvisionError
 from provision.reconcile.clock import Clock
@@ -39,13 +40,13 @@ class ClusterProviders:
 def open_cluster_providers(spec: ClusterSpec, store: Store, clock: Clock) -> ClusterProviders:
     """One provider per name the spec declares (used by a group or not) or the journal recorded
     (a provider since removed from the spec is opened with the options it had then)."""
-    wanted: dict[str, tuple[ProviderSpec, str]] = {
-        r.name: (ProviderSpec(r.name, r.type, r.rate_limit, r.options), r.source_file) for r in store.providers_seen(spec.name)
+    wanted: dict[str, ProviderSpec] = {
+        r.name: ProviderSpec(r.name, r.type, r.rate_limit, r.options, Path(r.base)) for r in store.providers_seen(spec.name)
     }
-    wanted.update({name: (p, spec.source_file) for name, p in spec.providers.items()})
+    wanted.update(spec.providers)
     found = ClusterProviders()
-    for name, (pspec, source) in sorted(wanted.items()):
-        alone = dataclasses.replace(spec, providers={name: pspec}, groups=(GroupSpec("-", name, "-", size=0),), source_file=source)
+    for name, pspec in sorted(wanted.items()):
+        alone = dataclasses.replace(spec, providers={name: pspec}, groups=(GroupSpec("-", name, "-", size=0),))
         try:
             found.providers[name] = create_providers(alone, clock)[name]
         except (ProvisionError, OSError, ValueError) as exc:

@@ -14,7 +14,8 @@ import pytest
 import requests
 from daemon_process import DaemonProcess, RecordingCloud, wait_for
 
-from provision.providers.simulated.cloud import Faults, serve_simulated_cloud
+from provision.providers.simulated.cloud import Faults
+from provision.providers.simulated.server import serve_simulated_cloud
 from provision.reconcile.provider import (
     TAG_CLUSTER,
     TAG_CONFIG,

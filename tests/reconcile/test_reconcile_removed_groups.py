@@ -12,7 +12,9 @@ import pytest
 from reconcile_world import World, make_spec
 
 from provision.cli import main
-from provision.providers.simulated.cloud import SimulatedCloud, load_cloud, serve_simulated_cloud
+from provision.providers.simulated.cloud import SimulatedCloud
+from provision.providers.simulated.persistence import load_cloud
+from provision.providers.simulated.server import serve_simulated_cloud
 from provision.reconcile.daemon import Daemon, DaemonOptions
 from provision.reconcile.engine import REMOVED, DestroyAllRefusedError
 from provision.reconcile.journal import SqliteStore
@@ -53,7 +55,7 @@ def test_a_removed_group_is_planned_destroyed_through_the_journal_and_retired(wo
 def test_a_spec_that_removes_every_group_is_refused_unless_allowed(world: World) -> None:
     world.engine(make_spec(3)).converge(between=world.step(3))
     before = {i.id for i in world.owned()}
-    renamed = parse_cluster_spec("cluster: demo\ngroups:\n  - {name: www, provider: sim, image: img-1, size: 1}\n", "<test>")
+    renamed = parse_cluster_spec("cluster: demo\nproviders:\n  sim: {type: simulated}\ngroups:\n  - {name: www, provider: sim, image: img-1, size: 1}\n", "<test>")
     engine = world.engine(renamed)
     assert any("removes every group" in note for g in engine.plan().groups for note in g.notes)
     with pytest.raises(DestroyAllRefusedError, match="web \\(3 machines\\)"):
@@ -66,7 +68,7 @@ def test_a_spec_that_removes_every_group_is_refused_unless_allowed(world: World)
 def test_the_daemon_refuses_a_spec_that_removes_every_group_before_taking_the_lease(world: World) -> None:
     world.engine(make_spec(2)).converge(between=world.step(3))
     epoch = world.stores[0].current_epoch("demo")
-    renamed = parse_cluster_spec("cluster: demo\ngroups:\n  - {name: www, provider: sim, image: img-1, size: 1}\n", "<test>")
+    renamed = parse_cluster_spec("cluster: demo\nproviders:\n  sim: {type: simulated}\ngroups:\n  - {name: www, provider: sim, image: img-1, size: 1}\n", "<test>")
     store = SqliteStore(world.journal)
     world.stores.append(store)
     from provision.providers.simulated.cloud import SimulatedProvider
@@ -152,7 +154,7 @@ def test_down_sweeps_cluster_machines_no_group_or_journal_knows(tmp_path: Path, 
     spec = tmp_path / "cluster.yml"
     spec.write_text(TWO_PROVIDERS.format(pb=PB_FILE, db=""))
     assert run(capsys, "apply", str(spec), "--interval", "0")[0] == 0
-    from provision.providers.simulated.cloud import save_cloud
+    from provision.providers.simulated.persistence import save_cloud
 
     state = str(tmp_path / "pb.json")
     cloud = load_cloud(state)

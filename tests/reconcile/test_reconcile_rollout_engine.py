@@ -22,6 +22,8 @@ from provision.reconcile.spec import ClusterSpec, parse_cluster_spec
 
 SPEC = """
 cluster: demo
+providers:
+  sim: {{type: simulated}}
 groups:
   - name: web
     provider: sim
