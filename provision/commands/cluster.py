@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from provision.commands import check_seconds
 from provision.errors import ProvisionError, UsageError
 from provision.fsutil import write_bytes_atomic
 from provision.reconcile.clock import SystemClock
@@ -102,11 +102,6 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _check_seconds(name: str, value: float, *, zero: bool) -> None:
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-        raise UsageError(f"{name} must be a finite number of seconds{' (0 or more)' if zero else ' above 0'}, not {value:g}")
-
-
 def run_plan(args: argparse.Namespace) -> int:
     spec = load_cluster_spec(args.cluster)
     engine, store = _open(args, spec, build=False)
@@ -132,8 +127,8 @@ def _load_target(path: str) -> tuple[ClusterSpec, ClusterPlan | None]:
 
 
 def run_apply(args: argparse.Namespace) -> int:
-    _check_seconds("--interval", args.interval, zero=True)
-    _check_seconds("--timeout", args.timeout, zero=False)
+    check_seconds("--interval", args.interval, zero=True)
+    check_seconds("--timeout", args.timeout, zero=False)
     spec, saved = _load_target(args.cluster)
     if saved is not None and saved.journal and not args.journal:
         args.journal = saved.journal  # the journal the plan was made against, from any directory

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.agent import AGENT_PORT, read_agent
+from provision.commands import check_seconds
 from provision.errors import ProvisionError
 from provision.providers import get_target
 from provision.reconcile.clock import SystemClock
@@ -205,6 +206,8 @@ def render_status(status: Mapping[str, Any]) -> str:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    check_seconds("--timeout", args.timeout, zero=False)
+    check_seconds("--interval", args.interval, zero=True)
     say = _progress(args.quiet)
     spec = load_cluster_spec(args.cluster)
     check_targets(spec)
@@ -249,6 +252,7 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def run_down(args: argparse.Namespace) -> int:
+    check_seconds("--timeout", args.timeout, zero=False)
     say = _progress(args.quiet)
     spec = load_cluster_spec(args.cluster)
     clock = SystemClock()

@@ -101,6 +101,8 @@ def test_bad_daemon_and_apply_options_take_no_lease(cluster: Path, capsys: pytes
         (["daemon", str(cluster), "--interval", "inf"], "daemon interval must be a number of seconds above 0"),
         (["apply", str(cluster), "--interval", "-5"], "--interval must be a finite number of seconds (0 or more)"),
         (["apply", str(cluster), "--timeout", "nan"], "--timeout must be a finite number of seconds above 0"),
+        (["up", str(cluster), "--interval", "-5"], "--interval must be a finite number of seconds (0 or more)"),
+        (["down", str(cluster), "--timeout", "-1"], "--timeout must be a finite number of seconds above 0"),
     ]
     try:
         for argv, message in cases:
