@@ -111,7 +111,7 @@ class Store(Protocol):
 
     def known_instances(self, cluster: str, group: str) -> list[KnownInstance]: ...
 
-    def forget_instances(self, cluster: str, ids: Iterable[str]) -> None: ...
+    def forget_instances(self, cluster: str, ids: Iterable[str], group: str | None = None) -> None: ...
 
     def unhealthy_since(self, cluster: str, group: str) -> dict[str, float]: ...
 
@@ -136,7 +136,17 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-_SCHEMA = """
+_KEYED_BY_GROUP = {  # machine ids are unique per provider only: these tables key them by group
+    "instances": """CREATE TABLE IF NOT EXISTS instances (
+  instance_id TEXT NOT NULL, cluster TEXT NOT NULL, grp TEXT NOT NULL, slot TEXT NOT NULL,
+  config TEXT NOT NULL, image TEXT NOT NULL, name TEXT NOT NULL, key TEXT NOT NULL,
+  created_at REAL NOT NULL, destroyed_at REAL, PRIMARY KEY (cluster, grp, instance_id))""",
+    "health": """CREATE TABLE IF NOT EXISTS health (cluster TEXT, grp TEXT, instance_id TEXT, since REAL NOT NULL,
+  PRIMARY KEY (cluster, grp, instance_id))""",
+}
+_INDEXES = "CREATE INDEX IF NOT EXISTS instances_group ON instances (cluster, grp);\n"
+
+_SCHEMA = ";\n".join(_KEYED_BY_GROUP.values()) + ";\n" + _INDEXES + """
 CREATE TABLE IF NOT EXISTS leases (cluster TEXT PRIMARY KEY, owner TEXT, epoch INTEGER NOT NULL, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS desired (cluster TEXT PRIMARY KEY, digest TEXT NOT NULL, text TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS configs (config TEXT PRIMARY KEY, image TEXT NOT NULL, properties TEXT NOT NULL);
@@ -146,13 +156,6 @@ CREATE TABLE IF NOT EXISTS intents (
   instance_id TEXT, config TEXT NOT NULL, reason TEXT NOT NULL, request TEXT NOT NULL,
   created_at REAL NOT NULL, state TEXT NOT NULL, result TEXT, epoch INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS intents_pending ON intents (cluster, state);
-CREATE TABLE IF NOT EXISTS instances (
-  instance_id TEXT PRIMARY KEY, cluster TEXT NOT NULL, grp TEXT NOT NULL, slot TEXT NOT NULL,
-  config TEXT NOT NULL, image TEXT NOT NULL, name TEXT NOT NULL, key TEXT NOT NULL,
-  created_at REAL NOT NULL, destroyed_at REAL);
-CREATE INDEX IF NOT EXISTS instances_group ON instances (cluster, grp);
-CREATE TABLE IF NOT EXISTS health (cluster TEXT, grp TEXT, instance_id TEXT, since REAL NOT NULL,
-  PRIMARY KEY (cluster, instance_id));
 CREATE TABLE IF NOT EXISTS births (cluster TEXT, grp TEXT, instance_id TEXT, created_at REAL NOT NULL,
   PRIMARY KEY (cluster, grp, instance_id));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -162,6 +165,32 @@ CREATE TABLE IF NOT EXISTS providers_seen (cluster TEXT, name TEXT, type TEXT NO
   options TEXT NOT NULL, base TEXT NOT NULL, PRIMARY KEY (cluster, name));
 CREATE TABLE IF NOT EXISTS adopted (cluster TEXT, journal TEXT, PRIMARY KEY (cluster, journal));
 """
+
+
+_GROUP_KEY = ["cluster", "grp", "instance_id"]
+
+
+def _migrate_keys(db: sqlite3.Connection) -> None:
+    """Journals made before instance ids were keyed by group (ids are unique per provider only,
+    and a cluster's groups may use several): rebuild those tables with the new key."""
+    for table in ("instances", "health"):
+        info = db.execute(f"PRAGMA table_info({table})").fetchall()
+        if not info:
+            continue  # a new journal: the schema creates it
+        key = [str(row[1]) for row in sorted((r for r in info if r[5]), key=lambda r: r[5])]
+        if key == _GROUP_KEY:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(f"ALTER TABLE {table} RENAME TO {table}_old")
+            db.execute(f"DROP INDEX IF EXISTS {table}_group")
+            db.execute(_KEYED_BY_GROUP[table])
+            db.execute(f"INSERT OR REPLACE INTO {table} SELECT * FROM {table}_old")
+            db.execute(f"DROP TABLE {table}_old")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
 
 def process_token(pid: int | None = None) -> str:
@@ -207,6 +236,7 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        _migrate_keys(self._db)
         self._db.executescript(_SCHEMA)
         columns = {str(row[1]) for row in self._db.execute("PRAGMA table_info(leases)")}
         if "holder" not in columns:
@@ -360,11 +390,12 @@ class SqliteStore:
         def body(db: sqlite3.Connection) -> None:
             row = db.execute("SELECT grp, slot, config FROM intents WHERE key=?", (key,)).fetchone()
             db.execute("UPDATE intents SET state='done', result='destroyed' WHERE key=?", (key,))
+            group = row[0] if row else ""
             db.execute(
-                "INSERT INTO instances VALUES (?,?,?,?,?,'','','',0,?) ON CONFLICT(instance_id) DO UPDATE SET destroyed_at=excluded.destroyed_at",
-                (instance_id, cluster, row[0] if row else "", row[1] if row else "", row[2] if row else "", now),
+                "INSERT INTO instances VALUES (?,?,?,?,?,'','','',0,?) ON CONFLICT(cluster, grp, instance_id) DO UPDATE SET destroyed_at=excluded.destroyed_at",
+                (instance_id, cluster, group, row[1] if row else "", row[2] if row else "", now),
             )
-            db.execute("DELETE FROM health WHERE cluster=? AND instance_id=?", (cluster, instance_id))
+            db.execute("DELETE FROM health WHERE cluster=? AND grp=? AND instance_id=?", (cluster, group, instance_id))
             db.execute("DELETE FROM births WHERE cluster=? AND grp=? AND instance_id=?", (cluster, row[0] if row else "", instance_id))
 
         self._write(cluster, epoch, body)
@@ -395,10 +426,16 @@ class SqliteStore:
             ).fetchall()
         return [KnownInstance(*row) for row in rows]
 
-    def forget_instances(self, cluster: str, ids: Iterable[str]) -> None:
-        rows = [(cluster, i) for i in ids]
+    def forget_instances(self, cluster: str, ids: Iterable[str], group: str | None = None) -> None:
+        """Drop journal-known machines (of ``group``, or of any group when None)."""
+        if group is None:
+            rows: list[tuple[str, ...]] = [(cluster, i) for i in ids]
+            query = "DELETE FROM instances WHERE cluster=? AND instance_id=?"
+        else:
+            rows = [(cluster, group, i) for i in ids]
+            query = "DELETE FROM instances WHERE cluster=? AND grp=? AND instance_id=?"
         if rows:
-            self._write(cluster, None, lambda db: db.executemany("DELETE FROM instances WHERE cluster=? AND instance_id=?", rows))
+            self._write(cluster, None, lambda db: db.executemany(query, rows))
 
     # -- health history --------------------------------------------------------------------
 
@@ -414,7 +451,7 @@ class SqliteStore:
         def body(db: sqlite3.Connection) -> None:
             for instance_id, since in changes.items():
                 if since is None:
-                    db.execute("DELETE FROM health WHERE cluster=? AND instance_id=?", (cluster, instance_id))
+                    db.execute("DELETE FROM health WHERE cluster=? AND grp=? AND instance_id=?", (cluster, group, instance_id))
                 else:
                     db.execute("INSERT OR REPLACE INTO health VALUES (?,?,?,?)", (cluster, group, instance_id, since))
 

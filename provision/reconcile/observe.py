@@ -110,7 +110,7 @@ class Observer:
             else:
                 forget.append(known.instance_id)
                 self.vanished.append(known.instance_id)
-        self.store.forget_instances(self.cluster, forget)
+        self.store.forget_instances(self.cluster, forget, group.name)
         machines = self._classify(group, list(live.values()), now)
         pending = self.store.pending_intents(self.cluster, group.name)
         deleting = {i.instance_id for i in pending if i.op == "destroy"}

@@ -223,3 +223,56 @@ def test_up_also_destroys_a_removed_group(cluster: Path, capsys: pytest.CaptureF
     assert "Cluster demo is up: 3 machines healthy" in out
     state = load_cloud(str(cluster.parent / ".demo-sim-cloud.json"))
     assert sorted(i.tags["provision-group"] for i in state.live()) == ["web"] * 3
+
+
+def test_machine_ids_that_collide_across_providers_do_not_clobber_each_other(tmp_path: Path) -> None:
+    """Two clouds number their machines alike (i-00000001 on both); with lagging lists the
+    journal must keep each group's machines apart, or a group loses sight of one and makes a
+    duplicate."""
+    from provision.providers.simulated.cloud import Faults, SimulatedProvider
+    from provision.reconcile.clock import FakeClock
+    from provision.reconcile.engine import Engine
+
+    clock = FakeClock()
+    pa, pb = (SimulatedCloud(clock, Faults(list_lag=3), page_size=2) for _ in range(2))
+    spec = parse_cluster_spec(
+        "cluster: demo\nproviders:\n  pa: {type: simulated}\n  pb: {type: simulated}\ngroups:\n"
+        "  - {name: web, provider: pa, image: img-1, size: 3}\n  - {name: db, provider: pb, image: img-1, size: 3}\n", "<test>")
+    store = SqliteStore(tmp_path / "journal.db")
+    engine = Engine(spec, {"pa": SimulatedProvider(pa, "pa"), "pb": SimulatedProvider(pb, "pb")}, store, clock)
+    engine.acquire()
+    engine.converge(max_passes=50, between=lambda _n: clock.advance(2))
+    assert {i.id for i in pa.live()} == {i.id for i in pb.live()}  # the ids do collide
+    assert (len(pa.live()), len(pb.live())) == (3, 3)
+    assert pa.stats.creates == 3 and pb.stats.creates == 3  # and no duplicate was made
+    store.close()
+
+
+OLD_SCHEMA = """
+CREATE TABLE instances (
+  instance_id TEXT PRIMARY KEY, cluster TEXT NOT NULL, grp TEXT NOT NULL, slot TEXT NOT NULL,
+  config TEXT NOT NULL, image TEXT NOT NULL, name TEXT NOT NULL, key TEXT NOT NULL,
+  created_at REAL NOT NULL, destroyed_at REAL);
+CREATE INDEX instances_group ON instances (cluster, grp);
+CREATE TABLE health (cluster TEXT, grp TEXT, instance_id TEXT, since REAL NOT NULL, PRIMARY KEY (cluster, instance_id));
+CREATE TABLE leases (cluster TEXT PRIMARY KEY, owner TEXT, epoch INTEGER NOT NULL, expires REAL NOT NULL);
+INSERT INTO instances VALUES ('i-1', 'demo', 'web', '00001', 'c', 'img', 'n', 'k', 5.0, NULL);
+INSERT INTO health VALUES ('demo', 'web', 'i-1', 7.0);
+INSERT INTO leases VALUES ('demo', NULL, 4, 0);
+"""
+
+
+def test_a_journal_from_before_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_SCHEMA)
+    old.close()
+    store = SqliteStore(path)
+    assert [k.instance_id for k in store.known_instances("demo", "web")] == ["i-1"]
+    assert store.unhealthy_since("demo", "web") == {"i-1": 7.0}
+    assert store.acquire_lease("demo", "me", 15.0, 100.0) == 5  # the epoch continues
+    store.close()
+    db = sqlite3.connect(path)
+    key = [r[1] for r in sorted((r for r in db.execute("PRAGMA table_info(instances)") if r[5]), key=lambda r: r[5])]
+    db.close()
+    assert key == ["cluster", "grp", "instance_id"]
