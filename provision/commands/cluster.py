@@ -204,12 +204,18 @@ def run_status(args: argparse.Namespace) -> int:
     engine, store = _open(args, spec, build=False)
     try:
         groups: list[dict[str, Any]] = []
-        for group in spec.groups:
+        for group in engine.groups():
+            removed = engine.is_removed(group)
+            if removed and group.provider not in engine.providers:
+                continue  # its provider cannot be opened from here (`provision down` says so)
             image, config = engine.desired(group)
             observation = engine.observe(group)
             machines = observation.machines
+            if removed and not machines:
+                continue
             groups.append({
                 "group": group.name,
+                "removed": removed,
                 "provider": group.provider,
                 "image": image,
                 "config": config,
@@ -237,7 +243,10 @@ def run_status(args: argparse.Namespace) -> int:
         return 0
     print(f"cluster {spec.name}  journal={body['journal']}  epoch={body['epoch']}  intents={body['intents']}")
     for g in groups:
-        print(f"\ngroup {g['group']}  {g['available']}/{g['desired']} available, {g['up_to_date']} up to date, {g['observed']} observed  image={g['image']}")
+        if g["removed"]:
+            print(f"\ngroup {g['group']}  removed from the spec: {g['observed']} machine(s) left to destroy (apply or the daemon does)")
+        else:
+            print(f"\ngroup {g['group']}  {g['available']}/{g['desired']} available, {g['up_to_date']} up to date, {g['observed']} observed  image={g['image']}")
         print(f"  {'MACHINE':<22} {'SLOT':<10} {'CONDITION':<10} {'CURRENT':<8} IMAGE")
         for m in g["machines"]:
             print(f"  {m['id']:<22} {m['slot']:<10} {m['condition']:<10} {'yes' if m['up_to_date'] else 'no':<8} {m['image']}")

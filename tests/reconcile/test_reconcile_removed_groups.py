@@ -93,6 +93,8 @@ def without_etcd(text: str) -> str:
 def test_cli_plan_exits_2_while_a_removed_group_has_machines_and_apply_destroys_them(cluster: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "apply", str(cluster), "--interval", "0")[0] == 0
     cluster.write_text(without_etcd(cluster.read_text()))
+    code, out, _ = run(capsys, "status", str(cluster))
+    assert code == 0 and "group etcd  removed from the spec: 3 machine(s) left to destroy" in out
     code, out, _ = run(capsys, "plan", str(cluster), "--detailed-exitcode")
     assert code == 2
     assert "group etcd  provider=sim  (removed from the spec)" in out
