@@ -455,6 +455,9 @@ class Engine:
                     hint="use the journal that manages it (--journal), or take it over with --adopt",
                 )
             self.store.adopt_journals(self.spec.name, [journal], self.epoch)
+        if group and group not in self.store.groups_seen(self.spec.name) and all(g.name != group for g in self.spec.groups):
+            # a group no journal knew: from now on a removed group, so a destroy left pending is re-driven
+            self.store.record_cluster(self.spec.name, {group: provider_name}, [], self.epoch)
         machine = Machine(instance.id, instance.name, instance.slot, instance.config, instance.image, instance.created_at, Condition.FAILED)
         self._destroy(group, self.providers[provider_name], machine, reason, result)
         return result
