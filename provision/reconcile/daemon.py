@@ -158,7 +158,7 @@ class Daemon:
 
     def _lead(self) -> int:
         self._heartbeat = time.monotonic()
-        self._start_groups()
+        self._resync()  # a daemon that stood by re-reads the spec it may have waited long on; starts the groups
         self.ready.set()
         last_resync = time.monotonic()
         try:
