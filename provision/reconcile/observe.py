@@ -17,6 +17,7 @@ from provision.reconcile.model import Condition, Machine, Observation
 from provision.reconcile.provider import (
     TAG_CLUSTER,
     TAG_GROUP,
+    TAG_JOURNAL,
     HealthSource,
     HealthState,
     Instance,
@@ -109,7 +110,7 @@ class Observer:
             else:
                 forget.append(known.instance_id)
                 self.vanished.append(known.instance_id)
-        self.store.forget_instances(self.cluster, forget)
+        self.store.forget_instances(self.cluster, forget, group.name)
         machines = self._classify(group, list(live.values()), now)
         pending = self.store.pending_intents(self.cluster, group.name)
         deleting = {i.instance_id for i in pending if i.op == "destroy"}
@@ -136,9 +137,15 @@ class Observer:
     def _classify(self, group: GroupSpec, instances: list[Instance], now: float) -> list[Machine]:
         states = probe_instances(self.provider, group, instances)
         since = self.store.unhealthy_since(self.cluster, group.name) if group.health.enabled else {}
-        changes: dict[str, float | None] = {}
+        born = self.store.birth_times(self.cluster, group.name)
+        listed = {i.id for i in instances}
+        # Health history outlives the process (a restart keeps counting); a machine gone from
+        # the list takes its history with it.
+        changes: dict[str, float | None] = {i: None for i in since if i not in listed}
         machines = []
         for instance, state in zip(instances, states, strict=True):
+            if instance.created_at <= 0 and instance.id in born:  # the provider does not say: the journal does
+                instance = dataclasses.replace(instance, created_at=born[instance.id])
             condition = Condition.AVAILABLE
             if instance.state is InstanceState.PENDING:
                 condition = Condition.STARTING
@@ -161,7 +168,7 @@ class Observer:
                 changes[instance.id] = None
             machines.append(
                 Machine(instance.id, instance.name, instance.slot, instance.config, instance.image,
-                        instance.created_at, condition, visible=True)
+                        instance.created_at, condition, visible=True, journal=instance.tags.get(TAG_JOURNAL, ""))
             )
         self.store.set_unhealthy_since(self.cluster, group.name, changes)
         return machines
