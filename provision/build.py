@@ -128,6 +128,7 @@ class _Build:
                 self.say(f"resolve {use.ref}")
                 images[use.ref] = ensure_image(self.store, use.ref, self.platform,
                                                pull=self.pull, client=self.client)
+                check_image_platform(use.ref, images[use.ref], self.platform)
         return images
 
     def run(self) -> BuildResult:
@@ -245,6 +246,16 @@ class _Build:
             final.append(target)
             self.say(f"wrote {target}")
         return final
+
+
+def check_image_platform(ref: str, image: ResolvedImage, platform: Platform) -> None:
+    """Refuse an image built for another platform than the build's (a single-platform image
+    resolves whatever platform is asked for: without this, ``--platform bogus`` would build
+    from the host's images). An image whose config names no architecture is let through."""
+    if image.platform.architecture and not platform.matches(image.platform):
+        raise UsageError(f"image {ref} does not provide platform {platform} (it is {image.platform})",
+                         hint="pass a --platform that every input image provides, or pull "
+                              "images built for it")
 
 
 def default_name(spec_files: Sequence[Path]) -> str:
