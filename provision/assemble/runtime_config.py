@@ -10,7 +10,10 @@ The rules follow LinuxKit's ``ConfigToOCI`` (its defaults match Docker's):
   image's ``PATH`` survives a YAML ``env`` — LinuxKit replaces the whole list instead;
 * default mounts ``/dev``, ``/dev/pts``, ``/proc``, ``/sys``, ``/sys/fs/cgroup`` (``ro`` on
   ``/dev`` and ``/sys`` when the root is read-only), then ``tmpfs``, ``binds``, ``mounts``,
-  a later mount of the same destination winning; the list is sorted by destination;
+  a later mount of the same destination winning; the list is sorted by destination; a
+  relative ``mounts`` destination lies inside the container's root, as runc reads it, and is
+  written absolute (``writeable-host-etc`` -> ``/writeable-host-etc``); ``runtime.json``
+  keeps it as written (init resolves it under the bundle's ``rootfs``, as LinuxKit's does);
 * namespaces: net, ipc, uts and user are the host's unless set (``new``, ``none`` for net,
   or a path); pid is new unless ``host``; mount and cgroup namespaces are always new;
 * capabilities: ``all`` / ``none`` alone, else names; bounding = inheritable = permitted =
@@ -152,6 +155,8 @@ def render_mounts(entry: ImageEntry, label: ImageConfig | None, readonly: bool,
         mounts[dest] = _mount(dest, "bind", source, options)
     for mount in _pick("mounts", entry, label) or ():
         dest, oci = render_user_mount(mount, where)
+        if not dest.startswith("/"):  # relative to the container's root, as runc reads it
+            dest = oci["destination"] = "/" + dest.removeprefix("./")
         mounts[dest] = oci
     return [mounts[dest] for dest in sorted(mounts)]
 

@@ -392,6 +392,23 @@ def check_relative_name(ctx: Ctx, value: str, mark: Mark, key: str) -> bool:
     return True
 
 
+def check_optional_relative_name(ctx: Ctx, value: str, mark: Mark, key: str) -> bool:
+    """``kernel.ucode: ""`` means no microcode, as in LinuxKit (as does leaving it out)."""
+    return value == "" or check_relative_name(ctx, value, mark, key)
+
+
+def check_mount_destination(ctx: Ctx, value: str, mark: Mark, key: str) -> bool:
+    """An absolute path, or (as LinuxKit and runc accept) one relative to the container's
+    root, e.g. ``writeable-host-etc``; ``..`` may not climb out of it."""
+    if value.startswith("/"):
+        return True
+    if not value or ".." in value.split("/"):
+        ctx.err(mark, key, f"bad path {value!r}: an absolute path, or one inside the "
+                           "container's root (no '..')")
+        return False
+    return True
+
+
 def check_cmdline(ctx: Ctx, value: str, mark: Mark, key: str) -> bool:
     if len(value.encode()) > MAX_CMDLINE:
         ctx.err(mark, key, f"kernel command line longer than {MAX_CMDLINE} bytes")
@@ -428,7 +445,8 @@ CHECKS: dict[str, Check] = {
     "capability": check_capability, "cap_name": check_capability_name,
     "rlimit": check_rlimit, "bind": check_bind, "tmpfs": check_tmpfs, "env": check_env,
     "hostname": check_hostname, "cgroups_path": check_cgroups_path, "mode": check_mode,
-    "relative": check_relative_name, "cmdline": check_cmdline, "platform": check_platform,
+    "relative": check_relative_name, "optional_relative": check_optional_relative_name,
+    "container_path": check_mount_destination, "cmdline": check_cmdline, "platform": check_platform,
     "files_path": check_files_path, "ns": _namespace_check(False),
     "net_ns": _namespace_check(True),
 }

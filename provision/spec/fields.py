@@ -65,7 +65,7 @@ KERNEL_TABLE: Table = {
     "cmdline": ("cmdline", p_str(check="cmdline")),
     "binary": ("binary", p_str(MAX_PATH, "relative")),
     "tar": ("tar", p_str(MAX_PATH, "relative")),
-    "ucode": ("ucode", p_str(MAX_PATH, "relative")),
+    "ucode": ("ucode", p_str(MAX_PATH, "optional_relative")),
 }
 
 
@@ -99,8 +99,11 @@ def _build_mount(**kwargs: Any) -> Any:
     return Mount(**kwargs)
 
 
+# mounts' destinations and runtime.mkdir: absolute, or relative to the container's root
+CONTAINER_PATH = p_str(MAX_PATH, "container_path")
+
 MOUNT_TABLE: Table = {
-    "destination": ("destination", ABS), "type": ("type", p_str(256)),
+    "destination": ("destination", CONTAINER_PATH), "type": ("type", p_str(256)),
     "source": ("source", p_str(MAX_PATH)), "options": ("options", STRINGS),
     "uidmappings": ("uidmappings", IDMAPS), "gidmappings": ("gidmappings", IDMAPS),
 }
@@ -239,7 +242,7 @@ class RuntimeActions:
 RUNTIME = p_obj({
     "cgroups": ("cgroups", p_list(p_str(256, "cgroups_path"))),
     "mounts": ("mounts", MOUNTS),
-    "mkdir": ("mkdir", p_list(ABS)),
+    "mkdir": ("mkdir", p_list(CONTAINER_PATH)),
     "interfaces": ("interfaces", p_list(p_obj({
         "name": ("name", p_str(15)), "add": ("add", p_str(64)), "peer": ("peer", p_str(15)),
         "createInRoot": ("create_in_root", p_bool)}, Interface))),

@@ -7,7 +7,9 @@ LinuxKit's rules, kept as they are:
   ``tar``, ``ucode``);
 * ``init``, ``onboot``, ``onshutdown``, ``services``, ``files``, ``volumes``: lists are
   appended in file order;
-* a duplicate name (within ``onboot``, ``onshutdown``, ``services`` or ``volumes``) is an error.
+* a duplicate name within ``services`` or ``volumes`` is an error; ``onboot`` and
+  ``onshutdown`` entries may share a name (LinuxKit numbers them: ``000-mount``,
+  ``001-mount``), and each runs, in order.
 
 This project goes further, so a later file can change what an earlier one declared without
 copying it (both are errors in LinuxKit, which rejects unknown keys):
@@ -15,7 +17,8 @@ copying it (both are errors in LinuxKit, which rejects unknown keys):
 * ``replace: true`` on an entry of ``onboot``, ``onshutdown``, ``services`` or ``volumes``
   replaces the earlier entry with the same ``name`` *in place* (onboot order is kept); on a
   ``files`` entry it replaces the earlier entry with the same ``path``. Nothing to replace is
-  an error (it catches typos).
+  an error (it catches typos), and so is a name that several earlier ``onboot`` or
+  ``onshutdown`` entries share (which one would be meant is unclear).
 * a top-level ``remove`` mapping drops entries written by *earlier* files::
 
       remove:
@@ -23,7 +26,7 @@ copying it (both are errors in LinuxKit, which rejects unknown keys):
         files: [/etc/issue]        # by path ("/etc/issue" and "etc/issue" are the same)
         init: [linuxkit/ca-certificates:v1.0.0]   # by reference as written
 
-  A removal that matches nothing is an error. Removals apply before the file's own entries
+  A removal that matches nothing, or a name several earlier entries share, is an error. Removals apply before the file's own entries
   are added, so a file may remove an entry and add a new one under the same name.
 
 Every problem keeps the file, line and column where the offending entry was written.
@@ -127,14 +130,17 @@ def apply_removals(parsed: ParsedFile, acc: dict[str, list[Located]]) -> list[Pr
     for removal in parsed.removals:
         wanted = normalise_file_path(removal.name) if removal.section == "files" else removal.name
         items = acc[removal.section]
-        index = next((i for i, loc in enumerate(items)
-                      if identity(removal.section, loc.value) == wanted), None)
-        if index is None:
+        matches = [i for i, loc in enumerate(items)
+                   if identity(removal.section, loc.value) == wanted]
+        if not matches:
             problems.append(removal.mark.problem(
                 removal.key, f"no earlier {SINGULAR[removal.section]} {removal.name!r} "
                              "to remove"))
+        elif len(matches) > 1:
+            problems.append(removal.mark.problem(
+                removal.key, _ambiguous(removal.section, removal.name, len(matches), "remove")))
         else:
-            del items[index]
+            del items[matches[0]]
     return problems
 
 
@@ -146,19 +152,31 @@ def apply_entries(section: str, entries: Iterable[Located], items: list[Located]
             items.append(loc)
             continue
         wanted = identity(section, loc.value)
-        index = next((i for i, old in enumerate(items)
-                      if identity(section, old.value) == wanted), None)
-        if index is None:
+        matches = [i for i, old in enumerate(items) if identity(section, old.value) == wanted]
+        if not matches:
             problems.append(loc.mark.problem(
                 f"{loc.key}.replace", f"no earlier {SINGULAR[section]} {wanted!r} to replace"))
             continue
-        items[index] = loc
+        if len(matches) > 1:
+            problems.append(loc.mark.problem(
+                f"{loc.key}.replace", _ambiguous(section, wanted, len(matches), "replace")))
+            continue
+        items[matches[0]] = loc
     return problems
+
+
+def _ambiguous(section: str, name: str, count: int, verb: str) -> str:
+    return (f"{count} earlier {section} entries are named {name!r}: {verb} works on a unique "
+            "name only: give them distinct names")
+
+
+# onboot and onshutdown entries may share a name (LinuxKit numbers their directories)
+UNIQUE_NAME_SECTIONS = ("services", "volumes")
 
 
 def check_duplicates(acc: dict[str, list[Located]]) -> list[Problem]:
     problems: list[Problem] = []
-    for section in (*ENTRY_SECTIONS, "volumes"):
+    for section in UNIQUE_NAME_SECTIONS:
         seen: dict[str, Located] = {}
         for loc in acc[section]:
             name = identity(section, loc.value)
