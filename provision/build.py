@@ -11,17 +11,16 @@
    else: the kernel, the initrd (microcode cpio + compressed newc cpio), the canonical root
    tar (``tar``, ``kernel+squashfs``, ``kernel+erofs`` only);
 6. run each format writer into a staging directory, given only the inputs it declared; when
-   ALL succeeded, rename every output
-   into place and then write ``NAME.manifest.json``. A failure at any step leaves no output
-   (and removes the work directory).
+   ALL succeeded, write ``NAME.manifest.json`` beside them and publish them all at once
+   (provision/publish.py: one generation directory, one switch; a killed build leaves the
+   previous outputs complete). A failure at any step leaves no output (and removes the work
+   directory).
 """
 
 from __future__ import annotations
 
 import filecmp
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from provision.builders.cpio import write_cpio
 from provision.builders.tar import write_tar
 from provision.compress import CompressedWriter, Compression
 from provision.errors import ProvisionError, UsageError
-from provision.fsutil import HashingWriter, check_replaceable, file_sha256, move_into_place
+from provision.fsutil import HashingWriter, file_sha256
 from provision.manifest import (
     BuildManifest,
     ImageRecord,
@@ -53,6 +52,7 @@ from provision.oci.model import Platform, ResolvedImage
 from provision.oci.pull import PullPolicy, ensure_image
 from provision.oci.registry import RegistryClient
 from provision.oci.store import ImageStore
+from provision.publish import OutputSlot
 from provision.runner import require_tools
 from provision.spec.image import ImageSpec
 from provision.spec.load import load_spec
@@ -137,8 +137,9 @@ class _Build:
         epoch = default_epoch(images.values())
         base = self.spec_files[0].parent if self.spec_files else None
         digest = compute_image_digest(self.spec, images, list_file_sources(self.spec, base))
-        self.outdir.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{self.name}.build-", dir=self.outdir))
+        slot = OutputSlot(self.outdir, self.name).open()  # the lock; stale work cleared
+        assert slot.work is not None
+        work = slot.work
         try:
             spool = Spool(work / "spool")
             try:
@@ -151,7 +152,6 @@ class _Build:
                 spool.close()
             (work / "spool").unlink()
             staged = self.write_formats(inputs, work)
-            outputs = self.publish(staged)
             manifest = BuildManifest(
                 name=self.name,
                 image_digest=digest,
@@ -164,14 +164,13 @@ class _Build:
                 options={"compress": str(self.compression), "size": self.options.size,
                          "boot_size": self.options.boot_size,
                          "data_size": self.options.data_size, "dedupe": self.dedupe},
-                outputs=record_outputs([(fmt, self.outdir / p.name) for fmt, p in staged],
-                                       self.hashed),
+                outputs=record_outputs(staged, self.hashed),
             )
-            path = write_manifest(manifest, self.outdir / f"{self.name}.manifest.json")
-            self.say(f"wrote {path}")
+            staged_manifest = write_manifest(manifest, work / "out" / f"{self.name}.manifest.json")
+            *outputs, path = self.publish(slot, [p for _fmt, p in staged] + [staged_manifest])
             return BuildResult(self.name, tuple(outputs), path, digest, epoch)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            slot.close()  # removes the work directory
 
     def write_intermediates(self, tree: Tree, spool: Spool, work: Path, epoch: int,
                             digest: str) -> BootInputs:
@@ -235,15 +234,10 @@ class _Build:
                 staged.append((writer.name, path))
         return staged
 
-    def publish(self, staged: list[tuple[str, Path]]) -> list[Path]:
-        """Rename every staged output into the output directory (same file system)."""
-        for _format, path in staged:  # all or nothing: refuse before the first rename
-            check_replaceable(self.outdir / path.name)
-        final = []
-        for _format, path in staged:
-            target = self.outdir / path.name
-            move_into_place(path, target)
-            final.append(target)
+    def publish(self, slot: OutputSlot, files: list[Path]) -> list[Path]:
+        """Every output and the manifest at once: one switch (provision/publish.py)."""
+        final = slot.publish(files)
+        for target in final:
             self.say(f"wrote {target}")
         return final
 

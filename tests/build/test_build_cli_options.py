@@ -73,7 +73,7 @@ def test_data_size_adds_the_provision_data_partition(twin_store: ImageStore, tmp
                                                      fmt: str) -> None:
     out = build(twin_store, tmp_path, "out", "-f", fmt, "--data-size", "16M",
                 "--boot-size", "64M")
-    disk = next(p for p in out.iterdir() if not p.name.endswith(".json"))
+    disk = next(p for p in out.iterdir() if not p.name.endswith(".json") and not p.name.startswith("."))
     label, parts = read_partitions(disk)
     assert label == ("gpt" if fmt == "raw-efi" else "dos")
     assert len(parts) == 2
@@ -91,7 +91,7 @@ def test_data_size_adds_the_provision_data_partition(twin_store: ImageStore, tmp
 def test_without_data_size_the_disk_has_one_partition(twin_store: ImageStore,
                                                       tmp_path: Path) -> None:
     out = build(twin_store, tmp_path, "out", "-f", "raw-bios", "--boot-size", "32M")
-    disk = next(p for p in out.iterdir() if not p.name.endswith(".json"))
+    disk = next(p for p in out.iterdir() if not p.name.endswith(".json") and not p.name.startswith("."))
     assert len(read_partitions(disk)[1]) == 1
 
 

@@ -90,7 +90,8 @@ def test_apply_builds_once_publishes_by_digest_and_launches_the_published_id(wor
     assert image_id is not None and image_id.startswith("img-")
     machines = cloud.live({"provision-cluster": "imgs"})
     assert len(machines) == 2 and {m.image for m in machines} == {image_id}
-    manifests = list((workdir / "artifacts").rglob("*.manifest.json"))
+    manifests = [p for p in (workdir / "artifacts").rglob("*.manifest.json")
+                 if not p.parent.name.startswith(".")]  # not the build's generation directory
     assert len(manifests) == 1 and json.loads(manifests[0].read_text())["image_digest"] == digest
     built_at = manifests[0].stat().st_mtime_ns
 
