@@ -90,7 +90,9 @@ class DiskSpec:
 
 @dataclass(frozen=True)
 class VMConfig:
-    """Everything a VM is started with. ``data`` becomes a CIDATA CD's ``user-data``."""
+    """Everything a VM is started with. Every VM gets a CIDATA CD (cloud-init's NoCloud
+    layout): ``meta-data`` names the VM (``local-hostname``, which the guest's ``metadata``
+    service makes its hostname), ``user-data`` holds ``data`` (empty when None)."""
 
     name: str
     artifact: Path
@@ -256,20 +258,20 @@ def plan_qemu_argv(
             "-drive", f"file={_opt(disk.path.resolve())},format={disk.driver},if=none,id=disk{index}",
             "-device", f"virtio-blk-pci,drive=disk{index}",
         ]  # fmt: skip
-    if config.data is not None:
-        argv += ["-drive", f"file={_opt(state_dir / CIDATA_ISO)},format=raw,if=none,"
-                 "id=cidata,media=cdrom,readonly=on"]  # fmt: skip
-        # The pc machine's IDE CD is /dev/sr0 for every kernel; q35's IDE is AHCI, which
-        # Debian's cloud kernel lacks, so there the CD sits on virtio-scsi.
-        if efi:
-            argv += [
-                "-device",
-                "virtio-scsi-pci,id=scsi0",
-                "-device",
-                "scsi-cd,drive=cidata,bus=scsi0.0",
-            ]
-        else:
-            argv += ["-device", "ide-cd,drive=cidata"]
+    # every VM carries its name (and any user data) on the CIDATA CD
+    argv += ["-drive", f"file={_opt(state_dir / CIDATA_ISO)},format=raw,if=none,"
+             "id=cidata,media=cdrom,readonly=on"]  # fmt: skip
+    # The pc machine's IDE CD is /dev/sr0 for every kernel; q35's IDE is AHCI, which
+    # Debian's cloud kernel lacks, so there the CD sits on virtio-scsi.
+    if efi:
+        argv += [
+            "-device",
+            "virtio-scsi-pci,id=scsi0",
+            "-device",
+            "scsi-cd,drive=cidata,bus=scsi0.0",
+        ]
+    else:
+        argv += ["-device", "ide-cd,drive=cidata"]
     return argv
 
 
@@ -277,7 +279,7 @@ def plan_qemu_argv(
 
 
 def _check_prerequisites(config: VMConfig, source: BootSource) -> None:
-    tools = [config.qemu] + (["xorriso"] if config.data is not None else [])
+    tools = [config.qemu, "xorriso"]
     tools += ["tar"] if source.unpack else []
     if any(not disk.path.exists() and disk.size for disk in config.disks):
         tools.append("qemu-img")
@@ -341,9 +343,8 @@ def _claim_state_dir(state_root: Path, name: str) -> Path:
 def _prepare_files(config: VMConfig, source: BootSource, directory: Path) -> None:
     if config.uefi or source.efi:
         copy_file_atomic(Path(OVMF_VARS_TEMPLATE), directory / OVMF_VARS)
-    if config.data is not None:
-        write_cidata_iso(directory / CIDATA_ISO, config.data, instance_id=config.name,
-                         hostname=config.name)  # fmt: skip
+    write_cidata_iso(directory / CIDATA_ISO, config.data or b"", instance_id=config.name,
+                     hostname=config.name)  # fmt: skip
     for disk in config.disks:
         if not disk.path.exists() and disk.size is not None:
             run(["qemu-img", "create", "-q", "-f", disk.driver, disk.path, disk.size])
