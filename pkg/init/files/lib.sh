@@ -42,29 +42,135 @@ prepare_rootfs() {
 	fi
 }
 
-# Values of the string array "$2" of the JSON file $1 (runtime.json), one per line.
-json_array() {
-	{ tr -d '\n' <"$1"; echo; } | sed -n "s/.*\"$2\": *\[\([^]]*\)\].*/\1/p" | tr ',' '\n' |
-		sed -n 's/^ *"\(.*\)" *$/\1/p'
-}
-
-# LinuxKit's runtime.json beside config.json: "mkdir" and "cgroups" are applied;
-# mounts, interfaces and bindNS are not supported by this init (reported, ignored).
-apply_runtime() {
+# LinuxKit's runtime.json beside config.json, flattened once per container start into
+# "path<TAB>value" lines ($RT_FLAT; json-flat.awk). Nothing to do when no array has items
+# and no string is set (one grep first: forks are costly under emulation).
+RT_FLAT=""
+load_runtime() {
+	local runtime
+	RT_FLAT=""
 	runtime=${1%/}/runtime.json
 	[ -f "$runtime" ] || return 0
-	# nothing to do unless an array has items or a string is set (one grep: forks are
-	# costly under emulation)
-	grep -q -e '\[$' -e '": *\["' -e '": *"[^"]' "$runtime" || return 0
-	for dir in $(json_array "$runtime" mkdir); do mkdir -p "$dir"; done
-	for group in $(json_array "$runtime" cgroups); do mkdir -p "/sys/fs/cgroup/${group#/}"; done
-	case "$(tr -d ' \n' <"$runtime")" in
-	*'"mounts":[{'* | *'"interfaces":[{'* | *'"bindNS":{'*'":"/'*)
-		log "$(basename "$1"): runtime.json mounts / interfaces / bindNS are not supported, ignored" ;;
-	esac
+	grep -q -e '\[$' -e '": *\["' -e '": *"[^"]' -e '": *{ *"' "$runtime" || return 0
+	RT_FLAT=$(awk -f "${JSON_FLAT:-/usr/libexec/provision/json-flat.awk}" "$runtime")
 }
 
-# Run the containers of containers/onboot or containers/onshutdown one after another.
+# Values under the key path $1 of $RT_FLAT ("mkdir" lists mkdir.0, mkdir.1, ...).
+rt_get() { printf '%s\n' "$RT_FLAT" | awk -F '\t' -v k="$1" '$1 == k { print $2 }'; }
+rt_list() { printf '%s\n' "$RT_FLAT" | awk -F '\t' -v k="$1" 'index($1, k ".") == 1 && substr($1, length(k) + 2) ~ /^[0-9]+$/ { print $2 }'; }
+
+# A runtime path: absolute, or relative to the container's rootfs (as LinuxKit's init).
+rt_path() { case "$2" in /*) echo "$2" ;; *) echo "${1%/}/rootfs/$2" ;; esac; }
+
+# Does the container need its process id before it starts (interfaces, bindNS)?
+needs_prepare_process() {
+	printf '%s\n' "$RT_FLAT" | grep -q -e '^interfaces\.' -e '^bindNS\.[a-z]*	..*'
+}
+
+# Before the container is created (LinuxKit's prepareFilesystem): runtime.mounts (the
+# destination and overlay upperdir/workdir created first), then mkdir, then cgroups.
+apply_runtime() {
+	local bundle i mtype dest source opts opt dir group
+	bundle=${1%/}
+	load_runtime "$bundle"
+	[ -n "$RT_FLAT" ] || return 0
+	i=0
+	while mtype=$(rt_get "mounts.$i.type"); [ -n "$mtype" ] || [ -n "$(rt_get "mounts.$i.destination")" ]; do
+		dest=$(rt_path "$bundle" "$(rt_get "mounts.$i.destination")")
+		source=$(rt_get "mounts.$i.source")
+		opts=$(rt_list "mounts.$i.options" | tr '\n' ',' | sed 's/,$//')
+		i=$((i + 1))
+		mkdir -p "$dest"
+		is_mounted "$dest" && continue # a restarted service: mounted the first time
+		for opt in $(rt_list "mounts.$((i - 1)).options"); do
+			case "$opt" in upperdir=* | workdir=*) mkdir -p "${opt#*=}" ;; esac
+		done
+		if mount -t "${mtype:-none}" ${opts:+-o "$opts"} "${source:-none}" "$dest"; then
+			log "$(basename "$bundle"): mounted $mtype $source at $dest"
+		else
+			log "$(basename "$bundle"): mounting $mtype $source at $dest failed"
+		fi
+	done
+	for dir in $(rt_list mkdir); do mkdir -p "$(rt_path "$bundle" "$dir")"; done
+	for group in $(rt_list cgroups); do mkdir -p "/sys/fs/cgroup/${group#/}"; done
+}
+
+# After the container is created, before it starts (LinuxKit's prepareProcess), for the
+# process $2: runtime.interfaces (a veth pair is made in the root namespace and its `name`
+# end moved into the container's; another `add` type is made in the container's namespace
+# unless createInRoot; no `add` moves an existing interface in), then bindNS (each named
+# namespace of the process bind-mounted at its path, which outlives the container).
+prepare_process() {
+	local bundle pid what i name add peer in_root move other ns path
+	bundle=${1%/}
+	pid=$2
+	what=$(basename "$bundle")
+	i=0
+	while name=$(rt_get "interfaces.$i.name"); [ -n "$name" ]; do
+		add=$(rt_get "interfaces.$i.add")
+		peer=$(rt_get "interfaces.$i.peer")
+		in_root=$(rt_get "interfaces.$i.createInRoot")
+		i=$((i + 1))
+		[ -n "$peer" ] && [ -z "$add" ] && add=veth
+		move=yes
+		if [ "$add" = veth ]; then
+			[ -n "$peer" ] || { log "$what: veth $name needs a peer"; return 1; }
+			ip link add "$name" type veth peer name "$peer" || { log "$what: cannot add veth $name"; return 1; }
+			# busybox ip ignores the peer's name (it picks vethN): rename the peer
+			other=$(ip -o link show "$name" | sed -n 's/^[0-9]*: [^@]*@\([^:]*\):.*/\1/p')
+			if [ -n "$other" ] && [ "$other" != "$peer" ]; then
+				ip link set dev "$other" name "$peer" || { log "$what: cannot name the peer of $name $peer"; return 1; }
+			fi
+		elif [ -n "$add" ] && [ "$in_root" != true ]; then
+			nsenter -t "$pid" -n ip link add "$name" type "$add" || { log "$what: cannot add $add $name"; return 1; }
+			move=""
+		elif [ -n "$add" ]; then
+			ip link add "$name" type "$add" || { log "$what: cannot add $add $name"; return 1; }
+		fi
+		if [ -n "$move" ]; then
+			ip link set dev "$name" netns "$pid" || { log "$what: cannot move $name into the container"; return 1; }
+		fi
+		log "$what: interface $name${add:+ ($add${peer:+, peer $peer})} in the container"
+	done
+	for ns in cgroup ipc mnt net pid user uts; do
+		path=$(rt_get "bindNS.$ns")
+		[ -n "$path" ] || continue
+		mkdir -p "${path%/*}"
+		[ -e "$path" ] || : >"$path"
+		is_mounted "$path" && umount "$path" 2>/dev/null # a restarted service's old one
+		mount --bind "/proc/$pid/ns/$ns" "$path" || { log "$what: cannot bind its $ns namespace at $path"; return 1; }
+		log "$what: $ns namespace bound at $path"
+	done
+}
+
+# Start container $2 of bundle $1 in the way runtime.json needs: `runc run` (status
+# returned), or, when interfaces or bindNS need the process first, `runc create`, the
+# preparation, `runc start`, then wait while the process lives (its status is unknown:
+# 0 is returned). apply_runtime ran before.
+run_container() {
+	local bundle id pidfile pid
+	bundle=${1%/}
+	id=$2
+	if ! needs_prepare_process; then
+		$RUNC run --bundle "$bundle" "$id" </dev/null
+		return
+	fi
+	pidfile=/run/runc-pid.$id
+	rm -f "$pidfile"
+	$RUNC create --bundle "$bundle" --pid-file "$pidfile" "$id" </dev/null || return
+	pid=$(cat "$pidfile")
+	if ! prepare_process "$bundle" "$pid"; then
+		$RUNC delete -f "$id" >/dev/null 2>&1
+		return 1
+	fi
+	$RUNC start "$id" || return
+	while [ -d "/proc/$pid" ]; do sleep 0.5; done
+	$RUNC delete -f "$id" >/dev/null 2>&1
+	return 0
+}
+
+# Run the containers of containers/onboot or containers/onshutdown one after another
+# (entries may share a name: each has its own numbered directory, run in order).
 run_containers_in_order() {
 	kind=$1
 	for bundle in /containers/"$kind"/*/; do
@@ -75,7 +181,7 @@ run_containers_in_order() {
 		apply_runtime "$bundle"
 		log "$kind $(basename "$bundle"): starting"
 		forget_container "$id"
-		$RUNC run --bundle "$bundle" "$id" </dev/null
+		run_container "$bundle" "$id"
 		log "$kind $(basename "$bundle"): exited with status $?"
 	done
 }
