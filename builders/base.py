@@ -1,9 +1,12 @@
-"""What every output-format writer takes and promises.
+"""What every output-format writer declares, takes and promises.
 
-A writer turns :class:`BootInputs` (kernel, initrd, command line, optionally the canonical rootfs
-tar) into one or more files in a destination directory. The pipeline checks
-:meth:`FormatWriter.tools` with ``provision.runner.require_tools`` before any work starts, calls
-:meth:`FormatWriter.write` with a temporary directory and renames the results into place.
+A writer declares its own facts (:class:`FormatWriter`: its name, the files it writes, how a
+machine boots them, which :class:`BootInput` it needs) and turns :class:`BootInputs` into those
+files in a destination directory. The pipeline produces only the inputs the chosen writers
+declare and hands each writer only its own (a disk format never sees the root tar, nor causes
+it to be written). It checks :meth:`FormatWriter.tools` with ``provision.runner.require_tools``
+before any work starts, calls :meth:`FormatWriter.write` with a temporary directory and renames
+the results into place.
 
 Reproducibility rules shared by all writers live here: identifiers (disk ids, partition GUIDs,
 FAT volume ids, filesystem UUIDs) are derived from ``BootInputs.digest``; timestamps come from
@@ -12,15 +15,16 @@ FAT volume ids, filesystem UUIDs) are derived from ``BootInputs.digest``; timest
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
-from provision.errors import ToolMissingError, UsageError
+from provision.errors import ProvisionError, ToolMissingError, UsageError
 
 MIB = 1024 * 1024
 SECTOR = 512
@@ -28,17 +32,86 @@ FAT_EPOCH_MIN = 315532800  # 1980-01-01T00:00:00Z, the first date FAT can hold
 FAT_EPOCH_MAX = 4354819199  # 2107-12-31T23:59:59Z, the last one
 
 
+class BootInput(enum.StrEnum):
+    """What a writer can ask the pipeline for. The pipeline writes the kernel, the initrd and
+    the root tar only when a chosen writer asks for them."""
+
+    KERNEL = "kernel"
+    INITRD = "initrd"  # compressed newc cpio (microcode cpio first when the spec has one)
+    CMDLINE = "cmdline"
+    ROOTFS_TAR = "rootfs-tar"  # uncompressed tar of the canonical root
+
+
+BOOT_FILES_NEEDED = frozenset({BootInput.KERNEL, BootInput.INITRD, BootInput.CMDLINE})
+
+
 @dataclass(frozen=True)
 class BootInputs:
-    """Everything a format writer needs, produced by the pipeline."""
+    """What the pipeline produced for the writers; a file a writer did not ask for is None."""
 
-    kernel: Path
-    initrd: Path  # compressed newc cpio
+    kernel: Path | None
+    initrd: Path | None
     cmdline: str
-    rootfs_tar: Path | None  # uncompressed tar of the canonical root (squashfs/erofs)
+    rootfs_tar: Path | None
     digest: str  # sha256 of the image content; seeds every identifier
     source_date_epoch: int
     name: str
+
+    def file(self, what: Literal[BootInput.KERNEL, BootInput.INITRD, BootInput.ROOTFS_TAR]) -> Path:
+        """The path of input ``what``; ProvisionError when it was not produced (a writer that
+        did not declare it in ``needs``)."""
+        path = {BootInput.KERNEL: self.kernel, BootInput.INITRD: self.initrd,
+                BootInput.ROOTFS_TAR: self.rootfs_tar}[what]
+        if path is None:
+            raise ProvisionError(f"no {what} was produced for this writer (it must list "
+                                 f"{what} in its needs)")
+        return path
+
+    def only(self, needs: frozenset[BootInput]) -> BootInputs:
+        """These inputs less everything not in ``needs``."""
+        return replace(
+            self,
+            kernel=self.kernel if BootInput.KERNEL in needs else None,
+            initrd=self.initrd if BootInput.INITRD in needs else None,
+            cmdline=self.cmdline if BootInput.CMDLINE in needs else "",
+            rootfs_tar=self.rootfs_tar if BootInput.ROOTFS_TAR in needs else None,
+        )
+
+
+Firmware = Literal["bios", "efi"]
+BootDevice = Literal["kernel", "cdrom", "disk"]
+DiskFormat = Literal["raw", "qcow2", "vpc", "vmdk"]
+
+
+@dataclass(frozen=True)
+class BootMethod:
+    """How a machine boots a format (and what QEMU is given).
+
+    ``kind``: ``kernel`` (the kernel directly, ``-kernel``; no firmware involved), ``cdrom``
+    or ``disk``. ``firmware``: the one it boots on by default (``bios`` for a direct kernel
+    boot: QEMU's default machine); ``hybrid``: the disk carries both loaders and also boots on
+    EFI. ``disk_format``: QEMU's block driver for it. ``unpack``: the output is an archive, and
+    these members of it boot, unpacked first: the disk (``disk.raw`` of the gcp tarball), or
+    the kernel, the initrd and the command line (tar-kernel-initrd), in that order. ``root_disk``: a direct kernel boot whose main file
+    (``extension``) is the root, attached read-only as a virtio disk (kernel+squashfs).
+    """
+
+    kind: BootDevice
+    firmware: Firmware = "bios"
+    disk_format: DiskFormat = "raw"
+    hybrid: bool = False
+    unpack: tuple[str, ...] = ()
+    root_disk: bool = False
+
+    @property
+    def firmwares(self) -> tuple[Firmware, ...]:
+        """Every firmware it boots on (a direct kernel boot: QEMU's default only)."""
+        return ("bios", "efi") if self.hybrid else (self.firmware,)
+
+    @property
+    def method(self) -> str:
+        """``kernel``, ``bios``, ``efi`` or ``bios+efi`` (the docs' and --help's word)."""
+        return "kernel" if self.kind == "kernel" else "+".join(self.firmwares)
 
 
 @dataclass(frozen=True)
@@ -64,11 +137,33 @@ class FormatOptions:
 
 
 class FormatWriter(Protocol):
-    """One output format. ``name`` is the YAML/CLI spelling (``raw-efi``)."""
+    """One output format, declaring its own facts (the one registry, builders/formats.py,
+    and everything derived from it, --help, boot detection, docs, read them)."""
 
     @property
     def name(self) -> str:
         """The YAML/CLI spelling (a read-only attribute satisfies it, frozen dataclasses too)."""
+        ...
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """What follows the image name in the name of each file ``write`` returns, in order."""
+        ...
+
+    @property
+    def extension(self) -> str:
+        """What follows the image name in the main file's name (one of ``files``: the file
+        that names the artifact, ``-initrd.img`` for kernel+initrd)."""
+        ...
+
+    @property
+    def boot(self) -> BootMethod | None:
+        """How a machine boots the output; None: it does not boot (``tar``)."""
+        ...
+
+    @property
+    def needs(self) -> frozenset[BootInput]:
+        """The inputs ``write`` reads; only these are produced and passed."""
         ...
 
     def tools(self) -> Sequence[str]:
@@ -78,6 +173,16 @@ class FormatWriter(Protocol):
     def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
         """Write the format's file(s) into the directory ``dest`` and return their paths."""
         ...
+
+
+class OneFile:
+    """For writers that write one file, the image name followed by their ``extension``."""
+
+    extension: str
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (self.extension,)
 
 
 # --- shared helpers ---------------------------------------------------------------------------

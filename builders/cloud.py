@@ -17,7 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.builders.base import BootInputs, FormatOptions, tool_env
+from provision.builders.base import (
+    BOOT_FILES_NEEDED,
+    BootInput,
+    BootInputs,
+    BootMethod,
+    FormatOptions,
+    OneFile,
+    tool_env,
+)
 from provision.builders.disk import disk_tools, write_raw_disk
 from provision.runner import run
 
@@ -47,16 +55,17 @@ def write_gcp_tarball(raw: Path, out: Path, epoch: int, *, level: int = 6) -> No
 
 
 @dataclass(frozen=True)
-class GcpWriter:
+class GcpWriter(OneFile):
     name: str = "gcp"
+    extension: str = ".img.tar.gz"
+    boot: BootMethod | None = BootMethod("disk", "bios", hybrid=True, unpack=(GCP_MEMBER,))
+    needs: frozenset[BootInput] = BOOT_FILES_NEEDED
 
     def tools(self) -> Sequence[str]:
         return (*disk_tools("hybrid"), "tar")
 
     def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
-        from provision.builders.formats import OutputFormat
-
-        out = dest / (inputs.name + OutputFormat(self.name).extension())
+        out = dest / (inputs.name + self.extension)
         raw = dest / f".{inputs.name}.disk.raw.tmp"
         try:
             write_raw_disk(inputs, raw, options, "hybrid")

@@ -29,10 +29,15 @@ from typing import Literal
 
 from provision.builders import bios, efi
 from provision.builders.base import (
+    BOOT_FILES_NEEDED,
     MIB,
     SECTOR,
+    BootInput,
     BootInputs,
+    BootMethod,
+    DiskFormat,
     FormatOptions,
+    OneFile,
     check_cmdline,
     copy_sparse,
     derive_hex32,
@@ -147,11 +152,12 @@ def write_data_partition(disk: Path, layout: DiskLayout, digest: str, epoch: int
 def assemble_boot_files(inputs: BootInputs, firmware: Firmware) -> FatContent:
     """The files of the boot partition for ``firmware``."""
     files: dict[str, Path | bytes] = {}
+    kernel, initrd = inputs.file(BootInput.KERNEL), inputs.file(BootInput.INITRD)
     if firmware in ("efi", "hybrid"):
-        files.update(efi.write_systemd_boot_files(inputs.kernel, inputs.initrd, inputs.cmdline))
+        files.update(efi.write_systemd_boot_files(kernel, initrd, inputs.cmdline))
     if firmware in ("bios", "hybrid"):
-        files[bios.KERNEL_PATH] = inputs.kernel
-        files[bios.INITRD_PATH] = inputs.initrd
+        files[bios.KERNEL_PATH] = kernel
+        files[bios.INITRD_PATH] = initrd
         files[f"{bios.SYSLINUX_DIR}/syslinux.cfg"] = bios.write_syslinux_config(inputs.cmdline)
     return files
 
@@ -264,42 +270,55 @@ def write_reimage(image: Path, target: Path) -> None:
 # --- the writers ------------------------------------------------------------------------------
 
 
-def extension_of(name: str) -> str:
-    from provision.builders.formats import OutputFormat
-
-    return OutputFormat(name).extension()
+def disk_boot(firmware: Firmware, disk_format: DiskFormat = "raw") -> BootMethod:
+    """How a disk written for ``firmware`` boots (a hybrid disk: on BIOS, and on EFI too)."""
+    if firmware == "hybrid":
+        return BootMethod("disk", "bios", disk_format, hybrid=True)
+    return BootMethod("disk", firmware, disk_format)
 
 
 @dataclass(frozen=True)
-class RawDiskWriter:
+class RawDiskWriter(OneFile):
     """``raw-bios``, ``raw-efi`` and ``aws`` (hybrid): the raw disk itself."""
 
     name: str
     firmware: Firmware
+    extension: str
+    needs: frozenset[BootInput] = BOOT_FILES_NEEDED
+
+    @property
+    def boot(self) -> BootMethod | None:
+        return disk_boot(self.firmware)
 
     def tools(self) -> Sequence[str]:
         return disk_tools(self.firmware)
 
     def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
-        out = dest / (inputs.name + extension_of(self.name))
+        out = dest / (inputs.name + self.extension)
         write_raw_disk(inputs, out, options, self.firmware)
         return [out]
 
 
 @dataclass(frozen=True)
-class QemuImgWriter:
+class QemuImgWriter(OneFile):
     """Formats qemu-img converts the raw disk into (qcow2; reproducible as qemu writes it)."""
 
     name: str
     firmware: Firmware
-    qemu_format: str
+    qemu_format: DiskFormat
+    extension: str
     qemu_options: tuple[str, ...] = ()
+    needs: frozenset[BootInput] = BOOT_FILES_NEEDED
+
+    @property
+    def boot(self) -> BootMethod | None:
+        return disk_boot(self.firmware, self.qemu_format)
 
     def tools(self) -> Sequence[str]:
         return (*disk_tools(self.firmware), "qemu-img")
 
     def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
-        out = dest / (inputs.name + extension_of(self.name))
+        out = dest / (inputs.name + self.extension)
         with tempfile.TemporaryDirectory(prefix="raw-", dir=dest) as scratch:
             raw = Path(scratch) / "disk.raw"
             write_raw_disk(inputs, raw, options, self.firmware)

@@ -20,7 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provision.builders import bios, efi
-from provision.builders.base import BootInputs, FormatOptions, derive_hex32, require_files, tool_env
+from provision.builders.base import (
+    BOOT_FILES_NEEDED,
+    BootInput,
+    BootInputs,
+    BootMethod,
+    FormatOptions,
+    OneFile,
+    derive_hex32,
+    require_files,
+    tool_env,
+)
 from provision.builders.fat import FAT_TOOLS, size_fat_for, write_fat_image
 from provision.runner import run
 
@@ -46,22 +56,19 @@ def write_iso(
     )
 
 
-def extension_of(name: str) -> str:
-    from provision.builders.formats import OutputFormat
-
-    return OutputFormat(name).extension()
-
-
 @dataclass(frozen=True)
-class IsoBiosWriter:
+class IsoBiosWriter(OneFile):
     name: str = "iso-bios"
+    extension: str = ".iso"
+    boot: BootMethod | None = BootMethod("cdrom", "bios")
+    needs: frozenset[BootInput] = BOOT_FILES_NEEDED
 
     def tools(self) -> Sequence[str]:
         return ("xorriso",)
 
     def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
         require_files([bios.ISOLINUX_BIN, bios.ISOHYBRID_MBR, bios.LDLINUX_C32])
-        out = dest / (inputs.name + extension_of(self.name))
+        out = dest / (inputs.name + self.extension)
         with tempfile.TemporaryDirectory(prefix="iso-", dir=dest) as scratch:
             config = Path(scratch) / "isolinux.cfg"
             config.write_bytes(bios.write_syslinux_config(inputs.cmdline))
@@ -69,8 +76,8 @@ class IsoBiosWriter:
                 "/isolinux/isolinux.bin": Path(bios.ISOLINUX_BIN),
                 "/isolinux/ldlinux.c32": Path(bios.LDLINUX_C32),
                 "/isolinux/isolinux.cfg": config,
-                bios.KERNEL_PATH: inputs.kernel,
-                bios.INITRD_PATH: inputs.initrd,
+                bios.KERNEL_PATH: inputs.file(BootInput.KERNEL),
+                bios.INITRD_PATH: inputs.file(BootInput.INITRD),
             }
             boot = [
                 "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot",
@@ -85,20 +92,24 @@ def efi_boot_args() -> list[str]:
 
 
 @dataclass(frozen=True)
-class IsoEfiWriter:
+class IsoEfiWriter(OneFile):
     name: str = "iso-efi"
+    extension: str = "-efi.iso"
+    boot: BootMethod | None = BootMethod("cdrom", "efi")
+    needs: frozenset[BootInput] = BOOT_FILES_NEEDED
 
     def tools(self) -> Sequence[str]:
         return ("xorriso", "objcopy", *FAT_TOOLS)
 
     def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
         require_files([efi.SYSTEMD_STUB])
-        out = dest / (inputs.name + extension_of(self.name))
+        out = dest / (inputs.name + self.extension)
         with tempfile.TemporaryDirectory(prefix="iso-", dir=dest) as scratch:
             work = Path(scratch)
             uki = work / "BOOTX64.EFI"
             efi.write_uki(
-                uki, kernel=inputs.kernel, initrd=inputs.initrd, cmdline=inputs.cmdline,
+                uki, kernel=inputs.file(BootInput.KERNEL), initrd=inputs.file(BootInput.INITRD),
+                cmdline=inputs.cmdline,
                 epoch=inputs.source_date_epoch, scratch=work,
             )
             fat_files: dict[str, Path | bytes] = {efi.EFI_BOOT_PATH: uki}
@@ -112,17 +123,22 @@ class IsoEfiWriter:
 
 
 @dataclass(frozen=True)
-class IsoEfiInitrdWriter:
+class IsoEfiInitrdWriter(OneFile):
     name: str = "iso-efi-initrd"
+    extension: str = "-efi-initrd.iso"
+    boot: BootMethod | None = BootMethod("cdrom", "efi")
+    needs: frozenset[BootInput] = BOOT_FILES_NEEDED
 
     def tools(self) -> Sequence[str]:
         return ("xorriso", *FAT_TOOLS)
 
     def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
         require_files([efi.SYSTEMD_BOOT])
-        out = dest / (inputs.name + extension_of(self.name))
+        out = dest / (inputs.name + self.extension)
         with tempfile.TemporaryDirectory(prefix="iso-", dir=dest) as scratch:
-            files = efi.write_systemd_boot_files(inputs.kernel, inputs.initrd, inputs.cmdline)
+            files = efi.write_systemd_boot_files(
+                inputs.file(BootInput.KERNEL), inputs.file(BootInput.INITRD), inputs.cmdline
+            )
             fat = Path(scratch) / "efiboot.img"
             write_fat_image(
                 fat, size_fat_for(files, spare=0.05), files, label="EFIBOOT",

@@ -21,9 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provision.assemble.root import BOOT_FILES
-from provision.builders.base import BootInputs, FormatOptions, check_cmdline, derive_uuid, tool_env
+from provision.builders.base import (
+    BootInput,
+    BootInputs,
+    BootMethod,
+    FormatOptions,
+    check_cmdline,
+    derive_uuid,
+    tool_env,
+)
 from provision.builders.root_loader import write_root_loader
-from provision.errors import UsageError
 from provision.runner import run
 
 
@@ -72,25 +79,31 @@ class KernelRootfsWriter:
 
     name: str
     filesystem: str  # "squashfs" or "erofs"
+    boot: BootMethod | None = BootMethod("kernel", root_disk=True)
+    needs: frozenset[BootInput] = frozenset({BootInput.KERNEL, BootInput.CMDLINE, BootInput.ROOTFS_TAR})
+
+    @property
+    def extension(self) -> str:
+        return f"-{self.filesystem}.img"
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return ("-kernel", self.extension, "-cmdline", f"-{self.filesystem}-initrd.img")
 
     def tools(self) -> Sequence[str]:
         return (*root_tools(), "mksquashfs" if self.filesystem == "squashfs" else "mkfs.erofs")
 
     def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
-        if inputs.rootfs_tar is None:
-            raise UsageError(f"{self.name} needs the root filesystem tar, and none was given")
-        kernel = dest / f"{inputs.name}-kernel"
-        image = dest / f"{inputs.name}-{self.filesystem}.img"
-        cmdline = dest / f"{inputs.name}-cmdline"
-        loader = dest / f"{inputs.name}-{self.filesystem}-initrd.img"
+        rootfs_tar = inputs.file(BootInput.ROOTFS_TAR)
+        kernel, image, cmdline, loader = (dest / (inputs.name + suffix) for suffix in self.files)
         with tempfile.TemporaryDirectory(prefix="rootfs-", dir=dest) as scratch:
             tree, state = Path(scratch) / "root", Path(scratch) / "fakeroot.state"
-            write_rootfs_tree(inputs.rootfs_tar, tree, state)
+            write_rootfs_tree(rootfs_tar, tree, state)
             if self.filesystem == "squashfs":
                 write_squashfs(tree, image, inputs.source_date_epoch, state)
             else:
                 write_erofs(tree, image, inputs.source_date_epoch, inputs.digest, state)
-        write_root_loader(inputs.rootfs_tar, self.filesystem, loader, inputs.source_date_epoch)
-        shutil.copyfile(inputs.kernel, kernel)
+        write_root_loader(rootfs_tar, self.filesystem, loader, inputs.source_date_epoch)
+        shutil.copyfile(inputs.file(BootInput.KERNEL), kernel)
         cmdline.write_text(check_cmdline(inputs.cmdline) + "\n")
         return [kernel, image, cmdline, loader]

@@ -20,8 +20,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.builders.base import MIB, SECTOR, BootInputs, FormatOptions, derive_uuid
-from provision.builders.disk import disk_tools, write_raw_disk
+from provision.builders.base import (
+    BOOT_FILES_NEEDED,
+    MIB,
+    SECTOR,
+    BootInput,
+    BootInputs,
+    BootMethod,
+    FormatOptions,
+    OneFile,
+    derive_uuid,
+)
+from provision.builders.disk import disk_boot, disk_tools, write_raw_disk
 from provision.errors import UsageError
 
 VHD_EPOCH = 946684800  # 2000-01-01T00:00:00Z
@@ -126,19 +136,20 @@ def data_blocks(fd: int, size: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class VhdWriter:
+class VhdWriter(OneFile):
     """``vhd`` (fixed) and ``dynamic-vhd``, both from the hybrid (BIOS + EFI) disk."""
 
     name: str
     dynamic: bool
+    extension: str
+    boot: BootMethod | None = disk_boot("hybrid", "vpc")
+    needs: frozenset[BootInput] = BOOT_FILES_NEEDED
 
     def tools(self) -> Sequence[str]:
         return disk_tools("hybrid")
 
     def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
-        from provision.builders.formats import OutputFormat
-
-        out = dest / (inputs.name + OutputFormat(self.name).extension())
+        out = dest / (inputs.name + self.extension)
         raw = dest / f".{inputs.name}.raw.tmp"
         try:
             write_raw_disk(inputs, raw, options, "hybrid")

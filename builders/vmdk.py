@@ -13,8 +13,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.builders.base import SECTOR, BootInputs, FormatOptions, derive_hex32
-from provision.builders.disk import disk_tools, write_qemu_img, write_raw_disk
+from provision.builders.base import (
+    BOOT_FILES_NEEDED,
+    SECTOR,
+    BootInput,
+    BootInputs,
+    BootMethod,
+    FormatOptions,
+    OneFile,
+    derive_hex32,
+)
+from provision.builders.disk import disk_boot, disk_tools, write_qemu_img, write_raw_disk
 from provision.errors import ProvisionError
 
 HEADER = struct.Struct("<4sIIQQQQ")  # magic, version, flags, capacity, grain, desc offset, size
@@ -51,18 +60,19 @@ def write_vmdk(raw: Path, out: Path, *, cid: str) -> None:
 
 
 @dataclass(frozen=True)
-class VmdkWriter:
+class VmdkWriter(OneFile):
     """``vmdk``: streamOptimized, from the hybrid (BIOS + EFI) disk."""
 
     name: str = "vmdk"
+    extension: str = ".vmdk"
+    boot: BootMethod | None = disk_boot("hybrid", "vmdk")
+    needs: frozenset[BootInput] = BOOT_FILES_NEEDED
 
     def tools(self) -> Sequence[str]:
         return (*disk_tools("hybrid"), "qemu-img")
 
     def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
-        from provision.builders.formats import OutputFormat
-
-        out = dest / (inputs.name + OutputFormat(self.name).extension())
+        out = dest / (inputs.name + self.extension)
         with tempfile.TemporaryDirectory(prefix="vmdk-", dir=dest) as scratch:
             raw = Path(scratch) / "disk.raw"
             write_raw_disk(inputs, raw, options, "hybrid")

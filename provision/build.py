@@ -7,9 +7,11 @@
    of the input images, else 0);
 4. assemble the root tree in a private work directory inside the output directory (contents
    spooled to one file there: memory does not grow with the image);
-5. write the kernel, the initrd (microcode cpio + compressed newc cpio) and, when a format
-   wants it, the canonical root tar;
-6. run each format writer into a staging directory; when ALL succeeded, rename every output
+5. write what the chosen formats declare they need (``FormatWriter.needs``), and nothing
+   else: the kernel, the initrd (microcode cpio + compressed newc cpio), the canonical root
+   tar (``tar``, ``kernel+squashfs``, ``kernel+erofs`` only);
+6. run each format writer into a staging directory, given only the inputs it declared; when
+   ALL succeeded, rename every output
    into place and then write ``NAME.manifest.json``. A failure at any step leaves no output
    (and removes the work directory).
 """
@@ -34,7 +36,7 @@ from provision.assemble.root import (
     list_image_uses,
 )
 from provision.assemble.tree import NodeKind, Spool, Tree
-from provision.builders.base import BootInputs, FormatOptions, FormatWriter
+from provision.builders.base import BootInput, BootInputs, FormatOptions, FormatWriter
 from provision.builders.cpio import write_cpio
 from provision.builders.tar import write_tar
 from provision.compress import CompressedWriter, Compression
@@ -73,7 +75,7 @@ def available_writers() -> dict[str, FormatWriter]:
     """Every output format by its name (the one registry, builders/formats.py)."""
     from provision.builders.formats import FORMATS
 
-    return {str(key): writer for key, writer in FORMATS.items()}
+    return dict(FORMATS)
 
 
 def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -93,10 +95,6 @@ def select_writers(names: Sequence[str],
         raise UsageError(f"unknown output format{'s' if len(unknown) > 1 else ''}: "
                          + ", ".join(unknown), hint="known: " + ", ".join(sorted(registry)))
     return [registry[name] for name in names]
-
-
-def _needs(writer: FormatWriter, what: str, default: bool) -> bool:
-    return bool(getattr(writer, what, default))
 
 
 @dataclass
@@ -175,22 +173,24 @@ class _Build:
 
     def write_intermediates(self, tree: Tree, spool: Spool, work: Path, epoch: int,
                             digest: str) -> BootInputs:
-        need_initrd = any(_needs(w, "needs_initrd", True) for w in self.writers)
-        # Writers that do not say what they need get everything (correct, if slower).
-        need_rootfs = any(_needs(w, "needs_rootfs", True) for w in self.writers)
-        kernel_path, initrd_path, rootfs = work / "kernel", work / "initrd.img", None
+        """Write the inputs the writers declared they need (each once, whoever asks)."""
+        needs: frozenset[BootInput] = frozenset().union(*(w.needs for w in self.writers))
+        kernel_path = work / "kernel" if BootInput.KERNEL in needs else None
+        initrd_path = work / "initrd.img" if BootInput.INITRD in needs else None
+        rootfs = work / "rootfs.tar" if BootInput.ROOTFS_TAR in needs else None
         cmdline = self.spec.kernel.cmdline if self.spec.kernel else ""
-        if need_initrd:
+        if kernel_path is not None:
             kernel = tree.lookup("boot/kernel")
             if kernel is None or kernel.kind is not NodeKind.FILE:
                 raise UsageError("the spec has no kernel, which "
                                  + ", ".join(w.name for w in self.writers
-                                             if _needs(w, "needs_initrd", True))
+                                             if BootInput.KERNEL in w.needs)
                                  + " needs", hint="add a kernel section, or build -f tar")
             self.say("write kernel")
             with open(kernel_path, "wb") as out:
                 for chunk in spool.iter_range(kernel.offset, kernel.size):
                     out.write(chunk)
+        if initrd_path is not None:
             self.say(f"write initrd ({self.compression})")
             with open(initrd_path, "wb") as out:
                 sink = HashingWriter(out)
@@ -201,9 +201,8 @@ class _Build:
                 with CompressedWriter(sink, self.compression) as writer:
                     write_cpio(tree, spool, writer, epoch=epoch, exclude=BOOT_FILES)
             self.remember(initrd_path, sink)
-        if need_rootfs:
+        if rootfs is not None:
             self.say("write rootfs tar")
-            rootfs = work / "rootfs.tar"
             with open(rootfs, "wb") as out:
                 sink = HashingWriter(out)
                 write_tar(tree, spool, sink, epoch=epoch)
@@ -225,7 +224,7 @@ class _Build:
             self.say(f"format {writer.name}")
             dest = staging / writer.name.replace("/", "_")
             dest.mkdir()
-            for path in writer.write(inputs, dest, self.options):
+            for path in writer.write(inputs.only(writer.needs), dest, self.options):
                 if path.name in seen:  # NAME-kernel of kernel+initrd and kernel+squashfs: one file
                     if not filecmp.cmp(seen[path.name], path, shallow=False):
                         raise ProvisionError(f"two formats both write {path.name}, differently")

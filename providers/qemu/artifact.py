@@ -2,27 +2,33 @@
 
 Accepted forms of an artifact argument:
 - a build output prefix: ``out/web`` for ``out/web-kernel`` + ``out/web-initrd.img`` (+ the
-  optional ``out/web-cmdline``), or for exactly one ``out/web.<iso|raw|img|qcow2|vhd|vmdk>``;
+  optional ``out/web-cmdline``), or for exactly one bootable output file ``out/web<extension>``;
 - one of those files itself (``out/web-kernel`` stands for the whole kernel+initrd triple);
 - a ``*.manifest.json`` written by the build, or a directory holding exactly one (or holding
   exactly one kernel+initrd pair).
-Kernel+initrd boots directly (``-kernel``), an ISO as a CD-ROM, any disk image as a virtio
-disk. EFI firmware is used when asked or when the artifact says EFI (its format or name).
-When ``provision.builders.formats`` offers ``boot_method(format)``, its answer wins over the
-file-extension inference.
+What a file is and how it boots comes from the format registry (builders/formats.py): each
+format declares its file names and its :class:`BootMethod` (direct kernel, CD-ROM or disk,
+the QEMU block driver, the firmware, the archive members to unpack first). Kernel+initrd boots
+directly (``-kernel``), an ISO as a CD-ROM, any disk image as a virtio disk; the archives
+``tar-kernel-initrd`` and ``gcp`` are unpacked into the VM's state directory first
+(:func:`unpack_source`). A file no format names boots as a raw disk (EFI when its name says so).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
+import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from provision.builders.base import BootMethod, FormatWriter
+from provision.builders.formats import FORMATS, WRITERS
+from provision.builders.kernel_initrd import KERNEL_INITRD_FILES
 from provision.errors import UsageError
+from provision.runner import run
 
 
 class BootKind(StrEnum):
@@ -33,7 +39,9 @@ class BootKind(StrEnum):
 
 @dataclass(frozen=True)
 class BootSource:
-    """One resolved artifact: what QEMU is given and how."""
+    """One resolved artifact: what QEMU is given and how. ``unpack``: ``path`` is an archive
+    whose members these are (kernel, initrd, cmdline; or the disk): :func:`unpack_source`
+    turns it into a source QEMU can boot."""
 
     kind: BootKind
     path: Path
@@ -43,24 +51,28 @@ class BootSource:
     efi: bool = False
     label: str = ""
     root_image: Path | None = None  # kernel+squashfs / kernel+erofs: the root, a virtio disk
+    unpack: tuple[str, ...] = ()
 
 
-# File extension -> (kind, qemu block driver).
-EXTENSIONS: dict[str, tuple[BootKind, str | None]] = {
-    ".iso": (BootKind.CDROM, "raw"),
-    ".raw": (BootKind.DISK, "raw"),
-    ".img": (BootKind.DISK, "raw"),
-    ".qcow2": (BootKind.DISK, "qcow2"),
-    ".vhd": (BootKind.DISK, "vpc"),
-    ".vpc": (BootKind.DISK, "vpc"),
-    ".vmdk": (BootKind.DISK, "vmdk"),
-}
-KERNEL_SUFFIX = "-kernel"
-INITRD_SUFFIX = "-initrd.img"
-CMDLINE_SUFFIX = "-cmdline"
+def _boots_from_one_file(writer: FormatWriter) -> bool:
+    """An ISO, a disk, or an archive of the boot files (not a kernel+initrd file set)."""
+    return writer.boot is not None and (writer.boot.kind != "kernel" or bool(writer.boot.unpack))
+
+
+KERNEL_SUFFIX, INITRD_SUFFIX, CMDLINE_SUFFIX = KERNEL_INITRD_FILES
 MANIFEST_SUFFIX = ".manifest.json"
-ROOT_IMAGE_SUFFIXES = ("-squashfs.img", "-erofs.img")
-UNBOOTABLE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".gz", ".xz", ".zst")
+ROOT_IMAGE_SUFFIXES = tuple(w.extension for w in WRITERS if w.boot is not None and w.boot.root_disk)
+# The main file of every format that boots from one file: ``.iso``, ``-efi.img``, ``.raw``...
+IMAGE_SUFFIXES = tuple(w.extension for w in WRITERS if _boots_from_one_file(w))
+# File suffix -> (kind, qemu block driver), for files no format names (extra disks, user disks).
+EXTENSIONS: dict[str, tuple[BootKind, str | None]] = {
+    "." + w.extension.rsplit(".", 1)[-1]: (BootKind(w.boot.kind), w.boot.disk_format)
+    for w in WRITERS
+    if w.boot is not None and w.boot.kind != "kernel" and not w.boot.unpack
+}
+EXTENSIONS[".vpc"] = (BootKind.DISK, "vpc")  # the other usual name of a VHD file
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".gz", ".xz", ".zst")
+_ALL_SUFFIXES = sorted({s for w in WRITERS for s in w.files} | {MANIFEST_SUFFIX}, key=len, reverse=True)
 
 
 def _not_found(path: Path, detail: str = "") -> UsageError:
@@ -73,13 +85,10 @@ def _not_found(path: Path, detail: str = "") -> UsageError:
 
 def _label_of(path: Path) -> str:
     name = path.name
-    for suffix in (
-        KERNEL_SUFFIX,
-        INITRD_SUFFIX,
-        MANIFEST_SUFFIX,
-        *ROOT_IMAGE_SUFFIXES,
-        *EXTENSIONS,
-    ):
+    for suffix in _ALL_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    for suffix in EXTENSIONS:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name
@@ -89,55 +98,14 @@ def _says_efi(*words: str) -> bool:
     return any("efi" in word.lower() for word in words if word)
 
 
-def _formats_module() -> Any:
-    try:
-        return importlib.import_module("provision.builders.formats")
-    except Exception:  # noqa: BLE001 - not there (yet), or broken: infer from file names
-        return None
-
-
-def format_from_name(path: Path) -> str:
-    """The output format whose file name ``path`` has (longest matching extension), or ""."""
-    formats = _formats_module()
-    if formats is None:
-        return ""
-    try:
-        matches = [
-            (len(fmt.extension()), str(fmt.value))
-            for fmt in formats.OutputFormat
-            if path.name.endswith(fmt.extension()) and len(path.name) > len(fmt.extension())
-        ]
-    except Exception:  # noqa: BLE001
-        return ""
-    return max(matches)[1] if matches else ""
-
-
-def _boot_method_from_formats(fmt: str) -> tuple[BootKind | None, bool | None, str | None]:
-    """Ask provision.builders.formats (when it exists) how ``fmt`` boots."""
-    formats = _formats_module()
-    if formats is None or not fmt:
-        return None, None, None
-    try:
-        method: Any = formats.boot_method(fmt)
-    except Exception:  # noqa: BLE001 - unknown format: fall back to inference
-        return None, None, None
-    kind_text = str(getattr(method, "kind", "") or "").lower()
-    kind = None
-    if "kernel" in kind_text:
-        kind = BootKind.KERNEL
-    elif "iso" in kind_text or "cd" in kind_text:
-        kind = BootKind.CDROM
-    elif "disk" in kind_text:
-        kind = BootKind.DISK
-    firmware = str(getattr(method, "firmware", "") or "")
-    disk_format = getattr(method, "disk_format", None)
-    return (
-        kind,
-        _says_efi(firmware) if firmware else None,
-        str(disk_format.value if hasattr(disk_format, "value") else disk_format)
-        if disk_format
-        else None,
-    )
+def format_from_name(path: Path) -> FormatWriter | None:
+    """The format whose main file name ``path`` has (the longest matching extension)."""
+    matches = [
+        (len(w.extension), index)
+        for index, w in enumerate(WRITERS)
+        if path.name.endswith(w.extension) and len(path.name) > len(w.extension)
+    ]
+    return WRITERS[max(matches)[1]] if matches else None
 
 
 def _kernel_prefix(path: Path) -> Path | None:
@@ -178,24 +146,66 @@ def _kernel_source(prefix: Path, efi: bool, root: Path | None = None) -> BootSou
     )
 
 
+def _read_packed_cmdline(archive: Path, members: tuple[str, ...]) -> str:
+    """The command line of a tar-kernel-initrd archive (members: kernel, initrd, cmdline),
+    after checking it holds all three as regular files."""
+    try:
+        with tarfile.open(archive) as tar:
+            files = {m.name for m in tar.getmembers() if m.isreg()}
+            missing = [m for m in members if m not in files]
+            if missing:
+                raise UsageError(f"{archive} holds no {', '.join(missing)}",
+                                 hint="a tar-kernel-initrd archive holds " + ", ".join(members))
+            _kernel, _initrd, cmdline = members
+            handle = tar.extractfile(cmdline)
+            return handle.read().decode(errors="replace").strip() if handle is not None else ""
+    except (OSError, tarfile.TarError) as exc:
+        raise UsageError(f"cannot read {archive} as a tar archive: {exc}") from exc
+
+
+def _packed_source(path: Path, method: BootMethod) -> BootSource:
+    kind = BootKind(method.kind)
+    cmdline = _read_packed_cmdline(path, method.unpack) if kind is BootKind.KERNEL else ""
+    disk_format = method.disk_format if kind is BootKind.DISK else None
+    return BootSource(kind, path, None, cmdline, disk_format, method.firmware == "efi",
+                      _label_of(path), unpack=method.unpack)
+
+
+def unpack_source(source: BootSource, directory: Path) -> BootSource:
+    """``source`` with the boot members of its archive unpacked into ``directory`` (the VM's
+    state directory; holes of a sparse disk stay holes); a source that is no archive as it is."""
+    if not source.unpack:
+        return source
+    run(["tar", "-x", "--no-same-owner", "-f", source.path, "-C", directory, *source.unpack])
+    members = [directory / member for member in source.unpack]
+    if source.kind is BootKind.KERNEL:
+        return replace(source, path=members[0], initrd=members[1], unpack=())
+    return replace(source, path=members[0], unpack=())
+
+
 def _file_source(path: Path, fmt: str = "") -> BootSource:
-    if path.name.lower().endswith(UNBOOTABLE_SUFFIXES):
-        raise UsageError(
-            f"{path} is an archive, which QEMU cannot boot as it is",
-            hint="unpack it (a gcp tarball holds disk.raw), or build kernel+initrd, iso or raw",
-        )
+    writer = FORMATS.get(fmt) if fmt else format_from_name(path)
     prefix = _kernel_prefix(path)
-    fmt = fmt or format_from_name(path)
     if prefix is not None and Path(f"{prefix}{KERNEL_SUFFIX}").is_file():
         root = path if path.name.endswith(ROOT_IMAGE_SUFFIXES) else None
-        return _kernel_source(prefix, _says_efi(fmt), root)
+        return _kernel_source(prefix, False, root)
+    if writer is not None and writer.boot is None:
+        raise UsageError(f"{path} is {writer.name} output, which does not boot",
+                         hint="build kernel+initrd, an iso or a disk format (provision build --help)")
+    if writer is not None and writer.boot is not None and writer.boot.unpack:
+        return _packed_source(path, writer.boot)
+    if writer is not None and writer.boot is not None and writer.boot.kind != "kernel":
+        method = writer.boot
+        return BootSource(BootKind(method.kind), path, None, "", method.disk_format,
+                          method.firmware == "efi", _label_of(path))
+    if path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        raise UsageError(f"{path} is an archive, which QEMU cannot boot as it is",
+                         hint="unpack it, or build kernel+initrd, an iso or a disk format")
+    if prefix is not None:  # one file of a kernel output set whose kernel is missing
+        return _kernel_source(prefix, False)
     kind, disk_format = EXTENSIONS.get(path.suffix.lower(), (BootKind.DISK, "raw"))
-    efi = _says_efi(fmt, _label_of(path))
-    asked_kind, asked_efi, asked_format = _boot_method_from_formats(fmt)
-    kind = asked_kind if asked_kind in (BootKind.CDROM, BootKind.DISK) else kind
-    efi = efi if asked_efi is None else asked_efi
-    disk_format = asked_format or disk_format
-    return BootSource(kind, path, None, "", disk_format, efi, _label_of(path))
+    return BootSource(kind, path, None, "", disk_format, _says_efi(path.name),
+                      _label_of(path))
 
 
 def _manifest_entries(value: Any, fmt: str = "") -> Iterator[tuple[str, str]]:
@@ -231,35 +241,19 @@ def resolve_manifest(manifest: Path) -> BootSource:
         for fmt, name in entries
         if name and (manifest.parent / name).is_file()
     ]
-    for fmt, path in existing:
+    for _fmt, path in existing:
         if path.name.endswith(KERNEL_SUFFIX):
-            return _kernel_source(Path(str(path)[: -len(KERNEL_SUFFIX)]), _says_efi(fmt))
+            return _kernel_source(Path(str(path)[: -len(KERNEL_SUFFIX)]), False)
     for fmt, path in existing:
-        if path.suffix.lower() in EXTENSIONS and not path.name.endswith(INITRD_SUFFIX):
+        writer = FORMATS.get(fmt)
+        if writer is not None and _boots_from_one_file(writer):
             return _file_source(path, fmt)
+        if writer is None and path.suffix.lower() in EXTENSIONS:
+            return _file_source(path)
     raise UsageError(
         f"build manifest {manifest} lists no bootable output that exists",
         hint="rebuild with `provision build`, or pass the output file itself",
     )
-
-
-def _image_suffixes() -> list[str]:
-    """What may follow a build prefix in a bootable image's file name (``.iso``, ``-efi.img``...)."""
-    variants = ("", "-bios", "-efi", "-efi-initrd", "-dynamic")
-    suffixes = dict.fromkeys(f"{variant}{ext}" for variant in variants for ext in EXTENSIONS)
-    formats = _formats_module()
-    if formats is not None:
-        try:
-            for fmt in formats.OutputFormat:
-                ext = str(fmt.extension())
-                if not ext.lower().endswith(UNBOOTABLE_SUFFIXES) and ext not in (
-                    INITRD_SUFFIX,
-                    *ROOT_IMAGE_SUFFIXES,
-                ):
-                    suffixes[ext] = None
-        except Exception:  # noqa: BLE001
-            pass
-    return sorted(suffixes)
 
 
 def _resolve_directory(directory: Path) -> BootSource:
@@ -291,7 +285,7 @@ def resolve_artifact(path: Path) -> BootSource:
     manifest = Path(f"{path}{MANIFEST_SUFFIX}")
     if manifest.is_file():
         return resolve_manifest(manifest)
-    images = [Path(f"{path}{ext}") for ext in _image_suffixes() if Path(f"{path}{ext}").is_file()]
+    images = [Path(f"{path}{ext}") for ext in IMAGE_SUFFIXES if Path(f"{path}{ext}").is_file()]
     if len(images) == 1:
         return _file_source(images[0])
     if len(images) > 1:

@@ -36,15 +36,9 @@ from provision.target import Artifact, Progress, PublishedImage, own_provider
 
 def _bootable_formats() -> tuple[str, ...]:
     """kernel+initrd first (what a group's image spec is built as), then every format QEMU boots."""
-    from provision.builders.formats import OutputFormat, boot_method
+    from provision.builders.formats import WRITERS
 
-    bootable = []
-    for fmt in OutputFormat:
-        try:
-            boot_method(fmt)
-        except UsageError:
-            continue
-        bootable.append(fmt.value)
+    bootable = [writer.name for writer in WRITERS if writer.boot is not None]
     return ("kernel+initrd", *(f for f in bootable if f != "kernel+initrd"))
 
 

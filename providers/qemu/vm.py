@@ -28,7 +28,13 @@ from typing import Literal
 
 from provision.errors import ProvisionError, ToolMissingError, UsageError
 from provision.providers.qemu.accel import QEMU, resolve_accel
-from provision.providers.qemu.artifact import EXTENSIONS, BootKind, BootSource, resolve_artifact
+from provision.providers.qemu.artifact import (
+    EXTENSIONS,
+    BootKind,
+    BootSource,
+    resolve_artifact,
+    unpack_source,
+)
 from provision.providers.qemu.cidata import write_cidata_iso
 from provision.providers.qemu.qmp import QMPClient, QMPError
 from provision.providers.qemu.state import (
@@ -192,7 +198,10 @@ def plan_qemu_argv(
     detach: bool,
     ovmf_code: Path = OVMF_CODE,
 ) -> list[str]:
-    """The QEMU command line for ``config`` booting ``source`` (pure: touches no file)."""
+    """The QEMU command line for ``config`` booting ``source`` (pure: touches no file; an
+    archive source must have been unpacked with ``unpack_source``)."""
+    if source.unpack:
+        raise VMError(f"{source.path} is an archive: unpack it first (unpack_source)")
     efi = config.uefi or source.efi
     serial = state_dir / SERIAL_LOG
     argv = [
@@ -269,6 +278,7 @@ def plan_qemu_argv(
 
 def _check_prerequisites(config: VMConfig, source: BootSource) -> None:
     tools = [config.qemu] + (["xorriso"] if config.data is not None else [])
+    tools += ["tar"] if source.unpack else []
     if any(not disk.path.exists() and disk.size for disk in config.disks):
         tools.append("qemu-img")
     require_tools(tools)
@@ -376,6 +386,7 @@ def start_vm(config: VMConfig, *, state_root: Path, detach: bool) -> VMHandle:
     accel = resolve_accel(config.accel, cache_dir=state_root, qemu=config.qemu)
     directory = _claim_state_dir(state_root, config.name)
     try:
+        source = unpack_source(source, directory)
         _prepare_files(config, source, directory)
         argv = plan_qemu_argv(config, source, accel=accel, state_dir=directory, detach=detach)
         _record_config(config, source, directory, accel, detach, argv)

@@ -27,16 +27,32 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
+def format_epilog() -> str:
+    """The output formats, from the registry: name, files, how each boots."""
+    from provision.builders.formats import WRITERS, describe_boot
+
+    width = max(len(w.name) for w in WRITERS) + 2
+    file_width = max(len(w.extension) for w in WRITERS) + 6
+    lines = ["output formats (-f), their main file and how they boot:"]
+    for writer in WRITERS:
+        lines.append(f"  {writer.name:<{width}}{'NAME' + writer.extension:<{file_width}}"
+                     f"{describe_boot(writer.boot)}")
+    return "\n".join(lines)
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "build",
         help="build an image spec into kernel+initrd, tar, disk and ISO images",
         description="Build a LinuxKit image spec (several files merge in order) into one or "
         "more output formats, reproducibly. Writes NAME.manifest.json next to the outputs.",
+        epilog=format_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("specs", nargs="+", type=Path, metavar="SPEC", help="spec file(s)")
     parser.add_argument("-f", "--format", default="kernel+initrd", metavar="FORMATS",
-                        help="comma-separated output formats (default: kernel+initrd)")
+                        help="comma-separated output formats (default: kernel+initrd; "
+                        "all of them are listed below)")
     parser.add_argument("-o", "--output", "--dir", dest="outdir", type=Path, default=Path("."),
                         metavar="DIR", help="output directory (default: .)")
     parser.add_argument("--name", help="output name (default: the first spec file's stem)")

@@ -103,3 +103,16 @@ def test_no_dedupe_gives_a_bigger_initrd(twin_store: ImageStore, tmp_path: Path)
     assert big - small > len(BLOB) * 9 // 10  # one more (incompressible) copy
     options = json.loads((copied / "twins.manifest.json").read_text())["options"]
     assert options["dedupe"] is False
+
+
+def test_help_lists_every_registered_format_and_how_it_boots(capsys: pytest.CaptureFixture[str]) -> None:
+    from provision.builders.formats import WRITERS, describe_boot
+
+    with pytest.raises(SystemExit) as done:
+        main(["build", "--help"])
+    assert done.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    for writer in WRITERS:
+        line = next(line for line in lines if line.split()[:1] == [writer.name])
+        assert f"NAME{writer.extension}" in line and line.endswith(describe_boot(writer.boot)), line
+    assert "tar-kernel-initrd  NAME-initrd.tar" in "\n".join(lines)

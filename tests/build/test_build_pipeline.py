@@ -11,6 +11,7 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import yaml
 from build_testkit import INIT, KERNEL_BYTES, SERVICE, write_test_images
 
 from provision.build import build_image
-from provision.builders.base import BootInputs, FormatOptions
+from provision.builders.base import BootInput, BootInputs, BootMethod, FormatOptions, FormatWriter
 from provision.cli import main
 from provision.compress import parse_compression
 from provision.errors import ProvisionError
@@ -168,8 +169,10 @@ class _FailingWriter:
     """A format that writes part of a file and then fails."""
 
     name = "fails-midway"
-    needs_initrd = True
-    needs_rootfs = False
+    files = (".half",)
+    extension = ".half"
+    boot: BootMethod | None = None
+    needs = frozenset({BootInput.KERNEL, BootInput.INITRD})
 
     def tools(self) -> Sequence[str]:
         return ()
@@ -189,6 +192,68 @@ def test_a_failing_format_leaves_nothing_behind(image_store: ImageStore, spec_fi
         build_image([spec_file], store=image_store, outdir=out, pull="never",
                     formats="kernel+initrd,tar,fails-midway", registry=registry)
     assert list(out.iterdir()) == []
+
+
+@dataclass(frozen=True)
+class _RecordingWriter:
+    """A format that writes the names of the inputs it was given."""
+
+    name: str
+    needs: frozenset[BootInput]
+    seen: list[BootInputs] = field(default_factory=list, compare=False)
+    boot: BootMethod | None = None
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (self.extension,)
+
+    @property
+    def extension(self) -> str:
+        return f".{self.name}"
+
+    def tools(self) -> Sequence[str]:
+        return ()
+
+    def write(self, inputs: BootInputs, dest: Path, options: FormatOptions) -> list[Path]:
+        self.seen.append(inputs)
+        out = dest / f"{inputs.name}{self.extension}"
+        out.write_text(repr(sorted(inputs.__dict__.items())))
+        return [out]
+
+
+def _given(inputs: BootInputs) -> set[str]:
+    files = {"kernel": inputs.kernel, "initrd": inputs.initrd, "rootfs-tar": inputs.rootfs_tar}
+    return {name for name, path in files.items() if path is not None} | (
+        {"cmdline"} if inputs.cmdline else set())
+
+
+def test_writers_get_only_the_inputs_they_declare(image_store: ImageStore, spec_file: Path,
+                                                  tmp_path: Path) -> None:
+    boot = _RecordingWriter("boot", frozenset({BootInput.KERNEL, BootInput.INITRD, BootInput.CMDLINE}))
+    root = _RecordingWriter("root", frozenset({BootInput.ROOTFS_TAR}))
+    registry: dict[str, FormatWriter] = {"boot": boot, "root": root}
+    build_image([spec_file], store=image_store, outdir=tmp_path / "both", pull="never",
+                formats="boot,root", registry=registry)
+    assert [_given(i) for i in boot.seen] == [{"kernel", "initrd", "cmdline"}]
+    assert [_given(i) for i in root.seen] == [{"rootfs-tar"}]
+    with pytest.raises(ProvisionError, match="no rootfs-tar was produced"):
+        boot.seen[0].file(BootInput.ROOTFS_TAR)
+    for fmt, writer, skipped in (("boot", boot, "write rootfs tar"), ("root", root, "write initrd")):
+        said: list[str] = []
+        build_image([spec_file], store=image_store, outdir=tmp_path / fmt, pull="never",
+                    formats=fmt, registry=registry, progress=said.append)
+        assert not [m for m in said if m.startswith(skipped)], said
+        assert len(writer.seen) == 2
+    assert not [m for m in said if m.startswith("write kernel")], said
+
+
+def test_a_disk_build_writes_no_root_tar(image_store: ImageStore, spec_file: Path,
+                                         tmp_path: Path) -> None:
+    said: list[str] = []
+    result = build_image([spec_file], store=image_store, outdir=tmp_path / "out", pull="never",
+                         formats="raw-efi", progress=said.append)
+    assert "write rootfs tar" not in said and "write kernel" in said, said
+    assert [p.name for p in result.outputs] == ["machine-efi.img"]
 
 
 HOSTILE_LAYERS = {

@@ -23,7 +23,7 @@ import yaml
 from guest_testkit import newc_archive
 
 from provision.builders.base import BootInputs, FormatOptions
-from provision.builders.formats import FORMATS, OutputFormat, boot_method
+from provision.builders.formats import FORMATS, boot_method
 
 MARKER = "PROVISION-BOOT-OK"
 ROOTFS_MARKER = "ROOTFS-MARKER-7d41"
@@ -128,8 +128,10 @@ class Built:
 
 
 def write_format(fmt: str, inputs: BootInputs, dest: Path, options: FormatOptions | None = None) -> list[Path]:
+    """Write ``fmt`` as the pipeline does: given only the inputs the writer declares."""
     dest.mkdir(parents=True, exist_ok=True)
-    return FORMATS[fmt].write(inputs, dest, options or FormatOptions())
+    writer = FORMATS[fmt]
+    return writer.write(inputs.only(writer.needs), dest, options or FormatOptions())
 
 
 @pytest.fixture(scope="session")
@@ -185,7 +187,7 @@ def qemu_boot(
 
 
 def format_boot_method(fmt: str) -> tuple[str, str, str]:
-    method = boot_method(OutputFormat(fmt))
+    method = boot_method(fmt)
     return method.kind, method.firmware, method.disk_format
 
 

@@ -11,6 +11,8 @@ import pytest
 from formats_testkit import CMDLINE, MARKER, ROOTFS_MARKER, Built, format_boot_method, qemu_boot
 
 from provision.builders.base import BootInputs
+from provision.builders.formats import boot_method
+from provision.providers.qemu.vm import VMConfig, start_vm, stop_vm, wait_serial
 
 pytestmark = pytest.mark.boot
 
@@ -61,3 +63,22 @@ def test_kernel_mounts_rootfs_image(
     )
     assert_booted(console)
     assert f"ROOTFS={ROOTFS_MARKER}" in console, console[-3000:]
+
+
+@pytest.mark.parametrize("fmt", ["gcp", "tar-kernel-initrd"])
+def test_the_launcher_boots_archives_unpacked(fmt: str, first_build: dict[str, Built], tmp_path: Path) -> None:
+    """`provision run qemu` takes the gcp tarball and the tar-kernel-initrd archive as they are."""
+    (archive,) = first_build[fmt].files
+    state = tmp_path / "state"
+    handle = start_vm(VMConfig(name="packed", artifact=archive, accel="tcg", mem_mib=256), state_root=state,
+                      detach=True)
+    try:
+        wait_serial(handle, "CMDLINE=.*", timeout=150)
+        member = handle.state_dir / boot_method(fmt).unpack[0]
+        assert member.is_file()
+        if fmt == "gcp":  # unpacked sparse: the disk's empty space stays holes
+            assert member.stat().st_blocks * 512 < member.stat().st_size
+        console = handle.serial_log.read_bytes().decode(errors="replace")
+    finally:
+        stop_vm("packed", state, timeout=0)
+    assert_booted(console)

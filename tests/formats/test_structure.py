@@ -13,9 +13,15 @@ from pathlib import Path
 import pytest
 from formats_testkit import CMDLINE, DIGEST, EPOCH, Built, write_format
 
-from provision.builders.base import MIB, BootInputs, FormatOptions, derive_uuid
+from provision.builders.base import MIB, BootInput, BootInputs, FormatOptions, derive_uuid
 from provision.builders.disk import read_partitions, write_reimage
-from provision.builders.formats import FORMATS, OutputFormat, boot_method, writer_for
+from provision.builders.formats import (
+    FORMATS,
+    WRITERS,
+    boot_method,
+    parse_format,
+    render_format_table,
+)
 from provision.builders.vhd import vhd_checksum
 from provision.errors import UsageError
 
@@ -194,13 +200,43 @@ def test_too_small_size_is_refused_before_writing(boot_inputs: BootInputs, tmp_p
 
 
 def test_registry_names_extensions_and_boot_methods() -> None:
+    assert list(FORMATS) == [w.name for w in WRITERS] and len(FORMATS) == len(WRITERS) == 17
     for fmt in ("iso-bios", "raw-efi", "vhd", "vmdk", "gcp", "aws", "kernel+squashfs"):
         assert FORMATS[fmt].name == fmt
-        assert writer_for(fmt) is FORMATS[fmt]
-    assert OutputFormat("gcp").extension() == ".img.tar.gz"
+        assert parse_format(fmt) is FORMATS[fmt]
+    assert FORMATS["gcp"].extension == ".img.tar.gz"
     assert boot_method("iso-efi").kind == "cdrom" and boot_method("iso-efi").firmware == "efi"
     assert boot_method("dynamic-vhd").disk_format == "vpc"
-    with pytest.raises(UsageError, match="unknown output format"):
-        writer_for("floppy")
+    assert boot_method("vmdk").firmwares == ("bios", "efi") and boot_method("raw-efi").firmwares == ("efi",)
+    assert boot_method("tar-kernel-initrd").unpack == ("kernel", "initrd.img", "cmdline")
+    assert boot_method("gcp").unpack == ("disk.raw",)
+    with pytest.raises(UsageError, match="unknown output format") as caught:
+        parse_format("floppy")
+    assert "raw-efi" in str(caught.value.hint)
     with pytest.raises(UsageError, match="not bootable"):
         boot_method("tar")
+
+
+def test_each_writer_writes_the_files_it_declares(first_build: dict[str, Built]) -> None:
+    for fmt, built in first_build.items():
+        writer = FORMATS[fmt]
+        assert [p.name for p in built.files] == [f"tiny{suffix}" for suffix in writer.files], fmt
+        assert writer.extension in writer.files, fmt
+
+
+def test_only_the_root_formats_need_the_root_tar() -> None:
+    """The disks and ISOs are made of the kernel and initrd alone (no root tar is built for
+    them); the root images need no initrd."""
+    wants_root = {w.name for w in WRITERS if BootInput.ROOTFS_TAR in w.needs}
+    assert wants_root == {"tar", "kernel+squashfs", "kernel+erofs"}
+    wants_initrd = {w.name for w in WRITERS if BootInput.INITRD in w.needs}
+    assert wants_initrd == set(FORMATS) - wants_root
+
+
+def test_docs_table_is_the_registry() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "formats.md").read_text()
+    table = render_format_table()
+    assert table in docs, "docs/formats.md: paste the output of `python3 -m provision.builders.formats`"
+    # and no other row names a format
+    rows = [line for line in docs.splitlines() if line.startswith("| `")]
+    assert rows == table.splitlines()[2:]

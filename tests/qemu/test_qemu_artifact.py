@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from provision.errors import UsageError
+from provision.builders.base import BootInputs, FormatOptions, FormatWriter
+from provision.builders.cloud import write_gcp_tarball
+from provision.builders.formats import FORMATS, WRITERS
+from provision.errors import ProvisionError, UsageError
 from provision.manifest import BuildManifest, SpecRecord, record_outputs, write_manifest
-from provision.providers.qemu.artifact import BootKind, resolve_artifact
+from provision.providers.qemu.artifact import BootKind, resolve_artifact, unpack_source
 from provision.providers.qemu.vm import (
     DiskSpec,
     PortMapping,
@@ -211,8 +216,97 @@ def test_kernel_with_a_squashfs_root_and_no_initrd(tmp_path: Path) -> None:
     assert argv[argv.index("-append") + 1] == "root=/dev/vda ro console=ttyS0"
 
 
-@pytest.mark.parametrize("file_name", ["web.img.tar.gz", "web-initrd.tar", "web.tar"])
-def test_archives_are_refused(tmp_path: Path, file_name: str) -> None:
+@pytest.mark.parametrize("file_name", ["web.tar", "root.tar"])
+def test_the_root_tar_does_not_boot(tmp_path: Path, file_name: str) -> None:
+    (tmp_path / file_name).write_bytes(b"x")
+    with pytest.raises(UsageError, match="tar output, which does not boot"):
+        resolve_artifact(tmp_path / file_name)
+
+
+@pytest.mark.parametrize("file_name", ["web.tar.xz", "web-initrd.img.gz", "web.tgz"])
+def test_other_archives_are_refused(tmp_path: Path, file_name: str) -> None:
     (tmp_path / file_name).write_bytes(b"x")
     with pytest.raises(UsageError, match="archive"):
         resolve_artifact(tmp_path / file_name)
+
+
+@pytest.mark.parametrize("writer", [w for w in WRITERS if w.boot is not None and w.boot.kind != "kernel"],
+                         ids=lambda w: w.name)
+def test_every_image_format_resolves_as_it_declares(tmp_path: Path, writer: FormatWriter) -> None:
+    method = writer.boot
+    assert method is not None
+    (tmp_path / f"web{writer.extension}").write_bytes(b"\0" * 512)
+    for given in (tmp_path / f"web{writer.extension}", tmp_path / "web"):
+        source = resolve_artifact(given)
+        assert (source.kind.value, source.efi, source.unpack) == (
+            method.kind, method.firmware == "efi", method.unpack)
+        assert source.disk_format == method.disk_format
+        assert source.label == "web"
+
+
+def write_tar_kernel_initrd(directory: Path, cmdline: str = "panic=-1 quiet") -> Path:
+    inputs = BootInputs(kernel=directory / "k", initrd=directory / "i", cmdline=cmdline, rootfs_tar=None,
+                        digest="sha256:" + "0" * 64, source_date_epoch=0, name="web")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "k").write_bytes(b"kernel-bytes")
+    (directory / "i").write_bytes(b"initrd-bytes")
+    (out,) = FORMATS["tar-kernel-initrd"].write(inputs, directory, FormatOptions())
+    return out
+
+
+def test_tar_kernel_initrd_boots_its_unpacked_kernel(tmp_path: Path) -> None:
+    archive = write_tar_kernel_initrd(tmp_path / "out")
+    assert archive.name == "web-initrd.tar"
+    source = resolve_artifact(archive)
+    assert (source.kind, source.path, source.cmdline, source.label) == (
+        BootKind.KERNEL, archive, "panic=-1 quiet", "web")
+    assert resolve_artifact(tmp_path / "out" / "web") == source  # the build prefix
+    config = VMConfig(name="web", artifact=archive)
+    state = tmp_path / "state"
+    with pytest.raises(ProvisionError, match="unpack it first"):
+        plan_qemu_argv(config, source, accel="tcg", state_dir=state, detach=True)
+    state.mkdir()
+    unpacked = unpack_source(source, state)
+    assert (unpacked.path.read_bytes(), unpacked.initrd) == (b"kernel-bytes", state / "initrd.img")
+    assert unpacked.initrd is not None and unpacked.initrd.read_bytes() == b"initrd-bytes"
+    argv = plan_qemu_argv(config, unpacked, accel="tcg", state_dir=state, detach=True)
+    assert argv[argv.index("-kernel") + 1] == str(state / "kernel")
+    assert argv[argv.index("-initrd") + 1] == str(state / "initrd.img")
+    assert argv[argv.index("-append") + 1] == "panic=-1 quiet console=ttyS0"
+
+
+def test_an_archive_without_the_boot_files_is_named(tmp_path: Path) -> None:
+    with tarfile.open(tmp_path / "web-initrd.tar", "w") as tar:
+        info = tarfile.TarInfo("kernel")
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(UsageError, match="holds no initrd.img, cmdline"):
+        resolve_artifact(tmp_path / "web-initrd.tar")
+    with tarfile.open(tmp_path / "odd-initrd.tar", "w") as tar:  # the kernel a link elsewhere
+        link = tarfile.TarInfo("kernel")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+        tar.addfile(link)
+        for name in ("initrd.img", "cmdline"):
+            tar.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
+    with pytest.raises(UsageError, match="holds no kernel$"):
+        resolve_artifact(tmp_path / "odd-initrd.tar")
+
+
+def test_gcp_tarball_boots_its_unpacked_sparse_disk(tmp_path: Path) -> None:
+    raw = tmp_path / "disk.raw"
+    with open(raw, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+        f.write(b"\x55\xaa" * 256)
+    archive = tmp_path / "web.img.tar.gz"
+    write_gcp_tarball(raw, archive, 0)
+    source = resolve_artifact(archive)
+    assert (source.kind, source.disk_format, source.efi, source.unpack) == (
+        BootKind.DISK, "raw", False, ("disk.raw",))
+    state = tmp_path / "state"
+    state.mkdir()
+    unpacked = unpack_source(source, state)
+    assert unpacked.path == state / "disk.raw" and unpacked.unpack == ()
+    assert unpacked.path.read_bytes() == raw.read_bytes()
+    assert unpacked.path.stat().st_blocks * 512 < 1024 * 1024  # the holes stayed holes
+    argv = plan_qemu_argv(VMConfig(name="web", artifact=archive), unpacked, accel="tcg",
+                          state_dir=state, detach=True)
+    assert f"file={state}/disk.raw,format=raw,if=none,id=boot0,snapshot=on" in argv

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from qemu_testkit import MARKER, dead_pid, free_port, provision
 
+from provision.builders.base import BootInputs, FormatOptions
+from provision.builders.formats import FORMATS
 from provision.providers.qemu.state import CONFIG_FILE, PID_FILE, pid_is_vm, write_json_atomic
 from provision.providers.qemu.vm import attach_vm, list_vms, wait_serial
 from provision.runner import run
@@ -44,6 +46,25 @@ def test_foreground_run_exits_zero_on_poweroff_over_stale_state(
     assert "panic=-1 quiet console=ttyS0 test.poweroff=early" in cmdline
     assert list_vms(state_root) == []  # the foreground VM's state is gone once it ended
     print(f"foreground boot to poweroff: {elapsed:.1f}s")
+
+
+def test_tar_kernel_initrd_boots_unpacked(test_artifact: Path, state_root: Path, tmp_path: Path) -> None:
+    """The tar-kernel-initrd output boots as it is: run qemu unpacks it into the VM's state."""
+    inputs = BootInputs(
+        kernel=Path(f"{test_artifact}-kernel"), initrd=Path(f"{test_artifact}-initrd.img"),
+        cmdline="panic=-1 quiet", rootfs_tar=None, digest="sha256:" + "0" * 64,
+        source_date_epoch=0, name="packed",
+    )  # fmt: skip
+    (archive,) = FORMATS["tar-kernel-initrd"].write(inputs, tmp_path, FormatOptions())
+    result = provision(
+        state_root, "run", "qemu", str(archive), "--accel", "tcg", "--mem", "256",
+        "--cmdline", "test.poweroff=early",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert MARKER in result.stdout
+    cmdline = next(line for line in result.stdout.splitlines() if line.startswith("CMDLINE:"))
+    assert "panic=-1 quiet console=ttyS0 test.poweroff=early" in cmdline
+    assert list_vms(state_root) == []  # the unpacked files went with the VM's state
 
 
 def test_detached_vm_publishes_gets_data_and_stops_gracefully(
