@@ -38,6 +38,7 @@ TOOL_PACKAGES: Mapping[str, str] = {
     "xz": "xz-utils",
     "busybox": "busybox-static",
     "runc": "runc",
+    "ipmitool": "ipmitool",
 }
 
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+from provision.providers.metal.images import read_boot_image
 from provision.providers.metal.lab import Group, Lab, Profile, normalise_mac
+from provision.providers.metal.reservations import Reservation, read_reservations
 
 CHAIN_SCRIPT = """#!ipxe
 chain ipxe?mac=${mac:hexhyp}&uuid=${uuid}&hostname=${hostname}&serial=${serial}&platform=${platform}
@@ -65,11 +68,30 @@ def render_ipxe(profile: Profile, base_url: str, *, efi: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def answer_ipxe(lab: Lab, query: Mapping[str, str], base_url: str) -> tuple[str, str]:
-    """(the script, which group or default answered) for one ``/ipxe`` request."""
+def find_reservation(state: Path | None, facts: Facts) -> Reservation | None:
+    """The reservation of the machine that asked (a cluster's machine), if any."""
+    machine = facts.values.get("machine")
+    if state is None or machine is None:
+        return None
+    return read_reservations(state).get(machine)
+
+
+def answer_ipxe(lab: Lab, query: Mapping[str, str], base_url: str, state: Path | None = None) -> tuple[str, str]:
+    """(the script, what answered) for one ``/ipxe`` request: a cluster's reservation first (it
+    boots the image its group runs, with its machine name), then the lab's groups, then the
+    default."""
     facts = Facts.from_query(query, lab)
-    group = select_group(lab, facts)
     efi = query.get("platform") == "efi"  # iPXE's ${platform}: pcbios or efi
+    reservation = find_reservation(state, facts)
+    if reservation is not None and state is not None:
+        image = read_boot_image(state, reservation.image)
+        if image is None:
+            return ("#!ipxe\necho provision: the image of this machine is not published\nexit\n",
+                    f"reservation {reservation.machine}: image {reservation.image} missing")
+        cmdline = f"{image.cmdline} provision.hostname={reservation.name or reservation.machine}".strip()
+        profile = Profile(reservation.machine, image.kernel, image.initrd, cmdline)
+        return render_ipxe(profile, base_url, efi=efi), f"reservation {reservation.machine} ({reservation.image[:19]})"
+    group = select_group(lab, facts)
     if group is not None:
         return render_ipxe(lab.profiles[group.profile], base_url, efi=efi), f"group {group.name}"
     if lab.default == "exit":

@@ -77,10 +77,15 @@ class Bmc:
 
 @dataclass(frozen=True)
 class Machine:
+    """One machine of the inventory. ``address``: where it is reached (its IP, or a NAT host);
+    ``ports``: guest port -> port at ``address`` when a NAT forwards them (virtual labs)."""
+
     name: str
     macs: tuple[str, ...]
     labels: Mapping[str, str] = field(default_factory=dict)
     bmc: Bmc | None = None
+    address: str = ""
+    ports: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -244,7 +249,7 @@ def _machines(r: _Reader, value: Any) -> tuple[Machine, ...]:
     owners: dict[str, str] = {}
     for index, body in enumerate(value):
         path: KeyPath = ("machines", index)
-        fields = r.mapping(body, path, ("name", "macs", "labels", "bmc"), ("name", "macs"))
+        fields = r.mapping(body, path, ("name", "macs", "labels", "bmc", "address", "ports"), ("name", "macs"))
         name = r.name(fields.get("name"), (*path, "name")) if "name" in fields else f"machine{index}"
         if name in names:
             r.fail((*path, "name"), f"machine {name!r} is declared twice")
@@ -268,7 +273,20 @@ def _machines(r: _Reader, value: Any) -> tuple[Machine, ...]:
             r.fail((*path, "labels"), "must be a mapping of label to value")
             labels = {}
         bmc = _bmc(r, fields.get("bmc"), (*path, "bmc")) if "bmc" in fields else None
-        machines.append(Machine(name, tuple(macs), {str(k): str(v) for k, v in labels.items()}, bmc))
+        address = r.text(fields.get("address", ""), (*path, "address"), re.compile(r"[A-Za-z0-9.:-]{0,255}"),
+                         "a host name or IP address")
+        ports: dict[int, int] = {}
+        raw_ports = fields.get("ports") or {}
+        if not isinstance(raw_ports, dict):
+            r.fail((*path, "ports"), "must map guest ports to ports at the address, e.g. {7080: 41080}")
+            raw_ports = {}
+        for guest, there in raw_ports.items():
+            ok = all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535 for v in (guest, there))
+            if not ok:
+                r.fail((*path, "ports", str(guest)), f"must be a port from 1 to 65535, not {there!r}")
+                continue
+            ports[int(guest)] = int(there)
+        machines.append(Machine(name, tuple(macs), {str(k): str(v) for k, v in labels.items()}, bmc, address, ports))
     return tuple(machines)
 
 

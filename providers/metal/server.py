@@ -32,7 +32,13 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from provision.errors import ProvisionError
-from provision.providers.metal.boot import CHAIN_SCRIPT, Facts, answer_ipxe, select_group
+from provision.providers.metal.boot import (
+    CHAIN_SCRIPT,
+    Facts,
+    answer_ipxe,
+    find_reservation,
+    select_group,
+)
 from provision.providers.metal.files import parse_range, resolve_served, send_file_range
 from provision.providers.metal.lab import Lab, load_lab, normalise_mac
 
@@ -55,6 +61,7 @@ class ServeState:
     root: Path
     lab_file: Path | None = None
     token: str | None = None
+    state_dir: Path | None = None  # the metal state (reservations, images) when clusters use this lab
     boots: collections.deque[Boot] = field(default_factory=lambda: collections.deque(maxlen=1000))
     lab_mtime: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -125,7 +132,7 @@ def _handler(state: ServeState) -> type[BaseHTTPRequestHandler]:
             if path == "/boot.ipxe":
                 self._send(200, CHAIN_SCRIPT.encode())
             elif path == "/ipxe":
-                script, answer = answer_ipxe(lab, query, self._base_url())
+                script, answer = answer_ipxe(lab, query, self._base_url(), state.state_dir)
                 state.record(Boot(time.time(), normalise_mac(query.get("mac", "")), answer, self.client_address[0]))
                 self._send(200, script.encode())
             elif path.startswith("/files/"):
@@ -133,7 +140,11 @@ def _handler(state: ServeState) -> type[BaseHTTPRequestHandler]:
             elif path.startswith("/v1/metadata/"):
                 facts = Facts.from_query({"mac": path.removeprefix("/v1/metadata/")}, lab)
                 group = select_group(lab, facts)
-                if group is None:
+                reservation = find_reservation(state.state_dir, facts)
+                if reservation is not None:
+                    self._json({"machine": reservation.machine, "hostname": reservation.name or reservation.machine,
+                                "image": reservation.image, "cluster": reservation.tags.get("provision-cluster")})
+                elif group is None:
                     self._json({"error": "no group for this machine"}, 404)
                 else:
                     self._json({"group": group.name, "machine": facts.values.get("machine"), **group.metadata})
