@@ -281,11 +281,12 @@ def _machines(r: _Reader, value: Any) -> tuple[Machine, ...]:
             r.fail((*path, "ports"), "must map guest ports to ports at the address, e.g. {7080: 41080}")
             raw_ports = {}
         for guest, there in raw_ports.items():
-            ok = all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535 for v in (guest, there))
+            guest_port = int(guest) if str(guest).isdigit() else 0  # YAML keys arrive as text
+            ok = 1 <= guest_port <= 65535 and isinstance(there, int) and not isinstance(there, bool) and 1 <= there <= 65535
             if not ok:
-                r.fail((*path, "ports", str(guest)), f"must be a port from 1 to 65535, not {there!r}")
+                r.fail((*path, "ports", str(guest)), f"must map a guest port to a port from 1 to 65535, not {there!r}")
                 continue
-            ports[int(guest)] = int(there)
+            ports[guest_port] = int(there)
         machines.append(Machine(name, tuple(macs), {str(k): str(v) for k, v in labels.items()}, bmc, address, ports))
     return tuple(machines)
 

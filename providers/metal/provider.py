@@ -53,6 +53,7 @@ OPTIONS = Schema({
     "state": Field("a directory (what provision serve --state serves)", schema.text(max_len=4096), required=True),
     "powerTimeout": Field("a duration from 1s to 10m", schema.duration(1.0, 600.0), doc="default 60s"),
     "efi": Field("true or false (network boot in UEFI mode)", schema.boolean, doc="default false"),
+    "pageSize": Field("a whole number from 1 to 10000", schema.integer(1, 10_000), doc="default 50"),
 })
 PROPERTIES = Schema({
     "selector": Field("a mapping of machine label to value, e.g. {rack: a}", _selector),
@@ -64,7 +65,8 @@ BmcFactory = Callable[[Bmc, Path], PowerControl]
 
 class MetalProvider:
     def __init__(self, lab_file: Path, state: Path, clock: Clock, *, name: str = "metal",
-                 power_timeout: float = 60.0, efi: bool = False, bmc_factory: BmcFactory = connect_bmc) -> None:
+                 power_timeout: float = 60.0, efi: bool = False, page_size: int = 50,
+                 bmc_factory: BmcFactory = connect_bmc) -> None:
         self.name = name
         self.lab_file = lab_file
         self.state = state
@@ -72,6 +74,7 @@ class MetalProvider:
         self.power_timeout = power_timeout
         self.efi = efi
         self.bmc_factory = bmc_factory
+        self.page_size = page_size
         self._lock = threading.Lock()
 
     def lab(self) -> Lab:
@@ -128,7 +131,7 @@ class MetalProvider:
                            if all(r.tags.get(k) == v for k, v in tags.items())), key=lambda r: r.machine)
         if page_token is not None:
             matching = [r for r in matching if r.machine > page_token]
-        page, more = matching[:50], len(matching) > 50
+        page, more = matching[: self.page_size], len(matching) > self.page_size
         found = []
         for r in page:
             machine = next((m for m in lab.machines if m.name == r.machine), None)
@@ -167,4 +170,4 @@ def create_metal_provider(spec: ProviderSpec, clock: Clock) -> MetalProvider:
     state = Path(str(options["state"]))
     return MetalProvider(lab if lab.is_absolute() else spec.base / lab, state if state.is_absolute() else spec.base / state,
                          clock, name=spec.name, power_timeout=parse_duration(options.get("powerTimeout", 60)) or 60.0,
-                         efi=bool(options.get("efi", False)))
+                         efi=bool(options.get("efi", False)), page_size=int(options.get("pageSize", 50)))
