@@ -116,23 +116,15 @@ def time_build(spec: str, store_root: Path, outdir: Path, compress: str) -> floa
 
 
 def extract_cpio(initrd: Path, compress: str) -> bytes:
-    import gzip
-    import lzma
+    from provision.compress import parse_compression
 
-    import zstandard
-
-    data = initrd.read_bytes()
-    if compress.startswith("gzip"):
-        return gzip.decompress(data)
-    if compress.startswith("zstd"):
-        return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(data))
-    return lzma.decompress(data)
+    return parse_compression(compress).codec.decompress(initrd.read_bytes())
 
 
 def time_floor(cpio: bytes, compress: str) -> float:
-    from provision.compress import make_codec, parse_compression
+    from provision.compress import make_compressor, parse_compression
 
-    codec = make_codec(parse_compression(compress))
+    codec = make_compressor(parse_compression(compress))
     start = time.perf_counter()
     view = memoryview(cpio)
     for offset in range(0, len(cpio), 1 << 20):

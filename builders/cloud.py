@@ -3,13 +3,12 @@
 - ``gcp``: ``NAME.img.tar.gz``, a GNU tar (``oldgnu`` format, sparse, as GCE image import
   documents) holding exactly one member ``disk.raw``, member mtime SOURCE_DATE_EPOCH, owner 0:0,
   gzip header mtime 0 and no file name. GNU tar writes the tar (it stores the holes of a big
-  sparse disk as a map instead of gigabytes of zeros); Python gzips it.
+  sparse disk as a map instead of gigabytes of zeros); provision's gzip codec compresses it.
 - ``aws``: ``NAME.raw``, the raw disk (EC2 snapshot import takes raw).
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ from provision.builders.base import (
     tool_env,
 )
 from provision.builders.disk import disk_tools, write_raw_disk
+from provision.compress import GZIP, CompressedWriter, Compression
 from provision.runner import run
 
 GCP_MEMBER = "disk.raw"
@@ -48,8 +48,8 @@ def write_gcp_tarball(raw: Path, out: Path, epoch: int, *, level: int = 6) -> No
             ],
             env=tool_env(epoch),
         )
-        with open(tar, "rb") as src, open(out, "wb") as f, gzip.GzipFile(
-            filename="", mode="wb", fileobj=f, mtime=0, compresslevel=level
+        with open(tar, "rb") as src, open(out, "wb") as f, CompressedWriter(
+            f, Compression(GZIP.name, level)
         ) as gz:
             shutil.copyfileobj(src, gz, 4 * 1024 * 1024)
 

@@ -22,13 +22,13 @@ mtime 0.
 
 from __future__ import annotations
 
-import gzip
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from provision.builders.cpio import TRAILER, cpio_entry_header
-from provision.errors import UsageError
+from provision.compress import GZIP, codec_for_file_name
+from provision.errors import ProvisionError, UsageError
 
 BUSYBOX = "bin/busybox"
 ROOT_DEVICE = "/dev/vda"
@@ -171,11 +171,12 @@ def assemble_loader_members(rootfs_tar: Path, filesystem: str) -> list[tuple[str
                 info = _regular(members, f"{moddir}/{path}")
                 if info is None:
                     raise UsageError(f"modules.dep names {path}, which the root filesystem lacks")
-                if not path.endswith(".ko"):
-                    raise UsageError(f"kernel+{filesystem}: compressed module {path} is not supported",
-                                     hint="ship uncompressed modules (.ko) in the kernel image")
+                try:  # busybox insmod takes plain .ko files: decompress .ko.xz/.zst/.gz here
+                    module = codec_for_file_name(path).decompress(_read(tar, info))
+                except ProvisionError as exc:
+                    raise UsageError(f"kernel+{filesystem}: module {path}: {exc}") from None
                 names.append(module_name(path))
-                files.append((f"lib/modules/{module_name(path)}.ko", 0o100644, _read(tar, info)))
+                files.append((f"lib/modules/{module_name(path)}.ko", 0o100644, module))
     init = INIT.format(fs=filesystem, root=ROOT_DEVICE, modules=" ".join(names))
     dirs = [(d, 0o40755, b"") for d in ("bin", "dev", "lib", "lib/modules", "lower", "newroot", "proc",
                                           "rw", "sys")]
@@ -193,5 +194,5 @@ def write_root_loader(rootfs_tar: Path, filesystem: str, out: Path, epoch: int) 
         if name == "dev":  # the kernel opens /dev/console before /init runs
             raw += cpio_entry_header(b"dev/console", len(members) + 1, 0o20600, 0, 0, 1, mtime, 0, (5, 1))
     raw += cpio_entry_header(TRAILER.encode(), 0, 0, 0, 0, 1, 0, 0)
-    out.write_bytes(gzip.compress(bytes(raw), compresslevel=6, mtime=0))
+    out.write_bytes(GZIP.compress(bytes(raw), 6))
     return out

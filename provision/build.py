@@ -41,7 +41,7 @@ from provision.builders.cpio import write_cpio
 from provision.builders.tar import write_tar
 from provision.compress import CompressedWriter, Compression
 from provision.errors import ProvisionError, UsageError
-from provision.fsutil import HashingWriter, file_sha256
+from provision.fsutil import HashingWriter, check_replaceable, file_sha256, move_into_place
 from provision.manifest import (
     BuildManifest,
     ImageRecord,
@@ -49,9 +49,10 @@ from provision.manifest import (
     record_outputs,
     write_manifest,
 )
+from provision.oci.model import Platform, ResolvedImage
 from provision.oci.pull import PullPolicy, ensure_image
 from provision.oci.registry import RegistryClient
-from provision.oci.store import ImageStore, Platform, ResolvedImage
+from provision.oci.store import ImageStore
 from provision.runner import require_tools
 from provision.spec.image import ImageSpec
 from provision.spec.load import load_spec
@@ -235,11 +236,12 @@ class _Build:
 
     def publish(self, staged: list[tuple[str, Path]]) -> list[Path]:
         """Rename every staged output into the output directory (same file system)."""
+        for _format, path in staged:  # all or nothing: refuse before the first rename
+            check_replaceable(self.outdir / path.name)
         final = []
         for _format, path in staged:
             target = self.outdir / path.name
-            os.chmod(path, 0o644)
-            os.replace(path, target)
+            move_into_place(path, target)
             final.append(target)
             self.say(f"wrote {target}")
         return final

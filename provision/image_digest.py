@@ -11,9 +11,10 @@ from pathlib import Path
 
 from provision.assemble.root import compute_image_digest, list_file_sources, list_image_uses
 from provision.errors import ImageNotFoundError, ProvisionError
+from provision.oci.model import Platform, ResolvedImage
 from provision.oci.pull import PullPolicy, ensure_image
 from provision.oci.registry import RegistryClient
-from provision.oci.store import ImageStore, Platform, ResolvedImage
+from provision.oci.store import ImageStore
 from provision.spec.image import ImageSpec
 from provision.spec.load import load_spec
 

@@ -3,8 +3,8 @@
 The grammar follows the distribution reference format Docker and LinuxKit use:
 ``[registry[:port]/]path[:tag][@algorithm:hex]``. The first path component is a registry
 when it contains a ``.`` or a ``:`` or is ``localhost``; otherwise the registry is
-``docker.io`` and a one-component path gets the ``library/`` prefix. A reference without
-tag and without digest gets the tag ``latest``.
+``docker.io`` (``index.docker.io`` is the same) and a one-component path gets the
+``library/`` prefix. A reference without tag and without digest gets the tag ``latest``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from provision.errors import ProvisionError
 
 DEFAULT_REGISTRY = "docker.io"
+LEGACY_DEFAULT_REGISTRY = "index.docker.io"  # Docker Hub's old name, normalised to docker.io
 DEFAULT_TAG = "latest"
 
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
@@ -90,6 +91,8 @@ class ImageRef:
                     f"bad repository component {component!r} "
                     "(lowercase letters, digits and single separators . _ __ -)",
                 )
+        if registry == LEGACY_DEFAULT_REGISTRY:
+            registry = DEFAULT_REGISTRY
         if registry == DEFAULT_REGISTRY and "/" not in path:
             path = "library/" + path
         if len(registry) + 1 + len(path) > _MAX_NAME:

@@ -20,7 +20,7 @@ APT_PACKAGES=(
   xorriso mtools dosfstools fdisk e2fsprogs syslinux syslinux-common isolinux
   grub-common grub-efi-amd64-bin grub-pc-bin systemd-boot-efi
   squashfs-tools erofs-utils cpio zstd xz-utils binutils fakeroot
-  docker-registry skopeo umoci dnsmasq apache2-utils gpgv debian-archive-keyring openssh-client
+  docker-registry skopeo umoci openssl dnsmasq apache2-utils gpgv debian-archive-keyring openssh-client
 )
 
 # One dpkg-query for all packages; a package dpkg has never heard of prints nothing.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from provision.builders.pkg.lock import LockedPackage
 from provision.errors import DigestMismatchError, ProvisionError
+from provision.fsutil import copy_file_atomic, file_sha256_hex, move_into_place
 from provision.runner import require_tools, run
 
 SOURCES_ENV = "PROVISION_APT_SOURCES"
@@ -37,14 +37,6 @@ def default_cache_root() -> Path:
 def default_deb_cache() -> Path:
     value = os.environ.get(DEB_CACHE_ENV)
     return Path(value) if value else default_cache_root() / "debs"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parse_deb822(text: str) -> list[dict[str, str]]:
@@ -270,8 +262,8 @@ class Apt:
         in_index = self.check_index(package)
         for candidate in _host_archive_names(package):
             host = self.config.state_dir is None and candidate.is_file()
-            if host and sha256_file(candidate) == package.sha256:
-                _copy_into(candidate, target)
+            if host and file_sha256_hex(candidate) == package.sha256:
+                copy_file_atomic(candidate, target)
                 return target
         if not in_index:
             raise ProvisionError(
@@ -287,7 +279,7 @@ class Apt:
             if len(debs) != 1:
                 raise ProvisionError(f"apt-get download {spec} wrote {len(debs)} files, not one")
             verify_deb(debs[0], package)
-            os.replace(debs[0], target)
+            move_into_place(debs[0], target)
         return target
 
 
@@ -310,21 +302,9 @@ def _host_archive_names(package: LockedPackage) -> Sequence[Path]:
     ]
 
 
-def _copy_into(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".copy.", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def verify_deb(path: Path, package: LockedPackage) -> None:
     """Refuse a .deb whose SHA256 is not the locked one."""
-    actual = sha256_file(path)
+    actual = file_sha256_hex(path)
     if actual != package.sha256:
         raise DigestMismatchError(
             f"{path}: SHA256 {actual} is not the locked {package.sha256} "

@@ -15,8 +15,9 @@ from typing import Any
 from provision.builders.pkg.lock import Lock
 from provision.builders.pkg.recipe import MOBY_LABEL, Recipe
 from provision.errors import ProvisionError
+from provision.fsutil import file_sha256_hex
 from provision.oci.imagebuild import LayerEntry
-from provision.oci.store import Platform
+from provision.oci.model import Platform
 
 # Bump when the builder changes what it writes for the same recipe and lock: tags change too.
 BUILDER_VERSION = "1"
@@ -47,7 +48,7 @@ def recipe_tag(directory: Path) -> str:
             digest.update(f"L {rel} {os.readlink(path)}\n".encode())
         elif path.is_file():
             kind = "X" if os.access(path, os.X_OK) else "F"
-            content = hashlib.sha256(path.read_bytes()).hexdigest()
+            content = file_sha256_hex(path)
             digest.update(f"{kind} {rel} {content}\n".encode())
     return digest.hexdigest()[:TAG_LENGTH]
 

@@ -5,7 +5,6 @@ needs (with everything they depend on) as ``kernel.tar``, laid out under
 from __future__ import annotations
 
 import difflib
-import lzma
 import posixpath
 import re
 import tempfile
@@ -16,12 +15,13 @@ from pathlib import Path
 from provision.builders.pkg.deb import DebFile
 from provision.builders.pkg.elf import ElfError, read_section
 from provision.builders.pkg.recipe import KernelSpec
+from provision.compress import COMPRESSED_SUFFIXES, codec_for_file_name
 from provision.errors import ProvisionError
 from provision.oci.imagebuild import LayerEntry, tar_layer_from_entries
 from provision.runner import require_tools, run
 
 _VMLINUZ_RE = re.compile(r"^/boot/vmlinuz-(?P<version>[^/]+)$")
-_MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+_MODULE_SUFFIXES = (".ko", *(".ko" + suffix for suffix in COMPRESSED_SUFFIXES))
 # Files of lib/modules/VERSION/ that the package ships and depmod reads.
 _SHIPPED_INDEXES = ("modules.builtin", "modules.builtin.modinfo")
 
@@ -45,25 +45,11 @@ def module_name(path: str) -> str:
     return base.replace("-", "_")
 
 
-def _decompress(path: str, data: bytes) -> bytes:
-    if path.endswith(".xz"):
-        return lzma.decompress(data)
-    if path.endswith(".zst"):
-        import zstandard
-
-        return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(data))
-    if path.endswith(".gz"):
-        import gzip
-
-        return gzip.decompress(data)
-    return data
-
-
 def read_modinfo(path: str, data: bytes) -> dict[str, list[str]]:
     """The ``.modinfo`` fields of a module file (``depends``, ``softdep``, ``alias``, ...)."""
     try:
-        section = read_section(_decompress(path, data), ".modinfo")
-    except (ElfError, lzma.LZMAError, OSError) as exc:
+        section = read_section(codec_for_file_name(path).decompress(data), ".modinfo")
+    except (ElfError, ProvisionError) as exc:
         raise ProvisionError(f"{path}: not a readable kernel module ({exc})") from None
     fields: dict[str, list[str]] = {}
     for item in (section or b"").split(b"\0"):

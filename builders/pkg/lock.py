@@ -7,9 +7,7 @@ recipe also records which versioned package its meta package resolved to.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import yaml
 
 from provision.errors import ProvisionError
+from provision.fsutil import write_text_atomic
 
 LOCK_VERSION = 1
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -111,15 +110,7 @@ def dump_lock(lock: Lock) -> str:
 
 def write_lock(path: Path, lock: Lock) -> None:
     """Write ``lock`` to ``path`` through a temporary name."""
-    fd, tmp = tempfile.mkstemp(prefix=".lock.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(dump_lock(lock))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, dump_lock(lock))
 
 
 def _bad(path: Path, message: str) -> ProvisionError:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from provision.errors import CommandError, UsageError
+from provision.fsutil import write_text_atomic
 from provision.runner import require_tools, run
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,4 @@ def write_accel_cache(cache: Path, key: str, verdict: AccelVerdict) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
     record = {"key": key, "kvm_works": verdict.kvm_works, "reason": verdict.reason,
               "seconds": round(verdict.seconds, 3)}  # fmt: skip
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, cache)
+    write_text_atomic(cache, json.dumps(record, indent=2) + "\n")

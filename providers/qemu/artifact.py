@@ -27,6 +27,7 @@ from typing import Any
 from provision.builders.base import BootMethod, FormatWriter
 from provision.builders.formats import FORMATS, WRITERS
 from provision.builders.kernel_initrd import KERNEL_INITRD_FILES
+from provision.compress import COMPRESSED_SUFFIXES
 from provision.errors import UsageError
 from provision.runner import run
 
@@ -71,7 +72,7 @@ EXTENSIONS: dict[str, tuple[BootKind, str | None]] = {
     if w.boot is not None and w.boot.kind != "kernel" and not w.boot.unpack
 }
 EXTENSIONS[".vpc"] = (BootKind.DISK, "vpc")  # the other usual name of a VHD file
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".gz", ".xz", ".zst")
+ARCHIVE_SUFFIXES = (".tar", ".tgz", *COMPRESSED_SUFFIXES)  # tarballs and compressed files
 _ALL_SUFFIXES = sorted({s for w in WRITERS for s in w.files} | {MANIFEST_SUFFIX}, key=len, reverse=True)
 
 

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
+from provision.fsutil import move_into_place
 from provision.runner import require_tools, run
 
 CIDATA_LABEL = "cidata"
@@ -30,5 +30,5 @@ def write_cidata_iso(dest: Path, user_data: bytes, *, instance_id: str, hostname
             ["xorriso", "-as", "mkisofs", "-quiet", "-V", CIDATA_LABEL, "-J", "-r",
              "-o", partial, tree]
         )  # fmt: skip
-        os.replace(partial, dest)
+        move_into_place(partial, dest)
     return dest

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from provision.errors import UsageError
+from provision.fsutil import write_json_atomic as write_json_atomic
 
 CONFIG_FILE = "config.json"
 PID_FILE = "pid"
@@ -102,17 +103,6 @@ def check_vm_name(name: str) -> str:
 
 def vm_dir(state_root: Path, name: str) -> Path:
     return state_root / "vms" / check_vm_name(name)
-
-
-def write_json_atomic(path: Path, value: Mapping[str, Any]) -> None:
-    """Write JSON to a temporary name in the same directory, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def read_pid(directory: Path) -> int | None:

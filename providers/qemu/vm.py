@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from provision.errors import ProvisionError, ToolMissingError, UsageError
+from provision.fsutil import copy_file_atomic
 from provision.providers.qemu.accel import QEMU, resolve_accel
 from provision.providers.qemu.artifact import (
     EXTENSIONS,
@@ -340,9 +340,7 @@ def _claim_state_dir(state_root: Path, name: str) -> Path:
 
 def _prepare_files(config: VMConfig, source: BootSource, directory: Path) -> None:
     if config.uefi or source.efi:
-        tmp = directory / f".{OVMF_VARS}.tmp"
-        shutil.copyfile(OVMF_VARS_TEMPLATE, tmp)
-        os.replace(tmp, directory / OVMF_VARS)
+        copy_file_atomic(Path(OVMF_VARS_TEMPLATE), directory / OVMF_VARS)
     if config.data is not None:
         write_cidata_iso(directory / CIDATA_ISO, config.data, instance_id=config.name,
                          hostname=config.name)  # fmt: skip

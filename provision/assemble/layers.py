@@ -18,7 +18,6 @@ and archives that are not tar. Nothing here touches the host file system except 
 from __future__ import annotations
 
 import tarfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -32,6 +31,7 @@ from provision.assemble.tree import (
     TreeError,
     clean_path,
 )
+from provision.compress import DECOMPRESS_ERRORS
 from provision.errors import HostileInputError
 
 WHITEOUT_PREFIX = ".wh."
@@ -268,7 +268,7 @@ def apply_layer(
                 applier.apply_member(tar, member)
     except tarfile.TarError as exc:
         raise origin.error("?", f"not a valid tar archive: {exc}") from None
-    except (EOFError, OSError, zlib.error) as exc:
+    except DECOMPRESS_ERRORS as exc:
         raise origin.error("?", f"cannot read the layer: {exc}") from None
 
 

@@ -40,7 +40,7 @@ from provision.assemble.runtime_config import assign_container_ids, render_runti
 from provision.assemble.tree import Node, NodeKind, PathEscape, Spool, Tree, TreeError, clean_path
 from provision.errors import HostileInputError, ProvisionError, UsageError
 from provision.fsutil import file_sha256
-from provision.oci.store import Descriptor, ResolvedImage, canonical_json
+from provision.oci.model import Descriptor, ResolvedImage, canonical_json
 from provision.spec.image import (
     FileEntry,
     ImageEntry,

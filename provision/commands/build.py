@@ -12,8 +12,9 @@ from typing import Any
 
 from provision.commands import argument_type
 from provision.compress import Compression, parse_compression
+from provision.oci.model import Platform
 from provision.oci.pull import PULL_POLICIES
-from provision.oci.store import ImageStore, Platform
+from provision.oci.store import ImageStore
 
 _SIZE = re.compile(r"^(\d+)\s*([kmgt]?)(i?b)?$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -6,19 +6,18 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from provision.commands import argument_type
 from provision.errors import ImageNotFoundError, UsageError
 from provision.oci.archive import export_archive, import_archive
-from provision.oci.registry import ProgressFn, RegistryClient
-from provision.oci.store import (
-    INDEX_MEDIA_TYPES,
-    ImageEntry,
-    ImageStore,
-    Platform,
-)
+from provision.oci.config import check_parallel
+from provision.oci.model import INDEX_MEDIA_TYPES, ImageEntry, Platform
+from provision.oci.progress import ProgressFn
+from provision.oci.registry import RegistryClient
+from provision.oci.store import ImageStore
 from provision.reference import ImageRef
 
 
@@ -39,6 +38,10 @@ def register(subparsers: Any) -> None:
     pull.add_argument("refs", nargs="+", metavar="REF")
     pull.add_argument("--platform", type=argument_type(Platform.parse), help="os/arch[/variant] (default: this host)")
     pull.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    pull.add_argument(
+        "--parallel", "-j", type=argument_type(_parse_parallel), metavar="N",
+        help="blobs downloaded at once (default: the registries file's parallel, else 4)",
+    )
     pull.set_defaults(func=cache_pull)
 
     imp = actions.add_parser("import", help="import an OCI archive (skopeo oci-archive format)")
@@ -124,24 +127,39 @@ def cache_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def progress_printer(label: str, stream: TextIO | None = None) -> ProgressFn:
-    """A pull/push progress line: redrawn in place on a terminal, a few lines otherwise."""
+def _parse_parallel(text: str) -> int:
+    return check_parallel(int(text) if text.isdigit() else text, "--parallel")
+
+
+BAR_WIDTH = 24
+
+
+def progress_printer(
+    label: str, stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic
+) -> ProgressFn:
+    """One image's progress: a bar redrawn in place on a terminal; on anything else a plain
+    line every 5 seconds and one at the end."""
     out = stream or sys.stderr
     tty = out.isatty()
-    last = [0.0]
+    started = clock()
+    last = [started - 60.0]
 
     def report(done: int, total: int) -> None:
-        now = time.monotonic()
+        now = clock()
         finished = done >= total
         if not finished and now - last[0] < (0.1 if tty else 5.0):
             return
         last[0] = now
-        percent = f"{100 * done // total:3d}%" if total else "100%"
-        line = f"{label}: {percent} {_human(done)} / {_human(total)}"
+        fraction = min(1.0, done / total) if total else 1.0
+        rate = done / max(now - started, 1e-3)
+        sizes = f"{_human(done)} / {_human(total)}"
         if tty:
+            filled = int(BAR_WIDTH * fraction)
+            bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+            line = f"{label} [{bar}] {100 * fraction:3.0f}% {sizes} {_human(int(rate))}/s"
             out.write("\r\033[K" + line + ("\n" if finished else ""))
         else:
-            out.write(line + "\n")
+            out.write(f"{label}: {100 * fraction:3.0f}% {sizes}\n")
         out.flush()
 
     return report
@@ -149,7 +167,7 @@ def progress_printer(label: str, stream: TextIO | None = None) -> ProgressFn:
 
 def cache_pull(args: argparse.Namespace) -> int:
     store = _store(args)
-    client = RegistryClient()
+    client = RegistryClient(parallel=args.parallel)
     platform = args.platform or Platform.host()
     refs = [ImageRef.parse(r) for r in args.refs]
     for ref in refs:

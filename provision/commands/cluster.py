@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from provision.commands import check_seconds
 from provision.errors import ProvisionError, UsageError
 from provision.fsutil import write_bytes_atomic
 from provision.reconcile.clock import SystemClock
@@ -23,8 +25,10 @@ from provision.reconcile.journal import SqliteStore
 from provision.reconcile.logs import JsonFormatter
 from provision.reconcile.model import Condition
 from provision.reconcile.plan import ClusterPlan, StalePlanError, render_plan_table
+from provision.reconcile.provider import Provider
 from provision.reconcile.registry import create_providers
 from provision.reconcile.spec import ClusterSpec, load_cluster_spec, parse_cluster_spec
+from provision.reconcile.teardown import open_cluster_providers
 
 
 def register(subparsers: Any) -> None:
@@ -41,6 +45,9 @@ def register(subparsers: Any) -> None:
     apply.add_argument("cluster", help="cluster spec (YAML) or a plan saved by `provision plan --out`")
     apply.add_argument("--timeout", type=float, default=1800.0, help="give up after SECONDS (default 1800)")
     apply.add_argument("--interval", type=float, default=1.0, help="seconds between passes (default 1)")
+    apply.add_argument("--allow-destroy-all", action="store_true",
+                       help="let a spec that removes every group of the cluster destroy all its machines")
+    apply.add_argument("--adopt", action="store_true", help="take over machines another journal created")
     _common(apply)
     apply.set_defaults(func=run_apply)
 
@@ -50,6 +57,7 @@ def register(subparsers: Any) -> None:
     daemon.add_argument("--interval", type=float, help="seconds between passes (default from the spec)")
     daemon.add_argument("--resync", type=float, help="seconds between full resyncs (default from the spec)")
     daemon.add_argument("--owner", default=f"{os.uname().nodename}:{os.getpid()}", help="this daemon's name in the lease")
+    daemon.add_argument("--adopt", action="store_true", help="take over machines another journal created")
     _common(daemon)
     daemon.set_defaults(func=run_daemon)
 
@@ -64,14 +72,30 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--journal", metavar="PATH", help="journal database (default from the spec)")
 
 
+def _providers(spec: ClusterSpec, store: SqliteStore, clock: SystemClock) -> dict[str, Provider]:
+    """The spec's providers and those the journal remembers (for groups since removed)."""
+    opened = open_cluster_providers(spec, store, clock)
+    used = {g.provider for g in spec.groups}
+    if used & set(opened.unreachable):
+        create_providers(spec, clock)  # raises the error of the spec's own provider
+    return opened.providers
+
+
 def _open(args: argparse.Namespace, spec: ClusterSpec, *, build: bool) -> tuple[Engine, SqliteStore]:
-    """The engine over the spec's providers. ``build``: group images from image specs are built
-    and published (apply); otherwise only their digests are computed (plan, status)."""
+    """The engine over the spec's providers (and those the journal remembers). ``build``: group
+    images from image specs are built and published (apply); otherwise only their digests are
+    computed (plan, status)."""
     store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
     clock = SystemClock()
-    providers = create_providers(spec, clock)
-    images = GroupImages(spec, providers, build=build, progress=_say)
-    return Engine(spec, providers, store, clock, owner=f"cli:{os.getpid()}", images=images), store
+    try:
+        providers = _providers(spec, store, clock)
+        images = GroupImages(spec, providers, build=build, progress=_say)
+        engine = Engine(spec, providers, store, clock, owner=f"cli:{os.getpid()}", images=images,
+                        allow_destroy_all=getattr(args, "allow_destroy_all", False), adopt=getattr(args, "adopt", False))
+    except BaseException:
+        store.close()
+        raise
+    return engine, store
 
 
 def _say(message: str) -> None:
@@ -82,7 +106,7 @@ def run_plan(args: argparse.Namespace) -> int:
     spec = load_cluster_spec(args.cluster)
     engine, store = _open(args, spec, build=False)
     try:
-        plan = engine.plan()
+        plan = dataclasses.replace(engine.plan(), journal=str(store.path.resolve()))
     finally:
         store.close()
     if args.out:
@@ -103,7 +127,11 @@ def _load_target(path: str) -> tuple[ClusterSpec, ClusterPlan | None]:
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    check_seconds("--interval", args.interval, zero=True)
+    check_seconds("--timeout", args.timeout, zero=False)
     spec, saved = _load_target(args.cluster)
+    if saved is not None and saved.journal and not args.journal:
+        args.journal = saved.journal  # the journal the plan was made against, from any directory
     engine, store = _open(args, spec, build=True)
     try:
         current = engine.plan()
@@ -116,6 +144,7 @@ def run_apply(args: argparse.Namespace) -> int:
         print(render_plan_table(plan), end="")
         if not plan.has_changes:
             return 0
+        engine.check_destroy_all()  # before the lease: a refused apply leaves nothing behind
         engine.acquire()
         deadline = time.monotonic() + args.timeout
 
@@ -143,19 +172,28 @@ def run_daemon(args: argparse.Namespace) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
-    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
-    clock = SystemClock()
-    stop = threading.Event()
+    try:
+        return _run_daemon(args, spec)
+    finally:
+        log.removeHandler(handler)
+
+
+def _run_daemon(args: argparse.Namespace, spec: ClusterSpec) -> int:
     options = DaemonOptions(
         interval=args.interval if args.interval is not None else spec.daemon.interval,
         resync=args.resync if args.resync is not None else spec.daemon.resync,
         listen=args.listen or spec.daemon.listen,
         owner=args.owner,
+        adopt=args.adopt,
     )
-    daemon = Daemon(spec, create_providers(spec, clock), store, clock, options, stop=stop, reload=reloader(Path(args.cluster)))
+    options.check()  # before anything is opened or taken
+    stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
+    clock = SystemClock()
     try:
+        daemon = Daemon(spec, _providers(spec, store, clock), store, clock, options, stop=stop, reload=reloader(Path(args.cluster)))
         return daemon.run()
     finally:
         store.close()
@@ -166,12 +204,18 @@ def run_status(args: argparse.Namespace) -> int:
     engine, store = _open(args, spec, build=False)
     try:
         groups: list[dict[str, Any]] = []
-        for group in spec.groups:
+        for group in engine.groups():
+            removed = engine.is_removed(group)
+            if removed and group.provider not in engine.providers:
+                continue  # its provider cannot be opened from here (`provision down` says so)
             image, config = engine.desired(group)
             observation = engine.observe(group)
             machines = observation.machines
+            if removed and not machines:
+                continue
             groups.append({
                 "group": group.name,
+                "removed": removed,
                 "provider": group.provider,
                 "image": image,
                 "config": config,
@@ -199,7 +243,10 @@ def run_status(args: argparse.Namespace) -> int:
         return 0
     print(f"cluster {spec.name}  journal={body['journal']}  epoch={body['epoch']}  intents={body['intents']}")
     for g in groups:
-        print(f"\ngroup {g['group']}  {g['available']}/{g['desired']} available, {g['up_to_date']} up to date, {g['observed']} observed  image={g['image']}")
+        if g["removed"]:
+            print(f"\ngroup {g['group']}  removed from the spec: {g['observed']} machine(s) left to destroy (apply or the daemon does)")
+        else:
+            print(f"\ngroup {g['group']}  {g['available']}/{g['desired']} available, {g['up_to_date']} up to date, {g['observed']} observed  image={g['image']}")
         print(f"  {'MACHINE':<22} {'SLOT':<10} {'CONDITION':<10} {'CURRENT':<8} IMAGE")
         for m in g["machines"]:
             print(f"  {m['id']:<22} {m['slot']:<10} {m['condition']:<10} {'yes' if m['up_to_date'] else 'no':<8} {m['image']}")

@@ -9,7 +9,6 @@ machine carrying the cluster's ownership tag and checks that none is left.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.agent import AGENT_PORT, read_agent
+from provision.commands import check_seconds
 from provision.errors import ProvisionError
 from provision.providers import get_target
 from provision.reconcile.clock import SystemClock
@@ -29,13 +29,12 @@ from provision.reconcile.model import Condition, Machine
 from provision.reconcile.provider import (
     TAG_CLUSTER,
     TAG_GROUP,
-    Instance,
     InstanceState,
-    Provider,
     list_all,
 )
 from provision.reconcile.registry import create_providers
 from provision.reconcile.spec import ClusterSpec, GroupSpec, load_cluster_spec
+from provision.reconcile.teardown import open_cluster_providers, scaled_to_zero, tear_down_cluster
 
 Say = Callable[[str], None]
 
@@ -63,6 +62,7 @@ def register(subparsers: Any) -> None:
     down.add_argument("--timeout", type=float, default=300.0, help="give up after SECONDS (default 300)")
     down.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     down.add_argument("--journal", metavar="PATH", help="journal database (default from the spec)")
+    down.add_argument("--adopt", action="store_true", help="also destroy machines another journal created")
     down.set_defaults(func=run_down)
 
 
@@ -104,8 +104,9 @@ def converge_cluster(engine: Engine, say: Say, *, timeout: float, interval: floa
     passes = 0
     while True:
         passes += 1
+        groups = engine.groups()  # the spec's, then those removed from it (destroyed)
         results = engine.reconcile()
-        for group, result in zip(engine.spec.groups, results, strict=True):
+        for group, result in zip(groups, results, strict=True):
             _report(engine, group, result, last, say)
         if all(r.converged for r in results):
             return passes
@@ -205,6 +206,8 @@ def render_status(status: Mapping[str, Any]) -> str:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    check_seconds("--timeout", args.timeout, zero=False)
+    check_seconds("--interval", args.interval, zero=True)
     say = _progress(args.quiet)
     spec = load_cluster_spec(args.cluster)
     check_targets(spec)
@@ -214,6 +217,8 @@ def run_up(args: argparse.Namespace) -> int:
     for group in spec.groups:
         say(f"group {group.name}: image {images.image(group).id}")
     store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
+    # groups removed from the spec may live on providers no group uses now: the journal knows them
+    providers = {**open_cluster_providers(spec, store, clock).providers, **providers}
     engine = Engine(spec, providers, store, clock, owner=f"up:{os.getpid()}", images=images)
     started = time.monotonic()
     try:
@@ -246,68 +251,29 @@ def run_up(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- down
 
 
-def sweep_cluster(spec: ClusterSpec, providers: Mapping[str, Provider], epoch: int, say: Say) -> list[Instance]:
-    """Destroy every machine tagged with the cluster (any group, stopped ones too)."""
-    destroyed = []
-    for name in sorted({g.provider for g in spec.groups}):
-        provider = providers[name]
-        for instance in list_all(provider, {TAG_CLUSTER: spec.name})[0]:
-            if instance.tags.get(TAG_CLUSTER) != spec.name:
-                continue
-            say(f"destroy {instance.id} ({instance.tags.get(TAG_GROUP, '?')}, {instance.state.value})")
-            provider.destroy_instance(instance.id, epoch)
-            destroyed.append(instance)
-    return destroyed
-
-
-def remaining_machines(spec: ClusterSpec, providers: Mapping[str, Provider]) -> list[Instance]:
-    found = []
-    for name in sorted({g.provider for g in spec.groups}):
-        found += [i for i in list_all(providers[name], {TAG_CLUSTER: spec.name})[0] if i.tags.get(TAG_CLUSTER) == spec.name]
-    return found
-
-
 def run_down(args: argparse.Namespace) -> int:
+    check_seconds("--timeout", args.timeout, zero=False)
     say = _progress(args.quiet)
     spec = load_cluster_spec(args.cluster)
     clock = SystemClock()
-    providers = create_providers(spec, clock)
-    # Scale every group to zero through the engine (journaled, pending creates resumed and
-    # undone); no image is built for that.
-    empty = dataclasses.replace(spec, groups=tuple(dataclasses.replace(g, size=0, members=None) for g in spec.groups))
     store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
-    engine = Engine(empty, providers, store, clock, owner=f"down:{os.getpid()}", images={g.name: "-" for g in spec.groups})
-    destroyed = 0
     try:
+        # Every provider the spec or the journal ever used; every group scaled to zero through
+        # the engine (journaled, pending creates resumed and undone); no image is built for that.
+        opened = open_cluster_providers(spec, store, clock)
+        engine = Engine(scaled_to_zero(spec), opened.providers, store, clock, owner=f"down:{os.getpid()}",
+                        images={g.name: "-" for g in spec.groups}, allow_destroy_all=True, adopt=args.adopt)
         engine.acquire()
         try:
-            deadline = time.monotonic() + args.timeout
-            while True:
-                results = engine.reconcile()
-                for r in results:
-                    destroyed += r.destroyed
-                    for error in r.errors:
-                        say(f"{r.group}: {error}")
-                    if r.destroyed:
-                        say(f"{r.group}: destroyed {r.destroyed}")
-                if all(r.converged for r in results):
-                    break
-                if time.monotonic() > deadline:
-                    raise ProvisionError(f"cluster {spec.name} was not removed within {args.timeout:g}s",
-                                         hint="run `provision down` again; `provision ps` shows local VMs")
-                engine.renew()
-                time.sleep(0.5)
-            # Machines of groups no longer in the spec, and stopped VMs, by the ownership tag.
-            swept = sweep_cluster(spec, engine.providers, engine.epoch, say)
-            destroyed += len(swept)
-            store.forget_instances(spec.name, [i.id for i in swept])
+            report = tear_down_cluster(engine, opened.unreachable, timeout=args.timeout, say=say)
         finally:
             engine.release()
     finally:
         store.close()
-    left = remaining_machines(spec, providers)
-    if left:
-        raise ProvisionError(f"{len(left)} machine(s) of cluster {spec.name} are still there: "
-                             + ", ".join(i.id for i in left), hint="run `provision down` again")
-    print(f"Cluster {spec.name} is down: {destroyed} machine{'s' if destroyed != 1 else ''} destroyed, none left.")
+    if not report.complete:
+        raise ProvisionError(
+            f"cluster {spec.name} is not down: {report.destroyed} destroyed, left: {report.describe_left()}",
+            hint="run `provision down` again once the providers answer",
+        )
+    print(f"Cluster {spec.name} is down: {report.destroyed} machine{'s' if report.destroyed != 1 else ''} destroyed, none left.")
     return 0

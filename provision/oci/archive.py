@@ -19,16 +19,16 @@ from typing import Any
 
 from provision.errors import HostileInputError, ImageNotFoundError, ProvisionError, UsageError
 from provision.fsutil import atomic_output
-from provision.oci.store import (
+from provision.oci.model import (
     INDEX_MEDIA_TYPES,
     MT_OCI_INDEX,
     OCI_LAYOUT_VERSION,
     REF_NAME_ANNOTATION,
     Descriptor,
-    ImageStore,
     canonical_json,
     parse_digest,
 )
+from provision.oci.store import ImageStore
 from provision.reference import ImageRef
 
 _BLOB_PATH = re.compile(r"blobs/(sha256|sha512)/([a-f0-9]+)")

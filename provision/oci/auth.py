@@ -1,17 +1,4 @@
-"""Registry settings and credentials: mirrors, insecure hosts, the user's docker config.
-
-Settings come from a YAML file (``$PROVISION_REGISTRIES``, else
-``$XDG_CONFIG_HOME/provision/registries.yml``, else ``~/.config/provision/registries.yml``)::
-
-    mirrors:                      # tried in order before the registry itself (pulls only)
-      docker.io: ["https://mirror.internal.example"]
-    insecure: ["build-cache.lan:5000"]   # plain http allowed (and TLS not verified)
-    endpoints:                    # where a registry name's API really lives
-      docker.io: "https://api.internal.example"
-
-and from the environment, which adds to the file: ``PROVISION_REGISTRY_MIRRORS``
-(``docker.io=https://m1,https://m2;other.io=http://127.0.0.1:5001``) and
-``PROVISION_INSECURE_REGISTRIES`` (``host:port,host2``).
+"""Registry credentials (the user's docker config) and ``WWW-Authenticate`` challenges.
 
 Credentials come from ``$DOCKER_CONFIG/config.json`` (default ``~/.docker/config.json``):
 ``auths`` entries with base64 ``auth`` (or ``username``/``password``, or ``identitytoken``),
@@ -21,7 +8,6 @@ and ``credHelpers`` / ``credsStore`` run ``docker-credential-NAME get``.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import os
 import re
@@ -31,9 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from provision.errors import CommandError, ProvisionError, RegistryError, UsageError
+from provision.errors import CommandError, ProvisionError, RegistryError
 from provision.runner import run
 
 
@@ -48,88 +32,6 @@ class Credentials:
     def basic_header(self) -> str:
         raw = f"{self.username}:{self.password}".encode()
         return "Basic " + base64.b64encode(raw).decode()
-
-
-@dataclass(frozen=True)
-class RegistryConfig:
-    """Where registries live and how provision may talk to them."""
-
-    mirrors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    insecure: frozenset[str] = frozenset()
-    endpoints: Mapping[str, str] = field(default_factory=dict)
-
-    def is_insecure(self, host: str) -> bool:
-        """Plain http is allowed for loopback hosts and hosts the user named as insecure."""
-        return host in self.insecure or host.split(":")[0] in self.insecure or is_loopback(host)
-
-
-def is_loopback(host: str) -> bool:
-    name = host
-    if name.startswith("["):
-        name = name[1 : name.index("]")] if "]" in name else name[1:]
-    elif name.count(":") == 1:
-        name = name.split(":")[0]
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def _config_file(env: Mapping[str, str]) -> Path:
-    if env.get("PROVISION_REGISTRIES"):
-        return Path(env["PROVISION_REGISTRIES"]).expanduser()
-    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base).expanduser() / "provision" / "registries.yml"
-
-
-def _check_url(url: str, where: str) -> str:
-    if not re.match(r"https?://[^/\s]+", url):
-        raise UsageError(f"{where}: {url!r} is not an http(s) URL")
-    return url.rstrip("/")
-
-
-def load_registry_config(env: Mapping[str, str] | None = None) -> RegistryConfig:
-    """Read the registries file (if any) and the environment."""
-    env = os.environ if env is None else env
-    mirrors: dict[str, list[str]] = {}
-    insecure: set[str] = set()
-    endpoints: dict[str, str] = {}
-    path = _config_file(env)
-    if path.is_file():
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise UsageError(f"{path}: expected a mapping with mirrors, insecure, endpoints")
-        unknown = set(data) - {"mirrors", "insecure", "endpoints"}
-        if unknown:
-            raise UsageError(f"{path}: unknown keys: {', '.join(sorted(unknown))}")
-        for registry, urls in (data.get("mirrors") or {}).items():
-            urls = [urls] if isinstance(urls, str) else list(urls or [])
-            mirrors.setdefault(str(registry), []).extend(
-                _check_url(str(u), f"{path}: mirrors.{registry}") for u in urls
-            )
-        insecure.update(str(h) for h in data.get("insecure") or [])
-        for registry, url in (data.get("endpoints") or {}).items():
-            endpoints[str(registry)] = _check_url(str(url), f"{path}: endpoints.{registry}")
-    for part in filter(None, env.get("PROVISION_REGISTRY_MIRRORS", "").split(";")):
-        registry, sep, urls = part.partition("=")
-        if not sep:
-            raise UsageError(f"PROVISION_REGISTRY_MIRRORS: {part!r} is not REGISTRY=URL[,URL...]")
-        mirrors.setdefault(registry.strip(), []).extend(
-            _check_url(u.strip(), "PROVISION_REGISTRY_MIRRORS") for u in urls.split(",") if u
-        )
-    insecure.update(
-        h.strip() for h in env.get("PROVISION_INSECURE_REGISTRIES", "").split(",") if h.strip()
-    )
-    return RegistryConfig(
-        mirrors={k: tuple(v) for k, v in mirrors.items()},
-        insecure=frozenset(insecure),
-        endpoints=endpoints,
-    )
 
 
 class CredentialStore:

@@ -1,13 +1,13 @@
 """Write OCI images into the store from uncompressed layer tars and a config section.
 
-Reproducible: gzip with mtime 0 and no file name, canonical JSON (sorted keys, no white
+Reproducible: layers compressed by :mod:`provision.compress` (gzip with mtime 0 and no file
+name, fixed levels: :data:`LAYER_LEVELS`), canonical JSON (sorted keys, no white
 space), timestamps from ``created`` (SOURCE_DATE_EPOCH), so the same inputs give the same
 manifest digest on any machine, at any time.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import os
@@ -17,25 +17,25 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, cast
+from typing import IO, Any, Literal
 
+from provision.compress import CompressedWriter, Compression, codec_named
 from provision.errors import ProvisionError
-from provision.oci.store import (
+from provision.oci.model import (
     CHUNK,
     MT_OCI_CONFIG,
     MT_OCI_INDEX,
-    MT_OCI_LAYER,
-    MT_OCI_LAYER_GZIP,
-    MT_OCI_LAYER_ZSTD,
     MT_OCI_MANIFEST,
     Descriptor,
-    ImageStore,
     Platform,
     ResolvedImage,
 )
+from provision.oci.store import ImageStore
 from provision.reference import ImageRef
 
-Compression = Literal["gzip", "zstd", "none"]
+LayerCompression = Literal["gzip", "zstd", "none"]
+#: The level each codec compresses layers at (fixed: the same layer, the same digest).
+LAYER_LEVELS: dict[str, int] = {"gzip": 6, "zstd": 3, "none": 0}
 EntryKind = Literal["file", "dir", "symlink", "hardlink", "char", "block", "fifo"]
 _TAR_TYPES = {
     "file": tarfile.REGTYPE,
@@ -148,57 +148,31 @@ def tar_layer_from_entries(entries: Iterable[EntryLike]) -> bytes:
     return buffer.getvalue()
 
 
-class _Compressor:
-    """Streams ``source`` through a compressor into a temp file, hashing both sides."""
-
-    def __init__(self, compression: Compression) -> None:
-        self.compression = compression
-
-    def run(self, source: IO[bytes], out: IO[bytes]) -> str:
-        diff = hashlib.sha256()
-        if self.compression == "none":
-            sink: IO[bytes] = out
-        elif self.compression == "gzip":
-            sink = cast(
-                IO[bytes],
-                gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6),
-            )
-        else:
-            import zstandard
-
-            sink = zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False)
-        while True:
-            chunk = source.read(CHUNK)
-            if not chunk:
-                break
+def _compress_layer(source: IO[bytes], out: IO[bytes], compression: LayerCompression) -> str:
+    """Stream ``source`` through the layer compressor into ``out``; the uncompressed digest."""
+    codec_named(compression)  # an unknown name is a UsageError, not a KeyError
+    diff = hashlib.sha256()
+    with CompressedWriter(out, Compression(compression, LAYER_LEVELS[compression])) as sink:
+        while chunk := source.read(CHUNK):
             diff.update(chunk)
             sink.write(chunk)
-        if sink is not out:
-            sink.close()
-        return "sha256:" + diff.hexdigest()
-
-
-_LAYER_MEDIA: dict[str, str] = {
-    "gzip": MT_OCI_LAYER_GZIP,
-    "zstd": MT_OCI_LAYER_ZSTD,
-    "none": MT_OCI_LAYER,
-}
+    return "sha256:" + diff.hexdigest()
 
 
 def write_layer(
-    store: ImageStore, layer: Path | bytes, compression: Compression = "gzip"
+    store: ImageStore, layer: Path | bytes, compression: LayerCompression = "gzip"
 ) -> tuple[Descriptor, str]:
     """Compress one uncompressed layer tar into the store: (descriptor, diff_id)."""
     store.ensure_layout()
     with tempfile.TemporaryFile(dir=store.root / ".ingest") as out:
         if isinstance(layer, bytes | bytearray):
-            diff_id = _Compressor(compression).run(io.BytesIO(layer), out)
+            diff_id = _compress_layer(io.BytesIO(layer), out, compression)
         else:
             with open(layer, "rb") as source:
-                diff_id = _Compressor(compression).run(source, out)
+                diff_id = _compress_layer(source, out, compression)
         out.seek(0)
         digest, size = store.write_blob(out)
-    return Descriptor(_LAYER_MEDIA[compression], digest, size), diff_id
+    return Descriptor(codec_named(compression).layer_media_type(), digest, size), diff_id
 
 
 def write_image(
@@ -210,7 +184,7 @@ def write_image(
     platform: Platform | None = None,
     created: int = 0,
     annotations: Mapping[str, str] | None = None,
-    compression: Compression = "gzip",
+    compression: LayerCompression = "gzip",
     history: bool = True,
 ) -> ResolvedImage:
     """Write an image (layers bottom first, each an uncompressed tar file or bytes) with the

@@ -5,7 +5,8 @@ Layout (as the OCI image-layout spec, LinuxKit, skopeo ``oci:`` and umoci use it
     ROOT/oci-layout            {"imageLayoutVersion": "1.0.0"}
     ROOT/index.json            manifests, each named by org.opencontainers.image.ref.name
     ROOT/blobs/sha256/<hex>    content-addressed blobs
-    ROOT/.ingest/              blobs being written (temp names, renamed into blobs/)
+    ROOT/.ingest/              blobs being written (temp names, renamed into blobs/), and
+                               interrupted downloads kept for resuming (ALG-HEX.partial)
     ROOT/.index.lock           flock: serialises read-modify-write of index.json
     ROOT/.gc.lock              flock: writers hold it shared, gc holds it exclusive
 
@@ -17,62 +18,36 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gzip
+import hashlib
 import io
 import json
 import os
-import platform as _platform
-import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol
 
-from provision.errors import (
-    DigestMismatchError,
-    HostileInputError,
-    ImageNotFoundError,
-    ProvisionError,
-)
+from provision.compress import codec_for_media_type, sniff_codec
+from provision.errors import DigestMismatchError, ImageNotFoundError, ProvisionError
 from provision.fsutil import HashingWriter, write_bytes_atomic
-from provision.fsutil import sha256_digest as sha256_digest
+from provision.oci.model import (
+    CHUNK,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    MT_OCI_INDEX,
+    MT_OCI_MANIFEST,
+    OCI_LAYOUT_VERSION,
+    REF_NAME_ANNOTATION,
+    Descriptor,
+    ImageEntry,
+    Platform,
+    ResolvedImage,
+    canonical_json,
+    choose_manifest,
+    parse_digest,
+)
 from provision.reference import ImageRef
 
-# Media types.
-OCI_LAYOUT_VERSION = "1.0.0"
-MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-MT_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-MT_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-MT_OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-MT_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-MT_DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-
-INDEX_MEDIA_TYPES = frozenset({MT_OCI_INDEX, MT_DOCKER_LIST})
-MANIFEST_MEDIA_TYPES = frozenset({MT_OCI_MANIFEST, MT_DOCKER_MANIFEST})
-GZIP_LAYER_TYPES = frozenset(
-    {
-        MT_OCI_LAYER_GZIP,
-        MT_DOCKER_LAYER_GZIP,
-        MT_DOCKER_FOREIGN_LAYER,
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    }
-)
-ZSTD_LAYER_TYPES = frozenset(
-    {MT_OCI_LAYER_ZSTD, "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"}
-)
-PLAIN_LAYER_TYPES = frozenset(
-    {MT_OCI_LAYER, "application/vnd.oci.image.layer.nondistributable.v1.tar"}
-)
-
-REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
-CHUNK = 1 << 20
-_DIGEST_RE = re.compile(r"(sha256):([a-f0-9]{64})|(sha512):([a-f0-9]{128})")
 ProgressCallback = Callable[[int, int | None], None]
 
 
@@ -80,222 +55,6 @@ class Readable(Protocol):
     """Anything with ``read(size) -> bytes``: files, sockets, response bodies."""
 
     def read(self, size: int = -1, /) -> bytes: ...
-
-
-def parse_digest(digest: str) -> tuple[str, str]:
-    """Split ``algorithm:hex``; refuse anything else (digests become file names)."""
-    match = _DIGEST_RE.fullmatch(digest) if isinstance(digest, str) else None
-    if not match:
-        raise HostileInputError(
-            f"invalid digest {digest!r}", hint="expected sha256:<64 lowercase hex digits>"
-        )
-    algorithm = match.group(1) or match.group(3)
-    hexpart = match.group(2) or match.group(4)
-    return algorithm, hexpart
-
-
-def canonical_json(value: Any) -> bytes:
-    """Deterministic JSON bytes: sorted keys, no white space, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-_ARCH_ALIASES = {
-    "x86_64": ("amd64", None),
-    "amd64": ("amd64", None),
-    "aarch64": ("arm64", None),
-    "arm64": ("arm64", None),
-    "armv7l": ("arm", "v7"),
-    "armv6l": ("arm", "v6"),
-    "i386": ("386", None),
-    "i686": ("386", None),
-    "ppc64le": ("ppc64le", None),
-    "s390x": ("s390x", None),
-    "riscv64": ("riscv64", None),
-}
-
-
-@dataclass(frozen=True)
-class Platform:
-    """An OCI platform: ``linux/amd64``, ``linux/arm64/v8``, ``linux/arm/v7``."""
-
-    os: str
-    architecture: str
-    variant: str | None = None
-
-    @classmethod
-    def host(cls) -> Platform:
-        machine = _platform.machine().lower()
-        arch, variant = _ARCH_ALIASES.get(machine, (machine, None))
-        return cls("linux", arch, variant)
-
-    @classmethod
-    def parse(cls, text: str) -> Platform:
-        parts = text.strip().split("/")
-        if len(parts) == 1 and parts[0]:
-            arch, variant = _ARCH_ALIASES.get(parts[0], (parts[0], None))
-            return cls("linux", arch, variant)
-        if len(parts) not in (2, 3) or not all(parts):
-            raise ProvisionError(
-                f"invalid platform {text!r}", hint="write os/arch[/variant], e.g. linux/arm64/v8"
-            )
-        arch, alias_variant = _ARCH_ALIASES.get(parts[1], (parts[1], None))
-        variant = parts[2] if len(parts) == 3 else alias_variant
-        return cls(parts[0], arch, variant)
-
-    @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> Platform:
-        return cls(
-            str(value.get("os", "")),
-            str(value.get("architecture", "")),
-            value.get("variant") or None,
-        )
-
-    def to_json(self) -> dict[str, str]:
-        out = {"architecture": self.architecture, "os": self.os}
-        if self.variant:
-            out["variant"] = self.variant
-        return out
-
-    def normalized(self) -> Platform:
-        """arm64 without variant means v8; amd64's v1 is the default."""
-        variant = self.variant
-        if self.architecture == "arm64" and variant in (None, "v8"):
-            variant = None
-        if self.architecture == "amd64" and variant in (None, "v1"):
-            variant = None
-        return Platform(self.os, self.architecture, variant)
-
-    def matches(self, other: Platform) -> bool:
-        """Whether an image built for ``other`` runs as this platform (exact after normalising;
-        a missing variant on either side matches any)."""
-        mine, theirs = self.normalized(), other.normalized()
-        if (mine.os, mine.architecture) != (theirs.os, theirs.architecture):
-            return False
-        return mine.variant is None or theirs.variant is None or mine.variant == theirs.variant
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-
-@dataclass(frozen=True)
-class Descriptor:
-    """An OCI content descriptor."""
-
-    media_type: str
-    digest: str
-    size: int
-    annotations: Mapping[str, str] = field(default_factory=dict, hash=False)
-    platform: Platform | None = None
-
-    @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> Descriptor:
-        try:
-            digest = str(value["digest"])
-            size = int(value["size"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProvisionError(f"malformed descriptor: {dict(value)!r}") from exc
-        parse_digest(digest)
-        if size < 0:
-            raise ProvisionError(f"malformed descriptor: negative size for {digest}")
-        platform = value.get("platform")
-        return cls(
-            media_type=str(value.get("mediaType", "")),
-            digest=digest,
-            size=size,
-            annotations=dict(value.get("annotations") or {}),
-            platform=Platform.from_json(platform) if isinstance(platform, Mapping) else None,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "mediaType": self.media_type,
-            "digest": self.digest,
-            "size": self.size,
-        }
-        if self.annotations:
-            out["annotations"] = dict(sorted(self.annotations.items()))
-        if self.platform is not None:
-            out["platform"] = self.platform.to_json()
-        return out
-
-    def with_annotations(self, annotations: Mapping[str, str]) -> Descriptor:
-        return Descriptor(self.media_type, self.digest, self.size, dict(annotations), self.platform)
-
-
-@dataclass(frozen=True)
-class ResolvedImage:
-    """One platform's image, fully present in the store."""
-
-    name: str
-    digest: str  # the manifest's digest
-    manifest: dict[str, Any] = field(hash=False, compare=False)
-    config: dict[str, Any] = field(hash=False, compare=False)
-    layers: tuple[Descriptor, ...] = ()
-    config_digest: str = ""
-    index_digest: str | None = None  # the image index the manifest was chosen from, if any
-    media_type: str = MT_OCI_MANIFEST
-    size: int = 0
-
-    @property
-    def platform(self) -> Platform:
-        return Platform(
-            str(self.config.get("os", "linux")),
-            str(self.config.get("architecture", "")),
-            self.config.get("variant") or None,
-        )
-
-    @property
-    def descriptor(self) -> Descriptor:
-        return Descriptor(self.media_type, self.digest, self.size, {}, self.platform)
-
-    @property
-    def image_config(self) -> dict[str, Any]:
-        """The ``config`` section (Entrypoint, Cmd, Env, WorkingDir, Labels, ...)."""
-        section = self.config.get("config") or {}
-        return dict(section) if isinstance(section, Mapping) else {}
-
-    @property
-    def diff_ids(self) -> tuple[str, ...]:
-        rootfs = self.config.get("rootfs") or {}
-        return tuple(rootfs.get("diff_ids") or ())
-
-
-@dataclass(frozen=True)
-class ImageEntry:
-    """One named entry of index.json."""
-
-    name: str
-    descriptor: Descriptor
-
-
-def choose_manifest(index: Mapping[str, Any], platform: Platform) -> Descriptor:
-    """Pick the manifest for ``platform`` from an image index (first match wins, as in
-    containerd; attestation manifests with platform unknown/unknown never match)."""
-    candidates = []
-    for raw in index.get("manifests") or ():
-        desc = Descriptor.from_json(raw)
-        if desc.media_type and desc.media_type not in MANIFEST_MEDIA_TYPES | INDEX_MEDIA_TYPES:
-            continue
-        if desc.platform is None:
-            continue
-        if platform.matches(desc.platform):
-            candidates.append(desc)
-    if not candidates:
-        offered = sorted(
-            str(Descriptor.from_json(m).platform)
-            for m in index.get("manifests") or ()
-            if m.get("platform")
-        )
-        raise ImageNotFoundError(
-            f"no image for platform {platform} in the index",
-            hint="available: " + (", ".join(offered) or "none"),
-        )
-    exact = [
-        d
-        for d in candidates
-        if d.platform and d.platform.normalized().variant == platform.normalized().variant
-    ]
-    return (exact or candidates)[0]
 
 
 class ImageStore:
@@ -448,33 +207,52 @@ class ImageStore:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def partial_path(self, digest: str) -> Path:
+        """Where an interrupted download of ``digest`` waits to be resumed."""
+        algorithm, hexpart = parse_digest(digest)
+        return self.root / ".ingest" / f"{algorithm}-{hexpart}.partial"
+
+    @contextlib.contextmanager
+    def download_blob(self, digest: str, size: int) -> Iterator[BlobDownload | None]:
+        """A resumable download of the blob ``digest`` of ``size`` bytes: None when the blob is
+        stored already, else a :class:`BlobDownload` that starts with whatever an earlier,
+        interrupted download left. Other processes downloading the same blob wait (flock).
+        What the download holds when the block ends without :meth:`BlobDownload.commit`
+        stays for the next try (gc removes it)."""
+        if self.has_blob(digest):
+            yield None
+            return
+        self.ensure_layout()
+        path = self.partial_path(digest)
+        with self.pinning():
+            while True:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    if self.has_blob(digest):
+                        yield None
+                        return
+                    try:
+                        current = os.stat(path).st_ino
+                    except FileNotFoundError:
+                        current = -1
+                    if current != os.fstat(fd).st_ino:
+                        continue  # the previous holder committed or discarded it: reopen
+                    yield BlobDownload(self, digest, size, path, fd)
+                    return
+                finally:
+                    _drop_if_empty(path, fd)
+                    os.close(fd)
+
     def write_json_blob(self, value: Any) -> tuple[str, int]:
         return self.write_blob(canonical_json(value))
 
     def open_layer(self, desc: Descriptor) -> BinaryIO:
-        """The layer's uncompressed tar stream (streaming; gzip, zstd or plain)."""
+        """The layer's uncompressed tar stream (streaming; the codec its media type names, or
+        the one its magic bytes show when the type is unknown)."""
         raw = self.open_blob(desc.digest)
-        media = desc.media_type
-        if media in PLAIN_LAYER_TYPES:
-            return raw
-        if media in GZIP_LAYER_TYPES:
-            return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
-        if media in ZSTD_LAYER_TYPES:
-            import zstandard
-
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-            return cast(BinaryIO, io.BufferedReader(reader, CHUNK))
-        # Unknown type: sniff the magic bytes rather than fail on an odd media type.
-        head = raw.read(4)
-        raw.seek(0)
-        if head[:2] == b"\x1f\x8b":
-            return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
-        if head == b"\x28\xb5\x2f\xfd":
-            import zstandard
-
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-            return cast(BinaryIO, io.BufferedReader(reader, CHUNK))
-        return raw
+        codec = codec_for_media_type(desc.media_type) or sniff_codec(raw)
+        return codec.open_reader(raw)
 
     # -- index.json ---------------------------------------------------------------------------
     def read_index(self) -> dict[str, Any]:
@@ -723,3 +501,86 @@ class ImageStore:
         if not blobs.is_dir():
             return 0
         return sum(p.lstat().st_size for p in blobs.rglob("*") if p.is_file())
+
+
+def _drop_if_empty(path: Path, fd: int) -> None:
+    """Remove an empty partial download (nothing to resume), if it is still ours."""
+    try:
+        mine = os.fstat(fd)
+        if mine.st_size == 0 and os.stat(path).st_ino == mine.st_ino:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _cache_write_error(path: Path, exc: OSError) -> ProvisionError:
+    return ProvisionError(
+        f"cannot write {path}: {exc.strerror or exc}",
+        hint="check the free space and permissions of the image cache ($PROVISION_CACHE)",
+    )
+
+
+class BlobDownload:
+    """The bytes of one blob received so far (``offset`` of them, hashed as they arrive).
+    Made by :meth:`ImageStore.download_blob`; the file descriptor belongs to it."""
+
+    def __init__(self, store: ImageStore, digest: str, size: int, path: Path, fd: int) -> None:
+        self.store, self.digest, self.size, self.path, self.fd = store, digest, size, path, fd
+        self.algorithm = parse_digest(digest)[0]
+        self.hash = hashlib.new(self.algorithm)
+        self.offset = 0
+        if os.fstat(fd).st_size > size:
+            os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        while chunk := os.read(fd, CHUNK):
+            self.hash.update(chunk)
+            self.offset += len(chunk)
+        self.inherited = self.offset  # bytes an earlier download left (not verified yet)
+
+    def restart(self) -> None:
+        """Start over from byte 0 (the server ignored the range, or the data was bad)."""
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.hash = hashlib.new(self.algorithm)
+        self.offset = self.inherited = 0
+
+    def write(self, data: bytes) -> None:
+        if self.offset + len(data) > self.size:
+            self.restart()
+            raise DigestMismatchError(
+                f"content for {self.digest} is larger than the expected {self.size} bytes"
+            )
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+        except OSError as exc:
+            raise _cache_write_error(self.path, exc) from exc
+        self.hash.update(data)
+        self.offset += len(data)
+
+    @property
+    def complete(self) -> bool:
+        return self.offset == self.size
+
+    def commit(self) -> None:
+        """Verify the whole blob against its digest and move it into the store; on a
+        mismatch nothing is stored, the partial data is dropped and DigestMismatchError
+        raised."""
+        got = f"{self.algorithm}:{self.hash.hexdigest()}"
+        if self.offset != self.size or got != self.digest:
+            self.restart()
+            raise DigestMismatchError(
+                f"content does not match its digest: expected {self.digest} "
+                f"({self.size} bytes), got {got} ({self.offset} bytes)",
+                hint="the registry or the network corrupted the data; nothing was stored",
+            )
+        final = self.store.blob_path(self.digest)
+        try:
+            os.fsync(self.fd)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.fchmod(self.fd, 0o644)
+            os.replace(self.path, final)
+        except OSError as exc:
+            raise _cache_write_error(final, exc) from exc

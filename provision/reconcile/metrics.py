@@ -63,8 +63,9 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def serve_metrics(listen: str, metrics: Metrics, healthy: Callable[[], bool]) -> ThreadingHTTPServer:
-    """Serve ``/metrics`` and ``/healthz`` on ``listen`` (HOST:PORT; port 0 picks one)."""
+def serve_metrics(listen: str, metrics: Metrics, healthy: Callable[[], bool | tuple[bool, str]]) -> ThreadingHTTPServer:
+    """Serve ``/metrics`` and ``/healthz`` on ``listen`` (HOST:PORT; port 0 picks one);
+    ``healthy`` answers a bool, or (bool, the text /healthz shows)."""
     host, _, port = listen.rpartition(":")
 
     class Handler(BaseHTTPRequestHandler):
@@ -72,8 +73,9 @@ def serve_metrics(listen: str, metrics: Metrics, healthy: Callable[[], bool]) ->
             if self.path == "/metrics":
                 self._send(200, metrics.render(), "text/plain; version=0.0.4")
             elif self.path == "/healthz":
-                ok = healthy()
-                self._send(200 if ok else 503, "ok\n" if ok else "unhealthy\n", "text/plain")
+                answer = healthy()
+                ok, text = answer if isinstance(answer, tuple) else (answer, "ok\n" if answer else "unhealthy\n")
+                self._send(200 if ok else 503, text, "text/plain")
             else:
                 self._send(404, "not found\n", "text/plain")
 

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import requests
-import tenacity
 
 from provision.reconcile.clock import Clock
 from provision.reconcile.journal import Store
@@ -18,6 +17,7 @@ from provision.reconcile.model import Condition, Machine, Observation
 from provision.reconcile.provider import (
     TAG_CLUSTER,
     TAG_GROUP,
+    TAG_JOURNAL,
     HealthSource,
     HealthState,
     Instance,
@@ -28,6 +28,7 @@ from provision.reconcile.provider import (
     list_all,
 )
 from provision.reconcile.spec import GroupSpec
+from provision.retry import RetryPolicy
 
 
 class HttpHealthChecker:
@@ -109,7 +110,7 @@ class Observer:
             else:
                 forget.append(known.instance_id)
                 self.vanished.append(known.instance_id)
-        self.store.forget_instances(self.cluster, forget)
+        self.store.forget_instances(self.cluster, forget, group.name)
         machines = self._classify(group, list(live.values()), now)
         pending = self.store.pending_intents(self.cluster, group.name)
         deleting = {i.instance_id for i in pending if i.op == "destroy"}
@@ -126,23 +127,25 @@ class Observer:
 
     def _list(self, group: GroupSpec) -> tuple[list[Instance], int]:
         """List the group's machines; a transient failure (429, 5xx) restarts the listing after a
-        short jittered back-off, a few times, before the pass gives up."""
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(TransientProviderError),
-            wait=tenacity.wait_random_exponential(multiplier=0.2, max=5.0),
-            stop=tenacity.stop_after_attempt(6),
-            sleep=self.clock.sleep,
-            reraise=True,
-        )
+        short jittered back-off (or the provider's retry_after), a few times, before the pass
+        gives up."""
+        policy = RetryPolicy(attempts=6, total=60.0, initial=0.2, maximum=5.0, clock=self.clock)
         tags = {TAG_CLUSTER: self.cluster, TAG_GROUP: group.name}
-        return retrying(list_all, self.provider, tags)
+        return policy.call(lambda: list_all(self.provider, tags), retry_on=(TransientProviderError,),
+                           what=f"listing group {group.name}")
 
     def _classify(self, group: GroupSpec, instances: list[Instance], now: float) -> list[Machine]:
         states = probe_instances(self.provider, group, instances)
         since = self.store.unhealthy_since(self.cluster, group.name) if group.health.enabled else {}
-        changes: dict[str, float | None] = {}
+        born = self.store.birth_times(self.cluster, group.name)
+        listed = {i.id for i in instances}
+        # Health history outlives the process (a restart keeps counting); a machine gone from
+        # the list takes its history with it.
+        changes: dict[str, float | None] = {i: None for i in since if i not in listed}
         machines = []
         for instance, state in zip(instances, states, strict=True):
+            if instance.created_at <= 0 and instance.id in born:  # the provider does not say: the journal does
+                instance = dataclasses.replace(instance, created_at=born[instance.id])
             condition = Condition.AVAILABLE
             if instance.state is InstanceState.PENDING:
                 condition = Condition.STARTING
@@ -165,7 +168,7 @@ class Observer:
                 changes[instance.id] = None
             machines.append(
                 Machine(instance.id, instance.name, instance.slot, instance.config, instance.image,
-                        instance.created_at, condition, visible=True)
+                        instance.created_at, condition, visible=True, journal=instance.tags.get(TAG_JOURNAL, ""))
             )
         self.store.set_unhealthy_since(self.cluster, group.name, changes)
         return machines

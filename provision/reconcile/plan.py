@@ -48,6 +48,7 @@ class GroupPlan:
     observed: int
     changes: tuple[MachineChange, ...]
     notes: tuple[str, ...] = ()
+    removed: bool = False  # the spec no longer declares the group: all its machines go
 
     def count(self, action: str) -> int:
         return sum(1 for c in self.changes if c.action == action)
@@ -65,6 +66,7 @@ class ClusterPlan:
     spec_text: str
     observed_digest: str
     groups: tuple[GroupPlan, ...]
+    journal: str = ""  # the journal the plan was made against (absolute): apply uses the same one
 
     @property
     def has_changes(self) -> bool:
@@ -89,7 +91,8 @@ class ClusterPlan:
             if body.pop("format", None) != PLAN_FORMAT:
                 raise ValueError(f"not a {PLAN_FORMAT} document")
             groups = tuple(
-                GroupPlan(**{**g, "changes": tuple(MachineChange(**c) for c in g["changes"]), "notes": tuple(g["notes"])})
+                GroupPlan(**{**g, "changes": tuple(MachineChange(**c) for c in g["changes"]), "notes": tuple(g["notes"]),
+                             "removed": bool(g.get("removed", False))})
                 for g in body.pop("groups")
             )
             return cls(groups=groups, **body)
@@ -173,7 +176,10 @@ def render_plan_table(plan: ClusterPlan, *, verbose: bool = False) -> str:
     lines = [f"cluster {plan.cluster}  (observed {plan.observed_digest[:19]})"]
     for g in plan.groups:
         summary = ", ".join(f"{g.count(a)} {a}" for a in ACTIONS if g.count(a))
-        lines.append(f"\ngroup {g.group}  provider={g.provider}  desired={g.desired} observed={g.observed}  image={g.image}  [{summary or 'empty'}]")
+        if g.removed:
+            lines.append(f"\ngroup {g.group}  provider={g.provider}  (removed from the spec)  observed={g.observed}  [{summary or 'empty'}]")
+        else:
+            lines.append(f"\ngroup {g.group}  provider={g.provider}  desired={g.desired} observed={g.observed}  image={g.image}  [{summary or 'empty'}]")
         rows = [c for c in g.changes if verbose or c.action != "nothing"]
         if rows:
             lines.append(f"  {'ACTION':<8} {'SLOT':<14} {'MACHINE':<22} REASON")

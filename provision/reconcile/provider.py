@@ -42,6 +42,7 @@ TAG_GROUP = "provision-group"
 TAG_SLOT = "provision-slot"
 TAG_CONFIG = "provision-config"
 TAG_EPOCH = "provision-epoch"
+TAG_JOURNAL = "provision-journal"  # the id of the journal that created the machine
 
 TAG_TEXT = re.compile(r"[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?")
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-import tenacity
-
 from provision.reconcile.clock import Clock
+from provision.retry import RetryPolicy
 
 
 class RateLimiter:
@@ -43,13 +42,14 @@ class _Attempts:
 
 
 class Backoff:
-    """Per-item exponential back-off with full jitter (tenacity's ``wait_random_exponential``):
-    an item that failed n times is skipped until ``initial * 2**n`` seconds (random, capped)
-    have passed. Items are keys like ``web:create`` or ``web:destroy:i-123``."""
+    """Per-item back-off on the one retry policy's schedule (:meth:`RetryPolicy.delay`): an
+    item that failed n times is skipped until a random wait of up to ``initial * 2**(n-1)``
+    seconds (capped at ``maximum``) has passed, or exactly the ``retry_after`` the provider
+    asked for. Items are keys like ``web:create`` or ``web:destroy:i-123``."""
 
     def __init__(self, clock: Clock, initial: float = 0.5, maximum: float = 300.0) -> None:
         self.clock = clock
-        self._wait = tenacity.wait_random_exponential(multiplier=initial, max=maximum)
+        self.policy = RetryPolicy(initial=initial, maximum=maximum, clock=clock)
         self._items: dict[str, _Attempts] = {}
         self._lock = threading.Lock()
 
@@ -63,9 +63,7 @@ class Backoff:
         with self._lock:
             entry = self._items.get(item) or _Attempts(0, 0.0)
             entry.count += 1
-            state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
-            state.attempt_number = entry.count
-            delay = max(float(self._wait(state)), retry_after or 0.0)
+            delay = self.policy.delay(entry.count, retry_after)
             entry.next_at = self.clock.now() + delay
             self._items[item] = entry
             return delay

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from provision.builders.root_loader import parse_modules_dep, plan_module_order, write_root_loader
+from provision.compress import GZIP, NONE, XZ, ZSTD, Codec
 from provision.errors import UsageError
 
 DEP = """\
@@ -28,7 +29,7 @@ kernel/drivers/net/virtio_net.ko: kernel/drivers/virtio/virtio.ko
 MODDIR = "lib/modules/6.1.0-test"
 
 
-def write_root(dest: Path, *, modules: bool = True, busybox: bool = True) -> Path:
+def write_root(dest: Path, *, modules: bool = True, busybox: bool = True, codec: Codec = NONE) -> Path:
     def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
         info.size = len(data)
@@ -38,10 +39,11 @@ def write_root(dest: Path, *, modules: bool = True, busybox: bool = True) -> Pat
         if busybox:
             add(tar, "bin/busybox", b"BUSYBOX")
         if modules:
-            add(tar, f"{MODDIR}/modules.dep", DEP.encode())
+            dep = DEP.replace(".ko", ".ko" + codec.suffix)  # as depmod names compressed modules
+            add(tar, f"{MODDIR}/modules.dep", dep.encode())
             for line in DEP.splitlines():
                 path = line.split(":")[0]
-                add(tar, f"{MODDIR}/{path}", f"MODULE {path}".encode())
+                add(tar, f"{MODDIR}/{path}{codec.suffix}", codec.compress(f"MODULE {path}".encode()))
     return dest
 
 
@@ -81,6 +83,28 @@ def test_loader_holds_busybox_init_and_the_filesystem_modules(tmp_path: Path) ->
     # reproducible
     again = write_root_loader(tmp_path / "root.tar", "erofs", tmp_path / "again.img", 1700000000)
     assert again.read_bytes() == loader.read_bytes()
+
+
+@pytest.mark.parametrize("codec", [GZIP, ZSTD, XZ], ids=lambda c: c.name)
+def test_compressed_modules_are_decompressed_for_insmod(tmp_path: Path, codec: Codec) -> None:
+    root = write_root(tmp_path / "root.tar", codec=codec)
+    entries = read_newc(write_root_loader(root, "erofs", tmp_path / "l.img", 1700000000))
+    assert entries["lib/modules/libcrc32c.ko"][1] == b"MODULE kernel/lib/libcrc32c.ko"
+    assert entries["lib/modules/virtio_pci_legacy_dev.ko"][1] == b"MODULE kernel/drivers/virtio/virtio_pci-legacy_dev.ko"
+    assert "for module in virtio_ring virtio virtio_pci_legacy_dev virtio_pci virtio_blk libcrc32c erofs overlay;" in (
+        entries["init"][1].decode())
+
+
+def test_a_corrupt_compressed_module_is_a_usage_error(tmp_path: Path) -> None:
+    root = tmp_path / "root.tar"
+    with tarfile.open(root, "w") as tar:
+        for name, data in (("bin/busybox", b"BUSYBOX"), (f"{MODDIR}/modules.dep", b"kernel/fs/erofs/erofs.ko.xz:\n"),
+                           (f"{MODDIR}/kernel/fs/erofs/erofs.ko.xz", XZ.compress(b"MODULE")[:-9])):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(UsageError, match=r"kernel\+erofs: module kernel/fs/erofs/erofs.ko.xz: corrupt xz data"):
+        write_root_loader(root, "erofs", tmp_path / "l", 0)
 
 
 def test_kernel_with_builtin_drivers_needs_no_module(tmp_path: Path) -> None:

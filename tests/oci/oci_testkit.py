@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import secrets
 import shutil
 import socket
@@ -21,10 +22,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from provision.oci.auth import Credentials, CredentialStore, RegistryConfig
-from provision.oci.imagebuild import tar_layer_from_entries, write_image
+from provision.oci.auth import Credentials, CredentialStore
+from provision.oci.config import RegistryConfig
+from provision.oci.imagebuild import LayerCompression, tar_layer_from_entries, write_image
+from provision.oci.model import Platform, ResolvedImage
 from provision.oci.registry import RegistryClient
-from provision.oci.store import ImageStore, Platform, ResolvedImage
+from provision.oci.store import ImageStore
+from provision.retry import RetryPolicy
 
 USER, PASSWORD = "tester", "s3cret-pass"
 
@@ -240,13 +244,37 @@ def store(tmp_path: Path) -> ImageStore:
     return ImageStore(tmp_path / "store")
 
 
+class FakeClock:
+    """Injected time for the retry policy: ``sleep`` records and advances, never waits."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.time = start
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            return self.time
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.time += seconds
+
+
 def make_client(
-    credentials: dict[str, Credentials] | None = None, **config: object
+    credentials: dict[str, Credentials] | None = None,
+    *,
+    clock: FakeClock | None = None,
+    attempts: int = 5,
+    parallel: int | None = None,
+    **config: object,
 ) -> RegistryClient:
     return RegistryClient(
         config=RegistryConfig(**config),  # type: ignore[arg-type]
         credentials=CredentialStore.from_mapping(credentials or {}),
-        sleep=lambda _seconds: None,
+        retry=RetryPolicy(attempts=attempts, total=120.0, clock=clock or FakeClock()),
+        parallel=parallel,
     )
 
 
@@ -281,3 +309,146 @@ def make_image(
         platform=platform,
         created=created,
     )
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    range: str | None
+    status: int
+    sent: int = 0
+
+
+class FaultyFront:
+    """A wire-level front of a real registry that misbehaves on purpose: scripted transient
+    answers (status + Retry-After), blob bodies cut after N bytes, Range headers dropped
+    (a registry without range support), a delay on blob GETs; it logs every request and
+    counts blob GETs in flight."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.log: list[Seen] = []
+        self.transient: list[tuple[str, int, str]] = []  # (path part, status, Retry-After)
+        # blob digest (or manifest reference) -> bytes each next GET sends before it is cut
+        self.cut_after: dict[str, list[int]] = {}
+        self.strip_range = False
+        self.blob_delay = 0.0
+        self.inflight = self.max_inflight = 0
+        self._lock = threading.Lock()
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                front.handle(self)
+
+            do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def blob_gets(self, digest: str) -> list[Seen]:
+        return [s for s in self.log if s.method == "GET" and s.path.endswith("/blobs/" + digest)]
+
+    def _scripted(self, path: str) -> tuple[int, str] | None:
+        with self._lock:
+            for position, (part, status, retry_after) in enumerate(self.transient):
+                if part in path:
+                    del self.transient[position]
+                    return status, retry_after
+        return None
+
+    def handle(self, handler: BaseHTTPRequestHandler) -> None:
+        path = handler.path
+        seen = Seen(handler.command, urlsplit(path).path, handler.headers.get("Range"), 0)
+        with self._lock:
+            self.log.append(seen)
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        scripted = self._scripted(path)
+        if scripted is not None:
+            seen.status = scripted[0]
+            TokenFront._reply(handler, scripted[0], b'{"errors":[{"code":"TOOMANYREQUESTS"}]}',
+                              {"Retry-After": scripted[1], "Content-Type": "application/json"})
+            return
+        is_blob_get = handler.command == "GET" and "/blobs/sha256:" in path
+        headers = {
+            k: v
+            for k, v in handler.headers.items()
+            if k.lower() not in ("content-length", "connection", "host")
+            and not (self.strip_range and k.lower() == "range")
+        }
+        if is_blob_get:
+            with self._lock:
+                self.inflight += 1
+                self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            if is_blob_get and self.blob_delay:
+                time.sleep(self.blob_delay)
+            self._forward(handler, seen, headers, body, path)
+        finally:
+            if is_blob_get:
+                with self._lock:
+                    self.inflight -= 1
+
+    def _forward(
+        self,
+        handler: BaseHTTPRequestHandler,
+        seen: Seen,
+        headers: dict[str, str],
+        body: bytes,
+        path: str,
+    ) -> None:
+        response = requests.request(
+            handler.command, f"http://{self.upstream}{path}", headers=headers, data=body,
+            allow_redirects=False, stream=True, timeout=30,
+        )
+        seen.status = response.status_code
+        digest = urlsplit(path).path.rsplit("/", 1)[-1]
+        with self._lock:
+            cuts = self.cut_after.get(digest) if handler.command == "GET" else None
+            cut = cuts.pop(0) if cuts else None
+        handler.send_response(response.status_code)
+        for key, value in response.headers.items():
+            if key.lower() not in ("transfer-encoding", "connection"):
+                handler.send_header(key, value)
+        handler.end_headers()
+        if handler.command == "HEAD":
+            return
+        for chunk in response.raw.stream(64 * 1024, decode_content=False):
+            if cut is not None and seen.sent + len(chunk) >= cut:
+                handler.wfile.write(chunk[: cut - seen.sent])
+                seen.sent = cut
+                handler.wfile.flush()
+                handler.close_connection = True
+                handler.connection.shutdown(socket.SHUT_RDWR)
+                return
+            handler.wfile.write(chunk)
+            seen.sent += len(chunk)
+
+
+@pytest.fixture
+def faulty_front(registry: Registry) -> Iterator[FaultyFront]:
+    front = FaultyFront(registry.host)
+    yield front
+    front.close()
+
+
+def make_layered_image(
+    store: ImageStore, name: str, layers: int, size: int, seed: int,
+    compression: LayerCompression = "none",
+) -> ResolvedImage:
+    """An image of ``layers`` layers, each one file of ``size`` random bytes."""
+    rng = random.Random(seed)
+    tars = [tar_layer_from_entries([(f"layer{i}.bin", rng.randbytes(size))]) for i in range(layers)]
+    return write_image(store, name, tars, {"Cmd": ["/bin/sh"]}, compression=compression)

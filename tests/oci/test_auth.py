@@ -1,4 +1,4 @@
-"""Credentials from the docker config, registry settings, challenge parsing."""
+"""Credentials from the docker config, challenge parsing."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from provision.errors import UsageError
 from provision.oci.auth import (
     Credentials,
     CredentialStore,
-    load_registry_config,
     parse_challenge,
 )
 
@@ -57,30 +55,6 @@ def test_credential_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     )
     assert store.get("helped.example") == Credentials("carol", "from-helper")
     assert store.get("nothing.example") is None
-
-
-def test_registry_settings_file(tmp_path: Path) -> None:
-    good = tmp_path / "registries.yml"
-    good.write_text(
-        "mirrors:\n  docker.io: [http://127.0.0.1:5001/]\n"
-        "insecure: [lan-host:5000]\nendpoints:\n  foo.test: https://api.foo.test\n"
-    )
-    config = load_registry_config({"PROVISION_REGISTRIES": str(good)})
-    assert config.mirrors == {"docker.io": ("http://127.0.0.1:5001",)}
-    assert config.endpoints == {"foo.test": "https://api.foo.test"}
-    assert config.is_insecure("lan-host:5000") and config.is_insecure("[::1]:5000")
-    assert config.is_insecure("localhost:1") and not config.is_insecure("10.0.0.1:5000")
-    bad = tmp_path / "bad.yml"
-    bad.write_text("mirror:\n  docker.io: x\n")
-    with pytest.raises(UsageError, match="unknown keys: mirror"):
-        load_registry_config({"PROVISION_REGISTRIES": str(bad)})
-    with pytest.raises(UsageError, match="not an http"):
-        load_registry_config(
-            {
-                "PROVISION_REGISTRIES": str(tmp_path / "none"),
-                "PROVISION_REGISTRY_MIRRORS": "docker.io=ftp://x",
-            }
-        )
 
 
 def test_parse_challenge() -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
 
 import pytest
-from oci_testkit import Registry, make_image
+from oci_testkit import Registry, make_image, make_layered_image
 
 from provision.commands import cache
 from provision.errors import ProvisionError
@@ -78,3 +79,50 @@ def test_push_and_pull(
     assert f"{target} {image.digest} linux/amd64" in captured.out
     assert "100%" in captured.err
     assert cache_cli(other, "pull", "-q", f"{registry.host}/cli/absent:1") == 1
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
+    ticks = iter([0.0, 0.0, 1.0, 2.0, 3.0, 4.0])
+    terminal = Terminal()
+    report = cache.progress_printer("pull app:1", terminal, clock=lambda: next(ticks))
+    report(0, 4 << 20)
+    report(2 << 20, 4 << 20)
+    report(4 << 20, 4 << 20)
+    shown = terminal.getvalue()
+    assert shown.count("\r\033[K") == 3 and shown.endswith("\n") and shown.count("\n") == 1
+    assert "pull app:1 [############------------]  50% 2.0 MiB / 4.0 MiB" in shown
+    assert "[########################] 100% 4.0 MiB / 4.0 MiB" in shown
+
+    ticks = iter([0.0, 0.0, 1.0, 6.0, 7.0])
+    plain = io.StringIO()
+    report = cache.progress_printer("pull app:1", plain, clock=lambda: next(ticks))
+    report(0, 100)
+    report(10, 100)  # 1 s after the first line: not printed
+    report(60, 100)
+    report(100, 100)
+    assert plain.getvalue().splitlines() == [
+        "pull app:1:   0% 0 B / 100 B",
+        "pull app:1:  60% 60 B / 100 B",
+        "pull app:1: 100% 100 B / 100 B",
+    ]
+
+
+@pytest.mark.registry
+def test_pull_parallel_option(
+    registry: Registry, store: ImageStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = make_layered_image(store, "cli-par:1", layers=3, size=20_000, seed=4)
+    target = f"{registry.host}/cli/par:1"
+    assert cache_cli(store, "push", "-q", "cli-par:1", target) == 0
+    other = ImageStore(tmp_path / "other")
+    assert cache_cli(other, "pull", "-j", "3", target) == 0
+    assert f"{target} {image.digest}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_code:
+        cache_cli(other, "pull", "--parallel", "0", target)
+    assert exit_code.value.code == 2
+    assert "--parallel: 0 is not a whole number from 1 to 64" in capsys.readouterr().err

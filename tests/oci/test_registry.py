@@ -18,11 +18,13 @@ from oci_testkit import (
 )
 
 from provision.errors import DigestMismatchError, ImageNotFoundError, RegistryError
-from provision.oci.auth import Credentials, CredentialStore, load_registry_config
+from provision.oci.auth import Credentials, CredentialStore
+from provision.oci.config import load_registry_config
 from provision.oci.imagebuild import write_index
+from provision.oci.model import Platform
 from provision.oci.pull import ensure_image
 from provision.oci.registry import RegistryClient
-from provision.oci.store import ImageStore, Platform
+from provision.oci.store import ImageStore
 
 pytestmark = pytest.mark.registry
 

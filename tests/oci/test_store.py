@@ -13,9 +13,11 @@ import pytest
 from oci_testkit import make_image
 
 from provision.errors import DigestMismatchError, HostileInputError, ImageNotFoundError
+from provision.fsutil import sha256_digest
 from provision.oci.imagebuild import LayerEntry, tar_layer_from_entries, write_image, write_index
+from provision.oci.model import Descriptor, Platform
 from provision.oci.pull import ensure_image
-from provision.oci.store import Descriptor, ImageStore, Platform, sha256_digest
+from provision.oci.store import ImageStore
 from provision.reference import ImageRef, InvalidReferenceError
 
 DIGEST = "sha256:" + "ab" * 32
@@ -211,3 +213,23 @@ def test_ensure_image_uses_the_cache_and_never_pulls_when_told(store: ImageStore
     assert ensure_image(store, "cached:1", pull="missing").digest == image.digest
     with pytest.raises(ImageNotFoundError):
         ensure_image(store, "missing:1", pull="never")
+
+
+def test_partial_download_longer_than_the_blob_starts_over(store: ImageStore) -> None:
+    data = random.Random(2).randbytes(5000)
+    digest = sha256_digest(data)
+    store.ensure_layout()
+    store.partial_path(digest).write_bytes(data + b"junk")
+    with store.download_blob(digest, len(data)) as download:
+        assert download is not None and download.offset == 0
+        download.write(data[:1000])
+    # kept for the next try, which resumes at byte 1000 and verifies the whole blob
+    with store.download_blob(digest, len(data)) as download:
+        assert download is not None and download.offset == download.inherited == 1000
+        with pytest.raises(DigestMismatchError, match="larger than"):
+            download.write(data[1000:] + b"x")
+        download.write(data)
+        download.commit()
+    assert store.read_blob(digest) == data and not store.partial_path(digest).exists()
+    with store.download_blob(digest, len(data)) as download:
+        assert download is None  # stored: nothing to download

@@ -13,7 +13,7 @@ import pytest
 from pkg_testkit import REPO, locked
 
 from provision.builders.pkg import Apt, build_recipe, check_lock, load_recipe, read_lock
-from provision.builders.pkg.kernel import module_name
+from provision.builders.pkg.kernel import module_name, read_modinfo
 from provision.oci.store import ImageStore
 
 VM_MODULES = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
@@ -73,3 +73,19 @@ def test_kernel_image_layout(kernel_image: tuple[tarfile.TarFile, dict[str, byte
     order = modules.extractfile(prefix + "modules.order").read().decode().split()  # type: ignore[union-attr]
     assert sorted(order) == sorted(n[len(prefix):] for n in names if n.endswith(".ko"))
     assert all(m.mtime == 0 and m.uid == 0 for m in modules.getmembers())
+
+
+@pytest.mark.parametrize("suffix", [".ko", ".ko.xz", ".ko.zst", ".ko.gz"])
+def test_modinfo_of_a_compressed_module_through_the_codec_table(suffix: str) -> None:
+    from provision.compress import codec_for_file_name
+    from provision.errors import ProvisionError
+
+    host = next(Path("/lib/modules").glob("*/kernel/drivers/block/virtio_blk.ko"))
+    path = "kernel/drivers/block/virtio_blk" + suffix
+    data = codec_for_file_name(path).compress(host.read_bytes())
+    assert module_name(path) == "virtio_blk"
+    info = read_modinfo(path, data)
+    assert info["name"] == ["virtio_blk"] and "virtio_ring" in info["depends"][0]
+    if suffix != ".ko":
+        with pytest.raises(ProvisionError, match=f"{path}: not a readable kernel module"):
+            read_modinfo(path, data[: len(data) // 2])

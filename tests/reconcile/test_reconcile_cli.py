@@ -93,3 +93,28 @@ def test_spec_errors_are_all_located(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert f"{bad}:8:46: groups[0].update.stratgy: unknown key (did you mean 'strategy'?)" in err
     assert "groups[0].update: maxSurge and maxUnavailable cannot both be 0" in err
     assert f"{bad}:9:30: groups[0].health.startupTimeout: must be a duration" in err
+
+
+def test_a_saved_plan_applies_to_the_same_journal_and_cloud_from_any_directory(cluster: Path, tmp_path: Path) -> None:
+    """The plan names the spec and the journal by absolute path: applying it from elsewhere does
+    not start a second journal (and a second set of machines) in the current directory."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    made = subprocess.run([sys.executable, "-m", "provision", "plan", cluster.name, "--out", "plan.json"],
+                          cwd=cluster.parent, env=env, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    applied = subprocess.run([sys.executable, "-m", "provision", "apply", str(cluster.parent / "plan.json"), "--interval", "0"],
+                             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60)
+    assert applied.returncode == 0, applied.stderr
+    assert list(elsewhere.iterdir()) == []  # no journal, no cloud state here
+    assert len(load_cloud(str(cluster.parent / ".demo-sim-cloud.json")).live()) == 6
+    assert run_plan_exit(cluster) == 0
+
+
+def run_plan_exit(cluster: Path) -> int:
+    return main(["plan", str(cluster), "--detailed-exitcode"])

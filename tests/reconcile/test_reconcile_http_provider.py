@@ -22,6 +22,7 @@ from provision.reconcile.provider import (
     Provider,
     RateLimitedError,
     StaleEpochError,
+    TransientProviderError,
     list_all,
 )
 
@@ -64,14 +65,14 @@ def test_http_provider_contract(served: tuple[SimulatedCloud, HttpSimulatedProvi
     with pytest.raises(StaleEpochError):
         provider.create_instance(request("k11", epoch=3))
     cloud.faults.error_rate = 1.0
-    with pytest.raises(RateLimitedError):
-        for _ in range(20):  # half the injected errors are 429, half 503
-            try:
-                list_all(provider, TAGS)
-            except RateLimitedError:
-                raise
-            except Exception:
-                continue
+    raised: list[type[BaseException]] = []
+    for _ in range(20):  # half the injected errors are 429, half 503
+        with pytest.raises(TransientProviderError) as caught:
+            list_all(provider, TAGS)
+        raised.append(caught.type)
+        if caught.type is RateLimitedError:
+            assert caught.value.retry_after == 1.0  # the server's Retry-After reaches the engine
+    assert set(raised) == {RateLimitedError, TransientProviderError}  # exactly these two classes
 
 
 def test_engine_over_http_with_lag_and_timeouts(tmp_path: Path, served: tuple[SimulatedCloud, HttpSimulatedProvider]) -> None:

@@ -50,6 +50,13 @@ def test_a_step_never_breaks_the_ceiling_or_the_floor(desired: int, surge: int, 
         assert available - lost >= floor
     else:
         assert lost == 0
+    # progress: with nothing in flight (no machine starting or merely unhealthy), a group that
+    # does not match its spec gets a non-empty step, unless only a held remediation remains
+    stable = all(m.condition in (Condition.AVAILABLE, Condition.FAILED) for m in machines)
+    converged = len(machines) == desired and all(m.config == NEW and m.condition is Condition.AVAILABLE for m in machines)
+    held = any("remediation held" in note for note in step.notes)
+    if stable and not converged and not held:
+        assert not step.empty, f"no progress: {machines}"
     # deterministic: input order does not matter
     shuffled = list(machines)
     random.Random(7).shuffle(shuffled)
