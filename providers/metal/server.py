@@ -220,6 +220,17 @@ class BootServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 1024
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is routine (debug); anything else is logged once, with the
+        exception's type and message, not a traceback on stderr."""
+        import sys
+
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            log.debug("client %s went away: %s", client_address[0], error)
+        else:
+            log.error("request from %s failed: %s: %s", client_address[0], type(error).__name__, error)
+
 
 def start_http(state: ServeState, host: str = "127.0.0.1", port: int = 0,
                stop: threading.Event | None = None) -> tuple[BootServer, Callable[[], None]]:

@@ -190,3 +190,14 @@ default: nothing
     for want in expected:
         assert any(t.startswith(want) for t in text), (want, text)
     assert "hunter2" not in caught.value.message
+
+
+def test_the_metal_examples_load() -> None:
+    from provision.providers.metal.lab import load_lab
+    from provision.reconcile.spec import load_cluster_spec
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    lab = load_lab(examples / "metal-lab.yml")
+    assert [m.name for m in lab.machines] == ["node-1", "node-2"] and lab.default == "exit"
+    spec = load_cluster_spec(examples / "metal-cluster.yml")
+    assert spec.providers["lab"].type == "metal" and spec.groups[0].properties["selector"] == {"rack": "a"}
