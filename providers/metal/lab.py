@@ -96,9 +96,13 @@ class Lab:
     default: str  # "exit" or a profile name
     source_file: str = "<lab>"
 
+    def __post_init__(self) -> None:
+        index = {mac: machine for machine in self.machines for mac in machine.macs}
+        object.__setattr__(self, "_by_mac", index)
+
     def machine_by_mac(self, mac: str) -> Machine | None:
-        wanted = normalise_mac(mac)
-        return next((m for m in self.machines if wanted in m.macs), None)
+        found: Machine | None = self.__dict__["_by_mac"].get(normalise_mac(mac))
+        return found
 
 
 class _Reader:
