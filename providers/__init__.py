@@ -16,6 +16,7 @@ _TARGETS: dict[str, tuple[str, str]] = {
     "simulated": ("provision.providers.simulated.target", "SIMULATED"),
     "simulated-http": ("provision.providers.simulated.target", "SIMULATED_HTTP"),
     "qemu": ("provision.providers.qemu.target", "QEMU_TARGET"),
+    "metal": ("provision.providers.metal.target", "METAL_TARGET"),
 }
 
 

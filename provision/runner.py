@@ -40,6 +40,8 @@ TOOL_PACKAGES: Mapping[str, str] = {
     "dpkg-query": "dpkg",
     # run, up: local machines
     "qemu-system-x86_64": "qemu-system-x86",
+    # metal: IPMI power control
+    "ipmitool": "ipmitool",
 }
 log = logging.getLogger(__name__)
 

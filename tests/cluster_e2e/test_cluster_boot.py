@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from components_testkit import COMPONENTS, ensure_web_components
 from standin import host_kernel, write_standin
 
 from provision.agent import read_agent
@@ -45,9 +46,6 @@ groups:
 
 
 REPO = Path(__file__).resolve().parents[2]
-# The component images for examples/web.yml are built once into this cache (kept across runs).
-COMPONENTS = Path(os.environ.get("PROVISION_E2E_CACHE", "/var/tmp/provision-e2e-oci"))
-WEB_COMPONENTS = ("pkg/kernel", "pkg/init", "pkg/sysctl", "pkg/metadata", "pkg/dhcpcd", "pkg/agent")
 
 
 def provision(*args: str, cwd: Path, timeout: float = 150) -> subprocess.CompletedProcess[str]:
@@ -58,16 +56,7 @@ def provision(*args: str, cwd: Path, timeout: float = 150) -> subprocess.Complet
 
 @pytest.fixture(scope="session")
 def components() -> Path:
-    """The component images web.yml uses, built by `provision pkg build` (unless there)."""
-    from provision.image_digest import ComponentsMissingError, plan_image_digest
-    from provision.oci.store import ImageStore
-
-    try:
-        plan_image_digest([REPO / "examples/web.yml"], ImageStore(COMPONENTS))
-    except ComponentsMissingError:
-        done = provision("pkg", "build", "-q", *WEB_COMPONENTS, cwd=REPO, timeout=600)
-        assert done.returncode == 0, done.stderr
-    return COMPONENTS
+    return ensure_web_components()
 
 
 def up(cwd: Path, timeout: float = 150) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 birth and listable, paging until ``next_token is None``, idempotent destroy, and the error
 classes that decide the engine's retries. Each target adds a subject below (made through its
 registered target, with real parts: the simulated cloud in the process and over HTTP, real
-QEMU VMs booting a tiny guest); a later target adds itself to SUBJECTS and, where it speaks a
+QEMU VMs booting a tiny guest, lab machines powered through a Redfish service over QEMU); a later target adds itself to SUBJECTS and, where it speaks a
 protocol that can fail that way, to FAULTY."""
 
 from __future__ import annotations
@@ -87,17 +87,32 @@ def _qemu(tmp_path: Path) -> Subject:
     return Subject(provider, image, cleanup=[stop_all])
 
 
+def _metal(tmp_path: Path) -> Subject:
+    from metal.metal_testkit import PASSWORD, RedfishLab, VirtualMachine, lab_file_text
+
+    machines = [VirtualMachine(f"node-{n}", f"52:54:00:c0:00:0{n}", tmp_path / f"node-{n}",
+                               "http://10.0.2.2:9/boot.ipxe", mem_mib=128) for n in range(1, 4)]
+    redfish = RedfishLab(machines)
+    (tmp_path / "bmc.pass").write_text(PASSWORD)
+    (tmp_path / "lab.yml").write_text(lab_file_text(machines, redfish, tmp_path / "bmc.pass"))
+    options = {"lab": "lab.yml", "state": "metal-state", "pageSize": PAGE, "powerTimeout": "20s"}
+    provider = get_target("metal").create_provider(ProviderSpec("lab", "metal", options=options, base=tmp_path),
+                                                   SystemClock())
+    return Subject(provider, "sha256:" + "0" * 64, cleanup=[redfish.close])
+
+
 SUBJECTS: dict[str, Callable[[Path], Subject]] = {
     "simulated": _simulated,
     "simulated-http": _simulated_http,
     "qemu": _qemu,
+    "metal": _metal,
 }
 # Targets whose calls can fail with 429 / 503 / a time-out and that fence epochs.
 FAULTY = ("simulated", "simulated-http")
 
 
 def _marks(name: str) -> list[pytest.MarkDecorator]:
-    return [pytest.mark.boot, pytest.mark.timeout(300)] if name == "qemu" else []
+    return [pytest.mark.boot, pytest.mark.timeout(300)] if name in ("qemu", "metal") else []
 
 
 @pytest.fixture(params=[pytest.param(n, marks=_marks(n)) for n in SUBJECTS])

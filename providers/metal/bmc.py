@@ -1,0 +1,184 @@
+"""Power and boot device through a machine's BMC: Redfish (plain HTTP) or IPMI (ipmitool).
+
+Both set a one-time network boot, power on, reset and power off, and report the power state.
+Quirks users hit with real BMCs are handled as Ironic handles them: a BMC that refuses
+``BootSourceOverrideEnabled: Once`` gets ``Continuous`` (and the caller restores the disk
+after the boot); ``BootSourceOverrideMode`` is sent again with the target because some BMCs
+reset it to BIOS when the device changes; power changes take seconds, so they are polled with a
+bound. Errors map to the engine's classes: a BMC that cannot be reached or answers 5xx is
+transient, a refusal (4xx, a bad password) is permanent. Passwords come from a file or an
+environment variable and are never logged; ipmitool reads its password from ``IPMI_PASSWORD``
+(``-E``), never from its argv.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import requests
+
+from provision.errors import CommandError, ProvisionError
+from provision.providers.metal.lab import Bmc
+from provision.reconcile.provider import ProviderError, TransientProviderError
+from provision.runner import run
+
+IPMITOOL = "ipmitool"
+
+
+class PowerControl(Protocol):
+    def power_state(self) -> str:
+        """``on`` or ``off``."""
+        ...
+
+    def boot_from_network(self, *, efi: bool) -> None: ...
+
+    def power_on(self) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def power_off(self) -> None: ...
+
+
+def read_password(bmc: Bmc, base: Path) -> str:
+    """The BMC password from its file (relative to the lab file) or environment variable."""
+    if bmc.password_env:
+        value = os.environ.get(bmc.password_env)
+        if value is None:
+            raise ProvisionError(f"BMC {bmc.address}: the environment variable {bmc.password_env} is not set")
+        return value
+    if bmc.password_file:
+        path = Path(bmc.password_file)
+        path = path if path.is_absolute() else base / path
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ProvisionError(f"BMC {bmc.address}: cannot read the password file {path}: {exc.strerror}") from exc
+    return ""
+
+
+def wait_power(control: PowerControl, wanted: str, timeout: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Poll until the power state is ``wanted``; a TransientProviderError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = control.power_state()
+        if state == wanted:
+            return
+        if time.monotonic() > deadline:
+            raise TransientProviderError(f"power is still {state!r} after {timeout:g}s (wanted {wanted!r})")
+        sleep(0.5)
+
+
+@dataclass
+class RedfishBmc:
+    """A Redfish ``ComputerSystem`` at ``address`` (its URL, e.g. .../redfish/v1/Systems/1)."""
+
+    address: str
+    username: str = ""
+    password: str = ""
+    timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        self._session = requests.Session()
+        if self.username:
+            self._session.auth = (self.username, self.password)
+
+    def __repr__(self) -> str:  # the password never shows, even in a traceback's locals
+        return f"RedfishBmc({self.address!r}, username={self.username!r})"
+
+    def _call(self, method: str, url: str, body: dict[str, object] | None = None) -> requests.Response:
+        try:
+            response = self._session.request(method, url, json=body, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise TransientProviderError(f"BMC {self.address}: {type(exc).__name__}") from exc
+        if response.status_code >= 500:
+            raise TransientProviderError(f"BMC {self.address}: HTTP {response.status_code} on {method}")
+        if response.status_code in (401, 403):
+            raise ProviderError(f"BMC {self.address}: credentials refused (HTTP {response.status_code})",
+                                hint="check the machine's bmc username and passwordFile / passwordEnv")
+        return response
+
+    def power_state(self) -> str:
+        response = self._call("GET", self.address)
+        if response.status_code != 200:
+            raise ProviderError(f"BMC {self.address}: HTTP {response.status_code} reading the system")
+        try:
+            state = str(response.json()["PowerState"]).lower()
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProviderError(f"BMC {self.address}: not a Redfish ComputerSystem") from exc
+        return "on" if state in ("on", "poweringon") else "off"
+
+    def boot_from_network(self, *, efi: bool) -> None:
+        boot: dict[str, object] = {"BootSourceOverrideTarget": "Pxe", "BootSourceOverrideEnabled": "Once",
+                                   "BootSourceOverrideMode": "UEFI" if efi else "Legacy"}
+        response = self._call("PATCH", self.address, {"Boot": boot})
+        if response.status_code == 400:  # some BMCs refuse Once: Continuous, restored after boot
+            boot["BootSourceOverrideEnabled"] = "Continuous"
+            response = self._call("PATCH", self.address, {"Boot": boot})
+        if response.status_code not in (200, 202, 204):
+            raise ProviderError(f"BMC {self.address}: setting the boot device failed (HTTP {response.status_code})")
+
+    def _reset(self, kind: str) -> None:
+        response = self._call("POST", f"{self.address}/Actions/ComputerSystem.Reset", {"ResetType": kind})
+        if response.status_code not in (200, 202, 204):
+            raise ProviderError(f"BMC {self.address}: {kind} failed (HTTP {response.status_code})")
+
+    def power_on(self) -> None:
+        self._reset("On")
+
+    def reset(self) -> None:
+        self._reset("ForceRestart")
+
+    def power_off(self) -> None:
+        self._reset("ForceOff")
+
+
+@dataclass
+class IpmiBmc:
+    """An IPMI BMC at ``host[:port]`` through ``ipmitool -I lanplus`` (cipher suite 3)."""
+
+    address: str
+    username: str = ""
+    password: str = ""
+
+    def __repr__(self) -> str:
+        return f"IpmiBmc({self.address!r}, username={self.username!r})"
+
+    def _ipmitool(self, *args: str) -> str:
+        host, _, port = self.address.partition(":")
+        argv = [IPMITOOL, "-I", "lanplus", "-C", "3", "-H", host, "-p", port or "623", "-U", self.username, "-E",
+                "-N", "2", "-R", "2", *args]
+        try:
+            result = run(argv, env={"IPMI_PASSWORD": self.password}, timeout=60)
+        except CommandError as exc:
+            text = str(exc).lower()
+            if "unable to establish" in text or "timeout" in text or "no response" in text:
+                raise TransientProviderError(f"BMC {self.address}: no answer to ipmitool {' '.join(args)}") from exc
+            raise ProviderError(f"BMC {self.address}: ipmitool {' '.join(args)} failed") from exc
+        return (result.stdout or b"").decode(errors="replace")
+
+    def power_state(self) -> str:
+        return "on" if "is on" in self._ipmitool("chassis", "power", "status").lower() else "off"
+
+    def boot_from_network(self, *, efi: bool) -> None:
+        self._ipmitool("chassis", "bootdev", "pxe", *(["options=efiboot"] if efi else []))
+
+    def power_on(self) -> None:
+        self._ipmitool("chassis", "power", "on")
+
+    def reset(self) -> None:
+        self._ipmitool("chassis", "power", "reset")
+
+    def power_off(self) -> None:
+        self._ipmitool("chassis", "power", "off")
+
+
+def connect_bmc(bmc: Bmc, base: Path) -> PowerControl:
+    password = read_password(bmc, base)
+    if bmc.driver == "ipmi":
+        return IpmiBmc(bmc.address, bmc.username, password)
+    return RedfishBmc(bmc.address, bmc.username, password)
