@@ -150,12 +150,19 @@ class IpmiBmc:
 
     def _ipmitool(self, *args: str) -> str:
         host, _, port = self.address.partition(":")
-        argv = [IPMITOOL, "-I", "lanplus", "-C", "3", "-H", host, "-p", port or "623", "-U", self.username, "-E",
-                "-N", "2", "-R", "2", *args]
+        if len(self.password.encode()) > 20:
+            raise ProviderError(f"BMC {self.address}: IPMI passwords are at most 20 bytes",
+                                hint="use a shorter password, or the machine's Redfish service")
+        # -v: ipmitool says why a session failed only then (a refused password vs no answer)
+        argv = [IPMITOOL, "-v", "-I", "lanplus", "-C", "3", "-H", host, "-p", port or "623", "-U", self.username,
+                "-E", "-N", "2", "-R", "2", *args]
         try:
             result = run(argv, env={"IPMI_PASSWORD": self.password}, timeout=60)
         except CommandError as exc:
             text = str(exc).lower()
+            if "rakp" in text or "unauthorized" in text or "invalid user" in text:
+                raise ProviderError(f"BMC {self.address}: credentials refused",
+                                    hint="check the machine's bmc username and passwordFile / passwordEnv") from exc
             if "unable to establish" in text or "timeout" in text or "no response" in text:
                 raise TransientProviderError(f"BMC {self.address}: no answer to ipmitool {' '.join(args)}") from exc
             raise ProviderError(f"BMC {self.address}: ipmitool {' '.join(args)} failed") from exc
