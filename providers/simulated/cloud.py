@@ -312,6 +312,9 @@ class SimulatedProvider:
     def register_image(self, digest: str) -> tuple[str, bool]:
         return self.cloud.register_image(digest)
 
+    def find_image(self, digest: str) -> str | None:
+        return self.cloud.find_image(digest)
+
 
 def instance_to_json(instance: Instance) -> dict[str, Any]:
     return {

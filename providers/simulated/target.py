@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from provision import schema
 from provision.providers.simulated.client import HttpSimulatedProvider
@@ -25,18 +25,43 @@ from provision.target import Artifact, Progress, PublishedImage, own_provider
 LOCAL_URL = r"http://127\.0\.0\.1:\d{1,5}/?"
 
 
+class _SimulatedImages:
+    """What both simulated targets share: any image id launches, an image spec is built as
+    kernel+initrd and published by registering its digest with the cloud."""
+
+    name: str
+    provider_class: ClassVar[type[SimulatedProvider] | type[HttpSimulatedProvider]]
+    formats: tuple[str, ...] = ("kernel+initrd",)
+    properties: Schema = Schema(open=True)
+    tools: tuple[str, ...] = ()
+
+    def find_image(self, provider: Provider, digest: str) -> str | None:
+        return own_provider(provider, self.provider_class, self.name).find_image(digest)
+
+    def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
+        image_id, reused = own_provider(provider, self.provider_class, self.name).register_image(artifact.digest)
+        return PublishedImage(image_id, artifact.digest, reused)
+
+    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None) -> str:
+        return image
+
+    def consoles(self, provider: Provider, instances: Sequence[Instance]) -> list[str]:
+        return []
+
+    def declared_ports(self, properties: Mapping[str, Any]) -> tuple[int, ...]:
+        return ()
+
+
 @dataclass(frozen=True)
-class SimulatedTarget:
+class SimulatedTarget(_SimulatedImages):
     """``simulated``: a cloud in the process's memory, or kept in the file ``options.state``."""
 
+    provider_class = SimulatedProvider
     name: str = "simulated"
-    formats: tuple[str, ...] = ("kernel+initrd",)
     options: Schema = Schema({
         "state": Field("a file path (the cloud's JSON state)", schema.text(max_len=4096)),
         "pageSize": Field("a whole number from 1 to 10000", schema.integer(1, 10_000), doc="default 500"),
     })
-    properties: Schema = Schema(open=True)
-    tools: tuple[str, ...] = ()
 
     def create_provider(self, spec: ProviderSpec, clock: Clock) -> SimulatedProvider:
         state = spec.options.get("state")
@@ -45,51 +70,17 @@ class SimulatedTarget:
             return FileSimulatedProvider(str(spec.base / str(state)), clock, spec.name, page_size=page_size)
         return SimulatedProvider(SimulatedCloud(clock, page_size=page_size), spec.name)
 
-    def find_image(self, provider: Provider, digest: str) -> str | None:
-        return own_provider(provider, SimulatedProvider, self.name).cloud.find_image(digest)
-
-    def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
-        image_id, reused = own_provider(provider, SimulatedProvider, self.name).register_image(artifact.digest)
-        return PublishedImage(image_id, artifact.digest, reused)
-
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None) -> str:
-        return image
-
-    def consoles(self, provider: Provider, instances: Sequence[Instance]) -> list[str]:
-        return []
-
-    def declared_ports(self, properties: Mapping[str, Any]) -> tuple[int, ...]:
-        return ()
-
 
 @dataclass(frozen=True)
-class SimulatedHttpTarget:
+class SimulatedHttpTarget(_SimulatedImages):
     """``simulated-http``: the cloud of another process, over its HTTP API."""
 
+    provider_class = HttpSimulatedProvider
     name: str = "simulated-http"
-    formats: tuple[str, ...] = ("kernel+initrd",)
     options: Schema = Schema({"url": Field("http://127.0.0.1:PORT", schema.text(LOCAL_URL), required=True)})
-    properties: Schema = Schema(open=True)
-    tools: tuple[str, ...] = ()
 
     def create_provider(self, spec: ProviderSpec, clock: Clock) -> HttpSimulatedProvider:
         return HttpSimulatedProvider(str(spec.options["url"]), spec.name)
-
-    def find_image(self, provider: Provider, digest: str) -> str | None:
-        return own_provider(provider, HttpSimulatedProvider, self.name).find_image(digest)
-
-    def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
-        image_id, reused = own_provider(provider, HttpSimulatedProvider, self.name).register_image(artifact.digest)
-        return PublishedImage(image_id, artifact.digest, reused)
-
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None) -> str:
-        return image
-
-    def consoles(self, provider: Provider, instances: Sequence[Instance]) -> list[str]:
-        return []
-
-    def declared_ports(self, properties: Mapping[str, Any]) -> tuple[int, ...]:
-        return ()
 
 
 SIMULATED = SimulatedTarget()
