@@ -136,27 +136,36 @@ class GroupImages:
 
     def build_artifact(self, spec_path: Path, digest: str, fmt: str) -> Artifact:
         """The ``fmt`` build of ``spec_path`` from the artifact cache, building it once."""
-        from provision.build import build_image
+        return build_cached_artifact(spec_path, digest, fmt, store=self.store, artifacts=self.artifacts,
+                                     progress=self.progress)
 
-        name = spec_path.name.split(".")[0] or "image"
-        final = self.artifacts / digest.split(":", 1)[1] / fmt.replace("+", "-")
-        manifest = final / f"{name}.manifest.json"
-        if manifest.is_file():
-            return read_artifact(manifest, fmt)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
-        try:
-            self._say(f"building {spec_path} as {fmt} ({digest[:19]})")
-            result = build_image([spec_path], store=self.store, formats=fmt, outdir=staging, name=name,
-                                 progress=self.progress)
-            if result.image_digest != digest:
-                raise ProvisionError(f"{spec_path}: the build's digest {result.image_digest} is not the planned {digest}",
-                                     hint="an input changed during the build; run again")
-            try:
-                os.rename(staging, final)
-            except OSError:
-                if not (final / f"{name}.manifest.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+
+def build_cached_artifact(spec_path: Path, digest: str, fmt: str, *, store: ImageStore, artifacts: Path,
+                          progress: Progress | None = None) -> Artifact:
+    """The ``fmt`` build of ``spec_path`` (whose planned digest is ``digest``) from the artifact
+    cache ``artifacts/<digest hex>/<format>/``, building it there once (renamed into place)."""
+    from provision.build import build_image
+
+    name = spec_path.name.split(".")[0] or "image"
+    final = artifacts / digest.split(":", 1)[1] / fmt.replace("+", "-")
+    manifest = final / f"{name}.manifest.json"
+    if manifest.is_file():
         return read_artifact(manifest, fmt)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
+    try:
+        if progress is not None:
+            progress(f"building {spec_path} as {fmt} ({digest[:19]})")
+        result = build_image([spec_path], store=store, formats=fmt, outdir=staging, name=name,
+                             progress=progress)
+        if result.image_digest != digest:
+            raise ProvisionError(f"{spec_path}: the build's digest {result.image_digest} is not the planned {digest}",
+                                 hint="an input changed during the build; run again")
+        try:
+            os.rename(staging, final)
+        except OSError:
+            if not (final / f"{name}.manifest.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return read_artifact(manifest, fmt)

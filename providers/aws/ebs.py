@@ -1,0 +1,291 @@
+"""A raw disk written straight into an EBS snapshot with the EBS direct APIs (no bucket, no
+role): StartSnapshot, PutSnapshotBlock of the 512 KiB blocks that are not all zero (in
+parallel, each with its SHA256), CompleteSnapshot with the block count and the linear checksum,
+then a bounded wait for ``completed``.
+
+Resumable: the snapshot carries the image digest as a tag; a push that finds a *pending*
+snapshot with its digest lists the blocks already there (ListSnapshotBlocks) and sends only the
+rest. A *completed* one is used as it is. StartSnapshot's ClientToken comes from the digest and
+a nonce of this push: a retried StartSnapshot (botocore resends the same token) gets the same
+snapshot, while a later push never gets back a snapshot an earlier one deleted (a token from
+the digest alone would, after a failed registration deleted its snapshot).
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import tenacity
+from botocore.exceptions import BotoCoreError, ClientError
+
+from provision.providers.aws.session import AwsClients, aws_error, error_code
+from provision.push import PushError, TransferProgress, wait_for
+from provision.reconcile.clock import Clock, SystemClock
+from provision.target import Progress
+
+if TYPE_CHECKING:
+    from mypy_boto3_ebs.type_defs import TagTypeDef
+
+BLOCK = 512 * 1024
+GIB = 1024 * 1024 * 1024
+ZERO_BLOCK = bytes(BLOCK)
+TAG_DIGEST = "provision-image-digest"
+TOKEN_NAMESPACE = uuid.UUID("6f1f5b7c-3c1e-4d0e-9b7a-2f6a4c1d8e90")
+SNAPSHOT_TIMEOUT_MINUTES = 60  # a pending snapshot no block was written to for this long is cancelled
+# Codes botocore does not retry by itself: "snapshot does not exist" for up to ~2 min after
+# StartSnapshot (eventual consistency), and the per-snapshot concurrency limit.
+BLOCK_RETRY_CODES = frozenset({"ResourceNotFoundException", "ConcurrentLimitExceededException"})
+BLOCK_RETRY_SECONDS = 180.0
+
+
+@dataclass(frozen=True)
+class SnapshotUpload:
+    snapshot_id: str
+    blocks: int  # blocks holding data (the snapshot's ChangedBlocksCount)
+    sent: int  # blocks this run sent
+    present: int  # blocks already in a resumed snapshot
+    reused: bool  # a completed snapshot of this digest was found; nothing was sent
+
+
+def client_token(digest: str, region: str, nonce: str) -> str:
+    """StartSnapshot's ClientToken: from the digest, the region and this push's ``nonce``."""
+    return str(uuid.uuid5(TOKEN_NAMESPACE, f"{digest}|{region}|{nonce}"))
+
+
+def volume_size_gib(size: int) -> int:
+    return max(1, -(-size // GIB))
+
+
+def find_snapshot(clients: AwsClients, digest: str, status: str) -> str | None:
+    """The newest snapshot this account owns in the region tagged with ``digest`` in ``status``."""
+    try:
+        found = clients.ec2().describe_snapshots(
+            OwnerIds=["self"],
+            Filters=[{"Name": f"tag:{TAG_DIGEST}", "Values": [digest]}, {"Name": "status", "Values": [status]}],
+        )["Snapshots"]
+    except (ClientError, BotoCoreError) as exc:
+        raise aws_error("to look for snapshots (DescribeSnapshots)", exc) from None
+    found = [s for s in found if s.get("State") == status]
+    if not found:
+        return None
+    return str(max(found, key=lambda s: str(s.get("StartTime", "")))["SnapshotId"])
+
+
+def list_present_blocks(clients: AwsClients, snapshot_id: str) -> set[int]:
+    """The block indices a pending snapshot holds already (every page)."""
+    present: set[int] = set()
+    token: str | None = None
+    while True:
+        try:
+            if token:
+                page = clients.ebs().list_snapshot_blocks(SnapshotId=snapshot_id, NextToken=token)
+            else:
+                page = clients.ebs().list_snapshot_blocks(SnapshotId=snapshot_id)
+        except (ClientError, BotoCoreError) as exc:
+            raise aws_error(f"to list the blocks of {snapshot_id} (ListSnapshotBlocks)", exc) from None
+        present.update(int(b["BlockIndex"]) for b in page.get("Blocks", []) if "BlockIndex" in b)
+        token = page.get("NextToken")
+        if not token:
+            return present
+
+
+def data_blocks(fd: int, size: int) -> Iterator[int]:
+    """Indices of the blocks that hold any allocated extent of the file (holes are skipped
+    without reading them; every block when the file system cannot tell)."""
+    count = -(-size // BLOCK)
+    offset = 0
+    following = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return
+            yield from range(following, count)
+            return
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        first, last = start // BLOCK, (min(end, size) - 1) // BLOCK
+        yield from range(max(first, following), last + 1)
+        following = last + 1
+        offset = following * BLOCK
+
+
+def linear_checksum(digests: dict[int, bytes]) -> str:
+    """CompleteSnapshot's LINEAR checksum: SHA256 over the blocks' SHA256s in block order."""
+    whole = hashlib.sha256()
+    for index in sorted(digests):
+        whole.update(digests[index])
+    return base64.b64encode(whole.digest()).decode()
+
+
+class BlockWriter:
+    """Sends the data blocks of one disk to one snapshot, ``concurrency`` at a time."""
+
+    def __init__(self, clients: AwsClients, snapshot_id: str, disk: Path, present: set[int],
+                 progress: TransferProgress, clock: Clock) -> None:
+        self.clients = clients
+        self.snapshot_id = snapshot_id
+        self.disk = disk
+        self.present = present
+        self.progress = progress
+        self.clock = clock
+        self.digests: dict[int, bytes] = {}
+        self.sent = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def write_all(self, concurrency: int) -> dict[int, bytes]:
+        size = self.disk.stat().st_size
+        fd = os.open(self.disk, os.O_RDONLY)
+        try:
+            indices = list(data_blocks(fd, size))
+            covered = sum(min(BLOCK, size - i * BLOCK) for i in indices)
+            self.progress.add(skipped=size - covered)  # the holes, never read
+            with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ebs-block") as pool:
+                futures: list[Future[None]] = [pool.submit(self._one, fd, size, i) for i in indices]
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                failed = [f for f in done if f.exception() is not None]
+                if failed:
+                    self._stop.set()
+                    for future in futures:
+                        future.cancel()
+                    wait(futures)
+                    error = failed[0].exception()
+                    assert error is not None
+                    raise error
+        finally:
+            os.close(fd)
+        return self.digests
+
+    def _one(self, fd: int, size: int, index: int) -> None:
+        if self._stop.is_set():
+            return
+        data = os.pread(fd, BLOCK, index * BLOCK)
+        length = len(data)
+        if length < BLOCK:
+            data += bytes(BLOCK - length)
+        account = min(BLOCK, size - index * BLOCK)
+        if data == ZERO_BLOCK:
+            self.progress.add(skipped=account)
+            return
+        digest = hashlib.sha256(data).digest()
+        if index not in self.present:
+            self._put(index, data, base64.b64encode(digest).decode())
+        with self._lock:
+            self.digests[index] = digest
+            if index not in self.present:
+                self.sent += 1
+        if index in self.present:
+            self.progress.add(present=account)
+        else:
+            self.progress.add(sent=account)
+
+    def _put(self, index: int, data: bytes, checksum: str) -> None:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(lambda e: error_code(e) in BLOCK_RETRY_CODES),
+            wait=tenacity.wait_random_exponential(multiplier=0.5, max=10.0),
+            stop=tenacity.stop_after_delay(BLOCK_RETRY_SECONDS),
+            sleep=self.clock.sleep,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    if self._stop.is_set():
+                        raise PushError("upload stopped")
+                    self.clients.ebs().put_snapshot_block(
+                        SnapshotId=self.snapshot_id, BlockIndex=index, BlockData=data, DataLength=BLOCK,
+                        Checksum=checksum, ChecksumAlgorithm="SHA256")
+        except (ClientError, BotoCoreError) as exc:
+            raise aws_error(f"to write block {index} of {self.snapshot_id} (PutSnapshotBlock)", exc) from None
+
+
+def start_snapshot(clients: AwsClients, size: int, digest: str, name: str, nonce: str) -> str:
+    tags: list[TagTypeDef] = [{"Key": TAG_DIGEST, "Value": digest}, {"Key": "Name", "Value": name}]
+    try:
+        started_snapshot = clients.ebs().start_snapshot(
+            VolumeSize=volume_size_gib(size), Tags=tags, Description=f"{name} ({digest})",
+            ClientToken=client_token(digest, clients.region, nonce), Timeout=SNAPSHOT_TIMEOUT_MINUTES)
+    except (ClientError, BotoCoreError) as exc:
+        raise aws_error("to start a snapshot (StartSnapshot)", exc) from None
+    return str(started_snapshot["SnapshotId"])
+
+
+def complete_snapshot(clients: AwsClients, snapshot_id: str, digests: dict[int, bytes]) -> None:
+    try:
+        clients.ebs().complete_snapshot(
+            SnapshotId=snapshot_id, ChangedBlocksCount=len(digests), Checksum=linear_checksum(digests),
+            ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR")
+    except (ClientError, BotoCoreError) as exc:
+        raise aws_error(f"to complete {snapshot_id} (CompleteSnapshot)", exc) from None
+
+
+def snapshot_state(clients: AwsClients, snapshot_id: str) -> str | None:
+    """None once ``completed``; the state while pending; a PushError when it failed."""
+    try:
+        found = clients.ec2().describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    except ClientError as exc:
+        if error_code(exc) == "InvalidSnapshot.NotFound":
+            return "not visible yet"
+        raise aws_error(f"to read the state of {snapshot_id}", exc) from None
+    except BotoCoreError as exc:
+        raise aws_error(f"to read the state of {snapshot_id}", exc) from None
+    state = str(found[0].get("State", "unknown")) if found else "not visible yet"
+    if state == "completed":
+        return None
+    if state == "error":
+        raise PushError(f"snapshot {snapshot_id} failed", hint=str(found[0].get("StateMessage", "")) or None)
+    return f"{state} {found[0].get('Progress', '')}".strip() if found else state
+
+
+def upload_snapshot(clients: AwsClients, disk: Path, digest: str, name: str, *, concurrency: int = 16,
+                    timeout: float = 3600.0, progress: Progress | None = None,
+                    clock: Clock | None = None) -> SnapshotUpload:
+    """A completed snapshot of ``disk`` tagged with ``digest``: found, resumed or written."""
+    the_clock = clock or SystemClock()
+    completed = find_snapshot(clients, digest, "completed")
+    if completed is not None:
+        return SnapshotUpload(completed, 0, 0, 0, reused=True)
+    size = disk.stat().st_size
+    pending = find_snapshot(clients, digest, "pending")
+    if pending is not None:
+        snapshot_id = pending
+        present = list_present_blocks(clients, snapshot_id)
+        if progress is not None:
+            progress(f"resuming {snapshot_id}: {len(present)} blocks there already")
+    else:
+        snapshot_id = start_snapshot(clients, size, digest, name, uuid.uuid4().hex)
+        present = set()
+        if progress is not None:
+            progress(f"writing {disk.name} into {snapshot_id} ({volume_size_gib(size)} GiB)")
+    transfer = TransferProgress(progress, f"snapshot {snapshot_id}", size)
+    writer = BlockWriter(clients, snapshot_id, disk, present, transfer, the_clock)
+    digests = writer.write_all(concurrency)
+    transfer.finish()
+    complete_snapshot(clients, snapshot_id, digests)
+    wait_for(lambda: snapshot_state(clients, snapshot_id), what=f"snapshot {snapshot_id} to complete",
+             timeout=timeout, clock=the_clock)
+    return SnapshotUpload(snapshot_id, len(digests), writer.sent, len(digests) - writer.sent, reused=False)
+
+
+def delete_snapshot(clients: AwsClients, snapshot_id: str) -> str | None:
+    """Delete ``snapshot_id``; None when done, else why not (for the caller's error message)."""
+    try:
+        clients.ec2().delete_snapshot(SnapshotId=snapshot_id)
+    except ClientError as exc:
+        if error_code(exc) == "InvalidSnapshot.NotFound":
+            return None
+        return error_code(exc)
+    except BotoCoreError as exc:
+        return type(exc).__name__
+    return None

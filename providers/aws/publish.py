@@ -1,0 +1,85 @@
+"""``provision push aws``, and what a cluster's ``image: web.yml`` publishes: the image digest
+is looked up first (an AMI tagged with it is reused: nothing uploaded), else the disk becomes a
+snapshot (:mod:`.ebs`) and an AMI (:mod:`.ami`); then copies and shares, each idempotent."""
+
+from __future__ import annotations
+
+from provision.errors import UsageError
+from provision.providers.aws import ami, ebs
+from provision.providers.aws.session import AwsClients
+from provision.push import (
+    BOOT_MODES,
+    LoadArtifact,
+    PushOptions,
+    PushResult,
+    image_name,
+    read_platform,
+)
+from provision.reconcile.clock import Clock, SystemClock
+from provision.target import Progress
+
+FORMATS = ("aws", "raw-efi", "raw-bios")  # what EC2 boots from an EBS snapshot (the first: an image spec's)
+METHODS = ("ebs",)
+
+
+def check_options(options: PushOptions) -> None:
+    if options.method not in METHODS:
+        raise UsageError(f"--method {options.method}: this build pushes with {', '.join(METHODS)} only")
+    if options.boot_mode is not None and options.boot_mode not in BOOT_MODES:
+        raise UsageError(f"--boot-mode {options.boot_mode}: must be one of {', '.join(BOOT_MODES)}")
+    if not 1 <= options.concurrency <= 256:
+        raise UsageError("--concurrency must be from 1 to 256")
+    for account in options.share_with:
+        if not (account.isdigit() and len(account) == 12):
+            raise UsageError(f"--share-with {account}: an AWS account id is 12 digits")
+
+
+def push_to_aws(digest: str, load: LoadArtifact, options: PushOptions, progress: Progress | None = None, *,
+                clients: AwsClients | None = None, clock: Clock | None = None) -> PushResult:
+    check_options(options)
+    the_clock = clock or SystemClock()
+    aws = clients or AwsClients(options.region, pool=options.concurrency + 4)
+    aws.check_credentials()
+    found = ami.find_image(aws, digest)
+    if found is not None:
+        image_id, snapshot_id, name, reused = str(found["ImageId"]), ami.root_snapshot(found), str(found.get("Name", "")), True
+        if progress is not None:
+            progress(f"{aws.region}: {image_id} has {digest[:19]} already")
+    else:
+        artifact = load()
+        architecture = ami.architecture_of(read_platform(artifact))
+        boot_mode = options.boot_mode or ami.default_boot_mode(artifact.format, architecture)
+        ami.check_boot_mode(artifact.format, architecture, boot_mode, options.tpm)
+        name = image_name(options.name or artifact.name, digest)
+        disk = artifact.files[0]
+        upload = ebs.upload_snapshot(aws, disk, digest, name, concurrency=options.concurrency,
+                                     timeout=options.timeout, progress=progress, clock=the_clock)
+        snapshot_id, reused = upload.snapshot_id, False
+        image_id = ami.register_image(aws, snapshot_id=snapshot_id, name=name, digest=digest,
+                                      architecture=architecture, boot_mode=boot_mode, tpm=options.tpm,
+                                      volume_gib=ebs.volume_size_gib(disk.stat().st_size))
+        if progress is not None:
+            progress(f"{aws.region}: registered {image_id} ({name}) on {snapshot_id}")
+    ami.wait_available(aws, image_id, aws.region, options.timeout, the_clock)
+    if options.share_with:
+        ami.share_image(aws, image_id=image_id, snapshot_id=snapshot_id, accounts=options.share_with)
+    copies: dict[str, str] = {}
+    for region in options.copy_to:
+        if region == aws.region:
+            continue
+        copy = ami.copy_image(aws, image_id=image_id, source_region=aws.region, region=region, name=name,
+                              digest=digest)
+        copies[region] = copy
+        if progress is not None:
+            progress(f"{region}: {copy} is the copy of {image_id}")
+        if options.share_with:
+            ami.wait_available(aws, copy, region, options.timeout, the_clock)
+            described = ami.find_image(aws, digest, region) or {}
+            ami.share_image(aws, image_id=copy, snapshot_id=ami.root_snapshot(described),
+                            accounts=options.share_with, region=region)
+    return PushResult(image_id, snapshot_id, aws.region, reused, digest, name, copies)
+
+
+def find_published(digest: str, region: str | None) -> str | None:
+    found = ami.find_image(AwsClients(region), digest)
+    return None if found is None else str(found["ImageId"])

@@ -1,0 +1,64 @@
+"""``provision push TARGET SOURCE``: publish an image (an image spec or a build's manifest) to a
+cloud, idempotent by the image digest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from provision.errors import UsageError
+from provision.providers import get_target, target_names
+from provision.push import BOOT_MODES, PushOptions, push_source
+
+
+def _regions(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def register(subparsers: Any) -> None:
+    push = subparsers.add_parser(
+        "push",
+        help="publish an image to a cloud (idempotent by the image digest)",
+        description="SOURCE is an image spec (built in the target's format first, cached by digest) "
+                    "or a build's NAME.manifest.json (or its directory).",
+    )
+    push.add_argument("target", metavar="TARGET", help="where to push: " + ", ".join(target_names()))
+    push.add_argument("source", type=Path, metavar="SOURCE")
+    push.add_argument("--region", help="default: the SDK's configured region")
+    push.add_argument("--name", help="the image is named NAME-<digest12> (default: the build's name)")
+    push.add_argument("--boot-mode", choices=BOOT_MODES, help="default: from the format")
+    push.add_argument("--tpm", action="store_true", help="offer a TPM 2.0 (uefi only)")
+    push.add_argument("--copy-to", type=_regions, default=(), metavar="REGION,...", help="copy the image into these regions")
+    push.add_argument("--share-with", type=_regions, default=(), metavar="ACCOUNT,...", help="share the image with these accounts")
+    push.add_argument("--method", default="ebs", help="how to upload (default: ebs)")
+    push.add_argument("--bucket", help="the bucket for --method import")
+    push.add_argument("--concurrency", type=int, default=16, help="uploads in flight (default 16)")
+    push.add_argument("--timeout", type=float, default=3600.0, help="seconds each wait may take (default 3600)")
+    push.add_argument("--json", action="store_true", help="print the result as JSON")
+    push.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    push.set_defaults(func=push_image)
+
+
+def push_image(args: argparse.Namespace) -> int:
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    options = PushOptions(region=args.region, name=args.name, boot_mode=args.boot_mode, tpm=args.tpm,
+                          copy_to=args.copy_to, share_with=args.share_with, method=args.method,
+                          bucket=args.bucket, concurrency=args.concurrency, timeout=args.timeout)
+    target = get_target(args.target)
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    result = push_source(target, args.target, args.source, options, progress=None if args.quiet else say)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    else:
+        state = "reused" if result.reused else "pushed"
+        print(f"{result.image_id} {result.region} ({state} {result.name})")
+        for region, image_id in sorted(result.copies.items()):
+            print(f"{image_id} {region} (copy)")
+    return 0

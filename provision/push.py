@@ -1,0 +1,227 @@
+"""``provision push TARGET SOURCE``: the cloud-independent half of pushing an image.
+
+What every cloud shares lives here once: turning SOURCE into an :class:`Artifact` (an image
+spec is planned for its digest, then built in the target's format into the artifact cache; a
+build manifest is read as it is), the options (:class:`PushOptions`), the result
+(:class:`PushResult`, what ``--json`` prints), upload progress (:class:`TransferProgress`) and
+bounded waits that say why they ended (:func:`wait_for`). A target that can push satisfies
+:class:`Pusher`; its ``push`` gets the digest first and asks for the artifact only when the
+image is not published yet, so a re-push of an image spec builds nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from provision.errors import ProvisionError, UsageError
+from provision.oci.store import ImageStore
+from provision.reconcile.clock import Clock, SystemClock
+from provision.target import Artifact, Progress, read_artifact
+
+MIB = 1024 * 1024
+BOOT_MODES = ("uefi", "legacy-bios", "uefi-preferred")
+
+
+class PushError(ProvisionError):
+    """A push failed; what it left behind (if anything) is named in the message."""
+
+
+class WaitTimeoutError(PushError):
+    """A bounded wait ended before what it waited for happened."""
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """How to push: the same words for every cloud; a target refuses what it cannot do."""
+
+    region: str | None = None
+    name: str | None = None  # the image is named NAME-<digest12>; default: the artifact's name
+    boot_mode: str | None = None  # default: from the format (raw-efi uefi, raw-bios legacy-bios)
+    tpm: bool = False
+    copy_to: tuple[str, ...] = ()
+    share_with: tuple[str, ...] = ()
+    method: str = "ebs"
+    bucket: str | None = None
+    concurrency: int = 16
+    timeout: float = 3600.0  # seconds: the bound of each wait (snapshot completed, image available)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    image_id: str
+    snapshot_id: str
+    region: str
+    reused: bool  # True: the image was there already; nothing was uploaded
+    digest: str
+    name: str
+    copies: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image_id": self.image_id, "snapshot_id": self.snapshot_id, "region": self.region,
+                "reused": self.reused, "copies": dict(self.copies), "digest": self.digest, "name": self.name}
+
+
+LoadArtifact = Callable[[], Artifact]
+
+
+@runtime_checkable
+class Pusher(Protocol):
+    """A target that can push images (``provision push NAME``)."""
+
+    @property
+    def formats(self) -> tuple[str, ...]: ...
+
+    def push(self, digest: str, artifact: LoadArtifact, options: PushOptions,
+             progress: Progress | None = None) -> PushResult:
+        """Publish the image ``digest``; call ``artifact()`` only when it must be uploaded."""
+        ...
+
+
+def image_name(name: str, digest: str) -> str:
+    """``NAME-<first 12 hex digits of the digest>``."""
+    return f"{name}-{digest.split(':', 1)[-1][:12]}"
+
+
+def read_platform(artifact: Artifact) -> str:
+    """The ``os/arch`` the artifact was built for, from its manifest."""
+    import json
+
+    try:
+        return str(json.loads(artifact.manifest.read_text())["platform"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{artifact.manifest}: no platform in the build manifest ({exc})") from exc
+
+
+def find_manifest(source: Path) -> Path:
+    if source.is_dir():
+        found = sorted(source.glob("*.manifest.json"))
+        if len(found) != 1:
+            raise UsageError(f"{source}: expected one *.manifest.json, found {len(found)}",
+                             hint="name the build manifest itself")
+        return found[0]
+    return source
+
+
+def pick_format(manifest: Path, formats: Sequence[str]) -> str:
+    """The first of ``formats`` the build produced."""
+    import json
+
+    try:
+        produced = {str(o["format"]) for o in json.loads(manifest.read_text())["outputs"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{manifest}: not a build manifest ({exc})") from exc
+    for fmt in formats:
+        if fmt in produced:
+            return fmt
+    raise UsageError(f"{manifest}: the build has none of the formats {', '.join(formats)}",
+                     hint=f"build it with: provision build -f {formats[0]}")
+
+
+@dataclass
+class PushSource:
+    """SOURCE resolved: its digest now, its artifact when asked (building an image spec once)."""
+
+    digest: str
+    load: LoadArtifact
+
+
+def resolve_source(source: Path, formats: Sequence[str], *, store: ImageStore | None = None,
+                   artifacts: Path | None = None, progress: Progress | None = None) -> PushSource:
+    """An image spec (``.yml``/``.yaml``: planned for its digest, built as ``formats[0]`` into
+    the artifact cache only when loaded) or a build's manifest (or its directory)."""
+    if not source.exists():
+        raise UsageError(f"{source}: no such file")
+    if source.suffix in (".yml", ".yaml"):
+        from provision.image_digest import plan_image_digest
+        from provision.reconcile.image import build_cached_artifact, default_artifact_cache
+
+        the_store = store or ImageStore.default()
+        path = source.resolve()
+        digest = plan_image_digest([path], the_store)
+        cache = artifacts or default_artifact_cache()
+        return PushSource(digest, lambda: build_cached_artifact(path, digest, formats[0], store=the_store,
+                                                                artifacts=cache, progress=progress))
+    manifest = find_manifest(source)
+    artifact = read_artifact(manifest, pick_format(manifest, formats))
+    return PushSource(artifact.digest, lambda: artifact)
+
+
+def push_source(target: object, target_name: str, source: Path, options: PushOptions, *,
+                progress: Progress | None = None, store: ImageStore | None = None,
+                artifacts: Path | None = None) -> PushResult:
+    if not isinstance(target, Pusher):
+        raise UsageError(f"the {target_name} target cannot push images")
+    resolved = resolve_source(source, target.formats, store=store, artifacts=artifacts, progress=progress)
+    return target.push(resolved.digest, resolved.load, options, progress)
+
+
+class TransferProgress:
+    """Bytes of an upload: sent, skipped (all zero), already there (resumed); reported through
+    ``say`` at most every ``interval`` seconds, and once at the end. Thread-safe."""
+
+    def __init__(self, say: Progress | None, what: str, total: int, *, interval: float = 1.0,
+                 now: Callable[[], float] = time.monotonic) -> None:
+        self.say = say
+        self.what = what
+        self.total = total
+        self.sent = 0
+        self.skipped = 0
+        self.present = 0
+        self.interval = interval
+        self._now = now
+        self._start = now()
+        self._last = -interval
+        self._lock = threading.Lock()
+
+    def add(self, *, sent: int = 0, skipped: int = 0, present: int = 0) -> None:
+        with self._lock:
+            self.sent += sent
+            self.skipped += skipped
+            self.present += present
+            now = self._now()
+            if now - self._last < self.interval:
+                return
+            self._last = now
+            line = self.line(now)
+        if self.say is not None:
+            self.say(line)
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = max((now if now is not None else self._now()) - self._start, 1e-6)
+        done = self.sent + self.skipped + self.present
+        percent = 100.0 * done / self.total if self.total else 100.0
+        text = (f"{self.what}: {done / MIB:.0f}/{self.total / MIB:.0f} MiB ({percent:.0f}%), "
+                f"sent {self.sent / MIB:.1f} MiB, zero {self.skipped / MIB:.1f} MiB")
+        if self.present:
+            text += f", already there {self.present / MIB:.1f} MiB"
+        return text + f", {self.sent / MIB / elapsed:.1f} MiB/s"
+
+    def finish(self) -> None:
+        if self.say is not None:
+            self.say(self.line())
+
+
+Check = Callable[[], str | None]  # None: done; otherwise the current status (raise on failure)
+
+
+def wait_for(check: Check, *, what: str, timeout: float, clock: Clock | None = None,
+             interval: float = 1.0, max_interval: float = 15.0) -> None:
+    """Poll ``check`` with growing intervals until it returns None; a WaitTimeoutError naming
+    the last status when ``timeout`` seconds pass first."""
+    the_clock = clock or SystemClock()
+    deadline = the_clock.now() + timeout
+    delay = interval
+    while True:
+        status = check()
+        if status is None:
+            return
+        remaining = deadline - the_clock.now()
+        if remaining <= 0:
+            raise WaitTimeoutError(f"gave up waiting for {what} after {timeout:.0f} s: still {status}")
+        the_clock.sleep(min(delay, remaining))
+        delay = min(delay * 1.5, max_interval)

@@ -1,0 +1,270 @@
+"""``provision push aws``: EBS direct upload, resume, AMI fields, reuse by digest, copies and
+shares, faults, against moto in server mode (extended as AWS documents, behind a fault layer:
+tests/aws/aws_testkit.py). Every result is read back through the API."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from aws_testkit import (
+    CONCURRENT_LIMIT,
+    REGION,
+    SECRET_MARKER,
+    THROTTLED_EBS,
+    THROTTLED_EC2,
+    UNAVAILABLE,
+    Fault,
+    PushMoto,
+)
+
+from provision.cli import main
+
+BLOCK = 512 * 1024
+ROOT = Path(__file__).resolve().parents[2]
+DIGEST_TAG = "provision-image-digest"
+
+
+def make_build(tmp_path: Path, blocks: dict[int, bytes], size: int, *, name: str = "web",
+               platform: str = "linux/amd64", fmt: str = "aws", salt: str = "") -> tuple[Path, str]:
+    """A build directory as ``provision build`` leaves it: a sparse raw disk with ``blocks``
+    written at their indices, and NAME.manifest.json naming it."""
+    out = tmp_path / f"out{salt}"
+    out.mkdir()
+    disk = out / f"{name}.raw"
+    with disk.open("wb") as f:
+        f.truncate(size)
+        for index, data in blocks.items():
+            f.seek(index * BLOCK)
+            f.write(data)
+    digest = "sha256:" + hashlib.sha256(disk.read_bytes() + salt.encode()).hexdigest()
+    manifest = out / f"{name}.manifest.json"
+    manifest.write_text(json.dumps({
+        "name": name, "image_digest": digest, "platform": platform, "formats": [fmt],
+        "outputs": [{"file": disk.name, "format": fmt, "sha256": digest, "size": size}],
+    }))
+    return manifest, digest
+
+
+def block_data(seed: int, length: int = BLOCK) -> bytes:
+    return (hashlib.sha256(str(seed).encode()).digest() * (length // 32 + 1))[:length]
+
+
+def push(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any] | None, str]:
+    code = main(["push", "aws", *args, "--json"])
+    captured = capsys.readouterr()
+    return code, (json.loads(captured.out) if code == 0 else None), captured.err
+
+
+def read_snapshot(snapshot_id: str) -> dict[int, bytes]:
+    ebs = boto3.client("ebs")
+    listed = ebs.list_snapshot_blocks(SnapshotId=snapshot_id)
+    return {b["BlockIndex"]: ebs.get_snapshot_block(SnapshotId=snapshot_id, BlockIndex=b["BlockIndex"],
+                                                    BlockToken=b["BlockToken"])["BlockData"].read()
+            for b in listed["Blocks"]}
+
+
+def snapshots_tagged(digest: str) -> list[dict[str, Any]]:
+    return boto3.client("ec2").describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": f"tag:{DIGEST_TAG}", "Values": [digest]}])["Snapshots"]
+
+
+def disk_blocks(disk: Path) -> dict[int, bytes]:
+    data = disk.read_bytes()
+    data += bytes(-len(data) % BLOCK)
+    blocks = {i // BLOCK: data[i:i + BLOCK] for i in range(0, len(data), BLOCK)}
+    return {i: b for i, b in blocks.items() if b != bytes(BLOCK)}
+
+
+def test_push_writes_the_disk_block_by_block_and_registers_the_ami(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    size = 9 * BLOCK + 100_000  # not a whole number of blocks: the last one is padded
+    blocks = {0: block_data(0), 2: bytes(BLOCK), 3: block_data(3), 9: block_data(9, 100_000)}
+    manifest, digest = make_build(tmp_path, blocks, size)
+    code, result, err = push(capsys, str(manifest))
+    assert code == 0, err
+    assert result is not None and result["reused"] is False and result["region"] == REGION
+    # what EBS holds is the disk: the data blocks, none of the zero ones (block 2 was written as zeros)
+    stored = read_snapshot(result["snapshot_id"])
+    assert stored == disk_blocks(manifest.parent / "web.raw")
+    assert sorted(stored) == [0, 3, 9]
+    assert aws_push.faults.counts["ebs:PutSnapshotBlock"] == 3
+    assert aws_push.faults.counts["ebs:CompleteSnapshot"] == 1
+    snapshot = boto3.client("ec2").describe_snapshots(SnapshotIds=[result["snapshot_id"]])["Snapshots"][0]
+    assert snapshot["State"] == "completed" and snapshot["VolumeSize"] == 1
+    assert {"Key": DIGEST_TAG, "Value": digest} in snapshot["Tags"]
+    image = boto3.client("ec2").describe_images(ImageIds=[result["image_id"]])["Images"][0]
+    assert image["Name"] == f"web-{digest[7:19]}" == result["name"]
+    assert image["Architecture"] == "x86_64"
+    assert image["BootMode"] == "uefi-preferred"  # the aws format is a hybrid disk
+    assert image["VirtualizationType"] == "hvm"
+    assert image["EnaSupport"] is True and image["SriovNetSupport"] == "simple"
+    assert image["ImdsSupport"] == "v2.0" and "TpmSupport" not in image
+    assert image["RootDeviceName"] == "/dev/xvda"
+    assert image["BlockDeviceMappings"] == [{"DeviceName": "/dev/xvda", "Ebs": {
+        "SnapshotId": result["snapshot_id"], "VolumeSize": 1, "VolumeType": "gp3", "DeleteOnTermination": True}}]
+    assert {"Key": DIGEST_TAG, "Value": digest} in image["Tags"]
+    assert "snapshot" in err and "sent" in err  # progress went to stderr
+
+
+def test_boot_mode_and_architecture_follow_the_build(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest, _ = make_build(tmp_path, {0: block_data(1)}, BLOCK, platform="linux/arm64", fmt="raw-efi")
+    code, result, err = push(capsys, str(manifest), "--tpm", "--boot-mode", "uefi")
+    assert code == 0, err
+    assert result is not None
+    image = boto3.client("ec2").describe_images(ImageIds=[result["image_id"]])["Images"][0]
+    assert (image["Architecture"], image["BootMode"], image["TpmSupport"]) == ("arm64", "uefi", "v2.0")
+    bios, _ = make_build(tmp_path, {0: block_data(2)}, BLOCK, fmt="raw-bios", salt="b")
+    code, result, err = push(capsys, str(bios))
+    assert code == 0, err
+    assert result is not None
+    image = boto3.client("ec2").describe_images(ImageIds=[result["image_id"]])["Images"][0]
+    assert (image["Architecture"], image["BootMode"]) == ("x86_64", "legacy-bios")
+
+
+@pytest.mark.parametrize(("platform", "fmt", "args", "message"), [
+    ("linux/arm64", "aws", ["--boot-mode", "legacy-bios"], "arm64 instances boot only uefi"),
+    ("linux/amd64", "raw-efi", ["--boot-mode", "legacy-bios"], "no BIOS boot loader"),
+    ("linux/amd64", "aws", ["--tpm"], "--tpm needs --boot-mode uefi"),
+    ("linux/riscv64", "aws", [], "EC2 runs no linux/riscv64 images"),
+    ("linux/amd64", "aws", ["--share-with", "12345"], "an AWS account id is 12 digits"),
+])
+def test_impossible_pushes_are_refused_before_any_upload(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        platform: str, fmt: str, args: list[str], message: str) -> None:
+    manifest, _ = make_build(tmp_path, {0: block_data(1)}, BLOCK, platform=platform, fmt=fmt)
+    code, _, err = push(capsys, str(manifest), *args)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not any(a.startswith("ebs:") for a in aws_push.faults.counts)
+
+
+def test_a_second_push_of_the_same_digest_uploads_nothing(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest, _ = make_build(tmp_path, {i: block_data(i) for i in range(4)}, 4 * BLOCK)
+    code, first, err = push(capsys, str(manifest))
+    assert code == 0, err
+    assert aws_push.faults.counts["ebs:PutSnapshotBlock"] == 4
+    aws_push.faults.clear()
+    code, second, err = push(capsys, str(manifest))
+    assert code == 0, err
+    assert first is not None and second is not None
+    assert second["reused"] is True
+    assert (second["image_id"], second["snapshot_id"]) == (first["image_id"], first["snapshot_id"])
+    assert not [a for a in aws_push.faults.counts if a.startswith("ebs:")]
+    assert aws_push.faults.counts["ec2:RegisterImage"] == 0
+    assert len(boto3.client("ec2").describe_images(Owners=["self"])["Images"]) == 1
+
+
+def test_an_interrupted_push_resumes_sending_only_the_missing_blocks(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocks = {i * 2: block_data(i) for i in range(40)}
+    manifest, digest = make_build(tmp_path, blocks, 80 * BLOCK)
+    # the upload dies after 12 blocks (a refusal no retry gets past: the push stops there)
+    aws_push.faults.fail_after("ebs:PutSnapshotBlock", 12, Fault(403, "AccessDeniedException", "cut"))
+    code, _, err = push(capsys, str(manifest), "--concurrency", "4")
+    assert code == 1 and "PutSnapshotBlock" in err
+    pending = snapshots_tagged(digest)
+    assert [s["State"] for s in pending] == ["pending"]
+    assert len(read_snapshot(pending[0]["SnapshotId"])) == 12
+    aws_push.faults.clear()
+    code, result, err = push(capsys, str(manifest))
+    assert code == 0, err
+    assert result is not None and result["snapshot_id"] == pending[0]["SnapshotId"]
+    assert aws_push.faults.counts["ebs:StartSnapshot"] == 0
+    assert aws_push.faults.counts["ebs:PutSnapshotBlock"] == 40 - 12
+    assert read_snapshot(result["snapshot_id"]) == disk_blocks(manifest.parent / "web.raw")
+    assert "resuming" in err
+
+
+def test_a_failed_registration_deletes_the_snapshot(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest, digest = make_build(tmp_path, {0: block_data(0)}, BLOCK)
+    aws_push.faults.queue("ec2:RegisterImage", Fault(400, "InvalidParameterValue", "refused by the test"))
+    code, _, err = push(capsys, str(manifest))
+    assert code == 1
+    assert "RegisterImage" in err and "deleted" in err and "refused by the test" in err
+    assert aws_push.faults.counts["ebs:CompleteSnapshot"] == 1
+    assert snapshots_tagged(digest) == []
+    assert boto3.client("ec2").describe_images(Owners=["self"])["Images"] == []
+
+
+def test_copies_and_shares_are_idempotent(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest, digest = make_build(tmp_path, {0: block_data(0)}, BLOCK)
+    args = [str(manifest), "--copy-to", "us-west-2,eu-west-1", "--share-with", "111122223333,444455556666"]
+    code, first, err = push(capsys, *args)
+    assert code == 0, err
+    assert first is not None and sorted(first["copies"]) == ["eu-west-1", "us-west-2"]
+    assert sorted(aws_push.faults.regions["ec2:CopyImage"]) == ["eu-west-1", "us-west-2"]  # called in the destination
+    aws_push.faults.clear()
+    code, second, err = push(capsys, *args)
+    assert code == 0, err
+    assert second is not None and second["copies"] == first["copies"] and second["reused"] is True
+    assert aws_push.faults.counts["ec2:CopyImage"] == 0
+    assert aws_push.faults.counts["ec2:ModifyImageAttribute"] == 0
+    for region, image_id in [(REGION, first["image_id"]), *first["copies"].items()]:
+        ec2 = boto3.client("ec2", region_name=region)
+        images = ec2.describe_images(Owners=["self"])["Images"]
+        assert [i["ImageId"] for i in images] == [image_id]
+        assert {"Key": DIGEST_TAG, "Value": digest} in images[0]["Tags"]
+        permissions = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"]
+        assert sorted(p["UserId"] for p in permissions) == ["111122223333", "444455556666"]
+        snapshot = images[0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+        volume = ec2.describe_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission")
+        assert sorted(p["UserId"] for p in volume["CreateVolumePermissions"]) == ["111122223333", "444455556666"]
+
+
+def test_throttling_and_unavailable_answers_are_retried(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest, _ = make_build(tmp_path, {i: block_data(i) for i in range(6)}, 6 * BLOCK)
+    faults = aws_push.faults
+    faults.queue("ebs:StartSnapshot", UNAVAILABLE)
+    faults.queue("ebs:PutSnapshotBlock", THROTTLED_EBS, UNAVAILABLE, CONCURRENT_LIMIT, THROTTLED_EBS, CONCURRENT_LIMIT)
+    faults.queue("ebs:CompleteSnapshot", THROTTLED_EBS)
+    faults.queue("ec2:RegisterImage", THROTTLED_EC2)
+    faults.queue("ec2:DescribeImages", UNAVAILABLE)
+    code, result, err = push(capsys, str(manifest))
+    assert code == 0, err
+    assert result is not None
+    assert faults.injected == {"ebs:StartSnapshot": 1, "ebs:PutSnapshotBlock": 5, "ebs:CompleteSnapshot": 1,
+                               "ec2:RegisterImage": 1, "ec2:DescribeImages": 1}
+    assert read_snapshot(result["snapshot_id"]) == disk_blocks(manifest.parent / "web.raw")
+    assert len(boto3.client("ec2").describe_images(Owners=["self"])["Images"]) == 1
+
+
+def test_the_secret_key_never_appears_in_any_output(aws_push: PushMoto, tmp_path: Path) -> None:
+    manifest, _ = make_build(tmp_path, {0: block_data(0), 1: block_data(1)}, 2 * BLOCK)
+    env = {**os.environ, **aws_push.env(), "PYTHONPATH": str(ROOT), "AWS_CONFIG_FILE": os.devnull,
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    outputs = []
+    aws_push.faults.queue("ec2:RegisterImage", Fault(400, "InvalidParameterValue", "refused"))
+    for expected in (1, 0, 0):  # a failed push, a push, a reuse
+        run = subprocess.run([sys.executable, "-m", "provision", "-v", "push", "aws", str(manifest), "--json"],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == expected, run.stderr
+        outputs += [run.stdout, run.stderr]
+    assert SECRET_MARKER in env["AWS_SECRET_ACCESS_KEY"]
+    assert all(SECRET_MARKER not in text for text in outputs)
+    assert "reused" in outputs[-2]
+
+
+def test_no_region_and_no_credentials_are_clear_errors(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest, _ = make_build(tmp_path, {0: block_data(0)}, BLOCK)
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    code, _, err = push(capsys, str(manifest))
+    assert code == 2 and "no AWS region" in err
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    code, _, err = push(capsys, str(manifest))
+    assert code == 2 and "no AWS credentials" in err
+    assert not aws_push.faults.counts.get("ebs:StartSnapshot")
