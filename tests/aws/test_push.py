@@ -268,3 +268,51 @@ def test_no_region_and_no_credentials_are_clear_errors(
     code, _, err = push(capsys, str(manifest))
     assert code == 2 and "no AWS credentials" in err
     assert not aws_push.faults.counts.get("ebs:StartSnapshot")
+
+
+def test_an_image_spec_is_built_once_in_the_aws_format_then_reused(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from build.build_testkit import SPEC, write_test_images
+
+    from provision.oci.store import ImageStore
+
+    write_test_images(ImageStore(tmp_path / "oci"))
+    monkeypatch.setenv("PROVISION_CACHE", str(tmp_path / "oci"))
+    monkeypatch.setenv("PROVISION_ARTIFACTS", str(tmp_path / "artifacts"))
+    spec = tmp_path / "machine.yml"
+    spec.write_text(SPEC)
+    code, result, err = push(capsys, str(spec), "--name", "machine")
+    assert code == 0, err
+    assert result is not None and result["reused"] is False
+    built = list((tmp_path / "artifacts").glob("*/aws/machine.raw"))
+    assert len(built) == 1 and built[0].parent.parent.name == result["digest"].split(":")[1]
+    assert read_snapshot(result["snapshot_id"]) == disk_blocks(built[0])
+    image = boto3.client("ec2").describe_images(ImageIds=[result["image_id"]])["Images"][0]
+    assert image["BootMode"] == "uefi-preferred" and image["Name"] == result["name"]
+    aws_push.faults.clear()
+    stamp = built[0].stat().st_mtime_ns
+    code, again, err = push(capsys, str(spec))
+    assert code == 0, err
+    assert again is not None and again["reused"] is True and again["image_id"] == result["image_id"]
+    assert "building" not in err and built[0].stat().st_mtime_ns == stamp
+    assert not [a for a in aws_push.faults.counts if a.startswith("ebs:")]
+
+
+def test_the_target_publishes_a_group_image_and_finds_it_by_digest(
+        aws_push: PushMoto, tmp_path: Path) -> None:
+    from provision.providers import get_target
+    from provision.target import read_artifact
+
+    class RegionOnly:  # what the target reads of its provider: options.region
+        region = "us-west-2"
+
+    manifest, digest = make_build(tmp_path, {0: block_data(0)}, BLOCK)
+    target = get_target("aws")
+    provider: Any = RegionOnly()
+    assert target.find_image(provider, digest) is None
+    published = target.publish(provider, read_artifact(manifest, "aws"))
+    assert published.reused is False and published.id.startswith("ami-")
+    assert target.find_image(provider, digest) == published.id
+    assert aws_push.faults.regions["ec2:RegisterImage"] == ["us-west-2"]
+    again = target.publish(provider, read_artifact(manifest, "aws"))
+    assert (again.id, again.reused) == (published.id, True)

@@ -1,0 +1,78 @@
+"""The cloud-independent half of ``provision push``: SOURCE resolution, progress lines and
+bounded waits (provision/push.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from provision.errors import UsageError
+from provision.push import (
+    PushOptions,
+    TransferProgress,
+    WaitTimeoutError,
+    push_source,
+    resolve_source,
+    wait_for,
+)
+from provision.reconcile.clock import FakeClock
+
+
+def write_manifest(out: Path, formats: list[str]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / "web.manifest.json"
+    manifest.write_text(json.dumps({"name": "web", "image_digest": "sha256:" + "ab" * 32, "platform": "linux/amd64",
+                                    "outputs": [{"file": f"web.{f}", "format": f} for f in formats]}))
+    return manifest
+
+
+def test_a_manifest_or_its_directory_resolves_to_the_first_format_the_target_boots(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "out", ["qcow2", "raw-bios", "raw-efi"])
+    for source in (manifest, manifest.parent):
+        resolved = resolve_source(source, ("aws", "raw-efi", "raw-bios"))
+        artifact = resolved.load()
+        assert resolved.digest == "sha256:" + "ab" * 32
+        assert artifact.format == "raw-efi" and artifact.files == (tmp_path / "out" / "web.raw-efi",)
+
+
+def test_a_source_without_a_bootable_format_or_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "out", ["qcow2"])
+    with pytest.raises(UsageError, match="none of the formats aws, raw-efi"):
+        resolve_source(manifest, ("aws", "raw-efi"))
+    with pytest.raises(UsageError, match="no such file"):
+        resolve_source(tmp_path / "missing.manifest.json", ("aws",))
+
+
+def test_a_target_that_cannot_push_is_refused(tmp_path: Path) -> None:
+    from provision.providers import get_target
+
+    manifest = write_manifest(tmp_path / "out", ["kernel+initrd"])
+    with pytest.raises(UsageError, match="the simulated target cannot push images"):
+        push_source(get_target("simulated"), "simulated", manifest, PushOptions())
+
+
+def test_a_bounded_wait_names_what_it_waited_for_and_the_last_status() -> None:
+    clock = FakeClock()
+    states = iter(["pending 10%", "pending 40%"] + ["pending 70%"] * 1000)
+    start = clock.now()
+    with pytest.raises(WaitTimeoutError, match=r"snapshot snap-1 to complete after 60 s: still pending 70%"):
+        wait_for(lambda: next(states), what="snapshot snap-1 to complete", timeout=60, clock=clock)
+    assert clock.now() - start == pytest.approx(60)
+    done = iter(["pending", None])
+    wait_for(lambda: next(done), what="x", timeout=60, clock=clock)
+
+
+def test_progress_reports_sent_zero_and_resumed_bytes_at_most_once_per_interval() -> None:
+    now = [0.0]
+    lines: list[str] = []
+    progress = TransferProgress(lines.append, "snapshot snap-1", 8 * 1024 * 1024, interval=1.0, now=lambda: now[0])
+    progress.add(sent=1024 * 1024)
+    progress.add(sent=1024 * 1024)  # same instant: not reported
+    now[0] = 2.0
+    progress.add(skipped=4 * 1024 * 1024, present=2 * 1024 * 1024)
+    progress.finish()
+    assert len(lines) == 3
+    assert lines[-1] == ("snapshot snap-1: 8/8 MiB (100%), sent 2.0 MiB, zero 4.0 MiB, already there 2.0 MiB, "
+                         "1.0 MiB/s")
