@@ -4,8 +4,10 @@ snapshot (:mod:`.ebs`) and an AMI (:mod:`.ami`); then copies and shares, each id
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from provision.errors import UsageError
-from provision.providers.aws import ami, ebs
+from provision.providers.aws import ami, ebs, importer
 from provision.providers.aws.session import AwsClients
 from provision.push import (
     BOOT_MODES,
@@ -19,12 +21,14 @@ from provision.reconcile.clock import Clock, SystemClock
 from provision.target import Progress
 
 FORMATS = ("aws", "raw-efi", "raw-bios")  # what EC2 boots from an EBS snapshot (the first: an image spec's)
-METHODS = ("ebs",)
+METHODS = ("ebs", "import")
 
 
 def check_options(options: PushOptions) -> None:
     if options.method not in METHODS:
-        raise UsageError(f"--method {options.method}: this build pushes with {', '.join(METHODS)} only")
+        raise UsageError(f"--method {options.method}: must be one of {', '.join(METHODS)}")
+    if options.method == "import" and not options.bucket:
+        raise UsageError("--method import needs --bucket (where the disk is uploaded for ImportSnapshot)")
     if options.boot_mode is not None and options.boot_mode not in BOOT_MODES:
         raise UsageError(f"--boot-mode {options.boot_mode}: must be one of {', '.join(BOOT_MODES)}")
     if not 1 <= options.concurrency <= 256:
@@ -52,8 +56,7 @@ def push_to_aws(digest: str, load: LoadArtifact, options: PushOptions, progress:
         ami.check_boot_mode(artifact.format, architecture, boot_mode, options.tpm)
         name = image_name(options.name or artifact.name, digest)
         disk = artifact.files[0]
-        upload = ebs.upload_snapshot(aws, disk, digest, name, concurrency=options.concurrency,
-                                     timeout=options.timeout, progress=progress, clock=the_clock)
+        upload = upload_disk(aws, disk, digest, name, options, progress, the_clock)
         snapshot_id, reused = upload.snapshot_id, False
         image_id = ami.register_image(aws, snapshot_id=snapshot_id, name=name, digest=digest,
                                       architecture=architecture, boot_mode=boot_mode, tpm=options.tpm,
@@ -78,6 +81,20 @@ def push_to_aws(digest: str, load: LoadArtifact, options: PushOptions, progress:
             ami.share_image(aws, image_id=copy, snapshot_id=ami.root_snapshot(described),
                             accounts=options.share_with, region=region)
     return PushResult(image_id, snapshot_id, aws.region, reused, digest, name, copies)
+
+
+def upload_disk(aws: AwsClients, disk: Path, digest: str, name: str, options: PushOptions,
+                progress: Progress | None, clock: Clock) -> ebs.SnapshotUpload:
+    """A completed snapshot of ``disk`` tagged with ``digest``, by ``options.method``."""
+    if options.method == "import":
+        completed = ebs.find_snapshot(aws, digest, "completed")
+        if completed is not None:
+            return ebs.SnapshotUpload(completed, 0, 0, 0, reused=True)
+        return importer.import_snapshot(aws, disk, digest, name, bucket=str(options.bucket),
+                                        concurrency=options.concurrency, timeout=options.timeout,
+                                        progress=progress, clock=clock)
+    return ebs.upload_snapshot(aws, disk, digest, name, concurrency=options.concurrency, timeout=options.timeout,
+                               progress=progress, clock=clock)
 
 
 def find_published(digest: str, region: str | None) -> str | None:

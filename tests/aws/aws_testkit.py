@@ -91,7 +91,12 @@ def extend_moto_for_push() -> None:
     * RegisterImage keeps Architecture, RootDeviceName, BlockDeviceMappings (the snapshot must
       exist and be completed), VirtualizationType, EnaSupport, SriovNetSupport, BootMode,
       ImdsSupport, TpmSupport and TagSpecifications (moto keeps only Name and Description);
-    * CopyImage honours ClientToken and TagSpecifications and copies those fields.
+    * CopyImage honours ClientToken and TagSpecifications and copies those fields;
+    * ImportSnapshot / DescribeImportSnapshotTasks (moto: HTTP 500) exist: the S3 object must
+      exist; the task is ``active`` on the first describe and ``completed`` on the next, with a
+      snapshot whose EBS blocks are the object's non-zero 512 KiB blocks (GetSnapshotBlock reads
+      them back). A disk without an MBR boot signature fails validation as EC2 reports it:
+      status ``deleted``, ``ClientError: Disk validation failed [...]``.
     """
     global _PUSH_EXTENSION_INSTALLED
     if _PUSH_EXTENSION_INSTALLED:
@@ -251,6 +256,72 @@ def extend_moto_for_push() -> None:
         copy_tokens[key] = ami.id
         return ActionResult({"ImageId": ami.id})
 
+    from moto.ec2.responses import EC2Response
+
+    tasks: dict[str, dict[str, Any]] = {}
+
+    def import_snapshot(self: EC2Response) -> Any:
+        from moto.core.responses import ActionResult
+        from moto.s3.models import s3_backends
+
+        container = self._get_param("DiskContainer", {})
+        bucket, key = container.get("UserBucket", {}).get("S3Bucket"), container.get("UserBucket", {}).get("S3Key")
+        try:
+            obj = s3_backends[self.current_account]["aws"].get_object(bucket, key)
+        except Exception:  # moto raises its own S3 errors for a missing bucket
+            obj = None
+        if obj is None:
+            raise EC2ClientError("InvalidParameter", f"The given S3 object is not found: s3://{bucket}/{key}")
+        task_id = f"import-snap-{uuid.uuid4().hex[:17]}"
+        detail = {"Format": container.get("Format"), "DiskImageSize": float(obj.size), "Status": "active",
+                  "StatusMessage": "pending", "Progress": "3",
+                  "UserBucket": {"S3Bucket": bucket, "S3Key": key}}
+        tasks[task_id] = {"detail": detail, "polls": 0, "data": obj.value, "region": self.region,
+                          "account": self.current_account, "description": self._get_param("Description", "")}
+        for spec in self._get_param("TagSpecifications", []):
+            tasks[task_id]["tags"] = spec.get("Tags", [])
+        return ActionResult({"ImportTaskId": task_id, "SnapshotTaskDetail": detail,
+                             "Description": tasks[task_id]["description"]})
+
+    def advance(task_id: str, task: dict[str, Any]) -> None:
+        from moto.ebs.models import ebs_backends
+
+        task["polls"] += 1
+        detail = task["detail"]
+        if task["polls"] < 2 or detail["Status"] != "active":
+            return
+        data: bytes = task["data"]
+        if detail["Format"] != "RAW" or data[510:512] != b"\x55\xaa":
+            detail.update(Status="deleted", StatusMessage="ClientError: Disk validation failed [Unsupported specified disk format]")
+            return
+        ebs = ebs_backends[task["account"]][task["region"]]
+        snapshot = ebs.start_snapshot(volume_size=max(1, -(-len(data) // 2**30)), tags=None,
+                                      description=f"Created by AWS-VMImport service for {task_id}")
+        for start in range(0, len(data), EBS_BLOCK):
+            block = data[start:start + EBS_BLOCK].ljust(EBS_BLOCK, b"\0")
+            if block.strip(b"\0"):
+                snapshot.put_block(str(start // EBS_BLOCK), block, base64.b64encode(hashlib.sha256(block).digest()).decode(),
+                                   "SHA256", str(EBS_BLOCK))
+        snapshot.status = "completed"
+        detail.update(Status="completed", StatusMessage="", Progress="100", SnapshotId=snapshot.snapshot_id)
+
+    def describe_import_snapshot_tasks(self: EC2Response) -> Any:
+        from moto.core.responses import ActionResult
+
+        ids = self._get_param("ImportTaskIds", []) or list(tasks)
+        found = []
+        for task_id in ids:
+            task = tasks.get(task_id)
+            if task is None or task["region"] != self.region:
+                continue
+            advance(task_id, task)
+            found.append({"ImportTaskId": task_id, "Description": task["description"],
+                          "SnapshotTaskDetail": dict(task["detail"]),
+                          "Tags": task.get("tags", [])})
+        return ActionResult({"ImportSnapshotTasks": found})
+
+    EC2Response.import_snapshot = import_snapshot
+    EC2Response.describe_import_snapshot_tasks = describe_import_snapshot_tasks
     EBSResponse.start_snapshot = start_snapshot
     EBSResponse.put_snapshot_block = put_snapshot_block
     EBSResponse.list_snapshot_blocks = list_snapshot_blocks

@@ -316,3 +316,72 @@ def test_the_target_publishes_a_group_image_and_finds_it_by_digest(
     assert aws_push.faults.regions["ec2:RegisterImage"] == ["us-west-2"]
     again = target.publish(provider, read_artifact(manifest, "aws"))
     assert (again.id, again.reused) == (published.id, True)
+
+
+def mbr_block(seed: int) -> bytes:
+    """A first block with an MBR boot signature (what ImportSnapshot's validation looks for)."""
+    data = bytearray(block_data(seed))
+    data[510:512] = b"\x55\xaa"
+    return bytes(data)
+
+
+def test_the_import_method_uploads_to_s3_and_imports_the_snapshot(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    boto3.client("s3").create_bucket(Bucket="images")
+    aws_push.faults.clear()
+    size = 20 * 1024 * 1024  # three 8 MiB parts
+    manifest, digest = make_build(tmp_path, {0: mbr_block(0), 17: block_data(17), 39: block_data(39)}, size)
+    code, result, err = push(capsys, str(manifest), "--method", "import", "--bucket", "images")
+    assert code == 0, err
+    assert result is not None
+    assert aws_push.faults.counts["ec2:ImportSnapshot"] == 1
+    assert aws_push.faults.counts["s3:PUT"] == 3 and aws_push.faults.counts["ebs:PutSnapshotBlock"] == 0
+    assert read_snapshot(result["snapshot_id"]) == disk_blocks(manifest.parent / "web.raw")
+    assert [s["SnapshotId"] for s in snapshots_tagged(digest)] == [result["snapshot_id"]]
+    assert boto3.client("s3").list_objects_v2(Bucket="images").get("KeyCount") == 0  # the object is gone
+    image = boto3.client("ec2").describe_images(ImageIds=[result["image_id"]])["Images"][0]
+    assert image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == result["snapshot_id"]
+    assert {"Key": DIGEST_TAG, "Value": digest} in image["Tags"]
+    aws_push.faults.clear()
+    code, again, err = push(capsys, str(manifest), "--method", "import", "--bucket", "images")
+    assert code == 0 and again is not None and again["reused"] is True
+    assert aws_push.faults.counts["s3:PUT"] == 0 and aws_push.faults.counts["ec2:ImportSnapshot"] == 0
+
+
+def test_an_interrupted_s3_upload_resumes_with_the_missing_parts(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    boto3.client("s3").create_bucket(Bucket="images")
+    aws_push.faults.clear()
+    manifest, _ = make_build(tmp_path, {i * 16: mbr_block(i) for i in range(10)}, 80 * 1024 * 1024)  # 10 parts
+    aws_push.faults.fail_after("s3:PUT", 3, Fault(403, "AccessDenied", "cut"))
+    code, _, err = push(capsys, str(manifest), "--method", "import", "--bucket", "images", "--concurrency", "2")
+    assert code == 1 and "UploadPart" in err
+    aws_push.faults.clear()
+    code, result, err = push(capsys, str(manifest), "--method", "import", "--bucket", "images")
+    assert code == 0, err
+    assert "resuming the upload" in err
+    assert aws_push.faults.counts["s3:PUT"] == 10 - 3
+    assert aws_push.faults.counts["s3:POST"] == 1  # CompleteMultipartUpload only: no second CreateMultipartUpload
+    assert result is not None
+    assert read_snapshot(result["snapshot_id"]) == disk_blocks(manifest.parent / "web.raw")
+
+
+def test_a_failed_import_reports_the_tasks_own_message_at_once(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    boto3.client("s3").create_bucket(Bucket="images")
+    aws_push.faults.clear()
+    manifest, _ = make_build(tmp_path, {0: block_data(0)}, BLOCK)  # no boot signature: validation fails
+    start = time.monotonic()
+    code, _, err = push(capsys, str(manifest), "--method", "import", "--bucket", "images", "--timeout", "900")
+    assert code == 1
+    assert "import task" in err and "ClientError: Disk validation failed" in err
+    assert time.monotonic() - start < 60  # not the 900 s bound
+    assert aws_push.faults.counts["ec2:RegisterImage"] == 0
+
+
+def test_the_import_method_needs_a_bucket(aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest, _ = make_build(tmp_path, {0: mbr_block(0)}, BLOCK)
+    code, _, err = push(capsys, str(manifest), "--method", "import")
+    assert code == 2 and "--method import needs --bucket" in err
