@@ -153,7 +153,13 @@ class BlockWriter:
             self.progress.add(skipped=size - covered)  # the holes, never read
             with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ebs-block") as pool:
                 futures: list[Future[None]] = [pool.submit(self._one, fd, size, i) for i in indices]
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                try:
+                    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                except BaseException:  # Ctrl-C: stop at once, not after every queued block
+                    self._stop.set()
+                    for future in futures:
+                        future.cancel()
+                    raise
                 failed = [f for f in done if f.exception() is not None]
                 if failed:
                     self._stop.set()
