@@ -49,6 +49,7 @@ class PushOptions:
     bucket: str | None = None
     concurrency: int = 16
     timeout: float = 3600.0  # seconds: the bound of each wait (snapshot completed, image available)
+    request_timeout: float = 60.0  # seconds without an answer before a request is abandoned and retried
 
 
 @dataclass(frozen=True)

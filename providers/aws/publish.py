@@ -42,7 +42,7 @@ def push_to_aws(digest: str, load: LoadArtifact, options: PushOptions, progress:
                 clients: AwsClients | None = None, clock: Clock | None = None) -> PushResult:
     check_options(options)
     the_clock = clock or SystemClock()
-    aws = clients or AwsClients(options.region, pool=options.concurrency + 4)
+    aws = clients or AwsClients(options.region, pool=options.concurrency + 4, read_timeout=options.request_timeout)
     aws.check_credentials()
     found = ami.find_image(aws, digest)
     if found is not None:

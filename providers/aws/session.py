@@ -50,10 +50,10 @@ def error_code(exc: BaseException) -> str:
     return describe_error(exc)[0] if isinstance(exc, ClientError) else ""
 
 
-def client_config(pool: int = 10) -> Config:
+def client_config(pool: int = 10, read_timeout: float = READ_TIMEOUT) -> Config:
     return Config(
         connect_timeout=CONNECT_TIMEOUT,
-        read_timeout=READ_TIMEOUT,
+        read_timeout=read_timeout,
         retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
         max_pool_connections=max(10, pool),
         user_agent_extra="provision",
@@ -63,7 +63,8 @@ def client_config(pool: int = 10) -> Config:
 class AwsClients:
     """One boto3 session and its clients (made on first use, one per service and region)."""
 
-    def __init__(self, region: str | None = None, *, pool: int = 10, profile: str | None = None) -> None:
+    def __init__(self, region: str | None = None, *, pool: int = 10, read_timeout: float = READ_TIMEOUT,
+                 profile: str | None = None) -> None:
         try:
             self.session = boto3.session.Session(profile_name=profile)
         except BotoCoreError as exc:
@@ -72,7 +73,7 @@ class AwsClients:
         if not resolved:
             raise UsageError("no AWS region", hint="pass --region, or set AWS_REGION (or a profile's region)")
         self.region: str = resolved
-        self.config = client_config(pool)
+        self.config = client_config(pool, read_timeout)
         self._clients: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
 

@@ -37,17 +37,20 @@ def register(subparsers: Any) -> None:
     push.add_argument("--bucket", help="the bucket for --method import")
     push.add_argument("--concurrency", type=int, default=16, help="uploads in flight (default 16)")
     push.add_argument("--timeout", type=float, default=3600.0, help="seconds each wait may take (default 3600)")
+    push.add_argument("--request-timeout", type=float, default=60.0,
+                      help="seconds without an answer before a request is retried (default 60)")
     push.add_argument("--json", action="store_true", help="print the result as JSON")
     push.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     push.set_defaults(func=push_image)
 
 
 def push_image(args: argparse.Namespace) -> int:
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be positive")
+    if args.timeout <= 0 or args.request_timeout <= 0:
+        raise UsageError("--timeout and --request-timeout must be positive")
     options = PushOptions(region=args.region, name=args.name, boot_mode=args.boot_mode, tpm=args.tpm,
                           copy_to=args.copy_to, share_with=args.share_with, method=args.method,
-                          bucket=args.bucket, concurrency=args.concurrency, timeout=args.timeout)
+                          bucket=args.bucket, concurrency=args.concurrency, timeout=args.timeout,
+                          request_timeout=args.request_timeout)
     target = get_target(args.target)
 
     def say(line: str) -> None:

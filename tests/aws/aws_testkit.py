@@ -11,6 +11,7 @@ import json
 import os
 import re
 import threading
+import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -367,6 +368,7 @@ class PushFaults:
         self.after: dict[str, tuple[int, Fault]] = {}
         self.injected: Counter[str] = Counter()
         self.regions: dict[str, list[str]] = {}  # action -> the region of each request (from its signature)
+        self.stalls: dict[str, deque[float]] = {}
         self.lock = threading.Lock()
 
     def clear(self) -> None:
@@ -376,6 +378,12 @@ class PushFaults:
             self.after.clear()
             self.injected.clear()
             self.regions.clear()
+            self.stalls.clear()
+
+    def stall(self, action: str, *seconds: float) -> None:
+        """The next requests of ``action`` wait this long before moto sees them (a stalled link)."""
+        with self.lock:
+            self.stalls.setdefault(action, deque()).extend(seconds)
 
     def queue(self, action: str, *faults: Fault) -> None:
         with self.lock:
@@ -418,7 +426,11 @@ class PushFaults:
                     fault = after_fault
             if fault is not None:
                 self.injected[action] += 1
+            stalls = self.stalls.get(action)
+            delay = stalls.popleft() if stalls and fault is None else 0.0
         if fault is None:
+            if delay:
+                time.sleep(delay)
             return self.app(environ, start_response)  # type: ignore[no-any-return]
         return self.respond(action, fault, start_response)
 

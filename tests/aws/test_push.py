@@ -240,6 +240,21 @@ def test_throttling_and_unavailable_answers_are_retried(
     assert len(boto3.client("ec2").describe_images(Owners=["self"])["Images"]) == 1
 
 
+def test_a_stalled_request_is_abandoned_after_the_read_timeout_and_retried(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    manifest, _ = make_build(tmp_path, {i: block_data(i) for i in range(3)}, 3 * BLOCK)
+    aws_push.faults.stall("ebs:PutSnapshotBlock", 10.0)  # the first block's answer would take 10 s
+    start = time.monotonic()
+    code, result, err = push(capsys, str(manifest), "--request-timeout", "1")
+    assert code == 0, err
+    assert time.monotonic() - start < 9
+    assert aws_push.faults.counts["ebs:PutSnapshotBlock"] == 4  # three blocks, one of them twice
+    assert result is not None
+    assert read_snapshot(result["snapshot_id"]) == disk_blocks(manifest.parent / "web.raw")
+
+
 def test_the_secret_key_never_appears_in_any_output(aws_push: PushMoto, tmp_path: Path) -> None:
     manifest, _ = make_build(tmp_path, {0: block_data(0), 1: block_data(1)}, 2 * BLOCK)
     env = {**os.environ, **aws_push.env(), "PYTHONPATH": str(ROOT), "AWS_CONFIG_FILE": os.devnull,
