@@ -8,11 +8,11 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from provision.errors import UsageError
 from provision.providers.aws.ebs import TAG_DIGEST, TOKEN_NAMESPACE, delete_snapshot
-from provision.providers.aws.session import AwsClients, aws_error, error_code
+from provision.providers.aws.session import AwsClients, AwsError, aws_error, call
 from provision.push import PushError, wait_for
 from provision.reconcile.clock import Clock
 
@@ -60,14 +60,11 @@ def digest_tags(digest: str, name: str, kind: str) -> list[TagSpecificationTypeD
 
 def find_image(clients: AwsClients, digest: str, region: str | None = None) -> dict[str, Any] | None:
     """This account's image tagged with ``digest`` in ``region`` (pending or available)."""
-    try:
-        images = clients.ec2(region).describe_images(
-            Owners=["self"],
-            Filters=[{"Name": f"tag:{TAG_DIGEST}", "Values": [digest]},
-                     {"Name": "state", "Values": ["pending", "available"]}],
-        )["Images"]
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_error("to look for images (DescribeImages)", exc) from None
+    images = call("to look for images (DescribeImages)", lambda: clients.ec2(region).describe_images(
+        Owners=["self"],
+        Filters=[{"Name": f"tag:{TAG_DIGEST}", "Values": [digest]},
+                 {"Name": "state", "Values": ["pending", "available"]}],
+    ))["Images"]
     usable: list[dict[str, Any]] = [dict(i) for i in images if i.get("State") in ("pending", "available")]
     if not usable:
         return None
@@ -85,37 +82,43 @@ def root_snapshot(image: dict[str, Any]) -> str:
 def register_image(clients: AwsClients, *, snapshot_id: str, name: str, digest: str, architecture: str,
                    boot_mode: str, tpm: bool, volume_gib: int) -> str:
     """RegisterImage on ``snapshot_id``; when it fails the snapshot is deleted (a failed push
-    leaves nothing behind) and the error names what happened to it."""
+    leaves nothing behind) and the error names what happened to it. A retried RegisterImage
+    whose first try did register (the name is taken by the image of this digest) returns it."""
     extra: dict[str, Any] = {"TpmSupport": "v2.0"} if tpm else {}
     arch: ArchitectureValuesType = architecture  # type: ignore[assignment]
     mode: BootModeValuesType = boot_mode  # type: ignore[assignment]
+    what = "to register the image (RegisterImage)"
     try:
-        image_id = clients.ec2().register_image(
+        image_id = call(what, lambda: clients.ec2().register_image(
             Name=name, Description=f"{name} ({digest})", Architecture=arch, RootDeviceName=ROOT_DEVICE,
             BlockDeviceMappings=[{"DeviceName": ROOT_DEVICE, "Ebs": {
                 "SnapshotId": snapshot_id, "VolumeSize": volume_gib, "VolumeType": "gp3",
                 "DeleteOnTermination": True}}],
             VirtualizationType="hvm", EnaSupport=True, SriovNetSupport="simple", BootMode=mode,
             ImdsSupport="v2.0", TagSpecifications=digest_tags(digest, name, "image"), **extra,
-        )["ImageId"]
-    except (ClientError, BotoCoreError) as exc:
-        failure = aws_error("to register the image (RegisterImage)", exc)
-        left = delete_snapshot(clients, snapshot_id)
-        where = f"; snapshot {snapshot_id} deleted" if left is None else f"; snapshot {snapshot_id} NOT deleted ({left})"
-        raise PushError(failure.message + where, hint=failure.hint) from None
-    return str(image_id)
+        ), passes={"InvalidAMIName.Duplicate"})["ImageId"]
+    except ClientError as exc:
+        mine = find_image(clients, digest)
+        if mine is not None and root_snapshot(mine) == snapshot_id:
+            return str(mine["ImageId"])
+        failure: AwsError = aws_error(what, exc)
+    except AwsError as exc:
+        failure = exc
+    else:
+        return str(image_id)
+    left = delete_snapshot(clients, snapshot_id)
+    where = f"; snapshot {snapshot_id} deleted" if left is None else f"; snapshot {snapshot_id} NOT deleted ({left})"
+    raise PushError(failure.message + where, hint=failure.hint)
 
 
 def image_state(clients: AwsClients, image_id: str, region: str | None = None) -> str | None:
     """None once ``available``; the state while pending; a PushError when it failed."""
     try:
-        images = clients.ec2(region).describe_images(ImageIds=[image_id])["Images"]
-    except ClientError as exc:
-        if error_code(exc) in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
-            return "not visible yet"
-        raise aws_error(f"to read the state of {image_id}", exc) from None
-    except BotoCoreError as exc:
-        raise aws_error(f"to read the state of {image_id}", exc) from None
+        images = call(f"to read the state of {image_id} (DescribeImages)",
+                      lambda: clients.ec2(region).describe_images(ImageIds=[image_id]),
+                      passes={"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"})["Images"]
+    except ClientError:
+        return "not visible yet"
     state = str(images[0].get("State", "unknown")) if images else "not visible yet"
     if state == "available":
         return None
@@ -137,14 +140,11 @@ def copy_image(clients: AwsClients, *, image_id: str, source_region: str, region
     found = find_image(clients, digest, region)
     if found is not None:
         return str(found["ImageId"])
-    try:
-        copied = clients.ec2(region).copy_image(
-            SourceImageId=image_id, SourceRegion=source_region, Name=name, Description=f"{name} ({digest})",
-            ClientToken=str(uuid.uuid5(TOKEN_NAMESPACE, f"copy|{digest}|{region}")),
-            TagSpecifications=digest_tags(digest, name, "image"),
-        )["ImageId"]
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_error(f"to copy {image_id} into {region} (CopyImage)", exc) from None
+    token = str(uuid.uuid5(TOKEN_NAMESPACE, f"copy|{digest}|{region}"))
+    copied = call(f"to copy {image_id} into {region} (CopyImage)", lambda: clients.ec2(region).copy_image(
+        SourceImageId=image_id, SourceRegion=source_region, Name=name, Description=f"{name} ({digest})",
+        ClientToken=token, TagSpecifications=digest_tags(digest, name, "image"),
+    ))["ImageId"]
     return str(copied)
 
 
@@ -153,18 +153,17 @@ def share_image(clients: AwsClients, *, image_id: str, snapshot_id: str, account
     """Launch permission on the image and create-volume permission on its snapshot for each
     account that does not have them yet."""
     ec2 = clients.ec2(region)
-    try:
-        granted = {p.get("UserId") for p in ec2.describe_image_attribute(
-            ImageId=image_id, Attribute="launchPermission").get("LaunchPermissions", [])}
-        missing = [a for a in accounts if a not in granted]
-        if missing:
-            ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"UserId": a} for a in missing]})
-        if snapshot_id:
-            volume = {p.get("UserId") for p in ec2.describe_snapshot_attribute(
-                SnapshotId=snapshot_id, Attribute="createVolumePermission").get("CreateVolumePermissions", [])}
-            missing = [a for a in accounts if a not in volume]
-            if missing:
-                ec2.modify_snapshot_attribute(SnapshotId=snapshot_id, Attribute="createVolumePermission",
-                                              OperationType="add", UserIds=missing)
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_error(f"to share {image_id} with {', '.join(accounts)}", exc) from None
+    what = f"to share {image_id} with {', '.join(accounts)}"
+    granted = {p.get("UserId") for p in call(what, lambda: ec2.describe_image_attribute(
+        ImageId=image_id, Attribute="launchPermission")).get("LaunchPermissions", [])}
+    missing = [a for a in accounts if a not in granted]
+    if missing:
+        call(what, lambda: ec2.modify_image_attribute(
+            ImageId=image_id, LaunchPermission={"Add": [{"UserId": a} for a in missing]}))
+    if snapshot_id:
+        volume = {p.get("UserId") for p in call(what, lambda: ec2.describe_snapshot_attribute(
+            SnapshotId=snapshot_id, Attribute="createVolumePermission")).get("CreateVolumePermissions", [])}
+        absent = [a for a in accounts if a not in volume]
+        if absent:
+            call(what, lambda: ec2.modify_snapshot_attribute(
+                SnapshotId=snapshot_id, Attribute="createVolumePermission", OperationType="add", UserIds=absent))

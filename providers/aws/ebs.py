@@ -6,7 +6,7 @@ then a bounded wait for ``completed``.
 Resumable: the snapshot carries the image digest as a tag; a push that finds a *pending*
 snapshot with its digest lists the blocks already there (ListSnapshotBlocks) and sends only the
 rest. A *completed* one is used as it is. StartSnapshot's ClientToken comes from the digest and
-a nonce of this push: a retried StartSnapshot (botocore resends the same token) gets the same
+a nonce of this push: a retried StartSnapshot (every retry resends the same token) gets the same
 snapshot, while a later push never gets back a snapshot an earlier one deleted (a token from
 the digest alone would, after a failed registration deleted its snapshot).
 """
@@ -15,26 +15,27 @@ from __future__ import annotations
 
 import base64
 import errno
+import functools
 import hashlib
 import os
 import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import tenacity
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from provision.providers.aws.session import AwsClients, aws_error, error_code
+from provision.providers.aws.session import AwsClients, AwsError, aws_error, call
 from provision.push import PushError, TransferProgress, wait_for
 from provision.reconcile.clock import Clock, SystemClock
+from provision.retry import RetryPolicy
 from provision.target import Progress
 
 if TYPE_CHECKING:
-    from mypy_boto3_ebs.type_defs import TagTypeDef
+    from mypy_boto3_ebs.type_defs import ListSnapshotBlocksResponseTypeDef, TagTypeDef
 
 BLOCK = 512 * 1024
 GIB = 1024 * 1024 * 1024
@@ -42,10 +43,10 @@ ZERO_BLOCK = bytes(BLOCK)
 TAG_DIGEST = "provision-image-digest"
 TOKEN_NAMESPACE = uuid.UUID("6f1f5b7c-3c1e-4d0e-9b7a-2f6a4c1d8e90")
 SNAPSHOT_TIMEOUT_MINUTES = 60  # a pending snapshot no block was written to for this long is cancelled
-# Codes botocore does not retry by itself: "snapshot does not exist" for up to ~2 min after
-# StartSnapshot (eventual consistency), and the per-snapshot concurrency limit.
-BLOCK_RETRY_CODES = frozenset({"ResourceNotFoundException", "ConcurrentLimitExceededException"})
-BLOCK_RETRY_SECONDS = 180.0
+# A block write also retries "snapshot does not exist", which EBS answers for up to ~2 min
+# after StartSnapshot (eventual consistency), for up to 3 minutes.
+BLOCK_RETRY_CODES = frozenset({"ResourceNotFoundException"})
+BLOCK_RETRY = RetryPolicy(attempts=40, total=180.0, initial=0.5, maximum=10.0)
 
 
 @dataclass(frozen=True)
@@ -68,17 +69,20 @@ def volume_size_gib(size: int) -> int:
 
 def find_snapshot(clients: AwsClients, digest: str, status: str) -> str | None:
     """The newest snapshot this account owns in the region tagged with ``digest`` in ``status``."""
-    try:
-        found = clients.ec2().describe_snapshots(
-            OwnerIds=["self"],
-            Filters=[{"Name": f"tag:{TAG_DIGEST}", "Values": [digest]}, {"Name": "status", "Values": [status]}],
-        )["Snapshots"]
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_error("to look for snapshots (DescribeSnapshots)", exc) from None
+    found = call("to look for snapshots (DescribeSnapshots)", lambda: clients.ec2().describe_snapshots(
+        OwnerIds=["self"],
+        Filters=[{"Name": f"tag:{TAG_DIGEST}", "Values": [digest]}, {"Name": "status", "Values": [status]}],
+    ))["Snapshots"]
     found = [s for s in found if s.get("State") == status]
     if not found:
         return None
     return str(max(found, key=lambda s: str(s.get("StartTime", "")))["SnapshotId"])
+
+
+def list_blocks_page(clients: AwsClients, snapshot_id: str, token: str | None) -> ListSnapshotBlocksResponseTypeDef:
+    if token:
+        return clients.ebs().list_snapshot_blocks(SnapshotId=snapshot_id, NextToken=token)
+    return clients.ebs().list_snapshot_blocks(SnapshotId=snapshot_id)
 
 
 def list_present_blocks(clients: AwsClients, snapshot_id: str) -> set[int]:
@@ -86,13 +90,8 @@ def list_present_blocks(clients: AwsClients, snapshot_id: str) -> set[int]:
     present: set[int] = set()
     token: str | None = None
     while True:
-        try:
-            if token:
-                page = clients.ebs().list_snapshot_blocks(SnapshotId=snapshot_id, NextToken=token)
-            else:
-                page = clients.ebs().list_snapshot_blocks(SnapshotId=snapshot_id)
-        except (ClientError, BotoCoreError) as exc:
-            raise aws_error(f"to list the blocks of {snapshot_id} (ListSnapshotBlocks)", exc) from None
+        page = call(f"to list the blocks of {snapshot_id} (ListSnapshotBlocks)",
+                    functools.partial(list_blocks_page, clients, snapshot_id, token))
         present.update(int(b["BlockIndex"]) for b in page.get("Blocks", []) if "BlockIndex" in b)
         token = page.get("NextToken")
         if not token:
@@ -143,6 +142,7 @@ class BlockWriter:
         self.sent = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.policy = replace(BLOCK_RETRY, clock=clock)
 
     def write_all(self, concurrency: int) -> dict[int, bytes]:
         size = self.disk.stat().st_size
@@ -197,55 +197,46 @@ class BlockWriter:
             self.progress.add(sent=account)
 
     def _put(self, index: int, data: bytes, checksum: str) -> None:
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(lambda e: error_code(e) in BLOCK_RETRY_CODES),
-            wait=tenacity.wait_random_exponential(multiplier=0.5, max=10.0),
-            stop=tenacity.stop_after_delay(BLOCK_RETRY_SECONDS),
-            sleep=self.clock.sleep,
-            reraise=True,
-        )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    if self._stop.is_set():
-                        raise PushError("upload stopped")
-                    self.clients.ebs().put_snapshot_block(
-                        SnapshotId=self.snapshot_id, BlockIndex=index, BlockData=data, DataLength=BLOCK,
-                        Checksum=checksum, ChecksumAlgorithm="SHA256")
-        except (ClientError, BotoCoreError) as exc:
-            raise aws_error(f"to write block {index} of {self.snapshot_id} (PutSnapshotBlock)", exc) from None
+        def put() -> object:
+            if self._stop.is_set():
+                raise PushError("upload stopped")
+            return self.clients.ebs().put_snapshot_block(
+                SnapshotId=self.snapshot_id, BlockIndex=index, BlockData=data, DataLength=BLOCK,
+                Checksum=checksum, ChecksumAlgorithm="SHA256")
+
+        call(f"to write block {index} of {self.snapshot_id} (PutSnapshotBlock)", put,
+             also=BLOCK_RETRY_CODES, policy=self.policy)
 
 
 def start_snapshot(clients: AwsClients, size: int, digest: str, name: str, nonce: str) -> str:
     tags: list[TagTypeDef] = [{"Key": TAG_DIGEST, "Value": digest}, {"Key": "Name", "Value": name}]
-    try:
-        started_snapshot = clients.ebs().start_snapshot(
-            VolumeSize=volume_size_gib(size), Tags=tags, Description=f"{name} ({digest})",
-            ClientToken=client_token(digest, clients.region, nonce), Timeout=SNAPSHOT_TIMEOUT_MINUTES)
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_error("to start a snapshot (StartSnapshot)", exc) from None
-    return str(started_snapshot["SnapshotId"])
+    token = client_token(digest, clients.region, nonce)  # the same on every retry: one snapshot
+    started = call("to start a snapshot (StartSnapshot)", lambda: clients.ebs().start_snapshot(
+        VolumeSize=volume_size_gib(size), Tags=tags, Description=f"{name} ({digest})",
+        ClientToken=token, Timeout=SNAPSHOT_TIMEOUT_MINUTES))
+    return str(started["SnapshotId"])
 
 
 def complete_snapshot(clients: AwsClients, snapshot_id: str, digests: dict[int, bytes]) -> None:
+    """CompleteSnapshot; a refusal after a retry of a call that did complete it counts as done."""
+    checksum = linear_checksum(digests)
     try:
-        clients.ebs().complete_snapshot(
-            SnapshotId=snapshot_id, ChangedBlocksCount=len(digests), Checksum=linear_checksum(digests),
-            ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR")
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_error(f"to complete {snapshot_id} (CompleteSnapshot)", exc) from None
+        call(f"to complete {snapshot_id} (CompleteSnapshot)", lambda: clients.ebs().complete_snapshot(
+            SnapshotId=snapshot_id, ChangedBlocksCount=len(digests), Checksum=checksum,
+            ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR"), passes={"ValidationException"})
+    except ClientError as exc:
+        if snapshot_state(clients, snapshot_id) is not None:
+            raise aws_error(f"to complete {snapshot_id} (CompleteSnapshot)", exc) from None
 
 
 def snapshot_state(clients: AwsClients, snapshot_id: str) -> str | None:
     """None once ``completed``; the state while pending; a PushError when it failed."""
     try:
-        found = clients.ec2().describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
-    except ClientError as exc:
-        if error_code(exc) == "InvalidSnapshot.NotFound":
-            return "not visible yet"
-        raise aws_error(f"to read the state of {snapshot_id}", exc) from None
-    except BotoCoreError as exc:
-        raise aws_error(f"to read the state of {snapshot_id}", exc) from None
+        found = call(f"to read the state of {snapshot_id} (DescribeSnapshots)",
+                     lambda: clients.ec2().describe_snapshots(SnapshotIds=[snapshot_id]),
+                     passes={"InvalidSnapshot.NotFound"})["Snapshots"]
+    except ClientError:
+        return "not visible yet"
     state = str(found[0].get("State", "unknown")) if found else "not visible yet"
     if state == "completed":
         return None
@@ -287,11 +278,10 @@ def upload_snapshot(clients: AwsClients, disk: Path, digest: str, name: str, *, 
 def delete_snapshot(clients: AwsClients, snapshot_id: str) -> str | None:
     """Delete ``snapshot_id``; None when done, else why not (for the caller's error message)."""
     try:
-        clients.ec2().delete_snapshot(SnapshotId=snapshot_id)
-    except ClientError as exc:
-        if error_code(exc) == "InvalidSnapshot.NotFound":
-            return None
-        return error_code(exc)
-    except BotoCoreError as exc:
-        return type(exc).__name__
+        call(f"to delete {snapshot_id} (DeleteSnapshot)", lambda: clients.ec2().delete_snapshot(SnapshotId=snapshot_id),
+             passes={"InvalidSnapshot.NotFound"})
+    except ClientError:
+        return None  # gone already
+    except AwsError as exc:
+        return exc.message
     return None

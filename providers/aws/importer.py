@@ -11,6 +11,7 @@ is not sent again. The object is deleted once the snapshot exists.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import uuid
@@ -18,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from provision.providers.aws.ebs import TAG_DIGEST, TOKEN_NAMESPACE, SnapshotUpload
-from provision.providers.aws.session import AwsClients, aws_error, error_code
+from provision.providers.aws.session import AwsClients, aws_error, call
 from provision.push import PushError, TransferProgress, wait_for
 from provision.reconcile.clock import Clock, SystemClock
 from provision.target import Progress
@@ -46,10 +47,8 @@ def object_key(digest: str) -> str:
 
 
 def find_upload(clients: AwsClients, bucket: str, key: str) -> str | None:
-    try:
-        uploads = clients.s3().list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_error(f"to list the uploads in s3://{bucket} (ListMultipartUploads)", exc) from None
+    uploads = call(f"to list the uploads in s3://{bucket} (ListMultipartUploads)",
+                   lambda: clients.s3().list_multipart_uploads(Bucket=bucket, Prefix=key)).get("Uploads", [])
     mine = [u for u in uploads if u.get("Key") == key and u.get("UploadId")]
     return str(mine[-1]["UploadId"]) if mine else None
 
@@ -59,10 +58,8 @@ def list_parts(clients: AwsClients, bucket: str, key: str, upload_id: str) -> di
     parts: dict[int, str] = {}
     marker = 0
     while True:
-        try:
-            page = clients.s3().list_parts(Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker)
-        except (ClientError, BotoCoreError) as exc:
-            raise aws_error(f"to list the parts of s3://{bucket}/{key} (ListParts)", exc) from None
+        page = call(f"to list the parts of s3://{bucket}/{key} (ListParts)", functools.partial(
+            clients.s3().list_parts, Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker))
         for part in page.get("Parts", []):
             parts[int(part["PartNumber"])] = str(part.get("ETag", "")).strip('"')
         if not page.get("IsTruncated"):
@@ -72,13 +69,11 @@ def list_parts(clients: AwsClients, bucket: str, key: str, upload_id: str) -> di
 
 def object_size(clients: AwsClients, bucket: str, key: str) -> int | None:
     try:
-        return int(clients.s3().head_object(Bucket=bucket, Key=key)["ContentLength"])
-    except ClientError as exc:
-        if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise aws_error(f"to look for s3://{bucket}/{key} (HeadObject)", exc) from None
-    except BotoCoreError as exc:
-        raise aws_error(f"to look for s3://{bucket}/{key} (HeadObject)", exc) from None
+        return int(call(f"to look for s3://{bucket}/{key} (HeadObject)",
+                        lambda: clients.s3().head_object(Bucket=bucket, Key=key),
+                        passes={"404", "NoSuchKey", "NotFound"})["ContentLength"])
+    except ClientError:
+        return None
 
 
 def upload_disk(clients: AwsClients, disk: Path, bucket: str, key: str, digest: str, *,
@@ -97,10 +92,8 @@ def upload_disk(clients: AwsClients, disk: Path, bucket: str, key: str, digest: 
         if progress is not None:
             progress(f"resuming the upload to s3://{bucket}/{key}: {len(present)} parts there already")
     else:
-        try:
-            upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, Metadata={TAG_DIGEST: digest})["UploadId"]
-        except (ClientError, BotoCoreError) as exc:
-            raise aws_error(f"to start the upload to s3://{bucket} (CreateMultipartUpload)", exc) from None
+        upload_id = call(f"to start the upload to s3://{bucket} (CreateMultipartUpload)",
+                         lambda: s3.create_multipart_upload(Bucket=bucket, Key=key, Metadata={TAG_DIGEST: digest}))["UploadId"]
     chunk = part_size(size)
     transfer = TransferProgress(progress, f"s3://{bucket}/{key}", size)
     fd = os.open(disk, os.O_RDONLY)
@@ -111,11 +104,9 @@ def upload_disk(clients: AwsClients, disk: Path, bucket: str, key: str, digest: 
         if present.get(number) == md5.hexdigest():
             transfer.add(present=len(data))
             return {"PartNumber": number, "ETag": f'"{md5.hexdigest()}"'}
-        try:
-            etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=str(upload_id), PartNumber=number, Body=data,
-                                  ContentMD5=base64.b64encode(md5.digest()).decode())["ETag"]
-        except (ClientError, BotoCoreError) as exc:
-            raise aws_error(f"to upload part {number} of s3://{bucket}/{key} (UploadPart)", exc) from None
+        etag = call(f"to upload part {number} of s3://{bucket}/{key} (UploadPart)", lambda: s3.upload_part(
+            Bucket=bucket, Key=key, UploadId=str(upload_id), PartNumber=number, Body=data,
+            ContentMD5=base64.b64encode(md5.digest()).decode()))["ETag"]
         transfer.add(sent=len(data))
         return {"PartNumber": number, "ETag": str(etag)}
 
@@ -125,19 +116,20 @@ def upload_disk(clients: AwsClients, disk: Path, bucket: str, key: str, digest: 
     finally:
         os.close(fd)
     transfer.finish()
+    what = f"to complete s3://{bucket}/{key} (CompleteMultipartUpload)"
     try:
-        s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=str(upload_id), MultipartUpload={"Parts": parts})
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_error(f"to complete s3://{bucket}/{key} (CompleteMultipartUpload)", exc) from None
+        call(what, lambda: s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=str(upload_id),
+                                                        MultipartUpload={"Parts": parts}), passes={"NoSuchUpload"})
+    except ClientError as exc:  # a retry of a completion that went through
+        if object_size(clients, bucket, key) != size:
+            raise aws_error(what, exc) from None
 
 
 def import_task_state(clients: AwsClients, task_id: str) -> tuple[str | None, str]:
     """(None, snapshot id) once completed; (status, "") while it runs; a PushError with the
     task's own status message as soon as it failed."""
-    try:
-        tasks = clients.ec2().describe_import_snapshot_tasks(ImportTaskIds=[task_id]).get("ImportSnapshotTasks", [])
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_error(f"to read the import task {task_id}", exc) from None
+    tasks = call(f"to read the import task {task_id} (DescribeImportSnapshotTasks)",
+                 lambda: clients.ec2().describe_import_snapshot_tasks(ImportTaskIds=[task_id])).get("ImportSnapshotTasks", [])
     detail: dict[str, Any] = dict(tasks[0].get("SnapshotTaskDetail", {})) if tasks else {}
     status = str(detail.get("Status", "not visible yet"))
     message = str(detail.get("StatusMessage", ""))
@@ -155,16 +147,13 @@ def import_snapshot(clients: AwsClients, disk: Path, digest: str, name: str, *, 
     the_clock = clock or SystemClock()
     key = object_key(digest)
     upload_disk(clients, disk, bucket, key, digest, concurrency=concurrency, progress=progress)
-    try:
-        task_id = clients.ec2().import_snapshot(
-            Description=f"{name} ({digest})",
-            DiskContainer={"Format": "RAW", "UserBucket": {"S3Bucket": bucket, "S3Key": key}},
-            ClientToken=str(uuid.uuid5(TOKEN_NAMESPACE, f"import|{digest}|{clients.region}|{uuid.uuid4().hex}")),
-            TagSpecifications=[{"ResourceType": "import-snapshot-task",
-                                "Tags": [{"Key": TAG_DIGEST, "Value": digest}]}],
-        )["ImportTaskId"]
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_error("to import the snapshot (ImportSnapshot)", exc) from None
+    token = str(uuid.uuid5(TOKEN_NAMESPACE, f"import|{digest}|{clients.region}|{uuid.uuid4().hex}"))
+    task_id = call("to import the snapshot (ImportSnapshot)", lambda: clients.ec2().import_snapshot(
+        Description=f"{name} ({digest})",
+        DiskContainer={"Format": "RAW", "UserBucket": {"S3Bucket": bucket, "S3Key": key}},
+        ClientToken=token,
+        TagSpecifications=[{"ResourceType": "import-snapshot-task", "Tags": [{"Key": TAG_DIGEST, "Value": digest}]}],
+    ))["ImportTaskId"]
     if progress is not None:
         progress(f"importing s3://{bucket}/{key} ({task_id})")
     found: list[str] = []
@@ -177,10 +166,7 @@ def import_snapshot(clients: AwsClients, disk: Path, digest: str, name: str, *, 
 
     wait_for(check, what=f"the import task {task_id}", timeout=timeout, clock=the_clock, interval=2.0, max_interval=30.0)
     snapshot_id = found[0]
-    try:
-        clients.ec2().create_tags(Resources=[snapshot_id], Tags=[{"Key": TAG_DIGEST, "Value": digest},
-                                                                  {"Key": "Name", "Value": name}])
-        clients.s3().delete_object(Bucket=bucket, Key=key)
-    except (ClientError, BotoCoreError) as exc:
-        raise aws_error(f"to tag {snapshot_id}", exc) from None
+    call(f"to tag {snapshot_id} (CreateTags)", lambda: clients.ec2().create_tags(
+        Resources=[snapshot_id], Tags=[{"Key": TAG_DIGEST, "Value": digest}, {"Key": "Name", "Value": name}]))
+    call(f"to delete s3://{bucket}/{key} (DeleteObject)", lambda: clients.s3().delete_object(Bucket=bucket, Key=key))
     return SnapshotUpload(snapshot_id, 0, 0, 0, reused=False)

@@ -4,20 +4,34 @@ Credentials come only from boto3's own chain (environment, profiles, SSO, instan
 endpoints from the SDK's standard settings (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_EC2``,
 ``_EBS``, ``_S3``, profiles' ``endpoint_url``), so local stand-ins and other partitions need
 nothing special. Every request has a connect and a read time-out (a stalled upload is noticed
-and retried), and botocore's retries (standard mode: throttling, 5xx, time-outs, with
-back-off) are configured here once; nothing else in the target retries what botocore retries.
+and retried).
+
+Retries: botocore's own are off (one attempt per request); every call goes through
+:func:`call`, which retries throttling, 5xx answers, time-outs and dropped connections with the
+project's one policy (:mod:`provision.retry`: bounded attempts and time, back-off with jitter,
+``Retry-After`` honoured), and turns what is left into an :class:`AwsError`.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
 from provision.errors import ProvisionError, UsageError
+from provision.retry import RetryLater, RetryPolicy, parse_retry_after
 
 if TYPE_CHECKING:
     from mypy_boto3_ebs import EBSClient
@@ -26,7 +40,18 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT = 10.0  # seconds
 READ_TIMEOUT = 60.0  # seconds without a byte from the service: the request is retried
-MAX_ATTEMPTS = 8  # botocore's, per request (the first try included)
+RETRY = RetryPolicy(attempts=8, total=300.0, initial=0.5, maximum=20.0)
+# AWS's throttling and transient codes (those botocore's standard mode knows, and EBS's own)
+THROTTLING = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "ProvisionedThroughputExceededException", "TransactionInProgressException",
+    "RequestLimitExceeded", "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled", "SlowDown",
+    "EC2ThrottledException", "ConcurrentLimitExceededException",
+})
+TRANSIENT = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete", "InternalError",
+                       "InternalFailure", "InternalServerException", "ServiceUnavailable", "Unavailable"})
+DROPPED = (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError)
+T = TypeVar("T")
 
 
 class AwsError(ProvisionError):
@@ -42,6 +67,7 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
 
 
 def aws_error(doing: str, exc: BaseException) -> AwsError:
+    """``AWS failed <doing>: <code>``, with AWS's message as the hint."""
     code, message = describe_error(exc)
     return AwsError(f"AWS failed {doing}: {code}", hint=message or None)
 
@@ -50,11 +76,53 @@ def error_code(exc: BaseException) -> str:
     return describe_error(exc)[0] if isinstance(exc, ClientError) else ""
 
 
+def retry_later(exc: BaseException, also: Collection[str] = ()) -> RetryLater | None:
+    """A RetryLater (with the server's Retry-After) when ``exc`` is worth another try."""
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        meta = exc.response.get("ResponseMetadata", {})
+        status = int(meta.get("HTTPStatusCode", 0) or 0)
+        if code in THROTTLING or code in TRANSIENT or code in also or status >= 500:
+            after = parse_retry_after(meta.get("HTTPHeaders", {}).get("retry-after"), time.time())
+            return RetryLater(f"{code} (HTTP {status})", retry_after=after)
+        return None
+    if isinstance(exc, DROPPED):
+        return RetryLater(type(exc).__name__)
+    return None
+
+
+def call(what: str, request: Callable[[], T], *, also: Collection[str] = (), passes: Collection[str] = (),
+         policy: RetryPolicy = RETRY) -> T:
+    """``request()`` under the retry policy; an AwsError naming ``what`` when it fails for good.
+    ``also``: more error codes worth retrying for this request; ``passes``: codes the caller
+    handles (their ClientError is raised as it is)."""
+
+    def attempt() -> T:
+        try:
+            return request()
+        except (ClientError, BotoCoreError) as exc:
+            later = retry_later(exc, also)
+            if later is None:
+                raise
+            raise later from exc
+
+    try:
+        return policy.call(attempt, what=what)
+    except RetryLater as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        failure = aws_error(what, cause)
+        raise AwsError(f"{failure.message} ({exc.gave_up})", hint=failure.hint) from None
+    except (ClientError, BotoCoreError) as exc:
+        if error_code(exc) in passes:
+            raise
+        raise aws_error(what, exc) from None
+
+
 def client_config(pool: int = 10, read_timeout: float = READ_TIMEOUT) -> Config:
     return Config(
         connect_timeout=CONNECT_TIMEOUT,
         read_timeout=read_timeout,
-        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
+        retries={"mode": "standard", "total_max_attempts": 1},  # retried by call(), once
         max_pool_connections=max(10, pool),
         user_agent_extra="provision",
     )

@@ -339,6 +339,7 @@ class Fault:
     status: int
     code: str
     message: str = "injected by the test"
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
 
 THROTTLED_EBS = Fault(400, "RequestThrottledException", "Rate exceeded")
@@ -369,6 +370,7 @@ class PushFaults:
         self.injected: Counter[str] = Counter()
         self.regions: dict[str, list[str]] = {}  # action -> the region of each request (from its signature)
         self.stalls: dict[str, deque[float]] = {}
+        self.times: dict[str, list[float]] = {}  # action -> when each request arrived (time.monotonic)
         self.lock = threading.Lock()
 
     def clear(self) -> None:
@@ -379,6 +381,7 @@ class PushFaults:
             self.injected.clear()
             self.regions.clear()
             self.stalls.clear()
+            self.times.clear()
 
     def stall(self, action: str, *seconds: float) -> None:
         """The next requests of ``action`` wait this long before moto sees them (a stalled link)."""
@@ -417,6 +420,7 @@ class PushFaults:
         with self.lock:
             self.counts[action] += 1
             self.regions.setdefault(action, []).append(scope.group(1) if scope else "")
+            self.times.setdefault(action, []).append(time.monotonic())
             queued = self.faults.get(action)
             if queued:
                 fault = queued.popleft()
@@ -437,14 +441,15 @@ class PushFaults:
     @staticmethod
     def respond(action: str, fault: Fault, start_response: Callable[..., Any]) -> Iterable[bytes]:
         status = f"{fault.status} Injected"
+        extra = [("Retry-After", str(fault.retry_after))] if fault.retry_after is not None else []
         if action.startswith("ec2:"):
             body = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{fault.code}</Code>"
                     f"<Message>{fault.message}</Message></Error></Errors><RequestID>injected</RequestID></Response>").encode()
-            start_response(status, [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
+            start_response(status, [("Content-Type", "text/xml"), ("Content-Length", str(len(body))), *extra])
             return [body]
         body = json.dumps({"message": fault.message}).encode()
         start_response(status, [("Content-Type", "application/json"), ("x-amzn-ErrorType", fault.code),
-                                ("Content-Length", str(len(body)))])
+                                ("Content-Length", str(len(body))), *extra])
         return [body]
 
 

@@ -240,6 +240,16 @@ def test_throttling_and_unavailable_answers_are_retried(
     assert len(boto3.client("ec2").describe_images(Owners=["self"])["Images"]) == 1
 
 
+def test_a_throttled_request_waits_as_long_as_retry_after_asks(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest, _ = make_build(tmp_path, {0: block_data(0)}, BLOCK)
+    aws_push.faults.queue("ec2:RegisterImage", Fault(503, "RequestLimitExceeded", "slow down", retry_after=3))
+    code, _, err = push(capsys, str(manifest))
+    assert code == 0, err
+    first, second = aws_push.faults.times["ec2:RegisterImage"]
+    assert 3 <= second - first < 10  # back-off alone would have waited at most 0.5 s
+
+
 def test_a_stalled_request_is_abandoned_after_the_read_timeout_and_retried(
         aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import time
