@@ -371,6 +371,9 @@ class PushFaults:
         self.regions: dict[str, list[str]] = {}  # action -> the region of each request (from its signature)
         self.stalls: dict[str, deque[float]] = {}
         self.times: dict[str, list[float]] = {}  # action -> when each request arrived (time.monotonic)
+        self.holds: dict[str, int] = {}  # action -> requests after the first n wait for release()
+        self.released = threading.Event()
+        self.in_flight = 0  # requests inside moto right now
         self.lock = threading.Lock()
 
     def clear(self) -> None:
@@ -382,6 +385,23 @@ class PushFaults:
             self.regions.clear()
             self.stalls.clear()
             self.times.clear()
+            self.holds.clear()
+        self.release()
+
+    def hold_after(self, action: str, n: int) -> None:
+        """Requests of ``action`` after the first ``n`` wait (unanswered) until release()."""
+        with self.lock:
+            self.holds[action] = n
+            self.released.clear()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Until no request is inside moto (held ones released first)."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def stall(self, action: str, *seconds: float) -> None:
         """The next requests of ``action`` wait this long before moto sees them (a stalled link)."""
@@ -432,10 +452,19 @@ class PushFaults:
                 self.injected[action] += 1
             stalls = self.stalls.get(action)
             delay = stalls.popleft() if stalls and fault is None else 0.0
+            held = action in self.holds and self.counts[action] > self.holds[action]
+            if fault is None:
+                self.in_flight += 1
         if fault is None:
-            if delay:
-                time.sleep(delay)
-            return self.app(environ, start_response)  # type: ignore[no-any-return]
+            try:
+                if held:
+                    self.released.wait()
+                if delay:
+                    time.sleep(delay)
+                return list(self.app(environ, start_response))
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
         return self.respond(action, fault, start_response)
 
     @staticmethod

@@ -184,6 +184,37 @@ def test_an_interrupted_push_resumes_sending_only_the_missing_blocks(
     assert "resuming" in err
 
 
+def test_a_push_killed_mid_upload_resumes_with_only_the_blocks_that_did_not_land(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import signal
+    import time
+
+    manifest, digest = make_build(tmp_path, {i: block_data(i) for i in range(30)}, 30 * BLOCK)
+    aws_push.faults.hold_after("ebs:PutSnapshotBlock", 8)  # then 4 more arrive and are held unanswered
+    env = {**os.environ, **aws_push.env(), "PYTHONPATH": str(ROOT), "AWS_CONFIG_FILE": os.devnull,
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    child = subprocess.Popen([sys.executable, "-m", "provision", "push", "aws", str(manifest), "--concurrency", "4"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while aws_push.faults.counts["ebs:PutSnapshotBlock"] < 12 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert aws_push.faults.counts["ebs:PutSnapshotBlock"] == 12
+    child.send_signal(signal.SIGKILL)
+    assert child.wait(timeout=30) == -signal.SIGKILL
+    aws_push.faults.release()  # what the dead push had sent lands now, as it may on EBS
+    aws_push.faults.wait_idle()
+    pending = snapshots_tagged(digest)
+    assert [s["State"] for s in pending] == ["pending"]
+    landed = read_snapshot(pending[0]["SnapshotId"])
+    assert 8 <= len(landed) <= 12
+    aws_push.faults.clear()
+    code, result, err = push(capsys, str(manifest))
+    assert code == 0, err
+    assert result is not None and result["snapshot_id"] == pending[0]["SnapshotId"]
+    assert aws_push.faults.counts["ebs:PutSnapshotBlock"] == 30 - len(landed)
+    assert read_snapshot(result["snapshot_id"]) == disk_blocks(manifest.parent / "web.raw")
+
+
 def test_a_failed_registration_deletes_the_snapshot(
         aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest, digest = make_build(tmp_path, {0: block_data(0)}, BLOCK)
