@@ -161,6 +161,19 @@ def push_source(target: object, target_name: str, source: Path, options: PushOpt
     return target.push(resolved.digest, resolved.load, options, progress)
 
 
+class ProgressLine(str):
+    """A progress report of a transfer (the CLI redraws these in place on a terminal);
+    ``fraction`` is how much is done, from 0 to 1."""
+
+    fraction: float = 0.0
+
+    @classmethod
+    def of(cls, text: str, fraction: float) -> ProgressLine:
+        line = cls(text)
+        line.fraction = max(0.0, min(1.0, fraction))
+        return line
+
+
 class TransferProgress:
     """Bytes of an upload: sent, skipped (all zero), already there (resumed); reported through
     ``say`` at most every ``interval`` seconds, and once at the end. Thread-safe."""
@@ -192,7 +205,7 @@ class TransferProgress:
         if self.say is not None:
             self.say(line)
 
-    def line(self, now: float | None = None) -> str:
+    def line(self, now: float | None = None) -> ProgressLine:
         elapsed = max((now if now is not None else self._now()) - self._start, 1e-6)
         done = self.sent + self.skipped + self.present
         percent = 100.0 * done / self.total if self.total else 100.0
@@ -200,7 +213,7 @@ class TransferProgress:
                 f"sent {self.sent / MIB:.1f} MiB, zero {self.skipped / MIB:.1f} MiB")
         if self.present:
             text += f", already there {self.present / MIB:.1f} MiB"
-        return text + f", {self.sent / MIB / elapsed:.1f} MiB/s"
+        return ProgressLine.of(text + f", {self.sent / MIB / elapsed:.1f} MiB/s", percent / 100.0)
 
     def finish(self) -> None:
         if self.say is not None:

@@ -7,11 +7,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from provision.errors import UsageError
 from provision.providers import get_target, target_names
-from provision.push import BOOT_MODES, PushOptions, push_source
+from provision.push import BOOT_MODES, ProgressLine, PushOptions, push_source
 
 
 def _regions(text: str) -> tuple[str, ...]:
@@ -44,6 +44,32 @@ def register(subparsers: Any) -> None:
     push.set_defaults(func=push_image)
 
 
+class ProgressPrinter:
+    """Messages one per line; on a terminal, a transfer's progress redrawn in place as a bar."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.open = False  # a bar is on the current line
+
+    def say(self, line: str) -> None:
+        if self.tty and isinstance(line, ProgressLine):
+            width = 24
+            filled = round(line.fraction * width)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {line}\x1b[K")
+            self.stream.flush()
+            self.open = True
+            return
+        self.end()
+        print(line, file=self.stream, flush=True)
+
+    def end(self) -> None:
+        if self.open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open = False
+
+
 def push_image(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.request_timeout <= 0:
         raise UsageError("--timeout and --request-timeout must be positive")
@@ -52,11 +78,11 @@ def push_image(args: argparse.Namespace) -> int:
                           bucket=args.bucket, concurrency=args.concurrency, timeout=args.timeout,
                           request_timeout=args.request_timeout)
     target = get_target(args.target)
-
-    def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
-    result = push_source(target, args.target, args.source, options, progress=None if args.quiet else say)
+    reporter = ProgressPrinter(sys.stderr)
+    try:
+        result = push_source(target, args.target, args.source, options, progress=None if args.quiet else reporter.say)
+    finally:
+        reporter.end()
     if args.json:
         print(json.dumps(result.to_json(), indent=2, sort_keys=True))
     else:

@@ -76,3 +76,27 @@ def test_progress_reports_sent_zero_and_resumed_bytes_at_most_once_per_interval(
     assert len(lines) == 3
     assert lines[-1] == ("snapshot snap-1: 8/8 MiB (100%), sent 2.0 MiB, zero 4.0 MiB, already there 2.0 MiB, "
                          "1.0 MiB/s")
+
+
+def test_on_a_terminal_transfer_progress_is_one_bar_redrawn_in_place() -> None:
+    import io
+
+    from provision.commands.push import ProgressPrinter
+    from provision.push import ProgressLine
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    printer = ProgressPrinter(out)
+    printer.say("writing web.raw")
+    printer.say(ProgressLine.of("snapshot: 1/4 MiB", 0.25))
+    printer.say(ProgressLine.of("snapshot: 4/4 MiB", 1.0))
+    printer.say("registered ami-1")
+    text = out.getvalue()
+    assert text.startswith("writing web.raw\n\r[######..................] snapshot: 1/4 MiB")
+    assert "\r[########################] snapshot: 4/4 MiB\x1b[K\nregistered ami-1\n" in text
+    plain = io.StringIO()
+    ProgressPrinter(plain).say(ProgressLine.of("snapshot: 1/4 MiB", 0.25))
+    assert plain.getvalue() == "snapshot: 1/4 MiB\n"  # not a terminal: plain lines
