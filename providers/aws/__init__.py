@@ -1,2 +1,2 @@
-"""The aws target: images pushed as EBS snapshots + AMIs (:mod:`.ebs`, :mod:`.ami`), clients
-made once in :mod:`.session`, the target object in :mod:`.target`."""
+"""The aws target: EC2 instances for clusters (:mod:`.instances`), their schemas
+(:mod:`.properties`) and the boto3 clients (:mod:`.session`)."""

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from provision.errors import UsageError
+from provision.providers.aws.clients import AwsClients, AwsError, aws_error, call
 from provision.providers.aws.ebs import TAG_DIGEST, TOKEN_NAMESPACE, delete_snapshot
-from provision.providers.aws.session import AwsClients, AwsError, aws_error, call
 from provision.push import PushError, wait_for
 from provision.reconcile.clock import Clock
 

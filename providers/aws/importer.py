@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from provision.providers.aws.clients import AwsClients, aws_error, call
 from provision.providers.aws.ebs import TAG_DIGEST, TOKEN_NAMESPACE, SnapshotUpload
-from provision.providers.aws.session import AwsClients, aws_error, call
 from provision.push import PushError, TransferProgress, wait_for
 from provision.reconcile.clock import Clock, SystemClock
 from provision.target import Progress

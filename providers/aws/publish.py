@@ -5,10 +5,12 @@ snapshot (:mod:`.ebs`) and an AMI (:mod:`.ami`); then copies and shares, each id
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from provision.errors import UsageError
 from provision.providers.aws import ami, ebs, importer
-from provision.providers.aws.session import AwsClients
+from provision.providers.aws.clients import AwsClients
+from provision.providers.aws.session import SessionSettings
 from provision.push import (
     BOOT_MODES,
     LoadArtifact,
@@ -18,7 +20,8 @@ from provision.push import (
     read_platform,
 )
 from provision.reconcile.clock import Clock, SystemClock
-from provision.target import Progress
+from provision.reconcile.provider import Provider
+from provision.target import Artifact, Progress, PublishedImage
 
 FORMATS = ("aws", "raw-efi", "raw-bios")  # what EC2 boots from an EBS snapshot (the first: an image spec's)
 METHODS = ("ebs", "import")
@@ -97,6 +100,37 @@ def upload_disk(aws: AwsClients, disk: Path, digest: str, name: str, options: Pu
                                progress=progress, clock=clock)
 
 
-def find_published(digest: str, region: str | None) -> str | None:
-    found = ami.find_image(AwsClients(region), digest)
-    return None if found is None else str(found["ImageId"])
+def provider_settings(provider: Provider) -> SessionSettings | None:
+    """The settings (region, profile, endpoint) of an aws cluster provider, unwrapping the
+    engine's wrappers; None for a provider that has none."""
+    inner: Any = provider
+    while not hasattr(inner, "settings") and hasattr(inner, "inner"):
+        inner = inner.inner
+    settings = getattr(inner, "settings", None)
+    return settings if isinstance(settings, SessionSettings) else None
+
+
+def provider_clients(provider: Provider) -> AwsClients:
+    settings = provider_settings(provider)
+    if settings is None:
+        raise TypeError(f"the aws target was handed a {type(provider).__name__}")
+    return AwsClients.of(settings, pool=PushOptions().concurrency + 4)
+
+
+class AwsPublishing:
+    """The publish side of the aws target: ``provision push aws`` (:meth:`push`) and a cluster
+    group's image spec (:meth:`find_image`, :meth:`publish`, in the provider's region)."""
+
+    def push(self, digest: str, artifact: LoadArtifact, options: PushOptions,
+             progress: Progress | None = None) -> PushResult:
+        return push_to_aws(digest, artifact, options, progress)
+
+    def find_image(self, provider: Provider, digest: str) -> str | None:
+        found = ami.find_image(provider_clients(provider), digest)
+        return None if found is None else str(found["ImageId"])
+
+    def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
+        clients = provider_clients(provider)
+        result = push_to_aws(artifact.digest, lambda: artifact, PushOptions(region=clients.region), progress,
+                             clients=clients)
+        return PublishedImage(result.image_id, artifact.digest, result.reused)

@@ -1,8 +1,6 @@
 """The aws target: images pushed as EBS snapshots and AMIs (``provision push aws``, and
-``image: web.yml`` in an aws cluster group), machines as EC2 instances.
-
-The publish side (push, find_image, publish) is :mod:`.publish`; the cluster provider
-(RunInstances, options and properties schemas) goes in the marked section below.
+``image: web.yml`` in an aws cluster group: :class:`.publish.AwsPublishing`), machines as EC2
+instances (the cluster provider).
 """
 
 from __future__ import annotations
@@ -12,59 +10,36 @@ from dataclasses import dataclass
 from typing import Any
 
 from provision.errors import UsageError
-from provision.push import LoadArtifact, PushOptions, PushResult
+from provision.providers.aws.publish import FORMATS, AwsPublishing
 from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema
-from provision.target import Artifact, Progress, PublishedImage
+from provision.target import Progress
 
 # --- the cluster provider (RunInstances, DescribeInstances, TerminateInstances) ---------------
-# Filled in by the provider's own change: OPTIONS, PROPERTIES and create_aws_provider. Until
-# then a cluster spec of type aws loads with open schemas and cannot create machines.
+# Comes with the provider's own change (instances.py, properties.py): OPTIONS, PROPERTIES,
+# create_aws_provider, resolve_image and consoles. Until then a cluster spec of type aws loads
+# with open schemas and cannot create machines.
 OPTIONS = Schema(open=True)
 PROPERTIES = Schema(open=True)
 
 
 def create_aws_provider(spec: ProviderSpec, clock: Clock) -> Provider:
     raise UsageError("the aws cluster provider is not part of this build yet")
-
-
-def provider_region(provider: Provider) -> str | None:
-    """The region a provider of this target works in (its ``options.region``)."""
-    inner: Any = provider
-    while not hasattr(inner, "region") and hasattr(inner, "inner"):
-        inner = inner.inner
-    region = getattr(inner, "region", None)
-    return str(region) if region else None
 # --- end of the cluster provider section ------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class AwsTarget:
+class AwsTarget(AwsPublishing):
     name: str = "aws"
-    formats: tuple[str, ...] = ("aws", "raw-efi", "raw-bios")
+    formats: tuple[str, ...] = FORMATS
     options: Schema = OPTIONS
     properties: Schema = PROPERTIES
     tools: tuple[str, ...] = ()
 
     def create_provider(self, spec: ProviderSpec, clock: Clock) -> Provider:
         return create_aws_provider(spec, clock)
-
-    def push(self, digest: str, artifact: LoadArtifact, options: PushOptions,
-             progress: Progress | None = None) -> PushResult:
-        from provision.providers.aws.publish import push_to_aws
-
-        return push_to_aws(digest, artifact, options, progress)
-
-    def find_image(self, provider: Provider, digest: str) -> str | None:
-        from provision.providers.aws.publish import find_published
-
-        return find_published(digest, provider_region(provider))
-
-    def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
-        result = self.push(artifact.digest, lambda: artifact, PushOptions(region=provider_region(provider)), progress)
-        return PublishedImage(result.image_id, artifact.digest, result.reused)
 
     def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None) -> str:
         if not image.startswith("ami-"):

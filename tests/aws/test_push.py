@@ -1,6 +1,6 @@
 """``provision push aws``: EBS direct upload, resume, AMI fields, reuse by digest, copies and
 shares, faults, against moto in server mode (extended as AWS documents, behind a fault layer:
-tests/aws/aws_testkit.py). Every result is read back through the API."""
+tests/aws/aws_push_testkit.py). Every result is read back through the API."""
 
 from __future__ import annotations
 
@@ -12,20 +12,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aws_push_testkit
 import boto3
 import pytest
-from aws_testkit import (
+from aws_push_testkit import (
     CONCURRENT_LIMIT,
-    REGION,
-    SECRET_MARKER,
     THROTTLED_EBS,
     THROTTLED_EC2,
     UNAVAILABLE,
     Fault,
     PushMoto,
 )
+from aws_testkit import REGION, SECRET_MARKER
 
 from provision.cli import main
+
+moto_push_server = aws_push_testkit.moto_push_server  # the fixtures
+aws_push = aws_push_testkit.aws_push
 
 BLOCK = 512 * 1024
 ROOT = Path(__file__).resolve().parents[2]
@@ -357,10 +360,11 @@ def test_an_image_spec_is_built_once_in_the_aws_format_then_reused(
 def test_the_target_publishes_a_group_image_and_finds_it_by_digest(
         aws_push: PushMoto, tmp_path: Path) -> None:
     from provision.providers import get_target
+    from provision.providers.aws.session import SessionSettings
     from provision.target import read_artifact
 
-    class RegionOnly:  # what the target reads of its provider: options.region
-        region = "us-west-2"
+    class RegionOnly:  # what the target reads of its provider: its session settings
+        settings = SessionSettings("us-west-2")
 
     manifest, digest = make_build(tmp_path, {0: block_data(0)}, BLOCK)
     target = get_target("aws")
