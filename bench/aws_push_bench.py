@@ -7,7 +7,7 @@ server (a separate process on 127.0.0.1, so it does not share the pushing proces
    * ``aws s3 cp`` of the same file to a bucket on the same moto (the AWS CLI, a fresh process,
      ``max_concurrent_requests = N``);
    * the floor: reading the whole file once and hashing it with SHA256 (in this process);
-   the best of ``--runs`` of each (alternated, so load hits all alike), and the ratios.
+   ``--runs`` of each, alternated (so load hits all alike): best and median, and their ratios.
 2. the peak RSS of a push of a 4 GiB sparse disk (``--big-data-mb`` of data), from the
    pushing process's own rusage (``os.wait4``). Goal: < 200 MiB.
 
@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -144,11 +145,15 @@ def main() -> int:
                                            f"s3://bench/disk-{run}.raw"], env)[0])
             results["floor"].append(floor(disk))
         best = {name: min(times) for name, times in results.items()}
-        print(f"1 GiB raw disk, {args.data_mb} MB of data, concurrency {args.concurrency}, best of {args.runs}:")
+        middle = {name: statistics.median(times) for name, times in results.items()}
+        print(f"1 GiB raw disk, {args.data_mb} MB of data, concurrency {args.concurrency}, {args.runs} runs:")
         for name, times in results.items():
-            print(f"  {name:<6} {best[name]:6.2f} s   (runs: {', '.join(f'{t:.2f}' for t in times)})")
-        print(f"  push / s3 cp = {best['push'] / best['s3 cp']:.2f}   (goal < 1)")
-        print(f"  push / floor = {best['push'] / best['floor']:.2f}   (goal <= 2)")
+            print(f"  {name:<6} best {best[name]:6.2f} s, median {middle[name]:6.2f} s"
+                  f"   (runs: {', '.join(f'{t:.2f}' for t in times)})")
+        print(f"  push / s3 cp = {best['push'] / best['s3 cp']:.2f} best, {middle['push'] / middle['s3 cp']:.2f} median"
+              f"   (goal < 1)")
+        print(f"  push / floor = {best['push'] / best['floor']:.2f} best, {middle['push'] / middle['floor']:.2f} median"
+              f"   (goal <= 2)")
         disk.unlink()
         big = work / "big.raw"
         write_disk(big, 4 * GIB, args.big_data_mb, 2)
