@@ -77,9 +77,10 @@ class Pusher(Protocol):
     @property
     def formats(self) -> tuple[str, ...]: ...
 
-    def push(self, digest: str, artifact: LoadArtifact, options: PushOptions,
+    def push(self, digest: str, fmt: str, artifact: LoadArtifact, options: PushOptions,
              progress: Progress | None = None) -> PushResult:
-        """Publish the image ``digest``; call ``artifact()`` only when it must be uploaded."""
+        """Publish the image ``digest`` in the format ``fmt`` (what is published is keyed by
+        both); call ``artifact()`` only when it must be uploaded."""
         ...
 
 
@@ -128,6 +129,7 @@ class PushSource:
     """SOURCE resolved: its digest now, its artifact when asked (building an image spec once)."""
 
     digest: str
+    format: str
     load: LoadArtifact
 
 
@@ -145,11 +147,11 @@ def resolve_source(source: Path, formats: Sequence[str], *, store: ImageStore | 
         path = source.resolve()
         digest = plan_image_digest([path], the_store)
         cache = artifacts or default_artifact_cache()
-        return PushSource(digest, lambda: build_cached_artifact(path, digest, formats[0], store=the_store,
+        return PushSource(digest, formats[0], lambda: build_cached_artifact(path, digest, formats[0], store=the_store,
                                                                 artifacts=cache, progress=progress))
     manifest = find_manifest(source)
     artifact = read_artifact(manifest, pick_format(manifest, formats))
-    return PushSource(artifact.digest, lambda: artifact)
+    return PushSource(artifact.digest, artifact.format, lambda: artifact)
 
 
 def push_source(target: object, target_name: str, source: Path, options: PushOptions, *,
@@ -158,7 +160,7 @@ def push_source(target: object, target_name: str, source: Path, options: PushOpt
     if not isinstance(target, Pusher):
         raise UsageError(f"the {target_name} target cannot push images")
     resolved = resolve_source(source, target.formats, store=store, artifacts=artifacts, progress=progress)
-    return target.push(resolved.digest, resolved.load, options, progress)
+    return target.push(resolved.digest, resolved.format, resolved.load, options, progress)
 
 
 class ProgressLine(str):

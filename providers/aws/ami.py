@@ -12,7 +12,12 @@ from botocore.exceptions import ClientError
 
 from provision.errors import UsageError
 from provision.providers.aws.clients import AwsClients, AwsError, aws_error, call
-from provision.providers.aws.ebs import TAG_DIGEST, TOKEN_NAMESPACE, delete_snapshot
+from provision.providers.aws.ebs import (
+    TOKEN_NAMESPACE,
+    delete_snapshot,
+    identity_filters,
+    identity_tags,
+)
 from provision.push import PushError, wait_for
 from provision.reconcile.clock import Clock
 
@@ -53,17 +58,14 @@ def check_boot_mode(fmt: str, architecture: str, boot_mode: str, tpm: bool) -> N
         raise UsageError("--tpm needs --boot-mode uefi (EC2 offers NitroTPM only to uefi images)")
 
 
-def digest_tags(digest: str, name: str, kind: str) -> list[TagSpecificationTypeDef]:
-    return [{"ResourceType": kind,  # type: ignore[typeddict-item]
-             "Tags": [{"Key": TAG_DIGEST, "Value": digest}, {"Key": "Name", "Value": name}]}]
+def digest_tags(digest: str, fmt: str, name: str, kind: str) -> list[TagSpecificationTypeDef]:
+    return [{"ResourceType": kind, "Tags": identity_tags(digest, fmt, name)}]  # type: ignore[typeddict-item]
 
 
-def find_image(clients: AwsClients, digest: str, region: str | None = None) -> dict[str, Any] | None:
-    """This account's image tagged with ``digest`` in ``region`` (pending or available)."""
+def find_image(clients: AwsClients, digest: str, fmt: str, region: str | None = None) -> dict[str, Any] | None:
+    """This account's image of ``digest`` as ``fmt`` in ``region`` (pending or available)."""
     images = call("to look for images (DescribeImages)", lambda: clients.ec2(region).describe_images(
-        Owners=["self"],
-        Filters=[{"Name": f"tag:{TAG_DIGEST}", "Values": [digest]},
-                 {"Name": "state", "Values": ["pending", "available"]}],
+        Owners=["self"], Filters=[*identity_filters(digest, fmt), {"Name": "state", "Values": ["pending", "available"]}],
     ))["Images"]
     usable: list[dict[str, Any]] = [dict(i) for i in images if i.get("State") in ("pending", "available")]
     if not usable:
@@ -79,7 +81,7 @@ def root_snapshot(image: dict[str, Any]) -> str:
     return ""
 
 
-def register_image(clients: AwsClients, *, snapshot_id: str, name: str, digest: str, architecture: str,
+def register_image(clients: AwsClients, *, snapshot_id: str, name: str, digest: str, fmt: str, architecture: str,
                    boot_mode: str, tpm: bool, volume_gib: int) -> str:
     """RegisterImage on ``snapshot_id``; when it fails the snapshot is deleted (a failed push
     leaves nothing behind) and the error names what happened to it. A retried RegisterImage
@@ -95,10 +97,10 @@ def register_image(clients: AwsClients, *, snapshot_id: str, name: str, digest: 
                 "SnapshotId": snapshot_id, "VolumeSize": volume_gib, "VolumeType": "gp3",
                 "DeleteOnTermination": True}}],
             VirtualizationType="hvm", EnaSupport=True, SriovNetSupport="simple", BootMode=mode,
-            ImdsSupport="v2.0", TagSpecifications=digest_tags(digest, name, "image"), **extra,
+            ImdsSupport="v2.0", TagSpecifications=digest_tags(digest, fmt, name, "image"), **extra,
         ), passes={"InvalidAMIName.Duplicate"})["ImageId"]
     except ClientError as exc:
-        mine = find_image(clients, digest)
+        mine = find_image(clients, digest, fmt)
         if mine is not None and root_snapshot(mine) == snapshot_id:
             return str(mine["ImageId"])
         failure: AwsError = aws_error(what, exc)
@@ -134,16 +136,16 @@ def wait_available(clients: AwsClients, image_id: str, region: str, timeout: flo
 
 
 def copy_image(clients: AwsClients, *, image_id: str, source_region: str, region: str, name: str,
-               digest: str) -> str:
+               digest: str, fmt: str) -> str:
     """The copy of ``image_id`` in ``region``: found by its digest tag, or made by CopyImage
     (called in ``region``, with a ClientToken from the digest, tagged at birth)."""
-    found = find_image(clients, digest, region)
+    found = find_image(clients, digest, fmt, region)
     if found is not None:
         return str(found["ImageId"])
-    token = str(uuid.uuid5(TOKEN_NAMESPACE, f"copy|{digest}|{region}"))
+    token = str(uuid.uuid5(TOKEN_NAMESPACE, f"copy|{digest}|{fmt}|{region}"))
     copied = call(f"to copy {image_id} into {region} (CopyImage)", lambda: clients.ec2(region).copy_image(
         SourceImageId=image_id, SourceRegion=source_region, Name=name, Description=f"{name} ({digest})",
-        ClientToken=token, TagSpecifications=digest_tags(digest, name, "image"),
+        ClientToken=token, TagSpecifications=digest_tags(digest, fmt, name, "image"),
     ))["ImageId"]
     return str(copied)
 

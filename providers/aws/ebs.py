@@ -36,11 +36,13 @@ from provision.target import Progress
 
 if TYPE_CHECKING:
     from mypy_boto3_ebs.type_defs import ListSnapshotBlocksResponseTypeDef, TagTypeDef
+    from mypy_boto3_ec2.type_defs import FilterTypeDef
 
 BLOCK = 512 * 1024
 GIB = 1024 * 1024 * 1024
 ZERO_BLOCK = bytes(BLOCK)
 TAG_DIGEST = "provision-image-digest"
+TAG_FORMAT = "provision-image-format"  # an image is its digest in one format (aws, raw-efi, raw-bios)
 TOKEN_NAMESPACE = uuid.UUID("6f1f5b7c-3c1e-4d0e-9b7a-2f6a4c1d8e90")
 SNAPSHOT_TIMEOUT_MINUTES = 60  # a pending snapshot no block was written to for this long is cancelled
 # A block write also retries "snapshot does not exist", which EBS answers for up to ~2 min
@@ -67,11 +69,20 @@ def volume_size_gib(size: int) -> int:
     return max(1, -(-size // GIB))
 
 
-def find_snapshot(clients: AwsClients, digest: str, status: str) -> str | None:
-    """The newest snapshot this account owns in the region tagged with ``digest`` in ``status``."""
+def identity_tags(digest: str, fmt: str, name: str) -> list[TagTypeDef]:
+    """The tags that name what a snapshot or an AMI holds: the image digest and its format."""
+    return [{"Key": TAG_DIGEST, "Value": digest}, {"Key": TAG_FORMAT, "Value": fmt}, {"Key": "Name", "Value": name}]
+
+
+def identity_filters(digest: str, fmt: str) -> list[FilterTypeDef]:
+    return [{"Name": f"tag:{TAG_DIGEST}", "Values": [digest]}, {"Name": f"tag:{TAG_FORMAT}", "Values": [fmt]}]
+
+
+def find_snapshot(clients: AwsClients, digest: str, fmt: str, status: str) -> str | None:
+    """The newest snapshot this account owns in the region holding ``digest`` as ``fmt``, in
+    ``status``."""
     found = call("to look for snapshots (DescribeSnapshots)", lambda: clients.ec2().describe_snapshots(
-        OwnerIds=["self"],
-        Filters=[{"Name": f"tag:{TAG_DIGEST}", "Values": [digest]}, {"Name": "status", "Values": [status]}],
+        OwnerIds=["self"], Filters=[*identity_filters(digest, fmt), {"Name": "status", "Values": [status]}],
     ))["Snapshots"]
     found = [s for s in found if s.get("State") == status]
     if not found:
@@ -208,8 +219,8 @@ class BlockWriter:
              also=BLOCK_RETRY_CODES, policy=self.policy)
 
 
-def start_snapshot(clients: AwsClients, size: int, digest: str, name: str, nonce: str) -> str:
-    tags: list[TagTypeDef] = [{"Key": TAG_DIGEST, "Value": digest}, {"Key": "Name", "Value": name}]
+def start_snapshot(clients: AwsClients, size: int, digest: str, fmt: str, name: str, nonce: str) -> str:
+    tags = identity_tags(digest, fmt, name)
     token = client_token(digest, clients.region, nonce)  # the same on every retry: one snapshot
     started = call("to start a snapshot (StartSnapshot)", lambda: clients.ebs().start_snapshot(
         VolumeSize=volume_size_gib(size), Tags=tags, Description=f"{name} ({digest})",
@@ -245,23 +256,23 @@ def snapshot_state(clients: AwsClients, snapshot_id: str) -> str | None:
     return f"{state} {found[0].get('Progress', '')}".strip() if found else state
 
 
-def upload_snapshot(clients: AwsClients, disk: Path, digest: str, name: str, *, concurrency: int = 16,
+def upload_snapshot(clients: AwsClients, disk: Path, digest: str, fmt: str, name: str, *, concurrency: int = 16,
                     timeout: float = 3600.0, progress: Progress | None = None,
                     clock: Clock | None = None) -> SnapshotUpload:
-    """A completed snapshot of ``disk`` tagged with ``digest``: found, resumed or written."""
+    """A completed snapshot of ``disk`` (``digest`` as ``fmt``): found, resumed or written."""
     the_clock = clock or SystemClock()
-    completed = find_snapshot(clients, digest, "completed")
+    completed = find_snapshot(clients, digest, fmt, "completed")
     if completed is not None:
         return SnapshotUpload(completed, 0, 0, 0, reused=True)
     size = disk.stat().st_size
-    pending = find_snapshot(clients, digest, "pending")
+    pending = find_snapshot(clients, digest, fmt, "pending")
     if pending is not None:
         snapshot_id = pending
         present = list_present_blocks(clients, snapshot_id)
         if progress is not None:
             progress(f"resuming {snapshot_id}: {len(present)} blocks there already")
     else:
-        snapshot_id = start_snapshot(clients, size, digest, name, uuid.uuid4().hex)
+        snapshot_id = start_snapshot(clients, size, digest, fmt, name, uuid.uuid4().hex)
         present = set()
         if progress is not None:
             progress(f"writing {disk.name} into {snapshot_id} ({volume_size_gib(size)} GiB)")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from provision.providers.aws.clients import AwsClients, aws_error, call
-from provision.providers.aws.ebs import TAG_DIGEST, TOKEN_NAMESPACE, SnapshotUpload
+from provision.providers.aws.ebs import TAG_DIGEST, TOKEN_NAMESPACE, SnapshotUpload, identity_tags
 from provision.push import PushError, TransferProgress, wait_for
 from provision.reconcile.clock import Clock, SystemClock
 from provision.target import Progress
@@ -42,8 +42,8 @@ def part_size(size: int) -> int:
     return max(MIN_PART, -(-needed // MIB) * MIB)
 
 
-def object_key(digest: str) -> str:
-    return f"provision/{digest.split(':', 1)[-1]}.raw"
+def object_key(digest: str, fmt: str) -> str:
+    return f"provision/{digest.split(':', 1)[-1]}-{fmt}.raw"
 
 
 def find_upload(clients: AwsClients, bucket: str, key: str) -> str | None:
@@ -141,11 +141,11 @@ def import_task_state(clients: AwsClients, task_id: str) -> tuple[str | None, st
     return f"{status} {message} {progress + '%' if progress else ''}".strip(), ""
 
 
-def import_snapshot(clients: AwsClients, disk: Path, digest: str, name: str, *, bucket: str, concurrency: int,
+def import_snapshot(clients: AwsClients, disk: Path, digest: str, fmt: str, name: str, *, bucket: str, concurrency: int,
                     timeout: float, progress: Progress | None = None, clock: Clock | None = None) -> SnapshotUpload:
     """A completed snapshot of ``disk`` made by ImportSnapshot from ``s3://bucket/...``."""
     the_clock = clock or SystemClock()
-    key = object_key(digest)
+    key = object_key(digest, fmt)
     upload_disk(clients, disk, bucket, key, digest, concurrency=concurrency, progress=progress)
     token = str(uuid.uuid5(TOKEN_NAMESPACE, f"import|{digest}|{clients.region}|{uuid.uuid4().hex}"))
     task_id = call("to import the snapshot (ImportSnapshot)", lambda: clients.ec2().import_snapshot(
@@ -167,6 +167,6 @@ def import_snapshot(clients: AwsClients, disk: Path, digest: str, name: str, *, 
     wait_for(check, what=f"the import task {task_id}", timeout=timeout, clock=the_clock, interval=2.0, max_interval=30.0)
     snapshot_id = found[0]
     call(f"to tag {snapshot_id} (CreateTags)", lambda: clients.ec2().create_tags(
-        Resources=[snapshot_id], Tags=[{"Key": TAG_DIGEST, "Value": digest}, {"Key": "Name", "Value": name}]))
+        Resources=[snapshot_id], Tags=identity_tags(digest, fmt, name)))
     call(f"to delete s3://{bucket}/{key} (DeleteObject)", lambda: clients.s3().delete_object(Bucket=bucket, Key=key))
     return SnapshotUpload(snapshot_id, 0, 0, 0, reused=False)

@@ -36,7 +36,8 @@ DIGEST_TAG = "provision-image-digest"
 
 
 def make_build(tmp_path: Path, blocks: dict[int, bytes], size: int, *, name: str = "web",
-               platform: str = "linux/amd64", fmt: str = "aws", salt: str = "") -> tuple[Path, str]:
+               platform: str = "linux/amd64", fmt: str = "aws", salt: str = "",
+               digest: str | None = None) -> tuple[Path, str]:
     """A build directory as ``provision build`` leaves it: a sparse raw disk with ``blocks``
     written at their indices, and NAME.manifest.json naming it."""
     out = tmp_path / f"out{salt}"
@@ -47,7 +48,7 @@ def make_build(tmp_path: Path, blocks: dict[int, bytes], size: int, *, name: str
         for index, data in blocks.items():
             f.seek(index * BLOCK)
             f.write(data)
-    digest = "sha256:" + hashlib.sha256(disk.read_bytes() + salt.encode()).hexdigest()
+    digest = digest or "sha256:" + hashlib.sha256(disk.read_bytes() + salt.encode()).hexdigest()
     manifest = out / f"{name}.manifest.json"
     manifest.write_text(json.dumps({
         "name": name, "image_digest": digest, "platform": platform, "formats": [fmt],
@@ -164,6 +165,27 @@ def test_a_second_push_of_the_same_digest_uploads_nothing(
     assert not [a for a in aws_push.faults.counts if a.startswith("ebs:")]
     assert aws_push.faults.counts["ec2:RegisterImage"] == 0
     assert len(boto3.client("ec2").describe_images(Owners=["self"])["Images"]) == 1
+
+
+def test_the_same_image_in_another_format_is_another_ami_and_a_reuse_keeps_what_was_asked(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hybrid, digest = make_build(tmp_path, {0: block_data(0), 1: block_data(1)}, 2 * BLOCK)
+    bios, _ = make_build(tmp_path, {0: block_data(7)}, BLOCK, fmt="raw-bios", salt="b", digest=digest)
+    code, first, err = push(capsys, str(hybrid))
+    assert code == 0, err
+    code, second, err = push(capsys, str(bios))
+    assert code == 0, err
+    assert first is not None and second is not None and second["reused"] is False
+    assert second["image_id"] != first["image_id"] and second["snapshot_id"] != first["snapshot_id"]
+    assert read_snapshot(second["snapshot_id"]) == disk_blocks(bios.parent / "web.raw")
+    ec2 = boto3.client("ec2")
+    modes = {i["ImageId"]: (i["BootMode"], {t["Key"]: t["Value"] for t in i["Tags"]}["provision-image-format"])
+             for i in ec2.describe_images(Owners=["self"])["Images"]}
+    assert modes == {first["image_id"]: ("uefi-preferred", "aws"), second["image_id"]: ("legacy-bios", "raw-bios")}
+    aws_push.faults.clear()
+    code, _, err = push(capsys, str(hybrid), "--boot-mode", "uefi")  # the AMI there is uefi-preferred
+    assert code == 2 and f"{first['image_id']} holds this image with boot mode uefi-preferred, not uefi" in err
+    assert not [a for a in aws_push.faults.counts if a.startswith("ebs:")]
 
 
 def test_an_interrupted_push_resumes_sending_only_the_missing_blocks(
