@@ -306,6 +306,44 @@ _EBS_ROUTES = [
 _SCOPE = re.compile(r"Credential=[^/]+/[^/]+/([^/]+)/([^/]+)/")
 
 
+def s3_operation(method: str, path: str, query: str) -> str:
+    """The S3 operation of a path-style request (the ones a push and its tests make)."""
+    params = parse_qs(query, keep_blank_values=True)
+    on_object = "/" in path.strip("/")
+    if method == "PUT":
+        return "UploadPart" if "partNumber" in params else ("PutObject" if on_object else "CreateBucket")
+    if method == "POST":
+        return "CreateMultipartUpload" if "uploads" in params else "CompleteMultipartUpload"
+    if method == "GET":
+        if "uploads" in params:
+            return "ListMultipartUploads"
+        if "uploadId" in params:
+            return "ListParts"
+        return "GetObject" if on_object else "ListObjects"
+    if method == "HEAD":
+        return "HeadObject" if on_object else "HeadBucket"
+    if method == "DELETE":
+        return "AbortMultipartUpload" if "uploadId" in params else ("DeleteObject" if on_object else "DeleteBucket")
+    return method
+
+
+# What each request needs in IAM (for the policy tests): S3 operations map onto fewer actions.
+S3_IAM = {"UploadPart": "s3:PutObject", "PutObject": "s3:PutObject", "CreateMultipartUpload": "s3:PutObject",
+          "CompleteMultipartUpload": "s3:PutObject", "ListMultipartUploads": "s3:ListBucketMultipartUploads",
+          "ListParts": "s3:ListMultipartUploadParts", "GetObject": "s3:GetObject", "HeadObject": "s3:GetObject",
+          "DeleteObject": "s3:DeleteObject", "AbortMultipartUpload": "s3:AbortMultipartUpload",
+          "ListObjects": "s3:ListBucket", "HeadBucket": "s3:ListBucket", "CreateBucket": "s3:CreateBucket"}
+
+
+def iam_actions(counts: Iterable[str]) -> set[str]:
+    """The IAM actions behind the requests the layer counted (``service:Action`` keys)."""
+    actions = set()
+    for key in counts:
+        service, operation = key.split(":", 1)
+        actions.add(S3_IAM.get(operation, key) if service == "s3" else key)
+    return actions
+
+
 class PushFaults:
     """A WSGI layer in front of moto: counts every request by ``service:Action`` (a real count
     of what reached the server) and answers with queued faults per action, in order
@@ -380,6 +418,8 @@ class PushFaults:
             environ["wsgi.input"] = io.BytesIO(body)
             action = parse_qs(body.decode("utf-8", "replace")).get("Action", ["?"])[0]
             return f"ec2:{action}"
+        if service == "s3":
+            return f"s3:{s3_operation(method, path, environ.get('QUERY_STRING', ''))}"
         return f"{service}:{method}"
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -32,7 +32,7 @@ aws_push = aws_push_testkit.aws_push
 
 BLOCK = 512 * 1024
 ROOT = Path(__file__).resolve().parents[2]
-DIGEST_TAG = "provision-image-digest"
+DIGEST_TAG = "provision-digest"
 
 
 def make_build(tmp_path: Path, blocks: dict[int, bytes], size: int, *, name: str = "web",
@@ -179,7 +179,7 @@ def test_the_same_image_in_another_format_is_another_ami_and_a_reuse_keeps_what_
     assert second["image_id"] != first["image_id"] and second["snapshot_id"] != first["snapshot_id"]
     assert read_snapshot(second["snapshot_id"]) == disk_blocks(bios.parent / "web.raw")
     ec2 = boto3.client("ec2")
-    modes = {i["ImageId"]: (i["BootMode"], {t["Key"]: t["Value"] for t in i["Tags"]}["provision-image-format"])
+    modes = {i["ImageId"]: (i["BootMode"], {t["Key"]: t["Value"] for t in i["Tags"]}["provision-format"])
              for i in ec2.describe_images(Owners=["self"])["Images"]}
     assert modes == {first["image_id"]: ("uefi-preferred", "aws"), second["image_id"]: ("legacy-bios", "raw-bios")}
     aws_push.faults.clear()
@@ -417,7 +417,7 @@ def test_the_import_method_uploads_to_s3_and_imports_the_snapshot(
     assert code == 0, err
     assert result is not None
     assert aws_push.faults.counts["ec2:ImportSnapshot"] == 1
-    assert aws_push.faults.counts["s3:PUT"] == 3 and aws_push.faults.counts["ebs:PutSnapshotBlock"] == 0
+    assert aws_push.faults.counts["s3:UploadPart"] == 3 and aws_push.faults.counts["ebs:PutSnapshotBlock"] == 0
     assert read_snapshot(result["snapshot_id"]) == disk_blocks(manifest.parent / "web.raw")
     assert [s["SnapshotId"] for s in snapshots_tagged(digest)] == [result["snapshot_id"]]
     assert boto3.client("s3").list_objects_v2(Bucket="images").get("KeyCount") == 0  # the object is gone
@@ -427,7 +427,7 @@ def test_the_import_method_uploads_to_s3_and_imports_the_snapshot(
     aws_push.faults.clear()
     code, again, err = push(capsys, str(manifest), "--method", "import", "--bucket", "images")
     assert code == 0 and again is not None and again["reused"] is True
-    assert aws_push.faults.counts["s3:PUT"] == 0 and aws_push.faults.counts["ec2:ImportSnapshot"] == 0
+    assert aws_push.faults.counts["s3:UploadPart"] == 0 and aws_push.faults.counts["ec2:ImportSnapshot"] == 0
 
 
 def test_an_interrupted_s3_upload_resumes_with_the_missing_parts(
@@ -435,15 +435,15 @@ def test_an_interrupted_s3_upload_resumes_with_the_missing_parts(
     boto3.client("s3").create_bucket(Bucket="images")
     aws_push.faults.clear()
     manifest, _ = make_build(tmp_path, {i * 16: mbr_block(i) for i in range(10)}, 80 * 1024 * 1024)  # 10 parts
-    aws_push.faults.fail_after("s3:PUT", 3, Fault(403, "AccessDenied", "cut"))
+    aws_push.faults.fail_after("s3:UploadPart", 3, Fault(403, "AccessDenied", "cut"))
     code, _, err = push(capsys, str(manifest), "--method", "import", "--bucket", "images", "--concurrency", "2")
     assert code == 1 and "UploadPart" in err
     aws_push.faults.clear()
     code, result, err = push(capsys, str(manifest), "--method", "import", "--bucket", "images")
     assert code == 0, err
     assert "resuming the upload" in err
-    assert aws_push.faults.counts["s3:PUT"] == 10 - 3
-    assert aws_push.faults.counts["s3:POST"] == 1  # CompleteMultipartUpload only: no second CreateMultipartUpload
+    assert aws_push.faults.counts["s3:UploadPart"] == 10 - 3
+    assert aws_push.faults.counts["s3:CreateMultipartUpload"] == 0 and aws_push.faults.counts["s3:CompleteMultipartUpload"] == 1
     assert result is not None
     assert read_snapshot(result["snapshot_id"]) == disk_blocks(manifest.parent / "web.raw")
 
@@ -467,3 +467,50 @@ def test_the_import_method_needs_a_bucket(aws_push: PushMoto, tmp_path: Path, ca
     manifest, _ = make_build(tmp_path, {0: mbr_block(0)}, BLOCK)
     code, _, err = push(capsys, str(manifest), "--method", "import")
     assert code == 2 and "--method import needs --bucket" in err
+
+
+def run_every_kind_of_push(aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> set[str]:
+    """The IAM actions behind every request of: an ebs push with copies and shares, its reuse, an
+    interrupted and resumed ebs push, a failed registration, an import push (interrupted and
+    resumed) and its reuse (test set-up and read-backs excluded)."""
+    boto3.client("s3").create_bucket(Bucket="images")
+    aws_push.faults.clear()
+    called: set[str] = set()
+
+    def run(*args: str, expect: int = 0, fault: tuple[str, int] | None = None) -> None:
+        if fault is not None:
+            aws_push.faults.fail_after(fault[0], fault[1], Fault(403, "AccessDenied", "cut"))
+        code, _, err = push(capsys, *args)
+        assert code == expect, err
+        called.update(aws_push_testkit.iam_actions(aws_push.faults.counts))
+        aws_push.faults.clear()
+
+    manifest, _ = make_build(tmp_path, {0: mbr_block(0), 3: block_data(3)}, 4 * BLOCK)
+    cut, _ = make_build(tmp_path, {i: block_data(i) for i in range(4)}, 4 * BLOCK, salt="c")
+    failing, _ = make_build(tmp_path, {0: mbr_block(1)}, BLOCK, salt="f")
+    imported, _ = make_build(tmp_path, {0: mbr_block(2), 20: block_data(20)}, 12 * 1024 * 1024, salt="i")
+    shares = ["--copy-to", "us-west-2", "--share-with", "111122223333"]
+    run(str(manifest), *shares)
+    run(str(manifest), *shares)
+    run(str(cut), "--concurrency", "1", expect=1, fault=("ebs:PutSnapshotBlock", 2))
+    run(str(cut))
+    aws_push.faults.queue("ec2:RegisterImage", Fault(400, "InvalidParameterValue", "refused"))
+    run(str(failing), expect=1)
+    imports = [str(imported), "--method", "import", "--bucket", "images"]
+    run(*imports, "--concurrency", "1", expect=1, fault=("s3:UploadPart", 1))
+    run(*imports)
+    run(*imports)
+    return called
+
+
+def test_the_documented_permissions_are_exactly_what_pushes_call(
+        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    called = run_every_kind_of_push(aws_push, tmp_path, capsys)
+    doc = (ROOT / "docs" / "aws.md").read_text()
+    section = doc[doc.index("### Permissions a push uses"):]
+    section = section[:section.index("\n### ", 1)] if "\n### " in section[1:] else section
+    documented = set(re.findall(r"`((?:ec2|ebs|s3):[A-Za-z]+)`", section))
+    assert called - documented == set(), "called but not documented"
+    assert documented - called == set(), "documented but never called"
