@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 BLOCK = 512 * 1024
 GIB = 1024 * 1024 * 1024
 ZERO_BLOCK = bytes(BLOCK)
-TAG_DIGEST = "provision-digest"
-TAG_FORMAT = "provision-format"  # an image is its digest in one format (aws, raw-efi, raw-bios)
+TAG_DIGEST = "provision-image-digest"
+TAG_FORMAT = "provision-image-format"  # an image is its digest in one format (aws, raw-efi, raw-bios)
 TOKEN_NAMESPACE = uuid.UUID("6f1f5b7c-3c1e-4d0e-9b7a-2f6a4c1d8e90")
 SNAPSHOT_TIMEOUT_MINUTES = 60  # a pending snapshot no block was written to for this long is cancelled
 # A block write also retries "snapshot does not exist", which EBS answers for up to ~2 min

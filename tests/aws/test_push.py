@@ -32,7 +32,7 @@ aws_push = aws_push_testkit.aws_push
 
 BLOCK = 512 * 1024
 ROOT = Path(__file__).resolve().parents[2]
-DIGEST_TAG = "provision-digest"
+DIGEST_TAG = "provision-image-digest"
 
 
 def make_build(tmp_path: Path, blocks: dict[int, bytes], size: int, *, name: str = "web",
@@ -179,7 +179,7 @@ def test_the_same_image_in_another_format_is_another_ami_and_a_reuse_keeps_what_
     assert second["image_id"] != first["image_id"] and second["snapshot_id"] != first["snapshot_id"]
     assert read_snapshot(second["snapshot_id"]) == disk_blocks(bios.parent / "web.raw")
     ec2 = boto3.client("ec2")
-    modes = {i["ImageId"]: (i["BootMode"], {t["Key"]: t["Value"] for t in i["Tags"]}["provision-format"])
+    modes = {i["ImageId"]: (i["BootMode"], {t["Key"]: t["Value"] for t in i["Tags"]}["provision-image-format"])
              for i in ec2.describe_images(Owners=["self"])["Images"]}
     assert modes == {first["image_id"]: ("uefi-preferred", "aws"), second["image_id"]: ("legacy-bios", "raw-bios")}
     aws_push.faults.clear()
