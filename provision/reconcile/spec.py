@@ -432,9 +432,12 @@ def check_target_settings(r: _Reader, top: Mapping[str, Any], providers: Mapping
         target = find_target(pspec.type)
         if name in declared:
             path: KeyPath = ("providers", name)
+            body = declared.get(name)
+            written = body.get("type") if isinstance(body, dict) else None
             if target is None:
-                where = (*path, "type") if isinstance(declared.get(name), dict) and "type" in declared[name] else path
-                r.fail(where, f"unknown provider type {pspec.type!r} (known: {known})")
+                if written is None or isinstance(written, str):  # else: already a problem
+                    where = (*path, "type") if written is not None else path
+                    r.fail(where, f"unknown provider type {pspec.type!r} (known: {known})")
             else:
                 check(target.options, pspec.options, (*path, "options"))
     for index, group in enumerate(groups):

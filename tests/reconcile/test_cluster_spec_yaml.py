@@ -49,7 +49,7 @@ def test_mark_at_walks_maps_and_lists() -> None:
 
 def test_load_reads_the_file_and_refuses_non_utf8(tmp_path: Path) -> None:
     path = tmp_path / "cluster.yml"
-    good = GOOD.replace("provider: sim", "provider: simulated")
+    good = GOOD
     path.write_text(good)
     spec = load_cluster_spec(path)
     assert spec.source_text == good and spec.source_file == str(path)

@@ -153,4 +153,4 @@ def test_a_simulated_http_url_that_is_not_the_api(not_the_api: str, tmp_path: Pa
                     f"    options: {{url: '{not_the_api}/'}}\ngroups:\n  - {{name: web, provider: h, image: img, size: 1}}\n")
     code, _, err = run(capsys, "plan", str(spec))
     assert code == 1
-    assert error_lines(err) == [f"provision: error: list: HTTP 200 from {not_the_api} is not a simulated cloud's answer (not a JSON object)"]
+    assert error_lines(err) == [f"provision: error: list: {not_the_api} did not answer as the simulated cloud API (HTTP 200)"]
