@@ -207,13 +207,13 @@ def _position(text: str, index: int) -> tuple[int, int]:
     return line, index - (text.rfind("\n", 0, index) + 1) + 1
 
 
-def parse_yaml_text(text: str, file: str, *, require_document: bool = False) -> tuple[Any, list[Problem]]:
-    """Parse one YAML document; return its located value (None when empty) and the problems.
-    With ``require_document``, an empty text (nothing but blanks and comments) is a problem."""
+def compose_yaml(text: str, file: str) -> tuple[Node | None, list[Problem]]:
+    """The node tree of one YAML document (None when empty), composed with the safe loader
+    and :data:`MAX_DEPTH`; or None and the one located problem that stopped it."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
         return None, [Problem(file, 1, 1, "", f"larger than {MAX_SPEC_BYTES} bytes")]
     try:
-        node = yaml.compose(text, Loader=_DepthLimitedLoader)
+        return yaml.compose(text, Loader=_DepthLimitedLoader), []
     except _TooDeep as exc:
         return None, [Problem(file, exc.mark.line + 1, exc.mark.column + 1, "", str(exc))]
     except yaml.reader.ReaderError as exc:
@@ -226,6 +226,14 @@ def parse_yaml_text(text: str, file: str, *, require_document: bool = False) -> 
         return None, [Problem(file, line, column, "", f"YAML syntax error: {reason}")]
     except yaml.YAMLError as exc:
         return None, [Problem(file, 0, 0, "", f"YAML error: {exc}")]
+
+
+def parse_yaml_text(text: str, file: str, *, require_document: bool = False) -> tuple[Any, list[Problem]]:
+    """Parse one YAML document; return its located value (None when empty) and the problems.
+    With ``require_document``, an empty text (nothing but blanks and comments) is a problem."""
+    node, problems = compose_yaml(text, file)
+    if problems:
+        return None, problems
     if node is None:
         if require_document:
             return None, [Problem(file, 1, 1, "", "the file is empty (no YAML document)")]
