@@ -14,6 +14,7 @@ internal error (a bug): one line too, with the traceback in the log at ``-vv``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -114,6 +115,10 @@ def run_handler(handler: Callable[[argparse.Namespace], int | None], args: argpa
     except KeyboardInterrupt:
         print("provision: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`provision plan | head`): stop quietly
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 1
     except UnicodeError as exc:
         log.debug("traceback", exc_info=True)
         _say_error(f"text encoding error: {exc}")

@@ -394,3 +394,15 @@ def test_the_real_command_prints_one_line_for_the_issue_cases(tmp_path: Path) ->
             assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
             assert len([line for line in done.stderr.splitlines() if not line.startswith("hint: ")]) == 1
             assert seconds < 10  # an interpreter start, then an immediate refusal
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    make_inputs(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    child = subprocess.Popen([sys.executable, "-m", "provision", "plan", "good-cluster.yml", "--json", "--all"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=env)
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()  # `provision plan ... | head -0`
+    err = child.stderr.read()
+    assert child.wait(timeout=60) == 1
+    assert err == b""
