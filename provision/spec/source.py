@@ -166,7 +166,8 @@ class _Builder:
         try:
             return self.constructor.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, OverflowError) as exc:
-            self.problems.append(_mark(self.file, node).problem(path, f"bad scalar: {exc}"))
+            reason = f"a number of {len(node.value)} digits is too long" if len(node.value) > 1000 else f"bad scalar: {exc}"
+            self.problems.append(_mark(self.file, node).problem(path, reason))
             return None
 
     def build_map(self, node: MappingNode, path: str) -> YamlMap:
