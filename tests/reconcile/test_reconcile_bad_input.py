@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 
 from provision.cli import main
+from provision.errors import ProvisionError
+from provision.reconcile.plan import ClusterPlan, check_plan_matches_spec
+from provision.reconcile.spec import parse_cluster_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,3 +157,40 @@ def test_a_simulated_http_url_that_is_not_the_api(not_the_api: str, tmp_path: Pa
     code, _, err = run(capsys, "plan", str(spec))
     assert code == 1
     assert error_lines(err) == [f"provision: error: list: {not_the_api} did not answer as the simulated cloud API (HTTP 200)"]
+
+
+HOSTILE_JSON: list[Any] = [None, True, -1, 10**400, 1.5, "", "x" * 5000, "/dev/zero", [], [None], {}, {"a": 1}]
+
+
+def json_paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    if prefix:
+        yield prefix
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from json_paths(child, (*prefix, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from json_paths(child, (*prefix, index))
+
+
+def test_every_field_of_a_saved_plan_made_hostile_is_refused_or_harmless(cluster: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    saved = cluster.parent / "plan.json"
+    assert run(capsys, "plan", str(cluster), "--out", str(saved))[0] == 0
+    original = json.loads(saved.read_text())
+    crashes = []
+    for path in json_paths(original):
+        for value in HOSTILE_JSON:
+            body = json.loads(json.dumps(original))
+            parent = body
+            for part in path[:-1]:
+                parent = parent[part]
+            parent[path[-1]] = value
+            try:
+                plan = ClusterPlan.from_json(json.dumps(body), "plan.json")
+                check_plan_matches_spec(plan, parse_cluster_spec(plan.spec_text, plan.spec_file), "plan.json")
+            except ProvisionError:
+                pass
+            except Exception as exc:  # noqa: BLE001 - what the test looks for
+                crashes.append(f"{'.'.join(map(str, path))} = {repr(value)[:20]}: {type(exc).__name__}: {exc}"[:200])
+    assert not crashes, "\n".join(crashes[:20])
