@@ -8,7 +8,7 @@ No traceback reaches a user: every error is one line on stderr (``provision: err
 optionally followed by ``hint:`` lines). A usage error exits 2 (bad arguments, bad input files),
 a failure 1. An ``OSError`` or a decode error that a command did not turn into a
 ``ProvisionError`` itself still becomes one line here, naming the file; anything else is an
-internal error (a bug): one line too, with the traceback in the log at ``-vv``.
+internal error (a bug): one line too, with the traceback in the log at ``-v``.
 """
 
 from __future__ import annotations
@@ -134,10 +134,10 @@ def run_handler(handler: Callable[[argparse.Namespace], int | None], args: argpa
         log.debug("traceback", exc_info=True)
         _say_error("input nested too deeply")
         return 2
-    except Exception as exc:  # a bug: still one line, the traceback at -vv
+    except Exception as exc:  # a bug: still one line, the traceback at -v
         log.debug("traceback", exc_info=True)
         _say_error(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0],
-                   "this is a bug in provision; run again with -vv for the traceback and report it")
+                   "this is a bug in provision; run again with -v for the traceback and report it")
         return 1
     return int(code or 0)
 

@@ -98,7 +98,7 @@ def corpus(kind: str, inputs: Inputs) -> list[str]:
                     p("garbage/journal.db")],
         "number": ["x", "-5", "nan", "inf", "1e999", ""],
         "choice": ["bogus"],
-        "listen": ["bogus", "127.0.0.1:99999", "localhost:9464", ""],
+        "listen": ["bogus", "127.0.0.1:99999", "127.0.0.1:x"],
         "image-ref": ["UPPER/Case:1", "a b", "", "x@sha256:zz", "/dev/zero"],
         "name": ["../escape", "a/b", ""],
         "vm-name": ["../escape", "no-such-vm"],
@@ -122,7 +122,7 @@ KINDS = {
     "journal": "journal", "listen": "listen",
     "refs": "image-ref", "ref": "image-ref", "target": "image-ref", "push": "image-ref",
     "name": "name", "names": "vm-name", "format": "format", "platform": "platform", "compress": "compression",
-    "size": "number", "boot_size": "number", "data_size": "number", "mem": "number",
+    "size": "number", "boot_size": "number", "data_size": "number", "mem": "number", "parallel": "number",
     "publish": "publish", "disk": "disk", "tag": "tag",
 }
 # Free text with no bad value (anything is a valid owner, command line or user data).
