@@ -108,6 +108,8 @@ def corpus(kind: str, inputs: Inputs) -> list[str]:
         "publish": ["x", "99999:80", "80:0/sctp"],
         "disk": ["", "x,format=bogus", "x,size=-5"],
         "tag": ["novalue", "=x"],
+        "ip": ["bogus", "999.1.1.1", ""],
+        "ip-range": ["x", "10.0.0.9-10.0.0.1", "10.0.0.1-"],
     }
     return table[kind]
 
@@ -124,6 +126,8 @@ KINDS = {
     "name": "name", "names": "vm-name", "format": "format", "platform": "platform", "compress": "compression",
     "size": "number", "boot_size": "number", "data_size": "number", "mem": "number", "parallel": "number",
     "publish": "publish", "disk": "disk", "tag": "tag",
+    "lab": "input", "token_file": "input", "state": "directory", "tftp": "listen",
+    "dhcp_listen": "ip", "boot_server": "ip", "dhcp_router": "ip", "dhcp_dns": "ip", "dhcp_pool": "ip-range",
 }
 # Free text with no bad value (anything is a valid owner, command line or user data).
 FREE_TEXT = {"daemon owner", "run qemu cmdline", "run qemu data"}
