@@ -410,3 +410,14 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> Non
     err = child.stderr.read()
     assert child.wait(timeout=60) == 1
     assert err == b""
+
+
+@pytest.mark.parametrize("token", ["fifo", "/dev/zero", "empty-dir", "missing"])
+def test_serve_reads_its_token_file_bounded(token: str, tmp_path: Path) -> None:
+    inputs = make_inputs(tmp_path)
+    path = token if token.startswith("/") else inputs.path(token)
+    argv = ["serve", "--lab", str(ROOT / "examples" / "metal-lab.yml"), "--state", inputs.path("metal-state"),
+            "--listen", "127.0.0.1:0", "--token-file", path]
+    outcome = run_case(argv, inputs)
+    assert judge(argv, outcome) is None, judge(argv, outcome)
+    assert f"--token-file {path}: " in outcome.err

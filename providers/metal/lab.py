@@ -152,7 +152,7 @@ def parse_lab(text: str, file: str = "<lab>") -> Lab:
     groups = _groups(r, top.get("groups"), profiles)
     machines = _machines(r, top.get("machines"))
     default = top.get("default", "exit")
-    if default != "exit" and default not in profiles:
+    if not isinstance(default, str) or (default != "exit" and default not in profiles):
         r.fail(("default",), f"must be exit or a profile name, not {default!r}")
     if r.problems:
         raise SpecError(r.problems, hint="see docs/metal.md for the lab file")

@@ -1,7 +1,8 @@
 """Every value of the example specs, replaced in turn by hostile values (or removed): loading
 gives a spec or a SpecError, never another exception (an OverflowError from a 400-digit
-duration, a TypeError from a list where a string was expected...). Cluster specs get every
-hostile value at every key; the image spec, larger, one at each key, rotating through them."""
+duration, a TypeError from a list where a string was expected...). Cluster specs and the metal
+lab file get every hostile value at every key; the image spec, larger, one at each key,
+rotating through them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from provision.errors import ProvisionError
+from provision.providers.metal.lab import parse_lab
 from provision.reconcile.spec import parse_cluster_spec
 from provision.spec.load import load_spec
 
@@ -55,7 +57,7 @@ def mutations(document: Any, per_path: int = len(HOSTILE)) -> Iterator[tuple[str
             yield f"{'.'.join(map(str, path))} = {shown}", yaml.safe_dump(changed, allow_unicode=True)
 
 
-@pytest.mark.parametrize("example", ["cluster-simulated.yml", "local-cluster.yml"])
+@pytest.mark.parametrize("example", ["cluster-simulated.yml", "local-cluster.yml", "metal-cluster.yml"])
 def test_cluster_spec_mutations_give_a_spec_or_a_spec_error(example: str) -> None:
     document = yaml.safe_load((EXAMPLES / example).read_text())
     crashes = []
@@ -77,6 +79,19 @@ def test_image_spec_mutations_give_a_spec_or_a_spec_error(tmp_path: Path) -> Non
         spec.write_text(text)
         try:
             load_spec([spec])
+        except ProvisionError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - what the test looks for
+            crashes.append(f"{what}: {type(exc).__name__}: {exc}"[:200])
+    assert not crashes, "\n".join(crashes[:20])
+
+
+def test_lab_file_mutations_give_a_lab_or_a_spec_error() -> None:
+    document = yaml.safe_load((EXAMPLES / "metal-lab.yml").read_text())
+    crashes = []
+    for what, text in mutations(document):
+        try:
+            parse_lab(text, str(EXAMPLES / "metal-lab.yml"))
         except ProvisionError:
             pass
         except Exception as exc:  # noqa: BLE001 - what the test looks for
