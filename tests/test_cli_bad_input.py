@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -69,6 +70,10 @@ def make_inputs(tmp: Path) -> Inputs:
     (tmp / "home").mkdir()
     (tmp / "empty-dir").mkdir()
     os.mkfifo(tmp / "fifo")
+    # Device nodes to write to live here, never the host's own /dev/null and /dev/full: a
+    # regression must not replace the machine's device nodes (it did once).
+    os.mknod(tmp / "null-device", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mknod(tmp / "full-device", stat.S_IFCHR | 0o666, os.makedev(1, 7))
     (tmp / "garbage").write_bytes(bytes(range(256)) * 16)
     (tmp / "words").write_text("this is not what was asked for\n")
     (tmp / "empty").write_text("")
@@ -90,11 +95,11 @@ def corpus(kind: str, inputs: Inputs) -> list[str]:
     table = {
         "input": hostile_files + [p("plan-nonsense.json")],
         "data": [p("missing"), p("empty-dir"), "/dev/zero", p("fifo")],  # any bytes are valid user data
-        "output-file": [p("missing-dir/out.json"), p("empty-dir"), "/dev/null", "/dev/full", p("fifo"),
+        "output-file": [p("missing-dir/out.json"), p("empty-dir"), p("null-device"), p("full-device"), p("fifo"),
                         p("garbage/out.json"), "/proc/out.json"],
-        "output-dir": [p("garbage"), "/dev/null", p("fifo")],
-        "directory": [p("garbage"), "/dev/null", p("fifo")],
-        "journal": [p("empty-dir"), "/dev/null", p("fifo"), p("garbage"), p("words"), "/proc/journal.db",
+        "output-dir": [p("garbage"), p("null-device"), p("fifo")],
+        "directory": [p("garbage"), p("null-device"), p("fifo")],
+        "journal": [p("empty-dir"), p("null-device"), p("fifo"), p("garbage"), p("words"), "/proc/journal.db",
                     p("garbage/journal.db")],
         "number": ["x", "-5", "nan", "inf", "1e999", ""],
         "choice": ["bogus"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -93,10 +94,12 @@ def test_a_saved_plan_with_nonsense_fields_is_refused(case: str, cluster: Path, 
 
 def test_plan_out_is_checked_before_any_work(cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     os.mkfifo(tmp_path / "fifo")
+    device = tmp_path / "null-device"  # never the host's own /dev/null: a regression must not replace it
+    os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
     replace = "and an output may only replace a regular file"
     for out, why in [(tmp_path / "missing" / "plan.json", f"cannot write {tmp_path / 'missing' / 'plan.json'}: the directory {tmp_path / 'missing'} does not exist"),
                      (tmp_path, f"refusing to write {tmp_path}: it is a directory, {replace}"),
-                     (Path("/dev/null"), f"refusing to write /dev/null: it is a character device, {replace}"),
+                     (device, f"refusing to write {device}: it is a character device, {replace}"),
                      (tmp_path / "fifo", f"refusing to write {tmp_path / 'fifo'}: it is a FIFO, {replace}")]:
         code, stdout, err = run(capsys, "plan", str(cluster), "--out", str(out))
         assert code == 2 and stdout == ""
@@ -107,9 +110,10 @@ def test_plan_out_is_checked_before_any_work(cluster: Path, tmp_path: Path, caps
 
 def test_journal_paths_that_cannot_be_a_journal(cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     os.mkfifo(tmp_path / "fifo")
+    os.mknod(tmp_path / "null-device", stat.S_IFCHR | 0o666, os.makedev(1, 3))  # not the host's /dev/null
     (tmp_path / "garbage.db").write_bytes(b"not a database at all" * 100)
     for journal, why in [(tmp_path, "a directory"), (tmp_path / "fifo", "not a regular file"),
-                         (Path("/dev/null"), "not a regular file"),
+                         (tmp_path / "null-device", "not a regular file"),
                          (tmp_path / "garbage.db", "cannot use it as a journal database: file is not a database"),
                          (Path("/proc/journal.db"), "cannot use it as a journal database"),
                          (tmp_path / "garbage.db" / "x.db", f"cannot make its directory {tmp_path / 'garbage.db'}")]:
