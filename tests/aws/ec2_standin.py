@@ -4,7 +4,7 @@ moto's own server app runs behind one WSGI layer (in this test process, on 127.0
 - makes ``RunInstances`` idempotent by ``ClientToken`` as EC2 documents it: a repeat of a
   token returns the first call's answer (no second instance); a repeat with other parameters is
   refused with ``IdempotentParameterMismatch``; moto itself ignores the token;
-- injects faults per action, in order: ``throttle`` (EC2's ``RequestLimitExceeded``, HTTP 503),
+- injects faults per action (or ``*``: the next call of any action), in order: ``throttle`` (EC2's ``RequestLimitExceeded``, HTTP 503),
   ``throttling`` (``Throttling``, HTTP 400), ``503`` (``Unavailable``), ``slow`` (the request is
   carried out, then the answer is held back past the client's read time-out);
 - records every action called (for the IAM policy test).
@@ -75,7 +75,7 @@ class Ec2Layer:
             return self.app(environ, start_response)
         with self.lock:
             self.calls.append(action)
-            queued = self.faults.get(action)
+            queued = self.faults.get(action) or self.faults.get("*")
             fault = queued.popleft() if queued else None
         if fault in FAULTS:
             status, code, message = FAULTS[fault]
@@ -122,13 +122,20 @@ class Ec2Layer:
 class Ec2Moto(Moto):
     layer: Ec2Layer
 
-    def instances(self) -> list[dict[str, Any]]:
-        """Every instance moto holds (any state), through the EC2 API."""
+    def image(self) -> str:
+        """An AMI moto knows (one of the public images it starts with)."""
+        return str(self.client().describe_images(Owners=["amazon"])["Images"][0]["ImageId"])
+
+    def client(self) -> Any:
+        """An EC2 client of the test's own (not the provider's) with generous time-outs."""
         import boto3
 
-        ec2 = boto3.client("ec2", endpoint_url=self.url, region_name="us-east-1",
-                           aws_access_key_id="AKIDPROVISIONTEST", aws_secret_access_key="x")
-        return [i for page in ec2.get_paginator("describe_instances").paginate()
+        return boto3.client("ec2", endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id="AKIDPROVISIONTEST", aws_secret_access_key="x")
+
+    def instances(self) -> list[dict[str, Any]]:
+        """Every instance moto holds (any state), through the EC2 API."""
+        return [i for page in self.client().get_paginator("describe_instances").paginate()
                 for r in page["Reservations"] for i in r["Instances"]]
 
 
