@@ -7,7 +7,7 @@ moto's own server app runs behind one WSGI layer (in this test process, on 127.0
 - injects faults per action (or ``*``: the next call of any action), in order: ``throttle`` (EC2's ``RequestLimitExceeded``, HTTP 503),
   ``throttling`` (``Throttling``, HTTP 400), ``503`` (``Unavailable``), ``slow`` (the request is
   carried out, then the answer is held back past the client's read time-out);
-- records every action called (for the IAM policy test).
+- records every action called, with its parameters (for the IAM policy test).
 Nothing inside boto3 is touched: the clients talk HTTP to this server.
 """
 
@@ -47,6 +47,7 @@ class Ec2Layer:
     slow_seconds: float = 3.0
     faults: dict[str, deque[str]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    received: list[tuple[str, dict[str, list[str]]]] = field(default_factory=list)  # (action, form)
     tokens: dict[str, tuple[str, str, list[tuple[str, str]], bytes]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     run_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -60,6 +61,7 @@ class Ec2Layer:
         with self.lock:
             self.faults.clear()
             self.calls.clear()
+            self.received.clear()
             self.tokens.clear()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -75,6 +77,7 @@ class Ec2Layer:
             return self.app(environ, start_response)
         with self.lock:
             self.calls.append(action)
+            self.received.append((action, form))
             queued = self.faults.get(action) or self.faults.get("*")
             fault = queued.popleft() if queued else None
         if fault in FAULTS:
