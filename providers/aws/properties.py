@@ -7,7 +7,6 @@ Provider options::
     profile: NAME                (a profile of the AWS config; default: boto3's own chain)
     endpoint: URL                (default: the SDK's own settings, AWS_ENDPOINT_URL...)
     publicAddress: false         (health checks reach the public IP instead of the private one)
-    agentPort: 7080              (where the machines' agent answers)
     readTimeout: 30s             (per request; a request with no answer in time has an unknown
                                   outcome and is retried with the same ClientToken)
     pageSize: 100                (DescribeInstances MaxResults, 5 to 1000)
@@ -76,7 +75,6 @@ OPTIONS = Schema({
     "profile": Field("a profile name of the AWS config", schema.text(r"[A-Za-z0-9_.@+-]{1,128}")),
     "endpoint": Field("an http(s) URL", schema.text(r"https?://[^\s]{1,2000}")),
     "publicAddress": Field("true or false", schema.boolean, doc="default false: the private IP"),
-    "agentPort": Field("a port from 1 to 65535", schema.integer(1, 65535), doc="default 7080"),
     "readTimeout": Field("a duration from 1s to 10m", schema.duration(1, 600), doc="default 30s"),
     "pageSize": Field("a whole number from 5 to 1000", schema.integer(5, 1000), doc="default 100"),
 })
@@ -103,7 +101,6 @@ class AwsOptions:
     profile: str | None = None
     endpoint: str | None = None
     public_address: bool = False
-    agent_port: int = 7080
     read_timeout: float = 30.0
     page_size: int = 100
 
@@ -155,7 +152,6 @@ def parse_options(options: Mapping[str, Any]) -> AwsOptions:
         profile=relaxed.get("profile"),
         endpoint=relaxed.get("endpoint"),
         public_address=bool(relaxed.get("publicAddress", False)),
-        agent_port=int(relaxed.get("agentPort", 7080)),
         read_timeout=float(read_timeout if read_timeout is not None else 30.0),
         page_size=page_size,
     )

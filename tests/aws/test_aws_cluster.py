@@ -143,6 +143,17 @@ groups:
     assert all(m.startswith("cluster.yml:") for m in messages)
 
 
+def test_the_example_loads() -> None:
+    from provision.providers.aws.properties import parse_machine_properties
+    from provision.reconcile.spec import load_cluster_spec
+
+    spec = load_cluster_spec(Path(__file__).resolve().parents[2] / "examples" / "aws-cluster.yml")
+    (web,) = spec.groups
+    props = parse_machine_properties(web.properties)
+    assert props.instance_type == "t3.micro" and props.http_tokens == "required" and props.root_volume is not None
+    assert str(web.image).endswith("web.yml")
+
+
 def test_a_client_token_is_a_deterministic_digest_ec2_accepts() -> None:
     key = "a-cluster-with-a-long-name/web-frontend/00042/17" * 3
     assert client_token(key) == client_token(key) and len(client_token(key)) == 64
