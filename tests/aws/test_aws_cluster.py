@@ -69,7 +69,8 @@ def test_an_aws_cluster_applies_through_faults_and_reaches_a_fixpoint(ec2: Ec2Mo
     code, out, err = run(capsys, "apply", str(spec), "--journal", journal, "--interval", "0")
     assert code == 0, out + err
     machines = live(ec2)
-    assert len(machines) == 3  # the timed-out create was found again by its ClientToken
+    states = [(i["InstanceId"], i["State"]["Name"], tags_of(i).get(TAG_SLOT)) for i in ec2.instances()]
+    assert len(machines) == 3, (states, out)  # the timed-out create was found again by its ClientToken
     slots = Counter(tags_of(m)[TAG_SLOT] for m in machines)
     assert all(n == 1 for n in slots.values())
     for machine in machines:
