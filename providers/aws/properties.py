@@ -39,7 +39,7 @@ REGION = r"[a-z]{2}(-[a-z]+)+-\d{1,2}"
 USER_DATA_MAX = 16384  # EC2's limit on user data, before base64
 
 
-def mapping(of: Schema, what: str) -> Parser:
+def mapping(of: Schema) -> Parser:
     """A nested mapping checked against ``of`` (the first problem is named in the message)."""
 
     def parse(value: Any) -> dict[str, Any] | None:
@@ -87,9 +87,9 @@ PROPERTIES = Schema({
                               schema.list_of(schema.text(r"sg-[0-9a-f]{8,17}"), max_items=16)),
     "keyName": Field("a key pair name", schema.text(r"[^\s]{1,255}")),
     "iamInstanceProfile": Field("an instance profile name or ARN", schema.text(r"[\w+=,.@:/-]{1,2048}")),
-    "rootVolume": Field("a mapping of size (GiB), type, iops, device", mapping(ROOT_VOLUME, "rootVolume")),
+    "rootVolume": Field("a mapping of size (GiB), type, iops, device", mapping(ROOT_VOLUME)),
     "market": Field("on-demand or spot", schema.one_of("on-demand", "spot"), doc="default on-demand"),
-    "metadata": Field("a mapping of httpTokens (required | optional) and hopLimit", mapping(METADATA, "metadata"),
+    "metadata": Field("a mapping of httpTokens (required | optional) and hopLimit", mapping(METADATA),
                       doc="default httpTokens: required"),
     "userData": Field(f"text of at most {USER_DATA_MAX} bytes or a mapping (a JSON tree)", _user_data),
 })
