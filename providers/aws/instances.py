@@ -131,7 +131,10 @@ class AwsProvider:
     # -- the Provider protocol ------------------------------------------------------------
 
     def create_instance(self, request: CreateRequest) -> Instance:
-        params = run_instances_params(request, parse_machine_properties(request.properties))
+        try:
+            params = run_instances_params(request, parse_machine_properties(request.properties))
+        except UsageError as exc:  # a request EC2 would refuse: this create fails for good
+            raise ProviderError(str(exc), hint="fix the group's properties") from exc
         answer = call_aws("RunInstances", self.ec2.run_instances, **params)
         made = answer.get("Instances") or []
         if len(made) != 1:

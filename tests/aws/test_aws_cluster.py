@@ -162,6 +162,23 @@ def test_a_client_token_is_a_deterministic_digest_ec2_accepts() -> None:
     assert client_token(key).isascii()
 
 
+def test_user_data_too_big_for_ec2_fails_that_create_for_good_before_any_call(ec2: Ec2Moto, tmp_path: Path) -> None:
+    from provision.providers import get_target
+    from provision.reconcile.clock import SystemClock
+    from provision.reconcile.provider import CreateRequest, ProviderError, TransientProviderError
+    from provision.reconcile.spec import ProviderSpec
+
+    provider = get_target("aws").create_provider(ProviderSpec("cloud", "aws", options={"region": "us-east-1"},
+                                                              base=tmp_path), SystemClock())
+    properties = {"instanceType": "t3.micro", "userData": "x" * 16380}  # fits alone, not with the hostname
+    ec2.layer.reset()
+    with pytest.raises(ProviderError) as caught:
+        provider.create_instance(CreateRequest("shop/web/00001/1", "shop-web-00001", ec2.image(), properties,
+                                               {TAG_CLUSTER: "shop"}, 1))
+    assert not isinstance(caught.value, TransientProviderError) and "16384" in str(caught.value)
+    assert "RunInstances" not in ec2.layer.calls
+
+
 def test_user_data_carries_the_hostname_and_the_groups_tree() -> None:
     tree = json.loads(render_user_data("shop-web-00001", '{"ssh": {"entries": {"authorized_keys": {"content": "k"}}}}'))
     assert tree == {"hostname": {"content": "shop-web-00001"},
