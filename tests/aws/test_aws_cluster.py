@@ -179,6 +179,24 @@ def test_user_data_too_big_for_ec2_fails_that_create_for_good_before_any_call(ec
     assert "RunInstances" not in ec2.layer.calls
 
 
+def test_address_is_the_private_ip_or_the_public_one_by_option(ec2: Ec2Moto, tmp_path: Path) -> None:
+    from provision.providers import get_target
+    from provision.reconcile.clock import SystemClock
+    from provision.reconcile.provider import CreateRequest
+    from provision.reconcile.spec import ProviderSpec
+
+    def provider(**options: object) -> Any:
+        spec = ProviderSpec("cloud", "aws", options={"region": "us-east-1", **options}, base=tmp_path)
+        return get_target("aws").create_provider(spec, SystemClock())
+
+    made = provider().create_instance(CreateRequest("shop/web/00001/1", "shop-web-00001", ec2.image(),
+                                                    {"instanceType": "t3.micro"}, {TAG_CLUSTER: "shop"}, 1))
+    (raw,) = live(ec2)
+    assert provider().address(made, 7080) == (raw["PrivateIpAddress"], 7080)  # looked up by id
+    public = provider(publicAddress=True).address(made, 9000)
+    assert public == ((raw["PublicIpAddress"], 9000) if raw.get("PublicIpAddress") else None)
+
+
 def test_user_data_carries_the_hostname_and_the_groups_tree() -> None:
     tree = json.loads(render_user_data("shop-web-00001", '{"ssh": {"entries": {"authorized_keys": {"content": "k"}}}}'))
     assert tree == {"hostname": {"content": "shop-web-00001"},
