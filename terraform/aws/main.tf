@@ -51,7 +51,7 @@ data "aws_iam_policy_document" "push" {
     resources = ["${local.ec2}::snapshot/*"]
     condition {
       test     = "Null"
-      variable = "ec2:ResourceTag/provision-digest"
+      variable = "ec2:ResourceTag/provision-image-digest"
       values   = ["false"]
     }
   }
@@ -68,11 +68,17 @@ data "aws_iam_policy_document" "push" {
     resources = ["*"] # Describe* cannot be limited to resources
   }
 
+  statement {
+    sid       = "ReadShares"
+    actions   = ["ec2:DescribeImageAttribute", "ec2:DescribeSnapshotAttribute"]
+    resources = ["${local.ec2}::image/*", "${local.ec2}::snapshot/*"]
+  }
+
   dynamic "statement" {
     for_each = var.enable_import ? [1] : []
     content {
       sid       = "ImportUpload"
-      actions   = ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
+      actions   = ["s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
       resources = ["arn:${local.partition}:s3:::${local.bucket_name}/*"]
     }
   }

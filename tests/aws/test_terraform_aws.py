@@ -88,6 +88,8 @@ def values(raw: Any) -> list[str]:
 
 
 def resource_type(pattern: str) -> str:
+    if ":s3:::" in pattern:
+        return "object" if "/" in pattern else "bucket"
     return "*" if pattern == "*" else pattern.rsplit(":", 1)[-1].split("/", 1)[0]
 
 
@@ -219,8 +221,10 @@ def test_the_push_policy_covers_ebs_direct_registration_copy_and_share() -> None
                              ("ebs:CompleteSnapshot", "snapshot"), ("ebs:ListSnapshotBlocks", "snapshot"),
                              ("ec2:RegisterImage", "image"), ("ec2:RegisterImage", "snapshot"),
                              ("ec2:CopyImage", "image"), ("ec2:ModifyImageAttribute", "image"),
-                             ("ec2:CreateTags", "image"), ("ec2:DescribeImages", "*")]:
-        assert allowed(push, action, resource, {}), (action, resource)
-    assert allowed(push, "ec2:DeleteSnapshot", "snapshot", {"ec2:ResourceTag/provision-digest": "sha256-x"})
+                             ("ec2:CreateTags", "image"), ("ec2:DescribeImages", "*"),
+                             ("ec2:DescribeImageAttribute", "image"), ("ec2:ModifySnapshotAttribute", "snapshot"),
+                             ("s3:PutObject", "object"), ("s3:DeleteObject", "object"), ("ec2:ImportSnapshot", "snapshot")]:
+        assert allowed(push, action, resource, {"ec2:ResourceTag/provision-image-digest": "sha256-x"}), (action, resource)
+    assert allowed(push, "ec2:DeleteSnapshot", "snapshot", {"ec2:ResourceTag/provision-image-digest": "sha256-x"})
     assert not allowed(push, "ec2:DeleteSnapshot", "snapshot", {})  # only what push made
     assert not allowed(push, "ec2:RunInstances", "instance", {})
