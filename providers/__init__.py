@@ -17,6 +17,7 @@ _TARGETS: dict[str, tuple[str, str]] = {
     "simulated-http": ("provision.providers.simulated.target", "SIMULATED_HTTP"),
     "qemu": ("provision.providers.qemu.target", "QEMU_TARGET"),
     "metal": ("provision.providers.metal.target", "METAL_TARGET"),
+    "aws": ("provision.providers.aws.target", "AWS_TARGET"),
 }
 
 

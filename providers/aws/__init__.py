@@ -1,0 +1,2 @@
+"""The aws target: EC2 instances for clusters (:mod:`.instances`), their schemas
+(:mod:`.properties`) and the boto3 clients (:mod:`.session`)."""

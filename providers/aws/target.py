@@ -1,0 +1,53 @@
+"""The aws target (cluster half): EC2 instances from AMIs. MINIMAL: the publish side (``provision
+push aws``, EBS direct upload, RegisterImage by digest) lives in the push branch's version of
+this file; until the two merge, publish and find_image refuse, and a group names an AMI id."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from provision.errors import UsageError
+from provision.providers.aws.instances import AwsProvider, create_aws_provider
+from provision.providers.aws.properties import OPTIONS, PROPERTIES
+from provision.reconcile.clock import Clock
+from provision.reconcile.provider import Instance, Provider
+from provision.reconcile.spec import ProviderSpec
+from provision.schema import Schema
+from provision.target import Artifact, Progress, PublishedImage
+
+AMI = re.compile(r"ami-[0-9a-f]{8,17}")
+
+
+@dataclass(frozen=True)
+class AwsTarget:
+    name: str = "aws"
+    formats: tuple[str, ...] = ("aws",)
+    options: Schema = OPTIONS
+    properties: Schema = PROPERTIES
+    tools: tuple[str, ...] = ()
+
+    def create_provider(self, spec: ProviderSpec, clock: Clock) -> AwsProvider:
+        return create_aws_provider(spec, clock)
+
+    def find_image(self, provider: Provider, digest: str) -> str | None:
+        return None
+
+    def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
+        raise UsageError("aws: publishing an image spec needs `provision push aws` (not merged yet)")
+
+    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None) -> str:
+        if not AMI.fullmatch(image):
+            raise UsageError(f"aws: image {image!r} is not an AMI id (ami-...)")
+        return image
+
+    def consoles(self, provider: Provider, instances: Sequence[Instance]) -> list[str]:
+        return [f"aws ec2 get-console-output --instance-id {i.id}" for i in instances]
+
+    def declared_ports(self, properties: Mapping[str, Any]) -> tuple[int, ...]:
+        return ()
+
+
+AWS_TARGET = AwsTarget()
