@@ -6,7 +6,6 @@ The format is documented in docs/cluster-spec.md.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
@@ -21,9 +20,8 @@ from typing import Any
 from provision.errors import Problem, SpecError
 from provision.fsutil import sha256_digest
 from provision.spec.checks import type_name
-from provision.spec.source import Mark, YamlList, YamlMap, mark_of, parse_yaml_text, read_text_file
-
-KeyPath = tuple[str | int, ...]
+from provision.spec.reader import DocumentReader, KeyPath
+from provision.spec.source import parse_yaml_text, read_text_file
 
 NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -215,67 +213,8 @@ def default_journal(name: str) -> Path:
     return Path(base) / "provision" / "clusters" / f"{name}.db"
 
 
-def render_key_path(path: KeyPath) -> str:
-    """``("groups", 0, "update")`` -> ``groups[0].update``."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
-
-
-def mark_at(root: Any, path: KeyPath, fallback: Mark, *, at_key: bool = False) -> Mark:
-    """Where ``path`` is written in the located document ``root`` (its key with ``at_key``),
-    else where its nearest written ancestor is."""
-    mark = mark_of(root, fallback)
-    node = root
-    for index, part in enumerate(path):
-        if isinstance(node, YamlMap) and isinstance(part, str) and part in node:
-            last = index == len(path) - 1
-            mark = node.key_mark(part) if last and at_key else node.value_mark(part)
-        elif isinstance(node, YamlList) and isinstance(part, int) and 0 <= part < len(node):
-            mark = node.item_mark(part)
-        else:
-            break
-        node = node[part]
-    return mark
-
-
-class _Reader:
-    """Collects problems while reading typed values out of a located document."""
-
-    def __init__(self, root: Any, file: str) -> None:
-        self.root = root
-        self.file = file
-        self.problems: list[Problem] = []
-
-    def fail(self, path: KeyPath, message: str, *, at_key: bool = False) -> None:
-        mark = mark_at(self.root, path, Mark(self.file, 0, 0), at_key=at_key)
-        self.problems.append(mark.problem(render_key_path(path), message))
-
-    def mapping(self, value: Any, path: KeyPath, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            self.fail(path, f"must be a mapping, not {type_name(value)}")
-            return {}
-        for key in value:
-            if str(key) not in allowed:
-                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.fail((*path, str(key)), f"unknown key{hint}", at_key=True)
-        for key in sorted(required - set(value)):
-            self.fail(path, f"missing required key {key!r}")
-        return {str(k): v for k, v in value.items()}
-
-    def typed(self, value: Any, path: KeyPath, parse: Callable[[Any], Any], what: str, default: Any) -> Any:
-        if value is None:
-            return default
-        result = parse(value)
-        if result is None:
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-            self.fail(path, f"must be {what}, not {shown}")
-            return default
-        return result
+class _Reader(DocumentReader):
+    """The document reader with the cluster spec's names (tag values everywhere)."""
 
     def name(self, value: Any, path: KeyPath) -> str:
         if not isinstance(value, str) or not NAME.fullmatch(value):

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from provision.errors import SpecError
-from provision.reconcile.spec import load_cluster_spec, mark_at, parse_cluster_spec
+from provision.reconcile.spec import load_cluster_spec, parse_cluster_spec
+from provision.spec.reader import mark_at
 from provision.spec.source import Mark, parse_yaml_text
 
 GOOD = "cluster: demo\ngroups:\n  - name: web\n    provider: simulated\n    image: img\n    size: 2\n"
