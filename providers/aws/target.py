@@ -16,7 +16,7 @@ from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema
-from provision.target import Artifact, Progress, PublishedImage
+from provision.target import Artifact, Progress, PublishedImage, Target
 
 AMI = re.compile(r"ami-[0-9a-f]{8,17}")
 
@@ -38,7 +38,8 @@ class AwsTarget:
     def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
         raise UsageError("aws: publishing an image spec needs `provision push aws` (not merged yet)")
 
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None) -> str:
+    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None, *,
+                      publish: bool = True) -> str:
         if not AMI.fullmatch(image):
             raise UsageError(f"aws: image {image!r} is not an AMI id (ami-...)")
         return image
@@ -50,4 +51,4 @@ class AwsTarget:
         return ()
 
 
-AWS_TARGET = AwsTarget()
+AWS_TARGET: Target = AwsTarget()  # mypy checks it against the Protocol
