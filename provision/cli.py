@@ -3,24 +3,57 @@
 Each module of ``provision.commands`` exposes ``register(subparsers)`` and sets
 ``func=handler`` on its parser(s); a handler takes the parsed ``argparse.Namespace`` and
 returns an exit code. The library raises ``ProvisionError``; only this module prints it.
+
+No traceback reaches a user: every error is one line on stderr (``provision: error: ...``,
+optionally followed by ``hint:`` lines). A usage error exits 2 (bad arguments, bad input files),
+a failure 1. An ``OSError`` or a decode error that a command did not turn into a
+``ProvisionError`` itself still becomes one line here, naming the file; anything else is an
+internal error (a bug): one line too, with the traceback in the log at ``-v``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import pkgutil
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from provision import __version__, commands
 from provision.errors import ProvisionError
 
+log = logging.getLogger("provision")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (with where to find the usage), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``cannot access PATH: No such file or directory`` (the path when the error has one)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None and exc.filename2 is not None:
+        return f"{os.fsdecode(exc.filename)} -> {os.fsdecode(exc.filename2)}: {reason}"
+    if exc.filename is not None and not isinstance(exc.filename, int):
+        return f"{os.fsdecode(exc.filename)}: {reason}"
+    return reason
+
+
+def _say_error(message: str, hint: str | None = None) -> None:
+    print(f"provision: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
 
 def _base_parser() -> tuple[argparse.ArgumentParser, Any]:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="provision",
         description="Build minimal Linux machine images and keep fleets of machines running them.",
     )
@@ -69,18 +102,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    return run_handler(args.func, args)
+
+
+def run_handler(handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run a command's handler and turn whatever it raises into one line and an exit code."""
     try:
-        code = args.func(args)
+        code = handler(args)
     except ProvisionError as exc:
-        print(f"provision: error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        _say_error(exc.message, exc.hint)
         return exc.exit_code
     except KeyboardInterrupt:
         print("provision: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`provision plan | head`): stop quietly
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 1
+    except UnicodeError as exc:
+        log.debug("traceback", exc_info=True)
+        _say_error(f"text encoding error: {exc}")
+        return 2
+    except OSError as exc:
+        log.debug("traceback", exc_info=True)
+        _say_error(describe_os_error(exc))
+        return 1
+    except MemoryError:
+        _say_error("out of memory")
+        return 1
+    except RecursionError:
+        log.debug("traceback", exc_info=True)
+        _say_error("input nested too deeply")
+        return 2
+    except Exception as exc:  # a bug: still one line, the traceback at -v
+        log.debug("traceback", exc_info=True)
+        _say_error(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0],
+                   "this is a bug in provision; run again with -v for the traceback and report it")
+        return 1
     return int(code or 0)
-
 
 if __name__ == "__main__":
     sys.exit(main())

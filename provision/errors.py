@@ -49,7 +49,10 @@ class SpecError(ProvisionError):
     def __init__(self, problems: Iterable[Problem], hint: str | None = None) -> None:
         self.problems = tuple(sorted(set(problems)))
         count = len(self.problems)
-        head = f"{count} problem{'s' if count != 1 else ''} in spec"
+        if count == 1:  # one problem is one line
+            super().__init__(str(self.problems[0]), hint)
+            return
+        head = f"{count} problems in spec"
         super().__init__(head + "\n" + "\n".join(str(p) for p in self.problems), hint)
 
 

@@ -57,6 +57,16 @@ def check_replaceable(path: Path) -> None:
     )
 
 
+def check_output_path(path: Path) -> None:
+    """Before any work: the output's directory exists and ``path`` is a regular file or absent
+    (:func:`check_replaceable`); a UsageError naming what is wrong otherwise."""
+    parent = Path(path).parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise UsageError(f"cannot write {path}: the directory {parent} {what}")
+    check_replaceable(Path(path))
+
+
 def fsync_directory(directory: Path) -> None:
     """Make a rename in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

@@ -81,7 +81,7 @@ def number(low: float, high: float) -> Parser:
     def parse(value: Any) -> float | None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
-        return float(value) if math.isfinite(value) and low <= value <= high else None
+        return float(value) if low <= value <= high else None  # compared first: 10**400 has no float
 
     return parse
 
@@ -130,7 +130,7 @@ def duration(low: float, high: float) -> Parser:
     def parse(value: Any) -> float | None:
         seconds: float | None = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            seconds = float(value)
+            seconds = float(value) if low <= value <= high else None  # 10**400 has no float
         elif isinstance(value, str):
             match = _DURATION.fullmatch(value.strip())
             if match:

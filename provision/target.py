@@ -94,9 +94,11 @@ class Target(Protocol):
         """Make ``artifact`` launchable; idempotent by ``artifact.digest``."""
         ...
 
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None) -> str:
+    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None, *,
+                      publish: bool = True) -> str:
         """A group's ``image`` as written when it is not an image spec (an id, a built artifact's
-        path): the id to launch. Raise a ProvisionError when the target cannot launch it."""
+        path): the id to launch. With ``publish=False`` (``provision plan``) nothing is copied or
+        uploaded: the id it would have. Raise a ProvisionError when the target cannot launch it."""
         ...
 
     def consoles(self, provider: Provider, instances: Sequence[Instance]) -> list[str]:

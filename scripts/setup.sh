@@ -114,4 +114,19 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$stamp" ] || ! install_problem >/dev/null
   problem=$(install_problem) || die "after pip install: $problem"
   echo "$stamp" >"$STAMP"
 fi
+# checkov (the terraform module checks) pins its own boto3 and packaging, which fight
+# provision's: it gets a virtual environment of its own, and .venv/bin/checkov points at it.
+CHECKOV_VENV=$VENV/tools/checkov
+CHECKOV_VERSION="checkov>=3.2,<4"
+if [ "$(cat "$CHECKOV_VENV/.installed" 2>/dev/null)" != "$CHECKOV_VERSION" ] || ! "$VENV/bin/checkov" --version >/dev/null 2>&1; then
+  say "installing checkov into its own environment ($CHECKOV_VENV)"
+  rm -rf "$CHECKOV_VENV"
+  "$PYTHON" -m venv "$CHECKOV_VENV" || die "$PYTHON -m venv failed for checkov"
+  "$CHECKOV_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$CHECKOV_VERSION" 2>&1 \
+    | { grep -v "^WARNING: Location '.*' is ignored: it is neither a file nor a directory" >&2 || true; } \
+    || die "pip install checkov failed (its error is above)"
+  ln -sf "$CHECKOV_VENV/bin/checkov" "$VENV/bin/checkov"
+  "$VENV/bin/checkov" --version >/dev/null || die "checkov does not run"
+  echo "$CHECKOV_VERSION" >"$CHECKOV_VENV/.installed"
+fi
 say "ready: .venv ($want); put provision on PATH with: . .venv/bin/activate"

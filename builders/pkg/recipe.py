@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from provision.errors import Problem, ProvisionError, SpecError
+from provision.spec.source import compose_yaml, read_text_file
 
 RECIPE_FILE = "build.yml"
 LOCK_FILE = "lock.yml"
@@ -162,9 +163,13 @@ def load_recipe(directory: Path | str) -> Recipe:
         raise ProvisionError(
             f"{file}: no recipe here", hint="a component is a directory holding build.yml"
         )
-    text = file.read_text()
+    text, problems = read_text_file(file)  # a regular file, bounded
+    if text is None:
+        raise SpecError(problems)
+    root, problems = compose_yaml(text, str(file))  # depth-limited, located
+    if problems:
+        raise SpecError(problems)
     try:
-        root = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -26,6 +26,7 @@ from provision.errors import CommandError, ProvisionError
 from provision.providers.metal.lab import Bmc
 from provision.reconcile.provider import ProviderError, TransientProviderError
 from provision.runner import run
+from provision.spec.source import read_text_file
 
 IPMITOOL = "ipmitool"
 
@@ -54,10 +55,10 @@ def read_password(bmc: Bmc, base: Path) -> str:
     if bmc.password_file:
         path = Path(bmc.password_file)
         path = path if path.is_absolute() else base / path
-        try:
-            return path.read_text().strip()
-        except OSError as exc:
-            raise ProvisionError(f"BMC {bmc.address}: cannot read the password file {path}: {exc.strerror}") from exc
+        text, problems = read_text_file(path)  # a regular file, bounded
+        if text is None:
+            raise ProvisionError(f"BMC {bmc.address}: the password file {problems[0]}")
+        return text.strip()
     return ""
 
 

@@ -33,11 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provision.errors import Problem, SpecError
-from provision.reconcile.spec import mark_at, render_key_path
-from provision.spec.source import Mark, parse_yaml_text, read_text_file
+from provision.errors import SpecError
+from provision.spec.reader import DocumentReader, KeyPath
+from provision.spec.source import parse_yaml_text, read_text_file
 
-KeyPath = tuple[str | int, ...]
 NAME = re.compile(r"[a-z0-9]([a-z0-9_.-]{0,62}[a-z0-9])?")
 MAC = re.compile(r"[0-9a-f]{2}([:-][0-9a-f]{2}){5}")
 SELECTOR_KEYS = ("mac", "uuid", "hostname", "serial")
@@ -105,37 +104,8 @@ class Lab:
         return found
 
 
-class _Reader:
-    def __init__(self, root: Any, file: str) -> None:
-        self.root = root
-        self.file = file
-        self.problems: list[Problem] = []
-
-    def fail(self, path: KeyPath, message: str, *, at_key: bool = False) -> None:
-        mark = mark_at(self.root, path, Mark(self.file, 0, 0), at_key=at_key)
-        self.problems.append(mark.problem(render_key_path(path), message))
-
-    def mapping(self, value: Any, path: KeyPath, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict[str, Any]:
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            self.fail(path, f"must be a mapping, not {type(value).__name__}")
-            return {}
-        for key in value:
-            if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                self.fail((*path, str(key)), "unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""), at_key=True)
-        for key in required:
-            if key not in value:
-                self.fail(path, f"missing required key {key!r}")
-        return {str(k): v for k, v in value.items()}
-
-    def text(self, value: Any, path: KeyPath, pattern: re.Pattern[str] | None = None, what: str = "a string",
-             max_len: int = 4096) -> str:
-        if not isinstance(value, str) or len(value) > max_len or (pattern is not None and not pattern.fullmatch(value)):
-            self.fail(path, f"must be {what}, not {value!r}")
-            return ""
-        return value
+class _Reader(DocumentReader):
+    """The document reader with the lab file's names."""
 
     def name(self, value: Any, path: KeyPath) -> str:
         return self.text(value, path, NAME, "1-64 lowercase letters, digits, '.', '_' or '-'")
@@ -152,7 +122,7 @@ def parse_lab(text: str, file: str = "<lab>") -> Lab:
     groups = _groups(r, top.get("groups"), profiles)
     machines = _machines(r, top.get("machines"))
     default = top.get("default", "exit")
-    if default != "exit" and default not in profiles:
+    if not isinstance(default, str) or (default != "exit" and default not in profiles):
         r.fail(("default",), f"must be exit or a profile name, not {default!r}")
     if r.problems:
         raise SpecError(r.problems, hint="see docs/metal.md for the lab file")

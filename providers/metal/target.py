@@ -19,7 +19,7 @@ from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema
-from provision.target import Artifact, Progress, PublishedImage, own_provider
+from provision.target import Artifact, Progress, PublishedImage, Target, own_provider
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class MetalTarget:
             progress(f"published {artifact.digest[:19]} for network boot in {metal.state}")
         return PublishedImage(artifact.digest, artifact.digest, reused)
 
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None) -> str:
+    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None, *,
+                      publish: bool = True) -> str:
         metal = own_provider(provider, MetalProvider, self.name)
         if DIGEST.fullmatch(image) and read_boot_image(metal.state, image) is not None:
             return image
@@ -58,4 +59,4 @@ class MetalTarget:
         return ()
 
 
-METAL_TARGET = MetalTarget()
+METAL_TARGET: Target = MetalTarget()  # mypy checks it against the Protocol

@@ -17,6 +17,7 @@ directly (``-kernel``), an ISO as a CD-ROM, any disk image as a virtio disk; the
 from __future__ import annotations
 
 import json
+import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -295,3 +296,46 @@ def resolve_artifact(path: Path) -> BootSource:
             hint="name the file to boot",
         )
     raise _not_found(path)
+
+
+# (offset, bytes) one of which a bootable image of each QEMU block driver starts with; a
+# negative offset counts from the end (a fixed VHD's footer).
+_SIGNATURES: dict[tuple[BootKind, str | None], tuple[tuple[int, bytes], ...]] = {
+    (BootKind.CDROM, "raw"): ((0x8001, b"CD001"),),
+    (BootKind.DISK, "raw"): ((510, b"\x55\xaa"),),  # an MBR, or GPT's protective MBR
+    (BootKind.DISK, "qcow2"): ((0, b"QFI\xfb"),),
+    (BootKind.DISK, "vpc"): ((0, b"conectix"), (-512, b"conectix")),
+    (BootKind.DISK, "vmdk"): ((0, b"KDMV"), (0, b"# Disk DescriptorFile")),
+}
+
+
+def check_bootable(source: BootSource) -> None:
+    """Refuse, before QEMU starts, files that cannot boot: not regular files (a FIFO, a
+    device), empty files, and disks or ISOs without their format's signature (QEMU would
+    otherwise sit in its firmware's boot loop forever)."""
+    files = [source.path, *(p for p in (source.initrd, source.root_image) if p is not None)]
+    for path in files:
+        try:
+            info = path.stat()
+        except OSError as exc:
+            raise _not_found(path, exc.strerror or "") from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(f"{path} is not a regular file", hint="give a file that `provision build` wrote")
+        if info.st_size == 0:
+            raise UsageError(f"{path} is empty", hint="give a file that `provision build` wrote")
+    signatures = _SIGNATURES.get((source.kind, source.disk_format))
+    if not signatures or source.unpack:  # an archive: what QEMU boots is unpacked from it later
+        return
+    size = source.path.stat().st_size
+    with open(source.path, "rb") as handle:
+        for offset, magic in signatures:
+            start = offset if offset >= 0 else size + offset
+            if start < 0 or start + len(magic) > size:
+                continue
+            handle.seek(start)
+            if handle.read(len(magic)) == magic:
+                return
+    raise UsageError(
+        f"{source.path} is not a bootable {source.kind.value} image ({source.disk_format}): its signature is missing",
+        hint="boot what `provision build` wrote (kernel+initrd, iso, raw, qcow2, vhd, vmdk)",
+    )

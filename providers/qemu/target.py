@@ -13,6 +13,7 @@ from provision.errors import UsageError
 from provision.providers.qemu.accel import QEMU
 from provision.providers.qemu.images import (
     DIGEST,
+    digest_artifact,
     find_cached_image,
     image_cache,
     import_artifact,
@@ -31,7 +32,7 @@ from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema
-from provision.target import Artifact, Progress, PublishedImage, own_provider
+from provision.target import Artifact, Progress, PublishedImage, Target, own_provider
 
 
 def _bootable_formats() -> tuple[str, ...]:
@@ -71,14 +72,17 @@ class QemuTarget:
                                artifact.manifest.name, str(artifact.manifest.resolve()))
         return PublishedImage(artifact.digest, artifact.digest, reused)
 
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None) -> str:
+    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None, *,
+                      publish: bool = True) -> str:
         """An image digest already in the cache, or the path of a built artifact (cached under
-        the sha256 of what boots)."""
+        the sha256 of what boots; ``publish=False`` only computes that digest)."""
         qemu = own_provider(provider, QemuProvider, self.name)
         if DIGEST.fullmatch(image):
             resolve_cached_image(qemu.state_root, image)
             return image
         path = Path(image) if os.path.isabs(image) else qemu.base / image
+        if not publish:
+            return digest_artifact(path)[0]
         return import_artifact(path, image_cache(qemu.state_root), progress=progress)
 
     def consoles(self, provider: Provider, instances: Sequence[Instance]) -> list[str]:
@@ -93,4 +97,4 @@ class QemuTarget:
         return tuple(guest for guest, proto in props.ports if proto == "tcp")
 
 
-QEMU_TARGET = QemuTarget()
+QEMU_TARGET: Target = QemuTarget()  # mypy checks it against the Protocol

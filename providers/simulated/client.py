@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import requests
 
@@ -20,6 +20,7 @@ from provision.reconcile.provider import (
     TransientProviderError,
 )
 
+T = TypeVar("T")
 
 class HttpSimulatedProvider:
     """The Provider that talks to :func:`serve_simulated_cloud` (``options: {url: ...}``)."""
@@ -52,6 +53,13 @@ class HttpSimulatedProvider:
             raise ProviderError(message)
         return body
 
+    def _answer(self, what: str, read: Callable[[], T]) -> T:
+        """``read()`` of a JSON answer; one that is not shaped as the API's is a ProviderError."""
+        try:
+            return read()
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProviderError(f"{what}: {self.url} did not answer as the simulated cloud API ({exc!r})") from exc
+
     def create_instance(self, request: CreateRequest) -> Instance:
         payload = {"key": request.key, "name": request.name, "image": request.image,
                    "properties": dict(request.properties), "tags": dict(request.tags), "epoch": request.epoch}
@@ -59,7 +67,8 @@ class HttpSimulatedProvider:
             response = self._session.post(f"{self.url}/v1/instances", json=payload, timeout=self.timeout)
         except requests.RequestException as exc:
             raise OutcomeUnknownError(f"create {request.key}: {exc}") from exc
-        return instance_from_json(self._check(response, f"create {request.key}"))
+        body = self._check(response, f"create {request.key}")
+        return self._answer(f"create {request.key}", lambda: instance_from_json(body))
 
     def list_instances(self, tags: Mapping[str, str], page_token: str | None = None) -> Page:
         params: list[tuple[str, str]] = [("tag", f"{k}={v}") for k, v in tags.items()]
@@ -70,7 +79,7 @@ class HttpSimulatedProvider:
         except requests.RequestException as exc:
             raise TransientProviderError(f"list: {exc}") from exc
         body = self._check(response, "list")
-        return Page(tuple(instance_from_json(i) for i in body["instances"]), body.get("next_token"))
+        return self._answer("list", lambda: Page(tuple(instance_from_json(i) for i in body["instances"]), body.get("next_token")))
 
     def destroy_instance(self, instance_id: str, epoch: int) -> None:
         try:

@@ -4,6 +4,8 @@ after every mutating call through the cloud's public snapshot/restore."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from typing import Any
 
 from provision.errors import ProvisionError
@@ -24,6 +26,9 @@ def load_cloud(path: str, clock: Clock | None = None, **kwargs: Any) -> Simulate
     """The cloud saved in ``path`` (a new, empty one when there is no such file)."""
     cloud = SimulatedCloud(clock, **kwargs)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # opening a FIFO would block
+            raise ProvisionError(f"simulated cloud state {path}: not a regular file",
+                                 hint="options.state names the simulated cloud's own JSON file")
         with open(path, "rb") as handle:
             body = json.loads(handle.read())
     except FileNotFoundError:

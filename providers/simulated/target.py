@@ -20,7 +20,7 @@ from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Field, Schema
-from provision.target import Artifact, Progress, PublishedImage, own_provider
+from provision.target import Artifact, Progress, PublishedImage, Target, own_provider
 
 LOCAL_URL = r"http://127\.0\.0\.1:\d{1,5}/?"
 
@@ -42,7 +42,8 @@ class _SimulatedImages:
         image_id, reused = own_provider(provider, self.provider_class, self.name).register_image(artifact.digest)
         return PublishedImage(image_id, artifact.digest, reused)
 
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None) -> str:
+    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None, *,
+                      publish: bool = True) -> str:
         return image
 
     def consoles(self, provider: Provider, instances: Sequence[Instance]) -> list[str]:
@@ -83,5 +84,5 @@ class SimulatedHttpTarget(_SimulatedImages):
         return HttpSimulatedProvider(str(spec.options["url"]), spec.name)
 
 
-SIMULATED = SimulatedTarget()
-SIMULATED_HTTP = SimulatedHttpTarget()
+SIMULATED: Target = SimulatedTarget()  # mypy checks them against the Protocol
+SIMULATED_HTTP: Target = SimulatedHttpTarget()

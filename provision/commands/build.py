@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provision.commands import argument_type
+from provision.commands import argument_type, open_image_store
 from provision.compress import Compression, parse_compression
+from provision.errors import UsageError
 from provision.oci.model import Platform
 from provision.oci.pull import PULL_POLICIES
-from provision.oci.store import ImageStore
 
 _SIZE = re.compile(r"^(\d+)\s*([kmgt]?)(i?b)?$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -23,9 +23,10 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 def parse_size(text: str) -> int:
     """``1G``, ``512M``, ``1073741824``, ``2GiB`` (binary units)."""
     match = _SIZE.match(text.strip())
-    if not match or int(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (write e.g. 1G or 512M)")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+    size = int(match.group(1)) * _UNITS[match.group(2).lower()] if match else 0
+    if not 0 < size <= _UNITS["t"] * 16:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (write e.g. 1G or 512M, at most 16T)")
+    return size
 
 
 def format_epilog() -> str:
@@ -87,6 +88,8 @@ def run_build(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(dump_spec(load_spec(args.specs)))
         return 0
+    if args.outdir.exists() and not args.outdir.is_dir():
+        raise UsageError(f"--output {args.outdir}: not a directory", hint="outputs go into a directory (created when missing)")
     started = time.monotonic()
 
     def progress(message: str) -> None:
@@ -95,7 +98,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     result = build_image(
         args.specs,
-        store=ImageStore(args.cache) if args.cache else ImageStore.default(),
+        store=open_image_store(args.cache),
         formats=parse_formats(args.format),
         outdir=args.outdir,
         name=args.name,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from provision.commands import argument_type
+from provision.commands import argument_type, open_image_store
 from provision.errors import ImageNotFoundError, UsageError
 from provision.oci.archive import export_archive, import_archive
 from provision.oci.config import check_parallel
@@ -69,7 +69,7 @@ def register(subparsers: Any) -> None:
 
 
 def _store(args: argparse.Namespace) -> ImageStore:
-    return ImageStore(args.cache) if args.cache else ImageStore.default()
+    return open_image_store(args.cache)
 
 
 def _human(size: int) -> str:

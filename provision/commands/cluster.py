@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from provision.commands import check_seconds
-from provision.errors import ProvisionError, UsageError
-from provision.fsutil import write_bytes_atomic
+from provision.errors import ProvisionError, SpecError, UsageError
+from provision.fsutil import check_output_path, write_bytes_atomic
 from provision.reconcile.clock import SystemClock
 from provision.reconcile.daemon import Daemon, DaemonOptions, reloader
 from provision.reconcile.engine import Engine
@@ -24,11 +24,17 @@ from provision.reconcile.image import GroupImages
 from provision.reconcile.journal import SqliteStore
 from provision.reconcile.logs import JsonFormatter
 from provision.reconcile.model import Condition
-from provision.reconcile.plan import ClusterPlan, StalePlanError, render_plan_table
+from provision.reconcile.plan import (
+    ClusterPlan,
+    StalePlanError,
+    check_plan_matches_spec,
+    render_plan_table,
+)
 from provision.reconcile.provider import Provider
 from provision.reconcile.registry import create_providers
 from provision.reconcile.spec import ClusterSpec, load_cluster_spec, parse_cluster_spec
 from provision.reconcile.teardown import open_cluster_providers
+from provision.spec.source import STDIN, read_text_file
 
 
 def register(subparsers: Any) -> None:
@@ -103,6 +109,10 @@ def _say(message: str) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    if args.out:
+        if args.cluster == STDIN:
+            raise UsageError("plan --out needs the cluster spec as a file, not stdin (the plan records where it is)")
+        check_output_path(Path(args.out))  # before any work
     spec = load_cluster_spec(args.cluster)
     engine, store = _open(args, spec, build=False)
     try:
@@ -116,14 +126,17 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def _load_target(path: str) -> tuple[ClusterSpec, ClusterPlan | None]:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
-    if text.lstrip().startswith("{"):
-        plan = ClusterPlan.from_json(text)
-        return parse_cluster_spec(plan.spec_text, plan.spec_file), plan
-    return load_cluster_spec(path), None
+    """The cluster spec at ``path``, or the spec and the plan of a plan saved there (checked
+    strictly, and against the spec it carries)."""
+    text, problems = read_text_file(Path(path))  # a regular file (or - for stdin), bounded
+    if text is None:
+        raise SpecError(problems)
+    if not text.lstrip().startswith("{"):
+        return parse_cluster_spec(text, path), None
+    plan = ClusterPlan.from_json(text, path)
+    spec = parse_cluster_spec(plan.spec_text, plan.spec_file)
+    check_plan_matches_spec(plan, spec, path)
+    return spec, plan
 
 
 def run_apply(args: argparse.Namespace) -> int:

@@ -20,8 +20,8 @@ from provision.builders.pkg import (
     write_lock,
 )
 from provision.builders.pkg.lock import dump_lock
+from provision.commands import open_image_store
 from provision.errors import UsageError
-from provision.oci.store import ImageStore
 from provision.reference import ImageRef
 
 
@@ -117,7 +117,7 @@ def pkg_lock(args: argparse.Namespace) -> int:
 
 def pkg_build(args: argparse.Namespace) -> int:
     recipes = [load_recipe(d) for d in _recipe_dirs(args)]
-    store = ImageStore(args.cache) if args.cache else ImageStore.default()
+    store = open_image_store(args.cache)
     apt = _apt(args)
     apt.ensure_lists()
     debs = args.debs or default_deb_cache()

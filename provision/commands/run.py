@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from provision.commands import number_flag
 from provision.errors import UsageError
 from provision.providers.qemu.accel import ACCEL_CHOICES
-from provision.providers.qemu.artifact import resolve_artifact
+from provision.providers.qemu.artifact import check_bootable, resolve_artifact
 from provision.providers.qemu.vm import (
     VMConfig,
     default_state_root,
@@ -22,6 +23,7 @@ from provision.providers.qemu.vm import (
     start_vm,
     stop_vm,
 )
+from provision.spec.source import read_spec_bytes
 
 
 def parse_mem(text: str) -> int:
@@ -30,7 +32,10 @@ def parse_mem(text: str) -> int:
     if not match:
         raise argparse.ArgumentTypeError(f"invalid memory size {text!r} (write 512, 512M or 2G)")
     value = int(match.group(1))
-    return value * 1024 if (match.group(2) or "M").upper().startswith("G") else value
+    mib = value * 1024 if (match.group(2) or "M").upper().startswith("G") else value
+    if not 16 <= mib <= 1 << 20:
+        raise argparse.ArgumentTypeError(f"invalid memory size {text!r} (from 16M to 1024G)")
+    return mib
 
 
 def register(subparsers: Any) -> None:
@@ -52,7 +57,7 @@ def register(subparsers: Any) -> None:
     qemu.add_argument(
         "--mem", type=parse_mem, default=1024, help="memory, MiB or with M/G (default 1024)"
     )
-    qemu.add_argument("--cpus", type=int, default=1, help="virtual CPUs (default 1)")
+    qemu.add_argument("--cpus", type=number_flag(1, 256, integer=True), default=1, help="virtual CPUs (default 1)")
     qemu.add_argument("-p", "--publish", action="append", default=[], metavar="HOST:GUEST[/udp]",
                       help="forward 127.0.0.1:HOST to the guest's port GUEST (repeatable)")  # fmt: skip
     data = qemu.add_mutually_exclusive_group()
@@ -80,20 +85,21 @@ def register(subparsers: Any) -> None:
     stop = subparsers.add_parser("stop", help="stop local VMs (ACPI power-off, then kill)")
     stop.add_argument("names", nargs="*", metavar="NAME")
     stop.add_argument("--all", action="store_true", help="stop every local VM")
-    stop.add_argument("--timeout", type=float, default=30.0,
+    stop.add_argument("--timeout", type=number_flag(0, 3600), default=30.0,
                       help="seconds to wait for the guest to power off before killing it (default 30)")  # fmt: skip
     stop.set_defaults(func=stop_vms)
 
 
 def run_qemu(args: argparse.Namespace) -> int:
-    if args.data_file is not None:
-        try:
-            data: bytes | None = args.data_file.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read --data-file {args.data_file}: {exc.strerror}") from exc
+    if args.data_file is not None:  # a regular file (or - for stdin), bounded: never a FIFO or /dev/zero
+        data, problems = read_spec_bytes(args.data_file)
+        if data is None:
+            raise UsageError(f"--data-file {problems[0]}")
     else:
         data = args.data.encode() if args.data is not None else None
-    name = args.name or resolve_artifact(args.artifact).label
+    source = resolve_artifact(args.artifact)
+    check_bootable(source)
+    name = args.name or source.label
     config = VMConfig(
         name=name,
         artifact=args.artifact,

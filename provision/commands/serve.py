@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import UsageError
+from provision.spec.source import read_text_file
 
 
 def register(subparsers: Any) -> None:
@@ -67,11 +68,11 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError("give --state (a cluster's metal state directory) or --root (a directory to serve)")
     root.mkdir(parents=True, exist_ok=True)
     token = None
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            raise UsageError(f"--token-file {args.token_file}: {exc.strerror}") from exc
+    if args.token_file:  # a regular file, bounded (a FIFO would block, /dev/zero never end)
+        text, problems = read_text_file(Path(args.token_file))
+        if text is None:
+            raise UsageError(f"--token-file {problems[0]}")
+        token = text.strip()
     token = token or os.environ.get("PROVISION_SERVE_TOKEN") or None
     logging.getLogger("provision.serve").setLevel(logging.INFO)
     stop = threading.Event()

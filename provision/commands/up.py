@@ -213,15 +213,15 @@ def run_up(args: argparse.Namespace) -> int:
     check_targets(spec)
     clock = SystemClock()
     providers = create_providers(spec, clock)
-    images = GroupImages(spec, providers, build=True, progress=say)
-    for group in spec.groups:
-        say(f"group {group.name}: image {images.image(group).id}")
-    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
-    # groups removed from the spec may live on providers no group uses now: the journal knows them
-    providers = {**open_cluster_providers(spec, store, clock).providers, **providers}
-    engine = Engine(spec, providers, store, clock, owner=f"up:{os.getpid()}", images=images)
+    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)  # before any build
     started = time.monotonic()
     try:
+        images = GroupImages(spec, providers, build=True, progress=say)
+        for group in spec.groups:
+            say(f"group {group.name}: image {images.image(group).id}")
+        # groups removed from the spec may live on providers no group uses now: the journal knows them
+        providers = {**open_cluster_providers(spec, store, clock).providers, **providers}
+        engine = Engine(spec, providers, store, clock, owner=f"up:{os.getpid()}", images=images)
         engine.acquire()
         try:
             passes = converge_cluster(engine, say, timeout=args.timeout, interval=args.interval)

@@ -523,10 +523,12 @@ def _scope_done(engine: Engine, scope: ClusterPlan, results: list[PassResult]) -
     if engine.store.pending_intents(engine.spec.name):
         return False
     for group in engine.groups():
-        ids, _ = scope.scope(group.name)
+        ids, planned = scope.scope(group.name)
         observation = engine.observe(group)
         if any(m.id in ids for m in observation.machines):
             return False
+        if engine._scope_created.get(group.name, 0) < planned and len(observation.machines) < group.desired:
+            return False  # planned creates still to come (a pass can skip them while they back off)
         if any(m.condition is Condition.STARTING for m in observation.machines):
             return False
     return True

@@ -117,7 +117,8 @@ class GroupImages:
         target = get_target(pspec.type)
         provider = self.providers[group.provider]
         if not is_image_spec_path(group.image):
-            return GroupImage(target.resolve_image(provider, group.image, self.progress), group.image)
+            image_id = target.resolve_image(provider, group.image, self.progress, publish=self.build)
+            return GroupImage(image_id, group.image)
         from provision.image_digest import plan_image_digest
 
         path = (pspec.base / group.image).resolve()

@@ -23,6 +23,7 @@ import json
 import os
 import socket
 import sqlite3
+import stat
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -224,25 +225,58 @@ def holder_is_dead(token: str | None) -> bool:
     return now_start is None or (bool(start) and now_start != start)
 
 
+JOURNAL_HINT = "give another path with --journal, or change journal: in the cluster spec"
+
+
+class JournalError(ProvisionError):
+    """The journal file cannot be used: not a regular file, unreadable, or not a journal."""
+
+
+def _open_journal(path: Path) -> sqlite3.Connection:
+    """The journal database at ``path`` (created with its directory when missing); a path that
+    is not a regular file (a FIFO would block), or that SQLite cannot use, is a JournalError."""
+    hint = JOURNAL_HINT
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JournalError(f"journal {path}: cannot make its directory {path.parent}: {exc.strerror or exc}", hint=hint) from exc
+    try:
+        mode = path.stat().st_mode if path.exists() else stat.S_IFREG
+    except OSError as exc:
+        raise JournalError(f"journal {path}: {exc.strerror or exc}", hint=hint) from exc
+    if not stat.S_ISREG(mode):
+        raise JournalError(f"journal {path}: {'a directory' if stat.S_ISDIR(mode) else 'not a regular file'}", hint=hint)
+    db: sqlite3.Connection | None = None
+    try:
+        db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+    except sqlite3.Error as exc:
+        if db is not None:
+            db.close()
+        raise JournalError(f"journal {path}: cannot use it as a journal database: {exc}", hint=hint) from exc
+    return db
+
 
 class SqliteStore:
     """The embedded Store: one SQLite file in WAL mode, safe to share between threads."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        _migrate_keys(self._db)
-        self._db.executescript(_SCHEMA)
-        columns = {str(row[1]) for row in self._db.execute("PRAGMA table_info(leases)")}
-        if "holder" not in columns:
-            self._db.execute("ALTER TABLE leases ADD COLUMN holder TEXT")
-        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('journal-id', ?)", (uuid.uuid4().hex[:16],))
-        self._identity = str(self._db.execute("SELECT value FROM meta WHERE key='journal-id'").fetchone()[0])
+        self._db = _open_journal(self.path)
+        try:
+            _migrate_keys(self._db)
+            self._db.executescript(_SCHEMA)
+            columns = {str(row[1]) for row in self._db.execute("PRAGMA table_info(leases)")}
+            if "holder" not in columns:
+                self._db.execute("ALTER TABLE leases ADD COLUMN holder TEXT")
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('journal-id', ?)", (uuid.uuid4().hex[:16],))
+            self._identity = str(self._db.execute("SELECT value FROM meta WHERE key='journal-id'").fetchone()[0])
+        except sqlite3.Error as exc:  # another program's database, or a damaged journal
+            self._db.close()
+            raise JournalError(f"journal {self.path}: cannot use it as a journal database: {exc}", hint=JOURNAL_HINT) from exc
 
     def identity(self) -> str:
         """This journal's id (16 hex), tagged on every machine it creates."""

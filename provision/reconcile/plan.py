@@ -8,15 +8,16 @@ observed state has changed since it was made.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from provision.errors import ProvisionError
 from provision.fsutil import sha256_digest
 from provision.reconcile.model import Condition, Machine, Observation
 from provision.reconcile.rollout import plan_targets
-from provision.reconcile.spec import GroupSpec
+from provision.reconcile.spec import ClusterSpec, GroupSpec
 
 PLAN_FORMAT = "provision.plan/v1"
 ACTIONS = ("create", "replace", "destroy", "nothing")
@@ -85,19 +86,125 @@ class ClusterPlan:
         return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> ClusterPlan:
+    def from_json(cls, text: str, source: str = "plan") -> ClusterPlan:
+        """A plan saved by :meth:`to_json`, checked strictly (every field, its type and its
+        range); anything else is a PlanError naming the field."""
         try:
             body = json.loads(text)
-            if body.pop("format", None) != PLAN_FORMAT:
-                raise ValueError(f"not a {PLAN_FORMAT} document")
-            groups = tuple(
-                GroupPlan(**{**g, "changes": tuple(MachineChange(**c) for c in g["changes"]), "notes": tuple(g["notes"]),
-                             "removed": bool(g.get("removed", False))})
-                for g in body.pop("groups")
-            )
-            return cls(groups=groups, **body)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProvisionError(f"not a saved plan: {exc}", hint="make one with: provision plan CLUSTER.yml --out PLAN") from exc
+        except ValueError as exc:
+            raise PlanError(f"{source}: not a saved plan: not JSON ({exc})") from exc
+        return _check_plan(body, source)
+
+
+class PlanError(ProvisionError):
+    """A saved plan that is not one, or whose fields are nonsense."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, hint="make a new one with: provision plan CLUSTER.yml --out PLAN")
+
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_CONFIG = re.compile(r"([0-9a-f]{16})?")
+_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
+
+
+class _PlanReader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, message: str) -> NoReturn:
+        raise PlanError(f"{self.source}: not a valid saved plan: {where}: {message}")
+
+    def fields(self, value: Any, where: str, names: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(where or "(top)", "must be an object")
+        for key in sorted(set(value) - names):
+            self.fail(f"{where}.{key}" if where else key, "unknown field")
+        for key in sorted(names - set(value)):
+            self.fail(f"{where}.{key}" if where else key, "missing")
+        return value
+
+    def text(self, value: Any, where: str, pattern: re.Pattern[str] | None = None, limit: int = 4096) -> str:
+        if not isinstance(value, str) or len(value) > limit:
+            self.fail(where, f"must be a string of at most {limit} characters")
+        if pattern is not None and not pattern.fullmatch(value):
+            self.fail(where, f"{value[:80]!r} is not of the form {pattern.pattern}")
+        return value
+
+    def count(self, value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+            self.fail(where, "must be a whole number from 0 to 1000000")
+        return value
+
+    def flag(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(where, "must be true or false")
+        return value
+
+    def items(self, value: Any, where: str) -> list[Any]:
+        if not isinstance(value, list) or len(value) > 1_000_000:
+            self.fail(where, "must be a list")
+        return value
+
+
+def _check_plan(body: Any, source: str) -> ClusterPlan:
+    r = _PlanReader(source)
+    top = r.fields(body, "", {"format", *ClusterPlan.__dataclass_fields__})
+    if top["format"] != PLAN_FORMAT:
+        r.fail("format", f"must be {PLAN_FORMAT!r}")
+    spec_text = r.text(top["spec_text"], "spec_text", limit=16 * 1024 * 1024)
+    spec_digest = r.text(top["spec_digest"], "spec_digest", _DIGEST)
+    if sha256_digest(spec_text.encode()) != spec_digest:
+        r.fail("spec_text", "does not match spec_digest (the plan was edited)")
+    spec_file = r.text(top["spec_file"], "spec_file")
+    if not spec_file.startswith("/"):
+        r.fail("spec_file", "must be an absolute path (plans made by `provision plan --out` store one)")
+    groups: list[GroupPlan] = []
+    for i, raw in enumerate(r.items(top["groups"], "groups")):
+        where = f"groups[{i}]"
+        g = r.fields(raw, where, set(GroupPlan.__dataclass_fields__))
+        changes: list[MachineChange] = []
+        for j, item in enumerate(r.items(g["changes"], f"{where}.changes")):
+            at = f"{where}.changes[{j}]"
+            c = r.fields(item, at, set(MachineChange.__dataclass_fields__))
+            if c["action"] not in ACTIONS:
+                r.fail(f"{at}.action", f"must be one of {', '.join(ACTIONS)}")
+            changes.append(MachineChange(
+                c["action"], r.text(c["slot"], f"{at}.slot"), r.text(c["machine"], f"{at}.machine"),
+                r.text(c["reason"], f"{at}.reason"), r.text(c["config_before"], f"{at}.config_before", limit=256),
+                r.text(c["config_after"], f"{at}.config_after", limit=256)))
+        groups.append(GroupPlan(
+            r.text(g["group"], f"{where}.group", _NAME), r.text(g["provider"], f"{where}.provider", _NAME),
+            r.text(g["image"], f"{where}.image"), r.text(g["config"], f"{where}.config", _CONFIG),
+            r.count(g["desired"], f"{where}.desired"), r.count(g["observed"], f"{where}.observed"),
+            tuple(changes), tuple(r.text(n, f"{where}.notes[{k}]") for k, n in enumerate(r.items(g["notes"], f"{where}.notes"))),
+            r.flag(g["removed"], f"{where}.removed")))
+    journal = r.text(top["journal"], "journal")
+    if journal and not journal.startswith("/"):
+        r.fail("journal", "must be an absolute path (plans made by `provision plan --out` store one)")
+    return ClusterPlan(
+        r.text(top["cluster"], "cluster", _NAME), spec_file, spec_digest, spec_text,
+        r.text(top["observed_digest"], "observed_digest", _DIGEST), tuple(groups), journal)
+
+
+def check_plan_matches_spec(plan: ClusterPlan, spec: ClusterSpec, source: str) -> None:
+    """Refuse a plan whose cluster or groups are not those of the spec it carries."""
+    r = _PlanReader(source)
+    if plan.cluster != spec.name:
+        r.fail("cluster", f"{plan.cluster!r} is not the spec's cluster {spec.name!r}")
+    groups = {g.name: g for g in spec.groups}
+    for i, g in enumerate(plan.groups):
+        group = groups.get(g.group)
+        if g.removed:  # a group the spec no longer declares: its machines are to go
+            if group is not None or g.desired != 0:
+                r.fail(f"groups[{i}]", f"group {g.group!r} is marked removed but the spec declares it or it wants machines")
+            continue
+        if group is None:
+            r.fail(f"groups[{i}].group", f"the spec has no group {g.group!r}")
+        if g.provider != group.provider or g.desired != group.desired:
+            r.fail(f"groups[{i}]", f"provider or desired size differ from the spec's group {g.group!r}")
 
 
 def digest_observations(observations: Sequence[Observation]) -> str:

@@ -6,7 +6,6 @@ The format is documented in docs/cluster-spec.md.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
@@ -20,13 +19,22 @@ from typing import Any
 
 from provision.errors import Problem, SpecError
 from provision.fsutil import sha256_digest
-from provision.spec.source import Mark, YamlList, YamlMap, mark_of, parse_yaml_text, read_text_file
-
-KeyPath = tuple[str | int, ...]
+from provision.spec.checks import type_name
+from provision.spec.reader import DocumentReader, KeyPath
+from provision.spec.source import parse_yaml_text, read_text_file
 
 NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_COUNT = 1_000_000
+
+# (least, most) for every duration (seconds) and rate (calls per second) a cluster spec holds;
+# the command-line flags that override them use the same bounds.
+INTERVAL_BOUNDS = (0.1, 3600.0)
+RESYNC_BOUNDS = (0.1, 86400.0)
+STARTUP_TIMEOUT_BOUNDS = (1.0, 86400.0)
+UNHEALTHY_TIMEOUT_BOUNDS = (1.0, 86400.0)
+RATE_LIMIT_BOUNDS = (0.01, 10_000.0)
 
 
 class Strategy(StrEnum):
@@ -144,22 +152,55 @@ def config_digest(image: str, properties: Mapping[str, Any]) -> str:
 
 
 def parse_duration(value: Any) -> float | None:
-    """``30`` / ``30s`` / ``1.5m`` / ``500ms`` / ``2h`` -> seconds; None when unreadable."""
+    """``30`` / ``30s`` / ``1.5m`` / ``500ms`` / ``2h`` -> seconds; None when unreadable,
+    negative or not finite."""
+    seconds: float | None = None
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float) and value >= 0:
-        return float(value)
-    if isinstance(value, str):
+    if isinstance(value, int | float):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            return None
+    elif isinstance(value, str):
         match = _DURATION.fullmatch(value.strip())
         if match:
-            return float(match.group(1)) * _UNITS[match.group(2)]
-    return None
+            seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
+
+
+def format_seconds(seconds: float) -> str:
+    """``0.1`` -> ``100ms``, ``3600`` -> ``1h`` (as a spec would write it)."""
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+def bounded_duration(bounds: tuple[float, float]) -> Callable[[Any], float | None]:
+    """A duration parser that also refuses values outside ``bounds`` (None)."""
+    def parse(value: Any) -> float | None:
+        seconds = parse_duration(value)
+        return seconds if seconds is not None and bounds[0] <= seconds <= bounds[1] else None
+
+    return parse
+
+
+def describe_duration(bounds: tuple[float, float]) -> str:
+    return f"a duration from {format_seconds(bounds[0])} to {format_seconds(bounds[1])} (like 30s, 10m)"
+
+
+def parse_listen(text: str) -> str | None:
+    """``127.0.0.1:9464`` / ``[::1]:9464`` (port 0 picks one) as given; None when it is not
+    an IP address and a port."""
+    match = re.fullmatch(r"([0-9.]+|\[[0-9a-f:]+\]):(\d{1,5})", text)
+    return text if match and int(match.group(2)) <= 65535 else None
 
 
 def parse_quantity(value: Any) -> Quantity | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int) and value >= 0:
+    if isinstance(value, int) and 0 <= value <= MAX_COUNT:
         return Quantity(value)
     if isinstance(value, str) and re.fullmatch(r"\d{1,3}%", value.strip()):
         number = int(value.strip()[:-1])
@@ -172,66 +213,8 @@ def default_journal(name: str) -> Path:
     return Path(base) / "provision" / "clusters" / f"{name}.db"
 
 
-def render_key_path(path: KeyPath) -> str:
-    """``("groups", 0, "update")`` -> ``groups[0].update``."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
-
-
-def mark_at(root: Any, path: KeyPath, fallback: Mark, *, at_key: bool = False) -> Mark:
-    """Where ``path`` is written in the located document ``root`` (its key with ``at_key``),
-    else where its nearest written ancestor is."""
-    mark = mark_of(root, fallback)
-    node = root
-    for index, part in enumerate(path):
-        if isinstance(node, YamlMap) and isinstance(part, str) and part in node:
-            last = index == len(path) - 1
-            mark = node.key_mark(part) if last and at_key else node.value_mark(part)
-        elif isinstance(node, YamlList) and isinstance(part, int) and 0 <= part < len(node):
-            mark = node.item_mark(part)
-        else:
-            break
-        node = node[part]
-    return mark
-
-
-class _Reader:
-    """Collects problems while reading typed values out of a located document."""
-
-    def __init__(self, root: Any, file: str) -> None:
-        self.root = root
-        self.file = file
-        self.problems: list[Problem] = []
-
-    def fail(self, path: KeyPath, message: str, *, at_key: bool = False) -> None:
-        mark = mark_at(self.root, path, Mark(self.file, 0, 0), at_key=at_key)
-        self.problems.append(mark.problem(render_key_path(path), message))
-
-    def mapping(self, value: Any, path: KeyPath, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            self.fail(path, f"must be a mapping, not {type(value).__name__}")
-            return {}
-        for key in value:
-            if str(key) not in allowed:
-                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.fail((*path, str(key)), f"unknown key{hint}", at_key=True)
-        for key in sorted(required - set(value)):
-            self.fail(path, f"missing required key {key!r}")
-        return {str(k): v for k, v in value.items()}
-
-    def typed(self, value: Any, path: KeyPath, parse: Callable[[Any], Any], what: str, default: Any) -> Any:
-        if value is None:
-            return default
-        result = parse(value)
-        if result is None:
-            self.fail(path, f"must be {what}, not {value!r}")
-            return default
-        return result
+class _Reader(DocumentReader):
+    """The document reader with the cluster spec's names (tag values everywhere)."""
 
     def name(self, value: Any, path: KeyPath) -> str:
         if not isinstance(value, str) or not NAME.fullmatch(value):
@@ -240,7 +223,7 @@ class _Reader:
         return value
 
 
-def _int(minimum: int, maximum: int = 1_000_000) -> Callable[[Any], int | None]:
+def _int(minimum: int, maximum: int = MAX_COUNT) -> Callable[[Any], int | None]:
     def parse(value: Any) -> int | None:
         ok = isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= maximum
         return value if ok else None
@@ -264,16 +247,21 @@ def _enum(kind: type[Enum]) -> Callable[[Any], Any]:
 
 def parse_cluster_spec(text: str, file: str = "<cluster>") -> ClusterSpec:
     """Parse and validate a cluster spec; raise SpecError listing every located problem."""
-    root, problems = parse_yaml_text(text, file)
+    root, problems = parse_yaml_text(text, file, require_document=True)
     if problems:
         raise SpecError(problems, hint="see docs/cluster-spec.md for the format")
     r = _Reader(root, file)
+    if not isinstance(root, dict):
+        raise SpecError([Problem(file, 1, 1, "", f"a cluster spec must be a mapping, not {type_name(root)}")],
+                        hint="see docs/cluster-spec.md for the format")
     top = r.mapping(root, (), {"cluster", "providers", "groups", "journal", "daemon"}, {"cluster", "groups"})
     name = r.name(top.get("cluster"), ("cluster",)) if "cluster" in top else "cluster"
     base = (Path(file).parent if file and not file.startswith("<") else Path.cwd()).absolute()
     providers = _parse_providers(r, top.get("providers"), base)
     groups = _parse_groups(r, top.get("groups"), providers, base)
-    check_target_settings(r, top, providers, groups)
+    raw_groups = top.get("groups")
+    if not isinstance(raw_groups, list) or len(groups) == len(raw_groups):  # group indexes line up
+        check_target_settings(r, top, providers, groups)
     daemon = _parse_daemon(r, top.get("daemon"))
     journal_value = top.get("journal")
     if journal_value is not None and not isinstance(journal_value, str):
@@ -286,6 +274,7 @@ def parse_cluster_spec(text: str, file: str = "<cluster>") -> ClusterSpec:
 
 
 def load_cluster_spec(path: str | Path) -> ClusterSpec:
+    """Read (a regular file, or - for stdin) and parse a cluster spec."""
     file = Path(path)
     text, problems = read_text_file(file)
     if text is None:
@@ -309,8 +298,9 @@ def _parse_providers(r: _Reader, value: Any, base: Path) -> dict[str, ProviderSp
             r.fail((*path, "type"), "must be a provider type such as simulated, qemu, aws")
             kind = name
         rate = fields.get("rateLimit")
-        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0):
-            r.fail((*path, "rateLimit"), "must be a positive number of calls per second")
+        low, high = RATE_LIMIT_BOUNDS
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or not low <= rate <= high):
+            r.fail((*path, "rateLimit"), f"must be a number of calls per second from {low:g} to {high:g}")
             rate = None
         options = fields.get("options") or {}
         if not isinstance(options, dict):
@@ -329,6 +319,9 @@ def _parse_groups(r: _Reader, value: Any, providers: dict[str, ProviderSpec], ba
     allowed = {"name", "provider", "image", "size", "members", "properties", "update", "health"}
     for index, body in enumerate(value):
         path: KeyPath = ("groups", index)
+        if not isinstance(body, dict):
+            r.fail(path, f"a group must be a mapping, not {type_name(body)}")
+            continue
         fields = r.mapping(body, path, allowed, {"name", "provider", "image"})
         name = r.name(fields.get("name"), (*path, "name")) if "name" in fields else f"group{index}"
         if name in seen:
@@ -338,9 +331,13 @@ def _parse_groups(r: _Reader, value: Any, providers: dict[str, ProviderSpec], ba
         if "provider" in fields and (not isinstance(provider, str) or not provider):
             r.fail((*path, "provider"), "must name a provider")
         provider = str(provider or "")
-        if provider and provider not in providers and NAME.fullmatch(provider):
-            # A group may name a provider type directly (default options).
-            providers[provider] = ProviderSpec(provider, provider, base=base)
+        if provider and provider not in providers:
+            if NAME.fullmatch(provider):
+                # A group may name a provider type directly (default options).
+                providers[provider] = ProviderSpec(provider, provider, base=base)
+            else:  # not a declared provider, and no type has such a name
+                r.fail((*path, "provider"), f"{provider!r} is neither a provider declared under providers: "
+                       "nor a provider type")
         image = fields.get("image")
         if "image" in fields and (not isinstance(image, str) or not image.strip()):
             r.fail((*path, "image"), "must be an image id or the path of an image spec")
@@ -374,9 +371,12 @@ def check_target_settings(r: _Reader, top: Mapping[str, Any], providers: Mapping
         target = find_target(pspec.type)
         if name in declared:
             path: KeyPath = ("providers", name)
+            body = declared.get(name)
+            written = body.get("type") if isinstance(body, dict) else None
             if target is None:
-                where = (*path, "type") if isinstance(declared.get(name), dict) and "type" in declared[name] else path
-                r.fail(where, f"unknown provider type {pspec.type!r} (known: {known})")
+                if written is None or isinstance(written, str):  # else: already a problem
+                    where = (*path, "type") if written is not None else path
+                    r.fail(where, f"unknown provider type {pspec.type!r} (known: {known})")
             else:
                 check(target.options, pspec.options, (*path, "options"))
     for index, group in enumerate(groups):
@@ -401,7 +401,7 @@ def _parse_size(r: _Reader, fields: dict[str, Any], path: KeyPath) -> tuple[int 
         if len(set(names)) != len(names):
             r.fail((*path, "members"), "member names must be unique")
         return None, names
-    size = r.typed(fields.get("size"), (*path, "size"), _int(0), "a whole number >= 0", 0)
+    size = r.typed(fields.get("size"), (*path, "size"), _int(0), f"a whole number from 0 to {MAX_COUNT}", 0)
     if "size" not in fields:
         r.fail(path, "missing 'size' (or 'members')")
     return int(size), None
@@ -427,18 +427,19 @@ def _parse_health(r: _Reader, value: Any, path: KeyPath) -> HealthPolicy:
         return HealthPolicy()
     allowed = {"port", "path", "startupTimeout", "unhealthyTimeout", "maxUnhealthy", "maxInFlight"}
     fields = r.mapping(value, path, allowed)
-    dur = "a duration like 30s, 10m"
     health_path = fields.get("path", "/healthz")
     if not isinstance(health_path, str) or not health_path.startswith("/"):
         r.fail((*path, "path"), "must be an absolute URL path like /healthz")
         health_path = "/healthz"
     return HealthPolicy(
-        port=r.typed(fields.get("port"), (*path, "port"), _int(1, 65535), "a TCP port", None),
+        port=r.typed(fields.get("port"), (*path, "port"), _int(1, 65535), "a TCP port (1 to 65535)", None),
         path=health_path,
-        startup_timeout=r.typed(fields.get("startupTimeout"), (*path, "startupTimeout"), parse_duration, dur, 600.0),
-        unhealthy_timeout=r.typed(fields.get("unhealthyTimeout"), (*path, "unhealthyTimeout"), parse_duration, dur, 300.0),
+        startup_timeout=r.typed(fields.get("startupTimeout"), (*path, "startupTimeout"),
+                                bounded_duration(STARTUP_TIMEOUT_BOUNDS), describe_duration(STARTUP_TIMEOUT_BOUNDS), 600.0),
+        unhealthy_timeout=r.typed(fields.get("unhealthyTimeout"), (*path, "unhealthyTimeout"),
+                                  bounded_duration(UNHEALTHY_TIMEOUT_BOUNDS), describe_duration(UNHEALTHY_TIMEOUT_BOUNDS), 300.0),
         max_unhealthy=r.typed(fields.get("maxUnhealthy"), (*path, "maxUnhealthy"), parse_quantity, "a count or a percentage", Quantity(40, percent=True)),
-        max_in_flight=r.typed(fields.get("maxInFlight"), (*path, "maxInFlight"), _int(1), "a whole number >= 1", 1),
+        max_in_flight=r.typed(fields.get("maxInFlight"), (*path, "maxInFlight"), _int(1), f"a whole number from 1 to {MAX_COUNT}", 1),
         enabled=True,
     )
 
@@ -447,11 +448,13 @@ def _parse_daemon(r: _Reader, value: Any) -> DaemonSettings:
     path: KeyPath = ("daemon",)
     fields = r.mapping(value, path, {"interval", "resync", "listen"})
     listen = fields.get("listen", "127.0.0.1:9464")
-    if not isinstance(listen, str) or not re.fullmatch(r"[0-9.]+:\d{1,5}|\[[0-9a-f:]+\]:\d{1,5}", listen):
+    if not isinstance(listen, str) or parse_listen(listen) is None:
         r.fail((*path, "listen"), "must be HOST:PORT, e.g. 127.0.0.1:9464")
         listen = "127.0.0.1:9464"
     return DaemonSettings(
-        interval=r.typed(fields.get("interval"), (*path, "interval"), parse_duration, "a duration", 10.0),
-        resync=r.typed(fields.get("resync"), (*path, "resync"), parse_duration, "a duration", 600.0),
+        interval=r.typed(fields.get("interval"), (*path, "interval"),
+                         bounded_duration(INTERVAL_BOUNDS), describe_duration(INTERVAL_BOUNDS), 10.0),
+        resync=r.typed(fields.get("resync"), (*path, "resync"),
+                       bounded_duration(RESYNC_BOUNDS), describe_duration(RESYNC_BOUNDS), 600.0),
         listen=listen,
     )

@@ -35,7 +35,8 @@ class Machine:
 
     def __init__(self, kernel: Path, initrd: Path, workdir: Path, *, mem: int = 512,
                  publish: Sequence[tuple[int, int]] = (), cidata: Path | None = None,
-                 cmdline: str = "console=tty0 console=ttyS0 panic=-1 quiet") -> None:  # fmt: skip
+                 cmdline: str = "console=tty0 console=ttyS0 panic=-1 quiet",
+                 user_net: str = "") -> None:  # fmt: skip
         self.workdir = workdir
         self.qmp_path = workdir / "qmp.sock"
         self.started = time.monotonic()
@@ -47,7 +48,7 @@ class Machine:
             "-device", "virtio-rng-pci",
         ]  # fmt: skip
         fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in publish)
-        argv += ["-netdev", f"user,id=n0,restrict=on{fwd}", "-device", "virtio-net-pci,netdev=n0"]
+        argv += ["-netdev", f"user,id=n0,restrict=on{fwd}{user_net}", "-device", "virtio-net-pci,netdev=n0"]
         if cidata is not None:
             argv += ["-drive", f"file={cidata},format=raw,if=none,id=cidata,media=cdrom,readonly=on",
                      "-device", "ide-cd,drive=cidata"]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,20 @@ def test_closure_follows_symlinks_inside_the_image() -> None:
     assert tree.resolve("/bin/../lib64/libc.so.6") == "/lib/x86_64-linux-gnu/libc-2.36.so"
     loop = ImageTree({"/a": LayerEntry.symlink("a", "/b"), "/b": LayerEntry.symlink("b", "a")})
     assert loop.resolve("/a") is None
+
+
+@pytest.mark.parametrize(("content", "where", "message"), [
+    ("name: x\npackages: " + "[" * 200 + "]" * 200 + "\n", (2, 74), "nested deeper than 64 levels"),
+    ("name: x\x00\n", (1, 8), "character U+0000 is not allowed in YAML"),
+])
+def test_a_hostile_build_yml_is_one_located_problem(tmp_path: Path, content: str, where: tuple[int, int],
+                                                    message: str) -> None:
+    recipe = tmp_path / "thing"
+    recipe.mkdir()
+    (recipe / "build.yml").write_text(content)
+    started = time.monotonic()
+    with pytest.raises(SpecError) as caught:
+        load_recipe(recipe)
+    assert time.monotonic() - started < 1.0
+    [problem] = caught.value.problems
+    assert (problem.line, problem.column) == where and message in problem.message

@@ -7,12 +7,15 @@ protocol that can fail that way, to FAULTY."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from aws.aws_testkit import REGION
+from aws.ec2_standin import Ec2Moto, serve_ec2_moto
 from cluster_e2e.standin import write_standin
 
 from provision.providers import get_target
@@ -50,8 +53,13 @@ class Subject:
     cloud: SimulatedCloud | None = None  # where faults are injected (simulated targets)
     fences: bool = False  # refuses calls with a stale epoch (else records the epoch tag)
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+    injector: Callable[[str], None] | None = None  # where faults are injected (other targets)
+    properties: dict[str, object] = field(default_factory=dict)  # a group's properties
 
     def inject(self, error: str) -> None:
+        if self.injector is not None:
+            self.injector(error)
+            return
         assert self.cloud is not None
         self.cloud.faults.next_error = error
 
@@ -101,14 +109,42 @@ def _metal(tmp_path: Path) -> Subject:
     return Subject(provider, "sha256:" + "0" * 64, cleanup=[redfish.close])
 
 
+_MOTO: list[Ec2Moto] = []  # one moto (behind the EC2 layer) for the session, started on first use
+_AWS_FAULTS = {"503": "503", "429": "throttle", "timeout": "slow"}
+
+
+def _aws(tmp_path: Path) -> Subject:
+    if not _MOTO:
+        _MOTO.append(serve_ec2_moto()[0])  # a daemon thread: it ends with the test process
+    moto = _MOTO[0]
+    moto.reset()
+    saved = {k: os.environ.get(k) for k in moto.env()}
+    os.environ.update(moto.env())  # credentials the SDK's way; restored by the cleanup
+
+    def restore() -> None:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    # pageSize 2 is below what EC2 takes (5) and what the spec schema lets through: moto pages in twos
+    options = {"region": REGION, "endpoint": moto.url, "pageSize": PAGE, "readTimeout": "2s"}
+    provider = get_target("aws").create_provider(ProviderSpec("cloud", "aws", options=options, base=tmp_path),
+                                                 SystemClock())
+    return Subject(provider, moto.image(), cleanup=[restore], properties={"instanceType": "t3.micro"},
+                   injector=lambda fault: moto.layer.inject("*", _AWS_FAULTS[fault]))
+
+
 SUBJECTS: dict[str, Callable[[Path], Subject]] = {
     "simulated": _simulated,
     "simulated-http": _simulated_http,
     "qemu": _qemu,
     "metal": _metal,
+    "aws": _aws,
 }
-# Targets whose calls can fail with 429 / 503 / a time-out and that fence epochs.
-FAULTY = ("simulated", "simulated-http")
+# Targets whose calls can fail with 429 / 503 / a time-out (FAULTY), and that fence epochs (fences).
+FAULTY = ("simulated", "simulated-http", "aws")
 
 
 def _marks(name: str) -> list[pytest.MarkDecorator]:
@@ -140,7 +176,7 @@ def _tags(slot: str, cluster: str = "contract", epoch: int = 1) -> dict[str, str
 
 
 def _request(subject: Subject, slot: str, *, cluster: str = "contract", epoch: int = 1, key: str | None = None) -> CreateRequest:
-    return CreateRequest(key or f"{cluster}/web/{slot}/1", f"{cluster}-web-{slot}", subject.image, {},
+    return CreateRequest(key or f"{cluster}/web/{slot}/1", f"{cluster}-web-{slot}", subject.image, subject.properties,
                          _tags(slot, cluster, epoch), epoch)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -14,7 +15,12 @@ from provision.builders.cloud import write_gcp_tarball
 from provision.builders.formats import FORMATS, WRITERS
 from provision.errors import ProvisionError, UsageError
 from provision.manifest import BuildManifest, SpecRecord, record_outputs, write_manifest
-from provision.providers.qemu.artifact import BootKind, resolve_artifact, unpack_source
+from provision.providers.qemu.artifact import (
+    BootKind,
+    check_bootable,
+    resolve_artifact,
+    unpack_source,
+)
 from provision.providers.qemu.vm import (
     DiskSpec,
     PortMapping,
@@ -310,3 +316,20 @@ def test_gcp_tarball_boots_its_unpacked_sparse_disk(tmp_path: Path) -> None:
     argv = plan_qemu_argv(VMConfig(name="web", artifact=archive), unpacked, accel="tcg",
                           state_dir=state, detach=True)
     assert f"file={state}/disk.raw,format=raw,if=none,id=boot0,snapshot=on" in argv
+
+
+def test_files_that_cannot_boot_are_refused_before_qemu_starts(tmp_path: Path) -> None:
+    disk = tmp_path / "web.raw"
+    disk.write_bytes(b"\0" * 1024)  # QEMU would sit in the firmware's boot loop
+    with pytest.raises(UsageError, match="not a bootable disk image"):
+        check_bootable(resolve_artifact(disk))
+    disk.write_bytes(b"\0" * 510 + b"\x55\xaa" + b"\0" * 512)
+    check_bootable(resolve_artifact(disk))
+    iso = tmp_path / "web.iso"
+    iso.write_bytes(b"")
+    with pytest.raises(UsageError, match="is empty"):
+        check_bootable(resolve_artifact(iso))
+    iso.unlink()
+    os.mkfifo(iso)
+    with pytest.raises(UsageError, match="not found"):  # a FIFO would block QEMU's open
+        check_bootable(resolve_artifact(iso))

@@ -44,7 +44,7 @@ def test_stop_unknown_vm_is_a_usage_error(state_root: Path) -> None:
 def test_publishing_a_taken_port_is_refused_before_qemu_starts(
     state_root: Path, tmp_path: Path
 ) -> None:
-    (tmp_path / "web.iso").write_bytes(b"iso")
+    (tmp_path / "web.iso").write_bytes(b"\0" * 0x8001 + b"CD001")  # what an ISO starts with
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

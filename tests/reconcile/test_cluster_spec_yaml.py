@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from provision.errors import SpecError
-from provision.reconcile.spec import load_cluster_spec, mark_at, parse_cluster_spec
+from provision.reconcile.spec import load_cluster_spec, parse_cluster_spec
+from provision.spec.reader import mark_at
 from provision.spec.source import Mark, parse_yaml_text
 
 GOOD = "cluster: demo\ngroups:\n  - name: web\n    provider: simulated\n    image: img\n    size: 2\n"
@@ -33,9 +34,8 @@ def test_schema_problems_point_at_keys_values_and_nearest_ancestors() -> None:
                      "    image: img\n    sizee: 2\n")
     assert "c.yml:6:5: groups[0].sizee: unknown key (did you mean 'size'?)" in found
     assert "c.yml:3:5: groups[0]: missing 'size' (or 'members')" in found
-    empty = problems("")
-    assert "c.yml: missing required key 'cluster'" in empty
-    assert "c.yml: missing required key 'groups'" in empty
+    assert problems("") == ["c.yml:1:1: the file is empty (no YAML document)"]
+    assert problems("[]\n") == ["c.yml:1:1: a cluster spec must be a mapping, not a list"]
 
 
 def test_mark_at_walks_maps_and_lists() -> None:
@@ -50,11 +50,12 @@ def test_mark_at_walks_maps_and_lists() -> None:
 
 def test_load_reads_the_file_and_refuses_non_utf8(tmp_path: Path) -> None:
     path = tmp_path / "cluster.yml"
-    path.write_text(GOOD)
+    good = GOOD
+    path.write_text(good)
     spec = load_cluster_spec(path)
-    assert spec.source_text == GOOD and spec.source_file == str(path)
-    path.write_bytes(GOOD.encode() + b"# \xff\n")
-    with pytest.raises(SpecError, match="not UTF-8"):
+    assert spec.source_text == good and spec.source_file == str(path)
+    path.write_bytes(good.encode() + b"# \xff\n")
+    with pytest.raises(SpecError, match="cluster.yml:7:3: not UTF-8"):
         load_cluster_spec(path)
     with pytest.raises(SpecError, match="cannot read"):
         load_cluster_spec(tmp_path / "missing.yml")

@@ -118,3 +118,19 @@ def test_the_qemu_target_publishes_a_built_image_into_its_cache_once(workdir: Pa
     assert json.loads((cached / "image.json").read_text())["digest"] == planned.id
     replanned = GroupImages(spec, providers, build=False, store=store, artifacts=workdir / "artifacts").image(group)
     assert replanned.id == planned.id and not replanned.pending  # published: plan knows it
+
+
+def test_a_built_artifact_is_only_digested_by_a_plan_and_cached_by_apply(workdir: Path) -> None:
+    from cluster_e2e.standin import write_standin
+
+    prefix = write_standin(workdir / "out", "v1")
+    (workdir / "cluster.yml").write_text(CLUSTER + QEMU_GROUP.replace("specs/machine.yml", "out/standin"))
+    spec = load_cluster_spec(workdir / "cluster.yml")
+    providers = create_providers(spec, FakeClock())
+    group = spec.group("vm")
+    planned = GroupImages(spec, providers, build=False, artifacts=workdir / "artifacts").image(group)
+    assert planned.id.startswith("sha256:") and not (workdir / "qemu-state").exists()  # nothing copied
+    applied = GroupImages(spec, providers, build=True, artifacts=workdir / "artifacts").image(group)
+    assert applied.id == planned.id
+    cached = workdir / "qemu-state" / "images" / planned.id.removeprefix("sha256:")
+    assert (cached / "standin-initrd.img").read_bytes() == (prefix.parent / "standin-initrd.img").read_bytes()

@@ -193,7 +193,7 @@ def test_missing_and_unreadable_files_are_problems_not_crashes(write: Write,
     binary = write("bin.yml", "")
     binary.write_bytes(b"\xff\xfe\x00services")
     found = problems_of([missing, binary])
-    assert found[0].startswith(f"{binary}: not UTF-8 text")
+    assert found[0] == f"{binary}:1:1: not UTF-8 text (byte 0xff)"
     assert found[1].startswith(f"{missing}: cannot read: No such file")
 
 
