@@ -33,11 +33,23 @@ TOUCHES = {"RunInstances": ("instance", "volume", "image", "network-interface", 
            "TerminateInstances": ("instance",), "DescribeInstances": ("*",)}
 
 
+def unquote(value: Any) -> Any:
+    """python-hcl2 8 keeps the quotes of labels and strings (``'"clusters"'``), older versions
+    and bc-python-hcl2 do not: one shape for the checks below."""
+    if isinstance(value, dict):
+        return {unquote(k): unquote(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unquote(v) for v in value]
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
 def parse_module() -> dict[str, Any]:
     parsed: dict[str, Any] = {}
     for path in sorted(MODULE.glob("*.tf")):
         with path.open() as handle:
-            parsed[path.name] = hcl2.load(handle)
+            parsed[path.name] = unquote(hcl2.load(handle))
     return parsed
 
 
