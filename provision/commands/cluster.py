@@ -21,7 +21,6 @@ from provision.reconcile.clock import SystemClock
 from provision.reconcile.daemon import Daemon, DaemonOptions, reloader
 from provision.reconcile.engine import Engine
 from provision.reconcile.image import GroupImages
-from provision.reconcile.journal import SqliteStore
 from provision.reconcile.logs import JsonFormatter
 from provision.reconcile.model import Condition
 from provision.reconcile.plan import (
@@ -33,6 +32,7 @@ from provision.reconcile.plan import (
 from provision.reconcile.provider import Provider
 from provision.reconcile.registry import create_providers
 from provision.reconcile.spec import ClusterSpec, load_cluster_spec, parse_cluster_spec
+from provision.reconcile.stores import AnyStore, describe_store, open_store
 from provision.reconcile.teardown import open_cluster_providers
 from provision.spec.source import STDIN, read_text_file
 
@@ -75,10 +75,10 @@ def register(subparsers: Any) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--journal", metavar="PATH", help="journal database (default from the spec)")
+    parser.add_argument("--journal", metavar="PATH", help="journal: a SQLite file or etcd://HOST:PORT,.../PREFIX (default from the spec)")
 
 
-def _providers(spec: ClusterSpec, store: SqliteStore, clock: SystemClock) -> dict[str, Provider]:
+def _providers(spec: ClusterSpec, store: AnyStore, clock: SystemClock) -> dict[str, Provider]:
     """The spec's providers and those the journal remembers (for groups since removed)."""
     opened = open_cluster_providers(spec, store, clock)
     used = {g.provider for g in spec.groups}
@@ -87,11 +87,11 @@ def _providers(spec: ClusterSpec, store: SqliteStore, clock: SystemClock) -> dic
     return opened.providers
 
 
-def _open(args: argparse.Namespace, spec: ClusterSpec, *, build: bool) -> tuple[Engine, SqliteStore]:
+def _open(args: argparse.Namespace, spec: ClusterSpec, *, build: bool) -> tuple[Engine, AnyStore]:
     """The engine over the spec's providers (and those the journal remembers). ``build``: group
     images from image specs are built and published (apply); otherwise only their digests are
     computed (plan, status)."""
-    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
+    store = open_store(spec, args.journal)
     clock = SystemClock()
     try:
         providers = _providers(spec, store, clock)
@@ -116,7 +116,7 @@ def run_plan(args: argparse.Namespace) -> int:
     spec = load_cluster_spec(args.cluster)
     engine, store = _open(args, spec, build=False)
     try:
-        plan = dataclasses.replace(engine.plan(), journal=str(store.path.resolve()))
+        plan = dataclasses.replace(engine.plan(), journal=describe_store(store))
     finally:
         store.close()
     if args.out:
@@ -203,7 +203,7 @@ def _run_daemon(args: argparse.Namespace, spec: ClusterSpec) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
+    store = open_store(spec, args.journal)
     clock = SystemClock()
     try:
         daemon = Daemon(spec, _providers(spec, store, clock), store, clock, options, stop=stop, reload=reloader(Path(args.cluster)))
@@ -244,7 +244,7 @@ def run_status(args: argparse.Namespace) -> int:
             })
         body = {
             "cluster": spec.name,
-            "journal": str(store.path),
+            "journal": describe_store(store),
             "epoch": store.current_epoch(spec.name),
             "intents": store.intent_counts(spec.name),
             "groups": groups,
