@@ -4,7 +4,8 @@
 It behaves like the clouds the engine must survive: ``list`` is paged and can lag writes by k
 polls (eventual consistency), ``create`` is idempotent by key (EC2 ClientToken semantics) and can
 time out *after* it succeeded, any call can fail with 429 or 5xx at a set rate, every mutating
-call is fenced by the caller's epoch, and a crash hook runs at every side-effect boundary
+call is fenced by the caller's epoch (per cluster and group: a token's scope, since sharded
+daemons hold one token per group), and a crash hook runs at every side-effect boundary
 (``create:before``, ``create:applied``, ``destroy:before``, ``destroy:applied``).
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 from provision.reconcile.clock import Clock, SystemClock
 from provision.reconcile.provider import (
     TAG_CLUSTER,
+    TAG_GROUP,
     CreateRequest,
     HealthState,
     Instance,
@@ -118,12 +120,13 @@ class SimulatedCloud:
         if self.faults.crash is not None:
             self.faults.crash(point)
 
-    def _fence(self, cluster: str, epoch: int) -> None:
-        seen = self._epochs.get(cluster, 0)
+    def _fence(self, tags: Mapping[str, str], epoch: int) -> None:
+        scope = f"{tags.get(TAG_CLUSTER, '')}/{tags.get(TAG_GROUP, '')}"
+        seen = self._epochs.get(scope, 0)
         if epoch < seen:
             self.stats.refused_epoch += 1
-            raise StaleEpochError(f"epoch {epoch} refused: {cluster!r} has seen epoch {seen}")
-        self._epochs[cluster] = epoch
+            raise StaleEpochError(f"epoch {epoch} refused: {scope!r} has seen epoch {seen}")
+        self._epochs[scope] = epoch
 
     # -- the API -------------------------------------------------------------------------------
 
@@ -132,7 +135,7 @@ class SimulatedCloud:
         self._crash("create:before")
         with self._lock:
             injected_timeout, self._timeout_next_create = self._timeout_next_create, False
-            self._fence(request.tags.get(TAG_CLUSTER, ""), request.epoch)
+            self._fence(request.tags, request.epoch)
             existing = self._keys.get(request.key)
             if existing is not None:
                 self.stats.duplicate_keys += 1
@@ -179,7 +182,7 @@ class SimulatedCloud:
             record = self._records.get(instance_id)
             if record is None:
                 return
-            self._fence(record.instance.tags.get(TAG_CLUSTER, ""), epoch)
+            self._fence(record.instance.tags, epoch)
             if record.instance.state is not InstanceState.TERMINATED:
                 self._terminate(record)
                 self.stats.destroys += 1
