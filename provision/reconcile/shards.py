@@ -142,6 +142,7 @@ class ShardedDaemon(Daemon):
         try:
             while not self.stop.wait(check):
                 self._heartbeat = time.monotonic()
+                self.metrics.set("provision_etcd_requests_total", self.shards.round_trips)
                 if not self.acting():
                     self._lose_lease()
                     break

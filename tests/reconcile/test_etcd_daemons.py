@@ -6,8 +6,12 @@ its live machines, the daemons' /metrics."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +29,7 @@ from provision.reconcile.etcd.store import EtcdStore
 from provision.reconcile.provider import TAG_CLUSTER, TAG_GROUP, HealthState
 from provision.reconcile.shards import shard_owner
 
+ROOT = Path(__file__).resolve().parents[2]
 LEASE = 3.0
 GROUP = """  - name: {name}
     provider: sim
@@ -128,6 +133,10 @@ def test_three_daemons_five_groups_each_group_has_exactly_one_owner(tmp_path: Pa
         wait_for(lambda: converged(cloud, groups, "img-2", 2), 40, "the rolling update under three daemons")
         assert balanced()
         assert sampler.is_alive()
+        status = subprocess.run([sys.executable, "-m", "provision", "status", str(spec), "--journal", etcd_url, "--json"],
+                                capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        shown = {g["group"]: g["owner"] for g in json.loads(status.stdout)["groups"]}
+        assert {g: o.split(" ")[0] for g, o in shown.items()} == expected and all("(epoch " in o for o in shown.values())
         stop.set()
         sampler.join(10)
         store = EtcdStore(parse_etcd_location(etcd_url))

@@ -13,7 +13,7 @@ import requests
 from etcd_cluster import ETCD, EtcdCluster, free_ports
 
 from provision.errors import UsageError
-from provision.reconcile.etcd.client import EtcdAuth, EtcdClient
+from provision.reconcile.etcd.client import EtcdAuth, EtcdClient, EtcdError
 from provision.reconcile.etcd.location import parse_etcd_location
 from provision.reconcile.etcd.store import EtcdStore
 from provision.reconcile.journal import (
@@ -184,3 +184,50 @@ def test_the_spec_or_journal_flag_selects_the_store(etcd_url: str, tmp_path: Pat
     store = open_store(spec)
     assert isinstance(store, EtcdStore) and store.describe() == etcd_url
     assert isinstance(open_store(spec, str(tmp_path / "j.db")), SqliteStore)
+
+
+def _certificates(tmp: Path) -> None:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (openssl). The server's
+    serves client auth too: etcd's JSON gateway dials the member's own gRPC port with it."""
+    def openssl(*argv: str) -> None:
+        subprocess.run(["openssl", *argv], cwd=tmp, check=True, capture_output=True)
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *key, "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "1", "-subj", "/CN=test-ca")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        (tmp / f"{name}.ext").write_text(ext + "\n")
+        openssl("req", *key, "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
+
+
+def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    _certificates(tmp_path)
+    client_port, peer_port = free_ports(2)
+    process = subprocess.Popen(
+        [ETCD, "--name", "tls", "--data-dir", str(tmp_path / "d"), "--logger=zap", "--log-level=error",
+         "--listen-client-urls", f"https://127.0.0.1:{client_port}", "--advertise-client-urls", f"https://127.0.0.1:{client_port}",
+         "--listen-peer-urls", f"http://127.0.0.1:{peer_port}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+         "--initial-cluster", f"tls=http://127.0.0.1:{peer_port}", "--cert-file", str(tmp_path / "server.pem"),
+         "--key-file", str(tmp_path / "server-key.pem"), "--trusted-ca-file", str(tmp_path / "ca.pem"), "--client-cert-auth"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"etcd://127.0.0.1:{client_port}/tls?ca=ca.pem&cert=client.pem&key=client-key.pem"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                store = EtcdStore(parse_etcd_location(url, tmp_path))
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "the TLS etcd never answered"
+                time.sleep(0.2)
+        epoch = store.acquire_lease("demo", "a", 5, 0.0)
+        store.put_desired("demo", "sha", "text", epoch)
+        assert store.desired("demo") == ("sha", "text")
+        with pytest.raises(EtcdError, match="no etcd endpoint answered"):  # no client certificate: the handshake fails
+            EtcdStore(parse_etcd_location(f"etcd://127.0.0.1:{client_port}/tls?ca=ca.pem", tmp_path))
+    finally:
+        process.kill()
+        process.wait()

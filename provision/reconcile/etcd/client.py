@@ -144,14 +144,19 @@ class EtcdClient:
         self._local = threading.local()
         self._token = ""
 
+    def _tls(self) -> dict[str, Any]:
+        """TLS settings for each request (a session's own are overridden by REQUESTS_CA_BUNDLE)."""
+        tls: dict[str, Any] = {}
+        if self.auth.ca_file:
+            tls["verify"] = self.auth.ca_file
+        if self.auth.cert_file:
+            tls["cert"] = (self.auth.cert_file, self.auth.key_file) if self.auth.key_file else self.auth.cert_file
+        return tls
+
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
-            if self.auth.ca_file:
-                session.verify = self.auth.ca_file
-            if self.auth.cert_file:
-                session.cert = (self.auth.cert_file, self.auth.key_file) if self.auth.key_file else self.auth.cert_file
             self._local.session = session
         return session
 
@@ -191,11 +196,11 @@ class EtcdClient:
         if self.auth.user and not self._token:
             self._authenticate(endpoint)
         headers = {"Authorization": self._token} if self._token else {}
-        response = self._session().post(f"{endpoint}/v3/{path}", json=body, headers=headers, timeout=timeout or self.timeout)
+        response = self._session().post(f"{endpoint}/v3/{path}", json=body, headers=headers, timeout=timeout or self.timeout, **self._tls())
         if self.auth.user and response.status_code >= 400 and _auth_expired(response):  # tokens expire (--auth-token-ttl)
             self._authenticate(endpoint)
             headers = {"Authorization": self._token}
-            response = self._session().post(f"{endpoint}/v3/{path}", json=body, headers=headers, timeout=timeout or self.timeout)
+            response = self._session().post(f"{endpoint}/v3/{path}", json=body, headers=headers, timeout=timeout or self.timeout, **self._tls())
         if response.status_code >= 500 and _unavailable(response):
             raise _Unhealthy(response.text[:200])
         if response.status_code >= 400:
@@ -206,7 +211,8 @@ class EtcdClient:
 
     def _authenticate(self, endpoint: str) -> None:
         response = self._session().post(
-            f"{endpoint}/v3/auth/authenticate", json={"name": self.auth.user, "password": self.auth.password}, timeout=self.timeout
+            f"{endpoint}/v3/auth/authenticate", json={"name": self.auth.user, "password": self.auth.password}, timeout=self.timeout,
+            **self._tls(),
         )
         if response.status_code != 200:
             raise EtcdError(f"etcd authentication as {self.auth.user!r} failed: {_message(response)}",
