@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,11 +44,24 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_import(args: argparse.Namespace) -> int:
+def _read_regular_file(name: str) -> str:
+    """A regular file's text (a FIFO would block, /dev/zero never end: refused)."""
     try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
-        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from exc
+        raise UsageError(f"cannot read {name}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"{name}: not a regular file (give the export's file, or - for stdin)")
+        data = stream.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{name}: not UTF-8 text (byte {exc.start})") from None
+
+
+def run_import(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.file == "-" else _read_regular_file(args.file)
     try:
         doc = json.loads(text)
     except ValueError as exc:
