@@ -21,7 +21,7 @@ APT_PACKAGES=(
   grub-common grub-efi-amd64-bin grub-pc-bin systemd-boot-efi
   squashfs-tools erofs-utils cpio zstd xz-utils binutils fakeroot
   docker-registry skopeo umoci openssl dnsmasq apache2-utils gpgv debian-archive-keyring openssh-client
-  ipxe ipmitool nginx-light wrk util-linux curl
+  ipxe ipmitool nginx-light wrk util-linux curl etcd-server
 )
 
 # One dpkg-query for all packages; a package dpkg has never heard of prints nothing.

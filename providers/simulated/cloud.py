@@ -4,7 +4,8 @@
 It behaves like the clouds the engine must survive: ``list`` is paged and can lag writes by k
 polls (eventual consistency), ``create`` is idempotent by key (EC2 ClientToken semantics) and can
 time out *after* it succeeded, any call can fail with 429 or 5xx at a set rate, every mutating
-call is fenced by the caller's epoch, and a crash hook runs at every side-effect boundary
+call is fenced by the caller's epoch (per cluster and group: a token's scope, since sharded
+daemons hold one token per group), and a crash hook runs at every side-effect boundary
 (``create:before``, ``create:applied``, ``destroy:before``, ``destroy:applied``).
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 from provision.reconcile.clock import Clock, SystemClock
 from provision.reconcile.provider import (
     TAG_CLUSTER,
+    TAG_GROUP,
     CreateRequest,
     HealthState,
     Instance,
@@ -81,6 +83,7 @@ class SimulatedCloud:
         self._rng = random.Random(self.faults.seed)
         self._records: dict[str, _Record] = {}
         self._order: list[str] = []
+        self._by_group: dict[tuple[str, str], list[str]] = {}  # (cluster, group) -> ids in order: a tag filter is indexed, as in a real cloud
         self._keys: dict[str, str] = {}
         self._epochs: dict[str, int] = {}
         self._images: dict[str, str] = {}  # image digest -> image id
@@ -118,12 +121,17 @@ class SimulatedCloud:
         if self.faults.crash is not None:
             self.faults.crash(point)
 
-    def _fence(self, cluster: str, epoch: int) -> None:
-        seen = self._epochs.get(cluster, 0)
+    def _fence(self, tags: Mapping[str, str], epoch: int) -> None:
+        scope = f"{tags.get(TAG_CLUSTER, '')}/{tags.get(TAG_GROUP, '')}"
+        seen = self._epochs.get(scope, 0)
         if epoch < seen:
             self.stats.refused_epoch += 1
-            raise StaleEpochError(f"epoch {epoch} refused: {cluster!r} has seen epoch {seen}")
-        self._epochs[cluster] = epoch
+            raise StaleEpochError(f"epoch {epoch} refused: {scope!r} has seen epoch {seen}")
+        self._epochs[scope] = epoch
+
+    def _index(self, instance: Instance) -> None:
+        self._order.append(instance.id)
+        self._by_group.setdefault((instance.tags.get(TAG_CLUSTER, ""), instance.tags.get(TAG_GROUP, "")), []).append(instance.id)
 
     # -- the API -------------------------------------------------------------------------------
 
@@ -132,7 +140,7 @@ class SimulatedCloud:
         self._crash("create:before")
         with self._lock:
             injected_timeout, self._timeout_next_create = self._timeout_next_create, False
-            self._fence(request.tags.get(TAG_CLUSTER, ""), request.epoch)
+            self._fence(request.tags, request.epoch)
             existing = self._keys.get(request.key)
             if existing is not None:
                 self.stats.duplicate_keys += 1
@@ -141,7 +149,7 @@ class SimulatedCloud:
             instance_id = f"i-{self._counter:08x}"
             instance = Instance(instance_id, request.name, dict(request.tags), request.image, self.clock.now())
             self._records[instance_id] = _Record(instance, self._polls + self.faults.list_lag)
-            self._order.append(instance_id)
+            self._index(instance)
             self._keys[request.key] = instance_id
             self.stats.creates += 1
             timeout = injected_timeout or (
@@ -156,10 +164,13 @@ class SimulatedCloud:
         with self._lock:
             if page_token is None:
                 self._polls += 1
-            start = bisect.bisect_right(self._order, page_token) if page_token else 0
+            order = self._order
+            if TAG_CLUSTER in tags and TAG_GROUP in tags:
+                order = self._by_group.get((tags[TAG_CLUSTER], tags[TAG_GROUP]), [])
+            start = bisect.bisect_right(order, page_token) if page_token else 0
             found: list[Instance] = []
             last = None
-            for instance_id in self._order[start:]:
+            for instance_id in order[start:]:
                 record = self._records[instance_id]
                 if self._polls < record.visible_at or (record.gone_at is not None and self._polls >= record.gone_at):
                     continue
@@ -169,7 +180,7 @@ class SimulatedCloud:
                     last = instance_id
                     if len(found) == self.page_size:
                         break
-            more = len(found) == self.page_size and last != self._order[-1]
+            more = len(found) == self.page_size and last != order[-1]
             return Page(tuple(found), last if more else None)
 
     def destroy(self, instance_id: str, epoch: int) -> None:
@@ -179,7 +190,7 @@ class SimulatedCloud:
             record = self._records.get(instance_id)
             if record is None:
                 return
-            self._fence(record.instance.tags.get(TAG_CLUSTER, ""), epoch)
+            self._fence(record.instance.tags, epoch)
             if record.instance.state is not InstanceState.TERMINATED:
                 self._terminate(record)
                 self.stats.destroys += 1
@@ -242,14 +253,15 @@ class SimulatedCloud:
             self._epochs = {str(k): int(v) for k, v in dict(body["epochs"]).items()}
             self._images = {str(k): str(v) for k, v in dict(body.get("images", {})).items()}
             self._records.clear()
-            self._order.clear()
             for item in body["instances"]:
                 instance = instance_from_json(item)
                 health = HealthState(item["health"]) if item.get("health") else None
                 gone = 0 if instance.state is InstanceState.TERMINATED else None
                 self._records[instance.id] = _Record(instance, 0, gone, health)
-                self._order.append(instance.id)
-            self._order.sort()
+            self._order.clear()
+            self._by_group.clear()
+            for instance_id in sorted(self._records):
+                self._index(self._records[instance_id].instance)
 
     # -- the test harness's hands ----------------------------------------------------------
 
@@ -268,7 +280,7 @@ class SimulatedCloud:
             self._counter += 1
             instance = Instance(f"i-{self._counter:08x}", name, dict(tags), image, self.clock.now())
             self._records[instance.id] = _Record(instance, self._polls)
-            self._order.append(instance.id)
+            self._index(instance)
             return instance
 
     def live(self, tags: Mapping[str, str] | None = None) -> list[Instance]:

@@ -20,8 +20,8 @@ from provision.fsutil import check_output_path, write_bytes_atomic
 from provision.reconcile.clock import SystemClock
 from provision.reconcile.daemon import Daemon, DaemonOptions, reloader
 from provision.reconcile.engine import Engine
+from provision.reconcile.etcd.store import EtcdStore
 from provision.reconcile.image import GroupImages
-from provision.reconcile.journal import SqliteStore
 from provision.reconcile.logs import JsonFormatter
 from provision.reconcile.model import Condition
 from provision.reconcile.plan import (
@@ -32,7 +32,9 @@ from provision.reconcile.plan import (
 )
 from provision.reconcile.provider import Provider
 from provision.reconcile.registry import create_providers
+from provision.reconcile.shards import ShardedDaemon
 from provision.reconcile.spec import ClusterSpec, load_cluster_spec, parse_cluster_spec
+from provision.reconcile.stores import AnyStore, describe_store, open_store
 from provision.reconcile.teardown import open_cluster_providers
 from provision.spec.source import STDIN, read_text_file
 
@@ -62,6 +64,8 @@ def register(subparsers: Any) -> None:
     daemon.add_argument("--listen", help="metrics and health address HOST:PORT (default from the spec)")
     daemon.add_argument("--interval", type=float, help="seconds between passes (default from the spec)")
     daemon.add_argument("--resync", type=float, help="seconds between full resyncs (default from the spec)")
+    daemon.add_argument("--lease", type=float, default=15.0, metavar="SECONDS",
+                        help="lease time: a daemon that dies is replaced within it (default 15)")
     daemon.add_argument("--owner", default=f"{os.uname().nodename}:{os.getpid()}", help="this daemon's name in the lease")
     daemon.add_argument("--adopt", action="store_true", help="take over machines another journal created")
     _common(daemon)
@@ -75,10 +79,10 @@ def register(subparsers: Any) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--journal", metavar="PATH", help="journal database (default from the spec)")
+    parser.add_argument("--journal", metavar="PATH", help="journal: a SQLite file or etcd://HOST:PORT,.../PREFIX (default from the spec)")
 
 
-def _providers(spec: ClusterSpec, store: SqliteStore, clock: SystemClock) -> dict[str, Provider]:
+def _providers(spec: ClusterSpec, store: AnyStore, clock: SystemClock) -> dict[str, Provider]:
     """The spec's providers and those the journal remembers (for groups since removed)."""
     opened = open_cluster_providers(spec, store, clock)
     used = {g.provider for g in spec.groups}
@@ -87,11 +91,11 @@ def _providers(spec: ClusterSpec, store: SqliteStore, clock: SystemClock) -> dic
     return opened.providers
 
 
-def _open(args: argparse.Namespace, spec: ClusterSpec, *, build: bool) -> tuple[Engine, SqliteStore]:
+def _open(args: argparse.Namespace, spec: ClusterSpec, *, build: bool) -> tuple[Engine, AnyStore]:
     """The engine over the spec's providers (and those the journal remembers). ``build``: group
     images from image specs are built and published (apply); otherwise only their digests are
     computed (plan, status)."""
-    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
+    store = open_store(spec, args.journal)
     clock = SystemClock()
     try:
         providers = _providers(spec, store, clock)
@@ -116,7 +120,7 @@ def run_plan(args: argparse.Namespace) -> int:
     spec = load_cluster_spec(args.cluster)
     engine, store = _open(args, spec, build=False)
     try:
-        plan = dataclasses.replace(engine.plan(), journal=str(store.path.resolve()))
+        plan = dataclasses.replace(engine.plan(), journal=describe_store(store))
     finally:
         store.close()
     if args.out:
@@ -196,6 +200,7 @@ def _run_daemon(args: argparse.Namespace, spec: ClusterSpec) -> int:
         interval=args.interval if args.interval is not None else spec.daemon.interval,
         resync=args.resync if args.resync is not None else spec.daemon.resync,
         listen=args.listen or spec.daemon.listen,
+        lease_ttl=args.lease,
         owner=args.owner,
         adopt=args.adopt,
     )
@@ -203,13 +208,26 @@ def _run_daemon(args: argparse.Namespace, spec: ClusterSpec) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
+    store = open_store(spec, args.journal)
     clock = SystemClock()
     try:
-        daemon = Daemon(spec, _providers(spec, store, clock), store, clock, options, stop=stop, reload=reloader(Path(args.cluster)))
+        providers = _providers(spec, store, clock)
+        if isinstance(store, EtcdStore):  # several daemons share the journal: each owns a shard of the groups
+            daemon: Daemon = ShardedDaemon(spec, providers, store, clock, options, stop=stop, reload=reloader(Path(args.cluster)))
+        else:
+            daemon = Daemon(spec, providers, store, clock, options, stop=stop, reload=reloader(Path(args.cluster)))
         return daemon.run()
     finally:
         store.close()
+
+
+def _group_owners(store: AnyStore, cluster: str) -> dict[str, str]:
+    """group -> the daemon that owns it (etcd, sharded), or {"": the lease holder} (one daemon)."""
+    if isinstance(store, EtcdStore):
+        holder = store.lease_holder(cluster)
+        return {g: f"{owner} (epoch {token})" for g, (owner, token) in store.group_owners(cluster).items()} | ({"": holder} if holder else {})
+    holder = store.lease_holder(cluster)
+    return {"": holder} if holder else {}
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -217,6 +235,7 @@ def run_status(args: argparse.Namespace) -> int:
     engine, store = _open(args, spec, build=False)
     try:
         groups: list[dict[str, Any]] = []
+        owners = _group_owners(store, spec.name)
         for group in engine.groups():
             removed = engine.is_removed(group)
             if removed and group.provider not in engine.providers:
@@ -230,6 +249,7 @@ def run_status(args: argparse.Namespace) -> int:
                 "group": group.name,
                 "removed": removed,
                 "provider": group.provider,
+                "owner": owners.get(group.name, owners.get("", "")),
                 "image": image,
                 "config": config,
                 "desired": group.desired,
@@ -244,7 +264,7 @@ def run_status(args: argparse.Namespace) -> int:
             })
         body = {
             "cluster": spec.name,
-            "journal": str(store.path),
+            "journal": describe_store(store),
             "epoch": store.current_epoch(spec.name),
             "intents": store.intent_counts(spec.name),
             "groups": groups,
@@ -259,7 +279,8 @@ def run_status(args: argparse.Namespace) -> int:
         if g["removed"]:
             print(f"\ngroup {g['group']}  removed from the spec: {g['observed']} machine(s) left to destroy (apply or the daemon does)")
         else:
-            print(f"\ngroup {g['group']}  {g['available']}/{g['desired']} available, {g['up_to_date']} up to date, {g['observed']} observed  image={g['image']}")
+            print(f"\ngroup {g['group']}  {g['available']}/{g['desired']} available, {g['up_to_date']} up to date, {g['observed']} observed  image={g['image']}"
+                  f"  owner={g['owner'] or '-'}")
         print(f"  {'MACHINE':<22} {'SLOT':<10} {'CONDITION':<10} {'CURRENT':<8} IMAGE")
         for m in g["machines"]:
             print(f"  {m['id']:<22} {m['slot']:<10} {m['condition']:<10} {'yes' if m['up_to_date'] else 'no':<8} {m['image']}")

@@ -24,7 +24,6 @@ from provision.providers import get_target
 from provision.reconcile.clock import SystemClock
 from provision.reconcile.engine import Engine, PassResult
 from provision.reconcile.image import GroupImages
-from provision.reconcile.journal import SqliteStore
 from provision.reconcile.model import Condition, Machine
 from provision.reconcile.provider import (
     TAG_CLUSTER,
@@ -34,6 +33,7 @@ from provision.reconcile.provider import (
 )
 from provision.reconcile.registry import create_providers
 from provision.reconcile.spec import ClusterSpec, GroupSpec, load_cluster_spec
+from provision.reconcile.stores import open_store
 from provision.reconcile.teardown import open_cluster_providers, scaled_to_zero, tear_down_cluster
 
 Say = Callable[[str], None]
@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
     up.add_argument("--interval", type=float, default=1.0, help="seconds between passes (default 1)")
     up.add_argument("--json", action="store_true", help="print the final status as JSON")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    up.add_argument("--journal", metavar="PATH", help="journal database (default from the spec)")
+    up.add_argument("--journal", metavar="PATH", help="journal: a SQLite file or etcd://HOST:PORT,.../PREFIX (default from the spec)")
     up.set_defaults(func=run_up)
 
     down = subparsers.add_parser(
@@ -61,7 +61,7 @@ def register(subparsers: Any) -> None:
     down.add_argument("cluster", help="cluster spec (YAML)")
     down.add_argument("--timeout", type=float, default=300.0, help="give up after SECONDS (default 300)")
     down.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    down.add_argument("--journal", metavar="PATH", help="journal database (default from the spec)")
+    down.add_argument("--journal", metavar="PATH", help="journal: a SQLite file or etcd://HOST:PORT,.../PREFIX (default from the spec)")
     down.add_argument("--adopt", action="store_true", help="also destroy machines another journal created")
     down.set_defaults(func=run_down)
 
@@ -213,7 +213,7 @@ def run_up(args: argparse.Namespace) -> int:
     check_targets(spec)
     clock = SystemClock()
     providers = create_providers(spec, clock)
-    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)  # before any build
+    store = open_store(spec, args.journal)  # before any build
     started = time.monotonic()
     try:
         images = GroupImages(spec, providers, build=True, progress=say)
@@ -256,7 +256,7 @@ def run_down(args: argparse.Namespace) -> int:
     say = _progress(args.quiet)
     spec = load_cluster_spec(args.cluster)
     clock = SystemClock()
-    store = SqliteStore(Path(args.journal) if args.journal else spec.journal)
+    store = open_store(spec, args.journal)
     try:
         # Every provider the spec or the journal ever used; every group scaled to zero through
         # the engine (journaled, pending creates resumed and undone); no image is built for that.

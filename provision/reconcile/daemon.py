@@ -255,7 +255,7 @@ class Daemon:
     def _group_loop(self, name: str) -> None:
         wake = self._wake[name]
         fast = max(0.05, self.options.interval / 10)
-        while not self.stop.is_set():
+        while not self.stop.is_set() and self.owns(name):
             group = next((g for g in self.engine.groups() if g.name == name), None)
             if group is None:
                 return  # removed from the spec and its machines are gone (retired)
@@ -275,6 +275,10 @@ class Daemon:
                 log_event("pass-crashed", logging.ERROR, group=name, error=repr(exc))
             wake.wait(min(max(delay, 0.0), MAX_WAIT))
             wake.clear()
+
+    def owns(self, group: str) -> bool:
+        """Whether this daemon acts for ``group`` (a lone daemon: every group of the cluster)."""
+        return True
 
     def _next_delay(self, result: PassResult, fast: float) -> float:
         self.metrics.set("provision_group_converged", 1 if result.converged else 0, group=result.group)

@@ -79,12 +79,15 @@ class PassResult:
 class PacedProvider(ProviderWrapper):
     """Wraps a provider: every call waits for the provider's rate limit and is counted."""
 
-    def __init__(self, inner: Provider, limiter: RateLimiter, metrics: Metrics | None) -> None:
+    def __init__(self, inner: Provider, limiter: RateLimiter, metrics: Metrics | None,
+                 guard: Callable[[], None] | None = None) -> None:
         super().__init__(inner)
-        self.limiter, self.metrics = limiter, metrics
+        self.limiter, self.metrics, self.guard = limiter, metrics, guard
 
     def before(self, op: str) -> None:
         self.limiter.acquire()
+        if self.guard is not None and op != "list":
+            self.guard()  # raises StaleEpochError when this daemon may no longer act (its lease's local deadline passed)
         if self.metrics is not None:
             self.metrics.inc("provision_provider_calls_total", provider=self.name, op=op)
 
@@ -108,6 +111,7 @@ class Engine:
         images: GroupImages | Mapping[str, str] | None = None,
         allow_destroy_all: bool = False,
         adopt: bool = False,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self.spec = spec
         self.store = store
@@ -118,7 +122,8 @@ class Engine:
         self.metrics = metrics
         self.backoff = backoff or Backoff(clock)
         self.grace = grace
-        self.epoch = 0
+        self.epoch = 0  # the cluster's lease (or, sharded, this daemon's membership) token
+        self.epochs: dict[str, int] = {}  # sharded: each owned group's own fencing token
         self.allow_destroy_all = allow_destroy_all
         self.adopt = adopt
         self.journal_id = store.identity()
@@ -134,9 +139,14 @@ class Engine:
         for name, provider in providers.items():
             pspec = spec.providers.get(name)
             limiter = RateLimiter(clock, pspec.rate_limit if pspec else None)
-            self.providers[name] = PacedProvider(provider, limiter, metrics)
+            self.providers[name] = PacedProvider(provider, limiter, metrics, guard)
 
     # -- leadership ----------------------------------------------------------------------
+
+    def epoch_of(self, group: str) -> int:
+        """The fencing token of the group's journal writes and provider calls: the group's own
+        when the daemon is sharded, else the cluster's."""
+        return self.epochs.get(group, self.epoch)
 
     def acquire(self, ttl: float = 15.0) -> int:
         self.epoch = self.store.acquire_lease(self.spec.name, self.owner, ttl, self.clock.now())
@@ -232,7 +242,7 @@ class Engine:
                 f"({', '.join(sorted(foreign))}; this one is {self.journal_id})",
                 hint="use the journal that manages them (--journal), or take them over with --adopt",
             )
-        self.store.adopt_journals(self.spec.name, foreign, self.epoch)
+        self.store.adopt_journals(self.spec.name, foreign, self.epoch_of(group.name))
         log_event("adopted", cluster=self.spec.name, group=group.name, journals=sorted(foreign), journal=self.journal_id)
 
     # -- desired state -------------------------------------------------------------------
@@ -332,8 +342,8 @@ class Engine:
             self._record(group, config, observation, result)
             if removed:
                 result.converged = not observation.machines and not result.errors and not result.created
-                if result.converged and self.epoch and not self.store.pending_intents(self.spec.name, group.name):
-                    self.store.retire_group(self.spec.name, group.name, self.epoch)
+                if result.converged and self.epoch_of(group.name) and not self.store.pending_intents(self.spec.name, group.name):
+                    self.store.retire_group(self.spec.name, group.name, self.epoch_of(group.name))
                     log_event("group-retired", cluster=self.spec.name, group=group.name, note="its machines are gone")
                 return self._count_pass(group, result, started)
             result.converged = (
@@ -379,15 +389,15 @@ class Engine:
             try:
                 if intent.op == "create":
                     body = json.loads(intent.request)
-                    request = CreateRequest(body["key"], body["name"], body["image"], body["properties"], body["tags"], self.epoch)
+                    request = CreateRequest(body["key"], body["name"], body["image"], body["properties"], body["tags"], self.epoch_of(group.name))
                     instance = provider.create_instance(request)
                     self.boundary("create:call-returned")
-                    self.store.finish_create(intent.key, _known(group, intent.slot, intent.config, request, instance), self.epoch)
+                    self.store.finish_create(intent.key, _known(group, intent.slot, intent.config, request, instance), self.epoch_of(group.name))
                 else:
                     assert intent.instance_id is not None
-                    provider.destroy_instance(intent.instance_id, self.epoch)
+                    provider.destroy_instance(intent.instance_id, self.epoch_of(group.name))
                     self.boundary("destroy:call-returned")
-                    self.store.finish_destroy(intent.key, intent.instance_id, self.clock.now(), self.epoch)
+                    self.store.finish_destroy(intent.key, intent.instance_id, self.clock.now(), self.epoch_of(group.name))
                 self.boundary(f"{intent.op}:result-written")
             except StaleEpochError:
                 raise
@@ -395,7 +405,7 @@ class Engine:
                 self._failed(group.name, item, intent.op, exc, result)
                 continue
             except ProviderError as exc:
-                self.store.abandon_intent(intent.key, str(exc), self.epoch)
+                self.store.abandon_intent(intent.key, str(exc), self.epoch_of(group.name))
                 self._failed(group.name, item, intent.op, exc, result)
                 continue
             self.backoff.succeeded(item)
@@ -405,18 +415,18 @@ class Engine:
 
     def _create(self, group: GroupSpec, provider: Provider, image: str, config: str, slot: str, reason: str, result: PassResult) -> bool:
         cluster = self.spec.name
-        seq = self.store.next_sequence(cluster, group.name, self.epoch)
+        seq = self.store.next_sequence(cluster, group.name, self.epoch_of(group.name))
         slot = slot or f"{seq:05d}"
         key = f"{cluster}/{group.name}/{slot}/{seq}"
         name = f"{cluster}-{group.name}-{slot}" + (f"-{seq}" if group.members is not None else "")
-        tags = {TAG_CLUSTER: cluster, TAG_GROUP: group.name, TAG_SLOT: slot, TAG_CONFIG: config, TAG_EPOCH: str(self.epoch),
+        tags = {TAG_CLUSTER: cluster, TAG_GROUP: group.name, TAG_SLOT: slot, TAG_CONFIG: config, TAG_EPOCH: str(self.epoch_of(group.name)),
                 TAG_JOURNAL: self.journal_id}
-        request = CreateRequest(key, name, image, dict(group.properties), tags, self.epoch)
+        request = CreateRequest(key, name, image, dict(group.properties), tags, self.epoch_of(group.name))
         body = {"key": key, "name": name, "image": image, "properties": dict(group.properties), "tags": tags}
         intent = Intent(key, cluster, group.name, "create", slot, None, config, reason, json.dumps(body, default=str), self.clock.now())
         if group.name not in self.store.groups_seen(cluster):
-            self.store.record_cluster(cluster, {group.name: group.provider}, [], self.epoch)
-        self.store.begin_intents([intent], self.epoch)
+            self.store.record_cluster(cluster, {group.name: group.provider}, [], self.epoch_of(group.name))
+        self.store.begin_intents([intent], self.epoch_of(group.name))
         self.boundary("create:intent-written")
         item = f"{group.name}:create"
         try:
@@ -427,17 +437,17 @@ class Engine:
             self._failed(group.name, item, "create", exc, result)  # the intent stays pending: re-driven
             return False
         except ProviderError as exc:
-            self.store.abandon_intent(key, str(exc), self.epoch)
+            self.store.abandon_intent(key, str(exc), self.epoch_of(group.name))
             self._failed(group.name, item, "create", exc, result)
             return False
         self.boundary("create:call-returned")
-        self.store.finish_create(key, _known(group, slot, config, request, instance), self.epoch)
+        self.store.finish_create(key, _known(group, slot, config, request, instance), self.epoch_of(group.name))
         self.boundary("create:result-written")
         self.backoff.succeeded(item)
         result.created += 1
         if self.metrics is not None:
             self.metrics.inc("provision_machines_created_total", group=group.name)
-        log_event("created", cluster=cluster, group=group.name, slot=slot, instance=instance.id, key=key, reason=reason, epoch=self.epoch)
+        log_event("created", cluster=cluster, group=group.name, slot=slot, instance=instance.id, key=key, reason=reason, epoch=self.epoch_of(group.name))
         return True
 
     def destroy_instance(self, provider_name: str, instance: Instance, reason: str) -> PassResult:
@@ -454,10 +464,10 @@ class Engine:
                     f"{instance.id} of cluster {self.spec.name!r} was created through another journal ({journal}; this one is {self.journal_id})",
                     hint="use the journal that manages it (--journal), or take it over with --adopt",
                 )
-            self.store.adopt_journals(self.spec.name, [journal], self.epoch)
+            self.store.adopt_journals(self.spec.name, [journal], self.epoch_of(group))
         if group and group not in self.store.groups_seen(self.spec.name) and all(g.name != group for g in self.spec.groups):
             # a group no journal knew: from now on a removed group, so a destroy left pending is re-driven
-            self.store.record_cluster(self.spec.name, {group: provider_name}, [], self.epoch)
+            self.store.record_cluster(self.spec.name, {group: provider_name}, [], self.epoch_of(group))
         machine = Machine(instance.id, instance.name, instance.slot, instance.config, instance.image, instance.created_at, Condition.FAILED)
         self._destroy(group, self.providers[provider_name], machine, reason, result)
         return result
@@ -467,29 +477,29 @@ class Engine:
         item = f"{group}:destroy:{machine.id}"
         if not self.backoff.ready(item):
             return False
-        key = f"{self.spec.name}/{group}/destroy/{machine.id}/{self.epoch}"
+        key = f"{self.spec.name}/{group}/destroy/{machine.id}/{self.epoch_of(group)}"
         intent = Intent(key, self.spec.name, group, "destroy", machine.slot, machine.id, machine.config, reason, "", self.clock.now())
-        self.store.begin_intents([intent], self.epoch)
+        self.store.begin_intents([intent], self.epoch_of(group))
         self.boundary("destroy:intent-written")
         try:
-            provider.destroy_instance(machine.id, self.epoch)
+            provider.destroy_instance(machine.id, self.epoch_of(group))
         except StaleEpochError:
             raise
         except TransientProviderError as exc:
             self._failed(group, item, "destroy", exc, result)
             return False
         except ProviderError as exc:
-            self.store.abandon_intent(key, str(exc), self.epoch)
+            self.store.abandon_intent(key, str(exc), self.epoch_of(group))
             self._failed(group, item, "destroy", exc, result)
             return False
         self.boundary("destroy:call-returned")
-        self.store.finish_destroy(key, machine.id, self.clock.now(), self.epoch)
+        self.store.finish_destroy(key, machine.id, self.clock.now(), self.epoch_of(group))
         self.boundary("destroy:result-written")
         self.backoff.succeeded(item)
         result.destroyed += 1
         if self.metrics is not None:
             self.metrics.inc("provision_machines_destroyed_total", group=group, reason=reason)
-        log_event("destroyed", cluster=self.spec.name, group=group, slot=machine.slot, instance=machine.id, reason=reason, epoch=self.epoch)
+        log_event("destroyed", cluster=self.spec.name, group=group, slot=machine.slot, instance=machine.id, reason=reason, epoch=self.epoch_of(group))
         return True
 
     def _failed(self, group: str, item: str, op: str, exc: ProviderError, result: PassResult) -> None:

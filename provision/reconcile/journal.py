@@ -25,6 +25,7 @@ import socket
 import sqlite3
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -551,6 +552,12 @@ class SqliteStore:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM intents WHERE cluster=? GROUP BY state", (cluster,)).fetchall()
         return {str(r[0]): int(r[1]) for r in rows}
+
+    def lease_holder(self, cluster: str) -> str:
+        """Who holds the cluster's lease now ('' when nobody does)."""
+        with self._lock:
+            row = self._db.execute("SELECT owner, expires FROM leases WHERE cluster=?", (cluster,)).fetchone()
+        return str(row[0]) if row and row[0] and row[1] > time.time() else ""
 
     def current_epoch(self, cluster: str) -> int:
         with self._lock:

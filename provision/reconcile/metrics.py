@@ -21,6 +21,11 @@ _HELP = {
     "provision_group_converged": ("gauge", "1 when the group matches its spec."),
     "provision_pass_seconds_sum": ("counter", "Total time spent in reconcile passes per group."),
     "provision_leader_epoch": ("gauge", "Fencing epoch held by this daemon (0: not leader)."),
+    "provision_group_owned": ("gauge", "1 while this daemon owns the group (sharded daemons on etcd)."),
+    "provision_group_epoch": ("gauge", "The group's fencing token held by this daemon (sharded)."),
+    "provision_member_epoch": ("gauge", "This daemon's membership token (sharded)."),
+    "provision_shard_members": ("gauge", "Live daemons sharing the cluster (sharded)."),
+    "provision_etcd_requests_total": ("counter", "Requests this daemon made to etcd."),
 }
 
 
@@ -55,7 +60,8 @@ class Metrics:
                 lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
                 last = name
             label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-            lines.append(f"{name}{{{label_text}}} {value:g}" if labels else f"{name} {value:g}")
+            number = str(int(value)) if float(value).is_integer() else f"{value:g}"  # tokens and counters exactly
+            lines.append(f"{name}{{{label_text}}} {number}" if labels else f"{name} {number}")
         return "\n".join(lines) + "\n"
 
 

@@ -133,6 +133,7 @@ class ClusterSpec:
     journal: Path
     source_file: str
     source_text: str
+    journal_url: str = ""  # etcd://HOST:PORT,.../PREFIX when the journal lives in etcd (then ``journal`` is unused)
 
     @property
     def digest(self) -> str:
@@ -267,10 +268,18 @@ def parse_cluster_spec(text: str, file: str = "<cluster>") -> ClusterSpec:
     if journal_value is not None and not isinstance(journal_value, str):
         r.fail(("journal",), "must be a path")
         journal_value = None
+    journal_url = ""
+    if journal_value is not None and journal_value.startswith("etcd://"):
+        from provision.reconcile.etcd.location import journal_url_problem
+
+        problem = journal_url_problem(journal_value)
+        if problem:
+            r.fail(("journal",), problem)
+        journal_url, journal_value = journal_value, None
     journal = base / journal_value if journal_value else default_journal(name)
     if r.problems:
         raise SpecError(r.problems, hint="see docs/cluster-spec.md for the format")
-    return ClusterSpec(name, groups, providers, daemon, journal, file, text)
+    return ClusterSpec(name, groups, providers, daemon, journal, file, text, journal_url)
 
 
 def load_cluster_spec(path: str | Path) -> ClusterSpec:

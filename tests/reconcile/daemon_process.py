@@ -20,6 +20,7 @@ import requests
 
 from provision.providers.simulated.cloud import SimulatedCloud
 from provision.reconcile.provider import (
+    TAG_GROUP,
     CreateRequest,
     Instance,
     StaleEpochError,
@@ -32,6 +33,7 @@ class Call:
     at: float  # time.monotonic() when the call was accepted
     op: str  # "create" | "destroy"
     epoch: int
+    group: str = ""
 
 
 class RecordingCloud(SimulatedCloud):
@@ -47,9 +49,9 @@ class RecordingCloud(SimulatedCloud):
         self.stalled = threading.Event()  # a create is hanging
         self.thaw = threading.Event()  # ... until this is set, then it fails with a 503
 
-    def _note(self, op: str, epoch: int, accepted: bool) -> None:
+    def _note(self, op: str, epoch: int, accepted: bool, group: str = "") -> None:
         with self._calls_lock:
-            (self.calls if accepted else self.refused).append(Call(time.monotonic(), op, epoch))
+            (self.calls if accepted else self.refused).append(Call(time.monotonic(), op, epoch, group))
 
     def create(self, request: CreateRequest) -> Instance:
         if self.stall is not None and request.epoch == self.stall[0]:
@@ -60,24 +62,27 @@ class RecordingCloud(SimulatedCloud):
                 self.stalled.set()
                 self.thaw.wait(60)
                 raise TransientProviderError("simulated: the cloud stalled and gave up")
+        group = request.tags.get(TAG_GROUP, "")
         try:
             instance = super().create(request)
         except StaleEpochError:
-            self._note("create", request.epoch, False)
+            self._note("create", request.epoch, False, group)
             raise
         except Exception:
-            self._note("create", request.epoch, True)  # timed out after it was made (or failed)
+            self._note("create", request.epoch, True, group)  # timed out after it was made (or failed)
             raise
-        self._note("create", request.epoch, True)
+        self._note("create", request.epoch, True, group)
         return instance
 
     def destroy(self, instance_id: str, epoch: int) -> None:
+        found = self.get(instance_id)
+        group = found.tags.get(TAG_GROUP, "") if found is not None else ""
         try:
             super().destroy(instance_id, epoch)
         except StaleEpochError:
-            self._note("destroy", epoch, False)
+            self._note("destroy", epoch, False, group)
             raise
-        self._note("destroy", epoch, True)
+        self._note("destroy", epoch, True, group)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -90,7 +95,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 class DaemonProcess:
     """``provision daemon SPEC`` in a subprocess; ``events`` fills from its JSON log."""
 
-    def __init__(self, spec: Path, journal: Path, *extra: str, interval: float = 0.05) -> None:
+    def __init__(self, spec: Path, journal: Path | str, *extra: str, interval: float = 0.05) -> None:
         argv = [sys.executable, "-m", "provision", "daemon", str(spec), "--journal", str(journal),
                 "--listen", "127.0.0.1:0", "--interval", str(interval), "--resync", "1", *extra]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}

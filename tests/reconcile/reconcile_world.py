@@ -6,10 +6,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from provision.providers.simulated.cloud import Faults, SimulatedCloud, SimulatedProvider
 from provision.reconcile.clock import FakeClock
 from provision.reconcile.engine import Engine
-from provision.reconcile.journal import SqliteStore
+from provision.reconcile.etcd.location import parse_etcd_location
+from provision.reconcile.etcd.store import EtcdStore
+from provision.reconcile.journal import SqliteStore, Store
 from provision.reconcile.provider import TAG_CLUSTER, TAG_GROUP, HealthState, Instance
 from provision.reconcile.spec import ClusterSpec, parse_cluster_spec
 
@@ -45,18 +49,36 @@ groups:
 class World:
     """A cloud, a journal file and a clock shared by successive engines (restarts)."""
 
-    def __init__(self, tmp: Path, faults: Faults | None = None, boot: float = 5.0, page_size: int = 3) -> None:
+    def __init__(self, tmp: Path, faults: Faults | None = None, boot: float = 5.0, page_size: int = 3, etcd: str = "") -> None:
         self.clock = FakeClock()
         self.cloud = SimulatedCloud(self.clock, faults or Faults(), page_size=page_size, boot_seconds=boot)
         self.journal = tmp / "journal.db"
-        self.stores: list[SqliteStore] = []
+        self.etcd = etcd  # an etcd journal URL: the journal lives there instead
+        self.stores: list[Store] = []
+
+    def expire_leases(self) -> None:
+        """On etcd, revoke the leases of the earlier handles: the fake clock cannot make etcd's
+        real leases run out (SQLite's leases expire by the fake clock)."""
+        for old in self.stores:
+            if isinstance(old, EtcdStore):
+                old.revoke_all()
+
+    def store(self) -> Store:
+        """A fresh handle on the world's journal."""
+        store: Store
+        if self.etcd:
+            store = EtcdStore(parse_etcd_location(self.etcd))
+        else:
+            store = SqliteStore(self.journal)
+        self.stores.append(store)
+        return store
 
     def engine(self, spec: ClusterSpec, owner: str = "engine", acquire: bool = True, **kwargs: Any) -> Engine:
-        store = SqliteStore(self.journal)
-        self.stores.append(store)
+        store = self.store()
         engine = Engine(spec, {"sim": SimulatedProvider(self.cloud, "sim")}, store, self.clock, owner=owner, **kwargs)
         if acquire:
             self.clock.advance(20)  # any previous (crashed) holder's lease has expired
+            self.expire_leases()
             engine.acquire()
         return engine
 
@@ -72,3 +94,7 @@ class World:
     def close(self) -> None:
         for store in self.stores:
             store.close()
+
+
+# Runs a test that takes the ``world`` fixture over the SQLite journal and over etcd.
+BOTH_STORES = pytest.mark.parametrize("world", ["sqlite", "etcd"], indirect=True)

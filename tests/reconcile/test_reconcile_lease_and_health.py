@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from reconcile_world import World, make_spec
+from reconcile_world import BOTH_STORES, World, make_spec
 
 from provision.cli import main
 from provision.providers.simulated.cloud import (
@@ -31,6 +31,7 @@ from provision.reconcile.provider import HealthState
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@BOTH_STORES
 def test_unhealthy_time_survives_restarts_and_the_broken_machine_is_replaced(world: World) -> None:
     """Each observation is made by a new engine (a restarted daemon) 12 s after the last; the
     machine is unhealthy for 36 s > unhealthyTimeout 30 s, so the fourth engine replaces it."""

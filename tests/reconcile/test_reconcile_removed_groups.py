@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from reconcile_world import World, make_spec
+from reconcile_world import BOTH_STORES, World, make_spec
 
 from provision.cli import main
 from provision.providers.simulated.cloud import SimulatedCloud
@@ -52,6 +52,7 @@ def test_a_removed_group_is_planned_destroyed_through_the_journal_and_retired(wo
     assert not after.has_changes and [g.group for g in after.groups] == ["web"]
 
 
+@BOTH_STORES
 def test_a_spec_that_removes_every_group_is_refused_unless_allowed(world: World) -> None:
     world.engine(make_spec(3)).converge(between=world.step(3))
     before = {i.id for i in world.owned()}
