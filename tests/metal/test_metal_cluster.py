@@ -109,8 +109,10 @@ class Watcher(threading.Thread):
         fewest = len(self.machines)
         previous: set[str] = set()
         for _, text in self.samples:
-            answering = {part.split(":")[0] for part in text.split() if part.endswith("+agent")}
-            fewest = min(fewest, len(answering | previous) if previous else len(answering))
+            states = dict(part.split(":") for part in text.split())
+            answering = {name for name, state in states.items() if state.endswith("+agent")}
+            powered = {name for name, state in states.items() if state.startswith("on")}
+            fewest = min(fewest, len(answering | (previous & powered)))
             previous = answering
         return fewest
 
