@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-COMPONENTS = ("init", "getty", "dhcpcd", "sshd", "metadata", "sysctl", "agent")
+COMPONENTS = ("init", "runc", "getty", "dhcpcd", "sshd", "metadata", "sysctl", "agent")
 EXAMPLES = ("minimal", "sshd", "web")
 RECIPE_KEYS = {"name", "packages", "keep", "files", "symlinks", "directories", "config",
                "label", "elf_closure"}  # fmt: skip
@@ -49,7 +49,7 @@ def test_recipe_is_complete(name: str) -> None:
         assert cap in ("all", "none") or re.fullmatch(r"CAP_[A-Z_]+", cap), cap
 
 
-@pytest.mark.parametrize("name", [n for n in COMPONENTS if n != "init"])
+@pytest.mark.parametrize("name", [n for n in COMPONENTS if n not in ("init", "runc")])
 def test_service_entrypoint_is_shipped(name: str) -> None:
     r = recipe(name)
     entrypoint = r["config"]["Entrypoint"][0]
@@ -76,8 +76,13 @@ def test_scripts_parse_with_busybox_sh(script: Path) -> None:
 
 
 def example_refs(example: str) -> list[str]:
-    spec = yaml.safe_load((REPO / "examples" / f"{example}.yml").read_text())
-    refs = [spec["kernel"]["image"], *spec["init"]]
+    return spec_refs(REPO / "examples" / f"{example}.yml")
+
+
+def spec_refs(path: Path) -> list[str]:
+    spec = yaml.safe_load(path.read_text())
+    refs = [spec["kernel"]["image"]] if "kernel" in spec else []
+    refs += spec.get("init") or []
     for kind in ("onboot", "services", "onshutdown"):
         refs += [entry["image"] for entry in spec.get(kind) or []]
     return refs
@@ -105,3 +110,11 @@ def test_examples_reference_the_current_tags(example: str) -> None:
         name, tag = ref.removeprefix("provision/").split(":")
         current = current_tag(name)
         assert tag == current, f"{example}: {ref} but pkg/{name} is now {current}"
+
+
+@pytest.mark.parametrize("spec", sorted((REPO / "tests/boot/specs").glob("*.yml")), ids=lambda p: p.name)
+def test_boot_test_specs_reference_the_current_tags(spec: Path) -> None:
+    for ref in spec_refs(spec):
+        name, tag = ref.removeprefix("provision/").split(":")
+        current = current_tag(name)
+        assert tag == current, f"{spec.name}: {ref} but pkg/{name} is now {current}"

@@ -1,12 +1,32 @@
 # Shared helpers of provision's init scripts (sourced, not executed).
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
-RUNC="runc --root /run/runc"
+# the OCI runtime: crun (pkg/init), or runc when provision/runc follows init in the spec
+RUNTIME=crun
+[ -r /etc/provision-init/runtime ] && read -r RUNTIME </etc/provision-init/runtime
+RUNC="${RUNTIME:-crun} --root /run/runc"
+BOOT_TIMES=/run/provision/boot-times
 
 # "provision-init: [UPTIME] message" on the console
 log() {
 	read -r _up _ </proc/uptime 2>/dev/null
 	echo "provision-init: [${_up:-?}] $*" >/dev/console 2>/dev/null || echo "provision-init: $*"
+}
+
+# mark STEP: log it, and add "UPTIME<TAB>STEP" to $BOOT_TIMES.tsv (builtins only)
+mark() {
+	read -r _up _ </proc/uptime 2>/dev/null
+	echo "provision-init: [${_up:-?}] $*" >/dev/console 2>/dev/null
+	echo "${_up:-0}	$*" >>"$BOOT_TIMES.tsv" 2>/dev/null
+}
+
+# $BOOT_TIMES.tsv as JSON, {"steps": [{"step": "...", "uptime": 1.23}, ...]} in time
+# order, written to a temporary name and renamed (services write it concurrently)
+write_boot_times() {
+	sort -n "$BOOT_TIMES.tsv" 2>/dev/null | awk -F '\t' '
+		BEGIN { printf "{\"steps\": [" }
+		{ gsub(/["\\]/, "", $2); printf("%s{\"step\": \"%s\", \"uptime\": %s}", (NR > 1 ? ", " : ""), $2, $1) }
+		END { print "]}" }' >"$BOOT_TIMES.json.$$" && mv -f "$BOOT_TIMES.json.$$" "$BOOT_TIMES.json"
 }
 
 # uptime in whole seconds
@@ -179,10 +199,10 @@ run_containers_in_order() {
 		id=$(container_id "$bundle")
 		prepare_rootfs "$bundle"
 		apply_runtime "$bundle"
-		log "$kind $(basename "$bundle"): starting"
+		mark "$kind $(basename "$bundle"): starting"
 		forget_container "$id"
 		run_container "$bundle" "$id"
-		log "$kind $(basename "$bundle"): exited with status $?"
+		mark "$kind $(basename "$bundle"): exited with status $?"
 	done
 }
 
