@@ -74,8 +74,8 @@ def parse_steps(document: Any) -> Steps:
     steps: Steps = []
     for entry in document["steps"]:
         name = str(entry["step"])
-        if name.startswith("modules loaded:"):
-            name = "modules loaded"
+        if name.startswith(("modules loaded:", "IDE modules loaded:")):
+            name = name.split(":")[0]
         steps.append((name, float(entry["uptime"])))
     return steps
 

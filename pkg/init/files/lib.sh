@@ -6,6 +6,7 @@ RUNTIME=crun
 [ -r /etc/provision-init/runtime ] && read -r RUNTIME </etc/provision-init/runtime
 RUNC="${RUNTIME:-crun} --root /run/runc"
 BOOT_TIMES=/run/provision/boot-times
+IDE_PROBED=/run/provision/ide-probed
 
 # "provision-init: [UPTIME] message" on the console
 log() {
@@ -21,12 +22,31 @@ mark() {
 }
 
 # $BOOT_TIMES.tsv as JSON, {"steps": [{"step": "...", "uptime": 1.23}, ...]} in time
-# order, written to a temporary name and renamed (services write it concurrently)
+# order, written to a temporary name and renamed; a writer that finds lines added while it
+# wrote writes again, so the last one to finish has them all (services write concurrently)
 write_boot_times() {
-	sort -n "$BOOT_TIMES.tsv" 2>/dev/null | awk -F '\t' '
-		BEGIN { printf "{\"steps\": [" }
-		{ gsub(/["\\]/, "", $2); printf("%s{\"step\": \"%s\", \"uptime\": %s}", (NR > 1 ? ", " : ""), $2, $1) }
-		END { print "]}" }' >"$BOOT_TIMES.json.$$" && mv -f "$BOOT_TIMES.json.$$" "$BOOT_TIMES.json"
+	local lines tmp
+	tmp=$BOOT_TIMES.json.$$.$RANDOM
+	while :; do
+		lines=$(wc -l <"$BOOT_TIMES.tsv")
+		sort -n "$BOOT_TIMES.tsv" 2>/dev/null | awk -F '\t' '
+			BEGIN { printf "{\"steps\": [" }
+			{ gsub(/["\\]/, "", $2); printf("%s{\"step\": \"%s\", \"uptime\": %s}", (NR > 1 ? ", " : ""), $2, $1) }
+			END { print "]}" }' >"$tmp" && mv -f "$tmp" "$BOOT_TIMES.json"
+		[ "$(wc -l <"$BOOT_TIMES.tsv")" = "$lines" ] && return 0
+	done
+}
+
+# Containers given block devices wait until the IDE controllers are probed (rcS probes
+# them in the background; at most 20 s)
+wait_for_ide() {
+	local i
+	grep -qs '"type": *"b"' "${1%/}/config.json" || return 0
+	i=0
+	while [ ! -e "$IDE_PROBED" ] && [ "$i" -lt 400 ]; do
+		sleep 0.05
+		i=$((i + 1))
+	done
 }
 
 # uptime in whole seconds
@@ -199,6 +219,7 @@ run_containers_in_order() {
 		id=$(container_id "$bundle")
 		prepare_rootfs "$bundle"
 		apply_runtime "$bundle"
+		wait_for_ide "$bundle"
 		mark "$kind $(basename "$bundle"): starting"
 		forget_container "$id"
 		run_container "$bundle" "$id"
