@@ -7,6 +7,10 @@ initrd to a shell, side by side. Also minimal.yml to its console shell.
 Beside the totals it prints the per-step table: the guest uptime (median over the runs) at
 which each step init marks was reached, as init wrote it to /run/provision/boot-times.json
 (web: served by the agent at /cgi-bin/boot-times; minimal: read on the console shell).
+Each total is also given on the guest's clock (the floor's uptime when its shell starts,
+minimal's console shell's start, the uptime web's agent reports with every service
+running): QEMU's own start-up before the guest clock runs (1.2-3 s here, moving with the
+load of the host) is not in it. The goals are on the host clock.
 
 Images are built by the real pipeline (`provision pkg build` of the components, then
 `provision build`, default gzip initrd; see tests/boot/boot_rig.py). Runs are sequential (2 cores:
@@ -37,7 +41,8 @@ GOALS = {"web": 2.0, "minimal": 1.5}
 Steps = list[tuple[str, float]]
 FLOOR_INIT = """#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
-echo FLOOR-SHELL-READY
+read -r up _ </proc/uptime
+echo FLOOR-SHELL-READY "$up"
 exec /bin/busybox sh
 """
 
@@ -59,11 +64,12 @@ def build_floor(out: Path) -> Path:
     return initrd
 
 
-def time_floor(kernel: Path, initrd: Path, out: Path) -> float:
+def time_floor(kernel: Path, initrd: Path, out: Path) -> tuple[float, float]:
+    """(host seconds, guest uptime) to the floor's shell."""
     machine = Machine(kernel, initrd, out, cmdline="console=ttyS0 panic=-1 quiet")
     try:
-        machine.wait_for("FLOOR-SHELL-READY", timeout=120)
-        return time.monotonic() - machine.started
+        match = machine.wait_for(r"FLOOR-SHELL-READY (\d+\.\d+)", timeout=120)
+        return time.monotonic() - machine.started, float(match.group(1))
     finally:
         machine.kill()
 
@@ -80,17 +86,21 @@ def parse_steps(document: Any) -> Steps:
     return steps
 
 
-def time_minimal(kernel: Path, initrd: Path, out: Path) -> tuple[float, Steps]:
+def time_minimal(kernel: Path, initrd: Path, out: Path) -> tuple[float, float, Steps]:
+    """(host seconds, guest uptime when the console shell started, steps)."""
     machine = Machine(kernel, initrd, out)
     try:
         machine.wait_for(r"# \x1b\[6n", timeout=120)
         took = time.monotonic() - machine.started
-        return took, parse_steps(json.loads(machine.shell("cat /run/provision/boot-times.json")))
+        # field 22 of the prompt shell's stat: its start, in clock ticks (USER_HZ 100)
+        started = int(machine.shell("cut -d ' ' -f 22 /proc/$$/stat").strip()) / 100
+        return took, started, parse_steps(json.loads(machine.shell("cat /run/provision/boot-times.json")))
     finally:
         machine.kill()
 
 
-def time_web(kernel: Path, initrd: Path, out: Path, services: int) -> tuple[float, Steps]:
+def time_web(kernel: Path, initrd: Path, out: Path, services: int) -> tuple[float, float, Steps]:
+    """(host seconds, guest uptime the agent reported with every service running, steps)."""
     port = free_port()
     machine = Machine(kernel, initrd, out, publish=[(port, 7080)])
     try:
@@ -104,7 +114,7 @@ def time_web(kernel: Path, initrd: Path, out: Path, services: int) -> tuple[floa
                     took = time.monotonic() - machine.started
                     url = f"http://127.0.0.1:{port}/cgi-bin/boot-times"
                     with urllib.request.urlopen(url, timeout=10) as r:
-                        return took, parse_steps(json.load(r))
+                        return took, float(status["uptime"]), parse_steps(json.load(r))
             except (OSError, ValueError):
                 pass
             time.sleep(0.1)
@@ -142,25 +152,30 @@ def main() -> int:
         floor_initrd = build_floor(work)
         services = len(rig.load_specs([REPO / "examples/web.yml"])["services"])
         results: dict[str, list[float]] = {"floor": [], "minimal": [], "web": []}
+        guest: dict[str, list[float]] = {"floor": [], "minimal": [], "web": []}
         steps: dict[str, list[Steps]] = {"minimal": [], "web": []}
         for run in range(args.runs):
             for name in results:
                 out = work / f"{name}-{run}"
                 out.mkdir()
                 if name == "floor":
-                    results[name].append(time_floor(kernel, floor_initrd, out))
+                    took, up = time_floor(kernel, floor_initrd, out)
                 else:
                     if name == "minimal":
-                        took, marks = time_minimal(kernel, min_initrd, out)
+                        took, up, marks = time_minimal(kernel, min_initrd, out)
                     else:
-                        took, marks = time_web(kernel, web_initrd, out, services)
-                    results[name].append(took)
+                        took, up, marks = time_web(kernel, web_initrd, out, services)
                     steps[name].append(marks)
-                print(f"run {run + 1}: {name:8s} {results[name][-1]:6.2f} s", file=sys.stderr)
+                results[name].append(took)
+                guest[name].append(up)
+                print(f"run {run + 1}: {name:8s} {took:6.2f} s (guest uptime {up:.2f} s)", file=sys.stderr)
     floor = statistics.median(results["floor"])
+    floor_guest = statistics.median(guest["floor"])
     report: dict[str, dict[str, Any]] = {
         name: {"median_s": round(statistics.median(v), 2), "runs_s": [round(x, 2) for x in v],
-               "x_floor": round(statistics.median(v) / floor, 2)}
+               "x_floor": round(statistics.median(v) / floor, 2),
+               "guest_uptime_s": round(statistics.median(guest[name]), 2),
+               "guest_x_floor": round(statistics.median(guest[name]) / floor_guest, 2)}
         for name, v in results.items()
     }  # fmt: skip
     table = step_table(steps)
@@ -169,9 +184,11 @@ def main() -> int:
         cells = [f"{per[img]:7.2f}s" if img in per else f"{'-':>8s}" for img in ("minimal", "web")]
         print(f"{step[:58]:58s} {cells[0]} {cells[1]}")
     print()
-    print(f"{'image':10s} {'median':>8s} {'x floor':>8s}   (QEMU TCG, boot to ready, host clock)")
+    print(f"{'image':10s} {'median':>8s} {'x floor':>8s} {'guest':>8s} {'x floor':>8s}"
+          "   (QEMU TCG, boot to ready: host clock, then the guest's uptime)")  # fmt: skip
     for name, row in report.items():
-        print(f"{name:10s} {row['median_s']:7.2f}s {row['x_floor']:7.2f}x")
+        print(f"{name:10s} {row['median_s']:7.2f}s {row['x_floor']:7.2f}x"
+              f" {row['guest_uptime_s']:7.2f}s {row['guest_x_floor']:7.2f}x")  # fmt: skip
     ok = True
     for name, goal in GOALS.items():
         met = report[name]["x_floor"] <= goal
