@@ -4,9 +4,18 @@ initrd to a shell, side by side. Also minimal.yml to its console shell.
 
     python bench/boot_bench.py [--runs 3] [--json out.json]
 
+Beside the totals it prints the per-step table: the guest uptime (median over the runs) at
+which each step init marks was reached, as init wrote it to /run/provision/boot-times.json
+(web: served by the agent at /cgi-bin/boot-times; minimal: read on the console shell).
+Each total is also given on the guest's clock (the floor's uptime when its shell starts,
+minimal's console shell's start, the uptime web's agent reports with every service
+running): QEMU's own start-up before the guest clock runs (1.2-3 s here, moving with the
+load of the host) is not in it. The goals are on the host clock.
+
 Images are built by the real pipeline (`provision pkg build` of the components, then
 `provision build`, default gzip initrd; see tests/boot/boot_rig.py). Runs are sequential (2 cores:
-parallel VMs would slow each other). Goal: web <= 2 x floor. Exit status 1 when over.
+parallel VMs would slow each other). Goals: web <= 2 x floor, minimal <= 1.5 x floor. Exit
+status 1 when over.
 """
 
 from __future__ import annotations
@@ -28,10 +37,12 @@ import boot_rig as rig  # noqa: E402
 from boot_machine import Machine, free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-GOAL = 2.0
+GOALS = {"web": 2.0, "minimal": 1.5}
+Steps = list[tuple[str, float]]
 FLOOR_INIT = """#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
-echo FLOOR-SHELL-READY
+read -r up _ </proc/uptime
+echo FLOOR-SHELL-READY "$up"
 exec /bin/busybox sh
 """
 
@@ -53,25 +64,43 @@ def build_floor(out: Path) -> Path:
     return initrd
 
 
-def time_floor(kernel: Path, initrd: Path, out: Path) -> float:
+def time_floor(kernel: Path, initrd: Path, out: Path) -> tuple[float, float]:
+    """(host seconds, guest uptime) to the floor's shell."""
     machine = Machine(kernel, initrd, out, cmdline="console=ttyS0 panic=-1 quiet")
     try:
-        machine.wait_for("FLOOR-SHELL-READY", timeout=120)
-        return time.monotonic() - machine.started
+        match = machine.wait_for(r"FLOOR-SHELL-READY (\d+\.\d+)", timeout=120)
+        return time.monotonic() - machine.started, float(match.group(1))
     finally:
         machine.kill()
 
 
-def time_minimal(kernel: Path, initrd: Path, out: Path) -> float:
+def parse_steps(document: Any) -> Steps:
+    """boot-times.json's steps as (name, uptime); a step's details after ": " are dropped
+    where they vary (the modules loaded)."""
+    steps: Steps = []
+    for entry in document["steps"]:
+        name = str(entry["step"])
+        if name.startswith(("modules loaded:", "IDE modules loaded:")):
+            name = name.split(":")[0]
+        steps.append((name, float(entry["uptime"])))
+    return steps
+
+
+def time_minimal(kernel: Path, initrd: Path, out: Path) -> tuple[float, float, Steps]:
+    """(host seconds, guest uptime when the console shell started, steps)."""
     machine = Machine(kernel, initrd, out)
     try:
         machine.wait_for(r"# \x1b\[6n", timeout=120)
-        return time.monotonic() - machine.started
+        took = time.monotonic() - machine.started
+        # field 22 of the prompt shell's stat: its start, in clock ticks (USER_HZ 100)
+        started = int(machine.shell("cut -d ' ' -f 22 /proc/$$/stat").strip()) / 100
+        return took, started, parse_steps(json.loads(machine.shell("cat /run/provision/boot-times.json")))
     finally:
         machine.kill()
 
 
-def time_web(kernel: Path, initrd: Path, out: Path, services: int) -> float:
+def time_web(kernel: Path, initrd: Path, out: Path, services: int) -> tuple[float, float, Steps]:
+    """(host seconds, guest uptime the agent reported with every service running, steps)."""
     port = free_port()
     machine = Machine(kernel, initrd, out, publish=[(port, 7080)])
     try:
@@ -82,13 +111,29 @@ def time_web(kernel: Path, initrd: Path, out: Path, services: int) -> float:
                     status = json.load(r)
                 states = [s["state"] for s in status["services"].values()]
                 if len(states) == services and set(states) == {"running"}:
-                    return time.monotonic() - machine.started
+                    took = time.monotonic() - machine.started
+                    url = f"http://127.0.0.1:{port}/cgi-bin/boot-times"
+                    with urllib.request.urlopen(url, timeout=10) as r:
+                        return took, float(status["uptime"]), parse_steps(json.load(r))
             except (OSError, ValueError):
                 pass
             time.sleep(0.1)
         raise SystemExit("web never reported every service running")
     finally:
         machine.kill()
+
+
+def step_table(steps: dict[str, list[Steps]]) -> list[tuple[str, dict[str, float]]]:
+    """Rows (step, {image: median uptime}) in the order the steps happened."""
+    order: dict[str, float] = {}
+    values: dict[str, dict[str, list[float]]] = {}
+    for image, runs in steps.items():
+        for run in runs:
+            for name, uptime in run:
+                values.setdefault(name, {}).setdefault(image, []).append(uptime)
+                order[name] = min(order.get(name, uptime), uptime)
+    rows = sorted(values.items(), key=lambda kv: order[kv[0]])
+    return [(name, {img: statistics.median(v) for img, v in per.items()}) for name, per in rows]
 
 
 def main() -> int:
@@ -107,29 +152,50 @@ def main() -> int:
         floor_initrd = build_floor(work)
         services = len(rig.load_specs([REPO / "examples/web.yml"])["services"])
         results: dict[str, list[float]] = {"floor": [], "minimal": [], "web": []}
+        guest: dict[str, list[float]] = {"floor": [], "minimal": [], "web": []}
+        steps: dict[str, list[Steps]] = {"minimal": [], "web": []}
         for run in range(args.runs):
             for name in results:
                 out = work / f"{name}-{run}"
                 out.mkdir()
                 if name == "floor":
-                    results[name].append(time_floor(kernel, floor_initrd, out))
-                elif name == "minimal":
-                    results[name].append(time_minimal(kernel, min_initrd, out))
+                    took, up = time_floor(kernel, floor_initrd, out)
                 else:
-                    results[name].append(time_web(kernel, web_initrd, out, services))
-                print(f"run {run + 1}: {name:8s} {results[name][-1]:6.2f} s", file=sys.stderr)
+                    if name == "minimal":
+                        took, up, marks = time_minimal(kernel, min_initrd, out)
+                    else:
+                        took, up, marks = time_web(kernel, web_initrd, out, services)
+                    steps[name].append(marks)
+                results[name].append(took)
+                guest[name].append(up)
+                print(f"run {run + 1}: {name:8s} {took:6.2f} s (guest uptime {up:.2f} s)", file=sys.stderr)
     floor = statistics.median(results["floor"])
+    floor_guest = statistics.median(guest["floor"])
     report: dict[str, dict[str, Any]] = {
         name: {"median_s": round(statistics.median(v), 2), "runs_s": [round(x, 2) for x in v],
-               "x_floor": round(statistics.median(v) / floor, 2)}
+               "x_floor": round(statistics.median(v) / floor, 2),
+               "guest_uptime_s": round(statistics.median(guest[name]), 2),
+               "guest_x_floor": round(statistics.median(guest[name]) / floor_guest, 2)}
         for name, v in results.items()
     }  # fmt: skip
-    print(f"{'image':10s} {'median':>8s} {'x floor':>8s}   (QEMU TCG, boot to ready)")
+    table = step_table(steps)
+    print(f"{'step (guest uptime, median)':58s} {'minimal':>8s} {'web':>8s}")
+    for step, per in table:
+        cells = [f"{per[img]:7.2f}s" if img in per else f"{'-':>8s}" for img in ("minimal", "web")]
+        print(f"{step[:58]:58s} {cells[0]} {cells[1]}")
+    print()
+    print(f"{'image':10s} {'median':>8s} {'x floor':>8s} {'guest':>8s} {'x floor':>8s}"
+          "   (QEMU TCG, boot to ready: host clock, then the guest's uptime)")  # fmt: skip
     for name, row in report.items():
-        print(f"{name:10s} {row['median_s']:7.2f}s {row['x_floor']:7.2f}x")
-    ok = report["web"]["x_floor"] <= GOAL
-    print(f"goal: web <= {GOAL}x floor: {'met' if ok else 'NOT met'}")
+        print(f"{name:10s} {row['median_s']:7.2f}s {row['x_floor']:7.2f}x"
+              f" {row['guest_uptime_s']:7.2f}s {row['guest_x_floor']:7.2f}x")  # fmt: skip
+    ok = True
+    for name, goal in GOALS.items():
+        met = report[name]["x_floor"] <= goal
+        ok = ok and met
+        print(f"goal: {name} <= {goal}x floor: {'met' if met else 'NOT met'}")
     if args.json:
+        report["steps"] = {step: {img: round(v, 2) for img, v in per.items()} for step, per in table}
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if ok else 1
 

@@ -14,8 +14,8 @@ seen through every other):
   ``containers/{onboot,onshutdown,services}/NAME/{rootfs,lower}/...``. The host root (init
   images, kernel modules, ``files`` entries, ``/etc/provision``) and volumes
   (``containers/volumes``) are never linked: init scripts and services write there.
-  At boot those roots are only read: init copies the initramfs to a tmpfs with ``cp -a``
-  (links stay links); a writable container runs on an overlay of ``lower/`` with a tmpfs
+  At boot those roots are only read: init runs from the initramfs itself (links stay
+  links); a writable container runs on an overlay of ``lower/`` with a tmpfs
   upper (a write copies the file up, the shared lower file is untouched; without overlayfs
   init copies ``lower/`` with ``cp -a`` into a tmpfs of its own); a read-only container's
   ``rootfs/`` is mounted read-only.

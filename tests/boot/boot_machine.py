@@ -131,4 +131,5 @@ class Machine:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._reader.join(5)  # the reader writes the log until QEMU's output ends
         self._log.close()

@@ -292,12 +292,11 @@ def _copy_tree(src: Path, dest: Path) -> None:
 
 
 def _install_kernel_modules(root: Path) -> None:
-    """The modules init loads (pkg/init's modules.conf) and their dependencies."""
+    """The modules the kernel component ships (pkg/kernel's list) and their dependencies."""
     source = Path("/lib/modules") / KERNEL_VERSION
     dest = root / "lib/modules" / KERNEL_VERSION
-    conf = (PKG / "init/files/modules.conf").read_text()
-    wanted = [line.split("#")[0].strip() for line in conf.splitlines()]
-    for name in filter(None, wanted):
+    wanted = load_recipe("kernel")["kernel"]["modules"]
+    for name in wanted:
         shown = _run(["modprobe", "-S", KERNEL_VERSION, "--show-depends", name])
         for line in shown.splitlines():
             if line.startswith("insmod "):

@@ -39,11 +39,17 @@ def test_onboot_containers_ran_in_declared_order(minimal: Machine) -> None:
     assert console.index("onboot 002-third: exited") < console.index("service getty: starting")
 
 
-def test_root_is_a_tmpfs_and_the_service_is_supervised(minimal: Machine) -> None:
-    mounts = minimal.shell("grep ' / ' /proc/mounts")
-    assert re.search(r"^\S+ / tmpfs ", mounts, re.M), mounts
+def test_root_is_the_initramfs_and_the_service_is_supervised_by_runc(minimal: Machine) -> None:
+    # the root is the initramfs itself (no copy), a tmpfs bound over itself
+    assert re.search(r"^rootfs / rootfs ", minimal.shell("grep ' / ' /proc/mounts"), re.M)
+    assert minimal.shell("stat -f -c %T /").strip() == "tmpfs"
     assert minimal.shell("cat /run/service/getty/supervise/stat").strip() == "run"
+    # this image runs its containers with runc (provision/runc after provision/init)
+    assert minimal.shell("cat /etc/provision-init/runtime").strip() == "runc"
     assert minimal.shell("runc list -q").split() == ["getty"]
+    supervised = minimal.shell("od -An -tu1 -j12 -N4 /run/service/getty/supervise/status").split()
+    pid = sum(int(b) << (8 * i) for i, b in enumerate(supervised))
+    assert minimal.shell(f"readlink /proc/{pid}/exe").strip() == "/usr/sbin/runc"
     # getty is writable: its lower/ is overlaid with a tmpfs
     assert " /containers/services/getty/rootfs overlay " in minimal.shell("cat /proc/mounts")
     assert minimal.shell("hostname").strip() == "provision"

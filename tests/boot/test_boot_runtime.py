@@ -53,4 +53,4 @@ def test_the_service_sees_its_veth_and_its_relative_mount(machine: Machine) -> N
     assert sorted(links) == ["lab0", "lo", "svc0"], machine.console
     assert re.search(r"^LAB-MOUNT tmpfs /scratch-space tmpfs ", machine.console, re.M)
     assert machine.shell("cat /run/service/lab/supervise/stat").strip() == "run"
-    assert "lab" in machine.shell("runc --root /run/runc list -q").split()
+    assert "lab" in machine.shell("crun --root /run/runc list -q").split()

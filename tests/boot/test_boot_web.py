@@ -90,6 +90,29 @@ def test_agent_reports_every_service_running_and_the_image_digest(web: Web) -> N
     assert status["hostname"] == "web-test"  # local-hostname from the CIDATA meta-data
 
 
+def test_agent_serves_the_boot_times_init_wrote(web: Web) -> None:
+    url = f"http://127.0.0.1:{web.agent_port}/cgi-bin/boot-times"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.headers["Content-Type"] == "application/json"
+        served = json.load(r)
+    assert served == json.loads(web.machine.shell("cat /run/provision/boot-times.json"))
+    steps = [s["step"] for s in served["steps"]]
+    uptimes = [s["uptime"] for s in served["steps"]]
+    assert uptimes == sorted(uptimes) and 0 < uptimes[0] < uptimes[-1]
+    expected = ["kernel: initramfs unpacked", "init: stage 1 starts", "init: stage 2 starts",
+                "onboot 000-sysctl: starting", "onboot 001-metadata: exited with status 0",
+                "starting 5 services under runsv supervision"]  # fmt: skip
+    assert [s for s in steps if s in expected] == expected, steps
+    assert any(s.startswith("modules loaded: ") and " virtio_net " in s for s in steps), steps
+    # the CD-ROM modules load in the background; metadata (block devices) waits for them
+    (ide,) = [i for i, s in enumerate(steps) if s.startswith("IDE modules loaded: ")]
+    assert " sr_mod " in steps[ide] and ide < steps.index("onboot 001-metadata: starting"), steps
+    for name in SERVICES:
+        assert f"service {name}: starting (start 1)" in steps, name
+    # each step is also on the console with its uptime
+    assert f"provision-init: [{uptimes[-1]:.2f}] {steps[-1]}" in web.machine.console
+
+
 def test_web_page_through_the_published_port(web: Web) -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{web.web_port}/", timeout=10) as r:
         assert b"Hello from a provision machine" in r.read()
@@ -112,7 +135,7 @@ def test_service_with_fewer_capabilities_lacks_them(web: Web) -> None:
 
 def test_killed_service_is_restarted_and_the_agent_shows_it(web: Web) -> None:
     before = web.status()["services"]["web"]
-    web.machine.shell("runc kill web KILL")
+    web.machine.shell("crun --root /run/runc kill web KILL")
     after = web.wait_status(
         lambda s: s["services"]["web"]["restarts"] == before["restarts"] + 1
         and s["services"]["web"]["state"] == "running",

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-COMPONENTS = ("init", "getty", "dhcpcd", "sshd", "metadata", "sysctl", "agent")
+COMPONENTS = ("init", "runc", "getty", "dhcpcd", "sshd", "metadata", "sysctl", "agent")
 EXAMPLES = ("minimal", "sshd", "web")
 RECIPE_KEYS = {"name", "packages", "keep", "files", "symlinks", "directories", "config",
                "label", "elf_closure"}  # fmt: skip
@@ -49,7 +49,7 @@ def test_recipe_is_complete(name: str) -> None:
         assert cap in ("all", "none") or re.fullmatch(r"CAP_[A-Z_]+", cap), cap
 
 
-@pytest.mark.parametrize("name", [n for n in COMPONENTS if n != "init"])
+@pytest.mark.parametrize("name", [n for n in COMPONENTS if n not in ("init", "runc")])
 def test_service_entrypoint_is_shipped(name: str) -> None:
     r = recipe(name)
     entrypoint = r["config"]["Entrypoint"][0]
@@ -76,8 +76,13 @@ def test_scripts_parse_with_busybox_sh(script: Path) -> None:
 
 
 def example_refs(example: str) -> list[str]:
-    spec = yaml.safe_load((REPO / "examples" / f"{example}.yml").read_text())
-    refs = [spec["kernel"]["image"], *spec["init"]]
+    return spec_refs(REPO / "examples" / f"{example}.yml")
+
+
+def spec_refs(path: Path) -> list[str]:
+    spec = yaml.safe_load(path.read_text())
+    refs = [spec["kernel"]["image"]] if "kernel" in spec else []
+    refs += spec.get("init") or []
     for kind in ("onboot", "services", "onshutdown"):
         refs += [entry["image"] for entry in spec.get(kind) or []]
     return refs
@@ -105,3 +110,44 @@ def test_examples_reference_the_current_tags(example: str) -> None:
         name, tag = ref.removeprefix("provision/").split(":")
         current = current_tag(name)
         assert tag == current, f"{example}: {ref} but pkg/{name} is now {current}"
+
+
+@pytest.mark.parametrize("spec", sorted((REPO / "tests/boot/specs").glob("*.yml")), ids=lambda p: p.name)
+def test_boot_test_specs_reference_the_current_tags(spec: Path) -> None:
+    for ref in spec_refs(spec):
+        name, tag = ref.removeprefix("provision/").split(":")
+        current = current_tag(name)
+        assert tag == current, f"{spec.name}: {ref} but pkg/{name} is now {current}"
+
+
+def expand_user_data(tmp_path: Path, user_data: str) -> tuple[int, list[list[str]], dict[str, bytes]]:
+    """Run metadata's expand.awk (host busybox): exit status, records, file contents."""
+    busybox = shutil.which("busybox")
+    assert busybox, "busybox-static is needed (apt-get install busybox-static)"
+    work = tmp_path / "content"
+    work.mkdir(exist_ok=True)
+    (tmp_path / "user-data").write_text(user_data)
+    done = subprocess.run([busybox, "awk", "-v", f"WORK={work}", "-f",
+                           str(REPO / "pkg/metadata/files/expand.awk"), str(tmp_path / "user-data")],
+                          capture_output=True)  # fmt: skip
+    records = [line.split("\t") for line in done.stdout.decode().splitlines()]
+    return done.returncode, records, {p.name: p.read_bytes() for p in work.iterdir()}
+
+
+def test_metadata_expands_json_user_data_like_linuxkit(tmp_path: Path) -> None:
+    user_data = r"""{"ssh": {"entries": {"authorized_keys": {"content": "k1\n\"q\" \\ \/ \u00e9\ud83d\ude00",
+      "perm": "0600"}}}, "agent": {"entries": {}}, "bad/name": {"content": "x"},
+      "..": {"entries": {"x": {"content": "y"}}}, "num": {"content": 42}, "no": {"content": false},
+      "plain": "not an object", "d": {"perm": "0700", "entries": {"e": {}}}}"""
+    code, records, files = expand_user_data(tmp_path, user_data)
+    assert code == 0
+    assert records == [["f", "0600", "/ssh/authorized_keys", "1"], ["d", "0755", "/ssh"],
+                       ["d", "0755", "/agent"], ["f", "0644", "/num", "2"], ["f", "0644", "/no", "3"],
+                       ["f", "0644", "/d/e", "4"], ["d", "0700", "/d"]]  # fmt: skip
+    assert files == {"1": 'k1\n"q" \\ / \u00e9\U0001f600'.encode(), "2": b"42", "3": b"", "4": b""}
+
+
+@pytest.mark.parametrize("user_data", ["[1, 2]", "plain text", '{"a": {"content": "x"', '{"a": 1} tail'])
+def test_metadata_leaves_what_is_not_a_json_object_to_userdata(tmp_path: Path, user_data: str) -> None:
+    code, records, _ = expand_user_data(tmp_path, user_data)
+    assert code == 1 and records == []

@@ -1,5 +1,5 @@
 """The metadata component's own program (pkg/metadata/files/metadata), run on this host with
-exactly the busybox applets its recipe links (and jq), against a stand-in EC2 metadata service on
+exactly the busybox applets its recipe links (awk reads the JSON), against a stand-in EC2 metadata service on
 127.0.0.1 that requires IMDSv2 as instances launched by the aws provider do: a token from
 ``PUT /latest/api/token`` (with the TTL header), then that token on every read; a read without
 it is refused with 401. The program runs in its own UTS namespace, so setting the hostname
@@ -24,17 +24,16 @@ RECIPE = REPO / "pkg" / "metadata"
 
 @pytest.fixture
 def applets(tmp_path: Path) -> Path:
-    """A PATH holding the recipe's busybox links and jq, nothing else."""
+    """A PATH holding the recipe's busybox links, nothing else."""
     recipe = yaml.safe_load((RECIPE / "build.yml").read_text())
-    busybox, jq = shutil.which("busybox"), shutil.which("jq")
-    if busybox is None or jq is None:
-        pytest.fail("needs busybox and jq on the host (apt-get install busybox-static jq)")
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.fail("needs busybox on the host (apt-get install busybox-static)")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for link, target in recipe["symlinks"].items():
         if target == "busybox":
             (bin_dir / Path(link).name).symlink_to(busybox)
-    (bin_dir / "jq").symlink_to(jq)
     return bin_dir
 
 
@@ -42,7 +41,7 @@ def run_metadata(imds: Imds, applets: Path, tmp_path: Path) -> tuple[str, Path]:
     config = tmp_path / "config"
     env = {"PATH": str(applets), "METADATA_URL": imds.url, "METADATA_SOURCES": "cloud",
            "METADATA_CONFIG": str(config), "METADATA_WORK": str(tmp_path / "work"),
-           "METADATA_EXPAND": str(RECIPE / "files" / "expand.jq")}
+           "METADATA_EXPAND": str(RECIPE / "files" / "expand.awk")}
     program = RECIPE / "files" / "metadata"
     script = f'sh "{program}" && echo "hostname-now: $(hostname)"'
     unshare = shutil.which("unshare")

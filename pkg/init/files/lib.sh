@@ -1,12 +1,52 @@
 # Shared helpers of provision's init scripts (sourced, not executed).
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
-RUNC="runc --root /run/runc"
+# the OCI runtime: crun (pkg/init), or runc when provision/runc follows init in the spec
+RUNTIME=crun
+[ -r /etc/provision-init/runtime ] && read -r RUNTIME </etc/provision-init/runtime
+RUNC="${RUNTIME:-crun} --root /run/runc"
+BOOT_TIMES=/run/provision/boot-times
+IDE_PROBED=/run/provision/ide-probed
 
 # "provision-init: [UPTIME] message" on the console
 log() {
 	read -r _up _ </proc/uptime 2>/dev/null
 	echo "provision-init: [${_up:-?}] $*" >/dev/console 2>/dev/null || echo "provision-init: $*"
+}
+
+# mark STEP: log it, and add "UPTIME<TAB>STEP" to $BOOT_TIMES.tsv (builtins only)
+mark() {
+	read -r _up _ </proc/uptime 2>/dev/null
+	echo "provision-init: [${_up:-?}] $*" >/dev/console 2>/dev/null
+	echo "${_up:-0}	$*" >>"$BOOT_TIMES.tsv" 2>/dev/null
+}
+
+# $BOOT_TIMES.tsv as JSON, {"steps": [{"step": "...", "uptime": 1.23}, ...]} in time
+# order, written to a temporary name and renamed; a writer that finds lines added while it
+# wrote writes again, so the last one to finish has them all (services write concurrently)
+write_boot_times() {
+	local lines tmp
+	tmp=$BOOT_TIMES.json.$$.$RANDOM
+	while :; do
+		lines=$(wc -l <"$BOOT_TIMES.tsv")
+		sort -n "$BOOT_TIMES.tsv" 2>/dev/null | awk -F '\t' '
+			BEGIN { printf "{\"steps\": [" }
+			{ gsub(/["\\]/, "", $2); printf("%s{\"step\": \"%s\", \"uptime\": %s}", (NR > 1 ? ", " : ""), $2, $1) }
+			END { print "]}" }' >"$tmp" && mv -f "$tmp" "$BOOT_TIMES.json"
+		[ "$(wc -l <"$BOOT_TIMES.tsv")" = "$lines" ] && return 0
+	done
+}
+
+# Containers given block devices wait until the IDE controllers are probed (rcS probes
+# them in the background; at most 20 s)
+wait_for_ide() {
+	local i
+	grep -qs '"type": *"b"' "${1%/}/config.json" || return 0
+	i=0
+	while [ ! -e "$IDE_PROBED" ] && [ "$i" -lt 400 ]; do
+		sleep 0.05
+		i=$((i + 1))
+	done
 }
 
 # uptime in whole seconds
@@ -179,10 +219,11 @@ run_containers_in_order() {
 		id=$(container_id "$bundle")
 		prepare_rootfs "$bundle"
 		apply_runtime "$bundle"
-		log "$kind $(basename "$bundle"): starting"
+		wait_for_ide "$bundle"
+		mark "$kind $(basename "$bundle"): starting"
 		forget_container "$id"
 		run_container "$bundle" "$id"
-		log "$kind $(basename "$bundle"): exited with status $?"
+		mark "$kind $(basename "$bundle"): exited with status $?"
 	done
 }
 
