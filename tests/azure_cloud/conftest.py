@@ -1,1 +1,2 @@
-from azurite_testkit import azurite  # noqa: F401  (the session fixture)
+from arm_testkit import arm  # noqa: F401  (fixtures)
+from azurite_testkit import azurite  # noqa: F401
