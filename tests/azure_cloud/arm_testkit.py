@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from fake_arm import TOKEN, FakeArm, serve_fake_arm
+from azure_cloud.fake_arm import TOKEN, FakeArm, serve_fake_arm
 
 from provision.providers.azure.clients import ArmClients, StaticTokenCredential, arm_clients
 

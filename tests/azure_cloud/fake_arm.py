@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-TOKEN = "fake-arm-token"
+TOKEN = "fake-arm-token"  # the bearer token a FakeArm takes unless told another
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Operation:
 @dataclass
 class FakeArm:
     polls: int = 1
+    token: str = TOKEN
     page_size: int = 100
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     operations: dict[str, Operation] = field(default_factory=dict)
@@ -56,6 +58,7 @@ class FakeArm:
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
     lock: threading.Lock = field(default_factory=threading.Lock)
     next_ip: itertools.count[int] = field(default_factory=lambda: itertools.count(4))
+    vm_fault: Fault | None = None  # the next VM create (PUT), list (GET collection) or delete fails
 
     def fail(self, method: str, rtype: str, status: int | str, code: str = "", retry_after: int | None = None,
              times: int = 1) -> None:
@@ -73,7 +76,14 @@ class FakeArm:
 
     # -- what a request does ---------------------------------------------------------------
 
-    def take_fault(self, method: str, rtype: str) -> Fault | None:
+    def fail_next_vm_call(self, status: int | str, retry_after: int | None = None) -> None:
+        """The next PUT, DELETE or listing of virtual machines fails (``drop``: after it happened)."""
+        self.vm_fault = Fault(status, "", retry_after if retry_after is not None else (1 if status == 429 else None))
+
+    def take_fault(self, method: str, rtype: str, collection: bool = False) -> Fault | None:
+        if self.vm_fault is not None and rtype.lower() == "virtualmachines" and (method != "GET" or collection):
+            fault, self.vm_fault = self.vm_fault, None
+            return fault
         queue = self.faults.get((method, rtype.lower()))
         return queue.popleft() if queue else None
 
@@ -145,6 +155,7 @@ class FakeArm:
                 "properties": {"provisioningState": "Succeeded",
                                "diskSizeGB": os_disk.get("diskSizeGB", 30)},
             }
+        props.setdefault("timeCreated", time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
         props["vmId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, vm["id"].lower()))
         for ref in props.get("networkProfile", {}).get("networkInterfaces", []):
             nic = self.resources.get(str(ref["id"]).lower())
@@ -240,7 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         with arm.lock:
             arm.requests.append((method, url.path))
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+        if self.headers.get("Authorization") != f"Bearer {arm.token}":
             self._send(401, error("AuthenticationFailed", "missing or wrong bearer token"))
             return
         if "api-version" not in query:
@@ -254,7 +265,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         rtype = parts[-1] if len(parts) % 2 == 1 else parts[-2]
         with arm.lock:
-            fault = arm.take_fault(method, rtype)
+            fault = arm.take_fault(method, rtype, collection=len(parts) % 2 == 1)
         if fault is not None and fault.status != "drop":
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
             self._send(int(fault.status), error(fault.code or f"Status{fault.status}", "injected fault"), headers)
