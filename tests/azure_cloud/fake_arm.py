@@ -71,6 +71,13 @@ class FakeArm:
         """Every resource whose type ends with ``rtype`` (``Microsoft.Network/networkInterfaces``)."""
         return [r for r in self.resources.values() if r["type"].lower().endswith(rtype.lower())]
 
+    def poll_all(self) -> None:
+        """Finish every operation still running (what the platform does in its own time)."""
+        with self.lock:
+            for op in self.operations.values():
+                if op.status == "InProgress":
+                    self.finish(op)
+
     def get(self, rid: str) -> dict[str, Any] | None:
         return self.resources.get(rid.lower())
 
