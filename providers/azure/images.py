@@ -20,7 +20,7 @@ from azure.mgmt.compute import models
 
 from provision.errors import UsageError
 from provision.providers.azure.clients import ArmClients
-from provision.providers.azure.errors import AzurePublishError, as_retry, describe
+from provision.providers.azure.errors import AzurePublishError, as_retry, describe, status_of
 from provision.retry import RetryLater, RetryPolicy
 
 DIGEST_TAG = "provision-digest"
@@ -108,7 +108,10 @@ class _Calls:
         except ResourceNotFoundError:
             raise
         except (AzureError, RetryLater) as exc:
-            raise AzurePublishError(f"{what} failed: {describe(exc)}") from exc
+            cause = exc.__cause__ if isinstance(exc, RetryLater) else exc
+            hint = ("check the credential (az login, AZURE_CLIENT_ID..., PROVISION_AZURE_TOKEN) and its role "
+                    "on the resource group" if status_of(cause or exc) in (401, 403) else None)
+            raise AzurePublishError(f"{what} failed: {describe(exc)}", hint=hint) from exc
 
     def get(self, what: str, action: Callable[[], Any]) -> Any:
         """``action``'s result, or None on a 404."""

@@ -104,13 +104,13 @@ def push_azure(artifact: Artifact, push: AzurePush, arm: ArmClients, container: 
     request = image_request(push, artifact, arm.subscription)
     request.check()
     policy = retry or RetryPolicy()
+    vhd = vhd_of(artifact)  # a file Azure would refuse stops the push before any call
     found = find_registered(arm, request, artifact.digest, policy)
     blob_url = container.get_blob_client(blob_name(artifact.digest)).url
     if found is not None:
         if progress:
             progress(f"{artifact.digest[:19]} is published already: {found}")
         return AzurePushResult(found, blob_url, True, dict(push.replicas) or {push.location: 1})
-    vhd = vhd_of(artifact)
     uploaded = upload_vhd(container, vhd, artifact.digest, workers=push.workers, retry=policy, progress=progress)
     if progress:
         sent = f"{uploaded.bytes_sent / 2**20:.0f} MiB in {uploaded.pages_sent} pages"

@@ -115,8 +115,9 @@ def test_throttling_is_waited_out_as_azure_asks(arm: Arm, azurite: Azurite, tmp_
 
 def test_a_refusal_is_not_retried_and_says_what_azure_said(arm: Arm, azurite: Azurite, tmp_path: Path) -> None:
     arm.fake.fail("PUT", "images", 403, "AuthorizationFailed")
-    with pytest.raises(AzurePublishError, match="403 AuthorizationFailed: injected fault"):
+    with pytest.raises(AzurePublishError, match="403 AuthorizationFailed: injected fault") as caught:
         push_azure(_artifact(tmp_path), _push(), arm.clients(), azurite.new_container("refused"))
+    assert "role" in (caught.value.hint or "")
     assert len([p for p in _puts(arm) if "/images/" in p]) == 1
 
 
