@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from provision.providers.azure.clients import arm_clients, blob_container
 from provision.providers.azure.images import find_registered
 from provision.providers.azure.provider import OPTIONS, PROPERTIES, AzureProvider
 from provision.providers.azure.push import AzurePush, image_request, push_azure
+from provision.providers.azure.push_command import PUSH_HELP, add_push_arguments, run_push
 from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
@@ -57,6 +59,13 @@ class AzureTarget:
     options: Schema = OPTIONS
     properties: Schema = PROPERTIES
     tools: tuple[str, ...] = ()
+    push_help: str = PUSH_HELP  # ``provision push azure`` (provision/commands/push.py)
+
+    def add_push_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_push_arguments(parser)
+
+    def run_push(self, args: argparse.Namespace, manifest: Path, progress: Progress) -> dict[str, Any]:
+        return run_push(args, manifest, progress)
 
     def create_provider(self, spec: ProviderSpec, clock: Clock) -> AzureProvider:
         return create_azure_provider(spec)
