@@ -3,8 +3,9 @@
 - Create: deterministic names from the journal key (``NAME-<hash>`` for the VM, ``-nic`` and
   ``-osdisk`` for what it owns), so a retry after any failure finds or finishes the first
   attempt. A GET first; then a PUT of the NIC, then a PUT of the VM with the tags in the body
-  (ownership at birth) and ``deleteOption: Delete`` on its OS disk and NIC. A VM the platform
-  refused for good has its NIC deleted again: nothing is left behind.
+  (ownership at birth) and ``deleteOption: Delete`` on its OS disk and NIC. When the create
+  fails, the NIC is deleted again unless the VM's own PUT went unanswered (the VM may exist and
+  hold it): a slot the engine gives up on leaves nothing behind.
 - List: the group's VMs a page at a time (``nextLink`` is the page token), kept when they carry
   all the tags asked for (ARM lists VMs without a tag filter).
 - Destroy: DELETE the VM (waited on, bounded), then the NIC and the OS disk by name in case the
@@ -16,6 +17,7 @@ Errors map through :func:`.errors.provider_error` (429 / 5xx / no answer / refus
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,13 +35,16 @@ from provision.reconcile.provider import (
     CreateRequest,
     Instance,
     InstanceState,
+    OutcomeUnknownError,
     Page,
     ProviderError,
     TransientProviderError,
 )
+from provision.retry import RetryLater, RetryPolicy
 from provision.schema import Field, Schema, boolean, duration, integer, list_of, one_of, text
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,88}[A-Za-z0-9_]|[A-Za-z0-9]"
 _ARM_ID = r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/.+"
@@ -163,15 +168,20 @@ class AzureProvider:
             },
         }
         what = f"create nic {nic_name}"
-        self._call(what, lambda: self._wait(network.network_interfaces.begin_create_or_update(
-            self.resource_group, nic_name, network_models.NetworkInterface(nic)), what, self.create_timeout))
         body = self._vm_body(request, name, self._id("Microsoft.Network/networkInterfaces", nic_name))
+        vm_sent = False
         try:
+            self._call(what, lambda: self._wait(network.network_interfaces.begin_create_or_update(
+                self.resource_group, nic_name, network_models.NetworkInterface(nic)), what, self.create_timeout))
+            vm_sent = True
             made = self._call(f"create vm {name}", lambda: compute.virtual_machines.begin_create_or_update(
                 self.resource_group, name, compute_models.VirtualMachine(body), polling=False).result())
         except ProviderError as exc:
-            if not isinstance(exc, TransientProviderError):  # refused for good: take the NIC back
-                self._delete_nic(nic_name)
+            # The VM may exist only when its own PUT went unanswered; in every other case the
+            # NIC is taken back, so a slot the engine gives up on leaves nothing behind (a retry
+            # makes it again under the same name).
+            if not (vm_sent and isinstance(exc, OutcomeUnknownError)):
+                self._take_back_nic(nic_name)
             raise
         return self._instance(made.as_dict())
 
@@ -227,6 +237,20 @@ class AzureProvider:
         what = f"delete disk {disk}"
         self._get(what, lambda: self._wait(self.arm.compute.disks.begin_delete(self.resource_group, disk),
                                            what, self.delete_timeout))
+
+    def _take_back_nic(self, nic_name: str) -> None:
+        """Delete a NIC no VM uses, retrying briefly; a failure is logged, never raised (the
+        caller is already reporting the failure that matters)."""
+        def attempt() -> None:
+            try:
+                self._delete_nic(nic_name)
+            except TransientProviderError as exc:
+                raise RetryLater(str(exc), exc.retry_after) from exc
+
+        try:
+            RetryPolicy(attempts=5, total=30, initial=0.05, maximum=1).call(attempt, what=f"delete nic {nic_name}")
+        except (ProviderError, RetryLater) as exc:
+            log.warning("could not delete the unused NIC %s: %s", nic_name, exc)
 
     def _delete_nic(self, nic_name: str) -> None:
         what = f"delete nic {nic_name}"

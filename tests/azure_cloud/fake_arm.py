@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import threading
 import time
 import uuid
@@ -59,6 +60,9 @@ class FakeArm:
     lock: threading.Lock = field(default_factory=threading.Lock)
     next_ip: itertools.count[int] = field(default_factory=lambda: itertools.count(4))
     vm_fault: Fault | None = None  # the next VM create (PUT), list (GET collection) or delete fails
+    chaos: float = 0.0  # this share of PUTs, DELETEs and listings fail at random (429, 503, drop)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    chaos_faults: int = 0
 
     def fail(self, method: str, rtype: str, status: int | str, code: str = "", retry_after: int | None = None,
              times: int = 1) -> None:
@@ -88,6 +92,9 @@ class FakeArm:
         self.vm_fault = Fault(status, "", retry_after if retry_after is not None else (1 if status == 429 else None))
 
     def take_fault(self, method: str, rtype: str, collection: bool = False) -> Fault | None:
+        if self.chaos and (method != "GET" or collection) and self.rng.random() < self.chaos:
+            self.chaos_faults += 1
+            return Fault(self.rng.choice([429, 503, "drop"]), "", 0)
         if self.vm_fault is not None and rtype.lower() == "virtualmachines" and (method != "GET" or collection):
             fault, self.vm_fault = self.vm_fault, None
             return fault

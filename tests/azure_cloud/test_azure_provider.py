@@ -13,7 +13,14 @@ from arm_testkit import GROUP, LOCATION, SUBSCRIPTION, Arm
 
 from provision.errors import SpecError
 from provision.providers.azure.provider import AzureProvider, vm_name
-from provision.reconcile.provider import TAG_CLUSTER, CreateRequest, ProviderError, list_all
+from provision.reconcile.provider import (
+    TAG_CLUSTER,
+    CreateRequest,
+    OutcomeUnknownError,
+    ProviderError,
+    TransientProviderError,
+    list_all,
+)
 from provision.reconcile.spec import load_cluster_spec, parse_cluster_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -121,3 +128,24 @@ def test_the_example_cluster_loads_and_bad_properties_are_located(tmp_path: Path
     message = str(caught.value)
     assert "missing required key 'vmSize'" in message and "priority: must be Regular or Spot" in message
     assert "azure.yml:2" in message
+
+
+@pytest.mark.parametrize("fault", [503, 429, "drop-nic"])
+def test_a_failed_create_takes_its_nic_back_so_an_abandoned_slot_leaves_nothing(arm: Arm, fault: int | str) -> None:
+    if fault == "drop-nic":  # the NIC was made, its answer lost: the create fails as outcome unknown
+        arm.fake.fail("PUT", "networkInterfaces", "drop")
+    else:
+        arm.fake.fail("PUT", "virtualMachines", fault, retry_after=0 if fault == 429 else None)
+    with pytest.raises(TransientProviderError):
+        _provider(arm).create_instance(_request(1))
+    assert arm.fake.of_type("networkInterfaces") == [] and arm.fake.of_type("virtualMachines") == []
+
+
+def test_an_unanswered_vm_put_keeps_the_nic_and_the_retry_finds_the_vm(arm: Arm) -> None:
+    provider = _provider(arm)
+    arm.fake.fail("PUT", "virtualMachines", "drop")
+    with pytest.raises(OutcomeUnknownError):
+        provider.create_instance(_request(1))
+    [vm] = arm.fake.of_type("virtualMachines")
+    again = provider.create_instance(_request(1))
+    assert again.id == vm["id"] and len(arm.fake.of_type("networkInterfaces")) == 1
