@@ -21,7 +21,7 @@ from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema
-from provision.target import Artifact, Progress, PublishedImage, own_provider
+from provision.target import Artifact, Progress, PublishedImage, Target, own_provider
 
 _GALLERY_VERSION = "0.0.{n}"
 
@@ -88,7 +88,8 @@ class AzureTarget:
         result = push_azure(artifact, settings, azure.arm, container, progress=progress)
         return PublishedImage(result.image_id, artifact.digest, result.reused)
 
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None) -> str:
+    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None, *,
+                      publish: bool = True) -> str:
         if image.startswith("/subscriptions/") and "/providers/Microsoft.Compute/" in image:
             return image
         raise UsageError(f"image {image!r} is not an Azure image id",
@@ -102,4 +103,4 @@ class AzureTarget:
         return ()
 
 
-AZURE_TARGET = AzureTarget()
+AZURE_TARGET: Target = AzureTarget()  # mypy checks it against the Protocol
