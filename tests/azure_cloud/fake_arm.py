@@ -233,6 +233,13 @@ def resource_type(parts: list[str]) -> str:
     return "/".join([namespace, *types])
 
 
+def operations_path(subscription: str, parts: list[str], resource: dict[str, Any] | None) -> str:
+    """Where ARM reports a long-running operation: ``/subscriptions/S/providers/NS/locations/L/operations``."""
+    at = [i for i, p in enumerate(parts) if p.lower() == "providers"][-1]
+    location = str((resource or {}).get("location") or "westeurope")
+    return f"/{subscription}/providers/{parts[at + 1]}/locations/{location}/operations"
+
+
 def error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
@@ -274,8 +281,8 @@ class _Handler(BaseHTTPRequestHandler):
         base = f"http://{self.headers.get('Host')}"
         version = query["api-version"][0]
         parts = url.path.strip("/").split("/")
-        if parts[-2:-1] == ["operations"] or parts[-2:-1] == ["locations"]:
-            self._operation(parts[-1], "location" in query)
+        if parts[-2:-1] == ["operations"]:  # .../providers/NS/locations/L/operations/ID
+            self._operation(parts[-1], "monitor" in query)
             return
         rtype = parts[-1] if len(parts) % 2 == 1 else parts[-2]
         with arm.lock:
@@ -312,7 +319,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, resource, op = arm.put(path, json.loads(raw or b"{}"))
             if not op:
                 return status, resource, {}
-            where = f"{base}/{subscription}/providers/Microsoft.Fake/operations/{op}?api-version={version}"
+            where = f"{base}{operations_path(subscription, parts, resource)}/{op}?api-version={version}"
             return status, resource, {"Azure-AsyncOperation": where, "Retry-After": "0"}
         if method == "DELETE":
             status, op = arm.delete(path)
@@ -320,7 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return 400, error(op, "the network interface is attached to a virtual machine"), {}
             if status == 204:
                 return 204, None, {}
-            where = f"{base}/{subscription}/providers/Microsoft.Fake/locations/{op}?api-version={version}&location=1"
+            where = f"{base}{operations_path(subscription, parts, None)}/{op}?api-version={version}&monitor=true"
             return 202, None, {"Location": where, "Retry-After": "0"}
         return 405, error("MethodNotAllowed", method), {}
 
