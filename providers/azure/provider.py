@@ -16,7 +16,9 @@ Errors map through :func:`.errors.provider_error` (429 / 5xx / no answer / refus
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -61,6 +63,40 @@ def _os_disk(value: Any) -> dict[str, Any] | None:
     return {"sizeGb": size, "storageAccountType": kind}
 
 
+USER_DATA_MAX = 65536  # bytes Azure takes in a VM's userData (after base64)
+
+
+def _user_data(value: Any) -> str | dict[str, Any] | None:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str) and len(value.encode()) <= USER_DATA_MAX * 3 // 4:
+        return value
+    return None
+
+
+def render_user_data(hostname: str, user_data: str | Mapping[str, Any] | None) -> str:
+    """The VM's ``userData`` (base64), read by the image's metadata component from IMDS: a JSON
+    tree holding ``hostname`` (the machine's name) and the group's user data (a tree as given,
+    text as ``userdata``)."""
+    tree: dict[str, Any] = {}
+    if isinstance(user_data, Mapping):
+        tree.update(user_data)
+    elif isinstance(user_data, str):
+        try:
+            parsed = json.loads(user_data)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            tree.update(parsed)
+        else:
+            tree["userdata"] = {"content": user_data}
+    tree["hostname"] = {"content": hostname}
+    encoded = base64.b64encode(json.dumps(tree, sort_keys=True).encode()).decode()
+    if len(encoded) > USER_DATA_MAX:
+        raise ProviderError(f"the user data of {hostname} is {len(encoded)} bytes in base64; Azure takes {USER_DATA_MAX}")
+    return encoded
+
+
 OPTIONS = Schema({
     "subscriptionId": Field("a subscription id (a GUID)", text(r"[0-9a-fA-F-]{36}"), required=True),
     "resourceGroup": Field("a resource group name", text(r"[-\w._()]{1,90}"), required=True),
@@ -84,6 +120,7 @@ PROPERTIES = Schema({
     "sshPublicKeys": Field("a list of OpenSSH public keys", list_of(text(r"(ssh|ecdsa)-\S+ \S+( .*)?"), 16)),
     "acceleratedNetworking": Field("true or false", boolean),
     "adminUsername": Field("a user name", text(r"[a-z_][a-z0-9_-]{0,31}")),
+    "userData": Field("text or a mapping (a JSON tree for the image's metadata component)", _user_data),
 })
 
 _STATES = {"Succeeded": InstanceState.RUNNING, "Deleting": InstanceState.TERMINATED,
@@ -205,6 +242,7 @@ class AzureProvider:
                                "managedDisk": {"storageAccountType": disk["storageAccountType"]}},
                 },
                 "osProfile": {"computerName": name[:64], "adminUsername": user, "linuxConfiguration": linux},
+                "userData": render_user_data(request.name, props.get("userData")),
                 "networkProfile": {"networkInterfaces": [
                     {"id": nic_id, "properties": {"primary": True, "deleteOption": "Delete"}}]},
             },

@@ -5,6 +5,8 @@ log or message."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 from pathlib import Path
 
@@ -40,7 +42,7 @@ def _request(slot: int, **properties: object) -> CreateRequest:
 
 def test_the_vm_is_put_with_its_tags_and_owns_its_disk_and_nic(arm: Arm) -> None:
     request = _request(1, osDisk={"sizeGb": 8, "storageAccountType": "StandardSSD_LRS"}, priority="Spot",
-                       zones=["2"], sshPublicKeys=["ssh-ed25519 AAAAC3Nza key"])
+                       zones=["2"], sshPublicKeys=["ssh-ed25519 AAAAC3Nza key"], userData="hello")
     made = _provider(arm).create_instance(request)
     name = vm_name(request)
     assert made.name == name == f"c-web-00001-{name[-10:]}" and vm_name(request) == name
@@ -53,6 +55,9 @@ def test_the_vm_is_put_with_its_tags_and_owns_its_disk_and_nic(arm: Arm) -> None
     assert props["networkProfile"]["networkInterfaces"][0]["properties"]["deleteOption"] == "Delete"
     assert props["priority"] == "Spot" and props["evictionPolicy"] == "Delete" and vm["zones"] == ["2"]
     assert props["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"][0]["keyData"] == "ssh-ed25519 AAAAC3Nza key"
+    # what the image's metadata component reads from IMDS: the machine's name and the group's data
+    assert json.loads(base64.b64decode(props["userData"])) == {
+        "hostname": {"content": "c-web-00001"}, "userdata": {"content": "hello"}}
     nic = arm.fake.get(f"{arm.group_id()}/providers/Microsoft.Network/networkInterfaces/{name}-nic")
     assert nic is not None and nic["tags"] == dict(request.tags)
     assert nic["properties"]["ipConfigurations"][0]["properties"]["subnet"] == {"id": SUBNET}
