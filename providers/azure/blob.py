@@ -32,6 +32,7 @@ SECTOR = 512
 FIXED_DISK = 2
 STATE_KEY, DIGEST_KEY = "provision_state", "provision_digest"
 COMPLETE = "complete"
+ONE_TRY: dict[str, Any] = {"retry_total": 0}  # per request: the SDK's own retries off, whatever the client's
 
 Progress = Callable[[str], None]
 
@@ -116,7 +117,7 @@ def plan_pages(vhd: FixedVhd, page: int = PAGE) -> list[tuple[int, int]]:
 
 def written_ranges(blob: BlobClient) -> list[tuple[int, int]]:
     """The [start, end) ranges a page blob holds data in (Get Page Ranges)."""
-    ranges = [(r.start or 0, (r.end or 0) + 1) for r in blob.list_page_ranges() if not r.cleared]
+    ranges = [(r.start or 0, (r.end or 0) + 1) for r in blob.list_page_ranges(**ONE_TRY) if not r.cleared]
     return sorted(ranges)
 
 
@@ -186,20 +187,20 @@ def upload_vhd(container: ContainerClient, vhd: FixedVhd, digest: str, *, worker
                                     hint="a rerun sends only the pages not yet written") from exc
 
     try:
-        props = call(f"reading blob {name}", blob.get_blob_properties)
+        props = call(f"reading blob {name}", lambda: blob.get_blob_properties(**ONE_TRY))
     except AzurePublishError as exc:
         if not isinstance(exc.__cause__, ResourceNotFoundError):
             raise
         props = None
     plan = plan_pages(vhd)
     if props is not None and (props.blob_type != BlobType.PAGEBLOB or props.size != vhd.size):
-        call(f"deleting blob {name} (not this VHD)", blob.delete_blob)
+        call(f"deleting blob {name} (not this VHD)", lambda: blob.delete_blob(**ONE_TRY))
         props = None
     if props is not None and props.metadata.get(STATE_KEY) == COMPLETE:
         return BlobUpload(blob.url, True, len(plan), 0, 0, 0)
     if props is None:
         metadata = {DIGEST_KEY: digest.removeprefix("sha256:"), STATE_KEY: "partial"}
-        call(f"creating page blob {name}", lambda: blob.create_page_blob(vhd.size, metadata=metadata))
+        call(f"creating page blob {name}", lambda: blob.create_page_blob(vhd.size, metadata=metadata, **ONE_TRY))
         have: list[tuple[int, int]] = []
     else:
         have = call(f"listing page ranges of {name}", lambda: written_ranges(blob))
@@ -207,7 +208,7 @@ def upload_vhd(container: ContainerClient, vhd: FixedVhd, digest: str, *, worker
     meter = _Meter(sum(n for _, n in todo), progress, name)
     _send_pages(vhd, blob, todo, workers, call, meter)
     metadata = {DIGEST_KEY: digest.removeprefix("sha256:"), STATE_KEY: COMPLETE}
-    call(f"marking {name} complete", lambda: blob.set_blob_metadata(metadata))
+    call(f"marking {name} complete", lambda: blob.set_blob_metadata(metadata, **ONE_TRY))
     return BlobUpload(blob.url, False, len(plan), len(todo), len(plan) - len(todo), meter.done)
 
 
@@ -223,7 +224,7 @@ def _send_pages(vhd: FixedVhd, blob: BlobClient, todo: Sequence[tuple[int, int]]
             if stop.is_set():
                 return
             data = os.pread(fd, length, offset)
-            call(f"Put Page at {offset}", lambda: blob.upload_page(data, offset=offset, length=length))
+            call(f"Put Page at {offset}", lambda: blob.upload_page(data, offset=offset, length=length, **ONE_TRY))
             meter.add(length)
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="azure-page") as pool:

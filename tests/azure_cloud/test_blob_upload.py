@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from azurite_testkit import Azurite
+from blob_faults import BlobFaults, serve_blob_faults
 from vhd_testkit import MIB, write_vhd
 
 from provision.builders.vhd import DYNAMIC
@@ -21,6 +22,8 @@ from provision.providers.azure.blob import (
     written_ranges,
 )
 from provision.providers.azure.errors import AzurePublishError
+from provision.reconcile.clock import FakeClock
+from provision.retry import RetryPolicy
 
 DIGEST = "sha256:" + "ab" * 32
 DATA_AT = (0, 1, 9, 33, 34, 61)  # MiB offsets holding data: pages 0, 2, 8, 15 (and the footer's)
@@ -100,3 +103,30 @@ def test_an_interrupted_upload_resumes_with_the_pages_not_yet_written(azurite: A
     assert result.bytes_sent == 32 * PAGE + 512 - before
     assert blob.download_blob().readall() == vhd.path.read_bytes()
     assert blob.get_blob_properties().metadata["provision_state"] == "complete"
+
+
+def test_a_failed_page_is_retried_on_its_own_as_the_service_asks(azurite: Azurite, tmp_path: Path) -> None:
+    faults = BlobFaults(azurite.port)
+    server, port = serve_blob_faults(faults)
+    try:
+        azurite.new_container("faults")
+        container = Azurite(port).service().get_container_client("faults")
+        vhd = read_fixed_vhd(write_vhd(tmp_path / "a.vhd", 64, DATA_AT))
+        faults.fail_pages(503)
+        faults.fail_pages(500, retry_after=3)
+        clock = FakeClock()
+        result = upload_vhd(container, vhd, DIGEST, workers=1, retry=RetryPolicy(attempts=4, clock=clock))
+        assert faults.failed == 2 and result.pages_sent == 5
+        assert clock.now() - 1_700_000_000.0 >= 3  # the Retry-After was waited
+        blob = container.get_blob_client(blob_name(DIGEST))
+        assert blob.download_blob().readall() == vhd.path.read_bytes()
+
+        other = "sha256:" + "cd" * 32
+        faults.fail_pages(503, times=50)
+        with pytest.raises(AzurePublishError) as caught:
+            upload_vhd(container, vhd, other, workers=2, retry=RetryPolicy(attempts=3, clock=FakeClock()))
+        assert "Put Page" in caught.value.message and "rerun" in (caught.value.hint or "")
+        stuck = container.get_blob_client(blob_name(other))
+        assert stuck.get_blob_properties().metadata["provision_state"] == "partial"
+    finally:
+        server.shutdown()
