@@ -7,8 +7,10 @@ uploaded; otherwise the blob upload resumes or skips what is there (see :mod:`.b
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from azure.storage.blob import ContainerClient
 
@@ -17,6 +19,7 @@ from provision.providers.azure.blob import FixedVhd, blob_name, read_fixed_vhd, 
 from provision.providers.azure.clients import ArmClients
 from provision.providers.azure.errors import AzurePublishError
 from provision.providers.azure.images import ImageRequest, find_registered, register_image
+from provision.push import PushOptions
 from provision.retry import RetryPolicy
 from provision.target import Artifact
 
@@ -101,27 +104,75 @@ def image_request(push: AzurePush, artifact: Artifact, subscription: str) -> Ima
 def push_azure(artifact: Artifact, push: AzurePush, arm: ArmClients, container: ContainerClient, *,
                retry: RetryPolicy | None = None, progress: Progress | None = None) -> AzurePushResult:
     """Publish ``artifact`` (its fixed VHD) to Azure; see the module docstring."""
-    request = image_request(push, artifact, arm.subscription)
-    request.check()
+    vhd_of(artifact)  # a file Azure would refuse stops the push before any call
+    return push_digest(artifact.digest, lambda: artifact, push, arm, container, retry=retry, progress=progress)
+
+
+def push_digest(digest: str, load: Callable[[], Artifact], push: AzurePush, arm: ArmClients,
+                container: ContainerClient, *, retry: RetryPolicy | None = None,
+                progress: Progress | None = None) -> AzurePushResult:
+    """Publish the image ``digest``; ``load()`` (which may build it) is called only when it is
+    not registered yet."""
+    unbuilt = Artifact(push.name or "image", digest, "vhd", (), Path("-"))
+    probe = image_request(push, unbuilt, arm.subscription)
+    probe.check()
     policy = retry or RetryPolicy()
-    vhd = vhd_of(artifact)  # a file Azure would refuse stops the push before any call
-    found = find_registered(arm, request, artifact.digest, policy)
-    blob_url = container.get_blob_client(blob_name(artifact.digest)).url
+    found = find_registered(arm, probe, digest, policy)
+    blob_url = container.get_blob_client(blob_name(digest)).url
     if found is not None:
         if progress:
-            progress(f"{artifact.digest[:19]} is published already: {found}")
+            progress(f"{digest[:19]} is published already: {found}")
         return AzurePushResult(found, blob_url, True, dict(push.replicas) or {push.location: 1})
-    uploaded = upload_vhd(container, vhd, artifact.digest, workers=push.workers, retry=policy, progress=progress)
+    artifact = load()
+    vhd = vhd_of(artifact)
+    request = image_request(push, artifact, arm.subscription)
+    if platform_of(artifact).endswith("/arm64"):
+        request = replace(request, architecture="Arm64")
+    uploaded = upload_vhd(container, vhd, digest, workers=push.workers, retry=policy, progress=progress)
     if progress:
         sent = f"{uploaded.bytes_sent / 2**20:.0f} MiB in {uploaded.pages_sent} pages"
         skipped = f"{uploaded.pages_resumed} already there" if uploaded.pages_resumed else ""
-        progress(f"uploaded {blob_name(artifact.digest)}: "
+        progress(f"uploaded {blob_name(digest)}: "
                  + ("complete already" if uploaded.reused else ", ".join(filter(None, [sent, skipped]))))
     try:
-        image = register_image(arm, request, uploaded.url, artifact.digest, policy, progress)
+        image = register_image(arm, request, uploaded.url, digest, policy, progress)
     except AzurePublishError as exc:
         raise AzurePublishError(exc.message, hint=exc.hint or "the blob is uploaded; a rerun only registers it") \
             from exc
     return AzurePushResult(image.id, uploaded.url, image.reused, image.replicas, uploaded.bytes_sent,
                            uploaded.pages_sent, uploaded.pages_resumed)
 
+
+def platform_of(artifact: Artifact) -> str:
+    """The build's ``os/arch`` from its manifest, '' when it names none."""
+    try:
+        return str(json.loads(artifact.manifest.read_text())["platform"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def push_settings(options: PushOptions) -> AzurePush:
+    """``provision push azure``'s options as an :class:`AzurePush`; what Azure cannot do is refused."""
+    missing = [flag for flag, value in (("--location", options.region), ("--resource-group", options.resource_group),
+                                        ("--storage-account", options.storage_account),
+                                        ("--container", options.container)) if not value]
+    if missing:
+        raise UsageError("provision push azure needs " + ", ".join(missing))
+    if options.share_with or options.bucket or options.method != "ebs":
+        raise UsageError("--share-with, --bucket and --method are AWS's; Azure shares through the gallery's RBAC")
+    if options.gallery is None and (options.gallery_image or options.version or options.replicas or options.copy_to):
+        raise UsageError("--gallery-image, --version, --replicas and --copy-to need --gallery")
+    if not 1 <= options.concurrency <= 64:
+        raise UsageError(f"--concurrency must be 1 to 64 for Azure, not {options.concurrency}")
+    generation = options.hyperv_generation or ("V1" if options.boot_mode == "legacy-bios" else "V2")
+    security = options.security_type or ("TrustedLaunch" if options.tpm else "Standard")
+    replicas = {region: 1 for region in options.copy_to}
+    replicas.update(options.replicas)
+    return AzurePush(
+        resource_group=str(options.resource_group), storage_account=str(options.storage_account),
+        container=str(options.container), location=str(options.region), name=options.name,
+        hyper_v_generation=generation, security_type=security, gallery=options.gallery,
+        gallery_image=options.gallery_image, version=options.version, replicas=replicas,
+        storage_resource_group=options.storage_resource_group, workers=options.concurrency,
+        timeout=options.timeout,
+    )

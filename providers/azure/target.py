@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import argparse
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +15,14 @@ from provision.errors import UsageError
 from provision.providers.azure.clients import arm_clients, blob_container
 from provision.providers.azure.images import find_registered
 from provision.providers.azure.provider import OPTIONS, PROPERTIES, AzureProvider
-from provision.providers.azure.push import AzurePush, image_request, push_azure
-from provision.providers.azure.push_command import PUSH_HELP, add_push_arguments, run_push
+from provision.providers.azure.push import (
+    AzurePush,
+    image_request,
+    push_azure,
+    push_digest,
+    push_settings,
+)
+from provision.push import LoadArtifact, PushOptions, PushResult
 from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
@@ -59,13 +65,20 @@ class AzureTarget:
     options: Schema = OPTIONS
     properties: Schema = PROPERTIES
     tools: tuple[str, ...] = ()
-    push_help: str = PUSH_HELP  # ``provision push azure`` (provision/commands/push.py)
 
-    def add_push_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_push_arguments(parser)
-
-    def run_push(self, args: argparse.Namespace, manifest: Path, progress: Progress) -> dict[str, Any]:
-        return run_push(args, manifest, progress)
+    def push(self, digest: str, fmt: str, artifact: LoadArtifact, options: PushOptions,
+             progress: Progress | None = None) -> PushResult:
+        """``provision push azure`` (provision/push.py): the blob, then the image; by digest."""
+        settings = push_settings(options)
+        subscription = options.subscription or os.environ.get("AZURE_SUBSCRIPTION_ID")
+        if not subscription:
+            raise UsageError("no subscription", hint="give --subscription or set AZURE_SUBSCRIPTION_ID")
+        arm = arm_clients(subscription, timeout=options.request_timeout)
+        container = blob_container(settings.storage_account, settings.container)
+        result = push_digest(digest, artifact, settings, arm, container, progress=progress)
+        name = result.image_id.rstrip("/").rsplit("/", 1)[-1]
+        return PushResult(result.image_id, "", settings.location, result.reused, digest, name,
+                          details={"blob_url": result.blob_url, "replicas": dict(result.replicas)})
 
     def create_provider(self, spec: ProviderSpec, clock: Clock) -> AzureProvider:
         return create_azure_provider(spec)

@@ -31,7 +31,7 @@ def _push(**overrides: object) -> AzurePush:
     fields: dict[str, object] = {"resource_group": GROUP, "storage_account": "devstoreaccount1",
                                  "container": "images", "location": LOCATION}
     fields.update(overrides)
-    return AzurePush(**fields)  # type: ignore[arg-type]
+    return AzurePush(**fields)
 
 
 def _puts(arm: Arm) -> list[str]:
@@ -151,3 +151,29 @@ def test_trusted_launch_from_a_managed_image_is_refused_before_any_call(arm: Arm
     with pytest.raises(UsageError, match="REGION=N"):
         parse_replicas("eastus")
     assert isinstance(AzurePushResult("i", "b", False, {}).as_json(), dict)
+
+
+def test_an_arm64_build_gets_an_arm64_definition(arm: Arm, azurite: Azurite, tmp_path: Path) -> None:
+    artifact = _artifact(tmp_path)
+    artifact.manifest.write_text('{"platform": "linux/arm64"}')
+    made = push_azure(artifact, _push(gallery="g", gallery_image="web-arm", version="1.0.0"), arm.clients(),
+                      azurite.new_container("arm64"))
+    definition = arm.fake.get(made.image_id.rsplit("/versions/", 1)[0])
+    assert definition is not None and definition["properties"]["architecture"] == "Arm64"
+
+
+def test_the_shared_push_options_mean_what_azure_calls_them() -> None:
+    from provision.errors import UsageError
+    from provision.providers.azure.push import push_settings
+    from provision.push import PushOptions
+
+    base = {"region": LOCATION, "resource_group": GROUP, "storage_account": "a", "container": "c"}
+    settings = push_settings(PushOptions(**base, tpm=True, gallery="g", gallery_image="web", version="1.0.0",
+                                         copy_to=("eastus",), replicas={"northeurope": 3}, concurrency=4))
+    assert settings.security_type == "TrustedLaunch" and settings.hyper_v_generation == "V2"
+    assert settings.replicas == {"eastus": 1, "northeurope": 3} and settings.workers == 4
+    assert push_settings(PushOptions(**base, boot_mode="legacy-bios")).hyper_v_generation == "V1"
+    with pytest.raises(UsageError, match="needs --location, --resource-group"):
+        push_settings(PushOptions())
+    with pytest.raises(UsageError, match="need --gallery"):
+        push_settings(PushOptions(**base, copy_to=("eastus",)))

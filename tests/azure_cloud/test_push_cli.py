@@ -50,6 +50,7 @@ def test_push_azure_prints_the_image_and_reuses_it_without_leaking_secrets(arm: 
     assert result["image_id"].endswith("/galleries/g/images/web/versions/1.2.3")
     assert result["blob_url"].endswith(f"/cli/provision-{HEX}.vhd")
     assert result["reused"] is False and result["replicas"] == {"eastus": 2, LOCATION: 1}
+    assert result["region"] == LOCATION and result["digest"] == "sha256:" + HEX and result["name"] == "1.2.3"
     assert "uploading provision-" in first.stderr
     version = arm.fake.get(result["image_id"])
     assert version is not None and version["tags"]["provision-digest"] == HEX
@@ -72,9 +73,12 @@ def test_push_azure_refuses_bad_input_in_one_line(arm: Arm, azurite: Azurite, tm
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
     trusted = _provision(arm, azurite, *base, str(out), "--security-type", "TrustedLaunch")
     assert trusted.returncode == 2 and "cannot boot managed images" in trusted.stderr
+    replicas = _provision(arm, azurite, *base, str(out), "--gallery", "g", "--replicas", "eastus")
+    assert replicas.returncode == 2 and "REGION=N" in replicas.stderr
+    aws_only = _provision(arm, azurite, *base, str(out), "--share-with", "123456789012")
+    assert aws_only.returncode == 2 and "AWS's" in aws_only.stderr
+    assert arm.fake.requests == []  # every refusal came before any call
     (out / "web.vhd").write_bytes(b"\0" * 4096)
     broken = _provision(arm, azurite, *base, str(out))
     assert broken.returncode == 1 and "not a fixed VHD" in broken.stderr and "Traceback" not in broken.stderr
-    replicas = _provision(arm, azurite, *base, str(out), "--gallery", "g", "--replicas", "eastus")
-    assert replicas.returncode == 2 and "REGION=N" in replicas.stderr
-    assert arm.fake.requests == []  # every refusal came before any call
+    assert [m for m, _ in arm.fake.requests] == ["GET"]  # only the look for the digest: nothing made
