@@ -24,6 +24,7 @@ from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.storage.blob import BlobClient, BlobType, ContainerClient
 
 from provision.providers.azure.errors import AzurePublishError, as_retry, describe
+from provision.push import TransferProgress
 from provision.retry import RetryLater, RetryPolicy
 
 MIB = 1024 * 1024
@@ -143,25 +144,6 @@ class BlobUpload:
     bytes_sent: int
 
 
-class _Meter:
-    """Progress in steps of a tenth, from the worker threads."""
-
-    def __init__(self, total: int, progress: Progress | None, name: str) -> None:
-        self.total, self.progress, self.name = total, progress, name
-        self.done = 0
-        self.shown = -1
-        self.lock = threading.Lock()
-
-    def add(self, count: int) -> None:
-        with self.lock:
-            self.done += count
-            tenth = self.done * 10 // max(1, self.total)
-            if self.progress is None or tenth == self.shown:
-                return
-            self.shown = tenth
-            self.progress(f"uploading {self.name}: {self.done / MIB:.0f} of {self.total / MIB:.0f} MiB to send")
-
-
 def upload_vhd(container: ContainerClient, vhd: FixedVhd, digest: str, *, workers: int = 8,
                retry: RetryPolicy | None = None, progress: Progress | None = None) -> BlobUpload:
     """Upload ``vhd`` as the page blob named by ``digest``; see the module docstring."""
@@ -205,15 +187,18 @@ def upload_vhd(container: ContainerClient, vhd: FixedVhd, digest: str, *, worker
     else:
         have = call(f"listing page ranges of {name}", lambda: written_ranges(blob))
     todo = [(o, n) for o, n in plan if not _covered(o, n, have)]
-    meter = _Meter(sum(n for _, n in todo), progress, name)
+    meter = TransferProgress(progress, f"uploading {name}", vhd.size)
+    sending = set(todo)
+    meter.add(skipped=vhd.size - sum(n for _, n in plan), present=sum(n for o, n in plan if (o, n) not in sending))
     _send_pages(vhd, blob, todo, workers, call, meter)
+    meter.finish()
     metadata = {DIGEST_KEY: digest.removeprefix("sha256:"), STATE_KEY: COMPLETE}
     call(f"marking {name} complete", lambda: blob.set_blob_metadata(metadata, **ONE_TRY))
-    return BlobUpload(blob.url, False, len(plan), len(todo), len(plan) - len(todo), meter.done)
+    return BlobUpload(blob.url, False, len(plan), len(todo), len(plan) - len(todo), meter.sent)
 
 
 def _send_pages(vhd: FixedVhd, blob: BlobClient, todo: Sequence[tuple[int, int]], workers: int,
-                call: Callable[[str, Callable[[], Any]], Any], meter: _Meter) -> None:
+                call: Callable[[str, Callable[[], Any]], Any], meter: TransferProgress) -> None:
     """Put every page of ``todo``; the first failure stops the rest (and is raised)."""
     stop = threading.Event()
 
@@ -225,7 +210,7 @@ def _send_pages(vhd: FixedVhd, blob: BlobClient, todo: Sequence[tuple[int, int]]
                 return
             data = os.pread(fd, length, offset)
             call(f"Put Page at {offset}", lambda: blob.upload_page(data, offset=offset, length=length, **ONE_TRY))
-            meter.add(length)
+            meter.add(sent=length)
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="azure-page") as pool:
             futures: list[Future[None]] = [pool.submit(send, o, n) for o, n in todo]

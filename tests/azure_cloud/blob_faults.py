@@ -17,6 +17,8 @@ class BlobFaults:
     upstream: int  # Azurite's port
     pages: deque[tuple[int, int | None]] = field(default_factory=deque)  # (status, Retry-After)
     failed: int = 0
+    outage_after: int | None = None  # after this many Put Page calls pass, every one fails with 503
+    passed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail_pages(self, status: int, times: int = 1, retry_after: int | None = None) -> None:
@@ -37,7 +39,10 @@ def serve_blob_faults(faults: BlobFaults) -> tuple[ThreadingHTTPServer, int]:
             if self.command == "PUT" and "comp=page" in self.path:
                 with faults.lock:
                     fault = faults.pages.popleft() if faults.pages else None
+                    if fault is None and faults.outage_after is not None and faults.passed >= faults.outage_after:
+                        fault = (503, None)
                     faults.failed += fault is not None
+                    faults.passed += fault is None
             if fault is not None:
                 status, retry_after = fault
                 text = b'<?xml version="1.0" encoding="utf-8"?><Error><Code>ServerBusy</Code><Message>injected</Message></Error>'
@@ -56,10 +61,12 @@ def serve_blob_faults(faults: BlobFaults) -> tuple[ThreadingHTTPServer, int]:
             answer = upstream.getresponse()
             data = answer.read()
             self.send_response(answer.status)
+            head = self.command == "HEAD"  # its Content-Length is the blob's, with no body
             for key, value in answer.getheaders():
-                if key.lower() not in ("content-length", "connection", "transfer-encoding"):
+                if key.lower() not in ("connection", "transfer-encoding") and (head or key.lower() != "content-length"):
                     self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
+            if not head:
+                self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
             upstream.close()
