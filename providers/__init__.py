@@ -18,6 +18,7 @@ _TARGETS: dict[str, tuple[str, str]] = {
     "qemu": ("provision.providers.qemu.target", "QEMU_TARGET"),
     "metal": ("provision.providers.metal.target", "METAL_TARGET"),
     "aws": ("provision.providers.aws.target", "AWS_TARGET"),
+    "azure": ("provision.providers.azure.target", "AZURE_TARGET"),
 }
 
 

@@ -50,6 +50,18 @@ class PushOptions:
     concurrency: int = 16
     timeout: float = 3600.0  # seconds: the bound of each wait (snapshot completed, image available)
     request_timeout: float = 60.0  # seconds without an answer before a request is abandoned and retried
+    # where an image goes in clouds that name a resource group, a storage account and a gallery
+    subscription: str | None = None
+    resource_group: str | None = None
+    storage_account: str | None = None
+    storage_resource_group: str | None = None
+    container: str | None = None
+    gallery: str | None = None  # a gallery image version instead of a managed image
+    gallery_image: str | None = None
+    version: str | None = None
+    replicas: Mapping[str, int] = field(default_factory=dict)  # region -> replica count
+    security_type: str | None = None  # Standard | TrustedLaunch (default: TrustedLaunch with --tpm)
+    hyperv_generation: str | None = None  # V1 | V2 (default: from the boot mode)
 
 
 @dataclass(frozen=True)
@@ -61,10 +73,14 @@ class PushResult:
     digest: str
     name: str
     copies: Mapping[str, str] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)  # what else a target reports (blob_url...)
 
     def to_json(self) -> dict[str, Any]:
-        return {"image_id": self.image_id, "snapshot_id": self.snapshot_id, "region": self.region,
+        body = {"image_id": self.image_id, "snapshot_id": self.snapshot_id, "region": self.region,
                 "reused": self.reused, "copies": dict(self.copies), "digest": self.digest, "name": self.name}
+        if not self.snapshot_id and self.details:
+            del body["snapshot_id"]  # a target without snapshots (its blob is in details)
+        return {**body, **self.details}
 
 
 LoadArtifact = Callable[[], Artifact]

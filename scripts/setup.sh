@@ -22,6 +22,7 @@ APT_PACKAGES=(
   squashfs-tools erofs-utils cpio zstd xz-utils binutils fakeroot
   docker-registry skopeo umoci openssl dnsmasq apache2-utils gpgv debian-archive-keyring openssh-client
   ipxe ipmitool nginx-light wrk util-linux curl etcd-server
+  nodejs npm
 )
 
 # One dpkg-query for all packages; a package dpkg has never heard of prints nothing.
@@ -128,5 +129,15 @@ if [ "$(cat "$CHECKOV_VENV/.installed" 2>/dev/null)" != "$CHECKOV_VERSION" ] || 
   ln -sf "$CHECKOV_VENV/bin/checkov" "$VENV/bin/checkov"
   "$VENV/bin/checkov" --version >/dev/null || die "checkov does not run"
   echo "$CHECKOV_VERSION" >"$CHECKOV_VENV/.installed"
+fi
+
+# Azurite, the Azure storage emulator the Azure tests run (npm; 3.35.0 is the last release that
+# runs on Debian 12's Node 20), into the cache the tests look in (tests/azure_cloud/azurite_testkit.py).
+AZURITE_DIR=${PROVISION_AZURITE_DIR:-/var/tmp/provision-azurite}
+if [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
+  say "installing azurite 3.35.0 into $AZURITE_DIR (npm)"
+  mkdir -p "$AZURITE_DIR"
+  npm install --no-audit --no-fund --silent --prefix "$AZURITE_DIR" azurite@3.35.0 >&2 \
+    || die "npm install azurite failed (its error is above)"
 fi
 say "ready: .venv ($want); put provision on PATH with: . .venv/bin/activate"

@@ -18,6 +18,17 @@ def _regions(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _replicas(text: str) -> dict[str, int]:
+    """``eastus=2,westeurope=1`` as {region: count}."""
+    replicas: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        region, _, count = item.partition("=")
+        if not region.strip() or not count.isdigit() or not 1 <= int(count) <= 100:
+            raise argparse.ArgumentTypeError(f"{item!r} is not REGION=N (N from 1 to 100)")
+        replicas[region.strip()] = int(count)
+    return replicas
+
+
 def register(subparsers: Any) -> None:
     push = subparsers.add_parser(
         "push",
@@ -27,7 +38,8 @@ def register(subparsers: Any) -> None:
     )
     push.add_argument("target", metavar="TARGET", help="where to push: " + ", ".join(target_names()))
     push.add_argument("source", type=Path, metavar="SOURCE")
-    push.add_argument("--region", help="default: the SDK's configured region")
+    push.add_argument("--region", "--location", dest="region",
+                      help="default: the SDK's configured region (Azure: the location, required)")
     push.add_argument("--name", help="the image is named NAME-<digest12> (default: the build's name)")
     push.add_argument("--boot-mode", choices=BOOT_MODES, help="default: from the format")
     push.add_argument("--tpm", action="store_true", help="offer a TPM 2.0 (uefi only)")
@@ -40,6 +52,23 @@ def register(subparsers: Any) -> None:
     push.add_argument("--request-timeout", type=float, default=60.0,
                       help="seconds without an answer before a request is retried (default 60)")
     push.add_argument("--json", action="store_true", help="print the result as JSON")
+    cloud = push.add_argument_group("Azure (provision push azure)")
+    cloud.add_argument("--subscription", help="subscription id (default: $AZURE_SUBSCRIPTION_ID)")
+    cloud.add_argument("--resource-group")
+    cloud.add_argument("--storage-account", help="where the VHD is uploaded as a page blob")
+    cloud.add_argument("--storage-resource-group", help="the storage account's group, when not --resource-group")
+    cloud.add_argument("--container", help="the blob container")
+    kind = cloud.add_mutually_exclusive_group()
+    kind.add_argument("--managed-image", action="store_true", help="make a managed image (the default)")
+    kind.add_argument("--gallery", help="make a version in this Compute Gallery instead")
+    cloud.add_argument("--gallery-image", help="the gallery's image definition (made when missing)")
+    cloud.add_argument("--version", help="the gallery image version, X.Y.Z")
+    cloud.add_argument("--replicas", type=_replicas, default={}, metavar="REGION=N,...",
+                       help="replicas of the gallery version per region (the location gets 1)")
+    cloud.add_argument("--security-type", choices=("Standard", "TrustedLaunch"),
+                       help="default: TrustedLaunch with --tpm, else Standard")
+    cloud.add_argument("--hyperv-generation", choices=("V1", "V2"),
+                       help="default: from --boot-mode (legacy-bios V1), else V2")
     push.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     push.set_defaults(func=push_image)
 
@@ -76,7 +105,12 @@ def push_image(args: argparse.Namespace) -> int:
     options = PushOptions(region=args.region, name=args.name, boot_mode=args.boot_mode, tpm=args.tpm,
                           copy_to=args.copy_to, share_with=args.share_with, method=args.method,
                           bucket=args.bucket, concurrency=args.concurrency, timeout=args.timeout,
-                          request_timeout=args.request_timeout)
+                          request_timeout=args.request_timeout, subscription=args.subscription,
+                          resource_group=args.resource_group, storage_account=args.storage_account,
+                          storage_resource_group=args.storage_resource_group, container=args.container,
+                          gallery=args.gallery, gallery_image=args.gallery_image, version=args.version,
+                          replicas=args.replicas, security_type=args.security_type,
+                          hyperv_generation=args.hyperv_generation)
     target = get_target(args.target)
     reporter = ProgressPrinter(sys.stderr)
     try:

@@ -36,7 +36,7 @@ class Machine:
     def __init__(self, kernel: Path, initrd: Path, workdir: Path, *, mem: int = 512,
                  publish: Sequence[tuple[int, int]] = (), cidata: Path | None = None,
                  cmdline: str = "console=tty0 console=ttyS0 panic=-1 quiet",
-                 user_net: str = "") -> None:  # fmt: skip
+                 user_net: str = "", extra: Sequence[str] = ()) -> None:  # fmt: skip
         self.workdir = workdir
         self.qmp_path = workdir / "qmp.sock"
         self.started = time.monotonic()
@@ -45,7 +45,7 @@ class Machine:
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
             "-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-            "-device", "virtio-rng-pci",
+            "-device", "virtio-rng-pci", *extra,
         ]  # fmt: skip
         fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in publish)
         argv += ["-netdev", f"user,id=n0,restrict=on{fwd}{user_net}", "-device", "virtio-net-pci,netdev=n0"]

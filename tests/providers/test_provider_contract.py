@@ -2,7 +2,8 @@
 birth and listable, paging until ``next_token is None``, idempotent destroy, and the error
 classes that decide the engine's retries. Each target adds a subject below (made through its
 registered target, with real parts: the simulated cloud in the process and over HTTP, real
-QEMU VMs booting a tiny guest, lab machines powered through a Redfish service over QEMU); a later target adds itself to SUBJECTS and, where it speaks a
+QEMU VMs booting a tiny guest, lab machines powered through a Redfish service over QEMU, the real azure-mgmt clients against
+a wire-level fake of Azure Resource Manager); a later target adds itself to SUBJECTS and, where it speaks a
 protocol that can fail that way, to FAULTY."""
 
 from __future__ import annotations
@@ -136,15 +137,46 @@ def _aws(tmp_path: Path) -> Subject:
                    injector=lambda fault: moto.layer.inject("*", _AWS_FAULTS[fault]))
 
 
+def _azure(tmp_path: Path) -> Subject:
+    """The real azure-mgmt clients against the wire-level fake ARM server (tests/azure_cloud)."""
+    from azure_cloud.arm_testkit import GROUP, LOCATION, SUBSCRIPTION
+    from azure_cloud.fake_arm import FakeArm, serve_fake_arm
+
+    arm = FakeArm(polls=1, page_size=PAGE, token="contract-token")
+    server, url = serve_fake_arm(arm)
+    before = os.environ.get("PROVISION_AZURE_TOKEN")
+    os.environ["PROVISION_AZURE_TOKEN"] = arm.token  # the way a user hands provision a bearer token
+    subnet = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default"
+    options = {"subscriptionId": SUBSCRIPTION, "resourceGroup": GROUP, "location": LOCATION, "subnetId": subnet,
+               "endpoint": url}
+    provider = get_target("azure").create_provider(ProviderSpec("az", "azure", options=options, base=tmp_path),
+                                                   SystemClock())
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        if before is None:
+            os.environ.pop("PROVISION_AZURE_TOKEN", None)
+        else:
+            os.environ["PROVISION_AZURE_TOKEN"] = before
+
+    def inject(fault: str) -> None:
+        arm.fail_next_vm_call("drop" if fault == "timeout" else int(fault))
+
+    image = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Compute/images/contract"
+    return Subject(provider, image, cleanup=[stop], injector=inject, properties={"vmSize": "Standard_B2s"})
+
+
 SUBJECTS: dict[str, Callable[[Path], Subject]] = {
     "simulated": _simulated,
     "simulated-http": _simulated_http,
     "qemu": _qemu,
     "metal": _metal,
     "aws": _aws,
+    "azure": _azure,
 }
 # Targets whose calls can fail with 429 / 503 / a time-out (FAULTY), and that fence epochs (fences).
-FAULTY = ("simulated", "simulated-http", "aws")
+FAULTY = ("simulated", "simulated-http", "aws", "azure")
 
 
 def _marks(name: str) -> list[pytest.MarkDecorator]:
