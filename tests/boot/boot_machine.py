@@ -33,16 +33,22 @@ def write_cidata(dest: Path, user_data: str, hostname: str) -> Path:
 class Machine:
     """One VM. ``console`` is everything the serial port printed so far."""
 
-    def __init__(self, kernel: Path, initrd: Path, workdir: Path, *, mem: int = 512,
+    def __init__(self, kernel: Path | None, initrd: Path | None, workdir: Path, *, mem: int = 512,
                  publish: Sequence[tuple[int, int]] = (), cidata: Path | None = None,
                  cmdline: str = "console=tty0 console=ttyS0 panic=-1 quiet",
-                 user_net: str = "", extra: Sequence[str] = ()) -> None:  # fmt: skip
+                 user_net: str = "", extra: Sequence[str] = (), disk: Path | None = None) -> None:  # fmt: skip
+        """Boots ``kernel`` + ``initrd`` directly, or, given ``disk``, that raw disk through the
+        BIOS (a copy-on-write snapshot: the file is not changed)."""
         self.workdir = workdir
         self.qmp_path = workdir / "qmp.sock"
         self.started = time.monotonic()
+        if disk is not None:
+            boot = ["-drive", f"file={disk},format=raw,if=virtio,snapshot=on"]
+        else:
+            assert kernel is not None and initrd is not None
+            boot = ["-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline]
         argv = [
-            "qemu-system-x86_64", "-accel", "tcg", "-m", str(mem), "-smp", "1",
-            "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
+            "qemu-system-x86_64", "-accel", "tcg", "-m", str(mem), "-smp", "1", *boot,
             "-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-device", "virtio-rng-pci", *extra,

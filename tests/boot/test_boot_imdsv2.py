@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -23,8 +25,18 @@ from provision.providers.aws.instances import render_user_data
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(400)]
 
 
-def test_a_machine_reads_its_user_data_and_hostname_through_imdsv2(tmp_path: Path) -> None:
-    kernel, initrd, _digest = rig.build_with_provision([rig.REPO / "tests/boot/specs/imds.yml"], tmp_path, "imds")
+@pytest.mark.parametrize("boot", ["kernel+initrd", "aws"])
+def test_a_machine_reads_its_user_data_and_hostname_through_imdsv2(tmp_path: Path, boot: str) -> None:
+    """``aws``: the raw disk `provision push aws` uploads, booted through the BIOS as EC2 does."""
+    spec = rig.REPO / "tests/boot/specs/imds.yml"
+    kernel, initrd, _digest = rig.build_with_provision([spec], tmp_path, "imds")
+    disk = None
+    if boot == "aws":
+        done = subprocess.run([sys.executable, "-m", "provision", "build", "-q", "-f", "aws", "-o", str(tmp_path),
+                               "--name", "imds-disk", str(spec)], cwd=rig.REPO, capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+        disk = tmp_path / "imds-disk.raw"
     imds = Imds(files={"user-data": render_user_data("shop-web-00001", "hello from the group").encode(),
                        "meta-data/hostname": b"ip-169-254-0-15.ec2.internal",
                        "meta-data/public-keys/0/openssh-key": KEY.encode() + b"\n"})
@@ -35,7 +47,7 @@ def test_a_machine_reads_its_user_data_and_hostname_through_imdsv2(tmp_path: Pat
     user_net = (",net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15"
                 f",guestfwd=tcp:169.254.169.254:80-cmd:{busybox} nc 127.0.0.1 {port}")
     agent_port = free_port()
-    machine = Machine(kernel, initrd, tmp_path, publish=[(agent_port, 7080)], user_net=user_net)
+    machine = Machine(kernel, initrd, tmp_path, publish=[(agent_port, 7080)], user_net=user_net, disk=disk)
     try:
         machine.wait_for(r"metadata: read user data from the EC2-style metadata service \(IMDSv2\)", 180)
         machine.wait_for(r"metadata: hostname shop-web-00001", 30)
