@@ -22,8 +22,10 @@ APT_PACKAGES=(
   squashfs-tools erofs-utils cpio zstd xz-utils binutils fakeroot
   docker-registry skopeo umoci openssl dnsmasq apache2-utils gpgv debian-archive-keyring openssh-client
   ipxe ipmitool nginx-light wrk util-linux curl etcd-server
-  nodejs npm
 )
+# Node.js and npm (for Azurite) from Debian only when the machine has none: a Node.js installed
+# some other way (with its own npm) conflicts with Debian's npm package.
+command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
 
 # One dpkg-query for all packages; a package dpkg has never heard of prints nothing.
 declare -A installed=()
