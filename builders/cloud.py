@@ -2,7 +2,9 @@
 
 - ``gcp``: ``NAME.img.tar.gz``, a GNU tar (``oldgnu`` format, sparse, as GCE image import
   documents) holding exactly one member ``disk.raw``, member mtime SOURCE_DATE_EPOCH, owner 0:0,
-  gzip header mtime 0 and no file name. GNU tar writes the tar (it stores the holes of a big
+  gzip header mtime 0 and no file name. The disk is a whole number of GiB (GCE refuses others;
+  the space past the partitions is a hole, free in the sparse tar) with an MBR whose boot
+  partition is marked bootable. GNU tar writes the tar (it stores the holes of a big
   sparse disk as a map instead of gigabytes of zeros); provision's gzip codec compresses it.
 - ``aws``: ``NAME.raw``, the raw disk (EC2 snapshot import takes raw).
 """
@@ -30,6 +32,7 @@ from provision.compress import GZIP, CompressedWriter, Compression
 from provision.runner import run
 
 GCP_MEMBER = "disk.raw"
+GIB = 1024 * 1024 * 1024
 
 
 def write_gcp_tarball(raw: Path, out: Path, epoch: int, *, level: int = 6) -> None:
@@ -68,7 +71,7 @@ class GcpWriter(OneFile):
         out = dest / (inputs.name + self.extension)
         raw = dest / f".{inputs.name}.disk.raw.tmp"
         try:
-            write_raw_disk(inputs, raw, options, "hybrid")
+            write_raw_disk(inputs, raw, options, "hybrid", whole=GIB)
             write_gcp_tarball(raw, out, inputs.source_date_epoch)
         finally:
             raw.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -175,13 +175,17 @@ def disk_tools(firmware: Firmware) -> tuple[str, ...]:
     return (*DISK_TOOLS, "syslinux") if firmware != "efi" else DISK_TOOLS
 
 
-def write_raw_disk(inputs: BootInputs, dest: Path, options: FormatOptions, firmware: Firmware) -> DiskLayout:
-    """Write a bootable raw disk image to ``dest`` (sparse where the disk is empty)."""
+def write_raw_disk(inputs: BootInputs, dest: Path, options: FormatOptions, firmware: Firmware,
+                   *, whole: int = MIB) -> DiskLayout:
+    """Write a bootable raw disk image to ``dest`` (sparse where the disk is empty), its size a
+    multiple of ``whole`` bytes (GCE takes only whole GiB disks)."""
     require_files(disk_data_files(firmware))
     check_cmdline(inputs.cmdline)
     files = assemble_boot_files(inputs, firmware)
     scheme: Literal["mbr", "gpt"] = "gpt" if firmware == "efi" else "mbr"
     layout = plan_layout(size_fat_for(files), options, scheme)
+    if layout.disk_size % whole:
+        layout = plan_layout(size_fat_for(files), replace(options, size=round_up(layout.disk_size, whole)), scheme)
     with tempfile.TemporaryDirectory(prefix="disk-", dir=dest.parent) as scratch:
         fat = Path(scratch) / "boot.fat"
         write_fat_image(
