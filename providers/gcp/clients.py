@@ -1,0 +1,162 @@
+"""The Google Cloud clients provision uses, built one way: credentials from the SDK's own chain,
+an optional API endpoint (a private endpoint, or a local stand-in in tests), the REST transport,
+no SDK-side retries (the engine and :mod:`provision.retry` decide), and every API failure mapped
+to the error class that decides what happens next.
+
+Credentials, in order: anonymous when asked (local stand-ins only); ``GOOGLE_OAUTH_ACCESS_TOKEN``
+(an access token, as Terraform's Google provider reads it); otherwise
+``google.auth.default()`` (``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's application-default
+login, the metadata server's service account, workload identity). Tokens are never printed:
+messages carry GCP's error text and the URL, never a header.
+
+Long-running operations are waited on with a GlobalOperationsClient / ZoneOperationsClient
+built with the same options: ``ExtendedOperation.result()`` would poll through a client made
+without them (the real host).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import requests
+from google.api_core import exceptions as gexc
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials, Credentials
+from google.cloud import compute_v1
+
+from provision.errors import ProvisionError
+from provision.reconcile.provider import (
+    OutcomeUnknownError,
+    ProviderError,
+    RateLimitedError,
+    TransientProviderError,
+)
+from provision.retry import parse_retry_after
+
+T = TypeVar("T")
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+TOKEN_VARIABLE = "GOOGLE_OAUTH_ACCESS_TOKEN"
+RATE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
+
+
+def credentials(anonymous: bool = False) -> Credentials:
+    """The credentials of the standard chain (see the module docstring)."""
+    if anonymous:
+        return AnonymousCredentials()  # type: ignore[no-untyped-call]
+    token = os.environ.get(TOKEN_VARIABLE)
+    if token:
+        from google.oauth2.credentials import Credentials as TokenCredentials
+
+        return TokenCredentials(token.strip())  # type: ignore[no-untyped-call]
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        found, _project = google.auth.default(scopes=[CLOUD_PLATFORM])
+    except DefaultCredentialsError as exc:
+        raise ProvisionError("no Google Cloud credentials found",
+                             hint=f"run `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS "
+                                  f"to a service-account key file, or set {TOKEN_VARIABLE}") from exc
+    creds: Credentials = found
+    return creds
+
+
+@dataclass(frozen=True)
+class GceClients:
+    """Compute Engine clients sharing one endpoint and one set of credentials."""
+
+    images: compute_v1.ImagesClient
+    instances: compute_v1.InstancesClient
+    global_operations: compute_v1.GlobalOperationsClient
+    zone_operations: compute_v1.ZoneOperationsClient
+
+
+def gce_clients(endpoint: str | None, creds: Credentials) -> GceClients:
+    options = ClientOptions(api_endpoint=endpoint) if endpoint else None
+    made: dict[str, Any] = {"credentials": creds, "transport": "rest", "client_options": options}
+    return GceClients(compute_v1.ImagesClient(**made), compute_v1.InstancesClient(**made),
+                      compute_v1.GlobalOperationsClient(**made), compute_v1.ZoneOperationsClient(**made))
+
+
+def _reasons(exc: gexc.GoogleAPICallError) -> set[str]:
+    found: set[str] = set()
+    for error in exc.errors or []:
+        if isinstance(error, dict) and isinstance(error.get("reason"), str):
+            found.add(error["reason"])
+    return found
+
+
+def _retry_after(exc: gexc.GoogleAPICallError) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    value = headers.get("Retry-After") if headers is not None else None
+    return parse_retry_after(value, time.time())
+
+
+def map_error(exc: BaseException, what: str) -> ProviderError:
+    """The provider error for a failed call: 429 (and GCE's 403 rate-limit reasons) rate limited,
+    5xx and dropped connections transient, a time-out after sending outcome-unknown, anything
+    else (quota, permission, bad request) permanent with GCP's own message as the hint."""
+    if isinstance(exc, requests.Timeout | gexc.DeadlineExceeded | TimeoutError):
+        return OutcomeUnknownError(f"{what}: no answer in time (it may have taken effect)")
+    if isinstance(exc, requests.ConnectionError):
+        return TransientProviderError(f"{what}: connection failed ({type(exc).__name__})")
+    if isinstance(exc, gexc.GoogleAPICallError):
+        code = exc.code or 0
+        if code == 429 or (code == 403 and _reasons(exc) & RATE_REASONS):
+            return RateLimitedError(f"{what}: rate limited (HTTP {code})", _retry_after(exc))
+        if code >= 500 or isinstance(exc, gexc.ServerError):
+            return TransientProviderError(f"{what}: HTTP {code} {exc.message}", _retry_after(exc))
+        hint = exc.message
+        if "quotaExceeded" in _reasons(exc) or "Quota" in exc.message:
+            hint = f"{exc.message} (ask for more quota, or use a smaller machine type or another region)"
+        elif code == 403:
+            hint = f"{exc.message} (grant the caller's service account that permission; see terraform/gcp)"
+        return ProviderError(f"{what}: HTTP {code} {type(exc).__name__}", hint=hint)
+    if isinstance(exc, ProviderError):
+        return exc
+    return ProviderError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def call(what: str, attempt: Callable[[], T]) -> T:
+    """``attempt()``, its failures mapped by :func:`map_error`."""
+    try:
+        return attempt()
+    except (gexc.GoogleAPICallError, requests.RequestException, TimeoutError) as exc:
+        raise map_error(exc, what) from None
+
+
+def operation_error(op: compute_v1.Operation) -> str | None:
+    """The operation's error text, or None when it has none."""
+    if op.error and op.error.errors:
+        return "; ".join(f"{e.code}: {e.message}" for e in op.error.errors)
+    return None
+
+
+def wait_operation(clients: GceClients, project: str, op: Any, *, zone: str | None, timeout: float,
+                   request_timeout: float, what: str) -> compute_v1.Operation:
+    """Wait for operation ``op`` (an ExtendedOperation or Operation) with the operations client
+    of its scope, at most ``timeout`` seconds; a ProviderError with the operation's error as
+    soon as it fails."""
+    name = str(op.name)
+    deadline = time.monotonic() + timeout
+    while True:
+        if zone is None:
+            current = call(f"{what}: waiting", lambda: clients.global_operations.wait(
+                project=project, operation=name, retry=None, timeout=request_timeout))
+        else:
+            current = call(f"{what}: waiting", lambda: clients.zone_operations.wait(
+                project=project, zone=zone, operation=name, retry=None, timeout=request_timeout))
+        if current.status == compute_v1.Operation.Status.DONE:
+            failed = operation_error(current)
+            if failed:
+                raise ProviderError(f"{what}: operation {name} failed", hint=failed)
+            return current
+        if time.monotonic() >= deadline:
+            raise ProviderError(f"{what}: operation {name} still {current.status.name} after {timeout:g} s",
+                                hint="it may finish later; run again to pick it up")
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))

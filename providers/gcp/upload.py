@@ -1,0 +1,152 @@
+"""Uploading a file to Cloud Storage with the resumable protocol, resuming across runs.
+
+The session is created by google-cloud-storage (``Blob.create_resumable_upload_session``) and
+its URL kept in ``SESSIONS/<key>.json`` until the upload completes; the chunks are PUT over the
+storage client's own authorized session with ``Content-Range`` as the protocol documents, and
+each 308 answer's ``Range`` says how much the service holds. A rerun asks the kept session how
+much it has (``Content-Range: bytes */SIZE``) and sends only the rest. An object already there
+with the file's MD5 is not sent again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import google.cloud.storage as storage
+import requests
+from google.api_core import exceptions as gexc
+
+from provision.errors import ProvisionError
+from provision.reconcile.provider import ProviderError, TransientProviderError
+from provision.retry import RetryPolicy, parse_retry_after
+
+Progress = Callable[[str], None]
+QUANTUM = 256 * 1024  # every chunk but the last is a multiple of this
+CHUNK = 32 * 1024 * 1024
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    object_name: str
+    size: int
+    sent: int  # bytes sent by this run (0: the object was there already)
+    resumed_from: int  # where this run started (0: from the start)
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        while chunk := f.read(4 * MIB):
+            digest.update(chunk)
+    return base64.b64encode(digest.digest()).decode()
+
+
+def _received(response: requests.Response) -> int:
+    match = re.fullmatch(r"bytes=0-(\d+)", response.headers.get("Range", ""))
+    return int(match.group(1)) + 1 if match else 0
+
+
+class ResumableUpload:
+    """One file to ``gs://bucket/object_name``; see the module docstring."""
+
+    def __init__(self, client: storage.Client, bucket: str, object_name: str, path: Path, sessions: Path,
+                 *, chunk: int = CHUNK, timeout: float = 120.0, policy: RetryPolicy | None = None,
+                 progress: Progress | None = None) -> None:
+        if chunk % QUANTUM:
+            raise ValueError("the chunk size must be a multiple of 256 KiB")
+        self.client, self.bucket, self.object_name, self.path = client, bucket, object_name, path
+        self.sessions, self.chunk, self.timeout = sessions, chunk, timeout
+        self.policy = policy or RetryPolicy(attempts=6, total=300.0)
+        self.progress = progress
+        self.size = path.stat().st_size
+        self.md5 = file_md5(path)
+        key = hashlib.sha256(f"{bucket}/{object_name}/{self.md5}".encode()).hexdigest()[:32]
+        self.session_file = sessions / f"{key}.json"
+
+    def _say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+    def existing_md5(self) -> str | None:
+        blob = self.client.bucket(self.bucket).get_blob(self.object_name, timeout=self.timeout)
+        return None if blob is None else blob.md5_hash
+
+    def run(self) -> Uploaded:
+        try:
+            if self.existing_md5() == self.md5:
+                self._say(f"gs://{self.bucket}/{self.object_name} is there already ({self.size // MIB} MiB, same MD5)")
+                return Uploaded(self.object_name, self.size, 0, self.size)
+            url, offset = self._session()
+            start = offset
+            if offset:
+                self._say(f"resuming the upload at {offset // MIB} of {self.size // MIB} MiB")
+            offset = self._send(url, offset)
+        except (gexc.GoogleAPICallError, requests.RequestException) as exc:
+            raise ProviderError(f"uploading to gs://{self.bucket}/{self.object_name}: {type(exc).__name__}",
+                                hint=getattr(exc, "message", None) or "run again: the upload resumes") from None
+        self.session_file.unlink(missing_ok=True)
+        return Uploaded(self.object_name, self.size, self.size - start, start)
+
+    def _session(self) -> tuple[str, int]:
+        """A session URL and how much it already holds: the kept one if it is still alive."""
+        try:
+            kept = json.loads(self.session_file.read_text())
+        except (OSError, ValueError):
+            kept = None
+        if isinstance(kept, dict) and kept.get("size") == self.size and isinstance(kept.get("url"), str):
+            answer = self._put(kept["url"], b"", f"bytes */{self.size}")
+            if answer.status_code == 308:
+                return kept["url"], _received(answer)
+            if answer.status_code in (200, 201):
+                return kept["url"], self.size
+        blob = self.client.bucket(self.bucket).blob(self.object_name)
+        url = blob.create_resumable_upload_session(content_type="application/gzip", size=self.size,
+                                                   timeout=self.timeout)
+        self.sessions.mkdir(parents=True, exist_ok=True)
+        scratch = self.session_file.with_suffix(".tmp")
+        scratch.write_text(json.dumps({"url": url, "size": self.size, "object": self.object_name}))
+        os.replace(scratch, self.session_file)
+        return url, 0
+
+    def _put(self, url: str, data: bytes, content_range: str) -> requests.Response:
+        def attempt() -> requests.Response:
+            session: Any = self.client._http  # the storage client's authorized session
+            answer: requests.Response = session.put(url, data=data, headers={"Content-Range": content_range},
+                                                    timeout=self.timeout)
+            if answer.status_code == 429 or answer.status_code >= 500:
+                raise TransientProviderError(f"HTTP {answer.status_code} from the upload session",
+                                             parse_retry_after(answer.headers.get("Retry-After"), 0.0))
+            return answer
+
+        return self.policy.call(attempt, retry_on=(TransientProviderError, requests.ConnectionError),
+                                what="upload chunk")
+
+    def _send(self, url: str, offset: int) -> int:
+        with self.path.open("rb") as f:
+            while offset < self.size or self.size == 0:
+                f.seek(offset)
+                data = f.read(self.chunk)
+                last = offset + len(data) - 1
+                answer = self._put(url, data, f"bytes {offset}-{last}/{self.size}" if data else f"bytes */{self.size}")
+                if answer.status_code in (200, 201):
+                    md5 = answer.json().get("md5Hash")
+                    if md5 and md5 != self.md5:
+                        raise ProvisionError(f"gs://{self.bucket}/{self.object_name}: the stored object's MD5 "
+                                             f"{md5} is not the file's {self.md5}")
+                    self._say(f"uploaded {self.size // MIB} MiB to gs://{self.bucket}/{self.object_name}")
+                    return self.size
+                if answer.status_code != 308:
+                    raise ProviderError(f"the upload session answered HTTP {answer.status_code}",
+                                        hint=answer.text[:300] or None)
+                offset = _received(answer)  # what the service holds (it may keep less than sent)
+                self._say(f"uploading: {offset // MIB} of {self.size // MIB} MiB")
+        return offset
