@@ -19,6 +19,7 @@ _TARGETS: dict[str, tuple[str, str]] = {
     "metal": ("provision.providers.metal.target", "METAL_TARGET"),
     "aws": ("provision.providers.aws.target", "AWS_TARGET"),
     "azure": ("provision.providers.azure.target", "AZURE_TARGET"),
+    "gcp": ("provision.providers.gcp.target", "GCP_TARGET"),
 }
 
 

@@ -66,6 +66,7 @@ class FakeGce:
     operations: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_request: dict[tuple[str, str], str] = field(default_factory=dict)
     faults: dict[str, list[str]] = field(default_factory=dict)
+    next_fault: str | None = None  # for the next call of any method but an operation's
     calls: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -299,6 +300,8 @@ def _handler(fake: FakeGce) -> type[BaseHTTPRequestHandler]:
                     fake.calls.append(method)
                     queued = fake.faults.get(method)
                     fault = queued.pop(0) if queued else None
+                    if fault is None and fake.next_fault and "Operations." not in method:
+                        fault, fake.next_fault = fake.next_fault, None
                     if fault == "429":
                         raise HttpFailure(429, "Rate Limit Exceeded", "rateLimitExceeded", retry_after="0")
                     if fault == "503":
@@ -309,14 +312,14 @@ def _handler(fake: FakeGce) -> type[BaseHTTPRequestHandler]:
                     if fault == "quota":
                         raise HttpFailure(403, "Quota 'CPUS' exceeded. Limit: 24.0 in region us-central1.",
                                           "quotaExceeded")
-                    answer = action()
                     if fault == "timeout":
-                        delay = fake.slow
+                        delay = fake.slow  # whatever the answer, it comes too late
+                    answer = action()
                 self._reply(200, answer, delay=delay)
             except HttpFailure as failure:
                 error = {"error": {"code": failure.code, "message": failure.message,
                                    "errors": [{"message": failure.message, "domain": "global", "reason": failure.reason}]}}
-                self._reply(failure.code, error, retry_after=failure.retry_after)
+                self._reply(failure.code, error, delay=delay, retry_after=failure.retry_after)
 
         def _reply(self, code: int, body: Any, *, delay: float = 0.0, retry_after: str | None = None) -> None:
             if delay:

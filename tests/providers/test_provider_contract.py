@@ -3,7 +3,8 @@ birth and listable, paging until ``next_token is None``, idempotent destroy, and
 classes that decide the engine's retries. Each target adds a subject below (made through its
 registered target, with real parts: the simulated cloud in the process and over HTTP, real
 QEMU VMs booting a tiny guest, lab machines powered through a Redfish service over QEMU, the real azure-mgmt clients against
-a wire-level fake of Azure Resource Manager); a later target adds itself to SUBJECTS and, where it speaks a
+a wire-level fake of Azure Resource Manager, the real google-cloud-compute client against a
+wire-level Compute Engine fake); a later target adds itself to SUBJECTS and, where it speaks a
 protocol that can fail that way, to FAULTY."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,6 +169,23 @@ def _azure(tmp_path: Path) -> Subject:
     return Subject(provider, image, cleanup=[stop], injector=inject, properties={"vmSize": "Standard_B2s"})
 
 
+def _gcp(tmp_path: Path) -> Subject:
+    from gcp.gce_fake import serve_fake_gce
+
+    stack = ExitStack()
+    fake = stack.enter_context(serve_fake_gce(slow=2.0))
+    options = {"project": "provision-test", "zone": "us-central1-a", "endpoint": fake.url, "anonymous": True,
+               "pageSize": PAGE, "requestTimeout": "1s", "operationTimeout": "20s"}
+    provider = get_target("gcp").create_provider(ProviderSpec("gce", "gcp", options=options, base=tmp_path),
+                                                 SystemClock())
+
+    def inject(fault: str) -> None:
+        fake.next_fault = fault
+
+    return Subject(provider, "projects/provision-test/global/images/contract-0123456789ab",
+                   cleanup=[stack.close], properties={"machineType": "e2-small"}, injector=inject)
+
+
 SUBJECTS: dict[str, Callable[[Path], Subject]] = {
     "simulated": _simulated,
     "simulated-http": _simulated_http,
@@ -174,9 +193,10 @@ SUBJECTS: dict[str, Callable[[Path], Subject]] = {
     "metal": _metal,
     "aws": _aws,
     "azure": _azure,
+    "gcp": _gcp,
 }
 # Targets whose calls can fail with 429 / 503 / a time-out (FAULTY), and that fence epochs (fences).
-FAULTY = ("simulated", "simulated-http", "aws", "azure")
+FAULTY = ("simulated", "simulated-http", "aws", "azure", "gcp")
 
 
 def _marks(name: str) -> list[pytest.MarkDecorator]:
