@@ -214,7 +214,8 @@ def create_gcp_provider(spec: ProviderSpec, clock: Clock) -> GcpProvider:
     options = spec.options
     problems = check_mapping(OPTIONS, options)
     if problems:
-        raise UsageError(f"provider {spec.name!r}: " + "; ".join(f"options.{'.'.join(map(str, v.path))}: {v.message}" for v in problems))
+        raise UsageError(f"provider {spec.name!r}: " + "; ".join(
+            "options" + "".join(f".{part}" for part in v.path) + f": {v.message}" for v in problems))
     endpoint = options.get("endpoint")
     if options.get("anonymous") and not endpoint:
         raise UsageError(f"provider {spec.name!r}: options.anonymous needs options.endpoint (a local stand-in)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import re
 import threading
 import time
@@ -67,6 +68,8 @@ class FakeGce:
     by_request: dict[tuple[str, str], str] = field(default_factory=dict)
     faults: dict[str, list[str]] = field(default_factory=dict)
     next_fault: str | None = None  # for the next call of any method but an operation's
+    fault_rate: float = 0.0  # chaos: this share of instance calls fail at random (429, 503, timeout)
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
     calls: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -155,6 +158,11 @@ class FakeGce:
         return None
 
     # -- the API -----------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """GCE works on its own: every request moves each unfinished operation one step on."""
+        for name in list(self._pending):
+            self._advance(name)
 
     def handle(self, verb: str, path: str, query: dict[str, str], body: dict[str, Any]) -> tuple[str, Any]:
         parts = path[len(BASE):].split("/") if path.startswith(BASE) else []
@@ -271,12 +279,19 @@ class FakeGce:
                     "zone": self._link(f"{project}/zones/{zone}"), "networkInterfaces": nics,
                     "selfLink": self._link(f"{project}/zones/{zone}/instances/{name}"),
                     "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000-00:00", time.gmtime())}
-        self.instances[key] = instance
+        error = None
+        if "operation-error" in self.faults.get("instances.insert.operation", []):
+            self.faults["instances.insert.operation"].remove("operation-error")
+            error = {"code": "ZONE_RESOURCE_POOL_EXHAUSTED",
+                     "message": f"The zone 'projects/{project}/zones/{zone}' does not have enough resources."}
+        else:
+            self.instances[key] = instance
 
         def running() -> None:
             instance["status"] = "RUNNING"
 
-        return self._operation(project, zone, "insert", f"{project}/zones/{zone}/instances/{name}", request_id, running)
+        return self._operation(project, zone, "insert", f"{project}/zones/{zone}/instances/{name}", request_id,
+                               running, error)
 
 
 def _handler(fake: FakeGce) -> type[BaseHTTPRequestHandler]:
@@ -296,12 +311,15 @@ def _handler(fake: FakeGce) -> type[BaseHTTPRequestHandler]:
                 body = json.loads(raw) if raw else {}
                 with fake.lock:
                     fake.headers.append(dict(self.headers.items()))
+                    fake.tick()
                     method, action = fake.handle(verb, url.path, query, body)
                     fake.calls.append(method)
                     queued = fake.faults.get(method)
                     fault = queued.pop(0) if queued else None
                     if fault is None and fake.next_fault and "Operations." not in method:
                         fault, fake.next_fault = fake.next_fault, None
+                    if fault is None and method.startswith("instances.") and fake.rng.random() < fake.fault_rate:
+                        fault = fake.rng.choice(("429", "503", "timeout"))
                     if fault == "429":
                         raise HttpFailure(429, "Rate Limit Exceeded", "rateLimitExceeded", retry_after="0")
                     if fault == "503":
