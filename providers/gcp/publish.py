@@ -3,7 +3,7 @@
 1. An image labelled with the digest (``provision-digest``, the first 63 hex digits; the full
    digest is in its description) is reused: nothing is uploaded.
 2. The tarball goes to ``gs://BUCKET/provision/<digest hex>.tar.gz`` (:mod:`.upload`:
-   resumable, skipped when the same MD5 is there).
+   resumable, skipped when the same CRC32C is there).
 3. ``images.insert`` with ``rawDisk.source``, the architecture of the build's platform, the
    family, guest OS features, labels; ``requestId`` derived from the digest and name so a retried
    insert is the same request; the global operation is waited on, bounded.

@@ -5,7 +5,7 @@ its URL kept in ``SESSIONS/<key>.json`` until the upload completes; the chunks a
 storage client's own authorized session with ``Content-Range`` as the protocol documents, and
 each 308 answer's ``Range`` says how much the service holds. A rerun asks the kept session how
 much it has (``Content-Range: bytes */SIZE``) and sends only the rest. An object already there
-with the file's MD5 is not sent again.
+with the file's CRC32C is not sent again (the check GCS itself uses for composite objects).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import google.cloud.storage as storage
+import google_crc32c
 import requests
 from google.api_core import exceptions as gexc
 
@@ -42,12 +43,14 @@ class Uploaded:
     resumed_from: int  # where this run started (0: from the start)
 
 
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+def file_crc32c(path: Path) -> str:
+    """The file's CRC32C as GCS reports it (base64 of the big-endian value); the C-accelerated
+    google-crc32c reads at memory speed, several times faster than MD5."""
+    checksum = google_crc32c.Checksum()  # type: ignore[no-untyped-call]
     with path.open("rb") as f:
         while chunk := f.read(4 * MIB):
-            digest.update(chunk)
-    return base64.b64encode(digest.digest()).decode()
+            checksum.update(chunk)  # type: ignore[no-untyped-call]
+    return base64.b64encode(checksum.digest()).decode()  # type: ignore[no-untyped-call]
 
 
 def _received(response: requests.Response) -> int:
@@ -68,22 +71,22 @@ class ResumableUpload:
         self.policy = policy or RetryPolicy(attempts=6, total=300.0)
         self.progress = progress
         self.size = path.stat().st_size
-        self.md5 = file_md5(path)
-        key = hashlib.sha256(f"{bucket}/{object_name}/{self.md5}".encode()).hexdigest()[:32]
+        self.crc32c = file_crc32c(path)
+        key = hashlib.sha256(f"{bucket}/{object_name}/{self.crc32c}".encode()).hexdigest()[:32]
         self.session_file = sessions / f"{key}.json"
 
     def _say(self, message: str) -> None:
         if self.progress is not None:
             self.progress(message)
 
-    def existing_md5(self) -> str | None:
+    def existing_crc32c(self) -> str | None:
         blob = self.client.bucket(self.bucket).get_blob(self.object_name, timeout=self.timeout)
-        return None if blob is None else blob.md5_hash
+        return None if blob is None else blob.crc32c
 
     def run(self) -> Uploaded:
         try:
-            if self.existing_md5() == self.md5:
-                self._say(f"gs://{self.bucket}/{self.object_name} is there already ({self.size // MIB} MiB, same MD5)")
+            if self.existing_crc32c() == self.crc32c:
+                self._say(f"gs://{self.bucket}/{self.object_name} is there already ({self.size // MIB} MiB, same CRC32C)")
                 return Uploaded(self.object_name, self.size, 0, self.size)
             url, offset = self._session()
             start = offset
@@ -138,10 +141,10 @@ class ResumableUpload:
                 last = offset + len(data) - 1
                 answer = self._put(url, data, f"bytes {offset}-{last}/{self.size}" if data else f"bytes */{self.size}")
                 if answer.status_code in (200, 201):
-                    md5 = answer.json().get("md5Hash")
-                    if md5 and md5 != self.md5:
-                        raise ProvisionError(f"gs://{self.bucket}/{self.object_name}: the stored object's MD5 "
-                                             f"{md5} is not the file's {self.md5}")
+                    stored = answer.json().get("crc32c")
+                    if stored and stored != self.crc32c:
+                        raise ProvisionError(f"gs://{self.bucket}/{self.object_name}: the stored object's CRC32C "
+                                             f"{stored} is not the file's {self.crc32c}")
                     self._say(f"uploaded {self.size // MIB} MiB to gs://{self.bucket}/{self.object_name}")
                     return self.size
                 if answer.status_code != 308:

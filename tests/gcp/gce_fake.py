@@ -297,6 +297,7 @@ class FakeGce:
 def _handler(fake: FakeGce) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # keep-alive answers go out at once, not after a delayed ACK
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass

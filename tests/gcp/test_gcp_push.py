@@ -43,7 +43,7 @@ def test_a_second_push_reuses_the_image_and_uploads_nothing(tmp_path: Path, gcs:
     assert gce.count("images.insert") == 1 and len(gce.images) == 1
 
 
-def test_an_object_already_uploaded_with_the_same_md5_is_not_sent_again(tmp_path: Path, gcs: Gcs,
+def test_an_object_already_uploaded_with_the_same_checksum_is_not_sent_again(tmp_path: Path, gcs: Gcs,
                                                                          gce: FakeGce) -> None:
     artifact = write_artifact(tmp_path / "web")
     hexdigest = artifact.digest.split(":")[1]
