@@ -88,3 +88,10 @@ def test_chaos_apply_converges_without_duplicates_or_unlabelled_machines(tmp_pat
     assert faults > 20  # the run went through many instance calls, a quarter of them failing
     fake.fault_rate = 0.0
     assert main(["plan", str(spec), "--journal", journal, "--detailed-exitcode"]) == 0
+
+
+def test_the_example_cluster_loads(capsys: pytest.CaptureFixture[str]) -> None:
+    from provision.reconcile.spec import load_cluster_spec
+
+    spec = load_cluster_spec(Path(__file__).resolve().parents[2] / "examples" / "gcp-cluster.yml")
+    assert spec.providers["gce"].type == "gcp" and spec.groups[0].properties["machineType"] == "e2-small"
