@@ -62,6 +62,18 @@ class PushOptions:
     replicas: Mapping[str, int] = field(default_factory=dict)  # region -> replica count
     security_type: str | None = None  # Standard | TrustedLaunch (default: TrustedLaunch with --tpm)
     hyperv_generation: str | None = None  # V1 | V2 (default: from the boot mode)
+    # GCP (docs/gcp.md): the project, the image family, guest OS features (None: the target's
+    # default), where the image is stored, whether the family's older images are deprecated,
+    # extra image labels, and another API endpoint (a private one, a local stand-in) reached
+    # with or without credentials
+    project: str | None = None
+    family: str | None = None
+    guest_os_features: tuple[str, ...] | None = None
+    storage_location: str | None = None
+    deprecate_previous: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+    endpoint: str | None = None
+    anonymous: bool = False
 
 
 @dataclass(frozen=True)

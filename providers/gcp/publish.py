@@ -124,8 +124,9 @@ def _features(push: GcpPush) -> list[compute_v1.GuestOsFeature]:
 
 
 def publish_gcp(artifact: Artifact, push: GcpPush, clients: GceClients, storage_client: storage.Client,
-                progress: Progress | None = None) -> GcpImage:
-    """Publish ``artifact`` (a ``gcp`` build); see the module docstring."""
+                progress: Progress | None = None, *, looked: bool = False) -> GcpImage:
+    """Publish ``artifact`` (a ``gcp`` build); see the module docstring. ``looked``: the caller
+    has just found no image with this digest (step 1 is skipped)."""
     say = progress or (lambda _m: None)
     tarballs = [f for f in artifact.files if f.name.endswith(".tar.gz")]
     if artifact.format != "gcp" or len(tarballs) != 1:
@@ -133,7 +134,7 @@ def publish_gcp(artifact: Artifact, push: GcpPush, clients: GceClients, storage_
                          hint="build it with: provision build -f gcp")
     architecture = architecture_of(artifact)
     features = _features(push)
-    existing = find_published(clients, push.project, artifact.digest, push.request_timeout)
+    existing = None if looked else find_published(clients, push.project, artifact.digest, push.request_timeout)
     if existing is not None:
         say(f"image {existing.name} is {artifact.digest[:19]} already")
         return GcpImage(existing.name, existing.self_link, existing.family or None, True, artifact.digest)

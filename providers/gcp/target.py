@@ -1,5 +1,6 @@
 """The gcp target: a cluster's machines as Compute Engine instances (:mod:`.provider`), booting
-images published from ``gcp`` builds (:mod:`.publish`). See docs/gcp.md."""
+images published from ``gcp`` builds (:mod:`.publish`), also by ``provision push gcp``
+(:meth:`GcpTarget.push`, a :class:`provision.push.Pusher`). See docs/gcp.md."""
 
 from __future__ import annotations
 
@@ -9,14 +10,22 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import UsageError
-from provision.providers.gcp.clients import credentials
+from provision.providers.gcp.clients import credentials, gce_clients
 from provision.providers.gcp.provider import OPTIONS, PROPERTIES, GcpProvider, create_gcp_provider
-from provision.providers.gcp.publish import GcpPush, find_published, publish_gcp, storage_client
+from provision.providers.gcp.publish import (
+    GcpImage,
+    GcpPush,
+    check_features,
+    find_published,
+    publish_gcp,
+    storage_client,
+)
+from provision.push import LoadArtifact, PushOptions, PushResult
 from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema
-from provision.target import Artifact, Progress, PublishedImage, own_provider, read_artifact
+from provision.target import Artifact, Progress, PublishedImage, Target, own_provider, read_artifact
 
 
 @dataclass(frozen=True)
@@ -50,14 +59,47 @@ class GcpTarget:
                            progress)
         return PublishedImage(made.image, artifact.digest, made.reused)
 
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None) -> str:
-        """An image name or URL as given; a build's manifest (``web.manifest.json``) is published."""
+    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None, *,
+                      publish: bool = True) -> str:
+        """An image name or URL as given; a build's manifest (``web.manifest.json``) is published
+        (with ``publish=False``: the image of its digest if published, else the digest)."""
         if image.endswith(".manifest.json"):
             path = Path(image)
             if not path.is_file():
                 raise UsageError(f"{image}: no such build manifest")
-            return self.publish(provider, read_artifact(path, "gcp"), progress).id
+            artifact = read_artifact(path, "gcp")
+            if not publish:
+                return self.find_image(provider, artifact.digest) or artifact.digest
+            return self.publish(provider, artifact, progress).id
         return image
+
+    def push(self, digest: str, fmt: str, artifact: LoadArtifact, options: PushOptions,
+             progress: Progress | None = None) -> PushResult:
+        """``provision push gcp``: the image of ``digest`` if there is one (nothing is built or
+        uploaded), else ``artifact()`` uploaded and inserted (docs/gcp.md)."""
+        if not options.project or not options.bucket:
+            raise UsageError("push gcp needs --project and --bucket")
+        if options.deprecate_previous and not options.family:
+            raise UsageError("--deprecate-previous needs --family")
+        if options.anonymous and not options.endpoint:
+            raise UsageError("--anonymous is for local stand-ins; it needs --endpoint")
+        push = GcpPush(options.project, options.bucket, name=options.name, family=options.family,
+                       guest_os_features=options.guest_os_features, storage_location=options.storage_location,
+                       deprecate_previous=options.deprecate_previous, labels=dict(options.labels),
+                       wait_timeout=options.timeout, request_timeout=options.request_timeout)
+        if options.guest_os_features is not None:
+            check_features(options.guest_os_features)
+        creds = credentials(options.anonymous)
+        clients = gce_clients(options.endpoint, creds)
+        found = find_published(clients, options.project, digest, options.request_timeout)
+        if found is not None:
+            made = GcpImage(found.name, found.self_link, found.family or None, True, digest)
+            if progress is not None:
+                progress(f"image {found.name} is {digest[:19]} already")
+        else:
+            made = publish_gcp(artifact(), push, clients, storage_client(options.project, creds), progress, looked=True)
+        return PushResult(made.image, "", options.storage_location or "global", made.reused, digest, made.image,
+                          details=made.to_json())
 
     def consoles(self, provider: Provider, instances: Sequence[Instance]) -> list[str]:
         gcp = self._own(provider)
@@ -68,4 +110,4 @@ class GcpTarget:
         return ()
 
 
-GCP_TARGET = GcpTarget()
+GCP_TARGET: Target = GcpTarget()  # mypy checks it against the Protocol

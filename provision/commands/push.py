@@ -46,11 +46,22 @@ def register(subparsers: Any) -> None:
     push.add_argument("--copy-to", type=_regions, default=(), metavar="REGION,...", help="copy the image into these regions")
     push.add_argument("--share-with", type=_regions, default=(), metavar="ACCOUNT,...", help="share the image with these accounts")
     push.add_argument("--method", default="ebs", help="how to upload (default: ebs)")
-    push.add_argument("--bucket", help="the bucket for --method import")
+    push.add_argument("--bucket", help="the bucket: for --method import (aws), for the tarball (gcp)")
     push.add_argument("--concurrency", type=int, default=16, help="uploads in flight (default 16)")
     push.add_argument("--timeout", type=float, default=3600.0, help="seconds each wait may take (default 3600)")
     push.add_argument("--request-timeout", type=float, default=60.0,
                       help="seconds without an answer before a request is retried (default 60)")
+    gcp = push.add_argument_group("gcp (docs/gcp.md)")
+    gcp.add_argument("--project", help="the GCP project")
+    gcp.add_argument("--family", help="the image family")
+    gcp.add_argument("--guest-os-features", type=_regions, metavar="A,B",
+                     help="default: UEFI_COMPATIBLE,VIRTIO_SCSI_MULTIQUEUE,GVNIC")
+    gcp.add_argument("--storage-location", help="where the image is stored (a region or multi-region)")
+    gcp.add_argument("--deprecate-previous", action="store_true",
+                     help="mark the family's other images DEPRECATED, replaced by this one (never deletes)")
+    gcp.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="an extra image label")
+    gcp.add_argument("--endpoint", help=argparse.SUPPRESS)  # another Compute Engine endpoint (a local stand-in)
+    gcp.add_argument("--anonymous", action="store_true", help=argparse.SUPPRESS)  # local stand-ins only
     push.add_argument("--json", action="store_true", help="print the result as JSON")
     cloud = push.add_argument_group("Azure (provision push azure)")
     cloud.add_argument("--subscription", help="subscription id (default: $AZURE_SUBSCRIPTION_ID)")
@@ -102,6 +113,12 @@ class ProgressPrinter:
 def push_image(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.request_timeout <= 0:
         raise UsageError("--timeout and --request-timeout must be positive")
+    labels: dict[str, str] = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
     options = PushOptions(region=args.region, name=args.name, boot_mode=args.boot_mode, tpm=args.tpm,
                           copy_to=args.copy_to, share_with=args.share_with, method=args.method,
                           bucket=args.bucket, concurrency=args.concurrency, timeout=args.timeout,
@@ -110,7 +127,11 @@ def push_image(args: argparse.Namespace) -> int:
                           storage_resource_group=args.storage_resource_group, container=args.container,
                           gallery=args.gallery, gallery_image=args.gallery_image, version=args.version,
                           replicas=args.replicas, security_type=args.security_type,
-                          hyperv_generation=args.hyperv_generation)
+                          hyperv_generation=args.hyperv_generation,
+                          project=args.project, family=args.family,
+                          guest_os_features=args.guest_os_features, storage_location=args.storage_location,
+                          deprecate_previous=args.deprecate_previous, labels=labels, endpoint=args.endpoint,
+                          anonymous=args.anonymous)
     target = get_target(args.target)
     reporter = ProgressPrinter(sys.stderr)
     try:

@@ -97,3 +97,22 @@ def test_a_failed_image_operation_is_reported_with_its_error(tmp_path: Path, gcs
     with pytest.raises(ProviderError) as caught:
         publish_gcp(write_artifact(tmp_path / "a"), _push(tmp_path), clients_for(gce), gcs.client())
     assert "INVALID_IMAGE_FILE" in (caught.value.hint or "")
+
+
+def test_the_target_publishes_for_a_group_and_finds_by_digest(tmp_path: Path, gcs: Gcs, gce: FakeGce) -> None:
+    """What `image: web.yml` in a gcp group does once the spec is built: publish, then find."""
+    from provision.providers import get_target
+    from provision.reconcile.clock import SystemClock
+    from provision.reconcile.spec import ProviderSpec
+
+    target = get_target("gcp")
+    options = {"project": PROJECT, "zone": "us-central1-a", "bucket": BUCKET, "family": "web",
+               "endpoint": gce.url, "anonymous": True}
+    provider = target.create_provider(ProviderSpec("gce", "gcp", options=options, base=tmp_path), SystemClock())
+    artifact = write_artifact(tmp_path / "web")
+    assert target.find_image(provider, artifact.digest) is None
+    published = target.publish(provider, artifact)
+    assert not published.reused and target.find_image(provider, artifact.digest) == published.id
+    assert target.publish(provider, artifact).reused
+    assert target.resolve_image(provider, str(artifact.manifest), publish=False) == published.id
+    assert clients_for(gce).images.get(project=PROJECT, image=published.id).family == "web"

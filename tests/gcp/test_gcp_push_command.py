@@ -27,7 +27,7 @@ def test_push_gcp_prints_json_then_reuses(tmp_path: Path, gcs: Gcs, gce: FakeGce
     assert first.returncode == 0, first.stderr
     made = json.loads(first.stdout)
     assert made["image"].startswith("web-") and made["family"] == "web" and made["reused"] is False
-    again = _run(gce, gcs, str(artifact.files[0]), "--json")  # the tarball names the same build
+    again = _run(gce, gcs, str(artifact.manifest.parent), "--json")  # the build directory names it too
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout) == {**made, "reused": True}
     assert gce.count("images.insert") == 1
