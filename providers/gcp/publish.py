@@ -160,10 +160,10 @@ def publish_gcp(artifact: Artifact, push: GcpPush, clients: GceClients, storage_
     insert = compute_v1.InsertImageRequest(project=push.project, image_resource=image, request_id=request_id)
     operation = call("images.insert", lambda: clients.images.insert(request=insert, retry=None,
                                                                     timeout=push.request_timeout))
-    wait_operation(clients, push.project, operation, zone=None, timeout=push.wait_timeout,
-                   request_timeout=push.request_timeout, what=f"images.insert {name}")
-    made = call("images.get", lambda: clients.images.get(project=push.project, image=name, retry=None,
-                                                         timeout=push.request_timeout))
+    done = wait_operation(clients, push.project, operation, zone=None, timeout=push.wait_timeout,
+                          request_timeout=push.request_timeout, what=f"images.insert {name}")
+    # the operation's targetLink is the image's selfLink: no images.get needed
+    made = compute_v1.Image(name=name, self_link=done.target_link, family=push.family or "")
     if push.deprecate_previous and push.family:
         deprecate_family(clients, push, made)
     return GcpImage(made.name, made.self_link, made.family or None, False, artifact.digest, uploaded.sent)

@@ -5,7 +5,7 @@ its URL kept in ``SESSIONS/<key>.json`` until the upload completes; the chunks a
 storage client's own authorized session with ``Content-Range`` as the protocol documents, and
 each 308 answer's ``Range`` says how much the service holds. A rerun asks the kept session how
 much it has (``Content-Range: bytes */SIZE``) and sends only the rest. An object already there
-with the file's CRC32C is not sent again (the check GCS itself uses for composite objects).
+with the file's CRC32C is not sent again (the file is hashed only when an object of its size is there; otherwise its CRC32C is computed over the chunks as they go and compared with what GCS stored).
 """
 
 from __future__ import annotations
@@ -71,21 +71,22 @@ class ResumableUpload:
         self.policy = policy or RetryPolicy(attempts=6, total=300.0)
         self.progress = progress
         self.size = path.stat().st_size
-        self.crc32c = file_crc32c(path)
-        key = hashlib.sha256(f"{bucket}/{object_name}/{self.crc32c}".encode()).hexdigest()[:32]
+        # the object name comes from the content's digest: name and size pick the session
+        key = hashlib.sha256(f"{bucket}/{object_name}/{self.size}".encode()).hexdigest()[:32]
         self.session_file = sessions / f"{key}.json"
 
     def _say(self, message: str) -> None:
         if self.progress is not None:
             self.progress(message)
 
-    def existing_crc32c(self) -> str | None:
+    def already_there(self) -> bool:
+        """An object of this name, size and CRC32C is there (the file is hashed only then)."""
         blob = self.client.bucket(self.bucket).get_blob(self.object_name, timeout=self.timeout)
-        return None if blob is None else blob.crc32c
+        return blob is not None and blob.size == self.size and blob.crc32c == file_crc32c(self.path)
 
     def run(self) -> Uploaded:
         try:
-            if self.existing_crc32c() == self.crc32c:
+            if self.already_there():
                 self._say(f"gs://{self.bucket}/{self.object_name} is there already ({self.size // MIB} MiB, same CRC32C)")
                 return Uploaded(self.object_name, self.size, 0, self.size)
             url, offset = self._session()
@@ -134,17 +135,31 @@ class ResumableUpload:
                                 what="upload chunk")
 
     def _send(self, url: str, offset: int) -> int:
+        """Send from ``offset``; the file's CRC32C is computed over the chunks as they are
+        accepted (hashed again from the file only after a resume or a partial acceptance) and
+        compared with what the service stored."""
+        running: Any = google_crc32c.Checksum() if offset == 0 else None  # type: ignore[no-untyped-call]
+        covered = 0
         with self.path.open("rb") as f:
             while offset < self.size or self.size == 0:
                 f.seek(offset)
                 data = f.read(self.chunk)
                 last = offset + len(data) - 1
                 answer = self._put(url, data, f"bytes {offset}-{last}/{self.size}" if data else f"bytes */{self.size}")
-                if answer.status_code in (200, 201):
+                done = answer.status_code in (200, 201)
+                accepted = self.size if done else _received(answer)
+                if running is not None and covered == offset and accepted >= offset:
+                    running.update(data[:accepted - offset])
+                    covered = accepted
+                else:
+                    running = None
+                if done:
+                    mine = (base64.b64encode(running.digest()).decode() if running is not None and covered == self.size
+                            else file_crc32c(self.path))
                     stored = answer.json().get("crc32c")
-                    if stored and stored != self.crc32c:
+                    if stored and stored != mine:
                         raise ProvisionError(f"gs://{self.bucket}/{self.object_name}: the stored object's CRC32C "
-                                             f"{stored} is not the file's {self.crc32c}")
+                                             f"{stored} is not the file's {mine}")
                     self._say(f"uploaded {self.size // MIB} MiB to gs://{self.bucket}/{self.object_name}")
                     return self.size
                 if answer.status_code != 308:
