@@ -2,11 +2,14 @@
 instances of the gcp target do: QEMU's user network is 169.254.0.0/16, and the guest's
 connections to 169.254.169.254:80 are forwarded to the stand-in on the host
 (tests/gcp/metadata_standin.py), which refuses every read without ``Metadata-Flavor: Google``.
-The image is the metadata component the ``gcp`` disk carries, booted as kernel+initrd."""
+Booted as kernel+initrd, and as the ``gcp`` format's disk (what GCE boots: the tarball
+unpacked sparse, booting under SeaBIOS)."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import boot_rig as rig
@@ -19,8 +22,17 @@ pytestmark = [pytest.mark.boot, pytest.mark.timeout(400)]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGceAlice alice@laptop"
 
 
-def test_a_machine_reads_user_data_hostname_and_keys_from_the_gce_metadata_server(tmp_path: Path) -> None:
-    kernel, initrd, _digest = rig.build_with_provision([rig.REPO / "tests/boot/specs/imds.yml"], tmp_path, "gce")
+@pytest.mark.parametrize("boot", ["kernel+initrd", "gcp"])
+def test_a_machine_reads_user_data_hostname_and_keys_from_the_gce_metadata_server(tmp_path: Path, boot: str) -> None:
+    spec = rig.REPO / "tests/boot/specs/imds.yml"
+    kernel, initrd, _digest = rig.build_with_provision([spec], tmp_path, "gce")
+    disk = None
+    if boot == "gcp":
+        out = tmp_path / "gcp"
+        subprocess.run([sys.executable, "-m", "provision", "build", "-q", "-f", "gcp", "-o", str(out), "--name", "gce",
+                        str(spec)], cwd=rig.REPO, check=True, capture_output=True)
+        subprocess.run(["tar", "-xzf", str(out / "gce.img.tar.gz"), "-C", str(out)], check=True)
+        disk = out / "disk.raw"
     metadata = serve_gce_metadata({
         "instance/hostname": "demo-web-00001-3f2a9c41d0.us-central1-a.c.my-project.internal",
         "instance/attributes/user-data": "hello from the group",
@@ -32,7 +44,8 @@ def test_a_machine_reads_user_data_hostname_and_keys_from_the_gce_metadata_serve
     user_net = (",net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15"
                 f",guestfwd=tcp:169.254.169.254:80-cmd:{busybox} nc 127.0.0.1 {port}")
     agent_port = free_port()
-    machine = Machine(kernel, initrd, tmp_path, publish=[(agent_port, 7080)], user_net=user_net)
+    machine = Machine(None if disk else kernel, None if disk else initrd, tmp_path, publish=[(agent_port, 7080)],
+                      user_net=user_net, disk=disk)
     try:
         machine.wait_for(r"metadata: read metadata from the GCP metadata server", 180)
         machine.wait_for(r"metadata: hostname demo-web-00001-3f2a9c41d0", 30)
