@@ -135,12 +135,16 @@ KINDS = {
     "lab": "input", "token_file": "input", "state": "directory", "tftp": "listen",
     "dhcp_listen": "ip", "boot_server": "ip", "dhcp_router": "ip", "dhcp_dns": "ip", "dhcp_pool": "ip-range",
     "push source": "input", "push target": "choice", "push boot_mode": "choice",
+    "push security_type": "choice", "push hyperv_generation": "choice",
     "push concurrency": "number", "push timeout": "number", "push request_timeout": "number",
 }
 # Free text with no bad value (anything is a valid owner, command line or user data).
 FREE_TEXT = {"daemon owner", "run qemu cmdline", "run qemu data",
              # cloud names the cloud itself checks (a region, accounts, a bucket, an upload method)
-             "push region", "push copy_to", "push share_with", "push method", "push bucket"}
+             "push region", "push copy_to", "push share_with", "push method", "push bucket",
+             "push project", "push family", "push guest_os_features", "push storage_location", "push label",
+             "push subscription", "push resource_group", "push storage_account", "push storage_resource_group",
+             "push container", "push gallery", "push gallery_image", "push version", "push replicas", "push endpoint"}
 
 # The valid value an argument takes while another one is being tested. Commands that would
 # reach the network or boot a machine get a missing input instead: they must fail anyway.
