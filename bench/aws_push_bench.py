@@ -34,8 +34,8 @@ import boto3
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-GIB = 1024 ** 3
-MIB = 1024 ** 2
+GIB = 1024**3
+MIB = 1024**2
 REGION = "us-east-1"
 
 
@@ -47,8 +47,11 @@ def free_port() -> int:
 
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
@@ -70,11 +73,18 @@ def write_disk(path: Path, size: int, data_mb: int, seed: int) -> None:
         for i in range(extents):
             f.seek(i * stride)
             f.write(os.urandom(2 * MIB))
-    path.with_suffix(".manifest.json").write_text(json.dumps({
-        "name": "bench", "image_digest": "sha256:" + hashlib.sha256(f"{seed}{time.time()}".encode()).hexdigest(),
-        "platform": "linux/amd64", "formats": ["aws"],
-        "outputs": [{"file": path.name, "format": "aws", "sha256": "", "size": size}],
-    }))
+    path.with_suffix(".manifest.json").write_text(
+        json.dumps(
+            {
+                "name": "bench",
+                "image_digest": "sha256:"
+                + hashlib.sha256(f"{seed}{time.time()}".encode()).hexdigest(),
+                "platform": "linux/amd64",
+                "formats": ["aws"],
+                "outputs": [{"file": path.name, "format": "aws", "sha256": "", "size": size}],
+            }
+        )
+    )
 
 
 def new_digest(disk: Path) -> None:
@@ -86,10 +96,20 @@ def new_digest(disk: Path) -> None:
 
 def environment(url: str, home: Path, concurrency: int) -> dict[str, str]:
     config = home / "config"
-    config.write_text(f"[default]\nregion = {REGION}\ns3 =\n    max_concurrent_requests = {concurrency}\n")
-    return {**os.environ, "AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "AKIDBENCH", "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": REGION, "AWS_CONFIG_FILE": str(config), "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            "AWS_EC2_METADATA_DISABLED": "true", "PYTHONPATH": str(ROOT)}
+    config.write_text(
+        f"[default]\nregion = {REGION}\ns3 =\n    max_concurrent_requests = {concurrency}\n"
+    )
+    return {
+        **os.environ,
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "AKIDBENCH",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "PYTHONPATH": str(ROOT),
+    }
 
 
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
@@ -105,8 +125,18 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
 
 
 def push_argv(disk: Path, concurrency: int) -> list[str]:
-    return [sys.executable, "-m", "provision", "push", "aws", str(disk.with_suffix(".manifest.json")),
-            "--quiet", "--json", "--concurrency", str(concurrency)]
+    return [
+        sys.executable,
+        "-m",
+        "provision",
+        "push",
+        "aws",
+        str(disk.with_suffix(".manifest.json")),
+        "--quiet",
+        "--json",
+        "--concurrency",
+        str(concurrency),
+    ]
 
 
 def floor(disk: Path) -> float:
@@ -119,7 +149,9 @@ def floor(disk: Path) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-mb", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--runs", type=int, default=3)
@@ -132,8 +164,13 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="aws-push-bench-"))
     try:
         env = environment(url, work, args.concurrency)
-        s3 = boto3.client("s3", endpoint_url=url, region_name=REGION, aws_access_key_id="AKIDBENCH",
-                          aws_secret_access_key="bench")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name=REGION,
+            aws_access_key_id="AKIDBENCH",
+            aws_secret_access_key="bench",
+        )
         s3.create_bucket(Bucket="bench")
         disk = work / "bench.raw"
         write_disk(disk, GIB, args.data_mb, 1)
@@ -141,25 +178,46 @@ def main() -> int:
         for run in range(args.runs):
             new_digest(disk)
             results["push"].append(timed(push_argv(disk, args.concurrency), env)[0])
-            results["s3 cp"].append(timed([aws_cli, "s3", "cp", "--only-show-errors", str(disk),
-                                           f"s3://bench/disk-{run}.raw"], env)[0])
+            results["s3 cp"].append(
+                timed(
+                    [
+                        aws_cli,
+                        "s3",
+                        "cp",
+                        "--only-show-errors",
+                        str(disk),
+                        f"s3://bench/disk-{run}.raw",
+                    ],
+                    env,
+                )[0]
+            )
             results["floor"].append(floor(disk))
         best = {name: min(times) for name, times in results.items()}
         middle = {name: statistics.median(times) for name, times in results.items()}
-        print(f"1 GiB raw disk, {args.data_mb} MB of data, concurrency {args.concurrency}, {args.runs} runs:")
+        print(
+            f"1 GiB raw disk, {args.data_mb} MB of data, concurrency {args.concurrency}, {args.runs} runs:"
+        )
         for name, times in results.items():
-            print(f"  {name:<6} best {best[name]:6.2f} s, median {middle[name]:6.2f} s"
-                  f"   (runs: {', '.join(f'{t:.2f}' for t in times)})")
-        print(f"  push / s3 cp = {best['push'] / best['s3 cp']:.2f} best, {middle['push'] / middle['s3 cp']:.2f} median"
-              f"   (goal < 1)")
-        print(f"  push / floor = {best['push'] / best['floor']:.2f} best, {middle['push'] / middle['floor']:.2f} median"
-              f"   (goal <= 2)")
+            print(
+                f"  {name:<6} best {best[name]:6.2f} s, median {middle[name]:6.2f} s"
+                f"   (runs: {', '.join(f'{t:.2f}' for t in times)})"
+            )
+        print(
+            f"  push / s3 cp = {best['push'] / best['s3 cp']:.2f} best, {middle['push'] / middle['s3 cp']:.2f} median"
+            f"   (goal < 1)"
+        )
+        print(
+            f"  push / floor = {best['push'] / best['floor']:.2f} best, {middle['push'] / middle['floor']:.2f} median"
+            f"   (goal <= 2)"
+        )
         disk.unlink()
         big = work / "big.raw"
         write_disk(big, 4 * GIB, args.big_data_mb, 2)
         seconds, rss = timed(push_argv(big, args.concurrency), env)
-        print(f"4 GiB sparse disk, {args.big_data_mb} MB of data: push {seconds:.2f} s, peak RSS {rss / 1024:.1f} MiB"
-              f"   (goal < 200 MiB)")
+        print(
+            f"4 GiB sparse disk, {args.big_data_mb} MB of data: push {seconds:.2f} s, peak RSS {rss / 1024:.1f} MiB"
+            f"   (goal < 200 MiB)"
+        )
         return 0 if rss / 1024 < 200 else 1
     finally:
         server.terminate()

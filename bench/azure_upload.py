@@ -56,9 +56,22 @@ def start_azurite(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    process = subprocess.Popen([str(program), "--blobHost", "127.0.0.1", "--blobPort", str(port),
-                                "--inMemoryPersistence", "--disableTelemetry", "--silent", "--skipApiVersionCheck"],
-                               cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            str(program),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--inMemoryPersistence",
+            "--disableTelemetry",
+            "--silent",
+            "--skipApiVersionCheck",
+        ],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(300):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -70,9 +83,26 @@ def start_azurite(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def build_web_vhd(out: Path) -> tuple[Path, str]:
-    subprocess.run([sys.executable, "-m", "provision", "build", "-f", "vhd", "--size", "1G", "--pull", "never",
-                    "-o", str(out), str(ROOT / "examples" / "web.yml")], check=True, env={**os.environ,
-                   "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "provision",
+            "build",
+            "-f",
+            "vhd",
+            "--size",
+            "1G",
+            "--pull",
+            "never",
+            "-o",
+            str(out),
+            str(ROOT / "examples" / "web.yml"),
+        ],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+    )
     manifest = json.loads((out / "web.manifest.json").read_text())
     return out / "web.vhd", str(manifest["image_digest"])
 
@@ -91,9 +121,11 @@ def main() -> int:
         process, port = start_azurite(work)
         try:
             counter = CountBodies()
-            service = BlobServiceClient(f"http://127.0.0.1:{port}/{ACCOUNT}",
-                                        credential={"account_name": ACCOUNT, "account_key": KEY},
-                                        raw_request_hook=counter)
+            service = BlobServiceClient(
+                f"http://127.0.0.1:{port}/{ACCOUNT}",
+                credential={"account_name": ACCOUNT, "account_key": KEY},
+                raw_request_hook=counter,
+            )
             ours: list[float] = []
             plain: list[float] = []
             sent: dict[str, int] = {}
@@ -108,8 +140,9 @@ def main() -> int:
                 counter.sent = 0
                 started = time.perf_counter()
                 with open(vhd.path, "rb") as f:
-                    container.get_blob_client("plain.vhd").upload_blob(f, blob_type=BlobType.PAGEBLOB,
-                                                                       length=vhd.size, max_concurrency=8)
+                    container.get_blob_client("plain.vhd").upload_blob(
+                        f, blob_type=BlobType.PAGEBLOB, length=vhd.size, max_concurrency=8
+                    )
                 plain.append(time.perf_counter() - started)
                 sent["plain"] = counter.sent
         finally:
@@ -118,16 +151,21 @@ def main() -> int:
     mib = 1024 * 1024
     best_ours, best_plain = min(ours), min(plain)
     print(f"VHD {vhd.path.name}: {vhd.size / mib:.0f} MiB, {allocated / mib:.1f} MiB allocated")
-    print(f"provision upload_vhd (8 workers): best {best_ours:.2f} s of {[round(t, 2) for t in ours]}, "
-          f"sent {sent['provision'] / mib:.1f} MiB")
-    print(f"plain upload_blob(PageBlob, max_concurrency=8): best {best_plain:.2f} s of "
-          f"{[round(t, 2) for t in plain]}, sent {sent['plain'] / mib:.1f} MiB")
+    print(
+        f"provision upload_vhd (8 workers): best {best_ours:.2f} s of {[round(t, 2) for t in ours]}, "
+        f"sent {sent['provision'] / mib:.1f} MiB"
+    )
+    print(
+        f"plain upload_blob(PageBlob, max_concurrency=8): best {best_plain:.2f} s of "
+        f"{[round(t, 2) for t in plain]}, sent {sent['plain'] / mib:.1f} MiB"
+    )
     ratio = best_ours / best_plain
-    print(f"ratio {ratio:.3f} (goal <= 0.5); bytes sent / allocated: provision "
-          f"{sent['provision'] / max(1, allocated):.2f}, plain {sent['plain'] / max(1, allocated):.2f}")
+    print(
+        f"ratio {ratio:.3f} (goal <= 0.5); bytes sent / allocated: provision "
+        f"{sent['provision'] / max(1, allocated):.2f}, plain {sent['plain'] / max(1, allocated):.2f}"
+    )
     return 0 if ratio <= 0.5 else 1
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -94,7 +94,11 @@ def time_minimal(kernel: Path, initrd: Path, out: Path) -> tuple[float, float, S
         took = time.monotonic() - machine.started
         # field 22 of the prompt shell's stat: its start, in clock ticks (USER_HZ 100)
         started = int(machine.shell("cut -d ' ' -f 22 /proc/$$/stat").strip()) / 100
-        return took, started, parse_steps(json.loads(machine.shell("cat /run/provision/boot-times.json")))
+        return (
+            took,
+            started,
+            parse_steps(json.loads(machine.shell("cat /run/provision/boot-times.json"))),
+        )
     finally:
         machine.kill()
 
@@ -145,7 +149,9 @@ def main() -> int:
         work = Path(tmp)
         (work / "web").mkdir()
         (work / "minimal").mkdir()
-        kernel, web_initrd, _ = rig.build_with_provision([REPO / "examples/web.yml"], work / "web", "web")
+        kernel, web_initrd, _ = rig.build_with_provision(
+            [REPO / "examples/web.yml"], work / "web", "web"
+        )
         _, min_initrd, _ = rig.build_with_provision(
             [REPO / "examples/minimal.yml"], work / "minimal", "minimal"
         )
@@ -168,7 +174,10 @@ def main() -> int:
                     steps[name].append(marks)
                 results[name].append(took)
                 guest[name].append(up)
-                print(f"run {run + 1}: {name:8s} {took:6.2f} s (guest uptime {up:.2f} s)", file=sys.stderr)
+                print(
+                    f"run {run + 1}: {name:8s} {took:6.2f} s (guest uptime {up:.2f} s)",
+                    file=sys.stderr,
+                )
     floor = statistics.median(results["floor"])
     floor_guest = statistics.median(guest["floor"])
     report: dict[str, dict[str, Any]] = {
@@ -195,7 +204,9 @@ def main() -> int:
         ok = ok and met
         print(f"goal: {name} <= {goal}x floor: {'met' if met else 'NOT met'}")
     if args.json:
-        report["steps"] = {step: {img: round(v, 2) for img, v in per.items()} for step, per in table}
+        report["steps"] = {
+            step: {img: round(v, 2) for img, v in per.items()} for step, per in table
+        }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if ok else 1
 

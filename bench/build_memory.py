@@ -51,23 +51,40 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="provision-bench-mem-") as tmp:
         work = Path(tmp)
         started = time.perf_counter()
-        spec = make_images(work / "store", work, args.size_mb,
-                           file_size=(10_000, 8_000_000), compression="zstd")
-        print(f"generated {args.size_mb} MB of images in {time.perf_counter() - started:.1f}s",
-              file=sys.stderr)
+        spec = make_images(
+            work / "store", work, args.size_mb, file_size=(10_000, 8_000_000), compression="zstd"
+        )
+        print(
+            f"generated {args.size_mb} MB of images in {time.perf_counter() - started:.1f}s",
+            file=sys.stderr,
+        )
         out = subprocess.run(
-            [sys.executable, "-c", CHILD, str(ROOT), spec, str(work / "store"),
-             str(work / "out"), args.formats],
-            check=True, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-c",
+                CHILD,
+                str(ROOT),
+                spec,
+                str(work / "store"),
+                str(work / "out"),
+                args.formats,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         report = json.loads(out.stdout.strip().splitlines()[-1])
     peak = report["peak_kib"] / 1024
     baseline = report["baseline_kib"] / 1024
-    print(f"{'root':>10} {'formats':<20} {'build s':>8} {'RSS before':>11} {'peak RSS':>9} "
-          f"{'limit':>7}")
-    print(f"{args.size_mb:>8}MB {args.formats:<20} {report['seconds']:>8.1f} "
-          f"{baseline:>9.1f}Mi {peak:>7.1f}Mi {LIMIT_MIB:>5}Mi  "
-          f"{'ok' if peak < LIMIT_MIB else 'OVER'} ({peak / LIMIT_MIB:.2f}x of the limit)")
+    print(
+        f"{'root':>10} {'formats':<20} {'build s':>8} {'RSS before':>11} {'peak RSS':>9} "
+        f"{'limit':>7}"
+    )
+    print(
+        f"{args.size_mb:>8}MB {args.formats:<20} {report['seconds']:>8.1f} "
+        f"{baseline:>9.1f}Mi {peak:>7.1f}Mi {LIMIT_MIB:>5}Mi  "
+        f"{'ok' if peak < LIMIT_MIB else 'OVER'} ({peak / LIMIT_MIB:.2f}x of the limit)"
+    )
     for name, size in sorted(report["outputs"].items()):
         print(f"  {name}: {size / 2**20:.1f} MiB")
     return 0 if peak < LIMIT_MIB else 1

@@ -24,8 +24,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-WORDS = [b"lorem", b"ipsum", b"kernel", b"module", b"config", b"service", b"network",
-         b"container", b"runtime", b"initrd", b"busybox", b"static", b"library", b"\n"]
+WORDS = [
+    b"lorem",
+    b"ipsum",
+    b"kernel",
+    b"module",
+    b"config",
+    b"service",
+    b"network",
+    b"container",
+    b"runtime",
+    b"initrd",
+    b"busybox",
+    b"static",
+    b"library",
+    b"\n",
+]
 
 
 def synth_data(rng: random.Random, size: int, compressible: bool) -> bytes:
@@ -37,8 +51,15 @@ def synth_data(rng: random.Random, size: int, compressible: bool) -> bytes:
     return bytes(out[:size])
 
 
-def write_layer_tar(path: Path, rng: random.Random, total: int, *, prefix: str,
-                    file_size: tuple[int, int], links: bool = True) -> int:
+def write_layer_tar(
+    path: Path,
+    rng: random.Random,
+    total: int,
+    *,
+    prefix: str,
+    file_size: tuple[int, int],
+    links: bool = True,
+) -> int:
     """A layer tar of about ``total`` bytes of file data, streamed to ``path``."""
     written = 0
     count = 0
@@ -68,9 +89,14 @@ def write_layer_tar(path: Path, rng: random.Random, total: int, *, prefix: str,
     return written
 
 
-def make_images(store_root: Path, work: Path, total_mb: int, *,
-                file_size: tuple[int, int] = (2_000, 400_000),
-                compression: str = "gzip") -> str:
+def make_images(
+    store_root: Path,
+    work: Path,
+    total_mb: int,
+    *,
+    file_size: tuple[int, int] = (2_000, 400_000),
+    compression: str = "gzip",
+) -> str:
     """Write a kernel image, an init image and a service image (about ``total_mb`` MB of
     root in all) into a store at ``store_root``; return the spec file's path."""
     from provision.oci.imagebuild import tar_layer_from_entries, write_image
@@ -79,9 +105,15 @@ def make_images(store_root: Path, work: Path, total_mb: int, *,
     store = ImageStore(store_root)
     rng = random.Random(20240601)
     total = total_mb * 1_000_000
-    kernel = tar_layer_from_entries([("kernel", rng.randbytes(2_000_000)),
-                                     ("kernel.tar", tar_layer_from_entries([
-                                         ("lib/modules/6.1/m.ko", rng.randbytes(100_000))]))])
+    kernel = tar_layer_from_entries(
+        [
+            ("kernel", rng.randbytes(2_000_000)),
+            (
+                "kernel.tar",
+                tar_layer_from_entries([("lib/modules/6.1/m.ko", rng.randbytes(100_000))]),
+            ),
+        ]
+    )
     write_image(store, "bench.test/kernel:1", [kernel], {}, compression=compression)  # type: ignore[arg-type]
     init_layers = []
     for index, share in enumerate((0.5, 0.3)):
@@ -91,8 +123,9 @@ def make_images(store_root: Path, work: Path, total_mb: int, *,
     write_image(store, "bench.test/init:1", init_layers, {}, compression=compression)  # type: ignore[arg-type]
     service = work / "service.tar"
     write_layer_tar(service, rng, int(total * 0.2), prefix="app", file_size=file_size)
-    write_image(store, "bench.test/app:1", [service], {"Cmd": ["/app/bin/f00000"]},
-                compression=compression)  # type: ignore[arg-type]
+    write_image(
+        store, "bench.test/app:1", [service], {"Cmd": ["/app/bin/f00000"]}, compression=compression
+    )  # type: ignore[arg-type]
     for layer in (*init_layers, service):
         layer.unlink()
     spec = work / "bench.yml"
@@ -110,8 +143,14 @@ def time_build(spec: str, store_root: Path, outdir: Path, compress: str) -> floa
     from provision.oci.store import ImageStore
 
     start = time.perf_counter()
-    build_image([spec], store=ImageStore(store_root), formats="kernel+initrd", outdir=outdir,
-                pull="never", compress=parse_compression(compress))
+    build_image(
+        [spec],
+        store=ImageStore(store_root),
+        formats="kernel+initrd",
+        outdir=outdir,
+        pull="never",
+        compress=parse_compression(compress),
+    )
     return time.perf_counter() - start
 
 
@@ -128,7 +167,7 @@ def time_floor(cpio: bytes, compress: str) -> float:
     start = time.perf_counter()
     view = memoryview(cpio)
     for offset in range(0, len(cpio), 1 << 20):
-        codec.compress(bytes(view[offset:offset + (1 << 20)]))
+        codec.compress(bytes(view[offset : offset + (1 << 20)]))
     codec.flush()
     return time.perf_counter() - start
 
@@ -155,12 +194,16 @@ def main() -> int:
                 floors.append(time_floor(cpio, compress))
             build, floor = min(builds), min(floors)
             rows.append((compress, len(cpio), build, floor, build / floor))
-    print(f"{'compress':<10} {'root (cpio)':>12} {'build s':>9} {'floor s':>9} {'ratio':>7}"
-          f"  goal <= 1.30")
+    print(
+        f"{'compress':<10} {'root (cpio)':>12} {'build s':>9} {'floor s':>9} {'ratio':>7}"
+        f"  goal <= 1.30"
+    )
     for compress, size, build, floor, ratio in rows:
         verdict = "ok" if ratio <= 1.3 else "OVER"
-        print(f"{compress:<10} {size / 1e6:>10.1f}MB {build:>9.2f} {floor:>9.2f} "
-              f"{ratio:>6.2f}x  {verdict}")
+        print(
+            f"{compress:<10} {size / 1e6:>10.1f}MB {build:>9.2f} {floor:>9.2f} "
+            f"{ratio:>6.2f}x  {verdict}"
+        )
     print(f"(best of {args.runs} runs each; {os.cpu_count()} CPUs)")
     return 0
 

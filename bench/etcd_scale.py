@@ -50,14 +50,24 @@ from provision.reconcile.provider import (  # noqa: E402
 from provision.reconcile.shards import shard_owner  # noqa: E402
 from provision.reconcile.spec import config_digest  # noqa: E402
 
-SAMPLE = re.compile(r'^(provision_[a-z_]+)\{([^}]*)\} (\S+)$', re.M)
+SAMPLE = re.compile(r"^(provision_[a-z_]+)\{([^}]*)\} (\S+)$", re.M)
 
 
 def write_spec(path: Path, url: str, groups: int, size: int) -> None:
-    lines = ["cluster: bench", "providers:", f'  sim: {{type: simulated-http, options: {{url: "{url}"}}}}', "groups:"]
+    lines = [
+        "cluster: bench",
+        "providers:",
+        f'  sim: {{type: simulated-http, options: {{url: "{url}"}}}}',
+        "groups:",
+    ]
     for g in range(groups):
-        lines += [f"  - name: g{g:03d}", "    provider: sim", "    image: img-1", f"    size: {size}",
-                  "    update: {maxSurge: 10%, maxUnavailable: 0}"]
+        lines += [
+            f"  - name: g{g:03d}",
+            "    provider: sim",
+            "    image: img-1",
+            f"    size: {size}",
+            "    update: {maxSurge: 10%, maxUnavailable: 0}",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -67,18 +77,60 @@ def seed(cloud: SimulatedCloud, journal: str, groups: int, size: int) -> None:
         group = f"g{g:03d}"
         for n in range(1, size + 1):
             slot = f"{n:05d}"
-            tags = {TAG_CLUSTER: "bench", TAG_GROUP: group, TAG_SLOT: slot, TAG_CONFIG: config, TAG_EPOCH: "1", TAG_JOURNAL: journal}
-            cloud.create(CreateRequest(f"bench/{group}/{slot}/seed", f"bench-{group}-{slot}", "img-1", {}, tags, 1))
+            tags = {
+                TAG_CLUSTER: "bench",
+                TAG_GROUP: group,
+                TAG_SLOT: slot,
+                TAG_CONFIG: config,
+                TAG_EPOCH: "1",
+                TAG_JOURNAL: journal,
+            }
+            cloud.create(
+                CreateRequest(
+                    f"bench/{group}/{slot}/seed", f"bench-{group}-{slot}", "img-1", {}, tags, 1
+                )
+            )
 
 
 class Daemon:
-    def __init__(self, spec: Path, journal: str, owner: str, lease: float, interval: float, resync: float, log: Path) -> None:
+    def __init__(
+        self,
+        spec: Path,
+        journal: str,
+        owner: str,
+        lease: float,
+        interval: float,
+        resync: float,
+        log: Path,
+    ) -> None:
         self.owner = owner
         self.log = log
-        argv = [sys.executable, "-m", "provision", "daemon", str(spec), "--journal", journal, "--owner", owner,
-                "--listen", "127.0.0.1:0", "--lease", str(lease), "--interval", str(interval), "--resync", str(resync)]
+        argv = [
+            sys.executable,
+            "-m",
+            "provision",
+            "daemon",
+            str(spec),
+            "--journal",
+            journal,
+            "--owner",
+            owner,
+            "--listen",
+            "127.0.0.1:0",
+            "--lease",
+            str(lease),
+            "--interval",
+            str(interval),
+            "--resync",
+            str(resync),
+        ]
         with open(log, "w") as out:
-            self.proc = subprocess.Popen(argv, stderr=out, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            self.proc = subprocess.Popen(
+                argv,
+                stderr=out,
+                stdout=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
         self.address = ""
 
     def metrics(self) -> dict[tuple[str, str], float]:
@@ -93,7 +145,9 @@ class Daemon:
             text = requests.get(f"http://{self.address}/metrics", timeout=10).text
         except requests.RequestException:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon {self.owner} ended ({self.proc.returncode}): {self.log.read_text()[-3000:]}") from None
+                raise RuntimeError(
+                    f"daemon {self.owner} ended ({self.proc.returncode}): {self.log.read_text()[-3000:]}"
+                ) from None
             return {}
         out: dict[tuple[str, str], float] = {}
         for name, labels, value in SAMPLE.findall(text):
@@ -129,7 +183,9 @@ def main() -> int:
     parser.add_argument("--page-size", type=int, default=500)
     parser.add_argument("--daemons", type=int, default=3)
     parser.add_argument("--lease", type=float, default=5.0)
-    parser.add_argument("--interval", type=float, default=600.0, help="between passes; rounds come from --resync")
+    parser.add_argument(
+        "--interval", type=float, default=600.0, help="between passes; rounds come from --resync"
+    )
     parser.add_argument("--resync", type=float, default=15.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -144,10 +200,17 @@ def main() -> int:
         identity = EtcdStore(parse_etcd_location(journal)).identity()
         started = time.perf_counter()
         seed(cloud, identity, args.groups, args.size)
-        print(f"seeded {args.groups} x {args.size} machines in {time.perf_counter() - started:.1f} s; page size {args.page_size}")
+        print(
+            f"seeded {args.groups} x {args.size} machines in {time.perf_counter() - started:.1f} s; page size {args.page_size}"
+        )
         spec = root / "cluster.yml"
         write_spec(spec, url, args.groups, args.size)
-        daemons = [Daemon(spec, journal, f"d{i}", args.lease, args.interval, args.resync, root / f"d{i}.log") for i in range(args.daemons)]
+        daemons = [
+            Daemon(
+                spec, journal, f"d{i}", args.lease, args.interval, args.resync, root / f"d{i}.log"
+            )
+            for i in range(args.daemons)
+        ]
         try:
             return measure(args, daemons, cloud)
         finally:
@@ -170,15 +233,26 @@ def measure(args: argparse.Namespace, daemons: list[Daemon], cloud: SimulatedClo
         snaps = [d.metrics() for d in daemons]
         passes = [per_group(s, "provision_reconcile_passes_total") for s in snaps]
         mine = [owned(s) for s in snaps]
-        expected = [{g for g in groups if shard_owner(g, [d.owner for d in daemons]) == d.owner} for d in daemons]
+        expected = [
+            {g for g in groups if shard_owner(g, [d.owner for d in daemons]) == d.owner}
+            for d in daemons
+        ]
         if mine == expected and all(
-                all(p.get(g, 0) >= 1 for g in m) for p, m in zip(passes, mine, strict=True)):
+            all(p.get(g, 0) >= 1 for g in m) for p, m in zip(passes, mine, strict=True)
+        ):
             break
         if time.monotonic() > deadline:
-            print("groups never settled:", [len(m) for m in mine], daemons[0].address, daemons[0].log.read_text()[-1500:])
+            print(
+                "groups never settled:",
+                [len(m) for m in mine],
+                daemons[0].address,
+                daemons[0].log.read_text()[-1500:],
+            )
             return 1
         time.sleep(0.5)
-    print(f"{len(daemons)} daemons own {[len(m) for m in mine]} groups; creates {cloud.stats.creates} (steady: no work)")
+    print(
+        f"{len(daemons)} daemons own {[len(m) for m in mine]} groups; creates {cloud.stats.creates} (steady: no work)"
+    )
     # Rounds: a resync wakes every group of a daemon at once; watch each daemon until all its
     # groups passed again, at 50 ms resolution.
     round_times: list[float] = []
@@ -211,11 +285,23 @@ def measure(args: argparse.Namespace, daemons: list[Daemon], cloud: SimulatedClo
             for g in mine[i]:
                 n = counts.get(g, 0) - base_passes[i].get(g, 0)
                 if n:
-                    pass_times.append((seconds.get(g, 0) - per_group(base[i], "provision_pass_seconds_sum").get(g, 0)) / n)
+                    pass_times.append(
+                        (
+                            seconds.get(g, 0)
+                            - per_group(base[i], "provision_pass_seconds_sum").get(g, 0)
+                        )
+                        / n
+                    )
             n_passes = sum(counts.get(g, 0) - base_passes[i].get(g, 0) for g in mine[i])
             if n_passes:
                 per_pass_calls.append((calls(after[i]) - calls(base[i])) / n_passes)
-                per_pass_etcd.append((after[i].get(("provision_etcd_requests_total", ""), 0) - base[i].get(("provision_etcd_requests_total", ""), 0)) / n_passes)
+                per_pass_etcd.append(
+                    (
+                        after[i].get(("provision_etcd_requests_total", ""), 0)
+                        - base[i].get(("provision_etcd_requests_total", ""), 0)
+                    )
+                    / n_passes
+                )
             start, end = first_seen[i], done_at[i]
             if start is not None and end is not None:
                 # the round began when the first finished pass started: its duration before it was seen
@@ -223,14 +309,22 @@ def measure(args: argparse.Namespace, daemons: list[Daemon], cloud: SimulatedClo
                 first = max(seconds.get(g, 0) - spent.get(g, 0) for g in first_groups[i])
                 round_times.append(end - start + first)
     pass_times.sort()
-    print(f"steady pass per group ({args.size} machines): mean {1000 * sum(pass_times) / len(pass_times):.0f} ms, "
-          f"median {1000 * pass_times[len(pass_times) // 2]:.0f} ms, max {1000 * pass_times[-1]:.0f} ms ({len(pass_times)} passes)")
-    print(f"a whole round on one daemon (its ~{args.groups // len(daemons)} groups woken at once, until the last pass ends; "
-          f"the three run side by side): median {sorted(round_times)[len(round_times) // 2]:.2f} s, max {max(round_times):.2f} s "
-          f"({len(round_times)} rounds)")
+    print(
+        f"steady pass per group ({args.size} machines): mean {1000 * sum(pass_times) / len(pass_times):.0f} ms, "
+        f"median {1000 * pass_times[len(pass_times) // 2]:.0f} ms, max {1000 * pass_times[-1]:.0f} ms ({len(pass_times)} passes)"
+    )
+    print(
+        f"a whole round on one daemon (its ~{args.groups // len(daemons)} groups woken at once, until the last pass ends; "
+        f"the three run side by side): median {sorted(round_times)[len(round_times) // 2]:.2f} s, max {max(round_times):.2f} s "
+        f"({len(round_times)} rounds)"
+    )
     pages = -(-args.size // args.page_size)
-    print(f"provider calls per pass: {sum(per_pass_calls) / len(per_pass_calls):.2f} ({pages} pages of {args.page_size}; 0 mutating)")
-    print(f"etcd round trips per pass: {sum(per_pass_etcd) / len(per_pass_etcd):.2f} (the pass's journal reads, plus renewals and shard checks)")
+    print(
+        f"provider calls per pass: {sum(per_pass_calls) / len(per_pass_calls):.2f} ({pages} pages of {args.page_size}; 0 mutating)"
+    )
+    print(
+        f"etcd round trips per pass: {sum(per_pass_etcd) / len(per_pass_etcd):.2f} (the pass's journal reads, plus renewals and shard checks)"
+    )
     # Fail-over: kill the daemon with the most groups.
     victim = max(range(len(daemons)), key=lambda i: len(mine[i]))
     lost = mine[victim]
@@ -252,8 +346,10 @@ def measure(args: argparse.Namespace, daemons: list[Daemon], cloud: SimulatedClo
             break
         time.sleep(0.05)
     took = time.monotonic() - killed
-    print(f"fail-over: killed {daemons[victim].owner} ({len(lost)} groups); all claimed after {claimed_at or float('nan'):.2f} s, "
-          f"all passed on survivors after {took:.2f} s (lease {args.lease:g} s)")
+    print(
+        f"fail-over: killed {daemons[victim].owner} ({len(lost)} groups); all claimed after {claimed_at or float('nan'):.2f} s, "
+        f"all passed on survivors after {took:.2f} s (lease {args.lease:g} s)"
+    )
     return 0
 
 

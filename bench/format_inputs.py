@@ -72,17 +72,27 @@ def bytes_written() -> int:
     raise RuntimeError("no wchar in /proc/self/io")
 
 
-def build_once(store: ImageStore, spec: Path, fmt: str, registry: Mapping[str, FormatWriter],
-               out: Path) -> tuple[float, int, list[str]]:
+def build_once(
+    store: ImageStore, spec: Path, fmt: str, registry: Mapping[str, FormatWriter], out: Path
+) -> tuple[float, int, list[str]]:
     said: list[str] = []
     before, start = bytes_written(), time.perf_counter()
-    build_image([spec], store=store, formats=fmt, outdir=out, pull="never", registry=registry,
-                progress=said.append)
+    build_image(
+        [spec],
+        store=store,
+        formats=fmt,
+        outdir=out,
+        pull="never",
+        registry=registry,
+        progress=said.append,
+    )
     return time.perf_counter() - start, bytes_written() - before, said
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--format", default="raw-efi")
     parser.add_argument("--spec", type=Path, default=REPO / "examples" / "web.yml")
     parser.add_argument("--store", type=Path)
@@ -103,12 +113,16 @@ def main() -> int:
                 if index:  # the first round warms the page cache and lazy imports
                     runs[name].append((seconds, written))
                 steps[name] = [m for m in said if m.startswith("write ")][:3]
-                outputs[name] = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.endswith(".json")}
+                outputs[name] = {
+                    p.name: p.read_bytes() for p in out.iterdir() if not p.name.endswith(".json")
+                }
     if outputs["declared inputs"] != outputs["every input"]:
         print("the outputs differ between the variants", file=sys.stderr)
         return 1
-    print(f"provision build -f {args.format} {args.spec.name} (store {store.root}), median of {args.repeat}, "
-          "alternating")
+    print(
+        f"provision build -f {args.format} {args.spec.name} (store {store.root}), median of {args.repeat}, "
+        "alternating"
+    )
     print(f"{'variant':<18}{'median s':>9}{'best s':>9}{'MiB written':>13}  intermediates")
     medians: dict[str, tuple[float, float, float]] = {}
     for name, results in runs.items():
@@ -116,9 +130,13 @@ def main() -> int:
         best = min(s for s, _ in results)
         median_bytes = statistics.median(w for _, w in results)
         medians[name] = (median, best, median_bytes)
-        print(f"{name:<18}{median:>9.3f}{best:>9.3f}{median_bytes / 2**20:>13.1f}  {', '.join(steps[name])}")
+        print(
+            f"{name:<18}{median:>9.3f}{best:>9.3f}{median_bytes / 2**20:>13.1f}  {', '.join(steps[name])}"
+        )
     (a_s, a_b, a_w), (b_s, b_b, b_w) = medians["declared inputs"], medians["every input"]
-    print(f"{'ratio':<18}{a_s / b_s:>9.2f}{a_b / b_b:>9.2f}{a_w / b_w:>13.2f}  (declared / every input)")
+    print(
+        f"{'ratio':<18}{a_s / b_s:>9.2f}{a_b / b_b:>9.2f}{a_w / b_w:>13.2f}  (declared / every input)"
+    )
     print("outputs identical in both variants")
     return 0
 

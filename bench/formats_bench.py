@@ -45,26 +45,47 @@ REPO = Path(__file__).resolve().parent.parent
 WEB_SPEC = REPO / "examples" / "web.yml"
 E2E_STORE = Path(os.environ.get("PROVISION_E2E_CACHE", "/var/tmp/provision-e2e-oci"))
 FORMATS_BENCHED = [
-    "iso-bios", "iso-efi", "iso-efi-initrd", "raw-bios", "raw-efi", "qcow2-bios", "qcow2-efi", "vhd",
-    "dynamic-vhd", "vmdk", "gcp", "aws", "kernel+squashfs", "kernel+erofs",
+    "iso-bios",
+    "iso-efi",
+    "iso-efi-initrd",
+    "raw-bios",
+    "raw-efi",
+    "qcow2-bios",
+    "qcow2-efi",
+    "vhd",
+    "dynamic-vhd",
+    "vmdk",
+    "gcp",
+    "aws",
+    "kernel+squashfs",
+    "kernel+erofs",
 ]
 
 
 def default_inputs(work: Path) -> BootInputs:
     sys.path[:0] = [str(REPO / "tests" / "formats"), str(REPO / "tests")]
-    testkit = importlib.import_module("formats_testkit")  # the tests' tiny inputs: host kernel + busybox initrd
+    testkit = importlib.import_module(
+        "formats_testkit"
+    )  # the tests' tiny inputs: host kernel + busybox initrd
 
     kernel = testkit.find_kernel()
     (work / "kernel").write_bytes(kernel.read_bytes())
     testkit.write_test_initrd(work / "initrd.img", kernel)
     testkit.write_test_rootfs(work / "rootfs.tar")
     return BootInputs(
-        work / "kernel", work / "initrd.img", testkit.CMDLINE, work / "rootfs.tar",
-        testkit.DIGEST, testkit.EPOCH, "bench",
+        work / "kernel",
+        work / "initrd.img",
+        testkit.CMDLINE,
+        work / "rootfs.tar",
+        testkit.DIGEST,
+        testkit.EPOCH,
+        "bench",
     )
 
 
-def timed(fn: Callable[[], object], repeat: int, setup: Callable[[], object] | None = None) -> float:
+def timed(
+    fn: Callable[[], object], repeat: int, setup: Callable[[], object] | None = None
+) -> float:
     """Median wall time of ``repeat`` runs (``setup`` runs before each, untimed)."""
     times = []
     for _ in range(repeat):
@@ -113,7 +134,9 @@ def stage_of(message: str) -> str | None:
     return None
 
 
-def build_web_once(store: ImageStore, spec: Path, out: Path, options: FormatOptions) -> dict[str, float]:
+def build_web_once(
+    store: ImageStore, spec: Path, out: Path, options: FormatOptions
+) -> dict[str, float]:
     """One build of every format; seconds per stage, and "all formats" for the whole call."""
     marks: list[tuple[float, str]] = []
 
@@ -123,8 +146,15 @@ def build_web_once(store: ImageStore, spec: Path, out: Path, options: FormatOpti
             marks.append((time.perf_counter(), stage))
 
     start = time.perf_counter()
-    build_image([spec], store=store, formats=FORMATS_BENCHED, outdir=out, pull="never", size=options.size,
-                progress=progress)
+    build_image(
+        [spec],
+        store=store,
+        formats=FORMATS_BENCHED,
+        outdir=out,
+        pull="never",
+        size=options.size,
+        progress=progress,
+    )
     end = time.perf_counter()
     stages: dict[str, float] = {}
     for (at, stage), (until, _next) in zip(marks, [*marks[1:], (end, "")], strict=True):
@@ -133,7 +163,9 @@ def build_web_once(store: ImageStore, spec: Path, out: Path, options: FormatOpti
     return stages
 
 
-def bench_web(store: ImageStore, spec: Path, work: Path, repeat: int, options: FormatOptions) -> tuple[Path, str, int]:
+def bench_web(
+    store: ImageStore, spec: Path, work: Path, repeat: int, options: FormatOptions
+) -> tuple[Path, str, int]:
     """Print the stage times of building every format of ``spec``; return the raw (aws) disk,
     the image digest and the epoch of the last build."""
     out = work / "web-0"
@@ -146,8 +178,10 @@ def bench_web(store: ImageStore, spec: Path, work: Path, repeat: int, options: F
     sizes = {e["format"]: 0 for e in manifest["outputs"]}
     for entry in manifest["outputs"]:
         sizes[entry["format"]] += entry["size"]
-    print(f"{spec.name}: all {len(FORMATS_BENCHED)} formats in one build from a warm cache "
-          f"(store {store.root}), median of {repeat}")
+    print(
+        f"{spec.name}: all {len(FORMATS_BENCHED)} formats in one build from a warm cache "
+        f"(store {store.root}), median of {repeat}"
+    )
     print(f"{'stage':<20}{'seconds':>9}{'MiB':>9}")
     for stage in runs[0]:
         seconds = statistics.median(run.get(stage, 0.0) for run in runs)
@@ -188,7 +222,9 @@ def bench_tiny(inputs: BootInputs, work: Path, repeat: int, options: FormatOptio
 
 
 def bench_conversions(raw: Path, digest: str, epoch: int, work: Path, repeat: int) -> None:
-    print(f"\nraw disk {raw.stat().st_size / 2**20:.0f} MiB; conversion steps (median of {repeat}):")
+    print(
+        f"\nraw disk {raw.stat().st_size / 2**20:.0f} MiB; conversion steps (median of {repeat}):"
+    )
     print(f"{'step':<14}{'provision':>11}{'qemu-img':>10}{'ratio':>8}")
     uid = derive_uuid(digest, "vhd")
     cid = derive_hex32(digest, "vmdk-cid")
@@ -201,14 +237,30 @@ def bench_conversions(raw: Path, digest: str, epoch: int, work: Path, repeat: in
         (write_dynamic_vhd if dynamic else write_fixed_vhd)(copy, work / "o.vhd", uid, epoch)
 
     steps: list[tuple[str, Callable[[], None], Callable[[], None], Callable[[], None] | None]] = [
-        ("raw->qcow2", lambda: write_qemu_img(raw, work / "o.qcow2", "qcow2"),
-         lambda: qemu_convert(raw, work / "q.qcow2", "qcow2", None), None),
-        ("raw->vmdk", lambda: write_vmdk(raw, work / "o.vmdk", cid=cid),
-         lambda: qemu_convert(raw, work / "q.vmdk", "vmdk", "subformat=streamOptimized"), None),
-        ("raw->vhd", lambda: vhd_ours(False),
-         lambda: qemu_convert(raw, work / "q.vhd", "vpc", "subformat=fixed,force_size"), copy_raw),
-        ("raw->dyn-vhd", lambda: vhd_ours(True),
-         lambda: qemu_convert(raw, work / "q.vhd", "vpc", "subformat=dynamic,force_size"), copy_raw),
+        (
+            "raw->qcow2",
+            lambda: write_qemu_img(raw, work / "o.qcow2", "qcow2"),
+            lambda: qemu_convert(raw, work / "q.qcow2", "qcow2", None),
+            None,
+        ),
+        (
+            "raw->vmdk",
+            lambda: write_vmdk(raw, work / "o.vmdk", cid=cid),
+            lambda: qemu_convert(raw, work / "q.vmdk", "vmdk", "subformat=streamOptimized"),
+            None,
+        ),
+        (
+            "raw->vhd",
+            lambda: vhd_ours(False),
+            lambda: qemu_convert(raw, work / "q.vhd", "vpc", "subformat=fixed,force_size"),
+            copy_raw,
+        ),
+        (
+            "raw->dyn-vhd",
+            lambda: vhd_ours(True),
+            lambda: qemu_convert(raw, work / "q.vhd", "vpc", "subformat=dynamic,force_size"),
+            copy_raw,
+        ),
     ]
     for name, ours, theirs, setup in steps:
         a = timed(ours, repeat, setup)
@@ -217,7 +269,9 @@ def bench_conversions(raw: Path, digest: str, epoch: int, work: Path, repeat: in
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mode", choices=("auto", "web", "tiny"), default="auto")
     parser.add_argument("--store", type=Path, help="image store holding the components (web mode)")
     parser.add_argument("--spec", type=Path, default=WEB_SPEC, help="image spec of web mode")
@@ -233,7 +287,10 @@ def main() -> int:
     if args.mode != "tiny" and not (args.kernel and args.initrd):
         store = find_web_store(args.store, args.spec)
         if store is None and args.mode == "web":
-            print(f"the components of {args.spec} are not in the store: provision pkg build --all", file=sys.stderr)
+            print(
+                f"the components of {args.spec} are not in the store: provision pkg build --all",
+                file=sys.stderr,
+            )
             return 1
     with tempfile.TemporaryDirectory(prefix="formats-bench-") as tmp:
         work = Path(tmp)
@@ -241,8 +298,15 @@ def main() -> int:
             raw, digest, epoch = bench_web(store, args.spec, work, args.repeat, options)
         else:
             if args.kernel and args.initrd:
-                inputs = BootInputs(args.kernel, args.initrd, args.cmdline, args.rootfs_tar,
-                                    "sha256:" + "0" * 64, 1700000000, "bench")
+                inputs = BootInputs(
+                    args.kernel,
+                    args.initrd,
+                    args.cmdline,
+                    args.rootfs_tar,
+                    "sha256:" + "0" * 64,
+                    1700000000,
+                    "bench",
+                )
             else:
                 inputs = default_inputs(work)
             raw = bench_tiny(inputs, work, args.repeat, options)

@@ -45,22 +45,48 @@ def _free_port() -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--manifest", type=Path)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="gcp-bench-"))
     manifest = args.manifest
     if manifest is None:
-        subprocess.run([sys.executable, "-m", "provision", "build", "-f", "gcp", str(ROOT / "examples" / "web.yml"),
-                        "-o", str(scratch / "out")], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "provision",
+                "build",
+                "-f",
+                "gcp",
+                str(ROOT / "examples" / "web.yml"),
+                "-o",
+                str(scratch / "out"),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         manifest = scratch / "out" / "web.manifest.json"
     artifact = read_artifact(manifest, "gcp")
     tarball = artifact.files[0]
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    emulator = subprocess.Popen([str(Path(sys.executable).with_name("gcp-storage-emulator")), "start", "-H", "127.0.0.1",
-                                 "--port", str(port), "--in-memory"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    emulator = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("gcp-storage-emulator")),
+            "start",
+            "-H",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--in-memory",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.environ["STORAGE_EMULATOR_HOST"] = url
     creds = AnonymousCredentials()  # type: ignore[no-untyped-call]
     try:
@@ -82,7 +108,9 @@ def main() -> int:
         with serve_fake_gce(url, polls=0) as fake:
             push = GcpPush(PROJECT, BUCKET, sessions=scratch / "sessions")
             clients = gce_clients(fake.url, creds)
-            for run in range(args.runs + 1):  # the first run warms caches and connections: not counted
+            for run in range(
+                args.runs + 1
+            ):  # the first run warms caches and connections: not counted
                 fresh()
                 started = time.perf_counter()
                 client.bucket(BUCKET).blob(f"floor-{run}").upload_from_filename(str(tarball))
@@ -103,11 +131,17 @@ def main() -> int:
                     reuse = max(reuse, time.perf_counter() - started)
         size = tarball.stat().st_size / 2**20
         print(f"tarball {tarball.name}: {size:.1f} MiB, {args.runs} runs each")
-        print(f"floor (upload_from_filename): best {min(floors):.3f} s, median {statistics.median(floors):.3f} s")
-        print(f"push (upload + images.insert): best {min(pushes):.3f} s, median {statistics.median(pushes):.3f} s")
+        print(
+            f"floor (upload_from_filename): best {min(floors):.3f} s, median {statistics.median(floors):.3f} s"
+        )
+        print(
+            f"push (upload + images.insert): best {min(pushes):.3f} s, median {statistics.median(pushes):.3f} s"
+        )
         ratio = min(pushes) / min(floors)
-        print(f"push / floor (best): {ratio:.2f} (goal <= 1.1); "
-              f"median ratio {statistics.median(pushes) / statistics.median(floors):.2f}")
+        print(
+            f"push / floor (best): {ratio:.2f} (goal <= 1.1); "
+            f"median ratio {statistics.median(pushes) / statistics.median(floors):.2f}"
+        )
         print(f"rerun (reuse), slowest: {reuse:.3f} s (goal < 1 s)")
         return 0 if ratio <= 1.1 and reuse < 1.0 else 1
     finally:

@@ -57,7 +57,11 @@ def main() -> int:
         try:
             source = ImageStore(work / "source")
             image = make_layered_image(
-                source, "bench:1", args.layers, int(args.layer_mb * 1e6), seed=1,
+                source,
+                "bench:1",
+                args.layers,
+                int(args.layer_mb * 1e6),
+                seed=1,
                 compression="gzip",
             )
             ref = f"{registry.host}/bench/app:1"
@@ -70,16 +74,37 @@ def main() -> int:
 
             def provision_command(n: int) -> None:
                 subprocess.run(
-                    [sys.executable, "-m", "provision", "cache", "--cache",
-                     str(work / f"cli-{n}"), "pull", "-q", "-j", str(args.parallel), ref],
-                    check=True, env=env, stdout=subprocess.DEVNULL,
+                    [
+                        sys.executable,
+                        "-m",
+                        "provision",
+                        "cache",
+                        "--cache",
+                        str(work / f"cli-{n}"),
+                        "pull",
+                        "-q",
+                        "-j",
+                        str(args.parallel),
+                        ref,
+                    ],
+                    check=True,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
                 )
 
             def skopeo(n: int) -> None:
                 subprocess.run(
-                    ["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
-                     f"docker://{ref}", f"oci:{work / f'skopeo-{n}'}:bench"],
-                    check=True, stdout=subprocess.DEVNULL,
+                    [
+                        "skopeo",
+                        "--insecure-policy",
+                        "copy",
+                        "--quiet",
+                        "--src-tls-verify=false",
+                        f"docker://{ref}",
+                        f"oci:{work / f'skopeo-{n}'}:bench",
+                    ],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
                 )
 
             def library(n: int) -> None:
@@ -88,12 +113,26 @@ def main() -> int:
 
             def startup(_n: int) -> None:
                 subprocess.run(
-                    [sys.executable, "-m", "provision", "cache", "--cache", str(work / "none"),
-                     "ls"], check=True, env=env, stdout=subprocess.DEVNULL,
+                    [
+                        sys.executable,
+                        "-m",
+                        "provision",
+                        "cache",
+                        "--cache",
+                        str(work / "none"),
+                        "ls",
+                    ],
+                    check=True,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
                 )
 
-            runners = {"provision cache pull": provision_command, "skopeo copy": skopeo,
-                       "library pull": library, "provision start-up": startup}
+            runners = {
+                "provision cache pull": provision_command,
+                "skopeo copy": skopeo,
+                "library pull": library,
+                "provision start-up": startup,
+            }
             times: dict[str, list[float]] = {name: [] for name in runners}
             for n in range(args.runs + 1):
                 order = list(runners) if n % 2 == 0 else list(reversed(runners))

@@ -46,7 +46,9 @@ def main() -> int:
         store = SqliteStore(Path(tmp) / "journal.db")
 
         def engine_for(image: str) -> Engine:
-            spec = parse_cluster_spec(SPEC.format(image=image, size=args.size, surge=args.surge), "<bench>")
+            spec = parse_cluster_spec(
+                SPEC.format(image=image, size=args.size, surge=args.surge), "<bench>"
+            )
             engine = Engine(spec, {"sim": provider}, store, clock)
             engine.acquire()
             return engine
@@ -67,15 +69,24 @@ def main() -> int:
             before = counter.total
             started = time.perf_counter()
             (result,) = engine.reconcile()
-            samples.append((time.perf_counter() - started, counter.total - before, counter.mutating))
+            samples.append(
+                (time.perf_counter() - started, counter.total - before, counter.mutating)
+            )
             assert result.converged
         best = min(s[0] for s in samples)
         calls = samples[-1][1]
         pages = -(-args.size // args.page_size)
-        print(f"steady-state pass: {best * 1000:.0f} ms (best of 5, median {sorted(s[0] for s in samples)[2] * 1000:.0f} ms), "
-              f"{calls} provider calls for {pages} pages, 0 mutating")
-        converge(engine_for("img-2"), f"rolling update of {args.size} (maxSurge {args.surge}, maxUnavailable 0)")
-        print(f"cloud: {cloud.stats.creates} creates, {cloud.stats.destroys} destroys, {len(cloud.live())} live")
+        print(
+            f"steady-state pass: {best * 1000:.0f} ms (best of 5, median {sorted(s[0] for s in samples)[2] * 1000:.0f} ms), "
+            f"{calls} provider calls for {pages} pages, 0 mutating"
+        )
+        converge(
+            engine_for("img-2"),
+            f"rolling update of {args.size} (maxSurge {args.surge}, maxUnavailable 0)",
+        )
+        print(
+            f"cloud: {cloud.stats.creates} creates, {cloud.stats.destroys} destroys, {len(cloud.live())} live"
+        )
         store.close()
     return 0
 

@@ -65,14 +65,34 @@ http {{ access_log off; sendfile on; tcp_nopush on; client_body_temp_path {work}
   proxy_temp_path {work}/nginx; fastcgi_temp_path {work}/nginx; uwsgi_temp_path {work}/nginx; scgi_temp_path {work}/nginx;
   server {{ listen 127.0.0.1:{port}; location /files/ {{ alias {root}/; }} }} }}
 """)
-    return subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", str(conf), "-p", str(work / "nginx")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        ["taskset", "-c", "0", "nginx", "-c", str(conf), "-p", str(work / "nginx")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def start_serve(work: Path, root: Path, lab: Path, port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "provision", "serve", "--lab", str(lab),
-                             "--root", str(root), "--listen", f"127.0.0.1:{port}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            "0",
+            sys.executable,
+            "-m",
+            "provision",
+            "serve",
+            "--lab",
+            str(lab),
+            "--root",
+            str(root),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def server_pid(process: subprocess.Popen[bytes]) -> int:
@@ -87,8 +107,21 @@ def server_pid(process: subprocess.Popen[bytes]) -> int:
 
 def wrk(url: str, seconds: float, connections: int) -> float:
     """Bytes per second wrk read from ``url``."""
-    done = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", url],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     match = re.search(r"Transfer/sec:\s+([\d.]+)([KMG]?B)", done.stdout)
     assert match, done.stdout
     unit = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[match.group(2)]
@@ -98,14 +131,20 @@ def wrk(url: str, seconds: float, connections: int) -> float:
 def throughput(args: argparse.Namespace, work: Path, root: Path, lab: Path) -> None:
     servers = {"provision serve": start_serve, "nginx": None}
     ports = {"provision serve": free_port(), "nginx": free_port()}
-    procs = {"provision serve": start_serve(work, root, lab, ports["provision serve"]),
-             "nginx": start_nginx(work, root, ports["nginx"])}
+    procs = {
+        "provision serve": start_serve(work, root, lab, ports["provision serve"]),
+        "nginx": start_nginx(work, root, ports["nginx"]),
+    }
     try:
         for name in servers:
             wait_up(f"http://127.0.0.1:{ports[name]}/files/web-kernel")
             for file, size in SIZES.items():  # both really serve the files
                 got = requests.get(f"http://127.0.0.1:{ports[name]}/files/{file}", timeout=30)
-                assert got.status_code == 200 and len(got.content) == size, (name, file, got.status_code)
+                assert got.status_code == 200 and len(got.content) == size, (
+                    name,
+                    file,
+                    got.status_code,
+                )
         rates: dict[str, list[float]] = {name: [] for name in servers}
         cost: dict[str, list[float]] = {name: [] for name in servers}
         for _round in range(args.rounds):
@@ -114,18 +153,28 @@ def throughput(args: argparse.Namespace, work: Path, root: Path, lab: Path) -> N
                 before = cpu_seconds(pid)
                 sent = 0.0
                 for file in SIZES:
-                    rate = wrk(f"http://127.0.0.1:{ports[name]}/files/{file}", args.seconds, args.connections)
+                    rate = wrk(
+                        f"http://127.0.0.1:{ports[name]}/files/{file}",
+                        args.seconds,
+                        args.connections,
+                    )
                     rates[name].append(rate)
                     sent += rate * args.seconds
                 cost[name].append((cpu_seconds(pid) - before) / (sent / 1024**3))
-        print(f"HTTP, {args.connections} connections, {args.rounds} rounds x {len(SIZES)} files x {args.seconds:g} s "
-              "(server on CPU 0, wrk on CPU 1)")
+        print(
+            f"HTTP, {args.connections} connections, {args.rounds} rounds x {len(SIZES)} files x {args.seconds:g} s "
+            "(server on CPU 0, wrk on CPU 1)"
+        )
         for name in servers:
-            print(f"  {name:<16} {statistics.median(rates[name]) / 1024**2:8.0f} MiB/s   "
-                  f"{statistics.median(cost[name]):.3f} CPU-s/GiB")
+            print(
+                f"  {name:<16} {statistics.median(rates[name]) / 1024**2:8.0f} MiB/s   "
+                f"{statistics.median(cost[name]):.3f} CPU-s/GiB"
+            )
         ratio = statistics.median(rates["provision serve"]) / statistics.median(rates["nginx"])
         cpu_ratio = statistics.median(cost["provision serve"]) / statistics.median(cost["nginx"])
-        print(f"  throughput ratio {ratio:.2f}x nginx (goal >= 0.8)   CPU per GiB {cpu_ratio:.2f}x nginx (goal <= 2)")
+        print(
+            f"  throughput ratio {ratio:.2f}x nginx (goal >= 0.8)   CPU per GiB {cpu_ratio:.2f}x nginx (goal <= 2)"
+        )
     finally:
         for proc in procs.values():
             proc.terminate()
@@ -134,10 +183,19 @@ def throughput(args: argparse.Namespace, work: Path, root: Path, lab: Path) -> N
 
 def storm(work: Path, root: Path, machines: int) -> None:
     lab = work / "storm-lab.yml"
-    lines = ["profiles:", "  web: {kernel: web-kernel, initrd: [web-initrd.img], cmdline: console=ttyS0}",
-             "groups:", "  - {name: all, profile: web, selector: {rack: a}, metadata: {userData: hello}}", "machines:"]
-    macs = [f"52:54:00:{n >> 16 & 255:02x}:{n >> 8 & 255:02x}:{n & 255:02x}" for n in range(machines)]
-    lines += [f'  - {{name: m{n}, macs: ["{mac}"], labels: {{rack: a}}}}' for n, mac in enumerate(macs)]
+    lines = [
+        "profiles:",
+        "  web: {kernel: web-kernel, initrd: [web-initrd.img], cmdline: console=ttyS0}",
+        "groups:",
+        "  - {name: all, profile: web, selector: {rack: a}, metadata: {userData: hello}}",
+        "machines:",
+    ]
+    macs = [
+        f"52:54:00:{n >> 16 & 255:02x}:{n >> 8 & 255:02x}:{n & 255:02x}" for n in range(machines)
+    ]
+    lines += [
+        f'  - {{name: m{n}, macs: ["{mac}"], labels: {{rack: a}}}}' for n, mac in enumerate(macs)
+    ]
     lab.write_text("\n".join(lines) + "\n")
     port = free_port()
     proc = start_serve(work, root, lab, port)
@@ -156,14 +214,34 @@ request = function()
   return wrk.format("GET", "/ipxe?platform=pcbios&mac=" .. mac)
 end
 """)
-        done = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{machines}", "-d5s", "--latency", "--timeout", "5s",
-                               "-s", str(script), base], capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [
+                "taskset",
+                "-c",
+                "1",
+                "wrk",
+                "-t1",
+                f"-c{machines}",
+                "-d5s",
+                "--latency",
+                "--timeout",
+                "5s",
+                "-s",
+                str(script),
+                base,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         percentiles = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)$", done.stdout, re.M))
         requests_per_s = re.search(r"Requests/sec:\s+([\d.]+)", done.stdout)
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", done.stdout)
-        print(f"  {machines} connections, half iPXE scripts, half metadata: p50 {percentiles.get('50')}  "
-              f"p99 {percentiles.get('99')} (goal < 100ms)  {requests_per_s.group(1) if requests_per_s else '?'} req/s"
-              + (f"  errors: {errors.group(0)}" if errors else ""))
+        print(
+            f"  {machines} connections, half iPXE scripts, half metadata: p50 {percentiles.get('50')}  "
+            f"p99 {percentiles.get('99')} (goal < 100ms)  {requests_per_s.group(1) if requests_per_s else '?'} req/s"
+            + (f"  errors: {errors.group(0)}" if errors else "")
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -98,7 +98,9 @@ def main() -> int:
                     components.update(component_sizes(root))
     print(f"{'image/initrd':16s} {'kernel':>8s} {'initrd':>8s} {'total':>8s}")
     for name, row in report.items():
-        print(f"{name:16s} {row['kernel_mb']:7.2f}M {row['initrd_mb']:7.2f}M {row['total_mb']:7.2f}M")
+        print(
+            f"{name:16s} {row['kernel_mb']:7.2f}M {row['initrd_mb']:7.2f}M {row['total_mb']:7.2f}M"
+        )
     print(f"\n{'web, per component':44s} {'bytes':>8s} {'gzip -6':>8s}")
     for part, (raw, packed) in sorted(components.items(), key=lambda kv: -kv[1][1]):
         print(f"{part:44s} {raw / MB:7.2f}M {packed / MB:7.2f}M")

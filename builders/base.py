@@ -60,11 +60,15 @@ class BootInputs:
     def file(self, what: Literal[BootInput.KERNEL, BootInput.INITRD, BootInput.ROOTFS_TAR]) -> Path:
         """The path of input ``what``; ProvisionError when it was not produced (a writer that
         did not declare it in ``needs``)."""
-        path = {BootInput.KERNEL: self.kernel, BootInput.INITRD: self.initrd,
-                BootInput.ROOTFS_TAR: self.rootfs_tar}[what]
+        path = {
+            BootInput.KERNEL: self.kernel,
+            BootInput.INITRD: self.initrd,
+            BootInput.ROOTFS_TAR: self.rootfs_tar,
+        }[what]
         if path is None:
-            raise ProvisionError(f"no {what} was produced for this writer (it must list "
-                                 f"{what} in its needs)")
+            raise ProvisionError(
+                f"no {what} was produced for this writer (it must list {what} in its needs)"
+            )
         return path
 
     def only(self, needs: frozenset[BootInput]) -> BootInputs:

@@ -19,7 +19,9 @@ INITRD_PATH = "/boot/initrd.img"
 MBR_CODE_BYTES = 440  # boot code before the disk signature and partition table
 
 
-def write_syslinux_config(cmdline: str, *, kernel: str = KERNEL_PATH, initrd: str = INITRD_PATH) -> bytes:
+def write_syslinux_config(
+    cmdline: str, *, kernel: str = KERNEL_PATH, initrd: str = INITRD_PATH
+) -> bytes:
     """A syslinux/isolinux configuration that boots at once, passing ``cmdline`` verbatim."""
     return (
         "DEFAULT provision\n"

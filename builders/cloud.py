@@ -46,14 +46,27 @@ def write_gcp_tarball(raw: Path, out: Path, epoch: int, *, level: int = 6) -> No
         tar = Path(scratch) / "disk.tar"
         run(
             [
-                "tar", "--format=oldgnu", "--sparse", "--numeric-owner", "--owner=0", "--group=0",
-                f"--mtime=@{epoch}", "--mode=0644", "-C", scratch, "-cf", tar, GCP_MEMBER,
+                "tar",
+                "--format=oldgnu",
+                "--sparse",
+                "--numeric-owner",
+                "--owner=0",
+                "--group=0",
+                f"--mtime=@{epoch}",
+                "--mode=0644",
+                "-C",
+                scratch,
+                "-cf",
+                tar,
+                GCP_MEMBER,
             ],
             env=tool_env(epoch),
         )
-        with open(tar, "rb") as src, open(out, "wb") as f, CompressedWriter(
-            f, Compression(GZIP.name, level)
-        ) as gz:
+        with (
+            open(tar, "rb") as src,
+            open(out, "wb") as f,
+            CompressedWriter(f, Compression(GZIP.name, level)) as gz,
+        ):
             shutil.copyfileobj(src, gz, 4 * 1024 * 1024)
 
 

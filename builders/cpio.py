@@ -24,8 +24,17 @@ class _Sink(Protocol):
     def write(self, data: bytes, /) -> int | None: ...
 
 
-def _header(ino: int, mode: int, uid: int, gid: int, nlink: int, mtime: int, size: int,
-            rdev: tuple[int, int], namesize: int) -> bytes:
+def _header(
+    ino: int,
+    mode: int,
+    uid: int,
+    gid: int,
+    nlink: int,
+    mtime: int,
+    size: int,
+    rdev: tuple[int, int],
+    namesize: int,
+) -> bytes:
     fields = (ino, mode, uid, gid, nlink, mtime, size, 0, 0, rdev[0], rdev[1], namesize, 0)
     return MAGIC + b"".join(b"%08X" % (value & 0xFFFFFFFF) for value in fields)
 
@@ -34,8 +43,17 @@ def _pad(length: int) -> bytes:
     return b"\0" * (-length % 4)
 
 
-def cpio_entry_header(name: bytes, ino: int, mode: int, uid: int, gid: int, nlink: int,
-                      mtime: int, size: int, rdev: tuple[int, int] = (0, 0)) -> bytes:
+def cpio_entry_header(
+    name: bytes,
+    ino: int,
+    mode: int,
+    uid: int,
+    gid: int,
+    nlink: int,
+    mtime: int,
+    size: int,
+    rdev: tuple[int, int] = (0, 0),
+) -> bytes:
     """Header, name and name padding of one newc entry (the data and its padding follow)."""
     head = _header(ino, mode, uid, gid, nlink, mtime, size, rdev, len(name) + 1) + name + b"\0"
     return head + _pad(len(head))
@@ -75,8 +93,9 @@ def write_cpio(
             raise ProvisionError(f"{path}: {size} bytes is too big for a cpio archive (4 GiB)")
         mtime = min(max(node.mtime, 0), epoch)
         name = path.encode("utf-8", "surrogateescape")
-        head = cpio_entry_header(name, ino, node.file_mode, node.uid, node.gid, nlink, mtime,
-                                 size, node.rdev)
+        head = cpio_entry_header(
+            name, ino, node.file_mode, node.uid, node.gid, nlink, mtime, size, node.rdev
+        )
         out.write(head)
         written += len(head)
         if size:
@@ -128,7 +147,9 @@ def _subdir_counts(tree: Tree) -> dict[int, int]:
     return counts
 
 
-def write_cpio_members(out: _Sink, members: list[tuple[str, int, bytes]], *, epoch: int = 0) -> None:
+def write_cpio_members(
+    out: _Sink, members: list[tuple[str, int, bytes]], *, epoch: int = 0
+) -> None:
     """A small cpio of ``(name, mode, data)`` regular files and directories (mode decides),
     for tests and tiny archives such as a microcode bundle."""
     for ino, (name, mode, data) in enumerate(members, start=1):

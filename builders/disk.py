@@ -75,7 +75,9 @@ class DiskLayout:
         return self.boot_start + self.boot_size
 
 
-def plan_layout(boot_needed: int, options: FormatOptions, scheme: Literal["mbr", "gpt"]) -> DiskLayout:
+def plan_layout(
+    boot_needed: int, options: FormatOptions, scheme: Literal["mbr", "gpt"]
+) -> DiskLayout:
     """Size the partitions: the boot partition fits its content (or ``options.boot_size``),
     the data partition takes ``options.data_size`` or the rest of an explicit ``size``."""
     boot_size = round_up(options.boot_size, MIB) if options.boot_size else boot_needed
@@ -110,12 +112,12 @@ def write_partition_table(disk: Path, layout: DiskLayout, firmware: Firmware, di
             "unit: sectors",
             f"first-lba: {start}",
             f"start={start}, size={size}, type={ESP_TYPE_GPT}, "
-            f"uuid={derive_uuid(digest, 'gpt-boot')}, name=\"EFI System\"",
+            f'uuid={derive_uuid(digest, "gpt-boot")}, name="EFI System"',
         ]
         if layout.data_size:
             lines.append(
                 f"start={layout.data_start // SECTOR}, size={layout.data_size // SECTOR}, "
-                f"type={LINUX_TYPE_GPT}, uuid={derive_uuid(digest, 'gpt-data')}, name=\"{DATA_LABEL}\""
+                f'type={LINUX_TYPE_GPT}, uuid={derive_uuid(digest, "gpt-data")}, name="{DATA_LABEL}"'
             )
     else:
         fat_type = "c" if layout.boot_size >= 512 * MIB else "e"  # FAT32 / FAT16, LBA
@@ -127,7 +129,9 @@ def write_partition_table(disk: Path, layout: DiskLayout, firmware: Firmware, di
             f"start={start}, size={size}, type={boot_type}, bootable",
         ]
         if layout.data_size:
-            lines.append(f"start={layout.data_start // SECTOR}, size={layout.data_size // SECTOR}, type=83")
+            lines.append(
+                f"start={layout.data_start // SECTOR}, size={layout.data_size // SECTOR}, type=83"
+            )
     script = "\n".join(lines) + "\n"
     run(
         ["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "never", "-q", disk],
@@ -141,9 +145,19 @@ def write_data_partition(disk: Path, layout: DiskLayout, digest: str, epoch: int
     fs_uuid = str(derive_uuid(digest, "data-fs"))
     run(
         [
-            "mkfs.ext4", "-q", "-F", "-L", DATA_LABEL, "-U", fs_uuid, "-m", "0",
-            "-E", f"offset={layout.data_start},root_owner=0:0,hash_seed={fs_uuid},nodiscard",
-            disk, f"{layout.data_size // 1024}k",
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            DATA_LABEL,
+            "-U",
+            fs_uuid,
+            "-m",
+            "0",
+            "-E",
+            f"offset={layout.data_start},root_owner=0:0,hash_seed={fs_uuid},nodiscard",
+            disk,
+            f"{layout.data_size // 1024}k",
         ],
         env=tool_env(epoch),
     )
@@ -175,8 +189,9 @@ def disk_tools(firmware: Firmware) -> tuple[str, ...]:
     return (*DISK_TOOLS, "syslinux") if firmware != "efi" else DISK_TOOLS
 
 
-def write_raw_disk(inputs: BootInputs, dest: Path, options: FormatOptions, firmware: Firmware,
-                   *, whole: int = MIB) -> DiskLayout:
+def write_raw_disk(
+    inputs: BootInputs, dest: Path, options: FormatOptions, firmware: Firmware, *, whole: int = MIB
+) -> DiskLayout:
     """Write a bootable raw disk image to ``dest`` (sparse where the disk is empty), its size a
     multiple of ``whole`` bytes (GCE takes only whole GiB disks)."""
     require_files(disk_data_files(firmware))
@@ -185,12 +200,18 @@ def write_raw_disk(inputs: BootInputs, dest: Path, options: FormatOptions, firmw
     scheme: Literal["mbr", "gpt"] = "gpt" if firmware == "efi" else "mbr"
     layout = plan_layout(size_fat_for(files), options, scheme)
     if layout.disk_size % whole:
-        layout = plan_layout(size_fat_for(files), replace(options, size=round_up(layout.disk_size, whole)), scheme)
+        layout = plan_layout(
+            size_fat_for(files), replace(options, size=round_up(layout.disk_size, whole)), scheme
+        )
     with tempfile.TemporaryDirectory(prefix="disk-", dir=dest.parent) as scratch:
         fat = Path(scratch) / "boot.fat"
         write_fat_image(
-            fat, layout.boot_size, files, label=BOOT_LABEL,
-            volume_id=derive_hex32(inputs.digest, "boot-fat"), epoch=inputs.source_date_epoch,
+            fat,
+            layout.boot_size,
+            files,
+            label=BOOT_LABEL,
+            volume_id=derive_hex32(inputs.digest, "boot-fat"),
+            epoch=inputs.source_date_epoch,
             hidden_sectors=layout.boot_start // SECTOR,
         )
         if firmware != "efi":
@@ -227,7 +248,12 @@ def read_partitions(disk: Path) -> tuple[str, list[PartitionEntry]]:
     table = json.loads(out)["partitiontable"]
     sector = int(table.get("sectorsize", SECTOR))
     parts = [
-        PartitionEntry(int(p["start"]) * sector, int(p["size"]) * sector, str(p["type"]), str(p.get("name", "")))
+        PartitionEntry(
+            int(p["start"]) * sector,
+            int(p["size"]) * sector,
+            str(p["type"]),
+            str(p.get("name", "")),
+        )
         for p in table.get("partitions", [])
     ]
     return str(table["label"]), parts

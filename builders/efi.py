@@ -35,7 +35,9 @@ def write_systemd_boot_files(kernel: Path, initrd: Path, cmdline: str) -> dict[s
     }
 
 
-def write_uki(dest: Path, *, kernel: Path, initrd: Path, cmdline: str, epoch: int, scratch: Path) -> None:
+def write_uki(
+    dest: Path, *, kernel: Path, initrd: Path, cmdline: str, epoch: int, scratch: Path
+) -> None:
     """A unified kernel image: systemd's EFI stub with the kernel, initrd and command line
     (verbatim, no bootloader quoting) as PE sections, by objcopy. objcopy stamps the PE header
     with the clock; the timestamp is set to ``epoch`` and the PE checksum recomputed."""

@@ -50,8 +50,20 @@ def write_fat_image(
     cluster = ["-s", "1"] if bits == "16" and size < SMALL_FAT16_BELOW else []
     run(
         [
-            "mkfs.vfat", "-C", "--invariant", "-F", bits, *cluster, "-i", volume_id,
-            "-n", label[:11].upper(), "-h", str(hidden_sectors), dest, str(size // 1024),
+            "mkfs.vfat",
+            "-C",
+            "--invariant",
+            "-F",
+            bits,
+            *cluster,
+            "-i",
+            volume_id,
+            "-n",
+            label[:11].upper(),
+            "-h",
+            str(hidden_sectors),
+            dest,
+            str(size // 1024),
         ],
         env=env,
     )

@@ -50,7 +50,9 @@ def parse_format(name: str) -> FormatWriter:
     try:
         return FORMATS[name]
     except KeyError:
-        raise UsageError(f"unknown output format {name!r}", hint=f"formats: {', '.join(FORMATS)}") from None
+        raise UsageError(
+            f"unknown output format {name!r}", hint=f"formats: {', '.join(FORMATS)}"
+        ) from None
 
 
 def boot_method(name: str) -> BootMethod:

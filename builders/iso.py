@@ -48,9 +48,26 @@ def write_iso(
     grafts = [f"{target}={source}" for target, source in sorted(tree.items())]
     run(
         [
-            "xorriso", "-as", "mkisofs", "-quiet", "-o", out, "-V", VOLUME_ID, "-r",
-            "-iso-level", "3", *boot_args, "-graft-points", *grafts,
-            "--", "-alter_date_r", "b", f"@{epoch}", "/", "--",
+            "xorriso",
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-o",
+            out,
+            "-V",
+            VOLUME_ID,
+            "-r",
+            "-iso-level",
+            "3",
+            *boot_args,
+            "-graft-points",
+            *grafts,
+            "--",
+            "-alter_date_r",
+            "b",
+            f"@{epoch}",
+            "/",
+            "--",
         ],
         env=tool_env(epoch),
     )
@@ -80,8 +97,16 @@ class IsoBiosWriter(OneFile):
                 bios.INITRD_PATH: inputs.file(BootInput.INITRD),
             }
             boot = [
-                "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot",
-                "-boot-load-size", "4", "-boot-info-table", "-isohybrid-mbr", bios.ISOHYBRID_MBR,
+                "-b",
+                "isolinux/isolinux.bin",
+                "-c",
+                "isolinux/boot.cat",
+                "-no-emul-boot",
+                "-boot-load-size",
+                "4",
+                "-boot-info-table",
+                "-isohybrid-mbr",
+                bios.ISOHYBRID_MBR,
             ]
             write_iso(out, tree, boot, inputs.source_date_epoch)
         return [out]
@@ -108,15 +133,22 @@ class IsoEfiWriter(OneFile):
             work = Path(scratch)
             uki = work / "BOOTX64.EFI"
             efi.write_uki(
-                uki, kernel=inputs.file(BootInput.KERNEL), initrd=inputs.file(BootInput.INITRD),
+                uki,
+                kernel=inputs.file(BootInput.KERNEL),
+                initrd=inputs.file(BootInput.INITRD),
                 cmdline=inputs.cmdline,
-                epoch=inputs.source_date_epoch, scratch=work,
+                epoch=inputs.source_date_epoch,
+                scratch=work,
             )
             fat_files: dict[str, Path | bytes] = {efi.EFI_BOOT_PATH: uki}
             fat = work / "efiboot.img"
             write_fat_image(
-                fat, size_fat_for(fat_files, spare=0.05), fat_files, label="EFIBOOT",
-                volume_id=derive_hex32(inputs.digest, "iso-efi-fat"), epoch=inputs.source_date_epoch,
+                fat,
+                size_fat_for(fat_files, spare=0.05),
+                fat_files,
+                label="EFIBOOT",
+                volume_id=derive_hex32(inputs.digest, "iso-efi-fat"),
+                epoch=inputs.source_date_epoch,
             )
             write_iso(out, {EFI_IMAGE_PATH: fat}, efi_boot_args(), inputs.source_date_epoch)
         return [out]
@@ -141,8 +173,12 @@ class IsoEfiInitrdWriter(OneFile):
             )
             fat = Path(scratch) / "efiboot.img"
             write_fat_image(
-                fat, size_fat_for(files, spare=0.05), files, label="EFIBOOT",
-                volume_id=derive_hex32(inputs.digest, "iso-efi-fat"), epoch=inputs.source_date_epoch,
+                fat,
+                size_fat_for(files, spare=0.05),
+                files,
+                label="EFIBOOT",
+                volume_id=derive_hex32(inputs.digest, "iso-efi-fat"),
+                epoch=inputs.source_date_epoch,
             )
             write_iso(out, {EFI_IMAGE_PATH: fat}, efi_boot_args(), inputs.source_date_epoch)
         return [out]

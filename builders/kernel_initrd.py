@@ -84,8 +84,11 @@ class TarKernelInitrdWriter:
         with open(target, "wb") as out:
             write_tar_files(
                 out,
-                [(kernel_name, inputs.file(BootInput.KERNEL), 0o644),
-                 (initrd_name, inputs.file(BootInput.INITRD), 0o644), (cmdline_name, cmdline, 0o644)],
+                [
+                    (kernel_name, inputs.file(BootInput.KERNEL), 0o644),
+                    (initrd_name, inputs.file(BootInput.INITRD), 0o644),
+                    (cmdline_name, cmdline, 0o644),
+                ],
                 epoch=inputs.source_date_epoch,
             )
         return [target]

@@ -113,8 +113,11 @@ def plan_module_order(table: dict[str, tuple[str, list[str]]], wanted: Sequence[
 def _modules_dir(members: dict[str, tarfile.TarInfo]) -> str | None:
     """``lib/modules/VERSION`` of the root tar (the one with a modules.dep), if any."""
     dirs = sorted(
-        name.removesuffix("/modules.dep") for name in members
-        if name.startswith("lib/modules/") and name.endswith("/modules.dep") and name.count("/") == 3
+        name.removesuffix("/modules.dep")
+        for name in members
+        if name.startswith("lib/modules/")
+        and name.endswith("/modules.dep")
+        and name.count("/") == 3
     )
     return dirs[-1] if dirs else None
 
@@ -178,8 +181,10 @@ def assemble_loader_members(rootfs_tar: Path, filesystem: str) -> list[tuple[str
                 names.append(module_name(path))
                 files.append((f"lib/modules/{module_name(path)}.ko", 0o100644, module))
     init = INIT.format(fs=filesystem, root=ROOT_DEVICE, modules=" ".join(names))
-    dirs = [(d, 0o40755, b"") for d in ("bin", "dev", "lib", "lib/modules", "lower", "newroot", "proc",
-                                          "rw", "sys")]
+    dirs = [
+        (d, 0o40755, b"")
+        for d in ("bin", "dev", "lib", "lib/modules", "lower", "newroot", "proc", "rw", "sys")
+    ]
     return [*dirs, ("init", 0o100755, init.encode()), *files]
 
 
@@ -189,10 +194,14 @@ def write_root_loader(rootfs_tar: Path, filesystem: str, out: Path, epoch: int) 
     raw = bytearray()
     mtime = max(epoch, 0)
     for ino, (name, mode, data) in enumerate(members, start=1):
-        raw += cpio_entry_header(name.encode(), ino, mode, 0, 0, 2 if mode & 0o40000 else 1, mtime, len(data))
+        raw += cpio_entry_header(
+            name.encode(), ino, mode, 0, 0, 2 if mode & 0o40000 else 1, mtime, len(data)
+        )
         raw += data + b"\0" * (-len(data) % 4)
         if name == "dev":  # the kernel opens /dev/console before /init runs
-            raw += cpio_entry_header(b"dev/console", len(members) + 1, 0o20600, 0, 0, 1, mtime, 0, (5, 1))
+            raw += cpio_entry_header(
+                b"dev/console", len(members) + 1, 0o20600, 0, 0, 1, mtime, 0, (5, 1)
+            )
     raw += cpio_entry_header(TRAILER.encode(), 0, 0, 0, 0, 1, 0, 0)
     out.write_bytes(GZIP.compress(bytes(raw), 6))
     return out

@@ -38,7 +38,11 @@ def as_root_argv(state: Path) -> list[str | Path]:
     """Prefix for commands that must see root ownership (fakeroot when not root)."""
     if os.geteuid() == 0:
         return []
-    return ["fakeroot", "-i", state, "-s", state, "--"] if state.exists() else ["fakeroot", "-s", state, "--"]
+    return (
+        ["fakeroot", "-i", state, "-s", state, "--"]
+        if state.exists()
+        else ["fakeroot", "-s", state, "--"]
+    )
 
 
 def root_tools() -> tuple[str, ...]:
@@ -50,14 +54,34 @@ def write_rootfs_tree(rootfs_tar: Path, tree: Path, state: Path) -> None:
     files of their own, and the initrd of kernel+initrd leaves them out too."""
     tree.mkdir()
     excludes = [f"--exclude={path}" for path in BOOT_FILES]
-    run([*as_root_argv(state), "tar", "--numeric-owner", "--anchored", *excludes, "-xpf", rootfs_tar, "-C", tree])
+    run(
+        [
+            *as_root_argv(state),
+            "tar",
+            "--numeric-owner",
+            "--anchored",
+            *excludes,
+            "-xpf",
+            rootfs_tar,
+            "-C",
+            tree,
+        ]
+    )
 
 
 def write_squashfs(tree: Path, out: Path, epoch: int, state: Path) -> None:
     run(
         [
-            *as_root_argv(state), "mksquashfs", tree, out, "-noappend", "-no-progress", "-quiet",
-            "-comp", "zstd", "-no-xattrs",
+            *as_root_argv(state),
+            "mksquashfs",
+            tree,
+            out,
+            "-noappend",
+            "-no-progress",
+            "-quiet",
+            "-comp",
+            "zstd",
+            "-no-xattrs",
         ],  # SOURCE_DATE_EPOCH (set by tool_env) fixes every inode time and the mkfs time
         env=tool_env(epoch),
     )
@@ -66,8 +90,16 @@ def write_squashfs(tree: Path, out: Path, epoch: int, state: Path) -> None:
 def write_erofs(tree: Path, out: Path, epoch: int, digest: str, state: Path) -> None:
     run(
         [
-            *as_root_argv(state), "mkfs.erofs", "--quiet", "-zlz4hc", "-x", "-1", f"-T{epoch}",
-            f"-U{derive_uuid(digest, 'erofs')}", out, tree,
+            *as_root_argv(state),
+            "mkfs.erofs",
+            "--quiet",
+            "-zlz4hc",
+            "-x",
+            "-1",
+            f"-T{epoch}",
+            f"-U{derive_uuid(digest, 'erofs')}",
+            out,
+            tree,
         ],
         env=tool_env(epoch),
     )
@@ -80,7 +112,9 @@ class KernelRootfsWriter:
     name: str
     filesystem: str  # "squashfs" or "erofs"
     boot: BootMethod | None = BootMethod("kernel", root_disk=True)
-    needs: frozenset[BootInput] = frozenset({BootInput.KERNEL, BootInput.CMDLINE, BootInput.ROOTFS_TAR})
+    needs: frozenset[BootInput] = frozenset(
+        {BootInput.KERNEL, BootInput.CMDLINE, BootInput.ROOTFS_TAR}
+    )
 
     @property
     def extension(self) -> str:

@@ -96,8 +96,7 @@ def write_tar(
     return written + end
 
 
-def write_tar_files(out: _Sink, members: list[tuple[str, bytes | Path, int]], *,
-                    epoch: int) -> int:
+def write_tar_files(out: _Sink, members: list[tuple[str, bytes | Path, int]], *, epoch: int) -> int:
     """A tar of regular files ``(name, data or path of a file, mode)``, streamed from disk
     (tar-kernel-initrd)."""
     written = 0

@@ -56,8 +56,23 @@ def pack_footer(size: int, disk_type: int, unique_id: uuid.UUID, epoch: int) -> 
     def build(checksum: int) -> bytes:
         body = struct.pack(
             ">8sIIQI4sI4sQQHBBII16sB",
-            b"conectix", 2, 0x00010000, data_offset, timestamp, b"qem2", 0x00050003, b"Wi2k",
-            size, size, cylinders, heads, sectors, disk_type, checksum, unique_id.bytes, 0,
+            b"conectix",
+            2,
+            0x00010000,
+            data_offset,
+            timestamp,
+            b"qem2",
+            0x00050003,
+            b"Wi2k",
+            size,
+            size,
+            cylinders,
+            heads,
+            sectors,
+            disk_type,
+            checksum,
+            unique_id.bytes,
+            0,
         )
         return body.ljust(SECTOR, b"\0")
 
@@ -70,7 +85,14 @@ def pack_dynamic_header(size: int) -> bytes:
 
     def build(checksum: int) -> bytes:
         body = struct.pack(
-            ">8sQQIII I", b"cxsparse", NO_OFFSET, 3 * SECTOR, 0x00010000, entries, BLOCK_SIZE, checksum
+            ">8sQQIII I",
+            b"cxsparse",
+            NO_OFFSET,
+            3 * SECTOR,
+            0x00010000,
+            entries,
+            BLOCK_SIZE,
+            checksum,
         )
         return body.ljust(1024, b"\0")
 

@@ -32,7 +32,9 @@ HEADER = struct.Struct("<4sIIQQQQ")  # magic, version, flags, capacity, grain, d
 def read_descriptor_area(path: Path) -> tuple[int, int]:
     """Byte offset and length of the embedded descriptor of a sparse VMDK."""
     with open(path, "rb") as f:
-        magic, _version, _flags, _capacity, _grain, offset, length = HEADER.unpack(f.read(HEADER.size))
+        magic, _version, _flags, _capacity, _grain, offset, length = HEADER.unpack(
+            f.read(HEADER.size)
+        )
     if magic != b"KDMV" or not offset:
         raise ProvisionError(f"{path} is not a sparse VMDK with an embedded descriptor")
     return offset * SECTOR, length * SECTOR

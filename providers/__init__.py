@@ -44,5 +44,7 @@ def get_target(name: str) -> Target:
     """The target registered as ``name``; a UsageError naming the known ones otherwise."""
     target = find_target(name)
     if target is None:
-        raise UsageError(f"unknown provider type {name!r}", hint="known: " + ", ".join(target_names()))
+        raise UsageError(
+            f"unknown provider type {name!r}", hint="known: " + ", ".join(target_names())
+        )
     return target

@@ -22,7 +22,22 @@ from provision.reconcile.provider import (
 )
 
 __all__ = [
-    "TAG_CLUSTER", "TAG_CONFIG", "TAG_EPOCH", "TAG_GROUP", "TAG_SLOT", "CreateRequest", "HealthSource",
-    "HealthState", "Instance", "InstanceState", "OutcomeUnknownError", "Page", "Provider", "ProviderError",
-    "RateLimitedError", "StaleEpochError", "TransientProviderError", "list_all",
+    "TAG_CLUSTER",
+    "TAG_CONFIG",
+    "TAG_EPOCH",
+    "TAG_GROUP",
+    "TAG_SLOT",
+    "CreateRequest",
+    "HealthSource",
+    "HealthState",
+    "Instance",
+    "InstanceState",
+    "OutcomeUnknownError",
+    "Page",
+    "Provider",
+    "ProviderError",
+    "RateLimitedError",
+    "StaleEpochError",
+    "TransientProviderError",
+    "list_all",
 ]

@@ -31,8 +31,14 @@ def read_agent(host: str, port: int, timeout: float = 2.0) -> AgentStatus | None
     if not isinstance(body, dict) or not response.ok:
         return None
     services = body.get("services")
-    states = {str(k): str(v.get("state", "?")) if isinstance(v, dict) else str(v)
-              for k, v in (services.items() if isinstance(services, dict) else ())}
+    states = {
+        str(k): str(v.get("state", "?")) if isinstance(v, dict) else str(v)
+        for k, v in (services.items() if isinstance(services, dict) else ())
+    }
     uptime = body.get("uptime", 0)
-    return AgentStatus(str(body.get("digest", "")), str(body.get("hostname", "")),
-                       float(uptime) if isinstance(uptime, int | float) else 0.0, states)
+    return AgentStatus(
+        str(body.get("digest", "")),
+        str(body.get("hostname", "")),
+        float(uptime) if isinstance(uptime, int | float) else 0.0,
+        states,
+    )

@@ -88,13 +88,16 @@ def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
     return names
 
 
-def select_writers(names: Sequence[str],
-                   registry: Mapping[str, FormatWriter] | None = None) -> list[FormatWriter]:
+def select_writers(
+    names: Sequence[str], registry: Mapping[str, FormatWriter] | None = None
+) -> list[FormatWriter]:
     registry = registry if registry is not None else available_writers()
     unknown = [name for name in names if name not in registry]
     if unknown:
-        raise UsageError(f"unknown output format{'s' if len(unknown) > 1 else ''}: "
-                         + ", ".join(unknown), hint="known: " + ", ".join(sorted(registry)))
+        raise UsageError(
+            f"unknown output format{'s' if len(unknown) > 1 else ''}: " + ", ".join(unknown),
+            hint="known: " + ", ".join(sorted(registry)),
+        )
     return [registry[name] for name in names]
 
 
@@ -126,8 +129,9 @@ class _Build:
         for use in list_image_uses(self.spec):
             if use.ref not in images:
                 self.say(f"resolve {use.ref}")
-                images[use.ref] = ensure_image(self.store, use.ref, self.platform,
-                                               pull=self.pull, client=self.client)
+                images[use.ref] = ensure_image(
+                    self.store, use.ref, self.platform, pull=self.pull, client=self.client
+                )
                 check_image_platform(use.ref, images[use.ref], self.platform)
         return images
 
@@ -144,9 +148,18 @@ class _Build:
             spool = Spool(work / "spool")
             try:
                 source: ImageSource = self.store
-                tree = assemble_root(self.spec, images, source, spool, epoch=epoch,
-                                     name=self.name, digest=digest, base=base,
-                                     progress=self.progress, dedupe=self.dedupe)
+                tree = assemble_root(
+                    self.spec,
+                    images,
+                    source,
+                    spool,
+                    epoch=epoch,
+                    name=self.name,
+                    digest=digest,
+                    base=base,
+                    progress=self.progress,
+                    dedupe=self.dedupe,
+                )
                 inputs = self.write_intermediates(tree, spool, work, epoch, digest)
             finally:
                 spool.close()
@@ -158,12 +171,20 @@ class _Build:
                 source_date_epoch=epoch,
                 platform=str(self.platform),
                 specs=tuple(SpecRecord(p.name, file_sha256(p)[0]) for p in self.spec_files),
-                images=tuple(ImageRecord(u.role, u.name, u.ref, images[u.ref].digest,
-                                         str(images[u.ref].platform)) for u in uses),
+                images=tuple(
+                    ImageRecord(
+                        u.role, u.name, u.ref, images[u.ref].digest, str(images[u.ref].platform)
+                    )
+                    for u in uses
+                ),
                 formats=tuple(w.name for w in self.writers),
-                options={"compress": str(self.compression), "size": self.options.size,
-                         "boot_size": self.options.boot_size,
-                         "data_size": self.options.data_size, "dedupe": self.dedupe},
+                options={
+                    "compress": str(self.compression),
+                    "size": self.options.size,
+                    "boot_size": self.options.boot_size,
+                    "data_size": self.options.data_size,
+                    "dedupe": self.dedupe,
+                },
                 outputs=record_outputs(staged, self.hashed),
             )
             staged_manifest = write_manifest(manifest, work / "out" / f"{self.name}.manifest.json")
@@ -172,8 +193,9 @@ class _Build:
         finally:
             slot.close()  # removes the work directory
 
-    def write_intermediates(self, tree: Tree, spool: Spool, work: Path, epoch: int,
-                            digest: str) -> BootInputs:
+    def write_intermediates(
+        self, tree: Tree, spool: Spool, work: Path, epoch: int, digest: str
+    ) -> BootInputs:
         """Write the inputs the writers declared they need (each once, whoever asks)."""
         needs: frozenset[BootInput] = frozenset().union(*(w.needs for w in self.writers))
         kernel_path = work / "kernel" if BootInput.KERNEL in needs else None
@@ -183,10 +205,12 @@ class _Build:
         if kernel_path is not None:
             kernel = tree.lookup("boot/kernel")
             if kernel is None or kernel.kind is not NodeKind.FILE:
-                raise UsageError("the spec has no kernel, which "
-                                 + ", ".join(w.name for w in self.writers
-                                             if BootInput.KERNEL in w.needs)
-                                 + " needs", hint="add a kernel section, or build -f tar")
+                raise UsageError(
+                    "the spec has no kernel, which "
+                    + ", ".join(w.name for w in self.writers if BootInput.KERNEL in w.needs)
+                    + " needs",
+                    hint="add a kernel section, or build -f tar",
+                )
             self.say("write kernel")
             with open(kernel_path, "wb") as out:
                 for chunk in spool.iter_range(kernel.offset, kernel.size):
@@ -208,9 +232,15 @@ class _Build:
                 sink = HashingWriter(out)
                 write_tar(tree, spool, sink, epoch=epoch)
             self.remember(rootfs, sink)
-        return BootInputs(kernel=kernel_path, initrd=initrd_path, cmdline=cmdline,
-                          rootfs_tar=rootfs, digest=digest, source_date_epoch=epoch,
-                          name=self.name)
+        return BootInputs(
+            kernel=kernel_path,
+            initrd=initrd_path,
+            cmdline=cmdline,
+            rootfs_tar=rootfs,
+            digest=digest,
+            source_date_epoch=epoch,
+            name=self.name,
+        )
 
     def remember(self, path: Path, sink: HashingWriter) -> None:
         st = path.stat()
@@ -247,9 +277,10 @@ def check_image_platform(ref: str, image: ResolvedImage, platform: Platform) -> 
     resolves whatever platform is asked for: without this, ``--platform bogus`` would build
     from the host's images). An image whose config names no architecture is let through."""
     if image.platform.architecture and not platform.matches(image.platform):
-        raise UsageError(f"image {ref} does not provide platform {platform} (it is {image.platform})",
-                         hint="pass a --platform that every input image provides, or pull "
-                              "images built for it")
+        raise UsageError(
+            f"image {ref} does not provide platform {platform} (it is {image.platform})",
+            hint="pass a --platform that every input image provides, or pull images built for it",
+        )
 
 
 def default_name(spec_files: Sequence[Path]) -> str:
@@ -298,10 +329,18 @@ def build_image(
     if "/" in name or name.startswith(".") or not name:
         raise UsageError(f"invalid output name {name!r}")
     state = _Build(
-        spec=image_spec, store=store, writers=writers, outdir=Path(outdir), name=name,
-        pull=pull, compression=compress or Compression(), options=FormatOptions(size=size, boot_size=boot_size, data_size=data_size),
-        platform=platform or Platform.host(), client=client, progress=progress,
-        spec_files=spec_files, dedupe=dedupe,
+        spec=image_spec,
+        store=store,
+        writers=writers,
+        outdir=Path(outdir),
+        name=name,
+        pull=pull,
+        compression=compress or Compression(),
+        options=FormatOptions(size=size, boot_size=boot_size, data_size=data_size),
+        platform=platform or Platform.host(),
+        client=client,
+        progress=progress,
+        spec_files=spec_files,
+        dedupe=dedupe,
     )
     return state.run()
-

@@ -57,9 +57,13 @@ def _base_parser() -> tuple[argparse.ArgumentParser, Any]:
         prog="provision",
         description="Build minimal Linux machine images and keep fleets of machines running them.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log what runs (every external command) to stderr; -vv adds the "
-                        "HTTP libraries' logs")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log what runs (every external command) to stderr; -vv adds the HTTP libraries' logs",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     version = subparsers.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _args: print(f"provision {__version__}") or 0)
@@ -105,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_handler(args.func, args)
 
 
-def run_handler(handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+def run_handler(
+    handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace
+) -> int:
     """Run a command's handler and turn whatever it raises into one line and an exit code."""
     try:
         code = handler(args)
@@ -136,10 +142,13 @@ def run_handler(handler: Callable[[argparse.Namespace], int | None], args: argpa
         return 2
     except Exception as exc:  # a bug: still one line, the traceback at -v
         log.debug("traceback", exc_info=True)
-        _say_error(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0],
-                   "this is a bug in provision; run again with -v for the traceback and report it")
+        _say_error(
+            f"internal error: {type(exc).__name__}: {exc}".splitlines()[0],
+            "this is a bug in provision; run again with -v for the traceback and report it",
+        )
         return 1
     return int(code or 0)
+
 
 if __name__ == "__main__":
     sys.exit(main())

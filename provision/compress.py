@@ -39,7 +39,11 @@ from provision.errors import ProvisionError, UsageError
 CHUNK = 1 << 20
 #: What a corrupt or truncated compressed stream raises while it is read.
 DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
-    EOFError, OSError, zlib.error, lzma.LZMAError, zstandard.ZstdError,
+    EOFError,
+    OSError,
+    zlib.error,
+    lzma.LZMAError,
+    zstandard.ZstdError,
 )
 
 
@@ -95,8 +99,10 @@ class Codec:
     def layer_media_type(self) -> str:
         """The OCI layer media type of a tar compressed with this codec."""
         if self.media_suffix is None:
-            raise UsageError(f"OCI image layers cannot be compressed with {self.name}",
-                             hint="use gzip, zstd or none")
+            raise UsageError(
+                f"OCI image layers cannot be compressed with {self.name}",
+                hint="use gzip, zstd or none",
+            )
         return OCI_LAYER_MEDIA_TYPE + self.media_suffix
 
 
@@ -184,7 +190,9 @@ def _gzip_reader(source: BinaryIO) -> BinaryIO:
 
 
 def _zstd_reader(source: BinaryIO) -> BinaryIO:
-    reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True, closefd=True)
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        source, read_across_frames=True, closefd=True
+    )
     return cast(BinaryIO, io.BufferedReader(reader, CHUNK))
 
 
@@ -210,8 +218,17 @@ def _plain_reader(source: BinaryIO) -> BinaryIO:
 
 # gzip starts at level 1: level 0's stored blocks depend on how the input is split into writes.
 GZIP = Codec("gzip", ".gz", "+gzip", b"\x1f\x8b", 6, (1, 9), _GzipCompressor, _gzip_reader)
-ZSTD = Codec("zstd", ".zst", "+zstd", b"\x28\xb5\x2f\xfd", 9, (1, 22), _ZstdCompressor, _zstd_reader,
-             _zstd_decompress)
+ZSTD = Codec(
+    "zstd",
+    ".zst",
+    "+zstd",
+    b"\x28\xb5\x2f\xfd",
+    9,
+    (1, 22),
+    _ZstdCompressor,
+    _zstd_reader,
+    _zstd_decompress,
+)
 XZ = Codec("xz", ".xz", None, b"\xfd7zXZ\x00", 6, (0, 9), _xz_compressor, _xz_reader)
 NONE = Codec("none", "", "", b"", 0, (0, 0), _Identity, _plain_reader)
 #: Every codec, by name.
@@ -404,4 +421,3 @@ class CompressedWriter:
 def compress_bytes(data: bytes, compression: Compression) -> bytes:
     """``data`` compressed in one go (the same bytes as :class:`CompressedWriter` writes)."""
     return compression.codec.compress(data, compression.level)
-

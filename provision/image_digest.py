@@ -49,8 +49,9 @@ def resolve_spec_images(
             say(f"resolve {use.ref}")
         component = is_component(use.ref)
         try:
-            images[use.ref] = ensure_image(store, use.ref, platform, pull="never" if component else pull,
-                                           client=client)
+            images[use.ref] = ensure_image(
+                store, use.ref, platform, pull="never" if component else pull, client=client
+            )
         except ImageNotFoundError:
             if not component:
                 raise
@@ -63,8 +64,13 @@ def resolve_spec_images(
     return images
 
 
-def plan_image_digest(spec_files: Sequence[Path], store: ImageStore, *, platform: Platform | None = None,
-                      pull: PullPolicy = "missing") -> str:
+def plan_image_digest(
+    spec_files: Sequence[Path],
+    store: ImageStore,
+    *,
+    platform: Platform | None = None,
+    pull: PullPolicy = "missing",
+) -> str:
     """The image digest a build of ``spec_files`` will have."""
     spec = load_spec(spec_files)
     images = resolve_spec_images(spec, store, platform or Platform.host(), pull=pull)

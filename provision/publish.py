@@ -97,8 +97,9 @@ class OutputSlot:
     def __enter__(self) -> OutputSlot:
         return self.open()
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def _acquire(self) -> None:
@@ -148,7 +149,8 @@ class OutputSlot:
         with os.scandir(self.outdir) as entries:
             for entry in entries:
                 if self._work_re.fullmatch(entry.name) or (
-                        self._gen_re.fullmatch(entry.name) and entry.name != current):
+                    self._gen_re.fullmatch(entry.name) and entry.name != current
+                ):
                     if entry.is_dir(follow_symlinks=False):
                         shutil.rmtree(entry.path, ignore_errors=True)
                         removed.append(entry.name)
@@ -256,7 +258,11 @@ class OutputSlot:
         found = []
         for name in dict.fromkeys([*files, manifest.name]):
             path = self.outdir / name
-            if "/" not in name and not name.startswith(".") and path.is_file() \
-                    and not path.is_symlink():
+            if (
+                "/" not in name
+                and not name.startswith(".")
+                and path.is_file()
+                and not path.is_symlink()
+            ):
                 found.append(name)
         return found

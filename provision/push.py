@@ -49,7 +49,9 @@ class PushOptions:
     bucket: str | None = None
     concurrency: int = 16
     timeout: float = 3600.0  # seconds: the bound of each wait (snapshot completed, image available)
-    request_timeout: float = 60.0  # seconds without an answer before a request is abandoned and retried
+    request_timeout: float = (
+        60.0  # seconds without an answer before a request is abandoned and retried
+    )
     # where an image goes in clouds that name a resource group, a storage account and a gallery
     subscription: str | None = None
     resource_group: str | None = None
@@ -85,11 +87,20 @@ class PushResult:
     digest: str
     name: str
     copies: Mapping[str, str] = field(default_factory=dict)
-    details: Mapping[str, Any] = field(default_factory=dict)  # what else a target reports (blob_url...)
+    details: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # what else a target reports (blob_url...)
 
     def to_json(self) -> dict[str, Any]:
-        body = {"image_id": self.image_id, "snapshot_id": self.snapshot_id, "region": self.region,
-                "reused": self.reused, "copies": dict(self.copies), "digest": self.digest, "name": self.name}
+        body = {
+            "image_id": self.image_id,
+            "snapshot_id": self.snapshot_id,
+            "region": self.region,
+            "reused": self.reused,
+            "copies": dict(self.copies),
+            "digest": self.digest,
+            "name": self.name,
+        }
         if not self.snapshot_id and self.details:
             del body["snapshot_id"]  # a target without snapshots (its blob is in details)
         return {**body, **self.details}
@@ -105,8 +116,14 @@ class Pusher(Protocol):
     @property
     def formats(self) -> tuple[str, ...]: ...
 
-    def push(self, digest: str, fmt: str, artifact: LoadArtifact, options: PushOptions,
-             progress: Progress | None = None) -> PushResult:
+    def push(
+        self,
+        digest: str,
+        fmt: str,
+        artifact: LoadArtifact,
+        options: PushOptions,
+        progress: Progress | None = None,
+    ) -> PushResult:
         """Publish the image ``digest`` in the format ``fmt`` (what is published is keyed by
         both); call ``artifact()`` only when it must be uploaded."""
         ...
@@ -131,8 +148,10 @@ def find_manifest(source: Path) -> Path:
     if source.is_dir():
         found = sorted(source.glob("*.manifest.json"))
         if len(found) != 1:
-            raise UsageError(f"{source}: expected one *.manifest.json, found {len(found)}",
-                             hint="name the build manifest itself")
+            raise UsageError(
+                f"{source}: expected one *.manifest.json, found {len(found)}",
+                hint="name the build manifest itself",
+            )
         return found[0]
     return source
 
@@ -148,8 +167,10 @@ def pick_format(manifest: Path, formats: Sequence[str]) -> str:
     for fmt in formats:
         if fmt in produced:
             return fmt
-    raise UsageError(f"{manifest}: the build has none of the formats {', '.join(formats)}",
-                     hint=f"build it with: provision build -f {formats[0]}")
+    raise UsageError(
+        f"{manifest}: the build has none of the formats {', '.join(formats)}",
+        hint=f"build it with: provision build -f {formats[0]}",
+    )
 
 
 @dataclass
@@ -161,8 +182,14 @@ class PushSource:
     load: LoadArtifact
 
 
-def resolve_source(source: Path, formats: Sequence[str], *, store: ImageStore | None = None,
-                   artifacts: Path | None = None, progress: Progress | None = None) -> PushSource:
+def resolve_source(
+    source: Path,
+    formats: Sequence[str],
+    *,
+    store: ImageStore | None = None,
+    artifacts: Path | None = None,
+    progress: Progress | None = None,
+) -> PushSource:
     """An image spec (``.yml``/``.yaml``: planned for its digest, built as ``formats[0]`` into
     the artifact cache only when loaded) or a build's manifest (or its directory)."""
     if not source.exists():
@@ -175,19 +202,33 @@ def resolve_source(source: Path, formats: Sequence[str], *, store: ImageStore | 
         path = source.resolve()
         digest = plan_image_digest([path], the_store)
         cache = artifacts or default_artifact_cache()
-        return PushSource(digest, formats[0], lambda: build_cached_artifact(path, digest, formats[0], store=the_store,
-                                                                artifacts=cache, progress=progress))
+        return PushSource(
+            digest,
+            formats[0],
+            lambda: build_cached_artifact(
+                path, digest, formats[0], store=the_store, artifacts=cache, progress=progress
+            ),
+        )
     manifest = find_manifest(source)
     artifact = read_artifact(manifest, pick_format(manifest, formats))
     return PushSource(artifact.digest, artifact.format, lambda: artifact)
 
 
-def push_source(target: object, target_name: str, source: Path, options: PushOptions, *,
-                progress: Progress | None = None, store: ImageStore | None = None,
-                artifacts: Path | None = None) -> PushResult:
+def push_source(
+    target: object,
+    target_name: str,
+    source: Path,
+    options: PushOptions,
+    *,
+    progress: Progress | None = None,
+    store: ImageStore | None = None,
+    artifacts: Path | None = None,
+) -> PushResult:
     if not isinstance(target, Pusher):
         raise UsageError(f"the {target_name} target cannot push images")
-    resolved = resolve_source(source, target.formats, store=store, artifacts=artifacts, progress=progress)
+    resolved = resolve_source(
+        source, target.formats, store=store, artifacts=artifacts, progress=progress
+    )
     return target.push(resolved.digest, resolved.format, resolved.load, options, progress)
 
 
@@ -208,8 +249,15 @@ class TransferProgress:
     """Bytes of an upload: sent, skipped (all zero), already there (resumed); reported through
     ``say`` at most every ``interval`` seconds, and once at the end. Thread-safe."""
 
-    def __init__(self, say: Progress | None, what: str, total: int, *, interval: float = 1.0,
-                 now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        say: Progress | None,
+        what: str,
+        total: int,
+        *,
+        interval: float = 1.0,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.say = say
         self.what = what
         self.total = total
@@ -239,8 +287,10 @@ class TransferProgress:
         elapsed = max((now if now is not None else self._now()) - self._start, 1e-6)
         done = self.sent + self.skipped + self.present
         percent = 100.0 * done / self.total if self.total else 100.0
-        text = (f"{self.what}: {done / MIB:.0f}/{self.total / MIB:.0f} MiB ({percent:.0f}%), "
-                f"sent {self.sent / MIB:.1f} MiB, zero {self.skipped / MIB:.1f} MiB")
+        text = (
+            f"{self.what}: {done / MIB:.0f}/{self.total / MIB:.0f} MiB ({percent:.0f}%), "
+            f"sent {self.sent / MIB:.1f} MiB, zero {self.skipped / MIB:.1f} MiB"
+        )
         if self.present:
             text += f", already there {self.present / MIB:.1f} MiB"
         return ProgressLine.of(text + f", {self.sent / MIB / elapsed:.1f} MiB/s", percent / 100.0)
@@ -253,8 +303,15 @@ class TransferProgress:
 Check = Callable[[], str | None]  # None: done; otherwise the current status (raise on failure)
 
 
-def wait_for(check: Check, *, what: str, timeout: float, clock: Clock | None = None,
-             interval: float = 1.0, max_interval: float = 15.0) -> None:
+def wait_for(
+    check: Check,
+    *,
+    what: str,
+    timeout: float,
+    clock: Clock | None = None,
+    interval: float = 1.0,
+    max_interval: float = 15.0,
+) -> None:
     """Poll ``check`` with growing intervals until it returns None; a WaitTimeoutError naming
     the last status when ``timeout`` seconds pass first."""
     the_clock = clock or SystemClock()
@@ -266,6 +323,8 @@ def wait_for(check: Check, *, what: str, timeout: float, clock: Clock | None = N
             return
         remaining = deadline - the_clock.now()
         if remaining <= 0:
-            raise WaitTimeoutError(f"gave up waiting for {what} after {timeout:.0f} s: still {status}")
+            raise WaitTimeoutError(
+                f"gave up waiting for {what} after {timeout:.0f} s: still {status}"
+            )
         the_clock.sleep(min(delay, remaining))
         delay = min(delay * 1.5, max_interval)

@@ -150,7 +150,11 @@ class RetryPolicy:
             failure = state.outcome.exception() if state.outcome else None
             log.info(
                 "%s failed (%s); try %d of %d in %.1f s",
-                what, failure, state.attempt_number + 1, self.attempts, state.upcoming_sleep,
+                what,
+                failure,
+                state.attempt_number + 1,
+                self.attempts,
+                state.upcoming_sleep,
             )
 
         retrying = tenacity.Retrying(

@@ -104,7 +104,9 @@ def run(
         raise CommandError(f"timed out after {timeout}s: {command}") from exc
     except OSError as exc:  # a program given by path that is missing or not executable
         raise CommandError(f"cannot run {command}: {exc.strerror}") from None
-    log.debug("exit code %d after %.2fs: %s", result.returncode, time.monotonic() - started, args[0])
+    log.debug(
+        "exit code %d after %.2fs: %s", result.returncode, time.monotonic() - started, args[0]
+    )
     if check and result.returncode != 0:
         tail = (result.stderr or b"").decode(errors="replace").strip().splitlines()[-15:]
         raise CommandError(

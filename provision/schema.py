@@ -55,7 +55,11 @@ def check_mapping(schema: Schema, value: Mapping[str, Any]) -> list[Violation]:
         if spec is None:
             if not schema.open:
                 close = difflib.get_close_matches(str(key), sorted(schema.fields), n=1)
-                known = f"did you mean {close[0]!r}?" if close else "known: " + (", ".join(sorted(schema.fields)) or "none")
+                known = (
+                    f"did you mean {close[0]!r}?"
+                    if close
+                    else "known: " + (", ".join(sorted(schema.fields)) or "none")
+                )
                 problems.append(Violation((str(key),), f"unknown key ({known})", at_key=True))
             continue
         if spec.parse(item) is None:
@@ -81,7 +85,9 @@ def number(low: float, high: float) -> Parser:
     def parse(value: Any) -> float | None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
-        return float(value) if low <= value <= high else None  # compared first: 10**400 has no float
+        return (
+            float(value) if low <= value <= high else None
+        )  # compared first: 10**400 has no float
 
     return parse
 

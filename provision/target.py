@@ -90,12 +90,20 @@ class Target(Protocol):
         Never uploads or builds anything (``provision plan`` calls it)."""
         ...
 
-    def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
+    def publish(
+        self, provider: Provider, artifact: Artifact, progress: Progress | None = None
+    ) -> PublishedImage:
         """Make ``artifact`` launchable; idempotent by ``artifact.digest``."""
         ...
 
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None, *,
-                      publish: bool = True) -> str:
+    def resolve_image(
+        self,
+        provider: Provider,
+        image: str,
+        progress: Progress | None = None,
+        *,
+        publish: bool = True,
+    ) -> str:
         """A group's ``image`` as written when it is not an image spec (an id, a built artifact's
         path): the id to launch. With ``publish=False`` (``provision plan``) nothing is copied or
         uploaded: the id it would have. Raise a ProvisionError when the target cannot launch it."""
@@ -131,7 +139,9 @@ def read_artifact(manifest: Path, fmt: str) -> Artifact:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{manifest}: not a build manifest ({exc})") from exc
     if not outputs:
-        raise UsageError(f"{manifest}: the build has no {fmt} output",
-                         hint=f"build it with: provision build -f {fmt}")
+        raise UsageError(
+            f"{manifest}: the build has no {fmt} output",
+            hint=f"build it with: provision build -f {fmt}",
+        )
     files = tuple(manifest.parent / str(o["file"]) for o in outputs)
     return Artifact(name, digest, fmt, files, manifest)

@@ -8,6 +8,8 @@ scripts/setup.sh
 PY=.venv/bin/python
 echo "== ruff" >&2
 "$PY" -m ruff check provision builders providers tests bench
+echo "== ruff format --check" >&2
+"$PY" -m ruff format --check provision builders providers tests bench
 echo "== mypy --strict" >&2
 "$PY" -m mypy
 echo "== pytest" >&2

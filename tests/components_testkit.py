@@ -22,7 +22,15 @@ def ensure_web_components() -> Path:
         plan_image_digest([REPO / "examples/web.yml"], ImageStore(COMPONENTS))
     except ComponentsMissingError:
         env = {**os.environ, "PROVISION_CACHE": str(COMPONENTS)}
-        done = subprocess.run([sys.executable, "-m", "provision", "pkg", "build", "-q", *WEB_COMPONENTS], cwd=REPO,
-                              capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL, check=False, env=env)
+        done = subprocess.run(
+            [sys.executable, "-m", "provision", "pkg", "build", "-q", *WEB_COMPONENTS],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            stdin=subprocess.DEVNULL,
+            check=False,
+            env=env,
+        )
         assert done.returncode == 0, done.stderr
     return COMPONENTS

@@ -42,12 +42,16 @@ def skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
 
 
 def policy_message(what: str) -> str:
-    return (f"{what}; under CI a skip fails the run: install what it needs (scripts/setup.sh), "
-            "make it pytest.fail, or put it on ALLOWED_SKIPS in tests/conftest.py with the reason")
+    return (
+        f"{what}; under CI a skip fails the run: install what it needs (scripts/setup.sh), "
+        "make it pytest.fail, or put it on ALLOWED_SKIPS in tests/conftest.py with the reason"
+    )
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if not skips_fail() or allowed_reason(report.nodeid) is not None:
         return report
@@ -64,7 +68,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
     report = yield
     if report.skipped and skips_fail() and allowed_reason(report.nodeid) is None:
         report.outcome = "failed"

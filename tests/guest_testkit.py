@@ -28,7 +28,9 @@ def module_order(modules_dir: Path, wanted: Sequence[str]) -> list[str]:
     return plan_module_order(table, wanted)
 
 
-def _newc_entry(name: str, mode: int, data: bytes, rdev: tuple[int, int], ino: int, mtime: int) -> bytes:
+def _newc_entry(
+    name: str, mode: int, data: bytes, rdev: tuple[int, int], ino: int, mtime: int
+) -> bytes:
     encoded = name.encode() + b"\0"
     fields = [ino, mode, 0, 0, 1, mtime, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0]
     out = b"070701" + b"".join(f"{value:08x}".encode() for value in fields) + encoded

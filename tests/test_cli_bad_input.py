@@ -82,26 +82,60 @@ def make_inputs(tmp: Path) -> Inputs:
     (tmp / "deep.yml").write_text("a: " + "[" * 500 + "]" * 500 + "\n")
     (tmp / "latin1.yml").write_bytes(b"cluster: caf\xe9\n")
     (tmp / "python-tag.yml").write_text("services: !!python/object/apply:os.system [ls]\n")
-    (tmp / "plan-nonsense.json").write_text('{"format": "provision.plan/v1", "groups": [{"changes": "x"}]}\n')
+    (tmp / "plan-nonsense.json").write_text(
+        '{"format": "provision.plan/v1", "groups": [{"changes": "x"}]}\n'
+    )
     (tmp / "good-cluster.yml").write_text(GOOD_CLUSTER)
     return Inputs(tmp)
 
 
 # -- the corpus, by kind of argument ----------------------------------------------------------
 
+
 def corpus(kind: str, inputs: Inputs) -> list[str]:
     p = inputs.path
-    hostile_files = [p("missing.yml"), p("empty-dir"), "/dev/null", "/dev/zero", p("fifo"), p("garbage"),
-                     p("words"), p("empty"), p("nul.yml"), p("deep.yml"), p("latin1.yml"), p("python-tag.yml")]
+    hostile_files = [
+        p("missing.yml"),
+        p("empty-dir"),
+        "/dev/null",
+        "/dev/zero",
+        p("fifo"),
+        p("garbage"),
+        p("words"),
+        p("empty"),
+        p("nul.yml"),
+        p("deep.yml"),
+        p("latin1.yml"),
+        p("python-tag.yml"),
+    ]
     table = {
         "input": hostile_files + [p("plan-nonsense.json")],
-        "data": [p("missing"), p("empty-dir"), "/dev/zero", p("fifo")],  # any bytes are valid user data
-        "output-file": [p("missing-dir/out.json"), p("empty-dir"), p("null-device"), p("full-device"), p("fifo"),
-                        p("garbage/out.json"), "/proc/out.json"],
+        "data": [
+            p("missing"),
+            p("empty-dir"),
+            "/dev/zero",
+            p("fifo"),
+        ],  # any bytes are valid user data
+        "output-file": [
+            p("missing-dir/out.json"),
+            p("empty-dir"),
+            p("null-device"),
+            p("full-device"),
+            p("fifo"),
+            p("garbage/out.json"),
+            "/proc/out.json",
+        ],
         "output-dir": [p("garbage"), p("null-device"), p("fifo")],
         "directory": [p("garbage"), p("null-device"), p("fifo")],
-        "journal": [p("empty-dir"), p("null-device"), p("fifo"), p("garbage"), p("words"), "/proc/journal.db",
-                    p("garbage/journal.db")],
+        "journal": [
+            p("empty-dir"),
+            p("null-device"),
+            p("fifo"),
+            p("garbage"),
+            p("words"),
+            "/proc/journal.db",
+            p("garbage/journal.db"),
+        ],
         "number": ["x", "-5", "nan", "inf", "1e999", ""],
         "choice": ["bogus"],
         "listen": ["bogus", "127.0.0.1:99999", "127.0.0.1:x"],
@@ -123,28 +157,84 @@ def corpus(kind: str, inputs: Inputs) -> list[str]:
 # What each argument is, by destination (first by "command dest", then by dest alone). An
 # argument that is neither here, nor typed (a number or a choice), fails the test: classify it.
 KINDS = {
-    "cluster": "input", "specs": "input", "file": "input", "artifact": "input", "recipes": "input",
-    "sources": "input", "data_file": "data",
-    "out": "output-file", "cache export output": "output-file", "build outdir": "output-dir",
-    "cache": "directory", "debs": "directory", "root": "directory",
-    "journal": "journal", "listen": "listen",
-    "refs": "image-ref", "ref": "image-ref", "target": "image-ref", "push": "image-ref",
-    "name": "name", "names": "vm-name", "format": "format", "platform": "platform", "compress": "compression",
-    "size": "number", "boot_size": "number", "data_size": "number", "mem": "number", "parallel": "number",
-    "publish": "publish", "disk": "disk", "tag": "tag",
-    "lab": "input", "token_file": "input", "state": "directory", "tftp": "listen",
-    "dhcp_listen": "ip", "boot_server": "ip", "dhcp_router": "ip", "dhcp_dns": "ip", "dhcp_pool": "ip-range",
-    "push source": "input", "push target": "choice", "push boot_mode": "choice",
-    "push security_type": "choice", "push hyperv_generation": "choice",
-    "push concurrency": "number", "push timeout": "number", "push request_timeout": "number",
+    "cluster": "input",
+    "specs": "input",
+    "file": "input",
+    "artifact": "input",
+    "recipes": "input",
+    "sources": "input",
+    "data_file": "data",
+    "out": "output-file",
+    "cache export output": "output-file",
+    "build outdir": "output-dir",
+    "cache": "directory",
+    "debs": "directory",
+    "root": "directory",
+    "journal": "journal",
+    "listen": "listen",
+    "refs": "image-ref",
+    "ref": "image-ref",
+    "target": "image-ref",
+    "push": "image-ref",
+    "name": "name",
+    "names": "vm-name",
+    "format": "format",
+    "platform": "platform",
+    "compress": "compression",
+    "size": "number",
+    "boot_size": "number",
+    "data_size": "number",
+    "mem": "number",
+    "parallel": "number",
+    "publish": "publish",
+    "disk": "disk",
+    "tag": "tag",
+    "lab": "input",
+    "token_file": "input",
+    "state": "directory",
+    "tftp": "listen",
+    "dhcp_listen": "ip",
+    "boot_server": "ip",
+    "dhcp_router": "ip",
+    "dhcp_dns": "ip",
+    "dhcp_pool": "ip-range",
+    "push source": "input",
+    "push target": "choice",
+    "push boot_mode": "choice",
+    "push security_type": "choice",
+    "push hyperv_generation": "choice",
+    "push concurrency": "number",
+    "push timeout": "number",
+    "push request_timeout": "number",
 }
 # Free text with no bad value (anything is a valid owner, command line or user data).
-FREE_TEXT = {"daemon owner", "run qemu cmdline", "run qemu data",
-             # cloud names the cloud itself checks (a region, accounts, a bucket, an upload method)
-             "push region", "push copy_to", "push share_with", "push method", "push bucket",
-             "push project", "push family", "push guest_os_features", "push storage_location", "push label",
-             "push subscription", "push resource_group", "push storage_account", "push storage_resource_group",
-             "push container", "push gallery", "push gallery_image", "push version", "push replicas", "push endpoint"}
+FREE_TEXT = {
+    "daemon owner",
+    "run qemu cmdline",
+    "run qemu data",
+    # cloud names the cloud itself checks (a region, accounts, a bucket, an upload method)
+    "push region",
+    "push copy_to",
+    "push share_with",
+    "push method",
+    "push bucket",
+    "push project",
+    "push family",
+    "push guest_os_features",
+    "push storage_location",
+    "push label",
+    "push subscription",
+    "push resource_group",
+    "push storage_account",
+    "push storage_resource_group",
+    "push container",
+    "push gallery",
+    "push gallery_image",
+    "push version",
+    "push replicas",
+    "push endpoint",
+}
+
 
 # The valid value an argument takes while another one is being tested. Commands that would
 # reach the network or boot a machine get a missing input instead: they must fail anyway.
@@ -162,6 +252,7 @@ def baseline(command: str, dest: str, inputs: Inputs) -> str:
 
 # -- walking the parser -----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Command:
     words: tuple[str, ...]
@@ -172,8 +263,11 @@ class Command:
         return " ".join(self.words)
 
 
-def walk(parser: argparse.ArgumentParser, words: tuple[str, ...] = (),
-         chain: tuple[argparse.ArgumentParser, ...] = ()) -> Iterator[Command]:
+def walk(
+    parser: argparse.ArgumentParser,
+    words: tuple[str, ...] = (),
+    chain: tuple[argparse.ArgumentParser, ...] = (),
+) -> Iterator[Command]:
     chain = (*chain, parser)
     subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subparsers:
@@ -190,9 +284,15 @@ COMMANDS = [c for c in walk(build_parser()) if c.words]
 
 
 def value_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in parser._actions
-            if not isinstance(a, argparse._SubParsersAction | argparse._HelpAction) and a.nargs != 0
-            and not isinstance(a, argparse._CountAction | argparse._StoreConstAction | argparse._VersionAction)]
+    return [
+        a
+        for a in parser._actions
+        if not isinstance(a, argparse._SubParsersAction | argparse._HelpAction)
+        and a.nargs != 0
+        and not isinstance(
+            a, argparse._CountAction | argparse._StoreConstAction | argparse._VersionAction
+        )
+    ]
 
 
 def kind_of(command: Command, action: argparse.Action) -> str | None:
@@ -206,8 +306,10 @@ def kind_of(command: Command, action: argparse.Action) -> str | None:
         return "choice"
     if action.type in (int, float) or getattr(action.type, "__name__", "") in ("number", "integer"):
         return "number"
-    raise AssertionError(f"classify {'/'.join(action.option_strings) or action.dest} of `provision {command.name}` "
-                         "in tests/test_cli_bad_input.py (KINDS or FREE_TEXT)")
+    raise AssertionError(
+        f"classify {'/'.join(action.option_strings) or action.dest} of `provision {command.name}` "
+        "in tests/test_cli_bad_input.py (KINDS or FREE_TEXT)"
+    )
 
 
 def cases(command: Command, inputs: Inputs) -> Iterator[list[str]]:
@@ -246,6 +348,7 @@ def cases(command: Command, inputs: Inputs) -> Iterator[list[str]]:
 
 # -- running one case in a forked child -------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Outcome:
     code: int | None  # None: killed at the time limit
@@ -275,9 +378,15 @@ def run_case(argv: list[str], inputs: Inputs) -> Outcome:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
                 signal.signal(sig, signal.SIG_DFL)
             home = inputs.tmp / "home"
-            os.environ.update({"HOME": str(home), "XDG_CACHE_HOME": str(home / "cache"),
-                               "XDG_STATE_HOME": str(home / "state"), "PROVISION_CACHE": str(home / "oci"),
-                               "PROVISION_STATE": str(home / "vms")})
+            os.environ.update(
+                {
+                    "HOME": str(home),
+                    "XDG_CACHE_HOME": str(home / "cache"),
+                    "XDG_STATE_HOME": str(home / "state"),
+                    "PROVISION_CACHE": str(home / "oci"),
+                    "PROVISION_STATE": str(home / "vms"),
+                }
+            )
             os.chdir(inputs.tmp)
             code = main(argv)
         except SystemExit as exc:
@@ -304,7 +413,9 @@ def run_case(argv: list[str], inputs: Inputs) -> Outcome:
         os.killpg(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     seconds = time.monotonic() - started
-    return Outcome(code, out_path.read_text(errors="replace"), err_path.read_text(errors="replace"), seconds)
+    return Outcome(
+        code, out_path.read_text(errors="replace"), err_path.read_text(errors="replace"), seconds
+    )
 
 
 def one_error(lines: list[str]) -> bool:
@@ -313,7 +424,11 @@ def one_error(lines: list[str]) -> bool:
     if len(lines) == 1:
         return bool(ERROR_LINE.fullmatch(lines[0]))
     head = SPEC_ERRORS.fullmatch(lines[0]) if lines else None
-    return bool(head) and int(head.group(1)) == len(lines) - 1 and all(PROBLEM.fullmatch(line) for line in lines[1:])
+    return (
+        bool(head)
+        and int(head.group(1)) == len(lines) - 1
+        and all(PROBLEM.fullmatch(line) for line in lines[1:])
+    )
 
 
 def judge(argv: list[str], outcome: Outcome) -> str | None:
@@ -337,8 +452,23 @@ def judge(argv: list[str], outcome: Outcome) -> str | None:
 
 def test_every_command_is_walked() -> None:
     names = {c.name for c in COMMANDS}
-    assert {"build", "validate", "plan", "apply", "daemon", "status", "up", "down", "cache ls",
-            "cache import", "pkg build", "run qemu", "ps", "stop", "version"} <= names
+    assert {
+        "build",
+        "validate",
+        "plan",
+        "apply",
+        "daemon",
+        "status",
+        "up",
+        "down",
+        "cache ls",
+        "cache import",
+        "pkg build",
+        "run qemu",
+        "ps",
+        "stop",
+        "version",
+    } <= names
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[c.name for c in COMMANDS])
@@ -357,6 +487,7 @@ def test_bad_arguments_give_one_line_and_exit_1_or_2(command: Command, tmp_path:
 
 # -- the handler that turns what a command raises into one line -------------------------------
 
+
 def raising(exc: BaseException) -> Callable[[argparse.Namespace], int]:
     def handler(_args: argparse.Namespace) -> int:
         raise exc
@@ -364,18 +495,36 @@ def raising(exc: BaseException) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
-@pytest.mark.parametrize(("exc", "code", "line"), [
-    (FileNotFoundError(2, "No such file or directory", "/x/plan.json"), 1,
-     "provision: error: /x/plan.json: No such file or directory"),
-    (PermissionError(13, "Permission denied"), 1, "provision: error: Permission denied"),
-    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), 2,
-     "provision: error: text encoding error: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"),
-    (RecursionError("maximum recursion depth exceeded"), 2, "provision: error: input nested too deeply"),
-    (KeyError("sim"), 1, "provision: error: internal error: KeyError: 'sim'"),
-    (ValueError("first line\nsecond line"), 1, "provision: error: internal error: ValueError: first line"),
-])
-def test_what_a_command_raises_becomes_one_line(exc: BaseException, code: int, line: str,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("exc", "code", "line"),
+    [
+        (
+            FileNotFoundError(2, "No such file or directory", "/x/plan.json"),
+            1,
+            "provision: error: /x/plan.json: No such file or directory",
+        ),
+        (PermissionError(13, "Permission denied"), 1, "provision: error: Permission denied"),
+        (
+            UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+            2,
+            "provision: error: text encoding error: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte",
+        ),
+        (
+            RecursionError("maximum recursion depth exceeded"),
+            2,
+            "provision: error: input nested too deeply",
+        ),
+        (KeyError("sim"), 1, "provision: error: internal error: KeyError: 'sim'"),
+        (
+            ValueError("first line\nsecond line"),
+            1,
+            "provision: error: internal error: ValueError: first line",
+        ),
+    ],
+)
+def test_what_a_command_raises_becomes_one_line(
+    exc: BaseException, code: int, line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_handler(raising(exc), argparse.Namespace()) == code
     out, err = capsys.readouterr()
     lines = err.splitlines()
@@ -384,8 +533,9 @@ def test_what_a_command_raises_becomes_one_line(exc: BaseException, code: int, l
     assert "Traceback" not in err
 
 
-def test_the_traceback_of_an_internal_error_is_logged_at_debug_level(caplog: pytest.LogCaptureFixture,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_traceback_of_an_internal_error_is_logged_at_debug_level(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
     with caplog.at_level(logging.DEBUG, logger="provision"):
         assert run_handler(raising(KeyError("sim")), argparse.Namespace()) == 1
     assert any(record.exc_info and record.exc_info[0] is KeyError for record in caplog.records)
@@ -395,30 +545,48 @@ def test_the_traceback_of_an_internal_error_is_logged_at_debug_level(caplog: pyt
 def provision_process(*argv: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(cwd)}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "provision", *argv], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "provision", *argv],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     return done, time.monotonic() - started
 
 
 def test_the_real_command_prints_one_line_for_the_issue_cases(tmp_path: Path) -> None:
     make_inputs(tmp_path)
-    done, _ = provision_process("plan", "good-cluster.yml", "--out", "missing-dir/plan.json", cwd=tmp_path)
+    done, _ = provision_process(
+        "plan", "good-cluster.yml", "--out", "missing-dir/plan.json", cwd=tmp_path
+    )
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.splitlines() == [
-        "provision: error: cannot write missing-dir/plan.json: the directory missing-dir does not exist"]
+        "provision: error: cannot write missing-dir/plan.json: the directory missing-dir does not exist"
+    ]
     for spec in ("fifo", "/dev/zero", "deep.yml"):
         for command in ("validate", "plan"):
             done, seconds = provision_process(command, spec, cwd=tmp_path)
             assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-            assert len([line for line in done.stderr.splitlines() if not line.startswith("hint: ")]) == 1
+            assert (
+                len([line for line in done.stderr.splitlines() if not line.startswith("hint: ")])
+                == 1
+            )
             assert seconds < 10  # an interpreter start, then an immediate refusal
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
     make_inputs(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
-    child = subprocess.Popen([sys.executable, "-m", "provision", "plan", "good-cluster.yml", "--json", "--all"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "provision", "plan", "good-cluster.yml", "--json", "--all"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env=env,
+    )
     assert child.stdout is not None and child.stderr is not None
     child.stdout.close()  # `provision plan ... | head -0`
     err = child.stderr.read()
@@ -430,8 +598,17 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> Non
 def test_serve_reads_its_token_file_bounded(token: str, tmp_path: Path) -> None:
     inputs = make_inputs(tmp_path)
     path = token if token.startswith("/") else inputs.path(token)
-    argv = ["serve", "--lab", str(ROOT / "examples" / "metal-lab.yml"), "--state", inputs.path("metal-state"),
-            "--listen", "127.0.0.1:0", "--token-file", path]
+    argv = [
+        "serve",
+        "--lab",
+        str(ROOT / "examples" / "metal-lab.yml"),
+        "--state",
+        inputs.path("metal-state"),
+        "--listen",
+        "127.0.0.1:0",
+        "--token-file",
+        path,
+    ]
     outcome = run_case(argv, inputs)
     assert judge(argv, outcome) is None, judge(argv, outcome)
     assert f"--token-file {path}: " in outcome.err

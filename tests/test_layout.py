@@ -56,15 +56,22 @@ OWN_COMMANDS = {"provision/commands/run.py", "provision/commands/serve.py"}
 
 def _core_modules() -> list[Path]:
     """The engine, the pipeline, the commands and the builders (not the targets themselves)."""
-    found = [p for p in (ROOT / "provision").rglob("*.py")
-             if not p.is_relative_to(ROOT / "provision" / "builders") and not p.is_relative_to(ROOT / "provision" / "providers")]
+    found = [
+        p
+        for p in (ROOT / "provision").rglob("*.py")
+        if not p.is_relative_to(ROOT / "provision" / "builders")
+        and not p.is_relative_to(ROOT / "provision" / "providers")
+    ]
     return sorted(found + list((ROOT / "builders").rglob("*.py")))
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
     ids = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+        ):
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 ids.add(id(first.value))
@@ -94,14 +101,20 @@ def test_no_core_module_imports_or_names_a_target() -> None:
                 parts = module.split(".")
                 if parts[:2] == ["provision", "providers"] and len(parts) > 2:
                     offenders.append(f"{relative}:{node.lineno}: imports {module}")
-            is_text = isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+            is_text = (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docs
+            )
             if is_text and node.value in TARGETS and node.value not in formats:  # type: ignore[attr-defined]
                 offenders.append(f"{relative}:{node.lineno}: names the target {node.value!r}")  # type: ignore[attr-defined]
-    assert offenders == [], "core modules reach targets only through provision.providers:\n" + "\n".join(offenders)
+    assert offenders == [], (
+        "core modules reach targets only through provision.providers:\n" + "\n".join(offenders)
+    )
 
 
 def test_the_check_above_would_catch_a_target_named_in_the_engine(tmp_path: Path) -> None:
-    sample = "def pick(kind: str) -> bool:\n    \"\"\"qemu is fine in a docstring.\"\"\"\n    return kind == 'qemu'\n"
+    sample = 'def pick(kind: str) -> bool:\n    """qemu is fine in a docstring."""\n    return kind == \'qemu\'\n'
     tree = ast.parse(sample)
     docs = _docstrings(tree)
     named = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and id(n) not in docs]

@@ -115,8 +115,9 @@ def test_total_time_is_bounded(server: ScriptedServer) -> None:
 def test_jittered_backoff_without_retry_after(server: ScriptedServer) -> None:
     clock = RecordingClock()
     server.script = [(503, {})] * 4
-    policy = RetryPolicy(attempts=6, total=600, initial=0.5, maximum=2.0, clock=clock,
-                         rng=random.Random(1))
+    policy = RetryPolicy(
+        attempts=6, total=600, initial=0.5, maximum=2.0, clock=clock, rng=random.Random(1)
+    )
     assert policy.call(lambda: get(server.url, clock)) == "ok"
     ceilings = [0.5, 1.0, 2.0, 2.0]
     assert len(clock.sleeps) == 4

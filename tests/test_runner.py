@@ -85,9 +85,15 @@ class Unresolved(Exception):
 
 def bound_value(node: ast.AST, name: str) -> ast.expr | None:
     """The value ``node`` assigns to ``name`` (``name = ...`` or ``name: T = ...``), if any."""
-    if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+    if isinstance(node, ast.Assign) and any(
+        isinstance(t, ast.Name) and t.id == name for t in node.targets
+    ):
         return node.value
-    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
+    if (
+        isinstance(node, ast.AnnAssign)
+        and isinstance(node.target, ast.Name)
+        and node.target.id == name
+    ):
         return node.value
     return None
 
@@ -131,16 +137,26 @@ class Resolver:
     def parameter_values(self, name: str, scope: ast.FunctionDef) -> Iterator[Binding]:
         params = scope.args
         positional = [a.arg for a in params.posonlyargs + params.args]
-        defaults = dict(zip(positional[len(positional) - len(params.defaults):], params.defaults,
-                            strict=True))
-        defaults.update({a.arg: d for a, d in zip(params.kwonlyargs, params.kw_defaults, strict=True)
-                         if d is not None})
+        defaults = dict(
+            zip(positional[len(positional) - len(params.defaults) :], params.defaults, strict=True)
+        )
+        defaults.update(
+            {
+                a.arg: d
+                for a, d in zip(params.kwonlyargs, params.kw_defaults, strict=True)
+                if d is not None
+            }
+        )
         if name in defaults:
             yield self, defaults[name], None
         if name in positional:  # what the module's callers pass
             index = positional.index(name) - (1 if positional[0] == "self" else 0)
             for call in ast.walk(self.module.tree):
-                if isinstance(call, ast.Call) and call_name(call) == scope.name and len(call.args) > index:
+                if (
+                    isinstance(call, ast.Call)
+                    and call_name(call) == scope.name
+                    and len(call.args) > index
+                ):
                     yield self, call.args[index], self.module.function(call)
 
     def imported(self, name: str) -> tuple[Resolver, str] | None:
@@ -173,7 +189,12 @@ class Resolver:
         for node in ast.walk(self.module.tree):
             if isinstance(node, ast.ClassDef):
                 for item in node.body:
-                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.target.id == attribute and item.value:
+                    if (
+                        isinstance(item, ast.AnnAssign)
+                        and isinstance(item.target, ast.Name)
+                        and item.target.id == attribute
+                        and item.value
+                    ):
                         return item.value
         raise Unresolved(f"field {attribute}")
 
@@ -208,7 +229,9 @@ class Resolver:
                 if isinstance(element, ast.Starred) and isinstance(element.value, ast.Call):
                     found |= self.programs(element.value, scope)  # a wrapper: go on
                     continue
-                return found | self.programs(element.value if isinstance(element, ast.Starred) else element, scope)
+                return found | self.programs(
+                    element.value if isinstance(element, ast.Starred) else element, scope
+                )
             raise Unresolved(ast.unparse(node))
         if isinstance(node, ast.Call):
             if isinstance(node.func, ast.Attribute) and node.func.attr == "argv" and node.args:
@@ -236,11 +259,15 @@ def call_name(call: ast.Call) -> str | None:
 def is_plugin_tools(node: ast.expr) -> bool:
     """``(tool for writer in writers for tool in writer.tools())`` or ``... in target.tools)``:
     the programs plug-ins declare (scanned where they declare them)."""
+
     def declares(it: ast.expr) -> bool:
         return (isinstance(it, ast.Call) and call_name(it) == "tools") or (
-            isinstance(it, ast.Attribute) and it.attr == "tools")
+            isinstance(it, ast.Attribute) and it.attr == "tools"
+        )
+
     return isinstance(node, ast.GeneratorExp | ast.ListComp) and any(
-        declares(gen.iter) for gen in node.generators)
+        declares(gen.iter) for gen in node.generators
+    )
 
 
 @dataclass
@@ -270,7 +297,9 @@ def scan() -> Scan:
                     if where in DYNAMIC_PROGRAMS:
                         result.dynamic.add(where)
                     else:
-                        result.unresolved.append(f"{rel}:{node.lineno}: run({ast.unparse(node.args[0])}): {exc}")
+                        result.unresolved.append(
+                            f"{rel}:{node.lineno}: run({ast.unparse(node.args[0])}): {exc}"
+                        )
             elif isinstance(node, ast.Call) and call_name(node) == "require_tools" and node.args:
                 if is_plugin_tools(node.args[0]):
                     continue  # the format writers' tools() and the targets' tools, scanned below
@@ -284,7 +313,9 @@ def scan() -> Scan:
                         try:
                             result.declared |= resolver.strings(value, None)
                         except Unresolved as exc:
-                            result.unresolved.append(f"{rel}:{item.lineno}: {node.name}.tools: {exc}")
+                            result.unresolved.append(
+                                f"{rel}:{item.lineno}: {node.name}.tools: {exc}"
+                            )
             elif isinstance(node, ast.FunctionDef) and node.name == "tools":
                 for _r, value, scope in resolver.returns("tools"):
                     if scope is node:
@@ -318,19 +349,30 @@ def test_a_missing_program_names_its_package() -> None:
     assert caught.value.hint == "install with: apt-get install no-such-program-a no-such-program-b"
 
 
-def test_run_logs_each_command_at_debug_level(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+def test_run_logs_each_command_at_debug_level(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     with caplog.at_level(logging.DEBUG, logger="provision.runner"):
-        run(["tar", "-cf", tmp_path / "empty file.tar", "--files-from", "/dev/null"], cwd=tmp_path,
-            env={"SECRET_TOKEN": "hunter2"}, input=b"also-secret")
+        run(
+            ["tar", "-cf", tmp_path / "empty file.tar", "--files-from", "/dev/null"],
+            cwd=tmp_path,
+            env={"SECRET_TOKEN": "hunter2"},
+            input=b"also-secret",
+        )
         with pytest.raises(CommandError) as caught:
             run(["tar", "-xf", tmp_path / "missing.tar"])
     lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "provision.runner"]
-    assert lines[0] == (logging.DEBUG, f"run: tar -cf '{tmp_path}/empty file.tar' --files-from /dev/null  (in {tmp_path})")
+    assert lines[0] == (
+        logging.DEBUG,
+        f"run: tar -cf '{tmp_path}/empty file.tar' --files-from /dev/null  (in {tmp_path})",
+    )
     assert lines[1][0] == logging.DEBUG and lines[1][1].startswith("exit code 0 after ")
     assert lines[2] == (logging.DEBUG, f"run: tar -xf {tmp_path}/missing.tar")
     assert lines[3][1].startswith("exit code 2 after ") and lines[3][1].endswith(": tar")
     assert "hunter2" not in caplog.text and "also-secret" not in caplog.text
-    assert str(caught.value).startswith(f"command failed with exit code 2: tar -xf {tmp_path}/missing.tar\n")
+    assert str(caught.value).startswith(
+        f"command failed with exit code 2: tar -xf {tmp_path}/missing.tar\n"
+    )
 
 
 def test_a_program_path_that_does_not_exist_is_a_command_error(tmp_path: Path) -> None:

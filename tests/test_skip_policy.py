@@ -13,7 +13,7 @@ from xml.etree import ElementTree
 
 CONFTEST = Path(__file__).with_name("conftest.py")
 
-TINY = '''
+TINY = """
 import sys
 
 import pytest
@@ -59,9 +59,9 @@ def test_allowed(n):
 
 def test_passes():
     pass
-'''
+"""
 
-ALLOWED_ONLY = '''
+ALLOWED_ONLY = """
 import pytest
 
 
@@ -72,9 +72,9 @@ def test_allowed(n):
 
 def test_passes():
     pass
-'''
+"""
 
-IMPORTORSKIP = '''
+IMPORTORSKIP = """
 import pytest
 
 pytest.importorskip("no_such_module_for_the_skip_policy_test")
@@ -82,11 +82,16 @@ pytest.importorskip("no_such_module_for_the_skip_policy_test")
 
 def test_never_collected():
     pass
-'''
+"""
 
 
-def run_pytest(directory: Path, *, ci: str | None, allow: dict[str, str] | None = None,
-               extra: tuple[str, ...] = ()) -> tuple[int, str, dict[str, str]]:
+def run_pytest(
+    directory: Path,
+    *,
+    ci: str | None,
+    allow: dict[str, str] | None = None,
+    extra: tuple[str, ...] = (),
+) -> tuple[int, str, dict[str, str]]:
     """Run pytest on ``directory`` with CI=``ci`` (unset if None): exit code, output, and each
     test's outcome from the JUnit report (passed, failed, error, skipped, xfailed)."""
     conftest = CONFTEST.read_text()
@@ -138,13 +143,19 @@ def test_the_allow_list_lets_a_test_skip_under_ci(tmp_path: Path) -> None:
     assert outcomes["test_xfail_fails"] == "xfailed", output
     assert outcomes["test_calls_skip"] == "failed", output
     (tmp_path / "test_tiny.py").write_text(ALLOWED_ONLY)
-    code, output, outcomes = run_pytest(tmp_path, ci="true", allow={"test_tiny.py::test_allowed[2]": "KVM only"})
+    code, output, outcomes = run_pytest(
+        tmp_path, ci="true", allow={"test_tiny.py::test_allowed[2]": "KVM only"}
+    )
     assert code == 1, output  # an entry with a parameter covers only that parameter
     assert outcomes["test_allowed[1]"] == "failed", output
     assert outcomes["test_allowed[2]"] == "skipped", output
     code, output, outcomes = run_pytest(tmp_path, ci="true", allow=allow)
     assert code == 0, output
-    assert outcomes == {"test_allowed[1]": "skipped", "test_allowed[2]": "skipped", "test_passes": "passed"}, output
+    assert outcomes == {
+        "test_allowed[1]": "skipped",
+        "test_allowed[2]": "skipped",
+        "test_passes": "passed",
+    }, output
 
 
 def test_without_ci_a_skip_is_a_skip(tmp_path: Path) -> None:
@@ -160,8 +171,13 @@ def test_importorskip_at_collection_fails_under_ci(tmp_path: Path) -> None:
     (tmp_path / "test_needs_module.py").write_text(IMPORTORSKIP)
     code, output, _ = run_pytest(tmp_path, ci="true")
     assert code != 0, output
-    assert "skipped at collection: could not import 'no_such_module_for_the_skip_policy_test'" in output
-    code, output, _ = run_pytest(tmp_path, ci="true", allow={"test_needs_module.py": "optional module"})
+    assert (
+        "skipped at collection: could not import 'no_such_module_for_the_skip_policy_test'"
+        in output
+    )
+    code, output, _ = run_pytest(
+        tmp_path, ci="true", allow={"test_needs_module.py": "optional module"}
+    )
     assert code == 5, output  # nothing collected, nothing failed
 
 
@@ -180,5 +196,7 @@ def test_every_allow_list_entry_names_a_test_file_and_a_reason() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for nodeid, reason in module.ALLOWED_SKIPS.items():
-        assert (CONFTEST.parent.parent / nodeid.split("::", 1)[0]).is_file(), f"{nodeid}: no such test file"
+        assert (CONFTEST.parent.parent / nodeid.split("::", 1)[0]).is_file(), (
+            f"{nodeid}: no such test file"
+        )
         assert reason.strip(), f"{nodeid}: give the reason it may skip"

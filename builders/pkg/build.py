@@ -37,7 +37,8 @@ class ElfClosureError(ProvisionError):
         lines = "\n".join(f"  {m}" for m in missing)
         super().__init__(
             f"{recipe.recipe_file}: elf_closure: {len(missing)} missing dependenc"
-            + ("y" if len(missing) == 1 else "ies") + f":\n{lines}",
+            + ("y" if len(missing) == 1 else "ies")
+            + f":\n{lines}",
             hint,
         )
         self.missing = tuple(missing)

@@ -111,7 +111,8 @@ def select_files(
     if unused:
         raise ProvisionError(
             f"{label}: keep glob{'s' if len(unused) > 1 else ''} "
-            + ", ".join(unused) + " match nothing in the package",
+            + ", ".join(unused)
+            + " match nothing in the package",
             hint="list the package's files: dpkg-deb -c FILE.deb (the download cache holds it)",
         )
     return kept

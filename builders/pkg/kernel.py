@@ -77,9 +77,7 @@ def find_kernel_version(files: Iterable[DebFile]) -> tuple[str, DebFile]:
     return found[0]
 
 
-def resolve_modules(
-    files: Sequence[DebFile], version: str, wanted: Sequence[str]
-) -> KernelModules:
+def resolve_modules(files: Sequence[DebFile], version: str, wanted: Sequence[str]) -> KernelModules:
     """The modules ``wanted`` plus their dependency closure (modinfo depends / softdep)."""
     prefix = f"/lib/modules/{version}/"
     available: dict[str, DebFile] = {}
@@ -159,7 +157,9 @@ def write_modules_tar(files: Sequence[DebFile], chosen: KernelModules) -> bytes:
         return tar_layer_from_entries(_tree_entries(root))
 
 
-def assemble_kernel(files: Sequence[DebFile], spec: KernelSpec) -> tuple[list[LayerEntry], KernelModules]:
+def assemble_kernel(
+    files: Sequence[DebFile], spec: KernelSpec
+) -> tuple[list[LayerEntry], KernelModules]:
     """The kernel image's two files: ``spec.binary`` (vmlinuz) and ``spec.tar``."""
     version, vmlinuz = find_kernel_version(files)
     chosen = resolve_modules(files, version, spec.modules)

@@ -24,13 +24,33 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _TOP_KEYS = frozenset(
-    {"name", "packages", "keep", "files", "symlinks", "directories", "config", "label",
-     "elf_closure", "kernel"}  # fmt: skip
+    {
+        "name",
+        "packages",
+        "keep",
+        "files",
+        "symlinks",
+        "directories",
+        "config",
+        "label",
+        "elf_closure",
+        "kernel",
+    }  # fmt: skip
 )
 # The keys of an OCI image config's ``config`` section.
 IMAGE_CONFIG_KEYS = frozenset(
-    {"User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels",
-     "StopSignal", "ArgsEscaped"}  # fmt: skip
+    {
+        "User",
+        "ExposedPorts",
+        "Env",
+        "Entrypoint",
+        "Cmd",
+        "Volumes",
+        "WorkingDir",
+        "Labels",
+        "StopSignal",
+        "ArgsEscaped",
+    }  # fmt: skip
 )
 _FILE_KEYS = frozenset({"path", "source", "contents", "mode", "uid", "gid"})
 _KERNEL_KEYS = frozenset({"package", "modules", "binary", "tar"})
@@ -282,7 +302,9 @@ def _parse_files(loc: _Locator, directory: Path, value: Any) -> list[FileSpec]:
             loc.add(where, "must be a mapping {path, source|contents, mode}")
             continue
         for key in sorted(set(entry) - _FILE_KEYS, key=str):
-            loc.add([*where, str(key)], "unknown key (known: " + ", ".join(sorted(_FILE_KEYS)) + ")")
+            loc.add(
+                [*where, str(key)], "unknown key (known: " + ", ".join(sorted(_FILE_KEYS)) + ")"
+            )
         path = _image_path(entry.get("path"))
         if path is None:
             loc.add([*where, "path"], "required: an absolute path inside the image")
@@ -300,7 +322,7 @@ def _parse_files(loc: _Locator, directory: Path, value: Any) -> list[FileSpec]:
             loc.add([*where, "contents"], "must be a string")
         mode = _mode(entry.get("mode", "0644"))
         if mode is None:
-            loc.add([*where, "mode"], "an octal string such as \"0755\"")
+            loc.add([*where, "mode"], 'an octal string such as "0755"')
         uid, gid = entry.get("uid", 0), entry.get("gid", 0)
         for key, number in (("uid", uid), ("gid", gid)):
             if not isinstance(number, int) or isinstance(number, bool) or number < 0:
@@ -336,7 +358,9 @@ def _parse_kernel(loc: _Locator, value: Any) -> KernelSpec | None:
         loc.add(["kernel"], "must be a mapping {package, modules}")
         return None
     for key in sorted(set(value) - _KERNEL_KEYS, key=str):
-        loc.add(["kernel", str(key)], "unknown key (known: " + ", ".join(sorted(_KERNEL_KEYS)) + ")")
+        loc.add(
+            ["kernel", str(key)], "unknown key (known: " + ", ".join(sorted(_KERNEL_KEYS)) + ")"
+        )
     package = value.get("package")
     if not isinstance(package, str) or not _PACKAGE_RE.match(package):
         loc.add(["kernel", "package"], "required: the kernel (meta) package name")

@@ -61,8 +61,14 @@ def error_code(exc: BaseException) -> str:
     return describe_error(exc)[0] if isinstance(exc, ClientError) else ""
 
 
-def call(what: str, request: Callable[[], T], *, also: Collection[str] = (), passes: Collection[str] = (),
-         policy: RetryPolicy = RETRY) -> T:
+def call(
+    what: str,
+    request: Callable[[], T],
+    *,
+    also: Collection[str] = (),
+    passes: Collection[str] = (),
+    policy: RetryPolicy = RETRY,
+) -> T:
     """``request()`` under the retry policy; an AwsError naming ``what`` when it fails for good.
     ``also``: more error codes worth retrying for this request; ``passes``: codes the caller
     handles (their ClientError is raised as it is)."""
@@ -96,15 +102,24 @@ def call(what: str, request: Callable[[], T], *, also: Collection[str] = (), pas
 class AwsClients:
     """One boto3 session and its clients (made on first use, one per service and region)."""
 
-    def __init__(self, region: str | None = None, *, pool: int = 10, read_timeout: float = READ_TIMEOUT,
-                 profile: str | None = None, endpoint: str | None = None) -> None:
+    def __init__(
+        self,
+        region: str | None = None,
+        *,
+        pool: int = 10,
+        read_timeout: float = READ_TIMEOUT,
+        profile: str | None = None,
+        endpoint: str | None = None,
+    ) -> None:
         try:
             self.session = boto3.session.Session(profile_name=profile)
         except BotoCoreError as exc:
             raise aws_error("to load the AWS configuration", exc) from None
         resolved = region or self.session.region_name
         if not resolved:
-            raise UsageError("no AWS region", hint="pass --region, or set AWS_REGION (or a profile's region)")
+            raise UsageError(
+                "no AWS region", hint="pass --region, or set AWS_REGION (or a profile's region)"
+            )
         self.region: str = resolved
         self.settings = SessionSettings(resolved, profile, endpoint, read_timeout=read_timeout)
         self.pool = max(10, pool)
@@ -114,26 +129,41 @@ class AwsClients:
     @classmethod
     def of(cls, settings: SessionSettings, *, pool: int = 10) -> AwsClients:
         """The clients for a cluster provider's settings (its region, profile and endpoint)."""
-        return cls(settings.region, pool=pool, read_timeout=max(settings.read_timeout, READ_TIMEOUT),
-                   profile=settings.profile, endpoint=settings.endpoint)
+        return cls(
+            settings.region,
+            pool=pool,
+            read_timeout=max(settings.read_timeout, READ_TIMEOUT),
+            profile=settings.profile,
+            endpoint=settings.endpoint,
+        )
 
     def check_credentials(self) -> None:
         """A UsageError before any work when boto3's chain finds no credentials."""
         if self.session.get_credentials() is None:
-            raise UsageError("no AWS credentials found",
-                             hint="configure them as for the AWS CLI: environment, a profile, SSO or an instance role")
+            raise UsageError(
+                "no AWS credentials found",
+                hint="configure them as for the AWS CLI: environment, a profile, SSO or an instance role",
+            )
 
     def _config(self, region: str) -> Config:
-        return client_config(replace(self.settings, region=region)).merge(Config(max_pool_connections=self.pool))
+        return client_config(replace(self.settings, region=region)).merge(
+            Config(max_pool_connections=self.pool)
+        )
 
     def _client(self, service: str, region: str | None) -> Any:
         key = (service, region or self.region)
         with self._lock:
             client = self._clients.get(key)
             if client is None:
-                endpoint = self.settings.endpoint if service == "ec2" else None  # the option names an EC2 endpoint
-                make: Any = self.session.client  # boto3's overloads are per service name; ours is a variable
-                client = make(service, region_name=key[1], config=self._config(key[1]), endpoint_url=endpoint)
+                endpoint = (
+                    self.settings.endpoint if service == "ec2" else None
+                )  # the option names an EC2 endpoint
+                make: Any = (
+                    self.session.client
+                )  # boto3's overloads are per service name; ours is a variable
+                client = make(
+                    service, region_name=key[1], config=self._config(key[1]), endpoint_url=endpoint
+                )
                 self._clients[key] = client
             return client
 

@@ -42,9 +42,13 @@ BLOCK = 512 * 1024
 GIB = 1024 * 1024 * 1024
 ZERO_BLOCK = bytes(BLOCK)
 TAG_DIGEST = "provision-image-digest"
-TAG_FORMAT = "provision-image-format"  # an image is its digest in one format (aws, raw-efi, raw-bios)
+TAG_FORMAT = (
+    "provision-image-format"  # an image is its digest in one format (aws, raw-efi, raw-bios)
+)
 TOKEN_NAMESPACE = uuid.UUID("6f1f5b7c-3c1e-4d0e-9b7a-2f6a4c1d8e90")
-SNAPSHOT_TIMEOUT_MINUTES = 60  # a pending snapshot no block was written to for this long is cancelled
+SNAPSHOT_TIMEOUT_MINUTES = (
+    60  # a pending snapshot no block was written to for this long is cancelled
+)
 # A block write also retries "snapshot does not exist", which EBS answers for up to ~2 min
 # after StartSnapshot (eventual consistency), for up to 3 minutes.
 BLOCK_RETRY_CODES = frozenset({"ResourceNotFoundException"})
@@ -71,26 +75,39 @@ def volume_size_gib(size: int) -> int:
 
 def identity_tags(digest: str, fmt: str, name: str) -> list[TagTypeDef]:
     """The tags that name what a snapshot or an AMI holds: the image digest and its format."""
-    return [{"Key": TAG_DIGEST, "Value": digest}, {"Key": TAG_FORMAT, "Value": fmt}, {"Key": "Name", "Value": name}]
+    return [
+        {"Key": TAG_DIGEST, "Value": digest},
+        {"Key": TAG_FORMAT, "Value": fmt},
+        {"Key": "Name", "Value": name},
+    ]
 
 
 def identity_filters(digest: str, fmt: str) -> list[FilterTypeDef]:
-    return [{"Name": f"tag:{TAG_DIGEST}", "Values": [digest]}, {"Name": f"tag:{TAG_FORMAT}", "Values": [fmt]}]
+    return [
+        {"Name": f"tag:{TAG_DIGEST}", "Values": [digest]},
+        {"Name": f"tag:{TAG_FORMAT}", "Values": [fmt]},
+    ]
 
 
 def find_snapshot(clients: AwsClients, digest: str, fmt: str, status: str) -> str | None:
     """The newest snapshot this account owns in the region holding ``digest`` as ``fmt``, in
     ``status``."""
-    found = call("to look for snapshots (DescribeSnapshots)", lambda: clients.ec2().describe_snapshots(
-        OwnerIds=["self"], Filters=[*identity_filters(digest, fmt), {"Name": "status", "Values": [status]}],
-    ))["Snapshots"]
+    found = call(
+        "to look for snapshots (DescribeSnapshots)",
+        lambda: clients.ec2().describe_snapshots(
+            OwnerIds=["self"],
+            Filters=[*identity_filters(digest, fmt), {"Name": "status", "Values": [status]}],
+        ),
+    )["Snapshots"]
     found = [s for s in found if s.get("State") == status]
     if not found:
         return None
     return str(max(found, key=lambda s: str(s.get("StartTime", "")))["SnapshotId"])
 
 
-def list_blocks_page(clients: AwsClients, snapshot_id: str, token: str | None) -> ListSnapshotBlocksResponseTypeDef:
+def list_blocks_page(
+    clients: AwsClients, snapshot_id: str, token: str | None
+) -> ListSnapshotBlocksResponseTypeDef:
     if token:
         return clients.ebs().list_snapshot_blocks(SnapshotId=snapshot_id, NextToken=token)
     return clients.ebs().list_snapshot_blocks(SnapshotId=snapshot_id)
@@ -101,8 +118,10 @@ def list_present_blocks(clients: AwsClients, snapshot_id: str) -> set[int]:
     present: set[int] = set()
     token: str | None = None
     while True:
-        page = call(f"to list the blocks of {snapshot_id} (ListSnapshotBlocks)",
-                    functools.partial(list_blocks_page, clients, snapshot_id, token))
+        page = call(
+            f"to list the blocks of {snapshot_id} (ListSnapshotBlocks)",
+            functools.partial(list_blocks_page, clients, snapshot_id, token),
+        )
         present.update(int(b["BlockIndex"]) for b in page.get("Blocks", []) if "BlockIndex" in b)
         token = page.get("NextToken")
         if not token:
@@ -141,8 +160,15 @@ def linear_checksum(digests: dict[int, bytes]) -> str:
 class BlockWriter:
     """Sends the data blocks of one disk to one snapshot, ``concurrency`` at a time."""
 
-    def __init__(self, clients: AwsClients, snapshot_id: str, disk: Path, present: set[int],
-                 progress: TransferProgress, clock: Clock) -> None:
+    def __init__(
+        self,
+        clients: AwsClients,
+        snapshot_id: str,
+        disk: Path,
+        present: set[int],
+        progress: TransferProgress,
+        clock: Clock,
+    ) -> None:
         self.clients = clients
         self.snapshot_id = snapshot_id
         self.disk = disk
@@ -162,7 +188,9 @@ class BlockWriter:
             indices = list(data_blocks(fd, size))
             covered = sum(min(BLOCK, size - i * BLOCK) for i in indices)
             self.progress.add(skipped=size - covered)  # the holes, never read
-            with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ebs-block") as pool:
+            with ThreadPoolExecutor(
+                max_workers=concurrency, thread_name_prefix="ebs-block"
+            ) as pool:
                 futures: list[Future[None]] = [pool.submit(self._one, fd, size, i) for i in indices]
                 try:
                     done, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -212,19 +240,37 @@ class BlockWriter:
             if self._stop.is_set():
                 raise PushError("upload stopped")
             return self.clients.ebs().put_snapshot_block(
-                SnapshotId=self.snapshot_id, BlockIndex=index, BlockData=data, DataLength=BLOCK,
-                Checksum=checksum, ChecksumAlgorithm="SHA256")
+                SnapshotId=self.snapshot_id,
+                BlockIndex=index,
+                BlockData=data,
+                DataLength=BLOCK,
+                Checksum=checksum,
+                ChecksumAlgorithm="SHA256",
+            )
 
-        call(f"to write block {index} of {self.snapshot_id} (PutSnapshotBlock)", put,
-             also=BLOCK_RETRY_CODES, policy=self.policy)
+        call(
+            f"to write block {index} of {self.snapshot_id} (PutSnapshotBlock)",
+            put,
+            also=BLOCK_RETRY_CODES,
+            policy=self.policy,
+        )
 
 
-def start_snapshot(clients: AwsClients, size: int, digest: str, fmt: str, name: str, nonce: str) -> str:
+def start_snapshot(
+    clients: AwsClients, size: int, digest: str, fmt: str, name: str, nonce: str
+) -> str:
     tags = identity_tags(digest, fmt, name)
     token = client_token(digest, clients.region, nonce)  # the same on every retry: one snapshot
-    started = call("to start a snapshot (StartSnapshot)", lambda: clients.ebs().start_snapshot(
-        VolumeSize=volume_size_gib(size), Tags=tags, Description=f"{name} ({digest})",
-        ClientToken=token, Timeout=SNAPSHOT_TIMEOUT_MINUTES))
+    started = call(
+        "to start a snapshot (StartSnapshot)",
+        lambda: clients.ebs().start_snapshot(
+            VolumeSize=volume_size_gib(size),
+            Tags=tags,
+            Description=f"{name} ({digest})",
+            ClientToken=token,
+            Timeout=SNAPSHOT_TIMEOUT_MINUTES,
+        ),
+    )
     return str(started["SnapshotId"])
 
 
@@ -232,9 +278,17 @@ def complete_snapshot(clients: AwsClients, snapshot_id: str, digests: dict[int, 
     """CompleteSnapshot; a refusal after a retry of a call that did complete it counts as done."""
     checksum = linear_checksum(digests)
     try:
-        call(f"to complete {snapshot_id} (CompleteSnapshot)", lambda: clients.ebs().complete_snapshot(
-            SnapshotId=snapshot_id, ChangedBlocksCount=len(digests), Checksum=checksum,
-            ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR"), passes={"ValidationException"})
+        call(
+            f"to complete {snapshot_id} (CompleteSnapshot)",
+            lambda: clients.ebs().complete_snapshot(
+                SnapshotId=snapshot_id,
+                ChangedBlocksCount=len(digests),
+                Checksum=checksum,
+                ChecksumAlgorithm="SHA256",
+                ChecksumAggregationMethod="LINEAR",
+            ),
+            passes={"ValidationException"},
+        )
     except ClientError as exc:
         if snapshot_state(clients, snapshot_id) is not None:
             raise aws_error(f"to complete {snapshot_id} (CompleteSnapshot)", exc) from None
@@ -243,22 +297,35 @@ def complete_snapshot(clients: AwsClients, snapshot_id: str, digests: dict[int, 
 def snapshot_state(clients: AwsClients, snapshot_id: str) -> str | None:
     """None once ``completed``; the state while pending; a PushError when it failed."""
     try:
-        found = call(f"to read the state of {snapshot_id} (DescribeSnapshots)",
-                     lambda: clients.ec2().describe_snapshots(SnapshotIds=[snapshot_id]),
-                     passes={"InvalidSnapshot.NotFound"})["Snapshots"]
+        found = call(
+            f"to read the state of {snapshot_id} (DescribeSnapshots)",
+            lambda: clients.ec2().describe_snapshots(SnapshotIds=[snapshot_id]),
+            passes={"InvalidSnapshot.NotFound"},
+        )["Snapshots"]
     except ClientError:
         return "not visible yet"
     state = str(found[0].get("State", "unknown")) if found else "not visible yet"
     if state == "completed":
         return None
     if state == "error":
-        raise PushError(f"snapshot {snapshot_id} failed", hint=str(found[0].get("StateMessage", "")) or None)
+        raise PushError(
+            f"snapshot {snapshot_id} failed", hint=str(found[0].get("StateMessage", "")) or None
+        )
     return f"{state} {found[0].get('Progress', '')}".strip() if found else state
 
 
-def upload_snapshot(clients: AwsClients, disk: Path, digest: str, fmt: str, name: str, *, concurrency: int = 16,
-                    timeout: float = 3600.0, progress: Progress | None = None,
-                    clock: Clock | None = None) -> SnapshotUpload:
+def upload_snapshot(
+    clients: AwsClients,
+    disk: Path,
+    digest: str,
+    fmt: str,
+    name: str,
+    *,
+    concurrency: int = 16,
+    timeout: float = 3600.0,
+    progress: Progress | None = None,
+    clock: Clock | None = None,
+) -> SnapshotUpload:
     """A completed snapshot of ``disk`` (``digest`` as ``fmt``): found, resumed or written."""
     the_clock = clock or SystemClock()
     completed = find_snapshot(clients, digest, fmt, "completed")
@@ -281,16 +348,25 @@ def upload_snapshot(clients: AwsClients, disk: Path, digest: str, fmt: str, name
     digests = writer.write_all(concurrency)
     transfer.finish()
     complete_snapshot(clients, snapshot_id, digests)
-    wait_for(lambda: snapshot_state(clients, snapshot_id), what=f"snapshot {snapshot_id} to complete",
-             timeout=timeout, clock=the_clock)
-    return SnapshotUpload(snapshot_id, len(digests), writer.sent, len(digests) - writer.sent, reused=False)
+    wait_for(
+        lambda: snapshot_state(clients, snapshot_id),
+        what=f"snapshot {snapshot_id} to complete",
+        timeout=timeout,
+        clock=the_clock,
+    )
+    return SnapshotUpload(
+        snapshot_id, len(digests), writer.sent, len(digests) - writer.sent, reused=False
+    )
 
 
 def delete_snapshot(clients: AwsClients, snapshot_id: str) -> str | None:
     """Delete ``snapshot_id``; None when done, else why not (for the caller's error message)."""
     try:
-        call(f"to delete {snapshot_id} (DeleteSnapshot)", lambda: clients.ec2().delete_snapshot(SnapshotId=snapshot_id),
-             passes={"InvalidSnapshot.NotFound"})
+        call(
+            f"to delete {snapshot_id} (DeleteSnapshot)",
+            lambda: clients.ec2().delete_snapshot(SnapshotId=snapshot_id),
+            passes={"InvalidSnapshot.NotFound"},
+        )
     except ClientError:
         return None  # gone already
     except AwsError as exc:

@@ -47,8 +47,10 @@ def object_key(digest: str, fmt: str) -> str:
 
 
 def find_upload(clients: AwsClients, bucket: str, key: str) -> str | None:
-    uploads = call(f"to list the uploads in s3://{bucket} (ListMultipartUploads)",
-                   lambda: clients.s3().list_multipart_uploads(Bucket=bucket, Prefix=key)).get("Uploads", [])
+    uploads = call(
+        f"to list the uploads in s3://{bucket} (ListMultipartUploads)",
+        lambda: clients.s3().list_multipart_uploads(Bucket=bucket, Prefix=key),
+    ).get("Uploads", [])
     mine = [u for u in uploads if u.get("Key") == key and u.get("UploadId")]
     return str(mine[-1]["UploadId"]) if mine else None
 
@@ -58,8 +60,16 @@ def list_parts(clients: AwsClients, bucket: str, key: str, upload_id: str) -> di
     parts: dict[int, str] = {}
     marker = 0
     while True:
-        page = call(f"to list the parts of s3://{bucket}/{key} (ListParts)", functools.partial(
-            clients.s3().list_parts, Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker))
+        page = call(
+            f"to list the parts of s3://{bucket}/{key} (ListParts)",
+            functools.partial(
+                clients.s3().list_parts,
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumberMarker=marker,
+            ),
+        )
         for part in page.get("Parts", []):
             parts[int(part["PartNumber"])] = str(part.get("ETag", "")).strip('"')
         if not page.get("IsTruncated"):
@@ -69,15 +79,27 @@ def list_parts(clients: AwsClients, bucket: str, key: str, upload_id: str) -> di
 
 def object_size(clients: AwsClients, bucket: str, key: str) -> int | None:
     try:
-        return int(call(f"to look for s3://{bucket}/{key} (HeadObject)",
-                        lambda: clients.s3().head_object(Bucket=bucket, Key=key),
-                        passes={"404", "NoSuchKey", "NotFound"})["ContentLength"])
+        return int(
+            call(
+                f"to look for s3://{bucket}/{key} (HeadObject)",
+                lambda: clients.s3().head_object(Bucket=bucket, Key=key),
+                passes={"404", "NoSuchKey", "NotFound"},
+            )["ContentLength"]
+        )
     except ClientError:
         return None
 
 
-def upload_disk(clients: AwsClients, disk: Path, bucket: str, key: str, digest: str, *,
-                concurrency: int, progress: Progress | None) -> None:
+def upload_disk(
+    clients: AwsClients,
+    disk: Path,
+    bucket: str,
+    key: str,
+    digest: str,
+    *,
+    concurrency: int,
+    progress: Progress | None,
+) -> None:
     """``disk`` as the object ``key`` (multipart, resumable)."""
     size = disk.stat().st_size
     if object_size(clients, bucket, key) == size:
@@ -90,10 +112,16 @@ def upload_disk(clients: AwsClients, disk: Path, bucket: str, key: str, digest: 
     if upload_id is not None:
         present = list_parts(clients, bucket, key, upload_id)
         if progress is not None:
-            progress(f"resuming the upload to s3://{bucket}/{key}: {len(present)} parts there already")
+            progress(
+                f"resuming the upload to s3://{bucket}/{key}: {len(present)} parts there already"
+            )
     else:
-        upload_id = call(f"to start the upload to s3://{bucket} (CreateMultipartUpload)",
-                         lambda: s3.create_multipart_upload(Bucket=bucket, Key=key, Metadata={TAG_DIGEST: digest}))["UploadId"]
+        upload_id = call(
+            f"to start the upload to s3://{bucket} (CreateMultipartUpload)",
+            lambda: s3.create_multipart_upload(
+                Bucket=bucket, Key=key, Metadata={TAG_DIGEST: digest}
+            ),
+        )["UploadId"]
     chunk = part_size(size)
     transfer = TransferProgress(progress, f"s3://{bucket}/{key}", size)
     fd = os.open(disk, os.O_RDONLY)
@@ -104,9 +132,17 @@ def upload_disk(clients: AwsClients, disk: Path, bucket: str, key: str, digest: 
         if present.get(number) == md5.hexdigest():
             transfer.add(present=len(data))
             return {"PartNumber": number, "ETag": f'"{md5.hexdigest()}"'}
-        etag = call(f"to upload part {number} of s3://{bucket}/{key} (UploadPart)", lambda: s3.upload_part(
-            Bucket=bucket, Key=key, UploadId=str(upload_id), PartNumber=number, Body=data,
-            ContentMD5=base64.b64encode(md5.digest()).decode()))["ETag"]
+        etag = call(
+            f"to upload part {number} of s3://{bucket}/{key} (UploadPart)",
+            lambda: s3.upload_part(
+                Bucket=bucket,
+                Key=key,
+                UploadId=str(upload_id),
+                PartNumber=number,
+                Body=data,
+                ContentMD5=base64.b64encode(md5.digest()).decode(),
+            ),
+        )["ETag"]
         transfer.add(sent=len(data))
         return {"PartNumber": number, "ETag": str(etag)}
 
@@ -118,8 +154,13 @@ def upload_disk(clients: AwsClients, disk: Path, bucket: str, key: str, digest: 
     transfer.finish()
     what = f"to complete s3://{bucket}/{key} (CompleteMultipartUpload)"
     try:
-        call(what, lambda: s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=str(upload_id),
-                                                        MultipartUpload={"Parts": parts}), passes={"NoSuchUpload"})
+        call(
+            what,
+            lambda: s3.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=str(upload_id), MultipartUpload={"Parts": parts}
+            ),
+            passes={"NoSuchUpload"},
+        )
     except ClientError as exc:  # a retry of a completion that went through
         if object_size(clients, bucket, key) != size:
             raise aws_error(what, exc) from None
@@ -128,32 +169,55 @@ def upload_disk(clients: AwsClients, disk: Path, bucket: str, key: str, digest: 
 def import_task_state(clients: AwsClients, task_id: str) -> tuple[str | None, str]:
     """(None, snapshot id) once completed; (status, "") while it runs; a PushError with the
     task's own status message as soon as it failed."""
-    tasks = call(f"to read the import task {task_id} (DescribeImportSnapshotTasks)",
-                 lambda: clients.ec2().describe_import_snapshot_tasks(ImportTaskIds=[task_id])).get("ImportSnapshotTasks", [])
+    tasks = call(
+        f"to read the import task {task_id} (DescribeImportSnapshotTasks)",
+        lambda: clients.ec2().describe_import_snapshot_tasks(ImportTaskIds=[task_id]),
+    ).get("ImportSnapshotTasks", [])
     detail: dict[str, Any] = dict(tasks[0].get("SnapshotTaskDetail", {})) if tasks else {}
     status = str(detail.get("Status", "not visible yet"))
     message = str(detail.get("StatusMessage", ""))
     if status == "completed" and detail.get("SnapshotId"):
         return None, str(detail["SnapshotId"])
-    if status in ("deleting", "deleted", "error") or message.lower().startswith(("clienterror", "servererror")):
+    if status in ("deleting", "deleted", "error") or message.lower().startswith(
+        ("clienterror", "servererror")
+    ):
         raise PushError(f"the import task {task_id} failed ({status})", hint=message or None)
     progress = detail.get("Progress")
     return f"{status} {message} {progress + '%' if progress else ''}".strip(), ""
 
 
-def import_snapshot(clients: AwsClients, disk: Path, digest: str, fmt: str, name: str, *, bucket: str, concurrency: int,
-                    timeout: float, progress: Progress | None = None, clock: Clock | None = None) -> SnapshotUpload:
+def import_snapshot(
+    clients: AwsClients,
+    disk: Path,
+    digest: str,
+    fmt: str,
+    name: str,
+    *,
+    bucket: str,
+    concurrency: int,
+    timeout: float,
+    progress: Progress | None = None,
+    clock: Clock | None = None,
+) -> SnapshotUpload:
     """A completed snapshot of ``disk`` made by ImportSnapshot from ``s3://bucket/...``."""
     the_clock = clock or SystemClock()
     key = object_key(digest, fmt)
     upload_disk(clients, disk, bucket, key, digest, concurrency=concurrency, progress=progress)
     token = str(uuid.uuid5(TOKEN_NAMESPACE, f"import|{digest}|{clients.region}|{uuid.uuid4().hex}"))
-    task_id = call("to import the snapshot (ImportSnapshot)", lambda: clients.ec2().import_snapshot(
-        Description=f"{name} ({digest})",
-        DiskContainer={"Format": "RAW", "UserBucket": {"S3Bucket": bucket, "S3Key": key}},
-        ClientToken=token,
-        TagSpecifications=[{"ResourceType": "import-snapshot-task", "Tags": [{"Key": TAG_DIGEST, "Value": digest}]}],
-    ))["ImportTaskId"]
+    task_id = call(
+        "to import the snapshot (ImportSnapshot)",
+        lambda: clients.ec2().import_snapshot(
+            Description=f"{name} ({digest})",
+            DiskContainer={"Format": "RAW", "UserBucket": {"S3Bucket": bucket, "S3Key": key}},
+            ClientToken=token,
+            TagSpecifications=[
+                {
+                    "ResourceType": "import-snapshot-task",
+                    "Tags": [{"Key": TAG_DIGEST, "Value": digest}],
+                }
+            ],
+        ),
+    )["ImportTaskId"]
     if progress is not None:
         progress(f"importing s3://{bucket}/{key} ({task_id})")
     found: list[str] = []
@@ -164,9 +228,23 @@ def import_snapshot(clients: AwsClients, disk: Path, digest: str, fmt: str, name
             found.append(snapshot)
         return status
 
-    wait_for(check, what=f"the import task {task_id}", timeout=timeout, clock=the_clock, interval=2.0, max_interval=30.0)
+    wait_for(
+        check,
+        what=f"the import task {task_id}",
+        timeout=timeout,
+        clock=the_clock,
+        interval=2.0,
+        max_interval=30.0,
+    )
     snapshot_id = found[0]
-    call(f"to tag {snapshot_id} (CreateTags)", lambda: clients.ec2().create_tags(
-        Resources=[snapshot_id], Tags=identity_tags(digest, fmt, name)))
-    call(f"to delete s3://{bucket}/{key} (DeleteObject)", lambda: clients.s3().delete_object(Bucket=bucket, Key=key))
+    call(
+        f"to tag {snapshot_id} (CreateTags)",
+        lambda: clients.ec2().create_tags(
+            Resources=[snapshot_id], Tags=identity_tags(digest, fmt, name)
+        ),
+    )
+    call(
+        f"to delete s3://{bucket}/{key} (DeleteObject)",
+        lambda: clients.s3().delete_object(Bucket=bucket, Key=key),
+    )
     return SnapshotUpload(snapshot_id, 0, 0, 0, reused=False)

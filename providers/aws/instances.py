@@ -47,8 +47,11 @@ from provision.reconcile.spec import ProviderSpec
 
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
 GONE = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
-_STATES = {"pending": InstanceState.PENDING, "shutting-down": InstanceState.TERMINATED,
-           "terminated": InstanceState.TERMINATED}
+_STATES = {
+    "pending": InstanceState.PENDING,
+    "shutting-down": InstanceState.TERMINATED,
+    "terminated": InstanceState.TERMINATED,
+}
 
 
 def client_token(key: str) -> str:
@@ -75,23 +78,33 @@ def render_user_data(hostname: str, user_data: str | Mapping[str, Any] | None) -
     tree["hostname"] = {"content": hostname}
     text = json.dumps(tree, sort_keys=True, separators=(",", ":"))
     if len(text.encode()) > USER_DATA_MAX:
-        raise UsageError(f"aws: the user data of {hostname} is {len(text.encode())} bytes; EC2 takes {USER_DATA_MAX}")
+        raise UsageError(
+            f"aws: the user data of {hostname} is {len(text.encode())} bytes; EC2 takes {USER_DATA_MAX}"
+        )
     return text
 
 
 def run_instances_params(request: CreateRequest, props: MachineProperties) -> dict[str, Any]:
     """The one RunInstances call of a create."""
-    tags = [{"Key": k, "Value": v} for k, v in sorted(request.tags.items())] + [{"Key": "Name", "Value": request.name}]
+    tags = [{"Key": k, "Value": v} for k, v in sorted(request.tags.items())] + [
+        {"Key": "Name", "Value": request.name}
+    ]
     params: dict[str, Any] = {
         "ImageId": request.image,
         "InstanceType": props.instance_type,
         "MinCount": 1,
         "MaxCount": 1,
         "ClientToken": client_token(request.key),
-        "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}],
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": tags},
+            {"ResourceType": "volume", "Tags": tags},
+        ],
         "UserData": render_user_data(request.name, props.user_data),
-        "MetadataOptions": {"HttpTokens": props.http_tokens, "HttpEndpoint": "enabled",
-                            "HttpPutResponseHopLimit": props.hop_limit},
+        "MetadataOptions": {
+            "HttpTokens": props.http_tokens,
+            "HttpEndpoint": "enabled",
+            "HttpPutResponseHopLimit": props.hop_limit,
+        },
     }
     if props.subnet_id:
         params["SubnetId"] = props.subnet_id
@@ -110,8 +123,13 @@ def run_instances_params(request: CreateRequest, props: MachineProperties) -> di
             ebs["Iops"] = props.root_volume.iops
         params["BlockDeviceMappings"] = [{"DeviceName": props.root_volume.device, "Ebs": ebs}]
     if props.market == "spot":
-        params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
-            "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
+        params["InstanceMarketOptions"] = {
+            "MarketType": "spot",
+            "SpotOptions": {
+                "SpotInstanceType": "one-time",
+                "InstanceInterruptionBehavior": "terminate",
+            },
+        }
     return params
 
 
@@ -122,8 +140,9 @@ class AwsProvider:
         self.name = name
         self.options = options
         self.clock = clock
-        self.settings = SessionSettings(options.region, options.profile, options.endpoint,
-                                        read_timeout=options.read_timeout)
+        self.settings = SessionSettings(
+            options.region, options.profile, options.endpoint, read_timeout=options.read_timeout
+        )
         self.ec2 = ec2 if ec2 is not None else create_client(self.settings, "ec2")
         self._addresses: dict[str, tuple[str | None, str | None]] = {}  # id -> (private, public)
         self._lock = threading.Lock()
@@ -138,7 +157,9 @@ class AwsProvider:
         answer = call_aws("RunInstances", self.ec2.run_instances, **params)
         made = answer.get("Instances") or []
         if len(made) != 1:
-            raise ProviderError(f"aws RunInstances: {len(made)} instances in the answer, expected 1")
+            raise ProviderError(
+                f"aws RunInstances: {len(made)} instances in the answer, expected 1"
+            )
         return self._instance(made[0])
 
     def list_instances(self, tags: Mapping[str, str], page_token: str | None = None) -> Page:
@@ -148,8 +169,11 @@ class AwsProvider:
         if page_token:
             params["NextToken"] = page_token
         answer = call_aws("DescribeInstances", self.ec2.describe_instances, **params)
-        found = [self._instance(raw) for reservation in answer.get("Reservations", [])
-                 for raw in reservation.get("Instances", [])]
+        found = [
+            self._instance(raw)
+            for reservation in answer.get("Reservations", [])
+            for raw in reservation.get("Instances", [])
+        ]
         found = [i for i in found if all(i.tags.get(k) == v for k, v in tags.items())]
         return Page(tuple(found), answer.get("NextToken") or None)
 
@@ -168,7 +192,9 @@ class AwsProvider:
         with self._lock:
             known = self._addresses.get(instance.id)
         if known is None:
-            answer = call_aws("DescribeInstances", self.ec2.describe_instances, InstanceIds=[instance.id])
+            answer = call_aws(
+                "DescribeInstances", self.ec2.describe_instances, InstanceIds=[instance.id]
+            )
             for reservation in answer.get("Reservations", []):
                 for raw in reservation.get("Instances", []):
                     self._instance(raw)
@@ -190,7 +216,14 @@ class AwsProvider:
         launched: Any = raw.get("LaunchTime")
         created = float(launched.timestamp()) if launched is not None else self.clock.now()
         state = _STATES.get(str(raw.get("State", {}).get("Name", "")), InstanceState.RUNNING)
-        return Instance(instance_id, tags.get("Name", instance_id), tags, str(raw.get("ImageId", "")), created, state)
+        return Instance(
+            instance_id,
+            tags.get("Name", instance_id),
+            tags,
+            str(raw.get("ImageId", "")),
+            created,
+            state,
+        )
 
 
 def create_aws_provider(spec: ProviderSpec, clock: Clock) -> AwsProvider:

@@ -58,41 +58,86 @@ def _user_data(value: Any) -> str | dict[str, Any] | None:
     return None
 
 
-ROOT_VOLUME = Schema({
-    "size": Field("a whole number of GiB from 1 to 16384", schema.integer(1, 16384)),
-    "type": Field("one of gp3, gp2, io1, io2, st1, sc1, standard",
-                  schema.one_of("gp3", "gp2", "io1", "io2", "st1", "sc1", "standard"), doc="default gp3"),
-    "iops": Field("a whole number from 100 to 256000", schema.integer(100, 256_000)),
-    "device": Field("a device name like /dev/xvda", schema.text(r"/dev/[a-z0-9]{2,16}"), doc="default /dev/xvda"),
-})
-METADATA = Schema({
-    "httpTokens": Field("required or optional", schema.one_of("required", "optional"), doc="default required (IMDSv2)"),
-    "hopLimit": Field("a whole number from 1 to 64", schema.integer(1, 64), doc="default 1"),
-})
+ROOT_VOLUME = Schema(
+    {
+        "size": Field("a whole number of GiB from 1 to 16384", schema.integer(1, 16384)),
+        "type": Field(
+            "one of gp3, gp2, io1, io2, st1, sc1, standard",
+            schema.one_of("gp3", "gp2", "io1", "io2", "st1", "sc1", "standard"),
+            doc="default gp3",
+        ),
+        "iops": Field("a whole number from 100 to 256000", schema.integer(100, 256_000)),
+        "device": Field(
+            "a device name like /dev/xvda",
+            schema.text(r"/dev/[a-z0-9]{2,16}"),
+            doc="default /dev/xvda",
+        ),
+    }
+)
+METADATA = Schema(
+    {
+        "httpTokens": Field(
+            "required or optional",
+            schema.one_of("required", "optional"),
+            doc="default required (IMDSv2)",
+        ),
+        "hopLimit": Field("a whole number from 1 to 64", schema.integer(1, 64), doc="default 1"),
+    }
+)
 
-OPTIONS = Schema({
-    "region": Field("an AWS region like eu-west-1", schema.text(REGION, max_len=32), required=True),
-    "profile": Field("a profile name of the AWS config", schema.text(r"[A-Za-z0-9_.@+-]{1,128}")),
-    "endpoint": Field("an http(s) URL", schema.text(r"https?://[^\s]{1,2000}")),
-    "publicAddress": Field("true or false", schema.boolean, doc="default false: the private IP"),
-    "readTimeout": Field("a duration from 1s to 10m", schema.duration(1, 600), doc="default 30s"),
-    "pageSize": Field("a whole number from 5 to 1000", schema.integer(5, 1000), doc="default 100"),
-})
+OPTIONS = Schema(
+    {
+        "region": Field(
+            "an AWS region like eu-west-1", schema.text(REGION, max_len=32), required=True
+        ),
+        "profile": Field(
+            "a profile name of the AWS config", schema.text(r"[A-Za-z0-9_.@+-]{1,128}")
+        ),
+        "endpoint": Field("an http(s) URL", schema.text(r"https?://[^\s]{1,2000}")),
+        "publicAddress": Field(
+            "true or false", schema.boolean, doc="default false: the private IP"
+        ),
+        "readTimeout": Field(
+            "a duration from 1s to 10m", schema.duration(1, 600), doc="default 30s"
+        ),
+        "pageSize": Field(
+            "a whole number from 5 to 1000", schema.integer(5, 1000), doc="default 100"
+        ),
+    }
+)
 
-PROPERTIES = Schema({
-    "instanceType": Field("an EC2 instance type like t3.micro", schema.text(r"[a-z][a-z0-9-]*\.[a-z0-9]+", max_len=64),
-                          required=True),
-    "subnetId": Field("a subnet id like subnet-0123abcd", schema.text(r"subnet-[0-9a-f]{8,17}")),
-    "securityGroupIds": Field("a list of security group ids like sg-0123abcd",
-                              schema.list_of(schema.text(r"sg-[0-9a-f]{8,17}"), max_items=16)),
-    "keyName": Field("a key pair name", schema.text(r"[^\s]{1,255}")),
-    "iamInstanceProfile": Field("an instance profile name or ARN", schema.text(r"[\w+=,.@:/-]{1,2048}")),
-    "rootVolume": Field("a mapping of size (GiB), type, iops, device", mapping(ROOT_VOLUME)),
-    "market": Field("on-demand or spot", schema.one_of("on-demand", "spot"), doc="default on-demand"),
-    "metadata": Field("a mapping of httpTokens (required | optional) and hopLimit", mapping(METADATA),
-                      doc="default httpTokens: required"),
-    "userData": Field(f"text of at most {USER_DATA_MAX} bytes or a mapping (a JSON tree)", _user_data),
-})
+PROPERTIES = Schema(
+    {
+        "instanceType": Field(
+            "an EC2 instance type like t3.micro",
+            schema.text(r"[a-z][a-z0-9-]*\.[a-z0-9]+", max_len=64),
+            required=True,
+        ),
+        "subnetId": Field(
+            "a subnet id like subnet-0123abcd", schema.text(r"subnet-[0-9a-f]{8,17}")
+        ),
+        "securityGroupIds": Field(
+            "a list of security group ids like sg-0123abcd",
+            schema.list_of(schema.text(r"sg-[0-9a-f]{8,17}"), max_items=16),
+        ),
+        "keyName": Field("a key pair name", schema.text(r"[^\s]{1,255}")),
+        "iamInstanceProfile": Field(
+            "an instance profile name or ARN", schema.text(r"[\w+=,.@:/-]{1,2048}")
+        ),
+        "rootVolume": Field("a mapping of size (GiB), type, iops, device", mapping(ROOT_VOLUME)),
+        "market": Field(
+            "on-demand or spot", schema.one_of("on-demand", "spot"), doc="default on-demand"
+        ),
+        "metadata": Field(
+            "a mapping of httpTokens (required | optional) and hopLimit",
+            mapping(METADATA),
+            doc="default httpTokens: required",
+        ),
+        "userData": Field(
+            f"text of at most {USER_DATA_MAX} bytes or a mapping (a JSON tree)", _user_data
+        ),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -145,7 +190,9 @@ def parse_options(options: Mapping[str, Any]) -> AwsOptions:
     page_size = relaxed.pop("pageSize", 100)
     _checked(OPTIONS, relaxed, "options")
     if not (isinstance(page_size, int) and 1 <= page_size <= 1000):
-        raise UsageError(f"aws options: pageSize: must be a whole number from 5 to 1000, not {page_size!r}")
+        raise UsageError(
+            f"aws options: pageSize: must be a whole number from 5 to 1000, not {page_size!r}"
+        )
     read_timeout = schema.duration(1, 600)(relaxed.get("readTimeout", 30.0))
     return AwsOptions(
         region=str(relaxed["region"]),
@@ -168,8 +215,14 @@ def parse_machine_properties(properties: Mapping[str, Any]) -> MachineProperties
         security_group_ids=tuple(properties.get("securityGroupIds") or ()),
         key_name=properties.get("keyName"),
         iam_instance_profile=properties.get("iamInstanceProfile"),
-        root_volume=RootVolume(root.get("size"), root.get("type", "gp3"), root.get("iops"),
-                               root.get("device", "/dev/xvda")) if root is not None else None,
+        root_volume=RootVolume(
+            root.get("size"),
+            root.get("type", "gp3"),
+            root.get("iops"),
+            root.get("device", "/dev/xvda"),
+        )
+        if root is not None
+        else None,
         market=str(properties.get("market", "on-demand")),
         http_tokens=str(meta.get("httpTokens", "required")),
         hop_limit=int(meta.get("hopLimit", 1)),

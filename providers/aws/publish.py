@@ -23,7 +23,11 @@ from provision.reconcile.clock import Clock, SystemClock
 from provision.reconcile.provider import Provider
 from provision.target import Artifact, Progress, PublishedImage
 
-FORMATS = ("aws", "raw-efi", "raw-bios")  # what EC2 boots from an EBS snapshot (the first: an image spec's)
+FORMATS = (
+    "aws",
+    "raw-efi",
+    "raw-bios",
+)  # what EC2 boots from an EBS snapshot (the first: an image spec's)
 METHODS = ("ebs", "import")
 
 
@@ -31,7 +35,9 @@ def check_options(options: PushOptions) -> None:
     if options.method not in METHODS:
         raise UsageError(f"--method {options.method}: must be one of {', '.join(METHODS)}")
     if options.method == "import" and not options.bucket:
-        raise UsageError("--method import needs --bucket (where the disk is uploaded for ImportSnapshot)")
+        raise UsageError(
+            "--method import needs --bucket (where the disk is uploaded for ImportSnapshot)"
+        )
     if options.boot_mode is not None and options.boot_mode not in BOOT_MODES:
         raise UsageError(f"--boot-mode {options.boot_mode}: must be one of {', '.join(BOOT_MODES)}")
     if not 1 <= options.concurrency <= 256:
@@ -45,74 +51,145 @@ def check_reuse(image: dict[str, Any], options: PushOptions) -> None:
     """A reused AMI must be what was asked for: an explicit boot mode or TPM it lacks is an error."""
     mode = image.get("BootMode")
     if options.boot_mode is not None and mode != options.boot_mode:
-        raise UsageError(f"{image['ImageId']} holds this image with boot mode {mode or 'unset'}, not {options.boot_mode}",
-                         hint="push without --boot-mode to use it, or deregister it (and its snapshot) first")
+        raise UsageError(
+            f"{image['ImageId']} holds this image with boot mode {mode or 'unset'}, not {options.boot_mode}",
+            hint="push without --boot-mode to use it, or deregister it (and its snapshot) first",
+        )
     if options.tpm and image.get("TpmSupport") != "v2.0":
-        raise UsageError(f"{image['ImageId']} holds this image without a TPM",
-                         hint="push without --tpm to use it, or deregister it (and its snapshot) first")
+        raise UsageError(
+            f"{image['ImageId']} holds this image without a TPM",
+            hint="push without --tpm to use it, or deregister it (and its snapshot) first",
+        )
 
 
-def push_to_aws(digest: str, fmt: str, load: LoadArtifact, options: PushOptions, progress: Progress | None = None,
-                *, clients: AwsClients | None = None, clock: Clock | None = None) -> PushResult:
+def push_to_aws(
+    digest: str,
+    fmt: str,
+    load: LoadArtifact,
+    options: PushOptions,
+    progress: Progress | None = None,
+    *,
+    clients: AwsClients | None = None,
+    clock: Clock | None = None,
+) -> PushResult:
     """Push the image ``digest`` in the format ``fmt`` (``load()`` gives its artifact)."""
     check_options(options)
     the_clock = clock or SystemClock()
-    aws = clients or AwsClients(options.region, pool=options.concurrency + 4, read_timeout=options.request_timeout)
+    aws = clients or AwsClients(
+        options.region, pool=options.concurrency + 4, read_timeout=options.request_timeout
+    )
     aws.check_credentials()
     found = ami.find_image(aws, digest, fmt)
     if found is not None:
         check_reuse(found, options)
-        image_id, snapshot_id, name, reused = str(found["ImageId"]), ami.root_snapshot(found), str(found.get("Name", "")), True
+        image_id, snapshot_id, name, reused = (
+            str(found["ImageId"]),
+            ami.root_snapshot(found),
+            str(found.get("Name", "")),
+            True,
+        )
         if progress is not None:
             progress(f"{aws.region}: {image_id} has {digest[:19]} already")
     else:
         artifact = load()
         if artifact.format != fmt:
-            raise UsageError(f"{artifact.manifest}: a {artifact.format} output, not the {fmt} one asked for")
+            raise UsageError(
+                f"{artifact.manifest}: a {artifact.format} output, not the {fmt} one asked for"
+            )
         architecture = ami.architecture_of(read_platform(artifact))
         boot_mode = options.boot_mode or ami.default_boot_mode(artifact.format, architecture)
         ami.check_boot_mode(artifact.format, architecture, boot_mode, options.tpm)
-        name = image_name(options.name or artifact.name, digest) + ("" if fmt == FORMATS[0] else f"-{fmt}")
+        name = image_name(options.name or artifact.name, digest) + (
+            "" if fmt == FORMATS[0] else f"-{fmt}"
+        )
         disk = artifact.files[0]
         upload = upload_disk(aws, disk, digest, fmt, name, options, progress, the_clock)
         snapshot_id, reused = upload.snapshot_id, False
-        image_id = ami.register_image(aws, snapshot_id=snapshot_id, name=name, digest=digest, fmt=fmt,
-                                      architecture=architecture, boot_mode=boot_mode, tpm=options.tpm,
-                                      volume_gib=ebs.volume_size_gib(disk.stat().st_size))
+        image_id = ami.register_image(
+            aws,
+            snapshot_id=snapshot_id,
+            name=name,
+            digest=digest,
+            fmt=fmt,
+            architecture=architecture,
+            boot_mode=boot_mode,
+            tpm=options.tpm,
+            volume_gib=ebs.volume_size_gib(disk.stat().st_size),
+        )
         if progress is not None:
             progress(f"{aws.region}: registered {image_id} ({name}) on {snapshot_id}")
     ami.wait_available(aws, image_id, aws.region, options.timeout, the_clock)
     if options.share_with:
-        ami.share_image(aws, image_id=image_id, snapshot_id=snapshot_id, accounts=options.share_with)
+        ami.share_image(
+            aws, image_id=image_id, snapshot_id=snapshot_id, accounts=options.share_with
+        )
     copies: dict[str, str] = {}
     for region in options.copy_to:
         if region == aws.region:
             continue
-        copy = ami.copy_image(aws, image_id=image_id, source_region=aws.region, region=region, name=name,
-                              digest=digest, fmt=fmt)
+        copy = ami.copy_image(
+            aws,
+            image_id=image_id,
+            source_region=aws.region,
+            region=region,
+            name=name,
+            digest=digest,
+            fmt=fmt,
+        )
         copies[region] = copy
         if progress is not None:
             progress(f"{region}: {copy} is the copy of {image_id}")
         if options.share_with:
             ami.wait_available(aws, copy, region, options.timeout, the_clock)
             described = ami.find_image(aws, digest, fmt, region) or {}
-            ami.share_image(aws, image_id=copy, snapshot_id=ami.root_snapshot(described),
-                            accounts=options.share_with, region=region)
+            ami.share_image(
+                aws,
+                image_id=copy,
+                snapshot_id=ami.root_snapshot(described),
+                accounts=options.share_with,
+                region=region,
+            )
     return PushResult(image_id, snapshot_id, aws.region, reused, digest, name, copies)
 
 
-def upload_disk(aws: AwsClients, disk: Path, digest: str, fmt: str, name: str, options: PushOptions,
-                progress: Progress | None, clock: Clock) -> ebs.SnapshotUpload:
+def upload_disk(
+    aws: AwsClients,
+    disk: Path,
+    digest: str,
+    fmt: str,
+    name: str,
+    options: PushOptions,
+    progress: Progress | None,
+    clock: Clock,
+) -> ebs.SnapshotUpload:
     """A completed snapshot of ``disk`` (``digest`` as ``fmt``), by ``options.method``."""
     if options.method == "import":
         completed = ebs.find_snapshot(aws, digest, fmt, "completed")
         if completed is not None:
             return ebs.SnapshotUpload(completed, 0, 0, 0, reused=True)
-        return importer.import_snapshot(aws, disk, digest, fmt, name, bucket=str(options.bucket),
-                                        concurrency=options.concurrency, timeout=options.timeout,
-                                        progress=progress, clock=clock)
-    return ebs.upload_snapshot(aws, disk, digest, fmt, name, concurrency=options.concurrency, timeout=options.timeout,
-                               progress=progress, clock=clock)
+        return importer.import_snapshot(
+            aws,
+            disk,
+            digest,
+            fmt,
+            name,
+            bucket=str(options.bucket),
+            concurrency=options.concurrency,
+            timeout=options.timeout,
+            progress=progress,
+            clock=clock,
+        )
+    return ebs.upload_snapshot(
+        aws,
+        disk,
+        digest,
+        fmt,
+        name,
+        concurrency=options.concurrency,
+        timeout=options.timeout,
+        progress=progress,
+        clock=clock,
+    )
 
 
 def provider_settings(provider: Provider) -> SessionSettings | None:
@@ -136,8 +213,14 @@ class AwsPublishing:
     """The publish side of the aws target: ``provision push aws`` (:meth:`push`) and a cluster
     group's image spec (:meth:`find_image`, :meth:`publish`, in the provider's region)."""
 
-    def push(self, digest: str, fmt: str, artifact: LoadArtifact, options: PushOptions,
-             progress: Progress | None = None) -> PushResult:
+    def push(
+        self,
+        digest: str,
+        fmt: str,
+        artifact: LoadArtifact,
+        options: PushOptions,
+        progress: Progress | None = None,
+    ) -> PushResult:
         return push_to_aws(digest, fmt, artifact, options, progress)
 
     def find_image(self, provider: Provider, digest: str) -> str | None:
@@ -145,8 +228,16 @@ class AwsPublishing:
         found = ami.find_image(provider_clients(provider), digest, FORMATS[0])
         return None if found is None else str(found["ImageId"])
 
-    def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
+    def publish(
+        self, provider: Provider, artifact: Artifact, progress: Progress | None = None
+    ) -> PublishedImage:
         clients = provider_clients(provider)
-        result = push_to_aws(artifact.digest, artifact.format, lambda: artifact, PushOptions(region=clients.region),
-                             progress, clients=clients)
+        result = push_to_aws(
+            artifact.digest,
+            artifact.format,
+            lambda: artifact,
+            PushOptions(region=clients.region),
+            progress,
+            clients=clients,
+        )
         return PublishedImage(result.image_id, artifact.digest, result.reused)

@@ -28,11 +28,21 @@ from provision.reconcile.provider import (
 
 T = TypeVar("T")
 
-THROTTLING = frozenset({
-    "RequestLimitExceeded", "Throttling", "ThrottlingException", "ThrottledException",
-    "RequestThrottled", "RequestThrottledException", "TooManyRequestsException", "SlowDown",
-    "ConcurrentLimitExceededException", "EC2ThrottledException", "PriorRequestNotComplete",
-})
+THROTTLING = frozenset(
+    {
+        "RequestLimitExceeded",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "SlowDown",
+        "ConcurrentLimitExceededException",
+        "EC2ThrottledException",
+        "PriorRequestNotComplete",
+    }
+)
 SERVER_SIDE = frozenset({"InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable"})
 
 
@@ -63,7 +73,9 @@ def create_client(settings: SessionSettings, service: str) -> Any:
     try:
         session = boto3.Session(profile_name=settings.profile, region_name=settings.region)
     except botocore.exceptions.ProfileNotFound as exc:
-        raise ProviderError(f"aws: {exc}", hint="name a profile of your AWS config, or drop the profile option") from exc
+        raise ProviderError(
+            f"aws: {exc}", hint="name a profile of your AWS config, or drop the profile option"
+        ) from exc
     make: Any = session.client  # boto3's overloads are per service name; ours is a variable
     return make(service, config=client_config(settings), endpoint_url=settings.endpoint or None)
 
@@ -86,17 +98,35 @@ def classify_error(action: str, exc: Exception) -> ProviderError:
         meta = exc.response.get("ResponseMetadata", {})
         status = int(meta.get("HTTPStatusCode", 0) or 0)
         if code in THROTTLING or status == 429:
-            return RateLimitedError(f"aws {action}: throttled ({code})", retry_after=_retry_after(meta.get("HTTPHeaders", {})))
+            return RateLimitedError(
+                f"aws {action}: throttled ({code})",
+                retry_after=_retry_after(meta.get("HTTPHeaders", {})),
+            )
         if status >= 500 or code in SERVER_SIDE:
-            return TransientProviderError(f"aws {action}: {code or status} ({message})", retry_after=_retry_after(meta.get("HTTPHeaders", {})))
+            return TransientProviderError(
+                f"aws {action}: {code or status} ({message})",
+                retry_after=_retry_after(meta.get("HTTPHeaders", {})),
+            )
         return ProviderError(f"aws {action}: {code}", hint=message)
-    if isinstance(exc, botocore.exceptions.ReadTimeoutError | botocore.exceptions.ConnectionClosedError):
-        return OutcomeUnknownError(f"aws {action}: no answer in time after the request was sent ({type(exc).__name__})")
-    if isinstance(exc, botocore.exceptions.ConnectTimeoutError | botocore.exceptions.EndpointConnectionError):
-        return TransientProviderError(f"aws {action}: cannot reach the endpoint ({type(exc).__name__})")
-    if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
-        return ProviderError(f"aws {action}: no credentials",
-                             hint="set them the AWS way: a profile, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, SSO or an instance role")
+    if isinstance(
+        exc, botocore.exceptions.ReadTimeoutError | botocore.exceptions.ConnectionClosedError
+    ):
+        return OutcomeUnknownError(
+            f"aws {action}: no answer in time after the request was sent ({type(exc).__name__})"
+        )
+    if isinstance(
+        exc, botocore.exceptions.ConnectTimeoutError | botocore.exceptions.EndpointConnectionError
+    ):
+        return TransientProviderError(
+            f"aws {action}: cannot reach the endpoint ({type(exc).__name__})"
+        )
+    if isinstance(
+        exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
+    ):
+        return ProviderError(
+            f"aws {action}: no credentials",
+            hint="set them the AWS way: a profile, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, SSO or an instance role",
+        )
     if isinstance(exc, botocore.exceptions.HTTPClientError):
         return OutcomeUnknownError(f"aws {action}: the connection failed ({type(exc).__name__})")
     return ProviderError(f"aws {action}: {type(exc).__name__}", hint=str(exc))

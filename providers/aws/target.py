@@ -33,10 +33,18 @@ class AwsTarget(AwsPublishing):
     def create_provider(self, spec: ProviderSpec, clock: Clock) -> AwsProvider:
         return create_aws_provider(spec, clock)
 
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None, *,
-                      publish: bool = True) -> str:
+    def resolve_image(
+        self,
+        provider: Provider,
+        image: str,
+        progress: Progress | None = None,
+        *,
+        publish: bool = True,
+    ) -> str:
         if not AMI.fullmatch(image):
-            raise UsageError(f"aws: image {image!r} is not an AMI id (ami-...) or an image spec (.yml)")
+            raise UsageError(
+                f"aws: image {image!r} is not an AMI id (ami-...) or an image spec (.yml)"
+            )
         return image
 
     def consoles(self, provider: Provider, instances: Sequence[Instance]) -> list[str]:

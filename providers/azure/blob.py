@@ -33,7 +33,9 @@ SECTOR = 512
 FIXED_DISK = 2
 STATE_KEY, DIGEST_KEY = "provision_state", "provision_digest"
 COMPLETE = "complete"
-ONE_TRY: dict[str, Any] = {"retry_total": 0}  # per request: the SDK's own retries off, whatever the client's
+ONE_TRY: dict[str, Any] = {
+    "retry_total": 0
+}  # per request: the SDK's own retries off, whatever the client's
 
 Progress = Callable[[str], None]
 
@@ -60,8 +62,10 @@ def read_fixed_vhd(path: Path) -> FixedVhd:
         raise AzurePublishError(f"{path}: cannot read ({exc.strerror})") from exc
     problem = _footer_problem(footer, size)
     if problem:
-        raise AzurePublishError(f"{path}: not a fixed VHD Azure accepts: {problem}",
-                                hint="build it with: provision build -f vhd")
+        raise AzurePublishError(
+            f"{path}: not a fixed VHD Azure accepts: {problem}",
+            hint="build it with: provision build -f vhd",
+        )
     return FixedVhd(path, size)
 
 
@@ -118,7 +122,9 @@ def plan_pages(vhd: FixedVhd, page: int = PAGE) -> list[tuple[int, int]]:
 
 def written_ranges(blob: BlobClient) -> list[tuple[int, int]]:
     """The [start, end) ranges a page blob holds data in (Get Page Ranges)."""
-    ranges = [(r.start or 0, (r.end or 0) + 1) for r in blob.list_page_ranges(**ONE_TRY) if not r.cleared]
+    ranges = [
+        (r.start or 0, (r.end or 0) + 1) for r in blob.list_page_ranges(**ONE_TRY) if not r.cleared
+    ]
     return sorted(ranges)
 
 
@@ -144,8 +150,15 @@ class BlobUpload:
     bytes_sent: int
 
 
-def upload_vhd(container: ContainerClient, vhd: FixedVhd, digest: str, *, workers: int = 8,
-               retry: RetryPolicy | None = None, progress: Progress | None = None) -> BlobUpload:
+def upload_vhd(
+    container: ContainerClient,
+    vhd: FixedVhd,
+    digest: str,
+    *,
+    workers: int = 8,
+    retry: RetryPolicy | None = None,
+    progress: Progress | None = None,
+) -> BlobUpload:
     """Upload ``vhd`` as the page blob named by ``digest``; see the module docstring."""
     if workers < 1:
         raise AzurePublishError(f"workers must be 1 or more, not {workers}")
@@ -165,8 +178,10 @@ def upload_vhd(container: ContainerClient, vhd: FixedVhd, digest: str, *, worker
         try:
             return policy.call(attempt, what=what)
         except (AzureError, RetryLater) as exc:
-            raise AzurePublishError(f"{what} failed: {describe(exc)}",
-                                    hint="a rerun sends only the pages not yet written") from exc
+            raise AzurePublishError(
+                f"{what} failed: {describe(exc)}",
+                hint="a rerun sends only the pages not yet written",
+            ) from exc
 
     try:
         props = call(f"reading blob {name}", lambda: blob.get_blob_properties(**ONE_TRY))
@@ -182,14 +197,20 @@ def upload_vhd(container: ContainerClient, vhd: FixedVhd, digest: str, *, worker
         return BlobUpload(blob.url, True, len(plan), 0, 0, 0)
     if props is None:
         metadata = {DIGEST_KEY: digest.removeprefix("sha256:"), STATE_KEY: "partial"}
-        call(f"creating page blob {name}", lambda: blob.create_page_blob(vhd.size, metadata=metadata, **ONE_TRY))
+        call(
+            f"creating page blob {name}",
+            lambda: blob.create_page_blob(vhd.size, metadata=metadata, **ONE_TRY),
+        )
         have: list[tuple[int, int]] = []
     else:
         have = call(f"listing page ranges of {name}", lambda: written_ranges(blob))
     todo = [(o, n) for o, n in plan if not _covered(o, n, have)]
     meter = TransferProgress(progress, f"uploading {name}", vhd.size)
     sending = set(todo)
-    meter.add(skipped=vhd.size - sum(n for _, n in plan), present=sum(n for o, n in plan if (o, n) not in sending))
+    meter.add(
+        skipped=vhd.size - sum(n for _, n in plan),
+        present=sum(n for o, n in plan if (o, n) not in sending),
+    )
     _send_pages(vhd, blob, todo, workers, call, meter)
     meter.finish()
     metadata = {DIGEST_KEY: digest.removeprefix("sha256:"), STATE_KEY: COMPLETE}
@@ -197,8 +218,14 @@ def upload_vhd(container: ContainerClient, vhd: FixedVhd, digest: str, *, worker
     return BlobUpload(blob.url, False, len(plan), len(todo), len(plan) - len(todo), meter.sent)
 
 
-def _send_pages(vhd: FixedVhd, blob: BlobClient, todo: Sequence[tuple[int, int]], workers: int,
-                call: Callable[[str, Callable[[], Any]], Any], meter: TransferProgress) -> None:
+def _send_pages(
+    vhd: FixedVhd,
+    blob: BlobClient,
+    todo: Sequence[tuple[int, int]],
+    workers: int,
+    call: Callable[[str, Callable[[], Any]], Any],
+    meter: TransferProgress,
+) -> None:
     """Put every page of ``todo``; the first failure stops the rest (and is raised)."""
     stop = threading.Event()
 
@@ -209,7 +236,10 @@ def _send_pages(vhd: FixedVhd, blob: BlobClient, todo: Sequence[tuple[int, int]]
             if stop.is_set():
                 return
             data = os.pread(fd, length, offset)
-            call(f"Put Page at {offset}", lambda: blob.upload_page(data, offset=offset, length=length, **ONE_TRY))
+            call(
+                f"Put Page at {offset}",
+                lambda: blob.upload_page(data, offset=offset, length=length, **ONE_TRY),
+            )
             meter.add(sent=length)
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="azure-page") as pool:

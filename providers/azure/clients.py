@@ -25,7 +25,9 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 ARM_SCOPE = "https://management.azure.com/.default"
 TOKEN_ENV = "PROVISION_AZURE_TOKEN"
 ARM_ENDPOINT_ENV = "PROVISION_AZURE_ARM_ENDPOINT"  # a sovereign cloud's ARM, or a local stand-in
-BLOB_ENDPOINT_ENV = "PROVISION_AZURE_BLOB_ENDPOINT"  # the storage account's blob URL when not the public one
+BLOB_ENDPOINT_ENV = (
+    "PROVISION_AZURE_BLOB_ENDPOINT"  # the storage account's blob URL when not the public one
+)
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 
 
@@ -74,8 +76,14 @@ class ArmClients:
     subscription: str
 
 
-def arm_clients(subscription: str, credential: TokenCredential | None = None, endpoint: str | None = None,
-                *, timeout: float = 60.0, polling_interval: float | None = None) -> ArmClients:
+def arm_clients(
+    subscription: str,
+    credential: TokenCredential | None = None,
+    endpoint: str | None = None,
+    *,
+    timeout: float = 60.0,
+    polling_interval: float | None = None,
+) -> ArmClients:
     """Compute and network clients for ``subscription`` (ARM at ``endpoint``, else
     ``$PROVISION_AZURE_ARM_ENDPOINT``, else the public cloud), with the SDK's retries off and
     every request bounded by ``timeout`` seconds."""
@@ -89,12 +97,19 @@ def arm_clients(subscription: str, credential: TokenCredential | None = None, en
         if is_loopback(endpoint):
             kwargs["authentication_policy"] = _LoopbackBearer(credential)
             kwargs.setdefault("polling_interval", 0)
-    return ArmClients(ComputeManagementClient(credential, subscription, **kwargs),
-                      NetworkManagementClient(credential, subscription, **kwargs), subscription)
+    return ArmClients(
+        ComputeManagementClient(credential, subscription, **kwargs),
+        NetworkManagementClient(credential, subscription, **kwargs),
+        subscription,
+    )
 
 
-def blob_container(account: str, container: str, credential: TokenCredential | None = None,
-                   endpoint: str | None = None) -> ContainerClient:
+def blob_container(
+    account: str,
+    container: str,
+    credential: TokenCredential | None = None,
+    endpoint: str | None = None,
+) -> ContainerClient:
     """The container client: ``AZURE_STORAGE_CONNECTION_STRING`` when set, else the account's
     blob endpoint (``endpoint``, ``$PROVISION_AZURE_BLOB_ENDPOINT`` or the public one) with the
     token credential. SDK retries off (provision retries each page itself)."""
@@ -103,6 +118,10 @@ def blob_container(account: str, container: str, credential: TokenCredential | N
     if connection:
         service = BlobServiceClient.from_connection_string(connection, **kwargs)
     else:
-        url = endpoint or os.environ.get(BLOB_ENDPOINT_ENV) or f"https://{account}.blob.core.windows.net"
+        url = (
+            endpoint
+            or os.environ.get(BLOB_ENDPOINT_ENV)
+            or f"https://{account}.blob.core.windows.net"
+        )
         service = BlobServiceClient(url, credential=credential or default_credential(), **kwargs)
     return service.get_container_client(container)

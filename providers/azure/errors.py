@@ -89,8 +89,12 @@ def provider_error(exc: AzureError, what: str) -> ProviderError:
     if status is not None and status >= 500:
         return TransientProviderError(f"{what}: {describe(exc)}", retry_after_of(exc))
     if isinstance(exc, ServiceResponseError):  # sent; no answer (time-out, reset)
-        return OutcomeUnknownError(f"{what}: no answer after the request was sent ({azure_message(exc)})")
+        return OutcomeUnknownError(
+            f"{what}: no answer after the request was sent ({azure_message(exc)})"
+        )
     if isinstance(exc, ServiceRequestError):  # never sent
         return TransientProviderError(f"{what}: could not reach Azure ({azure_message(exc)})")
-    return ProviderError(f"{what}: Azure refused ({status or ''} {error_code(exc)})".replace("( ", "("),
-                         hint=azure_message(exc))
+    return ProviderError(
+        f"{what}: Azure refused ({status or ''} {error_code(exc)})".replace("( ", "("),
+        hint=azure_message(exc),
+    )

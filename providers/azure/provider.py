@@ -57,8 +57,18 @@ def _os_disk(value: Any) -> dict[str, Any] | None:
         return None
     size = value.get("sizeGb", 30)
     kind = value.get("storageAccountType", "Premium_LRS")
-    if integer(1, 32767)(size) is None or one_of("Standard_LRS", "StandardSSD_LRS", "Premium_LRS",
-                                                 "StandardSSD_ZRS", "Premium_ZRS", "PremiumV2_LRS")(kind) is None:
+    if (
+        integer(1, 32767)(size) is None
+        or one_of(
+            "Standard_LRS",
+            "StandardSSD_LRS",
+            "Premium_LRS",
+            "StandardSSD_ZRS",
+            "Premium_ZRS",
+            "PremiumV2_LRS",
+        )(kind)
+        is None
+    ):
         return None
     return {"sizeGb": size, "storageAccountType": kind}
 
@@ -93,38 +103,65 @@ def render_user_data(hostname: str, user_data: str | Mapping[str, Any] | None) -
     tree["hostname"] = {"content": hostname}
     encoded = base64.b64encode(json.dumps(tree, sort_keys=True).encode()).decode()
     if len(encoded) > USER_DATA_MAX:
-        raise ProviderError(f"the user data of {hostname} is {len(encoded)} bytes in base64; Azure takes {USER_DATA_MAX}")
+        raise ProviderError(
+            f"the user data of {hostname} is {len(encoded)} bytes in base64; Azure takes {USER_DATA_MAX}"
+        )
     return encoded
 
 
-OPTIONS = Schema({
-    "subscriptionId": Field("a subscription id (a GUID)", text(r"[0-9a-fA-F-]{36}"), required=True),
-    "resourceGroup": Field("a resource group name", text(r"[-\w._()]{1,90}"), required=True),
-    "location": Field("an Azure region (westeurope)", text(r"[a-z0-9]{2,40}"), required=True),
-    "subnetId": Field("a subnet's resource id", text(_ARM_ID), doc="groups without their own subnetId use it"),
-    "endpoint": Field("the ARM endpoint URL (a sovereign cloud, a local stand-in)", text(r"https?://\S+")),
-    "storageAccount": Field("a storage account name", text(r"[a-z0-9]{3,24}"), doc="where images are uploaded"),
-    "container": Field("a blob container name", text(r"[a-z0-9](-?[a-z0-9]){2,62}")),
-    "storageResourceGroup": Field("a resource group name", text(r"[-\w._()]{1,90}")),
-    "gallery": Field("a Compute Gallery name", text(r"[A-Za-z0-9._]{1,80}"), doc="publish versions, not managed images"),
-    "galleryImage": Field("an image definition name", text(r"[A-Za-z0-9._-]{1,80}")),
-    "deleteTimeout": Field("a duration up to 1h", duration(0.1, 3600)),
-})
+OPTIONS = Schema(
+    {
+        "subscriptionId": Field(
+            "a subscription id (a GUID)", text(r"[0-9a-fA-F-]{36}"), required=True
+        ),
+        "resourceGroup": Field("a resource group name", text(r"[-\w._()]{1,90}"), required=True),
+        "location": Field("an Azure region (westeurope)", text(r"[a-z0-9]{2,40}"), required=True),
+        "subnetId": Field(
+            "a subnet's resource id", text(_ARM_ID), doc="groups without their own subnetId use it"
+        ),
+        "endpoint": Field(
+            "the ARM endpoint URL (a sovereign cloud, a local stand-in)", text(r"https?://\S+")
+        ),
+        "storageAccount": Field(
+            "a storage account name", text(r"[a-z0-9]{3,24}"), doc="where images are uploaded"
+        ),
+        "container": Field("a blob container name", text(r"[a-z0-9](-?[a-z0-9]){2,62}")),
+        "storageResourceGroup": Field("a resource group name", text(r"[-\w._()]{1,90}")),
+        "gallery": Field(
+            "a Compute Gallery name",
+            text(r"[A-Za-z0-9._]{1,80}"),
+            doc="publish versions, not managed images",
+        ),
+        "galleryImage": Field("an image definition name", text(r"[A-Za-z0-9._-]{1,80}")),
+        "deleteTimeout": Field("a duration up to 1h", duration(0.1, 3600)),
+    }
+)
 
-PROPERTIES = Schema({
-    "vmSize": Field("a VM size (Standard_B2s)", text(r"[A-Za-z0-9_]{3,64}"), required=True),
-    "subnetId": Field("a subnet's resource id", text(_ARM_ID)),
-    "osDisk": Field("{sizeGb: 1..32767, storageAccountType: Premium_LRS|StandardSSD_LRS|...}", _os_disk),
-    "priority": Field("Regular or Spot", one_of("Regular", "Spot")),
-    "zones": Field("a list of zones (\"1\", \"2\", \"3\")", list_of(one_of("1", "2", "3"), 3)),
-    "sshPublicKeys": Field("a list of OpenSSH public keys", list_of(text(r"(ssh|ecdsa)-\S+ \S+( .*)?"), 16)),
-    "acceleratedNetworking": Field("true or false", boolean),
-    "adminUsername": Field("a user name", text(r"[a-z_][a-z0-9_-]{0,31}")),
-    "userData": Field("text or a mapping (a JSON tree for the image's metadata component)", _user_data),
-})
+PROPERTIES = Schema(
+    {
+        "vmSize": Field("a VM size (Standard_B2s)", text(r"[A-Za-z0-9_]{3,64}"), required=True),
+        "subnetId": Field("a subnet's resource id", text(_ARM_ID)),
+        "osDisk": Field(
+            "{sizeGb: 1..32767, storageAccountType: Premium_LRS|StandardSSD_LRS|...}", _os_disk
+        ),
+        "priority": Field("Regular or Spot", one_of("Regular", "Spot")),
+        "zones": Field('a list of zones ("1", "2", "3")', list_of(one_of("1", "2", "3"), 3)),
+        "sshPublicKeys": Field(
+            "a list of OpenSSH public keys", list_of(text(r"(ssh|ecdsa)-\S+ \S+( .*)?"), 16)
+        ),
+        "acceleratedNetworking": Field("true or false", boolean),
+        "adminUsername": Field("a user name", text(r"[a-z_][a-z0-9_-]{0,31}")),
+        "userData": Field(
+            "text or a mapping (a JSON tree for the image's metadata component)", _user_data
+        ),
+    }
+)
 
-_STATES = {"Succeeded": InstanceState.RUNNING, "Deleting": InstanceState.TERMINATED,
-           "Failed": InstanceState.RUNNING}
+_STATES = {
+    "Succeeded": InstanceState.RUNNING,
+    "Deleting": InstanceState.TERMINATED,
+    "Failed": InstanceState.RUNNING,
+}
 
 
 def vm_name(request: CreateRequest) -> str:
@@ -155,7 +192,10 @@ class AzureProvider:
         try:
             return self._call(what, action)
         except ProviderError as exc:
-            if isinstance(exc.__cause__, ResourceNotFoundError) or status_of(exc.__cause__ or exc) == 404:
+            if (
+                isinstance(exc.__cause__, ResourceNotFoundError)
+                or status_of(exc.__cause__ or exc) == 404
+            ):
                 return None
             raise
 
@@ -166,8 +206,10 @@ class AzureProvider:
         return poller.result()
 
     def _id(self, kind: str, name: str) -> str:
-        return (f"/subscriptions/{self.arm.subscription}/resourceGroups/{self.resource_group}"
-                f"/providers/{kind}/{name}")
+        return (
+            f"/subscriptions/{self.arm.subscription}/resourceGroups/{self.resource_group}"
+            f"/providers/{kind}/{name}"
+        )
 
     def _instance(self, vm: Mapping[str, Any]) -> Instance:
         props = vm.get("properties") or {}
@@ -175,44 +217,74 @@ class AzureProvider:
         created = 0.0
         if props.get("timeCreated"):
             try:
-                created = datetime.fromisoformat(str(props["timeCreated"]).replace("Z", "+00:00")).timestamp()
+                created = datetime.fromisoformat(
+                    str(props["timeCreated"]).replace("Z", "+00:00")
+                ).timestamp()
             except ValueError:
                 created = 0.0
         state = _STATES.get(str(props.get("provisioningState", "")), InstanceState.PENDING)
-        return Instance(str(vm["id"]), str(vm["name"]), dict(vm.get("tags") or {}), str(image), created, state)
+        return Instance(
+            str(vm["id"]), str(vm["name"]), dict(vm.get("tags") or {}), str(image), created, state
+        )
 
     # -- the four operations --------------------------------------------------------------------
 
     def create_instance(self, request: CreateRequest) -> Instance:
         name = vm_name(request)
         compute, network = self.arm.compute, self.arm.network
-        found = self._get(f"reading vm {name}", lambda: compute.virtual_machines.get(self.resource_group, name))
+        found = self._get(
+            f"reading vm {name}", lambda: compute.virtual_machines.get(self.resource_group, name)
+        )
         if found is not None:
             return self._instance(found.as_dict())
         props = request.properties
         subnet = props.get("subnetId") or self.options.get("subnetId")
         if not subnet:
-            raise ProviderError(f"create vm {name}: no subnet", hint="set subnetId in the group's properties or "
-                                "the provider's options")
+            raise ProviderError(
+                f"create vm {name}: no subnet",
+                hint="set subnetId in the group's properties or the provider's options",
+            )
         nic_name = f"{name}-nic"
         nic = {
             "location": self.location,
             "tags": dict(request.tags),
             "properties": {
                 "enableAcceleratedNetworking": bool(props.get("acceleratedNetworking", False)),
-                "ipConfigurations": [{"name": "ipconfig1", "properties": {
-                    "subnet": {"id": subnet}, "privateIPAllocationMethod": "Dynamic", "primary": True}}],
+                "ipConfigurations": [
+                    {
+                        "name": "ipconfig1",
+                        "properties": {
+                            "subnet": {"id": subnet},
+                            "privateIPAllocationMethod": "Dynamic",
+                            "primary": True,
+                        },
+                    }
+                ],
             },
         }
         what = f"create nic {nic_name}"
-        body = self._vm_body(request, name, self._id("Microsoft.Network/networkInterfaces", nic_name))
+        body = self._vm_body(
+            request, name, self._id("Microsoft.Network/networkInterfaces", nic_name)
+        )
         vm_sent = False
         try:
-            self._call(what, lambda: self._wait(network.network_interfaces.begin_create_or_update(
-                self.resource_group, nic_name, network_models.NetworkInterface(nic)), what, self.create_timeout))
+            self._call(
+                what,
+                lambda: self._wait(
+                    network.network_interfaces.begin_create_or_update(
+                        self.resource_group, nic_name, network_models.NetworkInterface(nic)
+                    ),
+                    what,
+                    self.create_timeout,
+                ),
+            )
             vm_sent = True
-            made = self._call(f"create vm {name}", lambda: compute.virtual_machines.begin_create_or_update(
-                self.resource_group, name, compute_models.VirtualMachine(body), polling=False).result())
+            made = self._call(
+                f"create vm {name}",
+                lambda: compute.virtual_machines.begin_create_or_update(
+                    self.resource_group, name, compute_models.VirtualMachine(body), polling=False
+                ).result(),
+            )
         except ProviderError as exc:
             # The VM may exist only when its own PUT went unanswered; in every other case the
             # NIC is taken back, so a slot the engine gives up on leaves nothing behind (a retry
@@ -224,9 +296,15 @@ class AzureProvider:
 
     def _vm_body(self, request: CreateRequest, name: str, nic_id: str) -> dict[str, Any]:
         props = request.properties
-        disk = _os_disk(props.get("osDisk", {})) or {"sizeGb": 30, "storageAccountType": "Premium_LRS"}
+        disk = _os_disk(props.get("osDisk", {})) or {
+            "sizeGb": 30,
+            "storageAccountType": "Premium_LRS",
+        }
         user = str(props.get("adminUsername", "provision"))
-        keys = [{"path": f"/home/{user}/.ssh/authorized_keys", "keyData": k} for k in props.get("sshPublicKeys", [])]
+        keys = [
+            {"path": f"/home/{user}/.ssh/authorized_keys", "keyData": k}
+            for k in props.get("sshPublicKeys", [])
+        ]
         linux: dict[str, Any] = {"disablePasswordAuthentication": True, "provisionVMAgent": False}
         if keys:
             linux["ssh"] = {"publicKeys": keys}
@@ -237,48 +315,77 @@ class AzureProvider:
                 "hardwareProfile": {"vmSize": props.get("vmSize", "Standard_B2s")},
                 "storageProfile": {
                     "imageReference": {"id": request.image},
-                    "osDisk": {"name": f"{name}-osdisk", "createOption": "FromImage", "deleteOption": "Delete",
-                               "diskSizeGB": disk["sizeGb"],
-                               "managedDisk": {"storageAccountType": disk["storageAccountType"]}},
+                    "osDisk": {
+                        "name": f"{name}-osdisk",
+                        "createOption": "FromImage",
+                        "deleteOption": "Delete",
+                        "diskSizeGB": disk["sizeGb"],
+                        "managedDisk": {"storageAccountType": disk["storageAccountType"]},
+                    },
                 },
-                "osProfile": {"computerName": name[:64], "adminUsername": user, "linuxConfiguration": linux},
+                "osProfile": {
+                    "computerName": name[:64],
+                    "adminUsername": user,
+                    "linuxConfiguration": linux,
+                },
                 "userData": render_user_data(request.name, props.get("userData")),
-                "networkProfile": {"networkInterfaces": [
-                    {"id": nic_id, "properties": {"primary": True, "deleteOption": "Delete"}}]},
+                "networkProfile": {
+                    "networkInterfaces": [
+                        {"id": nic_id, "properties": {"primary": True, "deleteOption": "Delete"}}
+                    ]
+                },
             },
         }
         if props.get("priority") == "Spot":
-            body["properties"].update({"priority": "Spot", "evictionPolicy": "Delete",
-                                       "billingProfile": {"maxPrice": -1}})
+            body["properties"].update(
+                {"priority": "Spot", "evictionPolicy": "Delete", "billingProfile": {"maxPrice": -1}}
+            )
         if props.get("zones"):
             body["zones"] = list(props["zones"])
         return body
 
     def list_instances(self, tags: Mapping[str, str], page_token: str | None = None) -> Page:
         def one_page() -> tuple[list[dict[str, Any]], str | None]:
-            pages = self.arm.compute.virtual_machines.list(self.resource_group).by_page(continuation_token=page_token)
+            pages = self.arm.compute.virtual_machines.list(self.resource_group).by_page(
+                continuation_token=page_token
+            )
             items = [vm.as_dict() for vm in next(pages, iter(()))]
             return items, getattr(pages, "continuation_token", None)
 
         vms, token = self._call(f"list vms in {self.resource_group}", one_page)
         wanted = tags.items()
-        kept = tuple(self._instance(vm) for vm in vms if wanted <= dict(vm.get("tags") or {}).items())
+        kept = tuple(
+            self._instance(vm) for vm in vms if wanted <= dict(vm.get("tags") or {}).items()
+        )
         return Page(kept, token or None)
 
     def destroy_instance(self, instance_id: str, epoch: int) -> None:
         name = instance_id.rstrip("/").rsplit("/", 1)[-1]
         what = f"delete vm {name}"
-        self._get(what, lambda: self._wait(self.arm.compute.virtual_machines.begin_delete(self.resource_group, name),
-                                           what, self.delete_timeout))
+        self._get(
+            what,
+            lambda: self._wait(
+                self.arm.compute.virtual_machines.begin_delete(self.resource_group, name),
+                what,
+                self.delete_timeout,
+            ),
+        )
         self._delete_nic(f"{name}-nic")
         disk = f"{name}-osdisk"
         what = f"delete disk {disk}"
-        self._get(what, lambda: self._wait(self.arm.compute.disks.begin_delete(self.resource_group, disk),
-                                           what, self.delete_timeout))
+        self._get(
+            what,
+            lambda: self._wait(
+                self.arm.compute.disks.begin_delete(self.resource_group, disk),
+                what,
+                self.delete_timeout,
+            ),
+        )
 
     def _take_back_nic(self, nic_name: str) -> None:
         """Delete a NIC no VM uses, retrying briefly; a failure is logged, never raised (the
         caller is already reporting the failure that matters)."""
+
         def attempt() -> None:
             try:
                 self._delete_nic(nic_name)
@@ -286,19 +393,29 @@ class AzureProvider:
                 raise RetryLater(str(exc), exc.retry_after) from exc
 
         try:
-            RetryPolicy(attempts=5, total=30, initial=0.05, maximum=1).call(attempt, what=f"delete nic {nic_name}")
+            RetryPolicy(attempts=5, total=30, initial=0.05, maximum=1).call(
+                attempt, what=f"delete nic {nic_name}"
+            )
         except (ProviderError, RetryLater) as exc:
             log.warning("could not delete the unused NIC %s: %s", nic_name, exc)
 
     def _delete_nic(self, nic_name: str) -> None:
         what = f"delete nic {nic_name}"
-        self._get(what, lambda: self._wait(self.arm.network.network_interfaces.begin_delete(
-            self.resource_group, nic_name), what, self.delete_timeout))
+        self._get(
+            what,
+            lambda: self._wait(
+                self.arm.network.network_interfaces.begin_delete(self.resource_group, nic_name),
+                what,
+                self.delete_timeout,
+            ),
+        )
 
     def address(self, instance: Instance, port: int) -> tuple[str, int] | None:
         nic_name = f"{instance.name}-nic"
-        nic = self._get(f"read nic {nic_name}", lambda: self.arm.network.network_interfaces.get(
-            self.resource_group, nic_name))
+        nic = self._get(
+            f"read nic {nic_name}",
+            lambda: self.arm.network.network_interfaces.get(self.resource_group, nic_name),
+        )
         if nic is None:
             return None
         for config in (nic.as_dict().get("properties") or {}).get("ipConfigurations") or []:

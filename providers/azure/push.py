@@ -42,7 +42,9 @@ class AzurePush:
     gallery_image: str | None = None
     version: str | None = None
     replicas: Mapping[str, int] = field(default_factory=dict)
-    storage_resource_group: str | None = None  # the storage account's group, when not resource_group
+    storage_resource_group: str | None = (
+        None  # the storage account's group, when not resource_group
+    )
     workers: int = 8
     timeout: float = 3600.0
 
@@ -58,8 +60,12 @@ class AzurePushResult:
     pages_resumed: int = 0
 
     def as_json(self) -> dict[str, object]:
-        return {"image_id": self.image_id, "blob_url": self.blob_url, "reused": self.reused,
-                "replicas": dict(self.replicas)}
+        return {
+            "image_id": self.image_id,
+            "blob_url": self.blob_url,
+            "reused": self.reused,
+            "replicas": dict(self.replicas),
+        }
 
 
 def parse_replicas(text: str) -> dict[str, int]:
@@ -75,8 +81,10 @@ def parse_replicas(text: str) -> dict[str, int]:
 
 def vhd_of(artifact: Artifact) -> FixedVhd:
     if artifact.format != "vhd" or not artifact.files:
-        raise UsageError(f"{artifact.manifest}: Azure takes the fixed VHD (format vhd), not {artifact.format}",
-                         hint="build it with: provision build -f vhd")
+        raise UsageError(
+            f"{artifact.manifest}: Azure takes the fixed VHD (format vhd), not {artifact.format}",
+            hint="build it with: provision build -f vhd",
+        )
     return read_fixed_vhd(artifact.files[0])
 
 
@@ -94,23 +102,41 @@ def image_request(push: AzurePush, artifact: Artifact, subscription: str) -> Ima
         gallery_image=push.gallery_image,
         version=push.version,
         replicas=push.replicas,
-        storage_account_id=(f"/subscriptions/{subscription}/resourceGroups/{account_group}"
-                            f"/providers/Microsoft.Storage/storageAccounts/{push.storage_account}"),
+        storage_account_id=(
+            f"/subscriptions/{subscription}/resourceGroups/{account_group}"
+            f"/providers/Microsoft.Storage/storageAccounts/{push.storage_account}"
+        ),
         tags={"provision-image": artifact.name[:256]},
         timeout=push.timeout,
     )
 
 
-def push_azure(artifact: Artifact, push: AzurePush, arm: ArmClients, container: ContainerClient, *,
-               retry: RetryPolicy | None = None, progress: Progress | None = None) -> AzurePushResult:
+def push_azure(
+    artifact: Artifact,
+    push: AzurePush,
+    arm: ArmClients,
+    container: ContainerClient,
+    *,
+    retry: RetryPolicy | None = None,
+    progress: Progress | None = None,
+) -> AzurePushResult:
     """Publish ``artifact`` (its fixed VHD) to Azure; see the module docstring."""
     vhd_of(artifact)  # a file Azure would refuse stops the push before any call
-    return push_digest(artifact.digest, lambda: artifact, push, arm, container, retry=retry, progress=progress)
+    return push_digest(
+        artifact.digest, lambda: artifact, push, arm, container, retry=retry, progress=progress
+    )
 
 
-def push_digest(digest: str, load: Callable[[], Artifact], push: AzurePush, arm: ArmClients,
-                container: ContainerClient, *, retry: RetryPolicy | None = None,
-                progress: Progress | None = None) -> AzurePushResult:
+def push_digest(
+    digest: str,
+    load: Callable[[], Artifact],
+    push: AzurePush,
+    arm: ArmClients,
+    container: ContainerClient,
+    *,
+    retry: RetryPolicy | None = None,
+    progress: Progress | None = None,
+) -> AzurePushResult:
     """Publish the image ``digest``; ``load()`` (which may build it) is called only when it is
     not registered yet."""
     unbuilt = Artifact(push.name or "image", digest, "vhd", (), Path("-"))
@@ -128,19 +154,31 @@ def push_digest(digest: str, load: Callable[[], Artifact], push: AzurePush, arm:
     request = image_request(push, artifact, arm.subscription)
     if platform_of(artifact).endswith("/arm64"):
         request = replace(request, architecture="Arm64")
-    uploaded = upload_vhd(container, vhd, digest, workers=push.workers, retry=policy, progress=progress)
+    uploaded = upload_vhd(
+        container, vhd, digest, workers=push.workers, retry=policy, progress=progress
+    )
     if progress:
         sent = f"{uploaded.bytes_sent / 2**20:.0f} MiB in {uploaded.pages_sent} pages"
         skipped = f"{uploaded.pages_resumed} already there" if uploaded.pages_resumed else ""
-        progress(f"uploaded {blob_name(digest)}: "
-                 + ("complete already" if uploaded.reused else ", ".join(filter(None, [sent, skipped]))))
+        progress(
+            f"uploaded {blob_name(digest)}: "
+            + ("complete already" if uploaded.reused else ", ".join(filter(None, [sent, skipped])))
+        )
     try:
         image = register_image(arm, request, uploaded.url, digest, policy, progress)
     except AzurePublishError as exc:
-        raise AzurePublishError(exc.message, hint=exc.hint or "the blob is uploaded; a rerun only registers it") \
-            from exc
-    return AzurePushResult(image.id, uploaded.url, image.reused, image.replicas, uploaded.bytes_sent,
-                           uploaded.pages_sent, uploaded.pages_resumed)
+        raise AzurePublishError(
+            exc.message, hint=exc.hint or "the blob is uploaded; a rerun only registers it"
+        ) from exc
+    return AzurePushResult(
+        image.id,
+        uploaded.url,
+        image.reused,
+        image.replicas,
+        uploaded.bytes_sent,
+        uploaded.pages_sent,
+        uploaded.pages_resumed,
+    )
 
 
 def platform_of(artifact: Artifact) -> str:
@@ -153,14 +191,25 @@ def platform_of(artifact: Artifact) -> str:
 
 def push_settings(options: PushOptions) -> AzurePush:
     """``provision push azure``'s options as an :class:`AzurePush`; what Azure cannot do is refused."""
-    missing = [flag for flag, value in (("--location", options.region), ("--resource-group", options.resource_group),
-                                        ("--storage-account", options.storage_account),
-                                        ("--container", options.container)) if not value]
+    missing = [
+        flag
+        for flag, value in (
+            ("--location", options.region),
+            ("--resource-group", options.resource_group),
+            ("--storage-account", options.storage_account),
+            ("--container", options.container),
+        )
+        if not value
+    ]
     if missing:
         raise UsageError("provision push azure needs " + ", ".join(missing))
     if options.share_with or options.bucket or options.method != "ebs":
-        raise UsageError("--share-with, --bucket and --method are AWS's; Azure shares through the gallery's RBAC")
-    if options.gallery is None and (options.gallery_image or options.version or options.replicas or options.copy_to):
+        raise UsageError(
+            "--share-with, --bucket and --method are AWS's; Azure shares through the gallery's RBAC"
+        )
+    if options.gallery is None and (
+        options.gallery_image or options.version or options.replicas or options.copy_to
+    ):
         raise UsageError("--gallery-image, --version, --replicas and --copy-to need --gallery")
     if not 1 <= options.concurrency <= 64:
         raise UsageError(f"--concurrency must be 1 to 64 for Azure, not {options.concurrency}")
@@ -169,10 +218,18 @@ def push_settings(options: PushOptions) -> AzurePush:
     replicas = {region: 1 for region in options.copy_to}
     replicas.update(options.replicas)
     return AzurePush(
-        resource_group=str(options.resource_group), storage_account=str(options.storage_account),
-        container=str(options.container), location=str(options.region), name=options.name,
-        hyper_v_generation=generation, security_type=security, gallery=options.gallery,
-        gallery_image=options.gallery_image, version=options.version, replicas=replicas,
-        storage_resource_group=options.storage_resource_group, workers=options.concurrency,
+        resource_group=str(options.resource_group),
+        storage_account=str(options.storage_account),
+        container=str(options.container),
+        location=str(options.region),
+        name=options.name,
+        hyper_v_generation=generation,
+        security_type=security,
+        gallery=options.gallery,
+        gallery_image=options.gallery_image,
+        version=options.version,
+        replicas=replicas,
+        storage_resource_group=options.storage_resource_group,
+        workers=options.concurrency,
         timeout=options.timeout,
     )

@@ -32,11 +32,19 @@ from provision.target import Artifact, Progress, PublishedImage, Target, own_pro
 _GALLERY_VERSION = "0.0.{n}"
 
 
-def create_azure_provider(spec: ProviderSpec, credential: TokenCredential | None = None) -> AzureProvider:
+def create_azure_provider(
+    spec: ProviderSpec, credential: TokenCredential | None = None
+) -> AzureProvider:
     options = spec.options
     arm = arm_clients(str(options["subscriptionId"]), credential, options.get("endpoint"))
-    return AzureProvider(spec.name, arm, str(options["resourceGroup"]), str(options["location"]), dict(options),
-                         delete_timeout=float(options.get("deleteTimeout", 600.0)))
+    return AzureProvider(
+        spec.name,
+        arm,
+        str(options["resourceGroup"]),
+        str(options["location"]),
+        dict(options),
+        delete_timeout=float(options.get("deleteTimeout", 600.0)),
+    )
 
 
 def _push_settings(provider: AzureProvider, artifact: Artifact | None) -> AzurePush:
@@ -66,19 +74,34 @@ class AzureTarget:
     properties: Schema = PROPERTIES
     tools: tuple[str, ...] = ()
 
-    def push(self, digest: str, fmt: str, artifact: LoadArtifact, options: PushOptions,
-             progress: Progress | None = None) -> PushResult:
+    def push(
+        self,
+        digest: str,
+        fmt: str,
+        artifact: LoadArtifact,
+        options: PushOptions,
+        progress: Progress | None = None,
+    ) -> PushResult:
         """``provision push azure`` (provision/push.py): the blob, then the image; by digest."""
         settings = push_settings(options)
         subscription = options.subscription or os.environ.get("AZURE_SUBSCRIPTION_ID")
         if not subscription:
-            raise UsageError("no subscription", hint="give --subscription or set AZURE_SUBSCRIPTION_ID")
+            raise UsageError(
+                "no subscription", hint="give --subscription or set AZURE_SUBSCRIPTION_ID"
+            )
         arm = arm_clients(subscription, timeout=options.request_timeout)
         container = blob_container(settings.storage_account, settings.container)
         result = push_digest(digest, artifact, settings, arm, container, progress=progress)
         name = result.image_id.rstrip("/").rsplit("/", 1)[-1]
-        return PushResult(result.image_id, "", settings.location, result.reused, digest, name,
-                          details={"blob_url": result.blob_url, "replicas": dict(result.replicas)})
+        return PushResult(
+            result.image_id,
+            "",
+            settings.location,
+            result.reused,
+            digest,
+            name,
+            details={"blob_url": result.blob_url, "replicas": dict(result.replicas)},
+        )
 
     def create_provider(self, spec: ProviderSpec, clock: Clock) -> AzureProvider:
         return create_azure_provider(spec)
@@ -89,25 +112,39 @@ class AzureTarget:
         if settings.gallery and not settings.gallery_image:
             return None  # the definition is named after the build: unknown before it
         unbuilt = Artifact("image", digest, "vhd", (), Path("-"))
-        return find_registered(azure.arm, image_request(settings, unbuilt, azure.arm.subscription), digest)
+        return find_registered(
+            azure.arm, image_request(settings, unbuilt, azure.arm.subscription), digest
+        )
 
-    def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
+    def publish(
+        self, provider: Provider, artifact: Artifact, progress: Progress | None = None
+    ) -> PublishedImage:
         azure = own_provider(provider, AzureProvider, self.name)
         settings = _push_settings(azure, artifact)
         if not settings.storage_account:
-            raise UsageError(f"provider {azure.name}: publishing an image needs options.storageAccount",
-                             hint="or give the group an image id (/subscriptions/.../images/NAME)")
+            raise UsageError(
+                f"provider {azure.name}: publishing an image needs options.storageAccount",
+                hint="or give the group an image id (/subscriptions/.../images/NAME)",
+            )
         container = blob_container(settings.storage_account, settings.container)
         result = push_azure(artifact, settings, azure.arm, container, progress=progress)
         return PublishedImage(result.image_id, artifact.digest, result.reused)
 
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None, *,
-                      publish: bool = True) -> str:
+    def resolve_image(
+        self,
+        provider: Provider,
+        image: str,
+        progress: Progress | None = None,
+        *,
+        publish: bool = True,
+    ) -> str:
         if image.startswith("/subscriptions/") and "/providers/Microsoft.Compute/" in image:
             return image
-        raise UsageError(f"image {image!r} is not an Azure image id",
-                         hint="give /subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/images/NAME, "
-                         "a gallery version id, or an image spec (.yml)")
+        raise UsageError(
+            f"image {image!r} is not an Azure image id",
+            hint="give /subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/images/NAME, "
+            "a gallery version id, or an image spec (.yml)",
+        )
 
     def consoles(self, provider: Provider, instances: Sequence[Instance]) -> list[str]:
         return [f"az vm boot-diagnostics get-boot-log --ids {i.id}" for i in instances]

@@ -58,9 +58,11 @@ def credentials(anonymous: bool = False) -> Credentials:
     try:
         found, _project = google.auth.default(scopes=[CLOUD_PLATFORM])
     except DefaultCredentialsError as exc:
-        raise ProvisionError("no Google Cloud credentials found",
-                             hint=f"run `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS "
-                                  f"to a service-account key file, or set {TOKEN_VARIABLE}") from exc
+        raise ProvisionError(
+            "no Google Cloud credentials found",
+            hint=f"run `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS "
+            f"to a service-account key file, or set {TOKEN_VARIABLE}",
+        ) from exc
     creds: Credentials = found
     return creds
 
@@ -78,8 +80,12 @@ class GceClients:
 def gce_clients(endpoint: str | None, creds: Credentials) -> GceClients:
     options = ClientOptions(api_endpoint=endpoint) if endpoint else None
     made: dict[str, Any] = {"credentials": creds, "transport": "rest", "client_options": options}
-    return GceClients(compute_v1.ImagesClient(**made), compute_v1.InstancesClient(**made),
-                      compute_v1.GlobalOperationsClient(**made), compute_v1.ZoneOperationsClient(**made))
+    return GceClients(
+        compute_v1.ImagesClient(**made),
+        compute_v1.InstancesClient(**made),
+        compute_v1.GlobalOperationsClient(**made),
+        compute_v1.ZoneOperationsClient(**made),
+    )
 
 
 def _reasons(exc: gexc.GoogleAPICallError) -> set[str]:
@@ -137,8 +143,16 @@ def operation_error(op: compute_v1.Operation) -> str | None:
     return None
 
 
-def wait_operation(clients: GceClients, project: str, op: Any, *, zone: str | None, timeout: float,
-                   request_timeout: float, what: str) -> compute_v1.Operation:
+def wait_operation(
+    clients: GceClients,
+    project: str,
+    op: Any,
+    *,
+    zone: str | None,
+    timeout: float,
+    request_timeout: float,
+    what: str,
+) -> compute_v1.Operation:
     """Wait for operation ``op`` (an ExtendedOperation or Operation) with the operations client
     of its scope, at most ``timeout`` seconds; a ProviderError with the operation's error as
     soon as it fails."""
@@ -146,17 +160,27 @@ def wait_operation(clients: GceClients, project: str, op: Any, *, zone: str | No
     deadline = time.monotonic() + timeout
     while True:
         if zone is None:
-            current = call(f"{what}: waiting", lambda: clients.global_operations.wait(
-                project=project, operation=name, retry=None, timeout=request_timeout))
+            current = call(
+                f"{what}: waiting",
+                lambda: clients.global_operations.wait(
+                    project=project, operation=name, retry=None, timeout=request_timeout
+                ),
+            )
         else:
-            current = call(f"{what}: waiting", lambda: clients.zone_operations.wait(
-                project=project, zone=zone, operation=name, retry=None, timeout=request_timeout))
+            current = call(
+                f"{what}: waiting",
+                lambda: clients.zone_operations.wait(
+                    project=project, zone=zone, operation=name, retry=None, timeout=request_timeout
+                ),
+            )
         if current.status == compute_v1.Operation.Status.DONE:
             failed = operation_error(current)
             if failed:
                 raise ProviderError(f"{what}: operation {name} failed", hint=failed)
             return current
         if time.monotonic() >= deadline:
-            raise ProviderError(f"{what}: operation {name} still {current.status.name} after {timeout:g} s",
-                                hint="it may finish later; run again to pick it up")
+            raise ProviderError(
+                f"{what}: operation {name} still {current.status.name} after {timeout:g} s",
+                hint="it may finish later; run again to pick it up",
+            )
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))

@@ -47,9 +47,20 @@ IMAGE_KEY = "provision-image"
 PROJECT = r"[a-z][-a-z0-9]{4,28}[a-z0-9]"
 ZONE = r"[a-z]+-[a-z]+\d+-[a-z]"
 LOCAL = r"https?://[^\s/]+(:\d{1,5})?/?"
-DISK_TYPES = ("pd-standard", "pd-balanced", "pd-ssd", "pd-extreme", "hyperdisk-balanced", "hyperdisk-throughput")
-STATES = {"PROVISIONING": InstanceState.PENDING, "STAGING": InstanceState.PENDING, "RUNNING": InstanceState.RUNNING,
-          "REPAIRING": InstanceState.RUNNING}
+DISK_TYPES = (
+    "pd-standard",
+    "pd-balanced",
+    "pd-ssd",
+    "pd-extreme",
+    "hyperdisk-balanced",
+    "hyperdisk-throughput",
+)
+STATES = {
+    "PROVISIONING": InstanceState.PENDING,
+    "STAGING": InstanceState.PENDING,
+    "RUNNING": InstanceState.RUNNING,
+    "REPAIRING": InstanceState.RUNNING,
+}
 
 
 def _disk(value: Any) -> dict[str, Any] | None:
@@ -64,35 +75,70 @@ def _disk(value: Any) -> dict[str, Any] | None:
 def _metadata(value: Any) -> dict[str, str] | None:
     if not isinstance(value, Mapping) or len(value) > 128:
         return None
-    ok = all(isinstance(k, str) and re.fullmatch(r"[a-zA-Z0-9_-]{1,128}", k) and k != IMAGE_KEY
-             and isinstance(v, str) and len(v) <= 256 * 1024 for k, v in value.items())
+    ok = all(
+        isinstance(k, str)
+        and re.fullmatch(r"[a-zA-Z0-9_-]{1,128}", k)
+        and k != IMAGE_KEY
+        and isinstance(v, str)
+        and len(v) <= 256 * 1024
+        for k, v in value.items()
+    )
     return dict(value) if ok else None
 
 
-OPTIONS = Schema({
-    "project": Field("a GCP project id", schema.text(PROJECT), required=True),
-    "zone": Field("a zone, like us-central1-a", schema.text(ZONE), required=True),
-    "bucket": Field("a Cloud Storage bucket name (where image tarballs are uploaded)",
-                    schema.text(r"[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]"), doc="needed to build image specs"),
-    "family": Field("an image family name", schema.text(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")),
-    "endpoint": Field("an http(s) URL of the Compute Engine API", schema.text(LOCAL, 256),
-                      doc="default: the public API; a private endpoint or a local stand-in"),
-    "anonymous": Field("true or false", schema.boolean, doc="no credentials (local stand-ins only)"),
-    "pageSize": Field("a whole number from 1 to 500", schema.integer(1, 500), doc="default 500"),
-    "requestTimeout": Field("a duration from 100ms to 10m", schema.duration(0.1, 600.0), doc="default 60s"),
-    "operationTimeout": Field("a duration from 1s to 1h", schema.duration(1.0, 3600.0), doc="default 10m"),
-})
-PROPERTIES = Schema({
-    "machineType": Field("a machine type, like e2-small", schema.text(r"[a-z0-9][-a-z0-9]{0,62}"), required=True),
-    "network": Field("a network name or URL", schema.text(max_len=1024)),
-    "subnetwork": Field("a subnetwork name or URL", schema.text(max_len=1024)),
-    "serviceAccount": Field("a service account email", schema.text(r"[^@\s]+@[^@\s]+", 256)),
-    "scopes": Field("a list of OAuth scope URLs", schema.list_of(schema.text(r"https://\S+", 256), 32)),
-    "disk": Field(f"{{sizeGb: 10..65536, type: {' | '.join(DISK_TYPES)}}}", _disk),
-    "provisioning": Field("standard or spot", schema.one_of("standard", "spot"), doc="default standard"),
-    "networkTags": Field("a list of network tags", schema.list_of(schema.text(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?"), 64)),
-    "metadata": Field("a mapping of metadata keys to strings (user-data, ssh-keys, ...)", _metadata),
-})
+OPTIONS = Schema(
+    {
+        "project": Field("a GCP project id", schema.text(PROJECT), required=True),
+        "zone": Field("a zone, like us-central1-a", schema.text(ZONE), required=True),
+        "bucket": Field(
+            "a Cloud Storage bucket name (where image tarballs are uploaded)",
+            schema.text(r"[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]"),
+            doc="needed to build image specs",
+        ),
+        "family": Field("an image family name", schema.text(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")),
+        "endpoint": Field(
+            "an http(s) URL of the Compute Engine API",
+            schema.text(LOCAL, 256),
+            doc="default: the public API; a private endpoint or a local stand-in",
+        ),
+        "anonymous": Field(
+            "true or false", schema.boolean, doc="no credentials (local stand-ins only)"
+        ),
+        "pageSize": Field(
+            "a whole number from 1 to 500", schema.integer(1, 500), doc="default 500"
+        ),
+        "requestTimeout": Field(
+            "a duration from 100ms to 10m", schema.duration(0.1, 600.0), doc="default 60s"
+        ),
+        "operationTimeout": Field(
+            "a duration from 1s to 1h", schema.duration(1.0, 3600.0), doc="default 10m"
+        ),
+    }
+)
+PROPERTIES = Schema(
+    {
+        "machineType": Field(
+            "a machine type, like e2-small", schema.text(r"[a-z0-9][-a-z0-9]{0,62}"), required=True
+        ),
+        "network": Field("a network name or URL", schema.text(max_len=1024)),
+        "subnetwork": Field("a subnetwork name or URL", schema.text(max_len=1024)),
+        "serviceAccount": Field("a service account email", schema.text(r"[^@\s]+@[^@\s]+", 256)),
+        "scopes": Field(
+            "a list of OAuth scope URLs", schema.list_of(schema.text(r"https://\S+", 256), 32)
+        ),
+        "disk": Field(f"{{sizeGb: 10..65536, type: {' | '.join(DISK_TYPES)}}}", _disk),
+        "provisioning": Field(
+            "standard or spot", schema.one_of("standard", "spot"), doc="default standard"
+        ),
+        "networkTags": Field(
+            "a list of network tags",
+            schema.list_of(schema.text(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?"), 64),
+        ),
+        "metadata": Field(
+            "a mapping of metadata keys to strings (user-data, ssh-keys, ...)", _metadata
+        ),
+    }
+)
 
 
 def instance_name(key: str, name: str) -> str:
@@ -131,60 +177,119 @@ class GcpProvider:
     def _body(self, request: CreateRequest, name: str) -> compute_v1.Instance:
         props = request.properties
         disk = _disk(props.get("disk", {})) or {"sizeGb": 10, "type": "pd-balanced"}
-        items = [compute_v1.Items(key=k, value=v) for k, v in sorted((_metadata(props.get("metadata", {})) or {}).items())]
+        items = [
+            compute_v1.Items(key=k, value=v)
+            for k, v in sorted((_metadata(props.get("metadata", {})) or {}).items())
+        ]
         items.append(compute_v1.Items(key=IMAGE_KEY, value=request.image))
-        nic = compute_v1.NetworkInterface(network=str(props.get("network", "global/networks/default")))
+        nic = compute_v1.NetworkInterface(
+            network=str(props.get("network", "global/networks/default"))
+        )
         if props.get("subnetwork"):
             nic.subnetwork = str(props["subnetwork"])
         body = compute_v1.Instance(
             name=name,
             machine_type=f"zones/{self.zone}/machineTypes/{props.get('machineType', 'e2-small')}",
             labels=dict(request.tags),
-            disks=[compute_v1.AttachedDisk(boot=True, auto_delete=True, initialize_params=compute_v1.AttachedDiskInitializeParams(
-                source_image=self._image_url(request.image), disk_size_gb=int(disk["sizeGb"]),
-                disk_type=f"zones/{self.zone}/diskTypes/{disk['type']}"))],
+            disks=[
+                compute_v1.AttachedDisk(
+                    boot=True,
+                    auto_delete=True,
+                    initialize_params=compute_v1.AttachedDiskInitializeParams(
+                        source_image=self._image_url(request.image),
+                        disk_size_gb=int(disk["sizeGb"]),
+                        disk_type=f"zones/{self.zone}/diskTypes/{disk['type']}",
+                    ),
+                )
+            ],
             network_interfaces=[nic],
             metadata=compute_v1.Metadata(items=items),
         )
         if props.get("serviceAccount"):
-            body.service_accounts = [compute_v1.ServiceAccount(
-                email=str(props["serviceAccount"]),
-                scopes=list(props.get("scopes", ["https://www.googleapis.com/auth/cloud-platform"])))]
+            body.service_accounts = [
+                compute_v1.ServiceAccount(
+                    email=str(props["serviceAccount"]),
+                    scopes=list(
+                        props.get("scopes", ["https://www.googleapis.com/auth/cloud-platform"])
+                    ),
+                )
+            ]
         if props.get("provisioning") == "spot":
-            body.scheduling = compute_v1.Scheduling(provisioning_model="SPOT", instance_termination_action="DELETE")
+            body.scheduling = compute_v1.Scheduling(
+                provisioning_model="SPOT", instance_termination_action="DELETE"
+            )
         if props.get("networkTags"):
             body.tags = compute_v1.Tags(items=list(props["networkTags"]))
         return body
 
     def _instance(self, found: compute_v1.Instance) -> Instance:
-        image = next((i.value for i in found.metadata.items if i.key == IMAGE_KEY), "") if found.metadata else ""
+        image = (
+            next((i.value for i in found.metadata.items if i.key == IMAGE_KEY), "")
+            if found.metadata
+            else ""
+        )
         state = STATES.get(found.status, InstanceState.TERMINATED)
-        return Instance(found.name, found.name, dict(found.labels), image, _created(found.creation_timestamp), state)
+        return Instance(
+            found.name,
+            found.name,
+            dict(found.labels),
+            image,
+            _created(found.creation_timestamp),
+            state,
+        )
 
     def _get(self, name: str) -> compute_v1.Instance:
-        return call("instances.get", lambda: self.clients.instances.get(
-            project=self.project, zone=self.zone, instance=name, retry=None, timeout=self.request_timeout))
+        return call(
+            "instances.get",
+            lambda: self.clients.instances.get(
+                project=self.project,
+                zone=self.zone,
+                instance=name,
+                retry=None,
+                timeout=self.request_timeout,
+            ),
+        )
 
     def create_instance(self, request: CreateRequest) -> Instance:
         name = instance_name(request.key, request.name)
-        insert = compute_v1.InsertInstanceRequest(project=self.project, zone=self.zone, instance_resource=self._body(request, name),
-                                                  request_id=str(uuid.uuid5(NAMESPACE, request.key)))
+        insert = compute_v1.InsertInstanceRequest(
+            project=self.project,
+            zone=self.zone,
+            instance_resource=self._body(request, name),
+            request_id=str(uuid.uuid5(NAMESPACE, request.key)),
+        )
         try:
-            operation = self.clients.instances.insert(request=insert, retry=None, timeout=self.request_timeout)
+            operation = self.clients.instances.insert(
+                request=insert, retry=None, timeout=self.request_timeout
+            )
         except gexc.Conflict:  # a previous call with this key made it (its requestId had expired)
             return self._instance(self._get(name))
         except Exception as exc:  # noqa: BLE001 (mapped to the class that decides the retry)
             raise map_error(exc, f"instances.insert {name}") from None
-        wait_operation(self.clients, self.project, operation, zone=self.zone, timeout=self.operation_timeout,
-                       request_timeout=self.request_timeout, what=f"instances.insert {name}")
+        wait_operation(
+            self.clients,
+            self.project,
+            operation,
+            zone=self.zone,
+            timeout=self.operation_timeout,
+            request_timeout=self.request_timeout,
+            what=f"instances.insert {name}",
+        )
         return self._instance(self._get(name))
 
     def list_instances(self, tags: Mapping[str, str], page_token: str | None = None) -> Page:
-        listing = compute_v1.ListInstancesRequest(project=self.project, zone=self.zone, filter=label_filter(tags),
-                                                  max_results=self.page_size, page_token=page_token or "")
+        listing = compute_v1.ListInstancesRequest(
+            project=self.project,
+            zone=self.zone,
+            filter=label_filter(tags),
+            max_results=self.page_size,
+            page_token=page_token or "",
+        )
 
         def first_page() -> compute_v1.InstanceList:
-            pager = self.clients.instances.list(request=listing, retry=None, timeout=self.request_timeout)
+            pager = self.clients.instances.list(
+                request=listing, retry=None, timeout=self.request_timeout
+            )
             page: compute_v1.InstanceList = next(iter(pager.pages))
             return page
 
@@ -192,8 +297,12 @@ class GcpProvider:
         return Page(tuple(self._instance(i) for i in page.items), page.next_page_token or None)
 
     def destroy_instance(self, instance_id: str, epoch: int) -> None:
-        delete = compute_v1.DeleteInstanceRequest(project=self.project, zone=self.zone, instance=instance_id,
-                                                  request_id=str(uuid.uuid5(NAMESPACE, f"delete/{instance_id}")))
+        delete = compute_v1.DeleteInstanceRequest(
+            project=self.project,
+            zone=self.zone,
+            instance=instance_id,
+            request_id=str(uuid.uuid5(NAMESPACE, f"delete/{instance_id}")),
+        )
         try:
             self.clients.instances.delete(request=delete, retry=None, timeout=self.request_timeout)
         except gexc.NotFound:
@@ -214,13 +323,29 @@ def create_gcp_provider(spec: ProviderSpec, clock: Clock) -> GcpProvider:
     options = spec.options
     problems = check_mapping(OPTIONS, options)
     if problems:
-        raise UsageError(f"provider {spec.name!r}: " + "; ".join(
-            "options" + "".join(f".{part}" for part in v.path) + f": {v.message}" for v in problems))
+        raise UsageError(
+            f"provider {spec.name!r}: "
+            + "; ".join(
+                "options" + "".join(f".{part}" for part in v.path) + f": {v.message}"
+                for v in problems
+            )
+        )
     endpoint = options.get("endpoint")
     if options.get("anonymous") and not endpoint:
-        raise UsageError(f"provider {spec.name!r}: options.anonymous needs options.endpoint (a local stand-in)")
-    clients = gce_clients(str(endpoint) if endpoint else None, credentials(bool(options.get("anonymous"))))
-    return GcpProvider(spec.name, str(options["project"]), str(options["zone"]), clients, dict(options),
-                       page_size=int(options.get("pageSize", 500)),
-                       request_timeout=schema.duration(0.1, 600.0)(options.get("requestTimeout", 60)) or 60.0,
-                       operation_timeout=schema.duration(1.0, 3600.0)(options.get("operationTimeout", 600)) or 600.0)
+        raise UsageError(
+            f"provider {spec.name!r}: options.anonymous needs options.endpoint (a local stand-in)"
+        )
+    clients = gce_clients(
+        str(endpoint) if endpoint else None, credentials(bool(options.get("anonymous")))
+    )
+    return GcpProvider(
+        spec.name,
+        str(options["project"]),
+        str(options["zone"]),
+        clients,
+        dict(options),
+        page_size=int(options.get("pageSize", 500)),
+        request_timeout=schema.duration(0.1, 600.0)(options.get("requestTimeout", 60)) or 60.0,
+        operation_timeout=schema.duration(1.0, 3600.0)(options.get("operationTimeout", 600))
+        or 600.0,
+    )

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -33,11 +34,24 @@ Progress = Callable[[str], None]
 DIGEST_LABEL = "provision-digest"
 NAMESPACE = uuid.UUID("5b0e7a43-52c4-4c1e-9a3c-6f4cf1f2a9b1")  # requestIds of provision's GCE calls
 DEFAULT_FEATURES = ("UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE", "GVNIC")
-FEATURES = frozenset({
-    "UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE", "GVNIC", "SEV_CAPABLE", "SEV_SNP_CAPABLE",
-    "SEV_LIVE_MIGRATABLE", "SEV_LIVE_MIGRATABLE_V2", "TDX_CAPABLE", "IDPF", "SECURE_BOOT",
-    "MULTI_IP_SUBNET", "WINDOWS", "BARE_METAL_LINUX_COMPATIBLE", "SUSPEND_RESUME_COMPATIBLE",
-})
+FEATURES = frozenset(
+    {
+        "UEFI_COMPATIBLE",
+        "VIRTIO_SCSI_MULTIQUEUE",
+        "GVNIC",
+        "SEV_CAPABLE",
+        "SEV_SNP_CAPABLE",
+        "SEV_LIVE_MIGRATABLE",
+        "SEV_LIVE_MIGRATABLE_V2",
+        "TDX_CAPABLE",
+        "IDPF",
+        "SECURE_BOOT",
+        "MULTI_IP_SUBNET",
+        "WINDOWS",
+        "BARE_METAL_LINUX_COMPATIBLE",
+        "SUSPEND_RESUME_COMPATIBLE",
+    }
+)
 ARCHITECTURES = {"amd64": "X86_64", "arm64": "ARM64"}
 IMAGE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 STORAGE_HOST = "https://storage.googleapis.com"
@@ -71,7 +85,12 @@ class GcpImage:
     uploaded: int = 0  # bytes sent by this push
 
     def to_json(self) -> dict[str, object]:
-        return {"image": self.image, "self_link": self.self_link, "family": self.family, "reused": self.reused}
+        return {
+            "image": self.image,
+            "self_link": self.self_link,
+            "family": self.family,
+            "reused": self.reused,
+        }
 
 
 def digest_label(digest: str) -> str:
@@ -84,14 +103,18 @@ def image_name(base: str, digest: str) -> str:
         readable = "provision-" + readable
     name = f"{readable[:50].rstrip('-')}-{digest.split(':', 1)[-1][:12]}"
     if not IMAGE_NAME.fullmatch(name):
-        raise UsageError(f"{base!r} cannot name a GCE image", hint="use lowercase letters, digits and dashes")
+        raise UsageError(
+            f"{base!r} cannot name a GCE image", hint="use lowercase letters, digits and dashes"
+        )
     return name
 
 
 def check_features(features: Sequence[str]) -> tuple[str, ...]:
     unknown = [f for f in features if f not in FEATURES]
     if unknown:
-        raise UsageError(f"unknown guest OS feature {unknown[0]!r}", hint="known: " + ", ".join(sorted(FEATURES)))
+        raise UsageError(
+            f"unknown guest OS feature {unknown[0]!r}", hint="known: " + ", ".join(sorted(FEATURES))
+        )
     return tuple(dict.fromkeys(features))
 
 
@@ -110,39 +133,75 @@ def _ready(image: compute_v1.Image, digest: str) -> bool:
     return image.status == "READY" and digest in (image.description or "")
 
 
-def find_published(clients: GceClients, project: str, digest: str, timeout: float) -> compute_v1.Image | None:
+def find_published(
+    clients: GceClients, project: str, digest: str, timeout: float
+) -> compute_v1.Image | None:
     """The READY image labelled with ``digest`` (newest first), or None."""
-    request = compute_v1.ListImagesRequest(project=project, filter=f'labels.{DIGEST_LABEL} = "{digest_label(digest)}"')
-    found = call("images.list", lambda: list(clients.images.list(request=request, retry=None, timeout=timeout)))
-    matching = sorted((i for i in found if _ready(i, digest)), key=lambda i: i.creation_timestamp, reverse=True)
+    request = compute_v1.ListImagesRequest(
+        project=project, filter=f'labels.{DIGEST_LABEL} = "{digest_label(digest)}"'
+    )
+    found = call(
+        "images.list",
+        lambda: list(clients.images.list(request=request, retry=None, timeout=timeout)),
+    )
+    matching = sorted(
+        (i for i in found if _ready(i, digest)), key=lambda i: i.creation_timestamp, reverse=True
+    )
     return matching[0] if matching else None
 
 
 def _features(push: GcpPush) -> list[compute_v1.GuestOsFeature]:
-    chosen = DEFAULT_FEATURES if push.guest_os_features is None else check_features(push.guest_os_features)
+    chosen = (
+        DEFAULT_FEATURES
+        if push.guest_os_features is None
+        else check_features(push.guest_os_features)
+    )
     return [compute_v1.GuestOsFeature(type_=f) for f in chosen]
 
 
-def publish_gcp(artifact: Artifact, push: GcpPush, clients: GceClients, storage_client: storage.Client,
-                progress: Progress | None = None, *, looked: bool = False) -> GcpImage:
+def publish_gcp(
+    artifact: Artifact,
+    push: GcpPush,
+    clients: GceClients,
+    storage_client: storage.Client,
+    progress: Progress | None = None,
+    *,
+    looked: bool = False,
+) -> GcpImage:
     """Publish ``artifact`` (a ``gcp`` build); see the module docstring. ``looked``: the caller
     has just found no image with this digest (step 1 is skipped)."""
     say = progress or (lambda _m: None)
     tarballs = [f for f in artifact.files if f.name.endswith(".tar.gz")]
     if artifact.format != "gcp" or len(tarballs) != 1:
-        raise UsageError(f"{artifact.manifest}: push gcp takes the gcp format (a .tar.gz), not {artifact.format}",
-                         hint="build it with: provision build -f gcp")
+        raise UsageError(
+            f"{artifact.manifest}: push gcp takes the gcp format (a .tar.gz), not {artifact.format}",
+            hint="build it with: provision build -f gcp",
+        )
     architecture = architecture_of(artifact)
     features = _features(push)
-    existing = None if looked else find_published(clients, push.project, artifact.digest, push.request_timeout)
+    existing = (
+        None
+        if looked
+        else find_published(clients, push.project, artifact.digest, push.request_timeout)
+    )
     if existing is not None:
         say(f"image {existing.name} is {artifact.digest[:19]} already")
-        return GcpImage(existing.name, existing.self_link, existing.family or None, True, artifact.digest)
+        return GcpImage(
+            existing.name, existing.self_link, existing.family or None, True, artifact.digest
+        )
     name = image_name(push.name or artifact.name, artifact.digest)
     object_name = f"provision/{artifact.digest.split(':', 1)[-1]}.tar.gz"
     sessions = push.sessions or _default_sessions()
-    uploaded = ResumableUpload(storage_client, push.bucket, object_name, tarballs[0], sessions, chunk=push.chunk,
-                               timeout=push.request_timeout, progress=progress).run()
+    uploaded = ResumableUpload(
+        storage_client,
+        push.bucket,
+        object_name,
+        tarballs[0],
+        sessions,
+        chunk=push.chunk,
+        timeout=push.request_timeout,
+        progress=progress,
+    ).run()
     image = compute_v1.Image(
         name=name,
         description=f"provision image {artifact.digest}",
@@ -155,38 +214,77 @@ def publish_gcp(artifact: Artifact, push: GcpPush, clients: GceClients, storage_
         image.family = push.family
     if push.storage_location:
         image.storage_locations = [push.storage_location]
-    request_id = str(uuid.uuid5(NAMESPACE, f"images.insert/{push.project}/{name}/{artifact.digest}"))
+    request_id = str(
+        uuid.uuid5(NAMESPACE, f"images.insert/{push.project}/{name}/{artifact.digest}")
+    )
     say(f"creating image {name} from gs://{push.bucket}/{object_name}")
-    insert = compute_v1.InsertImageRequest(project=push.project, image_resource=image, request_id=request_id)
-    operation = call("images.insert", lambda: clients.images.insert(request=insert, retry=None,
-                                                                    timeout=push.request_timeout))
-    done = wait_operation(clients, push.project, operation, zone=None, timeout=push.wait_timeout,
-                          request_timeout=push.request_timeout, what=f"images.insert {name}")
+    insert = compute_v1.InsertImageRequest(
+        project=push.project, image_resource=image, request_id=request_id
+    )
+    operation = call(
+        "images.insert",
+        lambda: clients.images.insert(request=insert, retry=None, timeout=push.request_timeout),
+    )
+    done = wait_operation(
+        clients,
+        push.project,
+        operation,
+        zone=None,
+        timeout=push.wait_timeout,
+        request_timeout=push.request_timeout,
+        what=f"images.insert {name}",
+    )
     # the operation's targetLink is the image's selfLink: no images.get needed
     made = compute_v1.Image(name=name, self_link=done.target_link, family=push.family or "")
     if push.deprecate_previous and push.family:
         deprecate_family(clients, push, made)
-    return GcpImage(made.name, made.self_link, made.family or None, False, artifact.digest, uploaded.sent)
+    return GcpImage(
+        made.name, made.self_link, made.family or None, False, artifact.digest, uploaded.sent
+    )
 
 
 def deprecate_family(clients: GceClients, push: GcpPush, current: compute_v1.Image) -> list[str]:
     """Mark every other image of ``push.family`` DEPRECATED, replaced by ``current``."""
     request = compute_v1.ListImagesRequest(project=push.project, filter=f'family = "{push.family}"')
-    images = call("images.list", lambda: list(clients.images.list(request=request, retry=None,
-                                                                  timeout=push.request_timeout)))
+    images = call(
+        "images.list",
+        lambda: list(
+            clients.images.list(request=request, retry=None, timeout=push.request_timeout)
+        ),
+    )
     marked: list[str] = []
     for image in images:
         state = image.deprecated.state if image.deprecated else ""
         if image.name == current.name or state in ("DEPRECATED", "OBSOLETE", "DELETED"):
             continue
         status = compute_v1.DeprecationStatus(state="DEPRECATED", replacement=current.self_link)
-        request_id = str(uuid.uuid5(NAMESPACE, f"images.deprecate/{push.project}/{image.name}/{current.name}"))
-        deprecate = compute_v1.DeprecateImageRequest(project=push.project, image=image.name, request_id=request_id,
-                                                     deprecation_status_resource=status)
-        operation = call("images.deprecate", lambda: clients.images.deprecate(
-            request=deprecate, retry=None, timeout=push.request_timeout))  # noqa: B023 (called at once)
-        wait_operation(clients, push.project, operation, zone=None, timeout=push.wait_timeout,
-                       request_timeout=push.request_timeout, what=f"images.deprecate {image.name}")
+        request_id = str(
+            uuid.uuid5(NAMESPACE, f"images.deprecate/{push.project}/{image.name}/{current.name}")
+        )
+        deprecate = compute_v1.DeprecateImageRequest(
+            project=push.project,
+            image=image.name,
+            request_id=request_id,
+            deprecation_status_resource=status,
+        )
+        operation = call(
+            "images.deprecate",
+            functools.partial(
+                clients.images.deprecate,
+                request=deprecate,
+                retry=None,
+                timeout=push.request_timeout,
+            ),
+        )
+        wait_operation(
+            clients,
+            push.project,
+            operation,
+            zone=None,
+            timeout=push.wait_timeout,
+            request_timeout=push.request_timeout,
+            what=f"images.deprecate {image.name}",
+        )
         marked.append(image.name)
     return marked
 

@@ -47,20 +47,40 @@ class GcpTarget:
         found = find_published(gcp.clients, gcp.project, digest, gcp.request_timeout)
         return None if found is None else found.name
 
-    def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
+    def publish(
+        self, provider: Provider, artifact: Artifact, progress: Progress | None = None
+    ) -> PublishedImage:
         gcp = self._own(provider)
         bucket = gcp.options.get("bucket")
         if not bucket:
-            raise UsageError(f"provider {gcp.name!r}: publishing an image spec needs options.bucket",
-                             hint="name a Cloud Storage bucket the tarballs are uploaded to (terraform/gcp makes one)")
-        push = GcpPush(gcp.project, str(bucket), family=gcp.options.get("family"),
-                       request_timeout=gcp.request_timeout, wait_timeout=gcp.operation_timeout)
-        made = publish_gcp(artifact, push, gcp.clients, storage_client(gcp.project, credentials(bool(gcp.options.get("anonymous")))),
-                           progress)
+            raise UsageError(
+                f"provider {gcp.name!r}: publishing an image spec needs options.bucket",
+                hint="name a Cloud Storage bucket the tarballs are uploaded to (terraform/gcp makes one)",
+            )
+        push = GcpPush(
+            gcp.project,
+            str(bucket),
+            family=gcp.options.get("family"),
+            request_timeout=gcp.request_timeout,
+            wait_timeout=gcp.operation_timeout,
+        )
+        made = publish_gcp(
+            artifact,
+            push,
+            gcp.clients,
+            storage_client(gcp.project, credentials(bool(gcp.options.get("anonymous")))),
+            progress,
+        )
         return PublishedImage(made.image, artifact.digest, made.reused)
 
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None, *,
-                      publish: bool = True) -> str:
+    def resolve_image(
+        self,
+        provider: Provider,
+        image: str,
+        progress: Progress | None = None,
+        *,
+        publish: bool = True,
+    ) -> str:
         """An image name or URL as given; a build's manifest (``web.manifest.json``) is published
         (with ``publish=False``: the image of its digest if published, else the digest)."""
         if image.endswith(".manifest.json"):
@@ -73,8 +93,14 @@ class GcpTarget:
             return self.publish(provider, artifact, progress).id
         return image
 
-    def push(self, digest: str, fmt: str, artifact: LoadArtifact, options: PushOptions,
-             progress: Progress | None = None) -> PushResult:
+    def push(
+        self,
+        digest: str,
+        fmt: str,
+        artifact: LoadArtifact,
+        options: PushOptions,
+        progress: Progress | None = None,
+    ) -> PushResult:
         """``provision push gcp``: the image of ``digest`` if there is one (nothing is built or
         uploaded), else ``artifact()`` uploaded and inserted (docs/gcp.md)."""
         if not options.project or not options.bucket:
@@ -83,10 +109,18 @@ class GcpTarget:
             raise UsageError("--deprecate-previous needs --family")
         if options.anonymous and not options.endpoint:
             raise UsageError("--anonymous is for local stand-ins; it needs --endpoint")
-        push = GcpPush(options.project, options.bucket, name=options.name, family=options.family,
-                       guest_os_features=options.guest_os_features, storage_location=options.storage_location,
-                       deprecate_previous=options.deprecate_previous, labels=dict(options.labels),
-                       wait_timeout=options.timeout, request_timeout=options.request_timeout)
+        push = GcpPush(
+            options.project,
+            options.bucket,
+            name=options.name,
+            family=options.family,
+            guest_os_features=options.guest_os_features,
+            storage_location=options.storage_location,
+            deprecate_previous=options.deprecate_previous,
+            labels=dict(options.labels),
+            wait_timeout=options.timeout,
+            request_timeout=options.request_timeout,
+        )
         if options.guest_os_features is not None:
             check_features(options.guest_os_features)
         creds = credentials(options.anonymous)
@@ -97,14 +131,30 @@ class GcpTarget:
             if progress is not None:
                 progress(f"image {found.name} is {digest[:19]} already")
         else:
-            made = publish_gcp(artifact(), push, clients, storage_client(options.project, creds), progress, looked=True)
-        return PushResult(made.image, "", options.storage_location or "global", made.reused, digest, made.image,
-                          details=made.to_json())
+            made = publish_gcp(
+                artifact(),
+                push,
+                clients,
+                storage_client(options.project, creds),
+                progress,
+                looked=True,
+            )
+        return PushResult(
+            made.image,
+            "",
+            options.storage_location or "global",
+            made.reused,
+            digest,
+            made.image,
+            details=made.to_json(),
+        )
 
     def consoles(self, provider: Provider, instances: Sequence[Instance]) -> list[str]:
         gcp = self._own(provider)
-        return [f"gcloud compute instances get-serial-port-output {i.name} --project {gcp.project} --zone {gcp.zone}"
-                for i in instances]
+        return [
+            f"gcloud compute instances get-serial-port-output {i.name} --project {gcp.project} --zone {gcp.zone}"
+            for i in instances
+        ]
 
     def declared_ports(self, properties: Mapping[str, Any]) -> tuple[int, ...]:
         return ()

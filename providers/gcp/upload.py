@@ -61,9 +61,19 @@ def _received(response: requests.Response) -> int:
 class ResumableUpload:
     """One file to ``gs://bucket/object_name``; see the module docstring."""
 
-    def __init__(self, client: storage.Client, bucket: str, object_name: str, path: Path, sessions: Path,
-                 *, chunk: int = CHUNK, timeout: float = 120.0, policy: RetryPolicy | None = None,
-                 progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        client: storage.Client,
+        bucket: str,
+        object_name: str,
+        path: Path,
+        sessions: Path,
+        *,
+        chunk: int = CHUNK,
+        timeout: float = 120.0,
+        policy: RetryPolicy | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         if chunk % QUANTUM:
             raise ValueError("the chunk size must be a multiple of 256 KiB")
         self.client, self.bucket, self.object_name, self.path = client, bucket, object_name, path
@@ -87,7 +97,9 @@ class ResumableUpload:
     def run(self) -> Uploaded:
         try:
             if self.already_there():
-                self._say(f"gs://{self.bucket}/{self.object_name} is there already ({self.size // MIB} MiB, same CRC32C)")
+                self._say(
+                    f"gs://{self.bucket}/{self.object_name} is there already ({self.size // MIB} MiB, same CRC32C)"
+                )
                 return Uploaded(self.object_name, self.size, 0, self.size)
             url, offset = self._session()
             start = offset
@@ -95,8 +107,10 @@ class ResumableUpload:
                 self._say(f"resuming the upload at {offset // MIB} of {self.size // MIB} MiB")
             offset = self._send(url, offset)
         except (gexc.GoogleAPICallError, requests.RequestException) as exc:
-            raise ProviderError(f"uploading to gs://{self.bucket}/{self.object_name}: {type(exc).__name__}",
-                                hint=getattr(exc, "message", None) or "run again: the upload resumes") from None
+            raise ProviderError(
+                f"uploading to gs://{self.bucket}/{self.object_name}: {type(exc).__name__}",
+                hint=getattr(exc, "message", None) or "run again: the upload resumes",
+            ) from None
         self.session_file.unlink(missing_ok=True)
         return Uploaded(self.object_name, self.size, self.size - start, start)
 
@@ -106,15 +120,20 @@ class ResumableUpload:
             kept = json.loads(self.session_file.read_text())
         except (OSError, ValueError):
             kept = None
-        if isinstance(kept, dict) and kept.get("size") == self.size and isinstance(kept.get("url"), str):
+        if (
+            isinstance(kept, dict)
+            and kept.get("size") == self.size
+            and isinstance(kept.get("url"), str)
+        ):
             answer = self._put(kept["url"], b"", f"bytes */{self.size}")
             if answer.status_code == 308:
                 return kept["url"], _received(answer)
             if answer.status_code in (200, 201):
                 return kept["url"], self.size
         blob = self.client.bucket(self.bucket).blob(self.object_name)
-        url = blob.create_resumable_upload_session(content_type="application/gzip", size=self.size,
-                                                   timeout=self.timeout)
+        url = blob.create_resumable_upload_session(
+            content_type="application/gzip", size=self.size, timeout=self.timeout
+        )
         self.sessions.mkdir(parents=True, exist_ok=True)
         scratch = self.session_file.with_suffix(".tmp")
         scratch.write_text(json.dumps({"url": url, "size": self.size, "object": self.object_name}))
@@ -124,15 +143,21 @@ class ResumableUpload:
     def _put(self, url: str, data: bytes, content_range: str) -> requests.Response:
         def attempt() -> requests.Response:
             session: Any = self.client._http  # the storage client's authorized session
-            answer: requests.Response = session.put(url, data=data, headers={"Content-Range": content_range},
-                                                    timeout=self.timeout)
+            answer: requests.Response = session.put(
+                url, data=data, headers={"Content-Range": content_range}, timeout=self.timeout
+            )
             if answer.status_code == 429 or answer.status_code >= 500:
-                raise TransientProviderError(f"HTTP {answer.status_code} from the upload session",
-                                             parse_retry_after(answer.headers.get("Retry-After"), 0.0))
+                raise TransientProviderError(
+                    f"HTTP {answer.status_code} from the upload session",
+                    parse_retry_after(answer.headers.get("Retry-After"), 0.0),
+                )
             return answer
 
-        return self.policy.call(attempt, retry_on=(TransientProviderError, requests.ConnectionError),
-                                what="upload chunk")
+        return self.policy.call(
+            attempt,
+            retry_on=(TransientProviderError, requests.ConnectionError),
+            what="upload chunk",
+        )
 
     def _send(self, url: str, offset: int) -> int:
         """Send from ``offset``; the file's CRC32C is computed over the chunks as they are
@@ -145,26 +170,39 @@ class ResumableUpload:
                 f.seek(offset)
                 data = f.read(self.chunk)
                 last = offset + len(data) - 1
-                answer = self._put(url, data, f"bytes {offset}-{last}/{self.size}" if data else f"bytes */{self.size}")
+                answer = self._put(
+                    url,
+                    data,
+                    f"bytes {offset}-{last}/{self.size}" if data else f"bytes */{self.size}",
+                )
                 done = answer.status_code in (200, 201)
                 accepted = self.size if done else _received(answer)
                 if running is not None and covered == offset and accepted >= offset:
-                    running.update(data[:accepted - offset])
+                    running.update(data[: accepted - offset])
                     covered = accepted
                 else:
                     running = None
                 if done:
-                    mine = (base64.b64encode(running.digest()).decode() if running is not None and covered == self.size
-                            else file_crc32c(self.path))
+                    mine = (
+                        base64.b64encode(running.digest()).decode()
+                        if running is not None and covered == self.size
+                        else file_crc32c(self.path)
+                    )
                     stored = answer.json().get("crc32c")
                     if stored and stored != mine:
-                        raise ProvisionError(f"gs://{self.bucket}/{self.object_name}: the stored object's CRC32C "
-                                             f"{stored} is not the file's {mine}")
-                    self._say(f"uploaded {self.size // MIB} MiB to gs://{self.bucket}/{self.object_name}")
+                        raise ProvisionError(
+                            f"gs://{self.bucket}/{self.object_name}: the stored object's CRC32C "
+                            f"{stored} is not the file's {mine}"
+                        )
+                    self._say(
+                        f"uploaded {self.size // MIB} MiB to gs://{self.bucket}/{self.object_name}"
+                    )
                     return self.size
                 if answer.status_code != 308:
-                    raise ProviderError(f"the upload session answered HTTP {answer.status_code}",
-                                        hint=answer.text[:300] or None)
+                    raise ProviderError(
+                        f"the upload session answered HTTP {answer.status_code}",
+                        hint=answer.text[:300] or None,
+                    )
                 offset = _received(answer)  # what the service holds (it may keep less than sent)
                 self._say(f"uploading: {offset // MIB} of {self.size // MIB} MiB")
         return offset

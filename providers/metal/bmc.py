@@ -50,7 +50,9 @@ def read_password(bmc: Bmc, base: Path) -> str:
     if bmc.password_env:
         value = os.environ.get(bmc.password_env)
         if value is None:
-            raise ProvisionError(f"BMC {bmc.address}: the environment variable {bmc.password_env} is not set")
+            raise ProvisionError(
+                f"BMC {bmc.address}: the environment variable {bmc.password_env} is not set"
+            )
         return value
     if bmc.password_file:
         path = Path(bmc.password_file)
@@ -62,7 +64,9 @@ def read_password(bmc: Bmc, base: Path) -> str:
     return ""
 
 
-def wait_power(control: PowerControl, wanted: str, timeout: float, sleep: Callable[[float], None] = time.sleep) -> None:
+def wait_power(
+    control: PowerControl, wanted: str, timeout: float, sleep: Callable[[float], None] = time.sleep
+) -> None:
     """Poll until the power state is ``wanted``; a TransientProviderError after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -70,7 +74,9 @@ def wait_power(control: PowerControl, wanted: str, timeout: float, sleep: Callab
         if state == wanted:
             return
         if time.monotonic() > deadline:
-            raise TransientProviderError(f"power is still {state!r} after {timeout:g}s (wanted {wanted!r})")
+            raise TransientProviderError(
+                f"power is still {state!r} after {timeout:g}s (wanted {wanted!r})"
+            )
         sleep(0.5)
 
 
@@ -91,22 +97,30 @@ class RedfishBmc:
     def __repr__(self) -> str:  # the password never shows, even in a traceback's locals
         return f"RedfishBmc({self.address!r}, username={self.username!r})"
 
-    def _call(self, method: str, url: str, body: dict[str, object] | None = None) -> requests.Response:
+    def _call(
+        self, method: str, url: str, body: dict[str, object] | None = None
+    ) -> requests.Response:
         try:
             response = self._session.request(method, url, json=body, timeout=self.timeout)
         except requests.RequestException as exc:
             raise TransientProviderError(f"BMC {self.address}: {type(exc).__name__}") from exc
         if response.status_code >= 500:
-            raise TransientProviderError(f"BMC {self.address}: HTTP {response.status_code} on {method}")
+            raise TransientProviderError(
+                f"BMC {self.address}: HTTP {response.status_code} on {method}"
+            )
         if response.status_code in (401, 403):
-            raise ProviderError(f"BMC {self.address}: credentials refused (HTTP {response.status_code})",
-                                hint="check the machine's bmc username and passwordFile / passwordEnv")
+            raise ProviderError(
+                f"BMC {self.address}: credentials refused (HTTP {response.status_code})",
+                hint="check the machine's bmc username and passwordFile / passwordEnv",
+            )
         return response
 
     def power_state(self) -> str:
         response = self._call("GET", self.address)
         if response.status_code != 200:
-            raise ProviderError(f"BMC {self.address}: HTTP {response.status_code} reading the system")
+            raise ProviderError(
+                f"BMC {self.address}: HTTP {response.status_code} reading the system"
+            )
         try:
             state = str(response.json()["PowerState"]).lower()
         except (ValueError, KeyError, TypeError) as exc:
@@ -114,17 +128,24 @@ class RedfishBmc:
         return "on" if state in ("on", "poweringon") else "off"
 
     def boot_from_network(self, *, efi: bool) -> None:
-        boot: dict[str, object] = {"BootSourceOverrideTarget": "Pxe", "BootSourceOverrideEnabled": "Once",
-                                   "BootSourceOverrideMode": "UEFI" if efi else "Legacy"}
+        boot: dict[str, object] = {
+            "BootSourceOverrideTarget": "Pxe",
+            "BootSourceOverrideEnabled": "Once",
+            "BootSourceOverrideMode": "UEFI" if efi else "Legacy",
+        }
         response = self._call("PATCH", self.address, {"Boot": boot})
         if response.status_code == 400:  # some BMCs refuse Once: Continuous, restored after boot
             boot["BootSourceOverrideEnabled"] = "Continuous"
             response = self._call("PATCH", self.address, {"Boot": boot})
         if response.status_code not in (200, 202, 204):
-            raise ProviderError(f"BMC {self.address}: setting the boot device failed (HTTP {response.status_code})")
+            raise ProviderError(
+                f"BMC {self.address}: setting the boot device failed (HTTP {response.status_code})"
+            )
 
     def _reset(self, kind: str) -> None:
-        response = self._call("POST", f"{self.address}/Actions/ComputerSystem.Reset", {"ResetType": kind})
+        response = self._call(
+            "POST", f"{self.address}/Actions/ComputerSystem.Reset", {"ResetType": kind}
+        )
         if response.status_code not in (200, 202, 204):
             raise ProviderError(f"BMC {self.address}: {kind} failed (HTTP {response.status_code})")
 
@@ -152,20 +173,44 @@ class IpmiBmc:
     def _ipmitool(self, *args: str) -> str:
         host, _, port = self.address.partition(":")
         if len(self.password.encode()) > 20:
-            raise ProviderError(f"BMC {self.address}: IPMI passwords are at most 20 bytes",
-                                hint="use a shorter password, or the machine's Redfish service")
+            raise ProviderError(
+                f"BMC {self.address}: IPMI passwords are at most 20 bytes",
+                hint="use a shorter password, or the machine's Redfish service",
+            )
         # -v: ipmitool says why a session failed only then (a refused password vs no answer)
-        argv = [IPMITOOL, "-v", "-I", "lanplus", "-C", "3", "-H", host, "-p", port or "623", "-U", self.username,
-                "-E", "-N", "2", "-R", "2", *args]
+        argv = [
+            IPMITOOL,
+            "-v",
+            "-I",
+            "lanplus",
+            "-C",
+            "3",
+            "-H",
+            host,
+            "-p",
+            port or "623",
+            "-U",
+            self.username,
+            "-E",
+            "-N",
+            "2",
+            "-R",
+            "2",
+            *args,
+        ]
         try:
             result = run(argv, env={"IPMI_PASSWORD": self.password}, timeout=60)
         except CommandError as exc:
             text = str(exc).lower()
             if "rakp" in text or "unauthorized" in text or "invalid user" in text:
-                raise ProviderError(f"BMC {self.address}: credentials refused",
-                                    hint="check the machine's bmc username and passwordFile / passwordEnv") from exc
+                raise ProviderError(
+                    f"BMC {self.address}: credentials refused",
+                    hint="check the machine's bmc username and passwordFile / passwordEnv",
+                ) from exc
             if "unable to establish" in text or "timeout" in text or "no response" in text:
-                raise TransientProviderError(f"BMC {self.address}: no answer to ipmitool {' '.join(args)}") from exc
+                raise TransientProviderError(
+                    f"BMC {self.address}: no answer to ipmitool {' '.join(args)}"
+                ) from exc
             raise ProviderError(f"BMC {self.address}: ipmitool {' '.join(args)} failed") from exc
         return (result.stdout or b"").decode(errors="replace")
 

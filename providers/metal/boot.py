@@ -45,7 +45,11 @@ class Facts:
 
 def select_group(lab: Lab, facts: Facts) -> Group | None:
     """The group whose every selector matches, most selectors first, then by name."""
-    matching = [g for g in lab.groups if g.selector and all(facts.values.get(k) == v for k, v in g.selector.items())]
+    matching = [
+        g
+        for g in lab.groups
+        if g.selector and all(facts.values.get(k) == v for k, v in g.selector.items())
+    ]
     if not matching:
         return None
     return sorted(matching, key=lambda g: (-len(g.selector), g.name))[0]
@@ -76,7 +80,9 @@ def find_reservation(state: Path | None, facts: Facts) -> Reservation | None:
     return read_reservations(state).get(machine)
 
 
-def answer_ipxe(lab: Lab, query: Mapping[str, str], base_url: str, state: Path | None = None) -> tuple[str, str]:
+def answer_ipxe(
+    lab: Lab, query: Mapping[str, str], base_url: str, state: Path | None = None
+) -> tuple[str, str]:
     """(the script, what answered) for one ``/ipxe`` request: a cluster's reservation first (it
     boots the image its group runs, with its machine name), then the lab's groups, then the
     default."""
@@ -86,14 +92,23 @@ def answer_ipxe(lab: Lab, query: Mapping[str, str], base_url: str, state: Path |
     if reservation is not None and state is not None:
         image = read_boot_image(state, reservation.image)
         if image is None:
-            return ("#!ipxe\necho provision: the image of this machine is not published\nexit\n",
-                    f"reservation {reservation.machine}: image {reservation.image} missing")
-        cmdline = f"{image.cmdline} provision.hostname={reservation.name or reservation.machine}".strip()
+            return (
+                "#!ipxe\necho provision: the image of this machine is not published\nexit\n",
+                f"reservation {reservation.machine}: image {reservation.image} missing",
+            )
+        cmdline = (
+            f"{image.cmdline} provision.hostname={reservation.name or reservation.machine}".strip()
+        )
         profile = Profile(reservation.machine, image.kernel, image.initrd, cmdline)
-        return render_ipxe(profile, base_url, efi=efi), f"reservation {reservation.machine} ({reservation.image[:19]})"
+        return render_ipxe(
+            profile, base_url, efi=efi
+        ), f"reservation {reservation.machine} ({reservation.image[:19]})"
     group = select_group(lab, facts)
     if group is not None:
         return render_ipxe(lab.profiles[group.profile], base_url, efi=efi), f"group {group.name}"
     if lab.default == "exit":
-        return "#!ipxe\necho provision: no group for this machine, booting the next device\nexit\n", "default exit"
+        return (
+            "#!ipxe\necho provision: no group for this machine, booting the next device\nexit\n",
+            "default exit",
+        )
     return render_ipxe(lab.profiles[lab.default], base_url, efi=efi), f"default {lab.default}"

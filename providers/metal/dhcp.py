@@ -29,7 +29,14 @@ log = logging.getLogger("provision.serve.dhcp")
 MAGIC = b"\x63\x82\x53\x63"
 DISCOVER, OFFER, REQUEST, ACK, NAK = 1, 2, 3, 5, 6
 OPT_MASK, OPT_ROUTER, OPT_DNS, OPT_LEASE, OPT_TYPE, OPT_SERVER = 1, 3, 6, 51, 53, 54
-OPT_REQUESTED, OPT_VENDOR_CLASS, OPT_USER_CLASS, OPT_ARCH, OPT_UUID, OPT_PXE = 50, 60, 77, 93, 97, 43
+OPT_REQUESTED, OPT_VENDOR_CLASS, OPT_USER_CLASS, OPT_ARCH, OPT_UUID, OPT_PXE = (
+    50,
+    60,
+    77,
+    93,
+    97,
+    43,
+)
 BIOS_FILE, EFI_FILE = "undionly.kpxe", "ipxe.efi"
 
 
@@ -88,23 +95,42 @@ def parse_packet(data: bytes) -> Packet | None:
             continue
         if i + 1 >= len(data) or i + 2 + data[i + 1] > len(data):
             return None
-        options[code] = options.get(code, b"") + data[i + 2:i + 2 + data[i + 1]]
+        options[code] = options.get(code, b"") + data[i + 2 : i + 2 + data[i + 1]]
         i += 2 + data[i + 1]
     mac = ":".join(f"{b:02x}" for b in data[28:34])
-    return Packet(op, xid, flags, _ip(data[12:16]), _ip(data[16:20]), _ip(data[20:24]), _ip(data[24:28]), mac,
-                  data[108:236].split(b"\0", 1)[0].decode("ascii", "replace"), options)
+    return Packet(
+        op,
+        xid,
+        flags,
+        _ip(data[12:16]),
+        _ip(data[16:20]),
+        _ip(data[20:24]),
+        _ip(data[24:28]),
+        mac,
+        data[108:236].split(b"\0", 1)[0].decode("ascii", "replace"),
+        options,
+    )
 
 
-def build_packet(reply_to: Packet, message_type: int, *, yiaddr: str, siaddr: str, file: str,
-                 options: dict[int, bytes]) -> bytes:
+def build_packet(
+    reply_to: Packet,
+    message_type: int,
+    *,
+    yiaddr: str,
+    siaddr: str,
+    file: str,
+    options: dict[int, bytes],
+) -> bytes:
     head = struct.pack("!BBBBIHH", 2, 1, 6, 0, reply_to.xid, 0, reply_to.flags)
-    addresses = b"".join(ipaddress.IPv4Address(a).packed for a in (reply_to.ciaddr, yiaddr, siaddr, reply_to.giaddr))
+    addresses = b"".join(
+        ipaddress.IPv4Address(a).packed for a in (reply_to.ciaddr, yiaddr, siaddr, reply_to.giaddr)
+    )
     chaddr = bytes.fromhex(reply_to.mac.replace(":", "")) + bytes(10)
     body = head + addresses + chaddr + bytes(64) + file.encode()[:127].ljust(128, b"\0") + MAGIC
     opts = {OPT_TYPE: bytes([message_type]), **options}
     for code, value in opts.items():
         for start in range(0, max(len(value), 1), 255):
-            chunk = value[start:start + 255]
+            chunk = value[start : start + 255]
             body += bytes([code, len(chunk)]) + chunk
     return body + b"\xff"
 
@@ -158,7 +184,9 @@ def answer(packet: Packet, settings: DhcpSettings) -> bytes | None:
     options: dict[int, bytes] = {OPT_SERVER: ipaddress.IPv4Address(settings.server_ip).packed}
     if packet.pxe_client:
         options[OPT_VENDOR_CLASS] = b"PXEClient"
-        options[OPT_PXE] = bytes([6, 1, 8, 255])  # PXE_DISCOVERY_CONTROL: boot the file given, no menu
+        options[OPT_PXE] = bytes(
+            [6, 1, 8, 255]
+        )  # PXE_DISCOVERY_CONTROL: boot the file given, no menu
         if OPT_UUID in packet.options:
             options[OPT_UUID] = packet.options[OPT_UUID]
     yiaddr = "0.0.0.0"
@@ -169,7 +197,9 @@ def answer(packet: Packet, settings: DhcpSettings) -> bytes | None:
             return None
         requested = packet.options.get(OPT_REQUESTED)
         if packet.message_type == REQUEST and requested and _ip(requested) != address:
-            return build_packet(packet, NAK, yiaddr="0.0.0.0", siaddr="0.0.0.0", file="", options=options)
+            return build_packet(
+                packet, NAK, yiaddr="0.0.0.0", siaddr="0.0.0.0", file="", options=options
+            )
         yiaddr = address
         options[OPT_MASK] = ipaddress.IPv4Address(settings.netmask).packed
         options[OPT_LEASE] = struct.pack("!I", settings.lease_seconds)
@@ -178,16 +208,29 @@ def answer(packet: Packet, settings: DhcpSettings) -> bytes | None:
         if settings.dns:
             options[OPT_DNS] = b"".join(ipaddress.IPv4Address(d).packed for d in settings.dns)
     file = boot_file(packet, settings)
-    log.info("dhcp %s: %s %s, boot %s", packet.mac, "offer" if reply_type == OFFER else "ack", yiaddr, file)
-    return build_packet(packet, reply_type, yiaddr=yiaddr, siaddr=settings.server_ip, file=file, options=options)
+    log.info(
+        "dhcp %s: %s %s, boot %s",
+        packet.mac,
+        "offer" if reply_type == OFFER else "ack",
+        yiaddr,
+        file,
+    )
+    return build_packet(
+        packet, reply_type, yiaddr=yiaddr, siaddr=settings.server_ip, file=file, options=options
+    )
 
 
 class DhcpServer:
     """Answers on ``host:port`` (67 for DHCP, 4011 for the PXE boot server) until shut down;
     replies go to the client's port 68, broadcast unless ``reply_to`` overrides (tests)."""
 
-    def __init__(self, settings: DhcpSettings, host: str = "0.0.0.0", port: int = 67,
-                 reply_to: tuple[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        settings: DhcpSettings,
+        host: str = "0.0.0.0",
+        port: int = 67,
+        reply_to: tuple[str, int] | None = None,
+    ) -> None:
         self.settings = settings
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -27,7 +27,12 @@ class ServedFile:
 
 def resolve_served(root: Path, request_path: str) -> ServedFile | None:
     """The regular file ``request_path`` names inside ``root``, or None (refused or missing)."""
-    if not request_path or request_path.startswith("/") or "\\" in request_path or "\0" in request_path:
+    if (
+        not request_path
+        or request_path.startswith("/")
+        or "\\" in request_path
+        or "\0" in request_path
+    ):
         return None
     parts = request_path.split("/")
     if any(part in ("", ".", "..") for part in parts):

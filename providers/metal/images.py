@@ -38,8 +38,12 @@ def read_boot_image(state: Path, digest: str) -> BootImage | None:
         return None
     try:
         info = json.loads((images_dir(state) / match.group(1) / IMAGE_INFO).read_text())
-        return BootImage(str(info["digest"]), str(info["kernel"]), tuple(str(i) for i in info["initrd"]),
-                         str(info["cmdline"]))
+        return BootImage(
+            str(info["digest"]),
+            str(info["kernel"]),
+            tuple(str(i) for i in info["initrd"]),
+            str(info["cmdline"]),
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -52,7 +56,9 @@ def publish_boot_image(state: Path, artifact: Artifact) -> bool:
     initrd = [f for f in artifact.files if f.name.endswith("-initrd.img")]
     cmdline_file = next((f for f in artifact.files if f.name.endswith("-cmdline")), None)
     if kernel is None or not initrd:
-        raise UsageError(f"{artifact.manifest}: the metal target boots kernel+initrd builds (found {artifact.format})")
+        raise UsageError(
+            f"{artifact.manifest}: the metal target boots kernel+initrd builds (found {artifact.format})"
+        )
     hexdigest = artifact.digest.split(":", 1)[1]
     images_dir(state).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".new-", dir=images_dir(state)))
@@ -63,9 +69,15 @@ def publish_boot_image(state: Path, artifact: Artifact) -> bool:
             except OSError:
                 shutil.copyfile(file, staging / file.name)
         cmdline = cmdline_file.read_text().strip() if cmdline_file else ""
-        info = {"digest": artifact.digest, "kernel": f"{hexdigest}/{kernel.name}",
-                "initrd": [f"{hexdigest}/{f.name}" for f in initrd], "cmdline": cmdline}
-        write_bytes_atomic(staging / IMAGE_INFO, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+        info = {
+            "digest": artifact.digest,
+            "kernel": f"{hexdigest}/{kernel.name}",
+            "initrd": [f"{hexdigest}/{f.name}" for f in initrd],
+            "cmdline": cmdline,
+        }
+        write_bytes_atomic(
+            staging / IMAGE_INFO, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
+        )
         try:
             os.rename(staging, images_dir(state) / hexdigest)
         except OSError:

@@ -147,22 +147,39 @@ def _profiles(r: _Reader, value: Any) -> dict[str, Profile]:
         path: KeyPath = ("profiles", str(key))
         name = r.name(key, path)
         fields = r.mapping(body, path, ("kernel", "initrd", "cmdline"), ("kernel",))
-        kernel = _served_path(r, fields.get("kernel", ""), (*path, "kernel")) if "kernel" in fields else ""
+        kernel = (
+            _served_path(r, fields.get("kernel", ""), (*path, "kernel"))
+            if "kernel" in fields
+            else ""
+        )
         raw_initrd = fields.get("initrd", [])
         raw_initrd = [raw_initrd] if isinstance(raw_initrd, str) else raw_initrd
         if not isinstance(raw_initrd, list):
             r.fail((*path, "initrd"), "must be a path or a list of paths")
             raw_initrd = []
-        initrd = tuple(_served_path(r, item, (*path, "initrd", i)) for i, item in enumerate(raw_initrd))
-        cmdline = r.text(fields.get("cmdline", ""), (*path, "cmdline"), re.compile(r"[^\n\r\0]*"), "one line of text")
+        initrd = tuple(
+            _served_path(r, item, (*path, "initrd", i)) for i, item in enumerate(raw_initrd)
+        )
+        cmdline = r.text(
+            fields.get("cmdline", ""),
+            (*path, "cmdline"),
+            re.compile(r"[^\n\r\0]*"),
+            "one line of text",
+        )
         result[name] = Profile(name, kernel, initrd, cmdline)
     return result
 
 
 def _served_path(r: _Reader, value: Any, path: KeyPath) -> str:
-    ok = isinstance(value, str) and SERVED_PATH.fullmatch(value) and not {".", ".."} & set(value.split("/"))
+    ok = (
+        isinstance(value, str)
+        and SERVED_PATH.fullmatch(value)
+        and not {".", ".."} & set(value.split("/"))
+    )
     if not ok:
-        r.fail(path, f"must be a path under the served root (no '..', no leading '/'), not {value!r}")
+        r.fail(
+            path, f"must be a path under the served root (no '..', no leading '/'), not {value!r}"
+        )
         return ""
     return str(value)
 
@@ -177,7 +194,9 @@ def _groups(r: _Reader, value: Any, profiles: Mapping[str, Profile]) -> tuple[Gr
     seen: set[str] = set()
     for index, body in enumerate(value):
         path: KeyPath = ("groups", index)
-        fields = r.mapping(body, path, ("name", "profile", "selector", "metadata"), ("name", "profile"))
+        fields = r.mapping(
+            body, path, ("name", "profile", "selector", "metadata"), ("name", "profile")
+        )
         name = r.name(fields.get("name"), (*path, "name")) if "name" in fields else f"group{index}"
         if name in seen:
             r.fail((*path, "name"), f"group {name!r} is declared twice")
@@ -185,7 +204,10 @@ def _groups(r: _Reader, value: Any, profiles: Mapping[str, Profile]) -> tuple[Gr
         profile = str(fields.get("profile", ""))
         if "profile" in fields and profile not in profiles:
             close = difflib.get_close_matches(profile, list(profiles), n=1)
-            r.fail((*path, "profile"), f"no profile {profile!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            r.fail(
+                (*path, "profile"),
+                f"no profile {profile!r}" + (f" (did you mean {close[0]!r}?)" if close else ""),
+            )
         selector: dict[str, str] = {}
         raw = fields.get("selector") or {}
         if not isinstance(raw, dict):
@@ -194,10 +216,20 @@ def _groups(r: _Reader, value: Any, profiles: Mapping[str, Profile]) -> tuple[Gr
         for key, wanted in raw.items():
             spath: KeyPath = (*path, "selector", str(key))
             if not isinstance(key, str) or not LABEL.fullmatch(key):
-                r.fail(spath, "selector keys are mac, uuid, hostname, serial or a label name", at_key=True)
+                r.fail(
+                    spath,
+                    "selector keys are mac, uuid, hostname, serial or a label name",
+                    at_key=True,
+                )
                 continue
-            text = r.text(str(wanted) if isinstance(wanted, int | float) and not isinstance(wanted, bool) else wanted,
-                          spath, what="a string", max_len=256)
+            text = r.text(
+                str(wanted)
+                if isinstance(wanted, int | float) and not isinstance(wanted, bool)
+                else wanted,
+                spath,
+                what="a string",
+                max_len=256,
+            )
             if key == "mac":
                 if not MAC.fullmatch(normalise_mac(text)):
                     r.fail(spath, f"must be a MAC address like 52:54:00:12:34:56, not {wanted!r}")
@@ -223,8 +255,12 @@ def _machines(r: _Reader, value: Any) -> tuple[Machine, ...]:
     owners: dict[str, str] = {}
     for index, body in enumerate(value):
         path: KeyPath = ("machines", index)
-        fields = r.mapping(body, path, ("name", "macs", "labels", "bmc", "address", "ports"), ("name", "macs"))
-        name = r.name(fields.get("name"), (*path, "name")) if "name" in fields else f"machine{index}"
+        fields = r.mapping(
+            body, path, ("name", "macs", "labels", "bmc", "address", "ports"), ("name", "macs")
+        )
+        name = (
+            r.name(fields.get("name"), (*path, "name")) if "name" in fields else f"machine{index}"
+        )
         if name in names:
             r.fail((*path, "name"), f"machine {name!r} is declared twice")
         names.add(name)
@@ -236,7 +272,9 @@ def _machines(r: _Reader, value: Any) -> tuple[Machine, ...]:
         for i, raw in enumerate(raw_macs):
             mac = normalise_mac(raw) if isinstance(raw, str) else ""
             if not MAC.fullmatch(mac):
-                r.fail((*path, "macs", i), f"must be a MAC address like 52:54:00:12:34:56, not {raw!r}")
+                r.fail(
+                    (*path, "macs", i), f"must be a MAC address like 52:54:00:12:34:56, not {raw!r}"
+                )
                 continue
             if mac in owners:
                 r.fail((*path, "macs", i), f"{mac} is already machine {owners[mac]!r}'s")
@@ -247,29 +285,61 @@ def _machines(r: _Reader, value: Any) -> tuple[Machine, ...]:
             r.fail((*path, "labels"), "must be a mapping of label to value")
             labels = {}
         bmc = _bmc(r, fields.get("bmc"), (*path, "bmc")) if "bmc" in fields else None
-        address = r.text(fields.get("address", ""), (*path, "address"), re.compile(r"[A-Za-z0-9.:-]{0,255}"),
-                         "a host name or IP address")
+        address = r.text(
+            fields.get("address", ""),
+            (*path, "address"),
+            re.compile(r"[A-Za-z0-9.:-]{0,255}"),
+            "a host name or IP address",
+        )
         ports: dict[int, int] = {}
         raw_ports = fields.get("ports") or {}
         if not isinstance(raw_ports, dict):
-            r.fail((*path, "ports"), "must map guest ports to ports at the address, e.g. {7080: 41080}")
+            r.fail(
+                (*path, "ports"), "must map guest ports to ports at the address, e.g. {7080: 41080}"
+            )
             raw_ports = {}
         for guest, there in raw_ports.items():
             guest_port = int(guest) if str(guest).isdigit() else 0  # YAML keys arrive as text
-            ok = 1 <= guest_port <= 65535 and isinstance(there, int) and not isinstance(there, bool) and 1 <= there <= 65535
+            ok = (
+                1 <= guest_port <= 65535
+                and isinstance(there, int)
+                and not isinstance(there, bool)
+                and 1 <= there <= 65535
+            )
             if not ok:
-                r.fail((*path, "ports", str(guest)), f"must map a guest port to a port from 1 to 65535, not {there!r}")
+                r.fail(
+                    (*path, "ports", str(guest)),
+                    f"must map a guest port to a port from 1 to 65535, not {there!r}",
+                )
                 continue
             ports[guest_port] = int(there)
-        machines.append(Machine(name, tuple(macs), {str(k): str(v) for k, v in labels.items()}, bmc, address, ports))
+        machines.append(
+            Machine(
+                name, tuple(macs), {str(k): str(v) for k, v in labels.items()}, bmc, address, ports
+            )
+        )
     return tuple(machines)
 
 
 def _bmc(r: _Reader, value: Any, path: KeyPath) -> Bmc | None:
-    fields = r.mapping(value, path, ("driver", "address", "username", "passwordFile", "passwordEnv"), ("driver", "address"))
+    fields = r.mapping(
+        value,
+        path,
+        ("driver", "address", "username", "passwordFile", "passwordEnv"),
+        ("driver", "address"),
+    )
     driver = fields.get("driver")
     if "driver" in fields and driver not in ("redfish", "ipmi"):
         r.fail((*path, "driver"), f"must be redfish or ipmi, not {driver!r}")
-    address = r.text(fields.get("address", ""), (*path, "address"), what="the BMC's address") if "address" in fields else ""
-    return Bmc(str(driver or ""), address, str(fields.get("username", "")), str(fields.get("passwordFile", "")),
-               str(fields.get("passwordEnv", "")))
+    address = (
+        r.text(fields.get("address", ""), (*path, "address"), what="the BMC's address")
+        if "address" in fields
+        else ""
+    )
+    return Bmc(
+        str(driver or ""),
+        address,
+        str(fields.get("username", "")),
+        str(fields.get("passwordFile", "")),
+        str(fields.get("passwordEnv", "")),
+    )

@@ -44,29 +44,59 @@ from provision.schema import Field, Schema
 def _selector(value: Any) -> dict[str, str] | None:
     if not isinstance(value, dict) or len(value) > 32:
         return None
-    ok = all(isinstance(k, str) and isinstance(v, str | int) and not isinstance(v, bool) for k, v in value.items())
+    ok = all(
+        isinstance(k, str) and isinstance(v, str | int) and not isinstance(v, bool)
+        for k, v in value.items()
+    )
     return {k: str(v) for k, v in value.items()} if ok else None
 
 
-OPTIONS = Schema({
-    "lab": Field("the lab file (inventory, profiles, groups)", schema.text(max_len=4096), required=True),
-    "state": Field("a directory (what provision serve --state serves)", schema.text(max_len=4096), required=True),
-    "powerTimeout": Field("a duration from 1s to 10m", schema.duration(1.0, 600.0), doc="default 60s"),
-    "efi": Field("true or false (network boot in UEFI mode)", schema.boolean, doc="default false"),
-    "pageSize": Field("a whole number from 1 to 10000", schema.integer(1, 10_000), doc="default 50"),
-})
-PROPERTIES = Schema({
-    "selector": Field("a mapping of machine label to value, e.g. {rack: a}", _selector),
-    "cmdline": Field("a string (appended to the image's kernel command line)", schema.text(max_len=4096)),
-})
+OPTIONS = Schema(
+    {
+        "lab": Field(
+            "the lab file (inventory, profiles, groups)", schema.text(max_len=4096), required=True
+        ),
+        "state": Field(
+            "a directory (what provision serve --state serves)",
+            schema.text(max_len=4096),
+            required=True,
+        ),
+        "powerTimeout": Field(
+            "a duration from 1s to 10m", schema.duration(1.0, 600.0), doc="default 60s"
+        ),
+        "efi": Field(
+            "true or false (network boot in UEFI mode)", schema.boolean, doc="default false"
+        ),
+        "pageSize": Field(
+            "a whole number from 1 to 10000", schema.integer(1, 10_000), doc="default 50"
+        ),
+    }
+)
+PROPERTIES = Schema(
+    {
+        "selector": Field("a mapping of machine label to value, e.g. {rack: a}", _selector),
+        "cmdline": Field(
+            "a string (appended to the image's kernel command line)", schema.text(max_len=4096)
+        ),
+    }
+)
 
 BmcFactory = Callable[[Bmc, Path], PowerControl]
 
 
 class MetalProvider:
-    def __init__(self, lab_file: Path, state: Path, clock: Clock, *, name: str = "metal",
-                 power_timeout: float = 60.0, efi: bool = False, page_size: int = 50,
-                 bmc_factory: BmcFactory = connect_bmc) -> None:
+    def __init__(
+        self,
+        lab_file: Path,
+        state: Path,
+        clock: Clock,
+        *,
+        name: str = "metal",
+        power_timeout: float = 60.0,
+        efi: bool = False,
+        page_size: int = 50,
+        bmc_factory: BmcFactory = connect_bmc,
+    ) -> None:
         self.name = name
         self.lab_file = lab_file
         self.state = state
@@ -83,12 +113,16 @@ class MetalProvider:
     def _machine(self, lab: Lab, name: str) -> Machine:
         machine = next((m for m in lab.machines if m.name == name), None)
         if machine is None:
-            raise ProviderError(f"machine {name!r} is reserved but no longer in the lab file {self.lab_file}")
+            raise ProviderError(
+                f"machine {name!r} is reserved but no longer in the lab file {self.lab_file}"
+            )
         return machine
 
     def _bmc(self, machine: Machine) -> PowerControl:
         if machine.bmc is None:
-            raise ProviderError(f"machine {machine.name!r} has no bmc in {self.lab_file}: it cannot be powered")
+            raise ProviderError(
+                f"machine {machine.name!r} has no bmc in {self.lab_file}: it cannot be powered"
+            )
         return self.bmc_factory(machine.bmc, self.lab_file.parent)
 
     # -- create ---------------------------------------------------------------------------
@@ -100,13 +134,28 @@ class MetalProvider:
             mine = next((r for r in reserved.values() if r.key == request.key), None)
             fresh = mine is None
             if mine is None:
-                free = sorted((m for m in lab.machines if m.name not in reserved
-                               and all(m.labels.get(k) == v for k, v in wanted.items())), key=lambda m: m.name)
+                free = sorted(
+                    (
+                        m
+                        for m in lab.machines
+                        if m.name not in reserved
+                        and all(m.labels.get(k) == v for k, v in wanted.items())
+                    ),
+                    key=lambda m: m.name,
+                )
                 if not free:
-                    raise ProviderError(f"no free machine in {self.lab_file} matches {wanted or 'any'}",
-                                        hint="add machines to the inventory or lower the group's size")
-                mine = Reservation(request.key, free[0].name, request.image, request.name, dict(request.tags),
-                                   self.clock.now())
+                    raise ProviderError(
+                        f"no free machine in {self.lab_file} matches {wanted or 'any'}",
+                        hint="add machines to the inventory or lower the group's size",
+                    )
+                mine = Reservation(
+                    request.key,
+                    free[0].name,
+                    request.image,
+                    request.name,
+                    dict(request.tags),
+                    self.clock.now(),
+                )
                 reserved[mine.machine] = mine
         bmc = self._bmc(self._machine(lab, mine.machine))
         on = bmc.power_state() == "on"
@@ -120,23 +169,41 @@ class MetalProvider:
         return self._instance(mine, InstanceState.RUNNING)
 
     def _instance(self, reservation: Reservation, state: InstanceState) -> Instance:
-        return Instance(reservation.machine, reservation.name or reservation.machine, dict(reservation.tags),
-                        reservation.image, reservation.created_at, state)
+        return Instance(
+            reservation.machine,
+            reservation.name or reservation.machine,
+            dict(reservation.tags),
+            reservation.image,
+            reservation.created_at,
+            state,
+        )
 
     # -- list -----------------------------------------------------------------------------
 
     def list_instances(self, tags: Mapping[str, str], page_token: str | None = None) -> Page:
         lab = self.lab()
-        matching = sorted((r for r in read_reservations(self.state).values()
-                           if all(r.tags.get(k) == v for k, v in tags.items())), key=lambda r: r.machine)
+        matching = sorted(
+            (
+                r
+                for r in read_reservations(self.state).values()
+                if all(r.tags.get(k) == v for k, v in tags.items())
+            ),
+            key=lambda r: r.machine,
+        )
         if page_token is not None:
             matching = [r for r in matching if r.machine > page_token]
         page, more = matching[: self.page_size], len(matching) > self.page_size
         found = []
         for r in page:
             machine = next((m for m in lab.machines if m.name == r.machine), None)
-            on = machine is not None and machine.bmc is not None and self._bmc(machine).power_state() == "on"
-            found.append(self._instance(r, InstanceState.RUNNING if on else InstanceState.TERMINATED))
+            on = (
+                machine is not None
+                and machine.bmc is not None
+                and self._bmc(machine).power_state() == "on"
+            )
+            found.append(
+                self._instance(r, InstanceState.RUNNING if on else InstanceState.TERMINATED)
+            )
         return Page(tuple(found), page[-1].machine if more else None)
 
     # -- destroy --------------------------------------------------------------------------
@@ -168,6 +235,12 @@ def create_metal_provider(spec: ProviderSpec, clock: Clock) -> MetalProvider:
     options = spec.options
     lab = Path(str(options["lab"]))
     state = Path(str(options["state"]))
-    return MetalProvider(lab if lab.is_absolute() else spec.base / lab, state if state.is_absolute() else spec.base / state,
-                         clock, name=spec.name, power_timeout=parse_duration(options.get("powerTimeout", 60)) or 60.0,
-                         efi=bool(options.get("efi", False)), page_size=int(options.get("pageSize", 50)))
+    return MetalProvider(
+        lab if lab.is_absolute() else spec.base / lab,
+        state if state.is_absolute() else spec.base / state,
+        clock,
+        name=spec.name,
+        power_timeout=parse_duration(options.get("powerTimeout", 60)) or 60.0,
+        efi=bool(options.get("efi", False)),
+        page_size=int(options.get("pageSize", 50)),
+    )

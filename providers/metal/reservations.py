@@ -42,12 +42,22 @@ def read_reservations(state: Path) -> dict[str, Reservation]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise ProvisionError(f"{state / FILE}: unreadable ({exc})", hint="it is provision's own file: restore it or remove it") from exc
+        raise ProvisionError(
+            f"{state / FILE}: unreadable ({exc})",
+            hint="it is provision's own file: restore it or remove it",
+        ) from exc
     try:
-        return {str(r["machine"]): Reservation(str(r["key"]), str(r["machine"]), str(r["image"]), str(r["name"]),
-                                               {str(k): str(v) for k, v in dict(r["tags"]).items()},
-                                               float(r["created_at"]))
-                for r in body["reservations"]}
+        return {
+            str(r["machine"]): Reservation(
+                str(r["key"]),
+                str(r["machine"]),
+                str(r["image"]),
+                str(r["name"]),
+                {str(k): str(v) for k, v in dict(r["tags"]).items()},
+                float(r["created_at"]),
+            )
+            for r in body["reservations"]
+        }
     except (KeyError, TypeError, ValueError) as exc:
         raise ProvisionError(f"{state / FILE}: not a reservations file ({exc})") from exc
 
@@ -62,5 +72,11 @@ def locked_reservations(state: Path) -> Iterator[dict[str, Reservation]]:
         before = dict(current)
         yield current
         if current != before:
-            body: dict[str, Any] = {"reservations": [asdict(r) for r in sorted(current.values(), key=lambda r: r.machine)]}
-            write_bytes_atomic(state / FILE, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
+            body: dict[str, Any] = {
+                "reservations": [
+                    asdict(r) for r in sorted(current.values(), key=lambda r: r.machine)
+                ]
+            }
+            write_bytes_atomic(
+                state / FILE, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+            )

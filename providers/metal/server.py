@@ -61,7 +61,9 @@ class ServeState:
     root: Path
     lab_file: Path | None = None
     token: str | None = None
-    state_dir: Path | None = None  # the metal state (reservations, images) when clusters use this lab
+    state_dir: Path | None = (
+        None  # the metal state (reservations, images) when clusters use this lab
+    )
     boots: collections.deque[Boot] = field(default_factory=lambda: collections.deque(maxlen=1000))
     lab_mtime: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -76,7 +78,12 @@ class ServeState:
             log.warning("lab %s not reloaded: %s", self.lab_file, exc.message.replace("\n", "; "))
             return False
         self.lab = lab
-        log.info("lab %s reloaded: %d groups, %d machines", self.lab_file, len(lab.groups), len(lab.machines))
+        log.info(
+            "lab %s reloaded: %d groups, %d machines",
+            self.lab_file,
+            len(lab.groups),
+            len(lab.machines),
+        )
         return True
 
     def watch(self, stop: threading.Event, every: float = 1.0) -> None:
@@ -107,8 +114,13 @@ def _handler(state: ServeState) -> type[BaseHTTPRequestHandler]:
             host = self.headers.get("Host") or "{}:{}".format(*self.connection.getsockname()[:2])
             return f"http://{host}"
 
-        def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
-                  headers: dict[str, str] | None = None) -> None:
+        def _send(
+            self,
+            code: int,
+            body: bytes,
+            content_type: str = "text/plain; charset=utf-8",
+            headers: dict[str, str] | None = None,
+        ) -> None:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -119,7 +131,11 @@ def _handler(state: ServeState) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
 
         def _json(self, value: Any, code: int = 200) -> None:
-            self._send(code, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode(), "application/json")
+            self._send(
+                code,
+                (json.dumps(value, indent=2, sort_keys=True) + "\n").encode(),
+                "application/json",
+            )
 
         def do_HEAD(self) -> None:  # noqa: N802
             self.do_GET()
@@ -133,7 +149,14 @@ def _handler(state: ServeState) -> type[BaseHTTPRequestHandler]:
                 self._send(200, CHAIN_SCRIPT.encode())
             elif path == "/ipxe":
                 script, answer = answer_ipxe(lab, query, self._base_url(), state.state_dir)
-                state.record(Boot(time.time(), normalise_mac(query.get("mac", "")), answer, self.client_address[0]))
+                state.record(
+                    Boot(
+                        time.time(),
+                        normalise_mac(query.get("mac", "")),
+                        answer,
+                        self.client_address[0],
+                    )
+                )
                 self._send(200, script.encode())
             elif path.startswith("/files/"):
                 self._file(path.removeprefix("/files/"))
@@ -142,19 +165,47 @@ def _handler(state: ServeState) -> type[BaseHTTPRequestHandler]:
                 group = select_group(lab, facts)
                 reservation = find_reservation(state.state_dir, facts)
                 if reservation is not None:
-                    self._json({"machine": reservation.machine, "hostname": reservation.name or reservation.machine,
-                                "image": reservation.image, "cluster": reservation.tags.get("provision-cluster")})
+                    self._json(
+                        {
+                            "machine": reservation.machine,
+                            "hostname": reservation.name or reservation.machine,
+                            "image": reservation.image,
+                            "cluster": reservation.tags.get("provision-cluster"),
+                        }
+                    )
                 elif group is None:
                     self._json({"error": "no group for this machine"}, 404)
                 else:
-                    self._json({"group": group.name, "machine": facts.values.get("machine"), **group.metadata})
+                    self._json(
+                        {
+                            "group": group.name,
+                            "machine": facts.values.get("machine"),
+                            **group.metadata,
+                        }
+                    )
             elif path == "/v1/machines":
-                self._json([asdict(m) | {"bmc": ({"driver": m.bmc.driver, "address": m.bmc.address} if m.bmc else None)}
-                            for m in lab.machines])
+                self._json(
+                    [
+                        asdict(m)
+                        | {
+                            "bmc": (
+                                {"driver": m.bmc.driver, "address": m.bmc.address}
+                                if m.bmc
+                                else None
+                            )
+                        }
+                        for m in lab.machines
+                    ]
+                )
             elif path == "/v1/profiles":
                 self._json({name: asdict(p) for name, p in lab.profiles.items()})
             elif path == "/v1/groups":
-                self._json([{"name": g.name, "profile": g.profile, "selector": dict(g.selector)} for g in lab.groups])
+                self._json(
+                    [
+                        {"name": g.name, "profile": g.profile, "selector": dict(g.selector)}
+                        for g in lab.groups
+                    ]
+                )
             elif path == "/v1/boots":
                 with state.lock:
                     self._json([asdict(b) for b in state.boots])
@@ -178,7 +229,9 @@ def _handler(state: ServeState) -> type[BaseHTTPRequestHandler]:
             if not state.token:
                 return False
             given = self.headers.get("Authorization", "")
-            return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), state.token.encode())
+            return given.startswith("Bearer ") and hmac.compare_digest(
+                given[7:].encode(), state.token.encode()
+            )
 
         def _file(self, request_path: str) -> None:
             served = resolve_served(state.root, request_path)
@@ -229,11 +282,14 @@ class BootServer(ThreadingHTTPServer):
         if isinstance(error, ConnectionError | TimeoutError):
             log.debug("client %s went away: %s", client_address[0], error)
         else:
-            log.error("request from %s failed: %s: %s", client_address[0], type(error).__name__, error)
+            log.error(
+                "request from %s failed: %s: %s", client_address[0], type(error).__name__, error
+            )
 
 
-def start_http(state: ServeState, host: str = "127.0.0.1", port: int = 0,
-               stop: threading.Event | None = None) -> tuple[BootServer, Callable[[], None]]:
+def start_http(
+    state: ServeState, host: str = "127.0.0.1", port: int = 0, stop: threading.Event | None = None
+) -> tuple[BootServer, Callable[[], None]]:
     """Serve ``state`` from background threads; returns the server and a function that stops it."""
     server = BootServer((host, port), _handler(state))
     stop = stop or threading.Event()
@@ -241,7 +297,9 @@ def start_http(state: ServeState, host: str = "127.0.0.1", port: int = 0,
         with contextlib.suppress(OSError):
             state.lab_mtime = state.lab_file.stat().st_mtime_ns
         threading.Thread(target=state.watch, args=(stop,), daemon=True, name="lab-watch").start()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True, name="http")
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True, name="http"
+    )
     thread.start()
 
     def shutdown() -> None:

@@ -37,20 +37,30 @@ class MetalTarget:
         metal = own_provider(provider, MetalProvider, self.name)
         return digest if read_boot_image(metal.state, digest) is not None else None
 
-    def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
+    def publish(
+        self, provider: Provider, artifact: Artifact, progress: Progress | None = None
+    ) -> PublishedImage:
         metal = own_provider(provider, MetalProvider, self.name)
         reused = publish_boot_image(metal.state, artifact)
         if not reused and progress is not None:
             progress(f"published {artifact.digest[:19]} for network boot in {metal.state}")
         return PublishedImage(artifact.digest, artifact.digest, reused)
 
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None, *,
-                      publish: bool = True) -> str:
+    def resolve_image(
+        self,
+        provider: Provider,
+        image: str,
+        progress: Progress | None = None,
+        *,
+        publish: bool = True,
+    ) -> str:
         metal = own_provider(provider, MetalProvider, self.name)
         if DIGEST.fullmatch(image) and read_boot_image(metal.state, image) is not None:
             return image
-        raise UsageError(f"image {image!r} is not published in {metal.state}",
-                         hint="give the group an image spec (.yml): it is built and published")
+        raise UsageError(
+            f"image {image!r} is not published in {metal.state}",
+            hint="give the group an image spec (.yml): it is built and published",
+        )
 
     def consoles(self, provider: Provider, instances: Sequence[Instance]) -> list[str]:
         return []

@@ -102,7 +102,9 @@ class TftpServer:
                 return
             self._send(sock, client, path, options)
 
-    def _send(self, sock: socket.socket, client: tuple[str, int], path: Path, options: dict[str, str]) -> None:
+    def _send(
+        self, sock: socket.socket, client: tuple[str, int], path: Path, options: dict[str, str]
+    ) -> None:
         size = path.stat().st_size
         blksize = 512
         timeout = 1.0
@@ -112,19 +114,27 @@ class TftpServer:
             accepted["blksize"] = str(blksize)
         if "tsize" in options:
             accepted["tsize"] = str(size)
-        if "timeout" in options and options["timeout"].isdigit() and 1 <= int(options["timeout"]) <= 255:
+        if (
+            "timeout" in options
+            and options["timeout"].isdigit()
+            and 1 <= int(options["timeout"]) <= 255
+        ):
             timeout = float(options["timeout"])
             accepted["timeout"] = options["timeout"]
         sock.settimeout(timeout)
         with open(path, "rb") as handle:
             if accepted:
-                oack = struct.pack("!H", OACK) + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in accepted.items())
+                oack = struct.pack("!H", OACK) + b"".join(
+                    k.encode() + b"\0" + v.encode() + b"\0" for k, v in accepted.items()
+                )
                 if not self._exchange(sock, client, oack, 0):
                     return
             block = 1
             while True:
                 data = handle.read(blksize)
-                if not self._exchange(sock, client, struct.pack("!HH", DATA, block & 0xFFFF) + data, block & 0xFFFF):
+                if not self._exchange(
+                    sock, client, struct.pack("!HH", DATA, block & 0xFFFF) + data, block & 0xFFFF
+                ):
                     log.info("tftp %s: %s abandoned at block %d", client[0], path.name, block)
                     return
                 if len(data) < blksize:
@@ -132,7 +142,9 @@ class TftpServer:
                     return
                 block += 1
 
-    def _exchange(self, sock: socket.socket, client: tuple[str, int], packet: bytes, expect: int) -> bool:
+    def _exchange(
+        self, sock: socket.socket, client: tuple[str, int], packet: bytes, expect: int
+    ) -> bool:
         """Send ``packet`` until the client acknowledges block ``expect``."""
         for _attempt in range(RETRIES):
             sock.sendto(packet, client)

@@ -74,7 +74,9 @@ EXTENSIONS: dict[str, tuple[BootKind, str | None]] = {
 }
 EXTENSIONS[".vpc"] = (BootKind.DISK, "vpc")  # the other usual name of a VHD file
 ARCHIVE_SUFFIXES = (".tar", ".tgz", *COMPRESSED_SUFFIXES)  # tarballs and compressed files
-_ALL_SUFFIXES = sorted({s for w in WRITERS for s in w.files} | {MANIFEST_SUFFIX}, key=len, reverse=True)
+_ALL_SUFFIXES = sorted(
+    {s for w in WRITERS for s in w.files} | {MANIFEST_SUFFIX}, key=len, reverse=True
+)
 
 
 def _not_found(path: Path, detail: str = "") -> UsageError:
@@ -156,8 +158,10 @@ def _read_packed_cmdline(archive: Path, members: tuple[str, ...]) -> str:
             files = {m.name for m in tar.getmembers() if m.isreg()}
             missing = [m for m in members if m not in files]
             if missing:
-                raise UsageError(f"{archive} holds no {', '.join(missing)}",
-                                 hint="a tar-kernel-initrd archive holds " + ", ".join(members))
+                raise UsageError(
+                    f"{archive} holds no {', '.join(missing)}",
+                    hint="a tar-kernel-initrd archive holds " + ", ".join(members),
+                )
             _kernel, _initrd, cmdline = members
             handle = tar.extractfile(cmdline)
             return handle.read().decode(errors="replace").strip() if handle is not None else ""
@@ -169,8 +173,16 @@ def _packed_source(path: Path, method: BootMethod) -> BootSource:
     kind = BootKind(method.kind)
     cmdline = _read_packed_cmdline(path, method.unpack) if kind is BootKind.KERNEL else ""
     disk_format = method.disk_format if kind is BootKind.DISK else None
-    return BootSource(kind, path, None, cmdline, disk_format, method.firmware == "efi",
-                      _label_of(path), unpack=method.unpack)
+    return BootSource(
+        kind,
+        path,
+        None,
+        cmdline,
+        disk_format,
+        method.firmware == "efi",
+        _label_of(path),
+        unpack=method.unpack,
+    )
 
 
 def unpack_source(source: BootSource, directory: Path) -> BootSource:
@@ -192,22 +204,32 @@ def _file_source(path: Path, fmt: str = "") -> BootSource:
         root = path if path.name.endswith(ROOT_IMAGE_SUFFIXES) else None
         return _kernel_source(prefix, False, root)
     if writer is not None and writer.boot is None:
-        raise UsageError(f"{path} is {writer.name} output, which does not boot",
-                         hint="build kernel+initrd, an iso or a disk format (provision build --help)")
+        raise UsageError(
+            f"{path} is {writer.name} output, which does not boot",
+            hint="build kernel+initrd, an iso or a disk format (provision build --help)",
+        )
     if writer is not None and writer.boot is not None and writer.boot.unpack:
         return _packed_source(path, writer.boot)
     if writer is not None and writer.boot is not None and writer.boot.kind != "kernel":
         method = writer.boot
-        return BootSource(BootKind(method.kind), path, None, "", method.disk_format,
-                          method.firmware == "efi", _label_of(path))
+        return BootSource(
+            BootKind(method.kind),
+            path,
+            None,
+            "",
+            method.disk_format,
+            method.firmware == "efi",
+            _label_of(path),
+        )
     if path.name.lower().endswith(ARCHIVE_SUFFIXES):
-        raise UsageError(f"{path} is an archive, which QEMU cannot boot as it is",
-                         hint="unpack it, or build kernel+initrd, an iso or a disk format")
+        raise UsageError(
+            f"{path} is an archive, which QEMU cannot boot as it is",
+            hint="unpack it, or build kernel+initrd, an iso or a disk format",
+        )
     if prefix is not None:  # one file of a kernel output set whose kernel is missing
         return _kernel_source(prefix, False)
     kind, disk_format = EXTENSIONS.get(path.suffix.lower(), (BootKind.DISK, "raw"))
-    return BootSource(kind, path, None, "", disk_format, _says_efi(path.name),
-                      _label_of(path))
+    return BootSource(kind, path, None, "", disk_format, _says_efi(path.name), _label_of(path))
 
 
 def _manifest_entries(value: Any, fmt: str = "") -> Iterator[tuple[str, str]]:
@@ -320,7 +342,9 @@ def check_bootable(source: BootSource) -> None:
         except OSError as exc:
             raise _not_found(path, exc.strerror or "") from exc
         if not stat.S_ISREG(info.st_mode):
-            raise UsageError(f"{path} is not a regular file", hint="give a file that `provision build` wrote")
+            raise UsageError(
+                f"{path} is not a regular file", hint="give a file that `provision build` wrote"
+            )
         if info.st_size == 0:
             raise UsageError(f"{path} is empty", hint="give a file that `provision build` wrote")
     signatures = _SIGNATURES.get((source.kind, source.disk_format))

@@ -59,10 +59,15 @@ def _staging(cache: Path) -> Path:
 
 def _publish(staging: Path, cache: Path, digest: str, artifact: str, source: str) -> None:
     """Record what boots, then rename the staged directory to the digest's (once)."""
-    write_json_atomic(staging / IMAGE_INFO, {
-        "digest": digest, "artifact": artifact, "source": source,
-        "cached_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    })
+    write_json_atomic(
+        staging / IMAGE_INFO,
+        {
+            "digest": digest,
+            "artifact": artifact,
+            "source": source,
+            "cached_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
     target = cache / digest.split(":", 1)[1]
     try:
         os.rename(staging, target)
@@ -110,8 +115,15 @@ def find_cached_image(cache: Path, digest: str) -> str | None:
     return digest
 
 
-def publish_files(files: list[Path], cache: Path, digest: str, artifact: str, source: str,
-                  *, cmdline: tuple[str, str] | None = None) -> bool:
+def publish_files(
+    files: list[Path],
+    cache: Path,
+    digest: str,
+    artifact: str,
+    source: str,
+    *,
+    cmdline: tuple[str, str] | None = None,
+) -> bool:
     """Copy ``files`` into the cache under ``digest`` unless it is there; ``artifact`` names the
     file that boots. Returns True when the digest was cached already (nothing copied)."""
     if find_cached_image(cache, digest) is not None:

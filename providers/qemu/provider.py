@@ -140,34 +140,63 @@ def _parse_port(value: Any) -> tuple[int, Literal["tcp", "udp"]] | None:
 
 
 ACCELS = ("tcg", "kvm", "auto")
-PROPERTIES = Schema({
-    "accel": Field("tcg, kvm or auto", schema.one_of(*ACCELS), doc="default: the provider's accel"),
-    "mem": Field("MiB (512) or 512M / 1G, at least 64M", _parse_mem, doc="default 512"),
-    "cpus": Field("a whole number from 1 to 64", schema.integer(1, 64), doc="default 1"),
-    "ports": Field('a list of guest ports, e.g. [80, "53/udp"]', schema.list_of(_parse_port, 64)),
-    "cmdline": Field("a string (appended to the kernel command line)", schema.text(max_len=4096)),
-    "data": Field("a string (the user data)", schema.text(max_len=1 << 20)),
-})
-OPTIONS = Schema({
-    "stateRoot": Field("a directory path", schema.text(max_len=4096)),
-    "accel": Field("tcg, kvm or auto", schema.one_of(*ACCELS), doc="default tcg"),
-    "agentPort": Field("a TCP port from 1 to 65535", schema.integer(1, 65535), doc="default 7080"),
-    "stopTimeout": Field("a duration from 1s to 1h, like 10s", schema.duration(1.0, 3600.0), doc="default 10s"),
-    "pageSize": Field("a whole number from 1 to 10000", schema.integer(1, 10_000), doc="default 50"),
-})
+PROPERTIES = Schema(
+    {
+        "accel": Field(
+            "tcg, kvm or auto", schema.one_of(*ACCELS), doc="default: the provider's accel"
+        ),
+        "mem": Field("MiB (512) or 512M / 1G, at least 64M", _parse_mem, doc="default 512"),
+        "cpus": Field("a whole number from 1 to 64", schema.integer(1, 64), doc="default 1"),
+        "ports": Field(
+            'a list of guest ports, e.g. [80, "53/udp"]', schema.list_of(_parse_port, 64)
+        ),
+        "cmdline": Field(
+            "a string (appended to the kernel command line)", schema.text(max_len=4096)
+        ),
+        "data": Field("a string (the user data)", schema.text(max_len=1 << 20)),
+    }
+)
+OPTIONS = Schema(
+    {
+        "stateRoot": Field("a directory path", schema.text(max_len=4096)),
+        "accel": Field("tcg, kvm or auto", schema.one_of(*ACCELS), doc="default tcg"),
+        "agentPort": Field(
+            "a TCP port from 1 to 65535", schema.integer(1, 65535), doc="default 7080"
+        ),
+        "stopTimeout": Field(
+            "a duration from 1s to 1h, like 10s", schema.duration(1.0, 3600.0), doc="default 10s"
+        ),
+        "pageSize": Field(
+            "a whole number from 1 to 10000", schema.integer(1, 10_000), doc="default 50"
+        ),
+    }
+)
 
 
-def parse_machine_properties(properties: Mapping[str, Any], default_accel: str = "tcg") -> MachineProperties:
+def parse_machine_properties(
+    properties: Mapping[str, Any], default_accel: str = "tcg"
+) -> MachineProperties:
     """A qemu group's properties, checked against :data:`PROPERTIES`; a UsageError naming every
     bad one (the cluster-spec loader reports the same problems located)."""
     problems = check_mapping(PROPERTIES, properties)
     if problems:
-        raise UsageError("invalid qemu properties: " + "; ".join(f"{'.'.join(map(str, v.path))}: {v.message}" for v in problems),
-                         hint="see docs/local-cluster.md for the qemu group properties")
+        raise UsageError(
+            "invalid qemu properties: "
+            + "; ".join(f"{'.'.join(map(str, v.path))}: {v.message}" for v in problems),
+            hint="see docs/local-cluster.md for the qemu group properties",
+        )
     mem = _parse_mem(properties.get("mem", 512)) or 512
-    ports = [port for item in properties.get("ports", []) if (port := _parse_port(item)) is not None]
-    return MachineProperties(str(properties.get("accel", default_accel)), mem, int(properties.get("cpus", 1)),
-                             tuple(dict.fromkeys(ports)), str(properties.get("cmdline", "")), properties.get("data"))
+    ports = [
+        port for item in properties.get("ports", []) if (port := _parse_port(item)) is not None
+    ]
+    return MachineProperties(
+        str(properties.get("accel", default_accel)),
+        mem,
+        int(properties.get("cpus", 1)),
+        tuple(dict.fromkeys(ports)),
+        str(properties.get("cmdline", "")),
+        properties.get("data"),
+    )
 
 
 # --------------------------------------------------------------------------- names
@@ -237,21 +266,35 @@ class QemuProvider:
                     raise ProviderError(f"VM {name} exists and was created for another request")
                 return self._instance(existing)
             artifact = resolve_cached_image(self.state_root, request.image)
-            tags = {**request.tags, TAG_KEY: key_tag(request.key), TAG_CREATED: repr(self.clock.now()),
-                    TAG_IMAGE: request.image}
+            tags = {
+                **request.tags,
+                TAG_KEY: key_tag(request.key),
+                TAG_CREATED: repr(self.clock.now()),
+                TAG_IMAGE: request.image,
+            }
             last: ProvisionError | None = None
             for _attempt in range(3):
                 config = VMConfig(
-                    name=name, artifact=artifact, accel=props.accel, mem_mib=props.mem_mib, cpus=props.cpus,
-                    publish=self._ports(props), data=props.data.encode() if props.data is not None else None,
-                    cmdline_extra=props.cmdline, tags=tags,
+                    name=name,
+                    artifact=artifact,
+                    accel=props.accel,
+                    mem_mib=props.mem_mib,
+                    cpus=props.cpus,
+                    publish=self._ports(props),
+                    data=props.data.encode() if props.data is not None else None,
+                    cmdline_extra=props.cmdline,
+                    tags=tags,
                 )
                 try:
                     self.launcher.start(config, self.state_root)
                 except (UsageError, CommandError) as exc:
-                    if "in use" not in str(exc).lower() and "could not set up host forwarding" not in str(exc).lower():
-                        raise ProviderError(f"cannot start VM {name}: {exc}",
-                                            hint=getattr(exc, "hint", None)) from exc
+                    if (
+                        "in use" not in str(exc).lower()
+                        and "could not set up host forwarding" not in str(exc).lower()
+                    ):
+                        raise ProviderError(
+                            f"cannot start VM {name}: {exc}", hint=getattr(exc, "hint", None)
+                        ) from exc
                     last = exc  # a chosen port was taken meanwhile: choose again
                     continue
                 except VMError as exc:
@@ -277,7 +320,11 @@ class QemuProvider:
 
     def list_instances(self, tags: Mapping[str, str], page_token: str | None = None) -> Page:
         matching = sorted(
-            (vm for vm in self.launcher.list(self.state_root) if all(vm.tags.get(k) == v for k, v in tags.items())),
+            (
+                vm
+                for vm in self.launcher.list(self.state_root)
+                if all(vm.tags.get(k) == v for k, v in tags.items())
+            ),
             key=lambda vm: vm.name,
         )
         if page_token is not None:
@@ -314,8 +361,10 @@ class QemuProvider:
                 shutil.rmtree(vm_dir(self.state_root, instance_id), ignore_errors=True)
             return
         if TAG_CLUSTER not in vm.tags:
-            raise ProviderError(f"VM {instance_id} belongs to no cluster; refusing to destroy it",
-                                hint=f"stop it yourself: provision stop {instance_id}")
+            raise ProviderError(
+                f"VM {instance_id} belongs to no cluster; refusing to destroy it",
+                hint=f"stop it yourself: provision stop {instance_id}",
+            )
         try:
             self.launcher.stop(self.state_root, instance_id, self.stop_timeout)
         except UsageError:
@@ -358,10 +407,17 @@ def create_qemu_provider(spec: ProviderSpec, clock: Clock) -> QemuProvider:
     options = spec.options
     problems = check_mapping(OPTIONS, options)
     if problems:
-        raise UsageError(f"provider {spec.name!r}: " + "; ".join(f"options.{'.'.join(map(str, v.path))}: {v.message}" for v in problems))
-    return QemuProvider(state_root_of(spec), clock, name=spec.name, accel=str(options.get("accel", "tcg")),
-                        agent_port=int(options.get("agentPort", AGENT_PORT)),
-                        stop_timeout=parse_duration(options.get("stopTimeout", 10.0)) or 10.0,
-                        page_size=int(options.get("pageSize", 50)), base=spec.base)
-
-
+        raise UsageError(
+            f"provider {spec.name!r}: "
+            + "; ".join(f"options.{'.'.join(map(str, v.path))}: {v.message}" for v in problems)
+        )
+    return QemuProvider(
+        state_root_of(spec),
+        clock,
+        name=spec.name,
+        accel=str(options.get("accel", "tcg")),
+        agent_port=int(options.get("agentPort", AGENT_PORT)),
+        stop_timeout=parse_duration(options.get("stopTimeout", 10.0)) or 10.0,
+        page_size=int(options.get("pageSize", 50)),
+        base=spec.base,
+    )

@@ -63,17 +63,30 @@ class QemuTarget:
     def find_image(self, provider: Provider, digest: str) -> str | None:
         return find_cached_image(self._cache(provider), digest)
 
-    def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
+    def publish(
+        self, provider: Provider, artifact: Artifact, progress: Progress | None = None
+    ) -> PublishedImage:
         """Copy the artifact's files and its manifest into the image cache under the image digest."""
         cache = self._cache(provider)
         if find_cached_image(cache, artifact.digest) is None and progress is not None:
             progress(f"caching {artifact.name} ({artifact.format}) as {artifact.digest[:19]}")
-        reused = publish_files([*artifact.files, artifact.manifest], cache, artifact.digest,
-                               artifact.manifest.name, str(artifact.manifest.resolve()))
+        reused = publish_files(
+            [*artifact.files, artifact.manifest],
+            cache,
+            artifact.digest,
+            artifact.manifest.name,
+            str(artifact.manifest.resolve()),
+        )
         return PublishedImage(artifact.digest, artifact.digest, reused)
 
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None, *,
-                      publish: bool = True) -> str:
+    def resolve_image(
+        self,
+        provider: Provider,
+        image: str,
+        progress: Progress | None = None,
+        *,
+        publish: bool = True,
+    ) -> str:
         """An image digest already in the cache, or the path of a built artifact (cached under
         the sha256 of what boots; ``publish=False`` only computes that digest)."""
         qemu = own_provider(provider, QemuProvider, self.name)

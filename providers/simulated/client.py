@@ -22,6 +22,7 @@ from provision.reconcile.provider import (
 
 T = TypeVar("T")
 
+
 class HttpSimulatedProvider:
     """The Provider that talks to :func:`serve_simulated_cloud` (``options: {url: ...}``)."""
 
@@ -38,8 +39,10 @@ class HttpSimulatedProvider:
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            raise ProviderError(f"{what}: {self.url} did not answer as the simulated cloud API (HTTP {code})",
-                                hint="options.url must be the address `python -m provision.providers.simulated.server` prints")
+            raise ProviderError(
+                f"{what}: {self.url} did not answer as the simulated cloud API (HTTP {code})",
+                hint="options.url must be the address `python -m provision.providers.simulated.server` prints",
+            )
         message = f"{what}: HTTP {code}: {body.get('error', '')}"
         if code == 504:
             raise OutcomeUnknownError(message)
@@ -58,13 +61,23 @@ class HttpSimulatedProvider:
         try:
             return read()
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ProviderError(f"{what}: {self.url} did not answer as the simulated cloud API ({exc!r})") from exc
+            raise ProviderError(
+                f"{what}: {self.url} did not answer as the simulated cloud API ({exc!r})"
+            ) from exc
 
     def create_instance(self, request: CreateRequest) -> Instance:
-        payload = {"key": request.key, "name": request.name, "image": request.image,
-                   "properties": dict(request.properties), "tags": dict(request.tags), "epoch": request.epoch}
+        payload = {
+            "key": request.key,
+            "name": request.name,
+            "image": request.image,
+            "properties": dict(request.properties),
+            "tags": dict(request.tags),
+            "epoch": request.epoch,
+        }
         try:
-            response = self._session.post(f"{self.url}/v1/instances", json=payload, timeout=self.timeout)
+            response = self._session.post(
+                f"{self.url}/v1/instances", json=payload, timeout=self.timeout
+            )
         except requests.RequestException as exc:
             raise OutcomeUnknownError(f"create {request.key}: {exc}") from exc
         body = self._check(response, f"create {request.key}")
@@ -75,22 +88,35 @@ class HttpSimulatedProvider:
         if page_token:
             params.append(("page_token", page_token))
         try:
-            response = self._session.get(f"{self.url}/v1/instances", params=params, timeout=self.timeout)
+            response = self._session.get(
+                f"{self.url}/v1/instances", params=params, timeout=self.timeout
+            )
         except requests.RequestException as exc:
             raise TransientProviderError(f"list: {exc}") from exc
         body = self._check(response, "list")
-        return self._answer("list", lambda: Page(tuple(instance_from_json(i) for i in body["instances"]), body.get("next_token")))
+        return self._answer(
+            "list",
+            lambda: Page(
+                tuple(instance_from_json(i) for i in body["instances"]), body.get("next_token")
+            ),
+        )
 
     def destroy_instance(self, instance_id: str, epoch: int) -> None:
         try:
-            response = self._session.delete(f"{self.url}/v1/instances/{instance_id}", params={"epoch": epoch}, timeout=self.timeout)
+            response = self._session.delete(
+                f"{self.url}/v1/instances/{instance_id}",
+                params={"epoch": epoch},
+                timeout=self.timeout,
+            )
         except requests.RequestException as exc:
             raise TransientProviderError(f"destroy {instance_id}: {exc}") from exc
         self._check(response, f"destroy {instance_id}")
 
     def register_image(self, digest: str) -> tuple[str, bool]:
         try:
-            response = self._session.post(f"{self.url}/v1/images", json={"digest": digest}, timeout=self.timeout)
+            response = self._session.post(
+                f"{self.url}/v1/images", json={"digest": digest}, timeout=self.timeout
+            )
         except requests.RequestException as exc:
             raise TransientProviderError(f"register image {digest}: {exc}") from exc
         body = self._check(response, f"register image {digest}")
@@ -98,7 +124,9 @@ class HttpSimulatedProvider:
 
     def find_image(self, digest: str) -> str | None:
         try:
-            response = self._session.get(f"{self.url}/v1/images", params={"digest": digest}, timeout=self.timeout)
+            response = self._session.get(
+                f"{self.url}/v1/images", params={"digest": digest}, timeout=self.timeout
+            )
         except requests.RequestException as exc:
             raise TransientProviderError(f"find image {digest}: {exc}") from exc
         if response.status_code == 404:
@@ -110,7 +138,9 @@ class HttpSimulatedProvider:
 
     def probe_health(self, instance: Instance) -> HealthState:
         try:
-            response = self._session.get(f"{self.url}/v1/instances/{instance.id}/health", timeout=self.timeout)
+            response = self._session.get(
+                f"{self.url}/v1/instances/{instance.id}/health", timeout=self.timeout
+            )
             return HealthState(response.json()["state"])
         except (requests.RequestException, ValueError, KeyError):
             return HealthState.UNKNOWN

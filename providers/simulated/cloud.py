@@ -74,7 +74,14 @@ class CloudStats:
 class SimulatedCloud:
     """The cloud's true state. Thread-safe; time comes from the injected clock."""
 
-    def __init__(self, clock: Clock | None = None, faults: Faults | None = None, *, page_size: int = 500, boot_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        faults: Faults | None = None,
+        *,
+        page_size: int = 500,
+        boot_seconds: float = 0.0,
+    ) -> None:
         self.clock = clock or SystemClock()
         self.faults = faults or Faults()
         self.page_size = page_size
@@ -83,7 +90,9 @@ class SimulatedCloud:
         self._rng = random.Random(self.faults.seed)
         self._records: dict[str, _Record] = {}
         self._order: list[str] = []
-        self._by_group: dict[tuple[str, str], list[str]] = {}  # (cluster, group) -> ids in order: a tag filter is indexed, as in a real cloud
+        self._by_group: dict[
+            tuple[str, str], list[str]
+        ] = {}  # (cluster, group) -> ids in order: a tag filter is indexed, as in a real cloud
         self._keys: dict[str, str] = {}
         self._epochs: dict[str, int] = {}
         self._images: dict[str, str] = {}  # image digest -> image id
@@ -131,7 +140,9 @@ class SimulatedCloud:
 
     def _index(self, instance: Instance) -> None:
         self._order.append(instance.id)
-        self._by_group.setdefault((instance.tags.get(TAG_CLUSTER, ""), instance.tags.get(TAG_GROUP, "")), []).append(instance.id)
+        self._by_group.setdefault(
+            (instance.tags.get(TAG_CLUSTER, ""), instance.tags.get(TAG_GROUP, "")), []
+        ).append(instance.id)
 
     # -- the API -------------------------------------------------------------------------------
 
@@ -147,13 +158,17 @@ class SimulatedCloud:
                 return self._records[existing].instance
             self._counter += 1
             instance_id = f"i-{self._counter:08x}"
-            instance = Instance(instance_id, request.name, dict(request.tags), request.image, self.clock.now())
+            instance = Instance(
+                instance_id, request.name, dict(request.tags), request.image, self.clock.now()
+            )
             self._records[instance_id] = _Record(instance, self._polls + self.faults.list_lag)
             self._index(instance)
             self._keys[request.key] = instance_id
             self.stats.creates += 1
             timeout = injected_timeout or (
-                self.faults.create_timeout_rate and self._rng.random() < self.faults.create_timeout_rate)
+                self.faults.create_timeout_rate
+                and self._rng.random() < self.faults.create_timeout_rate
+            )
         self._crash("create:applied")
         if timeout:
             raise OutcomeUnknownError(f"simulated timeout creating {request.key} (it was created)")
@@ -172,7 +187,9 @@ class SimulatedCloud:
             last = None
             for instance_id in order[start:]:
                 record = self._records[instance_id]
-                if self._polls < record.visible_at or (record.gone_at is not None and self._polls >= record.gone_at):
+                if self._polls < record.visible_at or (
+                    record.gone_at is not None and self._polls >= record.gone_at
+                ):
                     continue
                 tagged = record.instance.tags
                 if all(tagged.get(k) == v for k, v in tags.items()):
@@ -330,13 +347,21 @@ class SimulatedProvider:
 
 def instance_to_json(instance: Instance) -> dict[str, Any]:
     return {
-        "id": instance.id, "name": instance.name, "tags": dict(instance.tags), "image": instance.image,
-        "created_at": instance.created_at, "state": instance.state.value,
+        "id": instance.id,
+        "name": instance.name,
+        "tags": dict(instance.tags),
+        "image": instance.image,
+        "created_at": instance.created_at,
+        "state": instance.state.value,
     }
 
 
 def instance_from_json(body: Mapping[str, Any]) -> Instance:
     return Instance(
-        str(body["id"]), str(body["name"]), dict(body["tags"]), str(body["image"]),
-        float(body["created_at"]), InstanceState(body["state"]),
+        str(body["id"]),
+        str(body["name"]),
+        dict(body["tags"]),
+        str(body["image"]),
+        float(body["created_at"]),
+        InstanceState(body["state"]),
     )

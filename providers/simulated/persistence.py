@@ -27,27 +27,40 @@ def load_cloud(path: str, clock: Clock | None = None, **kwargs: Any) -> Simulate
     cloud = SimulatedCloud(clock, **kwargs)
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # opening a FIFO would block
-            raise ProvisionError(f"simulated cloud state {path}: not a regular file",
-                                 hint="options.state names the simulated cloud's own JSON file")
+            raise ProvisionError(
+                f"simulated cloud state {path}: not a regular file",
+                hint="options.state names the simulated cloud's own JSON file",
+            )
         with open(path, "rb") as handle:
             body = json.loads(handle.read())
     except FileNotFoundError:
         return cloud
     except (OSError, ValueError) as exc:
-        raise ProvisionError(f"simulated cloud state {path}: cannot read it ({exc})",
-                             hint="remove the file to start an empty simulated cloud") from exc
+        raise ProvisionError(
+            f"simulated cloud state {path}: cannot read it ({exc})",
+            hint="remove the file to start an empty simulated cloud",
+        ) from exc
     try:
         cloud.restore(body)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ProvisionError(f"simulated cloud state {path}: not a saved simulated cloud ({type(exc).__name__}: {exc})",
-                             hint="remove the file to start an empty simulated cloud") from exc
+        raise ProvisionError(
+            f"simulated cloud state {path}: not a saved simulated cloud ({type(exc).__name__}: {exc})",
+            hint="remove the file to start an empty simulated cloud",
+        ) from exc
     return cloud
 
 
 class FileSimulatedProvider(SimulatedProvider):
     """A simulated cloud kept in a JSON file, saved after every mutating call."""
 
-    def __init__(self, path: str, clock: Clock | None = None, name: str = "simulated", *, page_size: int = 500) -> None:
+    def __init__(
+        self,
+        path: str,
+        clock: Clock | None = None,
+        name: str = "simulated",
+        *,
+        page_size: int = 500,
+    ) -> None:
         super().__init__(load_cloud(path, clock, page_size=page_size), name)
         self.path = path
 

@@ -27,7 +27,9 @@ from provision.reconcile.provider import (
 )
 
 
-def serve_simulated_cloud(cloud: SimulatedCloud, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+def serve_simulated_cloud(
+    cloud: SimulatedCloud, host: str = "127.0.0.1", port: int = 0
+) -> ThreadingHTTPServer:
     """Serve ``cloud`` over HTTP on ``host:port`` (0 picks a port) from a background thread."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -69,7 +71,10 @@ def serve_simulated_cloud(cloud: SimulatedCloud, host: str = "127.0.0.1", port: 
 
                 def listing() -> tuple[int, Any]:
                     page = cloud.list_page(tags, token)
-                    return 200, {"instances": [instance_to_json(i) for i in page.instances], "next_token": page.next_token}
+                    return 200, {
+                        "instances": [instance_to_json(i) for i in page.instances],
+                        "next_token": page.next_token,
+                    }
 
                 self._guard(listing)
             elif len(parts) == 4 and parts[:2] == ["v1", "instances"] and parts[3] == "health":
@@ -77,7 +82,9 @@ def serve_simulated_cloud(cloud: SimulatedCloud, host: str = "127.0.0.1", port: 
             elif parts == ["v1", "images"]:
                 digest = (query.get("digest") or [""])[0]
                 found = cloud.find_image(digest)
-                self._reply(200, {"id": found}) if found else self._reply(404, {"error": f"no image {digest}"})
+                self._reply(200, {"id": found}) if found else self._reply(
+                    404, {"error": f"no image {digest}"}
+                )
             elif parts == ["v1", "admin", "live"]:
                 self._reply(200, {"instances": [instance_to_json(i) for i in cloud.live()]})
             else:
@@ -87,9 +94,17 @@ def serve_simulated_cloud(cloud: SimulatedCloud, host: str = "127.0.0.1", port: 
             parts = urlsplit(self.path).path.strip("/").split("/")
             body = self._body()
             if parts == ["v1", "instances"]:
-                request = CreateRequest(body["key"], body["name"], body["image"], body.get("properties", {}), body["tags"], int(body["epoch"]))
+                request = CreateRequest(
+                    body["key"],
+                    body["name"],
+                    body["image"],
+                    body.get("properties", {}),
+                    body["tags"],
+                    int(body["epoch"]),
+                )
                 self._guard(lambda: (200, instance_to_json(cloud.create(request))))
             elif parts == ["v1", "images"]:
+
                 def registering() -> tuple[int, Any]:
                     image_id, reused = cloud.register_image(str(body["digest"]))
                     return 200, {"id": image_id, "reused": reused}
@@ -100,7 +115,13 @@ def serve_simulated_cloud(cloud: SimulatedCloud, host: str = "127.0.0.1", port: 
                 cloud.set_health(body["id"], HealthState(state) if state else None)
                 self._reply(200, {})
             elif parts == ["v1", "admin", "faults"]:
-                for key in ("list_lag", "create_timeout_rate", "error_rate", "call_delay", "next_error"):
+                for key in (
+                    "list_lag",
+                    "create_timeout_rate",
+                    "error_rate",
+                    "call_delay",
+                    "next_error",
+                ):
                     if key in body:
                         setattr(cloud.faults, key, body[key])
                 self._reply(200, {})
@@ -112,6 +133,7 @@ def serve_simulated_cloud(cloud: SimulatedCloud, host: str = "127.0.0.1", port: 
             parts = url.path.strip("/").split("/")
             epoch = int((parse_qs(url.query).get("epoch") or ["0"])[0])
             if len(parts) == 3 and parts[:2] == ["v1", "instances"]:
+
                 def destroying() -> tuple[int, Any]:
                     cloud.destroy(parts[2], epoch)
                     return 200, {}

@@ -38,12 +38,22 @@ class _SimulatedImages:
     def find_image(self, provider: Provider, digest: str) -> str | None:
         return own_provider(provider, self.provider_class, self.name).find_image(digest)
 
-    def publish(self, provider: Provider, artifact: Artifact, progress: Progress | None = None) -> PublishedImage:
-        image_id, reused = own_provider(provider, self.provider_class, self.name).register_image(artifact.digest)
+    def publish(
+        self, provider: Provider, artifact: Artifact, progress: Progress | None = None
+    ) -> PublishedImage:
+        image_id, reused = own_provider(provider, self.provider_class, self.name).register_image(
+            artifact.digest
+        )
         return PublishedImage(image_id, artifact.digest, reused)
 
-    def resolve_image(self, provider: Provider, image: str, progress: Progress | None = None, *,
-                      publish: bool = True) -> str:
+    def resolve_image(
+        self,
+        provider: Provider,
+        image: str,
+        progress: Progress | None = None,
+        *,
+        publish: bool = True,
+    ) -> str:
         return image
 
     def consoles(self, provider: Provider, instances: Sequence[Instance]) -> list[str]:
@@ -59,16 +69,22 @@ class SimulatedTarget(_SimulatedImages):
 
     provider_class = SimulatedProvider
     name: str = "simulated"
-    options: Schema = Schema({
-        "state": Field("a file path (the cloud's JSON state)", schema.text(max_len=4096)),
-        "pageSize": Field("a whole number from 1 to 10000", schema.integer(1, 10_000), doc="default 500"),
-    })
+    options: Schema = Schema(
+        {
+            "state": Field("a file path (the cloud's JSON state)", schema.text(max_len=4096)),
+            "pageSize": Field(
+                "a whole number from 1 to 10000", schema.integer(1, 10_000), doc="default 500"
+            ),
+        }
+    )
 
     def create_provider(self, spec: ProviderSpec, clock: Clock) -> SimulatedProvider:
         state = spec.options.get("state")
         page_size = int(spec.options.get("pageSize", 500))
         if state:
-            return FileSimulatedProvider(str(spec.base / str(state)), clock, spec.name, page_size=page_size)
+            return FileSimulatedProvider(
+                str(spec.base / str(state)), clock, spec.name, page_size=page_size
+            )
         return SimulatedProvider(SimulatedCloud(clock, page_size=page_size), spec.name)
 
 
@@ -78,7 +94,9 @@ class SimulatedHttpTarget(_SimulatedImages):
 
     provider_class = HttpSimulatedProvider
     name: str = "simulated-http"
-    options: Schema = Schema({"url": Field("http://127.0.0.1:PORT", schema.text(LOCAL_URL), required=True)})
+    options: Schema = Schema(
+        {"url": Field("http://127.0.0.1:PORT", schema.text(LOCAL_URL), required=True)}
+    )
 
     def create_provider(self, spec: ProviderSpec, clock: Clock) -> HttpSimulatedProvider:
         return HttpSimulatedProvider(str(spec.options["url"]), spec.name)

@@ -67,8 +67,11 @@ def dedupe_container_files(tree: Tree, spool: Spool, *, epoch: int) -> DedupeRes
     """Link the identical regular files of the container roots of ``tree`` (see the
     module's docstring for which files and why)."""
     exposed = list_exposed_paths(tree, spool)
-    names = [(parent, name, node, parts) for parent, name, node, parts in _walk_roots(tree)
-             if not _is_exposed(parts, exposed)]
+    names = [
+        (parent, name, node, parts)
+        for parent, name, node, parts in _walk_roots(tree)
+        if not _is_exposed(parts, exposed)
+    ]
     inside: dict[int, int] = {}
     for _parent, _name, node, _parts in names:
         inside[id(node)] = inside.get(id(node), 0) + 1
@@ -94,8 +97,15 @@ def dedupe_container_files(tree: Tree, spool: Spool, *, epoch: int) -> DedupeRes
 
 def _link_key(node: Node, spool: Spool, epoch: int) -> _Key:
     xattrs = tuple(sorted(node.xattrs.items())) if node.xattrs else ()
-    return (spool.content_digest(node.offset, node.size), node.size, node.mode, node.uid,
-            node.gid, min(max(node.mtime, 0), epoch), xattrs)
+    return (
+        spool.content_digest(node.offset, node.size),
+        node.size,
+        node.mode,
+        node.uid,
+        node.gid,
+        min(max(node.mtime, 0), epoch),
+        xattrs,
+    )
 
 
 def _walk_roots(tree: Tree) -> Iterator[tuple[Node, str, Node, Parts]]:
@@ -145,7 +155,7 @@ def _walk_files(top: Node, top_parts: Parts) -> Iterator[tuple[Node, str, Node, 
 
 
 def _is_exposed(parts: Parts, exposed: list[Parts]) -> bool:
-    return any(parts[:len(prefix)] == prefix for prefix in exposed)
+    return any(parts[: len(prefix)] == prefix for prefix in exposed)
 
 
 def list_exposed_paths(tree: Tree, spool: Spool) -> list[Parts]:

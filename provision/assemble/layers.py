@@ -84,8 +84,15 @@ def short_digest(digest: str) -> str:
 class _LayerApplier:
     """The state of applying one layer: its origin, limits and the paths it unpacked."""
 
-    def __init__(self, tree: Tree, spool: Spool, origin: LayerOrigin, *,
-                 allow_devices: bool, limits: LayerLimits) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        spool: Spool,
+        origin: LayerOrigin,
+        *,
+        allow_devices: bool,
+        limits: LayerLimits,
+    ) -> None:
         self.tree = tree
         self.spool = spool
         self.origin = origin
@@ -99,14 +106,18 @@ class _LayerApplier:
     def check_name(self, name: str, what: str = "name") -> list[str]:
         raw = name.encode("utf-8", "surrogateescape")
         if len(raw) > self.limits.max_path:
-            raise self.origin.error(name[:80] + "...", f"{what} is {len(raw)} bytes long "
-                                    f"(the limit is {self.limits.max_path})")
+            raise self.origin.error(
+                name[:80] + "...",
+                f"{what} is {len(raw)} bytes long (the limit is {self.limits.max_path})",
+            )
         if b"\0" in raw:
             raise self.origin.error(name, f"{what} contains a NUL byte")
         for part in name.split("/"):
             if len(part.encode("utf-8", "surrogateescape")) > self.limits.max_name:
-                raise self.origin.error(name[:80] + "...", f"a component of the {what} is "
-                                        f"longer than {self.limits.max_name} bytes")
+                raise self.origin.error(
+                    name[:80] + "...",
+                    f"a component of the {what} is longer than {self.limits.max_name} bytes",
+                )
         try:
             return clean_path(name)
         except PathEscape:
@@ -134,11 +145,15 @@ class _LayerApplier:
                 return  # containerd ignores the root's own entry
             raise self.origin.error(name, "a non-directory would replace the image root")
         if kind in (NodeKind.CHAR, NodeKind.BLOCK) and not self.allow_devices:
-            raise self.origin.error(name, f"device node ({kind.value} "
-                                    f"{member.devmajor}:{member.devminor}) in an image that "
-                                    "may not carry devices")
-        node = Node(kind, member.mode, member.uid, member.gid, int(member.mtime),
-                    xattrs=_xattrs(member))
+            raise self.origin.error(
+                name,
+                f"device node ({kind.value} "
+                f"{member.devmajor}:{member.devminor}) in an image that "
+                "may not carry devices",
+            )
+        node = Node(
+            kind, member.mode, member.uid, member.gid, int(member.mtime), xattrs=_xattrs(member)
+        )
         if kind is NodeKind.FILE:
             self.spool_content(tar, member, node)
         elif kind is NodeKind.SYMLINK:
@@ -157,12 +172,15 @@ class _LayerApplier:
     def spool_content(self, tar: tarfile.TarFile, member: tarfile.TarInfo, node: Node) -> None:
         size = member.size
         if size < 0 or size > self.limits.max_file_size:
-            raise self.origin.error(member.name, f"absurd file size {size} bytes "
-                                    f"(the limit is {self.limits.max_file_size})")
+            raise self.origin.error(
+                member.name,
+                f"absurd file size {size} bytes (the limit is {self.limits.max_file_size})",
+            )
         self.total += size
         if self.total > self.limits.max_total_size:
-            raise self.origin.error(member.name, "the layer unpacks to more than "
-                                    f"{self.limits.max_total_size} bytes")
+            raise self.origin.error(
+                member.name, f"the layer unpacks to more than {self.limits.max_total_size} bytes"
+            )
         source = tar.extractfile(member)
         if source is None:
             raise self.origin.error(member.name, "file entry without content")
@@ -175,8 +193,9 @@ class _LayerApplier:
         try:
             located = self.tree.put("/".join(parts), node, parents=Node.directory())
         except PathEscape as exc:
-            raise self.origin.error(name, f"escapes the image root through a symlink ({exc})") \
-                from None
+            raise self.origin.error(
+                name, f"escapes the image root through a symlink ({exc})"
+            ) from None
         except TreeError as exc:
             raise self.origin.error(name, str(exc)) from None
         self.unpacked.add(located.parts)
@@ -188,22 +207,26 @@ class _LayerApplier:
         try:
             target_parts = clean_path(linkname)
         except PathEscape:
-            raise self.origin.error(name, f"hard link to {linkname!r}, outside the image root") \
-                from None
+            raise self.origin.error(
+                name, f"hard link to {linkname!r}, outside the image root"
+            ) from None
         if not target_parts:
             raise self.origin.error(name, "hard link to the image root")
         try:
             located = self.tree.locate(target_parts)
         except PathEscape:
-            raise self.origin.error(name, f"hard link to {linkname!r} resolves outside the "
-                                    "image root") from None
+            raise self.origin.error(
+                name, f"hard link to {linkname!r} resolves outside the image root"
+            ) from None
         except TreeError as exc:
-            raise self.origin.error(name, f"hard link to {linkname!r}, which does not exist "
-                                    f"in the image ({exc})") from None
+            raise self.origin.error(
+                name, f"hard link to {linkname!r}, which does not exist in the image ({exc})"
+            ) from None
         target = located.node if located is not None else None
         if target is None:
-            raise self.origin.error(name, f"hard link to {linkname!r}, which does not exist "
-                                    "in the image")
+            raise self.origin.error(
+                name, f"hard link to {linkname!r}, which does not exist in the image"
+            )
         if target.is_dir:
             raise self.origin.error(name, f"hard link to directory {linkname!r}")
         self.place(name, parts, target)
@@ -212,8 +235,11 @@ class _LayerApplier:
         base = parts[-1]
         directory = parts[:-1]
         try:
-            located = (self.tree.locate(directory, create=Node.directory(), follow_last=True)
-                       if directory else None)
+            located = (
+                self.tree.locate(directory, create=Node.directory(), follow_last=True)
+                if directory
+                else None
+            )
         except PathEscape as exc:
             raise self.origin.error(name, f"whiteout escapes the image root ({exc})") from None
         except TreeError as exc:
@@ -224,7 +250,7 @@ class _LayerApplier:
             if parent is not None and parent.is_dir:
                 self._clear_lower(parent, parent_parts)
             return
-        victim = base[len(WHITEOUT_PREFIX):]
+        victim = base[len(WHITEOUT_PREFIX) :]
         if victim in ("", ".", "..") or victim.startswith(WHITEOUT_PREFIX):
             raise self.origin.error(name, "whiteout of the image root or of an invalid name")
         if parent is not None and parent.children is not None:
@@ -244,7 +270,7 @@ class _LayerApplier:
 
 def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes] | None:
     found = {
-        key[len("SCHILY.xattr."):]: value.encode("utf-8", "surrogateescape")
+        key[len("SCHILY.xattr.") :]: value.encode("utf-8", "surrogateescape")
         for key, value in member.pax_headers.items()
         if key.startswith("SCHILY.xattr.")
     }
@@ -270,7 +296,6 @@ def apply_layer(
         raise origin.error("?", f"not a valid tar archive: {exc}") from None
     except DECOMPRESS_ERRORS as exc:
         raise origin.error("?", f"cannot read the layer: {exc}") from None
-
 
 
 def _members(tar: tarfile.TarFile, origin: LayerOrigin) -> Iterator[tarfile.TarInfo]:

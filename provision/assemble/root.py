@@ -81,8 +81,11 @@ def list_image_uses(spec: ImageSpec) -> list[ImageUse]:
     if spec.kernel is not None:
         uses.append(ImageUse("kernel", "kernel", spec.kernel.image))
     uses.extend(ImageUse("init", ref, ref) for ref in spec.init)
-    for role, entries in (("onboot", spec.onboot), ("onshutdown", spec.onshutdown),
-                          ("services", spec.services)):
+    for role, entries in (
+        ("onboot", spec.onboot),
+        ("onshutdown", spec.onshutdown),
+        ("services", spec.services),
+    ):
         uses.extend(ImageUse(role, entry.name, entry.image) for entry in entries)
     uses.extend(ImageUse("volumes", vol.name, vol.image) for vol in spec.volumes if vol.image)
     return uses
@@ -110,8 +113,11 @@ def list_file_sources(spec: ImageSpec, base: Path | None) -> list[tuple[str, str
     return found
 
 
-def compute_image_digest(spec: ImageSpec, images: Mapping[str, ResolvedImage],
-                         file_sources: Iterable[tuple[str, str]] = ()) -> str:
+def compute_image_digest(
+    spec: ImageSpec,
+    images: Mapping[str, ResolvedImage],
+    file_sources: Iterable[tuple[str, str]] = (),
+) -> str:
     """sha256 over the canonical resolved spec, every input image's manifest digest (in build
     order) and the sha256 of every ``files`` source read from the host."""
     h = hashlib.sha256()
@@ -176,8 +182,9 @@ class Assembler:
     def dir_template(self) -> Node:
         return Node.directory(0o755, mtime=self.epoch)
 
-    def put_bytes(self, path: str, data: bytes, mode: int = 0o644, uid: int = 0,
-                  gid: int = 0) -> None:
+    def put_bytes(
+        self, path: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0
+    ) -> None:
         offset, size = self.spool.add_bytes(data)
         node = Node(NodeKind.FILE, mode, uid, gid, self.epoch, offset=offset, size=size)
         self.put(path, node)
@@ -219,9 +226,11 @@ class Assembler:
     def assemble(self) -> Tree:
         self.assemble_kernel()
         self.assemble_init()
-        for role, entries in (("onboot", self.spec.onboot),
-                              ("onshutdown", self.spec.onshutdown),
-                              ("services", self.spec.services)):
+        for role, entries in (
+            ("onboot", self.spec.onboot),
+            ("onshutdown", self.spec.onshutdown),
+            ("services", self.spec.services),
+        ):
             for index, entry in enumerate(entries):
                 self.assemble_container(role, index, entry)
         for volume in self.spec.volumes:
@@ -248,8 +257,9 @@ class Assembler:
         if kernel.tar:
             modules = _find_file(image_tree, kernel.tar, kernel.image, "modules tarball")
             origin = LayerOrigin(kernel.image, kernel.tar)
-            apply_layer(self.tree, self.spool.open_range(modules.offset, modules.size),
-                        self.spool, origin)
+            apply_layer(
+                self.tree, self.spool.open_range(modules.offset, modules.size), self.spool, origin
+            )
 
     def assemble_init(self) -> None:
         for ref in self.spec.init:
@@ -264,11 +274,14 @@ class Assembler:
         labels = image_config.get("Labels") or {}
         label_text = labels.get(LABEL) if isinstance(labels, Mapping) else None
         if label_text is not None and not isinstance(label_text, str):
-            raise HostileInputError(f"refused image {entry.image}: its {LABEL} label is "
-                                    f"{type(label_text).__name__}, not a string")
+            raise HostileInputError(
+                f"refused image {entry.image}: its {LABEL} label is "
+                f"{type(label_text).__name__}, not a string"
+            )
         label = parse_image_config_label(label_text, entry.image) if label_text else None
-        bundle = render_runtime_bundle(entry, image_config, label, volumes=self.spec.volumes,
-                                       role=role, id_map=self._ids)
+        bundle = render_runtime_bundle(
+            entry, image_config, label, volumes=self.spec.volumes, role=role, id_map=self._ids
+        )
         leaf = entry.name if role == "services" else f"{index:03d}-{entry.name}"
         base = f"containers/{role}/{leaf}"
         self.tree.mkdir_p(base, 0o755, self.epoch)
@@ -297,8 +310,11 @@ class Assembler:
         self.tree.mkdir_p(base, 0o755, self.epoch)
         manifest = Descriptor(image.media_type, image.digest, image.size, {}, image.platform)
         self.put_bytes(f"{base}/oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
-        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                 "manifests": [manifest.to_json()]}
+        index = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [manifest.to_json()],
+        }
         self.put_bytes(f"{base}/index.json", canonical_json(index))
         digests = [image.digest, image.config_digest, *(d.digest for d in image.layers)]
         for digest in dict.fromkeys(digests):
@@ -332,8 +348,9 @@ class Assembler:
             self.put(path, node)
             return
         if entry.symlink:
-            self.put(path, Node(NodeKind.SYMLINK, 0o777, uid, gid, self.epoch,
-                                target=entry.symlink))
+            self.put(
+                path, Node(NodeKind.SYMLINK, 0o777, uid, gid, self.epoch, target=entry.symlink)
+            )
             return
         mode = _mode(entry.mode, 0o600)
         if entry.metadata:
@@ -351,8 +368,9 @@ class Assembler:
                 while chunk := handle.read(1 << 20):
                     self.spool.add_bytes(chunk)
             size = self.spool.size - offset
-            self.put(path, Node(NodeKind.FILE, mode, uid, gid, self.epoch, offset=offset,
-                                size=size))
+            self.put(
+                path, Node(NodeKind.FILE, mode, uid, gid, self.epoch, offset=offset, size=size)
+            )
             return
         contents = entry.contents or ""
         self.put_bytes(path, contents.encode(), mode, uid, gid)
@@ -367,13 +385,18 @@ class Assembler:
             return int(value)
         table = self.tree.lookup("etc/group" if group else "etc/passwd")
         if table is not None and table.kind is NodeKind.FILE:
-            for line in self.spool.read_range(table.offset, table.size).decode(
-                    errors="replace").splitlines():
+            for line in (
+                self.spool.read_range(table.offset, table.size)
+                .decode(errors="replace")
+                .splitlines()
+            ):
                 fields = line.split(":")
                 if len(fields) > 2 and fields[0] == value and fields[2].isdigit():
                     return int(fields[2])
-        raise UsageError(f"files: unknown {'group' if group else 'user'} {value!r}",
-                         hint="use a number, or a name from the image's /etc/passwd or /etc/group")
+        raise UsageError(
+            f"files: unknown {'group' if group else 'user'} {value!r}",
+            hint="use a number, or a name from the image's /etc/passwd or /etc/group",
+        )
 
 
 def render_metadata(spec: ImageSpec, kind: str) -> bytes:
@@ -403,8 +426,10 @@ def _file_node(node: Node, mode: int, epoch: int) -> Node:
 def _find_file(tree: Tree, name: str, image: str, what: str) -> Node:
     node = tree.lookup(name)
     if node is None or node.kind is not NodeKind.FILE:
-        raise ProvisionError(f"kernel image {image} has no {what} {name!r}",
-                             hint="set kernel.binary / kernel.tar (or tar: none) in the spec")
+        raise ProvisionError(
+            f"kernel image {image} has no {what} {name!r}",
+            hint="set kernel.binary / kernel.tar (or tar: none) in the spec",
+        )
     return node
 
 
@@ -416,8 +441,18 @@ def copy_tree(tree: Tree) -> Tree:
         seen = copies.get(id(node))
         if seen is not None:
             return seen
-        new = Node(node.kind, node.mode, node.uid, node.gid, node.mtime, offset=node.offset,
-                   size=node.size, target=node.target, rdev=node.rdev, xattrs=node.xattrs)
+        new = Node(
+            node.kind,
+            node.mode,
+            node.uid,
+            node.gid,
+            node.mtime,
+            offset=node.offset,
+            size=node.size,
+            target=node.target,
+            rdev=node.rdev,
+            xattrs=node.xattrs,
+        )
         copies[id(node)] = new
         return new
 
@@ -434,10 +469,19 @@ def copy_tree(tree: Tree) -> Tree:
     return result
 
 
-def assemble_root(spec: ImageSpec, images: Mapping[str, ResolvedImage], source: ImageSource,
-                  spool: Spool, *, epoch: int, name: str, digest: str,
-                  base: Path | None = None, progress: Progress | None = None,
-                  dedupe: bool = True) -> Tree:
+def assemble_root(
+    spec: ImageSpec,
+    images: Mapping[str, ResolvedImage],
+    source: ImageSource,
+    spool: Spool,
+    *,
+    epoch: int,
+    name: str,
+    digest: str,
+    base: Path | None = None,
+    progress: Progress | None = None,
+    dedupe: bool = True,
+) -> Tree:
     """The root filesystem of ``spec`` (see the module's docstring); with ``dedupe`` the
     identical files of the container roots are hard links (:mod:`provision.assemble.dedupe`)."""
     tree = Assembler(spec, images, source, spool, epoch, name, digest, base, progress).assemble()

@@ -99,8 +99,9 @@ def _merge_env(*layers: Iterable[str] | None) -> list[str]:
     return list(merged.values())
 
 
-def _volumes_by_name(volumes: Mapping[str, VolumeSpec] | Iterable[VolumeSpec]
-                     ) -> dict[str, VolumeSpec]:
+def _volumes_by_name(
+    volumes: Mapping[str, VolumeSpec] | Iterable[VolumeSpec],
+) -> dict[str, VolumeSpec]:
     if isinstance(volumes, Mapping):
         return dict(volumes)
     return {volume.name: volume for volume in volumes}
@@ -113,18 +114,29 @@ def _mount(dest: str, kind: str, source: str, options: Sequence[str] | None) -> 
     return out
 
 
-def render_mounts(entry: ImageEntry, label: ImageConfig | None, readonly: bool,
-                  volumes: dict[str, VolumeSpec], where: str) -> list[dict[str, Any]]:
+def render_mounts(
+    entry: ImageEntry,
+    label: ImageConfig | None,
+    readonly: bool,
+    volumes: dict[str, VolumeSpec],
+    where: str,
+) -> list[dict[str, Any]]:
     ro = ["ro"] if readonly else []
     mounts: dict[str, dict[str, Any]] = {
         "/proc": _mount("/proc", "proc", "proc", ["nosuid", "nodev", "noexec", "relatime"]),
-        "/dev": _mount("/dev", "tmpfs", "tmpfs",
-                       ["nosuid", "strictatime", "mode=755", "size=65536k", *ro]),
-        "/dev/pts": _mount("/dev/pts", "devpts", "devpts",
-                           ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]),
+        "/dev": _mount(
+            "/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k", *ro]
+        ),
+        "/dev/pts": _mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+        ),
         "/sys": _mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", *ro]),
-        "/sys/fs/cgroup": _mount("/sys/fs/cgroup", "cgroup", "cgroup",
-                                 ["nosuid", "noexec", "nodev", "relatime", "ro"]),
+        "/sys/fs/cgroup": _mount(
+            "/sys/fs/cgroup", "cgroup", "cgroup", ["nosuid", "noexec", "nodev", "relatime", "ro"]
+        ),
     }
     for tmpfs in _pick("tmpfs", entry, label) or ():
         dest, _, opts = tmpfs.partition(":")
@@ -140,17 +152,19 @@ def render_mounts(entry: ImageEntry, label: ImageConfig | None, readonly: bool,
         if len(parts) not in (2, 3):
             raise RuntimeConfigError(f"{where}: bad bind {bind!r}")
         source, dest = parts[0], parts[1]
-        options = [*parts[2].split(","), "rbind"] if len(parts) == 3 else ["rw", "rbind",
-                                                                           "rshared"]
+        options = [*parts[2].split(","), "rbind"] if len(parts) == 3 else ["rw", "rbind", "rshared"]
         if not source.startswith("/"):
             volume = volumes.get(source)
             if volume is None:
-                raise RuntimeConfigError(f"{where}: bind source {source!r} is not a declared "
-                                         "volume", hint="declare it under volumes:")
+                raise RuntimeConfigError(
+                    f"{where}: bind source {source!r} is not a declared volume",
+                    hint="declare it under volumes:",
+                )
             if volume.readonly and "ro" not in options:
                 raise RuntimeConfigError(
                     f"{where}: read-write bind of read-only volume {source!r}",
-                    hint=f"bind it with :ro ({source}:{dest}:ro)")
+                    hint=f"bind it with :ro ({source}:{dest}:ro)",
+                )
             source = f"{VOLUMES_DIR}/{source}"
         mounts[dest] = _mount(dest, "bind", source, options)
     for mount in _pick("mounts", entry, label) or ():
@@ -213,20 +227,26 @@ def _expand_caps(caps: list[str], where: str) -> list[str]:
     return caps
 
 
-def render_capabilities(entry: ImageEntry, label: ImageConfig | None, where: str
-                        ) -> dict[str, Any]:
+def render_capabilities(entry: ImageEntry, label: ImageConfig | None, where: str) -> dict[str, Any]:
     if entry.capabilities is not None:
         caps = list(entry.capabilities)
     else:
-        caps = _unique(label.capabilities if label else None,
-                       label.capabilities_add if label else None, entry.capabilities_add)
+        caps = _unique(
+            label.capabilities if label else None,
+            label.capabilities_add if label else None,
+            entry.capabilities_add,
+        )
     effective = _expand_caps(caps, where)
     ambient = _expand_caps(list(_pick("ambient", entry, label) or ()), where)
     bounding = sorted(set(effective) | set(ambient))
     out: dict[str, Any] = {}
-    for name, value in (("bounding", bounding), ("effective", effective),
-                        ("inheritable", bounding), ("permitted", bounding),
-                        ("ambient", ambient)):
+    for name, value in (
+        ("bounding", bounding),
+        ("effective", effective),
+        ("inheritable", bounding),
+        ("permitted", bounding),
+        ("ambient", ambient),
+    ):
         if value:
             out[name] = list(value)
     return out
@@ -241,8 +261,10 @@ def resolve_id(value: int | str | None, id_map: Mapping[str, int] | None, where:
         return int(value)
     if id_map is not None and value in id_map:
         return id_map[value]
-    raise RuntimeConfigError(f"{where}: unknown id name {value!r}",
-                             hint="use a number, root, or the name of a container in the spec")
+    raise RuntimeConfigError(
+        f"{where}: unknown id name {value!r}",
+        hint="use a number, root, or the name of a container in the spec",
+    )
 
 
 def _image_user(image_config: Mapping[str, Any]) -> tuple[int | None, int | None]:
@@ -252,30 +274,52 @@ def _image_user(image_config: Mapping[str, Any]) -> tuple[int | None, int | None
 
 
 def _idmap(mapping: Any) -> dict[str, Any]:
-    return {"containerID": mapping.container_id or 0, "hostID": mapping.host_id or 0,
-            "size": mapping.size or 0}
+    return {
+        "containerID": mapping.container_id or 0,
+        "hostID": mapping.host_id or 0,
+        "size": mapping.size or 0,
+    }
 
 
-def render_devices(entry: ImageEntry, label: ImageConfig | None, resources: dict[str, Any]
-                   ) -> list[dict[str, Any]]:
+def render_devices(
+    entry: ImageEntry, label: ImageConfig | None, resources: dict[str, Any]
+) -> list[dict[str, Any]]:
     devices: list[dict[str, Any]] = []
     rules = list(resources.get("devices") or [])
     for device in _pick("devices", entry, label) or ():
         if device.path == "all":
             rules.append({"allow": True, "type": device.type, "access": "rwm"})
             continue
-        devices.append({"path": device.path, "type": device.type, "major": device.major,
-                        "minor": device.minor, "fileMode": int(device.mode or "0", 8)})
-        rules.append({"allow": True, "type": device.type, "major": device.major,
-                      "minor": device.minor, "access": "rwm"})
+        devices.append(
+            {
+                "path": device.path,
+                "type": device.type,
+                "major": device.major,
+                "minor": device.minor,
+                "fileMode": int(device.mode or "0", 8),
+            }
+        )
+        rules.append(
+            {
+                "allow": True,
+                "type": device.type,
+                "major": device.major,
+                "minor": device.minor,
+                "access": "rwm",
+            }
+        )
     if rules:
         resources["devices"] = rules
     return devices
 
 
-def render_process(entry: ImageEntry, image_config: Mapping[str, Any],
-                   label: ImageConfig | None, id_map: Mapping[str, int] | None, where: str
-                   ) -> dict[str, Any]:
+def render_process(
+    entry: ImageEntry,
+    image_config: Mapping[str, Any],
+    label: ImageConfig | None,
+    id_map: Mapping[str, int] | None,
+    where: str,
+) -> dict[str, Any]:
     command = _pick("command", entry, label)
     if command is not None:
         args = list(command)
@@ -287,10 +331,12 @@ def render_process(entry: ImageEntry, image_config: Mapping[str, Any],
     uid_value = _pick("uid", entry, label)
     gid_value = _pick("gid", entry, label)
     user: dict[str, Any] = {
-        "uid": resolve_id(uid_value, id_map, where) if uid_value is not None or
-        image_uid is None else image_uid,
-        "gid": resolve_id(gid_value, id_map, where) if gid_value is not None or
-        image_gid is None else image_gid,
+        "uid": resolve_id(uid_value, id_map, where)
+        if uid_value is not None or image_uid is None
+        else image_uid,
+        "gid": resolve_id(gid_value, id_map, where)
+        if gid_value is not None or image_gid is None
+        else image_gid,
     }
     extra = [resolve_id(g, id_map, where) for g in _pick("additional_gids", entry, label) or ()]
     if extra:
@@ -350,11 +396,15 @@ def render_runtime(entry: ImageEntry, label: ImageConfig | None) -> dict[str, An
     }
 
 
-def render_runtime_bundle(entry: ImageEntry, image_config: Mapping[str, Any],
-                          label: ImageConfig | None, *,
-                          volumes: Mapping[str, VolumeSpec] | Iterable[VolumeSpec] = (),
-                          role: str = "services", id_map: Mapping[str, int] | None = None,
-                          ) -> RuntimeBundle:
+def render_runtime_bundle(
+    entry: ImageEntry,
+    image_config: Mapping[str, Any],
+    label: ImageConfig | None,
+    *,
+    volumes: Mapping[str, VolumeSpec] | Iterable[VolumeSpec] = (),
+    role: str = "services",
+    id_map: Mapping[str, int] | None = None,
+) -> RuntimeBundle:
     """config.json and runtime.json for ``entry`` (see the module's docstring).
 
     ``image_config`` is the OCI image config's ``config`` object; ``label`` the parsed
@@ -378,8 +428,11 @@ def render_runtime_bundle(entry: ImageEntry, image_config: Mapping[str, Any],
     linux["namespaces"] = render_namespaces(entry, label)
     if devices:
         linux["devices"] = devices
-    for key, attr in (("rootfsPropagation", "rootfs_propagation"),
-                      ("maskedPaths", "masked_paths"), ("readonlyPaths", "readonly_paths")):
+    for key, attr in (
+        ("rootfsPropagation", "rootfs_propagation"),
+        ("maskedPaths", "masked_paths"),
+        ("readonlyPaths", "readonly_paths"),
+    ):
         value = _pick(attr, entry, label)
         if value:
             linux[key] = list(value) if isinstance(value, tuple) else value

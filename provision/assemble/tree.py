@@ -65,8 +65,19 @@ class Node:
     """One inode of the tree. Directories carry ``children``; files ``offset`` + ``size``
     into the spool; symlinks ``target``; devices ``rdev``."""
 
-    __slots__ = ("kind", "mode", "uid", "gid", "mtime", "offset", "size", "target", "rdev",
-                 "xattrs", "children")
+    __slots__ = (
+        "kind",
+        "mode",
+        "uid",
+        "gid",
+        "mtime",
+        "offset",
+        "size",
+        "target",
+        "rdev",
+        "xattrs",
+        "children",
+    )
 
     def __init__(
         self,
@@ -305,8 +316,9 @@ class Tree:
             stack.append(child)
         return names, stack, None
 
-    def locate(self, path: str | list[str], *, create: Node | None = None,
-               follow_last: bool = False) -> Located | None:
+    def locate(
+        self, path: str | list[str], *, create: Node | None = None, follow_last: bool = False
+    ) -> Located | None:
         """Resolve the parent of ``path`` (following symlinks inside the tree); None when
         the path is the root itself."""
         parts = split_path(path) if isinstance(path, str) else path

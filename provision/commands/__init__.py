@@ -34,7 +34,9 @@ def check_seconds(name: str, value: float, *, zero: bool) -> None:
     """Refuse a time-out or interval that is negative, infinite, NaN (or 0 unless ``zero``),
     before any work starts (and before any lease is taken)."""
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-        raise UsageError(f"{name} must be a finite number of seconds{' (0 or more)' if zero else ' above 0'}, not {value:g}")
+        raise UsageError(
+            f"{name} must be a finite number of seconds{' (0 or more)' if zero else ' above 0'}, not {value:g}"
+        )
 
 
 def open_image_store(path: Path | None) -> ImageStore:
@@ -45,8 +47,10 @@ def open_image_store(path: Path | None) -> ImageStore:
     store = ImageStore(path) if path else ImageStore.default()
     if store.root.exists() and not store.root.is_dir():
         where = "--cache" if path else "the image cache"
-        raise UsageError(f"{where} {store.root}: not a directory",
-                         hint="the cache is a directory (an OCI image layout); give another with --cache")
+        raise UsageError(
+            f"{where} {store.root}: not a directory",
+            hint="the cache is a directory (an OCI image layout); give another with --cache",
+        )
     return store
 
 

@@ -25,7 +25,9 @@ def parse_size(text: str) -> int:
     match = _SIZE.match(text.strip())
     size = int(match.group(1)) * _UNITS[match.group(2).lower()] if match else 0
     if not 0 < size <= _UNITS["t"] * 16:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (write e.g. 1G or 512M, at most 16T)")
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r} (write e.g. 1G or 512M, at most 16T)"
+        )
     return size
 
 
@@ -37,8 +39,10 @@ def format_epilog() -> str:
     file_width = max(len(w.extension) for w in WRITERS) + 6
     lines = ["output formats (-f), their main file and how they boot:"]
     for writer in WRITERS:
-        lines.append(f"  {writer.name:<{width}}{'NAME' + writer.extension:<{file_width}}"
-                     f"{describe_boot(writer.boot)}")
+        lines.append(
+            f"  {writer.name:<{width}}{'NAME' + writer.extension:<{file_width}}"
+            f"{describe_boot(writer.boot)}"
+        )
     return "\n".join(lines)
 
 
@@ -52,28 +56,65 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("specs", nargs="+", type=Path, metavar="SPEC", help="spec file(s)")
-    parser.add_argument("-f", "--format", default="kernel+initrd", metavar="FORMATS",
-                        help="comma-separated output formats (default: kernel+initrd; "
-                        "all of them are listed below)")
-    parser.add_argument("-o", "--output", "--dir", dest="outdir", type=Path, default=Path("."),
-                        metavar="DIR", help="output directory (default: .)")
+    parser.add_argument(
+        "-f",
+        "--format",
+        default="kernel+initrd",
+        metavar="FORMATS",
+        help="comma-separated output formats (default: kernel+initrd; "
+        "all of them are listed below)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        "--dir",
+        dest="outdir",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="output directory (default: .)",
+    )
     parser.add_argument("--name", help="output name (default: the first spec file's stem)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the merged, resolved spec and exit")
-    parser.add_argument("--pull", choices=PULL_POLICIES, default="missing",
-                        help="when to pull images (default: missing)")
-    parser.add_argument("--compress", type=argument_type(parse_compression), default=Compression(),
-                        metavar="gzip|zstd|xz[:LEVEL]", help="initrd compression (default gzip)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the merged, resolved spec and exit"
+    )
+    parser.add_argument(
+        "--pull",
+        choices=PULL_POLICIES,
+        default="missing",
+        help="when to pull images (default: missing)",
+    )
+    parser.add_argument(
+        "--compress",
+        type=argument_type(parse_compression),
+        default=Compression(),
+        metavar="gzip|zstd|xz[:LEVEL]",
+        help="initrd compression (default gzip)",
+    )
     parser.add_argument("--size", type=parse_size, help="disk size for disk formats (e.g. 1G)")
-    parser.add_argument("--boot-size", type=parse_size, metavar="SIZE",
-                        help="fixed boot partition size for disk formats, so disks of later "
-                        "images can be re-imaged (default: fit the content)")
-    parser.add_argument("--data-size", type=parse_size, metavar="SIZE",
-                        help="add a persistent ext4 data partition (label provision-data, "
-                        "mounted at /var/persist) of SIZE to disk formats")
-    parser.add_argument("--no-dedupe", dest="dedupe", action="store_false",
-                        help="keep identical container files as copies (default: hard links)")
-    parser.add_argument("--platform", type=argument_type(Platform.parse), help="os/arch[/variant] (default: host)")
+    parser.add_argument(
+        "--boot-size",
+        type=parse_size,
+        metavar="SIZE",
+        help="fixed boot partition size for disk formats, so disks of later "
+        "images can be re-imaged (default: fit the content)",
+    )
+    parser.add_argument(
+        "--data-size",
+        type=parse_size,
+        metavar="SIZE",
+        help="add a persistent ext4 data partition (label provision-data, "
+        "mounted at /var/persist) of SIZE to disk formats",
+    )
+    parser.add_argument(
+        "--no-dedupe",
+        dest="dedupe",
+        action="store_false",
+        help="keep identical container files as copies (default: hard links)",
+    )
+    parser.add_argument(
+        "--platform", type=argument_type(Platform.parse), help="os/arch[/variant] (default: host)"
+    )
     parser.add_argument("--cache", type=Path, metavar="DIR", help="image cache directory")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
@@ -89,7 +130,10 @@ def run_build(args: argparse.Namespace) -> int:
         sys.stdout.write(dump_spec(load_spec(args.specs)))
         return 0
     if args.outdir.exists() and not args.outdir.is_dir():
-        raise UsageError(f"--output {args.outdir}: not a directory", hint="outputs go into a directory (created when missing)")
+        raise UsageError(
+            f"--output {args.outdir}: not a directory",
+            hint="outputs go into a directory (created when missing)",
+        )
     started = time.monotonic()
 
     def progress(message: str) -> None:
@@ -112,13 +156,19 @@ def run_build(args: argparse.Namespace) -> int:
         progress=progress,
     )
     if args.json:
-        print(json.dumps({
-            "name": result.name,
-            "image_digest": result.image_digest,
-            "source_date_epoch": result.source_date_epoch,
-            "outputs": [str(p) for p in result.outputs],
-            "manifest": str(result.manifest),
-        }, indent=2, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "name": result.name,
+                    "image_digest": result.image_digest,
+                    "source_date_epoch": result.source_date_epoch,
+                    "outputs": [str(p) for p in result.outputs],
+                    "manifest": str(result.manifest),
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
     else:
         for path in result.outputs:
             print(path)

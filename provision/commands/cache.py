@@ -36,10 +36,17 @@ def register(subparsers: Any) -> None:
 
     pull = actions.add_parser("pull", help="pull images from their registries")
     pull.add_argument("refs", nargs="+", metavar="REF")
-    pull.add_argument("--platform", type=argument_type(Platform.parse), help="os/arch[/variant] (default: this host)")
+    pull.add_argument(
+        "--platform",
+        type=argument_type(Platform.parse),
+        help="os/arch[/variant] (default: this host)",
+    )
     pull.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     pull.add_argument(
-        "--parallel", "-j", type=argument_type(_parse_parallel), metavar="N",
+        "--parallel",
+        "-j",
+        type=argument_type(_parse_parallel),
+        metavar="N",
         help="blobs downloaded at once (default: the registries file's parallel, else 4)",
     )
     pull.set_defaults(func=cache_pull)

@@ -43,35 +43,73 @@ def register(subparsers: Any) -> None:
     plan = subparsers.add_parser("plan", help="show what apply would change in a cluster")
     plan.add_argument("cluster", help="cluster spec (YAML)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
-    plan.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes, 0 when none")
+    plan.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit 2 when there are changes, 0 when none",
+    )
     plan.add_argument("--out", metavar="PLAN", help="save the plan for `provision apply PLAN`")
     plan.add_argument("--all", action="store_true", help="list unchanged machines too")
     _common(plan)
     plan.set_defaults(func=run_plan)
 
-    apply = subparsers.add_parser("apply", help="make a cluster match its spec (or execute a saved plan)")
-    apply.add_argument("cluster", help="cluster spec (YAML) or a plan saved by `provision plan --out`")
-    apply.add_argument("--timeout", type=float, default=1800.0, help="give up after SECONDS (default 1800)")
-    apply.add_argument("--interval", type=float, default=1.0, help="seconds between passes (default 1)")
-    apply.add_argument("--allow-destroy-all", action="store_true",
-                       help="let a spec that removes every group of the cluster destroy all its machines")
-    apply.add_argument("--adopt", action="store_true", help="take over machines another journal created")
+    apply = subparsers.add_parser(
+        "apply", help="make a cluster match its spec (or execute a saved plan)"
+    )
+    apply.add_argument(
+        "cluster", help="cluster spec (YAML) or a plan saved by `provision plan --out`"
+    )
+    apply.add_argument(
+        "--timeout", type=float, default=1800.0, help="give up after SECONDS (default 1800)"
+    )
+    apply.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between passes (default 1)"
+    )
+    apply.add_argument(
+        "--allow-destroy-all",
+        action="store_true",
+        help="let a spec that removes every group of the cluster destroy all its machines",
+    )
+    apply.add_argument(
+        "--adopt", action="store_true", help="take over machines another journal created"
+    )
     _common(apply)
     apply.set_defaults(func=run_apply)
 
-    daemon = subparsers.add_parser("daemon", help="keep a cluster at its spec until stopped (SIGTERM)")
+    daemon = subparsers.add_parser(
+        "daemon", help="keep a cluster at its spec until stopped (SIGTERM)"
+    )
     daemon.add_argument("cluster", help="cluster spec (YAML)")
-    daemon.add_argument("--listen", help="metrics and health address HOST:PORT (default from the spec)")
-    daemon.add_argument("--interval", type=float, help="seconds between passes (default from the spec)")
-    daemon.add_argument("--resync", type=float, help="seconds between full resyncs (default from the spec)")
-    daemon.add_argument("--lease", type=float, default=15.0, metavar="SECONDS",
-                        help="lease time: a daemon that dies is replaced within it (default 15)")
-    daemon.add_argument("--owner", default=f"{os.uname().nodename}:{os.getpid()}", help="this daemon's name in the lease")
-    daemon.add_argument("--adopt", action="store_true", help="take over machines another journal created")
+    daemon.add_argument(
+        "--listen", help="metrics and health address HOST:PORT (default from the spec)"
+    )
+    daemon.add_argument(
+        "--interval", type=float, help="seconds between passes (default from the spec)"
+    )
+    daemon.add_argument(
+        "--resync", type=float, help="seconds between full resyncs (default from the spec)"
+    )
+    daemon.add_argument(
+        "--lease",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="lease time: a daemon that dies is replaced within it (default 15)",
+    )
+    daemon.add_argument(
+        "--owner",
+        default=f"{os.uname().nodename}:{os.getpid()}",
+        help="this daemon's name in the lease",
+    )
+    daemon.add_argument(
+        "--adopt", action="store_true", help="take over machines another journal created"
+    )
     _common(daemon)
     daemon.set_defaults(func=run_daemon)
 
-    status = subparsers.add_parser("status", help="show a cluster's machines and the journal's state")
+    status = subparsers.add_parser(
+        "status", help="show a cluster's machines and the journal's state"
+    )
     status.add_argument("cluster", help="cluster spec (YAML)")
     status.add_argument("--json", action="store_true", help="print as JSON")
     _common(status)
@@ -79,7 +117,11 @@ def register(subparsers: Any) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--journal", metavar="PATH", help="journal: a SQLite file or etcd://HOST:PORT,.../PREFIX (default from the spec)")
+    parser.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="journal: a SQLite file or etcd://HOST:PORT,.../PREFIX (default from the spec)",
+    )
 
 
 def _providers(spec: ClusterSpec, store: AnyStore, clock: SystemClock) -> dict[str, Provider]:
@@ -100,8 +142,16 @@ def _open(args: argparse.Namespace, spec: ClusterSpec, *, build: bool) -> tuple[
     try:
         providers = _providers(spec, store, clock)
         images = GroupImages(spec, providers, build=build, progress=_say)
-        engine = Engine(spec, providers, store, clock, owner=f"cli:{os.getpid()}", images=images,
-                        allow_destroy_all=getattr(args, "allow_destroy_all", False), adopt=getattr(args, "adopt", False))
+        engine = Engine(
+            spec,
+            providers,
+            store,
+            clock,
+            owner=f"cli:{os.getpid()}",
+            images=images,
+            allow_destroy_all=getattr(args, "allow_destroy_all", False),
+            adopt=getattr(args, "adopt", False),
+        )
     except BaseException:
         store.close()
         raise
@@ -115,7 +165,9 @@ def _say(message: str) -> None:
 def run_plan(args: argparse.Namespace) -> int:
     if args.out:
         if args.cluster == STDIN:
-            raise UsageError("plan --out needs the cluster spec as a file, not stdin (the plan records where it is)")
+            raise UsageError(
+                "plan --out needs the cluster spec as a file, not stdin (the plan records where it is)"
+            )
         check_output_path(Path(args.out))  # before any work
     spec = load_cluster_spec(args.cluster)
     engine, store = _open(args, spec, build=False)
@@ -174,7 +226,10 @@ def run_apply(args: argparse.Namespace) -> int:
         passes = engine.converge(max_passes=1_000_000, scope=plan, between=between)
         engine.release()
         if engine.stop.is_set():
-            raise ProvisionError(f"apply did not finish within {args.timeout:g}s", hint="see `provision status`; run apply again or the daemon")
+            raise ProvisionError(
+                f"apply did not finish within {args.timeout:g}s",
+                hint="see `provision status`; run apply again or the daemon",
+            )
         print(f"Apply complete after {passes} pass{'es' if passes != 1 else ''}.")
         return 0
     finally:
@@ -212,10 +267,28 @@ def _run_daemon(args: argparse.Namespace, spec: ClusterSpec) -> int:
     clock = SystemClock()
     try:
         providers = _providers(spec, store, clock)
-        if isinstance(store, EtcdStore):  # several daemons share the journal: each owns a shard of the groups
-            daemon: Daemon = ShardedDaemon(spec, providers, store, clock, options, stop=stop, reload=reloader(Path(args.cluster)))
+        if isinstance(
+            store, EtcdStore
+        ):  # several daemons share the journal: each owns a shard of the groups
+            daemon: Daemon = ShardedDaemon(
+                spec,
+                providers,
+                store,
+                clock,
+                options,
+                stop=stop,
+                reload=reloader(Path(args.cluster)),
+            )
         else:
-            daemon = Daemon(spec, providers, store, clock, options, stop=stop, reload=reloader(Path(args.cluster)))
+            daemon = Daemon(
+                spec,
+                providers,
+                store,
+                clock,
+                options,
+                stop=stop,
+                reload=reloader(Path(args.cluster)),
+            )
         return daemon.run()
     finally:
         store.close()
@@ -225,7 +298,10 @@ def _group_owners(store: AnyStore, cluster: str) -> dict[str, str]:
     """group -> the daemon that owns it (etcd, sharded), or {"": the lease holder} (one daemon)."""
     if isinstance(store, EtcdStore):
         holder = store.lease_holder(cluster)
-        return {g: f"{owner} (epoch {token})" for g, (owner, token) in store.group_owners(cluster).items()} | ({"": holder} if holder else {})
+        return {
+            g: f"{owner} (epoch {token})"
+            for g, (owner, token) in store.group_owners(cluster).items()
+        } | ({"": holder} if holder else {})
     holder = store.lease_holder(cluster)
     return {"": holder} if holder else {}
 
@@ -245,23 +321,31 @@ def run_status(args: argparse.Namespace) -> int:
             machines = observation.machines
             if removed and not machines:
                 continue
-            groups.append({
-                "group": group.name,
-                "removed": removed,
-                "provider": group.provider,
-                "owner": owners.get(group.name, owners.get("", "")),
-                "image": image,
-                "config": config,
-                "desired": group.desired,
-                "observed": len(machines),
-                "available": sum(1 for m in machines if m.condition is Condition.AVAILABLE),
-                "up_to_date": sum(1 for m in machines if m.config == config),
-                "machines": [
-                    {"id": m.ref, "name": m.name, "slot": m.slot, "image": m.image, "condition": m.condition.value,
-                     "up_to_date": m.config == config}
-                    for m in machines
-                ],
-            })
+            groups.append(
+                {
+                    "group": group.name,
+                    "removed": removed,
+                    "provider": group.provider,
+                    "owner": owners.get(group.name, owners.get("", "")),
+                    "image": image,
+                    "config": config,
+                    "desired": group.desired,
+                    "observed": len(machines),
+                    "available": sum(1 for m in machines if m.condition is Condition.AVAILABLE),
+                    "up_to_date": sum(1 for m in machines if m.config == config),
+                    "machines": [
+                        {
+                            "id": m.ref,
+                            "name": m.name,
+                            "slot": m.slot,
+                            "image": m.image,
+                            "condition": m.condition.value,
+                            "up_to_date": m.config == config,
+                        }
+                        for m in machines
+                    ],
+                }
+            )
         body = {
             "cluster": spec.name,
             "journal": describe_store(store),
@@ -274,14 +358,22 @@ def run_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, indent=2))
         return 0
-    print(f"cluster {spec.name}  journal={body['journal']}  epoch={body['epoch']}  intents={body['intents']}")
+    print(
+        f"cluster {spec.name}  journal={body['journal']}  epoch={body['epoch']}  intents={body['intents']}"
+    )
     for g in groups:
         if g["removed"]:
-            print(f"\ngroup {g['group']}  removed from the spec: {g['observed']} machine(s) left to destroy (apply or the daemon does)")
+            print(
+                f"\ngroup {g['group']}  removed from the spec: {g['observed']} machine(s) left to destroy (apply or the daemon does)"
+            )
         else:
-            print(f"\ngroup {g['group']}  {g['available']}/{g['desired']} available, {g['up_to_date']} up to date, {g['observed']} observed  image={g['image']}"
-                  f"  owner={g['owner'] or '-'}")
+            print(
+                f"\ngroup {g['group']}  {g['available']}/{g['desired']} available, {g['up_to_date']} up to date, {g['observed']} observed  image={g['image']}"
+                f"  owner={g['owner'] or '-'}"
+            )
         print(f"  {'MACHINE':<22} {'SLOT':<10} {'CONDITION':<10} {'CURRENT':<8} IMAGE")
         for m in g["machines"]:
-            print(f"  {m['id']:<22} {m['slot']:<10} {m['condition']:<10} {'yes' if m['up_to_date'] else 'no':<8} {m['image']}")
+            print(
+                f"  {m['id']:<22} {m['slot']:<10} {m['condition']:<10} {'yes' if m['up_to_date'] else 'no':<8} {m['image']}"
+            )
     return 0

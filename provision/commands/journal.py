@@ -17,7 +17,9 @@ from provision.reconcile.transfer import export_journal, import_journal
 
 
 def register(subparsers: Any) -> None:
-    journal = subparsers.add_parser("journal", help="move a cluster journal between SQLite and etcd")
+    journal = subparsers.add_parser(
+        "journal", help="move a cluster journal between SQLite and etcd"
+    )
     actions = journal.add_subparsers(dest="action", metavar="ACTION", required=True)
     export = actions.add_parser("export", help="write a journal as JSON (stdout, or --out)")
     export.add_argument("journal", help="a SQLite journal file or etcd://HOST:PORT,.../PREFIX")
@@ -74,5 +76,8 @@ def run_import(args: argparse.Namespace) -> int:
         where = describe_store(store)
     finally:
         store.close()
-    print(f"imported {len(clusters)} cluster(s) into {where}: {', '.join(clusters) or '-'}", file=sys.stderr)
+    print(
+        f"imported {len(clusters)} cluster(s) into {where}: {', '.join(clusters) or '-'}",
+        file=sys.stderr,
+    )
     return 0

@@ -57,7 +57,9 @@ def register(subparsers: Any) -> None:
     qemu.add_argument(
         "--mem", type=parse_mem, default=1024, help="memory, MiB or with M/G (default 1024)"
     )
-    qemu.add_argument("--cpus", type=number_flag(1, 256, integer=True), default=1, help="virtual CPUs (default 1)")
+    qemu.add_argument(
+        "--cpus", type=number_flag(1, 256, integer=True), default=1, help="virtual CPUs (default 1)"
+    )
     qemu.add_argument("-p", "--publish", action="append", default=[], metavar="HOST:GUEST[/udp]",
                       help="forward 127.0.0.1:HOST to the guest's port GUEST (repeatable)")  # fmt: skip
     data = qemu.add_mutually_exclusive_group()
@@ -91,7 +93,9 @@ def register(subparsers: Any) -> None:
 
 
 def run_qemu(args: argparse.Namespace) -> int:
-    if args.data_file is not None:  # a regular file (or - for stdin), bounded: never a FIFO or /dev/zero
+    if (
+        args.data_file is not None
+    ):  # a regular file (or - for stdin), bounded: never a FIFO or /dev/zero
         data, problems = read_spec_bytes(args.data_file)
         if data is None:
             raise UsageError(f"--data-file {problems[0]}")

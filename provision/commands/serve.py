@@ -24,27 +24,69 @@ from provision.spec.source import read_text_file
 
 def register(subparsers: Any) -> None:
     serve = subparsers.add_parser(
-        "serve", help="network-boot bare-metal machines (iPXE, HTTP, metadata)",
+        "serve",
+        help="network-boot bare-metal machines (iPXE, HTTP, metadata)",
         description="Serve the iPXE scripts, images and metadata machines of a lab boot from. "
         "Machines of clusters on the metal target boot the image their group runs.",
     )
-    serve.add_argument("--lab", required=True, metavar="FILE", help="the lab file: profiles, groups, inventory")
-    serve.add_argument("--state", metavar="DIR", help="the metal state directory the cluster's provider uses "
-                       "(published images, reservations); its images/ is the served root")
+    serve.add_argument(
+        "--lab", required=True, metavar="FILE", help="the lab file: profiles, groups, inventory"
+    )
+    serve.add_argument(
+        "--state",
+        metavar="DIR",
+        help="the metal state directory the cluster's provider uses "
+        "(published images, reservations); its images/ is the served root",
+    )
     serve.add_argument("--root", metavar="DIR", help="serve files from DIR instead of STATE/images")
-    serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="HTTP address (default 127.0.0.1:8080)")
-    serve.add_argument("--token-file", metavar="FILE", help="the API token (else $PROVISION_SERVE_TOKEN); "
-                       "without one the API is read-only")
-    serve.add_argument("--tftp", metavar="HOST:PORT", help="also serve the iPXE binaries over TFTP (e.g. 0.0.0.0:69) "
-                       "for firmware that only boots from TFTP")
-    serve.add_argument("--dhcp", choices=("proxy", "full"), help="answer PXE clients: proxy (beside the network's "
-                       "DHCP server) or full (hand out addresses too, labs only)")
-    serve.add_argument("--dhcp-listen", default="0.0.0.0", metavar="HOST", help="DHCP address (default 0.0.0.0, port 67)")
-    serve.add_argument("--boot-server", metavar="IP", help="this host's address on the boot network (with --dhcp)")
-    serve.add_argument("--dhcp-pool", metavar="FIRST-LAST", help="addresses to hand out (--dhcp full)")
+    serve.add_argument(
+        "--listen",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="HTTP address (default 127.0.0.1:8080)",
+    )
+    serve.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="the API token (else $PROVISION_SERVE_TOKEN); without one the API is read-only",
+    )
+    serve.add_argument(
+        "--tftp",
+        metavar="HOST:PORT",
+        help="also serve the iPXE binaries over TFTP (e.g. 0.0.0.0:69) "
+        "for firmware that only boots from TFTP",
+    )
+    serve.add_argument(
+        "--dhcp",
+        choices=("proxy", "full"),
+        help="answer PXE clients: proxy (beside the network's "
+        "DHCP server) or full (hand out addresses too, labs only)",
+    )
+    serve.add_argument(
+        "--dhcp-listen",
+        default="0.0.0.0",
+        metavar="HOST",
+        help="DHCP address (default 0.0.0.0, port 67)",
+    )
+    serve.add_argument(
+        "--boot-server", metavar="IP", help="this host's address on the boot network (with --dhcp)"
+    )
+    serve.add_argument(
+        "--dhcp-pool", metavar="FIRST-LAST", help="addresses to hand out (--dhcp full)"
+    )
     serve.add_argument("--dhcp-router", metavar="IP", help="the router to give (--dhcp full)")
-    serve.add_argument("--dhcp-dns", metavar="IP", action="append", default=[], help="a DNS server to give (--dhcp full)")
-    serve.add_argument("--answer-unknown", action="store_true", help="answer DHCP for machines not in the inventory too")
+    serve.add_argument(
+        "--dhcp-dns",
+        metavar="IP",
+        action="append",
+        default=[],
+        help="a DNS server to give (--dhcp full)",
+    )
+    serve.add_argument(
+        "--answer-unknown",
+        action="store_true",
+        help="answer DHCP for machines not in the inventory too",
+    )
     serve.set_defaults(func=run_serve)
 
 
@@ -65,7 +107,9 @@ def run_serve(args: argparse.Namespace) -> int:
     state_dir = Path(args.state) if args.state else None
     root = Path(args.root) if args.root else (state_dir / "images" if state_dir else None)
     if root is None:
-        raise UsageError("give --state (a cluster's metal state directory) or --root (a directory to serve)")
+        raise UsageError(
+            "give --state (a cluster's metal state directory) or --root (a directory to serve)"
+        )
     root.mkdir(parents=True, exist_ok=True)
     token = None
     if args.token_file:  # a regular file, bounded (a FIFO would block, /dev/zero never end)
@@ -87,7 +131,11 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.dhcp:
         stoppers += _start_dhcp(args, state, port=server.server_address[1], http_host=host)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"serving http://{host}:{server.server_address[1]} (lab {lab_file}, root {root})", file=sys.stderr, flush=True)
+    print(
+        f"serving http://{host}:{server.server_address[1]} (lab {lab_file}, root {root})",
+        file=sys.stderr,
+        flush=True,
+    )
     with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
     for stopper in stoppers:
@@ -100,7 +148,9 @@ def _start_tftp(listen: str) -> Callable[[], None]:
 
     host, port = _listen(listen)
     if not (IPXE_DIR / "undionly.kpxe").is_file():
-        raise UsageError(f"--tftp: the iPXE binaries are missing ({IPXE_DIR})", hint="apt-get install ipxe")
+        raise UsageError(
+            f"--tftp: the iPXE binaries are missing ({IPXE_DIR})", hint="apt-get install ipxe"
+        )
     try:
         server = TftpServer(IPXE_DIR, host, port)
     except OSError as exc:
@@ -110,7 +160,9 @@ def _start_tftp(listen: str) -> Callable[[], None]:
     return server.shutdown
 
 
-def _start_dhcp(args: argparse.Namespace, state: Any, *, port: int, http_host: str) -> list[Callable[[], None]]:
+def _start_dhcp(
+    args: argparse.Namespace, state: Any, *, port: int, http_host: str
+) -> list[Callable[[], None]]:
     import ipaddress
 
     from provision.providers.metal.dhcp import DhcpServer, DhcpSettings
@@ -129,16 +181,29 @@ def _start_dhcp(args: argparse.Namespace, state: Any, *, port: int, http_host: s
         raise UsageError(f"--dhcp: {exc}") from exc
     if args.dhcp == "full" and pool is None:
         raise UsageError("--dhcp full needs --dhcp-pool FIRST-LAST")
-    settings = DhcpSettings(boot_server, f"http://{boot_server}:{port}", args.dhcp, pool, router=router, dns=dns,
-                            answer_unknown=args.answer_unknown, known=lambda mac: state.lab.machine_by_mac(mac) is not None)
+    settings = DhcpSettings(
+        boot_server,
+        f"http://{boot_server}:{port}",
+        args.dhcp,
+        pool,
+        router=router,
+        dns=dns,
+        answer_unknown=args.answer_unknown,
+        known=lambda mac: state.lab.machine_by_mac(mac) is not None,
+    )
     stoppers = []
     for dhcp_port in (67, 4011):
         try:
             server = DhcpServer(settings, args.dhcp_listen, dhcp_port)
         except OSError as exc:
-            raise UsageError(f"--dhcp: cannot listen on {args.dhcp_listen}:{dhcp_port}: {exc.strerror}") from exc
+            raise UsageError(
+                f"--dhcp: cannot listen on {args.dhcp_listen}:{dhcp_port}: {exc.strerror}"
+            ) from exc
         threading.Thread(target=server.serve_forever, daemon=True, name=f"dhcp-{dhcp_port}").start()
         stoppers.append(server.shutdown)
-    print(f"answering {args.dhcp} DHCP on {args.dhcp_listen}:67 and :4011 (boot server {boot_server})",
-          file=sys.stderr, flush=True)
+    print(
+        f"answering {args.dhcp} DHCP on {args.dhcp_listen}:67 and :4011 (boot server {boot_server})",
+        file=sys.stderr,
+        flush=True,
+    )
     return stoppers

@@ -41,28 +41,46 @@ Say = Callable[[str], None]
 
 def register(subparsers: Any) -> None:
     up = subparsers.add_parser(
-        "up", help="build, boot and converge a cluster (e.g. examples/local-cluster.yml), then show it",
+        "up",
+        help="build, boot and converge a cluster (e.g. examples/local-cluster.yml), then show it",
         description="Build each group's image if needed, create and replace machines until the "
         "cluster matches its spec and every machine is healthy, then print its status.",
     )
     up.add_argument("cluster", help="cluster spec (YAML)")
-    up.add_argument("--timeout", type=float, default=900.0, help="give up after SECONDS (default 900)")
-    up.add_argument("--interval", type=float, default=1.0, help="seconds between passes (default 1)")
+    up.add_argument(
+        "--timeout", type=float, default=900.0, help="give up after SECONDS (default 900)"
+    )
+    up.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between passes (default 1)"
+    )
     up.add_argument("--json", action="store_true", help="print the final status as JSON")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    up.add_argument("--journal", metavar="PATH", help="journal: a SQLite file or etcd://HOST:PORT,.../PREFIX (default from the spec)")
+    up.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="journal: a SQLite file or etcd://HOST:PORT,.../PREFIX (default from the spec)",
+    )
     up.set_defaults(func=run_up)
 
     down = subparsers.add_parser(
-        "down", help="destroy every machine of a cluster",
+        "down",
+        help="destroy every machine of a cluster",
         description="Destroy every machine carrying the cluster's ownership tag (in any group, "
         "running or not) and check that none is left.",
     )
     down.add_argument("cluster", help="cluster spec (YAML)")
-    down.add_argument("--timeout", type=float, default=300.0, help="give up after SECONDS (default 300)")
+    down.add_argument(
+        "--timeout", type=float, default=300.0, help="give up after SECONDS (default 300)"
+    )
     down.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    down.add_argument("--journal", metavar="PATH", help="journal: a SQLite file or etcd://HOST:PORT,.../PREFIX (default from the spec)")
-    down.add_argument("--adopt", action="store_true", help="also destroy machines another journal created")
+    down.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="journal: a SQLite file or etcd://HOST:PORT,.../PREFIX (default from the spec)",
+    )
+    down.add_argument(
+        "--adopt", action="store_true", help="also destroy machines another journal created"
+    )
     down.set_defaults(func=run_down)
 
 
@@ -87,7 +105,9 @@ def check_targets(spec: ClusterSpec) -> None:
     """The programs every group's target needs, before anything is built or booted."""
     from provision.runner import require_tools
 
-    require_tools(tool for g in spec.groups for tool in get_target(spec.providers[g.provider].type).tools)
+    require_tools(
+        tool for g in spec.groups for tool in get_target(spec.providers[g.provider].type).tools
+    )
 
 
 def _summary(machines: tuple[Machine, ...], config: str) -> str:
@@ -114,7 +134,11 @@ def converge_cluster(engine: Engine, say: Say, *, timeout: float, interval: floa
             consoles = _consoles(engine)
             raise ProvisionError(
                 f"the cluster did not converge within {timeout:g}s",
-                hint=(f"machines not healthy or ended; their consoles: {', '.join(consoles)}; " if consoles else "")
+                hint=(
+                    f"machines not healthy or ended; their consoles: {', '.join(consoles)}; "
+                    if consoles
+                    else ""
+                )
                 + f"see `provision status {engine.spec.source_file}`; `provision up` again resumes",
             )
         engine.renew()
@@ -127,15 +151,23 @@ def _consoles(engine: Engine) -> list[str]:
     for group in engine.spec.groups:
         target = get_target(engine.spec.providers[group.provider].type)
         provider = engine.providers[group.provider]
-        unavailable = {m.id for m in engine.observe(group).machines if m.id is not None and m.condition is not Condition.AVAILABLE}
+        unavailable = {
+            m.id
+            for m in engine.observe(group).machines
+            if m.id is not None and m.condition is not Condition.AVAILABLE
+        }
         listed = list_all(provider, {TAG_CLUSTER: engine.spec.name, TAG_GROUP: group.name})[0]
-        dead = sorted((i for i in listed if i.state is InstanceState.TERMINATED), key=lambda i: -i.created_at)
+        dead = sorted(
+            (i for i in listed if i.state is InstanceState.TERMINATED), key=lambda i: -i.created_at
+        )
         chosen = [i for i in listed if i.id in unavailable] + dead[:3]  # ended: a panic, a poweroff
         found += target.consoles(provider, chosen)
     return found
 
 
-def _report(engine: Engine, group: GroupSpec, result: PassResult, last: dict[str, str], say: Say) -> None:
+def _report(
+    engine: Engine, group: GroupSpec, result: PassResult, last: dict[str, str], say: Say
+) -> None:
     _image, config = engine.desired(group)
     observation = engine.observe(group)
     line = _summary(observation.machines, config)
@@ -162,7 +194,10 @@ def collect_status(engine: Engine) -> dict[str, Any]:
         target = get_target(engine.spec.providers[group.provider].type)
         _image, config = engine.desired(group)
         observation = engine.observe(group)
-        instances = {i.id: i for i in list_all(provider, {TAG_CLUSTER: engine.spec.name, TAG_GROUP: group.name})[0]}
+        instances = {
+            i.id: i
+            for i in list_all(provider, {TAG_CLUSTER: engine.spec.name, TAG_GROUP: group.name})[0]
+        }
         port = group.health.port or AGENT_PORT
         declared = target.declared_ports(group.properties)
         machines = []
@@ -175,17 +210,28 @@ def collect_status(engine: Engine) -> dict[str, Any]:
                 found = provider.address(instance, guest) if instance is not None else None
                 if found is not None:
                     published[str(guest)] = f"{found[0]}:{found[1]}"
-            machines.append({
-                "machine": m.ref, "condition": m.condition.value, "up_to_date": m.config == config,
-                "image": m.image, "agent": f"{where[0]}:{where[1]}" if where else None,
-                "agent_digest": agent.digest if agent else None,
-                "services": dict(agent.services) if agent else None,
-                "ports": published,
-            })
-        groups.append({
-            "group": group.name, "provider": group.provider, "image": engine.images.image(group).id,
-            "source": group.image, "desired": group.desired, "machines": machines,
-        })
+            machines.append(
+                {
+                    "machine": m.ref,
+                    "condition": m.condition.value,
+                    "up_to_date": m.config == config,
+                    "image": m.image,
+                    "agent": f"{where[0]}:{where[1]}" if where else None,
+                    "agent_digest": agent.digest if agent else None,
+                    "services": dict(agent.services) if agent else None,
+                    "ports": published,
+                }
+            )
+        groups.append(
+            {
+                "group": group.name,
+                "provider": group.provider,
+                "image": engine.images.image(group).id,
+                "source": group.image,
+                "desired": group.desired,
+                "machines": machines,
+            }
+        )
     return {"cluster": engine.spec.name, "groups": groups}
 
 
@@ -193,15 +239,32 @@ def render_status(status: Mapping[str, Any]) -> str:
     lines = []
     for g in status["groups"]:
         healthy = sum(1 for m in g["machines"] if m["condition"] == Condition.AVAILABLE.value)
-        lines.append(f"group {g['group']}  {healthy}/{g['desired']} healthy  image {g['image']}  ({g['source']})")
-        lines.append(f"  {'MACHINE':<26} {'STATE':<10} {'AGENT':<16} {'PORTS':<16} {'IMAGE':<19} SERVICES")
+        lines.append(
+            f"group {g['group']}  {healthy}/{g['desired']} healthy  image {g['image']}  ({g['source']})"
+        )
+        lines.append(
+            f"  {'MACHINE':<26} {'STATE':<10} {'AGENT':<16} {'PORTS':<16} {'IMAGE':<19} SERVICES"
+        )
         for m in g["machines"]:
             services = m["services"]
-            shown = " ".join(f"{k}={v}" for k, v in sorted(services.items())) if services is not None else "(agent not answering)"
+            shown = (
+                " ".join(f"{k}={v}" for k, v in sorted(services.items()))
+                if services is not None
+                else "(agent not answering)"
+            )
             image = m["image"][:19] + ("" if m["up_to_date"] else " (old)")
-            ports = " ".join(f"{guest}->{where.rsplit(':', 1)[1]}" for guest, where in m["ports"].items()) or "-"
-            lines.append(f"  {m['machine']:<26} {m['condition']:<10} {m['agent'] or '-':<16} {ports:<16} {image:<19} {shown}")
-        lines.append("  (AGENT and PORTS: 127.0.0.1 ports forwarded to the agent's 7080 and to the declared guest ports)")
+            ports = (
+                " ".join(
+                    f"{guest}->{where.rsplit(':', 1)[1]}" for guest, where in m["ports"].items()
+                )
+                or "-"
+            )
+            lines.append(
+                f"  {m['machine']:<26} {m['condition']:<10} {m['agent'] or '-':<16} {ports:<16} {image:<19} {shown}"
+            )
+        lines.append(
+            "  (AGENT and PORTS: 127.0.0.1 ports forwarded to the agent's 7080 and to the declared guest ports)"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -227,8 +290,10 @@ def run_up(args: argparse.Namespace) -> int:
             passes = converge_cluster(engine, say, timeout=args.timeout, interval=args.interval)
         except KeyboardInterrupt:
             engine.stop.set()
-            print(f"interrupted: machines started so far keep running; remove them with `provision down {args.cluster}`",
-                  file=sys.stderr)
+            print(
+                f"interrupted: machines started so far keep running; remove them with `provision down {args.cluster}`",
+                file=sys.stderr,
+            )
             return 130
         finally:
             engine.release()
@@ -241,8 +306,10 @@ def run_up(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
         return 0
     total = sum(g["desired"] for g in status["groups"])
-    print(f"Cluster {spec.name} is up: {total} machine{'s' if total != 1 else ''} healthy "
-          f"({status['seconds']}s, {passes} pass{'es' if passes != 1 else ''}).\n")
+    print(
+        f"Cluster {spec.name} is up: {total} machine{'s' if total != 1 else ''} healthy "
+        f"({status['seconds']}s, {passes} pass{'es' if passes != 1 else ''}).\n"
+    )
     print(render_status(status), end="")
     print(f"\nRemove it with: provision down {args.cluster}")
     return 0
@@ -261,8 +328,16 @@ def run_down(args: argparse.Namespace) -> int:
         # Every provider the spec or the journal ever used; every group scaled to zero through
         # the engine (journaled, pending creates resumed and undone); no image is built for that.
         opened = open_cluster_providers(spec, store, clock)
-        engine = Engine(scaled_to_zero(spec), opened.providers, store, clock, owner=f"down:{os.getpid()}",
-                        images={g.name: "-" for g in spec.groups}, allow_destroy_all=True, adopt=args.adopt)
+        engine = Engine(
+            scaled_to_zero(spec),
+            opened.providers,
+            store,
+            clock,
+            owner=f"down:{os.getpid()}",
+            images={g.name: "-" for g in spec.groups},
+            allow_destroy_all=True,
+            adopt=args.adopt,
+        )
         engine.acquire()
         try:
             report = tear_down_cluster(engine, opened.unreachable, timeout=args.timeout, say=say)
@@ -275,5 +350,7 @@ def run_down(args: argparse.Namespace) -> int:
             f"cluster {spec.name} is not down: {report.destroyed} destroyed, left: {report.describe_left()}",
             hint="run `provision down` again once the providers answer",
         )
-    print(f"Cluster {spec.name} is down: {report.destroyed} machine{'s' if report.destroyed != 1 else ''} destroyed, none left.")
+    print(
+        f"Cluster {spec.name} is down: {report.destroyed} machine{'s' if report.destroyed != 1 else ''} destroyed, none left."
+    )
     return 0

@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
         "validate",
         help="check image spec files (all problems at once, with file:line:column)",
         description="Parse, check and merge LinuxKit-style image spec files. Later files "
-                    "extend earlier ones (see docs/spec-merge.md).",
+        "extend earlier ones (see docs/spec-merge.md).",
     )
     parser.add_argument("specs", nargs="+", metavar="FILE", help="spec files, merged in order")
     parser.add_argument("--json", action="store_true", help="print a JSON report")
@@ -37,15 +37,21 @@ def validate(args: argparse.Namespace) -> int:
     except SpecError as exc:
         if not args.json:
             raise
-        report: dict[str, Any] = {"valid": False,
-                                  "problems": [asdict(p) for p in exc.problems]}
+        report: dict[str, Any] = {"valid": False, "problems": [asdict(p) for p in exc.problems]}
         print(json.dumps(report, indent=2, sort_keys=True))
         return exc.exit_code
     if args.json:
-        print(json.dumps({"valid": True, "problems": [], "spec": spec_to_dict(spec)},
-                         indent=2, sort_keys=True))
+        print(
+            json.dumps(
+                {"valid": True, "problems": [], "spec": spec_to_dict(spec)},
+                indent=2,
+                sort_keys=True,
+            )
+        )
         return 0
-    counts = ", ".join(f"{len(getattr(spec, s))} {s}" for s in
-                       ("init", "onboot", "onshutdown", "services", "files", "volumes"))
+    counts = ", ".join(
+        f"{len(getattr(spec, s))} {s}"
+        for s in ("init", "onboot", "onshutdown", "services", "files", "volumes")
+    )
     print(f"ok: {' + '.join(args.specs)}: {counts}", file=sys.stdout)
     return 0

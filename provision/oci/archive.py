@@ -77,9 +77,7 @@ def export_archive(store: ImageStore, refs: Sequence[str | ImageRef], output: Pa
             with open(path, "rb") as handle:
                 tar.addfile(info, handle)
         _add_bytes(tar, "index.json", json.dumps(index, indent=2, sort_keys=True).encode())
-        _add_bytes(
-            tar, "oci-layout", canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION})
-        )
+        _add_bytes(tar, "oci-layout", canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION}))
     return output
 
 

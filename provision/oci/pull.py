@@ -173,8 +173,10 @@ def fetch_blob(
             return
         for _pass in range(2):
             _receive_while_progressing(
-                transport, lambda: _receive(transport, base, ref, desc, download, report, cancel),
-                download, f"GET blob {desc.digest}",
+                transport,
+                lambda: _receive(transport, base, ref, desc, download, report, cancel),
+                download,
+                f"GET blob {desc.digest}",
             )
             resumed = download.inherited > 0  # bytes an earlier process left are in it
             try:

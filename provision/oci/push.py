@@ -66,7 +66,9 @@ def push_image(
         if kind == "blob":
             pusher.upload_blob(blob, tracker)
         else:
-            pusher.put_manifest(blob, target.reference if blob.digest == desc.digest else blob.digest)
+            pusher.put_manifest(
+                blob, target.reference if blob.digest == desc.digest else blob.digest
+            )
     return desc.digest
 
 
@@ -114,16 +116,24 @@ class _Pusher:
     def upload_blob(self, desc: Descriptor, tracker: ByteProgress) -> None:
         repo = self.target.repository
         head = self.transport.request(
-            self.base, self.target.registry, "HEAD", f"/v2/{repo}/blobs/{desc.digest}",
-            scope=self.scope, retry=True,
+            self.base,
+            self.target.registry,
+            "HEAD",
+            f"/v2/{repo}/blobs/{desc.digest}",
+            scope=self.scope,
+            retry=True,
         )
         head.close()
         if head.status_code == 200:
             tracker.skip(desc.size)
             return
         start = self.transport.request(
-            self.base, self.target.registry, "POST", f"/v2/{repo}/blobs/uploads/",
-            scope=self.scope, headers={"Content-Length": "0"},
+            self.base,
+            self.target.registry,
+            "POST",
+            f"/v2/{repo}/blobs/uploads/",
+            scope=self.scope,
+            headers={"Content-Length": "0"},
         )
         start.close()
         if start.status_code != 202 or "Location" not in start.headers:
@@ -143,8 +153,13 @@ class _Pusher:
             location = self._upload_chunks(desc, location, report)
             body, headers = b"", {"Content-Length": "0"}
         finish = self.transport.request(
-            self.base, self.target.registry, "PUT", _with_digest(location, desc.digest),
-            scope=self.scope, headers=headers, body=body,
+            self.base,
+            self.target.registry,
+            "PUT",
+            _with_digest(location, desc.digest),
+            scope=self.scope,
+            headers=headers,
+            body=body,
         )
         finish.close()
         if finish.status_code != 201:
@@ -162,7 +177,10 @@ class _Pusher:
                     return location
                 end = offset + len(chunk) - 1
                 response = self.transport.request(
-                    self.base, self.target.registry, "PATCH", location,
+                    self.base,
+                    self.target.registry,
+                    "PATCH",
+                    location,
                     scope=self.scope,
                     body=chunk,
                     headers={
@@ -183,9 +201,13 @@ class _Pusher:
     def put_manifest(self, desc: Descriptor, reference: str) -> None:
         data = self.store.read_blob(desc.digest)
         response = self.transport.request(
-            self.base, self.target.registry, "PUT",
+            self.base,
+            self.target.registry,
+            "PUT",
             f"/v2/{self.target.repository}/manifests/{reference}",
-            scope=self.scope, headers={"Content-Type": desc.media_type}, body=data,
+            scope=self.scope,
+            headers={"Content-Type": desc.media_type},
+            body=data,
         )
         response.close()
         if response.status_code not in (200, 201):

@@ -44,7 +44,11 @@ class RegistryClient:
             parallel if parallel is not None else config.parallel, "parallel"
         )
         self.transport = RegistryTransport(
-            config, credentials, session, timeout=timeout, retry=retry,
+            config,
+            credentials,
+            session,
+            timeout=timeout,
+            retry=retry,
             connections=max(16, self.parallel),
         )
         self.chunk_size = chunk_size

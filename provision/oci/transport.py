@@ -210,9 +210,7 @@ class RegistryTransport:
             retry_after = parse_retry_after(
                 response.headers.get("Retry-After"), self.retry.clock.now()
             )
-            raise TransientStatus(
-                f"{where}: {registry_message(response)}", response, retry_after
-            )
+            raise TransientStatus(f"{where}: {registry_message(response)}", response, retry_after)
         return response
 
     def call(self, what: str, attempt: Callable[[], T]) -> T:
@@ -245,8 +243,15 @@ class RegistryTransport:
 
         def once() -> requests.Response:
             return self.send(
-                base, registry, method, url, scope=scope, headers=headers, body=body,
-                stream=stream, transient_status=retry,
+                base,
+                registry,
+                method,
+                url,
+                scope=scope,
+                headers=headers,
+                body=body,
+                stream=stream,
+                transient_status=retry,
             )
 
         if not retry:

@@ -29,7 +29,9 @@ from provision.reconcile.provider import Provider, StaleEpochError
 from provision.reconcile.spec import ClusterSpec, load_cluster_spec
 
 MAX_WAIT = 3600.0  # no single wait is longer than this, whatever a spec says
-RESTARTS = 3  # a group thread that dies more often than this (within RESTART_WINDOW) ends the daemon
+RESTARTS = (
+    3  # a group thread that dies more often than this (within RESTART_WINDOW) ends the daemon
+)
 RESTART_WINDOW = 600.0
 RESTART_DELAY = 0.5  # seconds before the first restart of a dead group thread, doubling after each
 
@@ -45,9 +47,15 @@ class DaemonOptions:
 
     def check(self) -> None:
         """Refuse what cannot run, before anything is started."""
-        for name, value in (("interval", self.interval), ("resync", self.resync), ("lease time", self.lease_ttl)):
+        for name, value in (
+            ("interval", self.interval),
+            ("resync", self.resync),
+            ("lease time", self.lease_ttl),
+        ):
             if not math.isfinite(value) or value <= 0 or value > MAX_WAIT * 24:
-                raise UsageError(f"daemon {name} must be a number of seconds above 0 and at most {MAX_WAIT * 24:g}, not {value:g}")
+                raise UsageError(
+                    f"daemon {name} must be a number of seconds above 0 and at most {MAX_WAIT * 24:g}, not {value:g}"
+                )
         if self.listen is not None:
             parse_listen(self.listen)
 
@@ -56,11 +64,15 @@ def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (port 0 picks one) -> (host, port); a clear error otherwise."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"listen address {text!r}: expected HOST:PORT with a port from 0 to 65535 (e.g. 127.0.0.1:9464)")
+        raise UsageError(
+            f"listen address {text!r}: expected HOST:PORT with a port from 0 to 65535 (e.g. 127.0.0.1:9464)"
+        )
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def bind_listen(listen: str, metrics: Metrics, health: Callable[[], tuple[bool, str]]) -> ThreadingHTTPServer:
+def bind_listen(
+    listen: str, metrics: Metrics, health: Callable[[], tuple[bool, str]]
+) -> ThreadingHTTPServer:
     host, port = parse_listen(listen)
     try:
         return serve_metrics(f"{host}:{port}", metrics, health)
@@ -86,8 +98,16 @@ class Daemon:
         self.clock = clock
         self.stop = stop or threading.Event()
         self.metrics = Metrics()
-        self.engine = Engine(spec, providers, store, clock, owner=options.owner, stop=self.stop, metrics=self.metrics,
-                             adopt=options.adopt)
+        self.engine = Engine(
+            spec,
+            providers,
+            store,
+            clock,
+            owner=options.owner,
+            stop=self.stop,
+            metrics=self.metrics,
+            adopt=options.adopt,
+        )
         self.reload = reload
         self.lost_lease = False
         self.failed = ""  # why the daemon gave up (a group thread kept dying)
@@ -96,7 +116,9 @@ class Daemon:
         self.ready = threading.Event()
         self._wake: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
-        self._dead: dict[str, tuple[str, float]] = {}  # group -> (why its thread died, when), until restarted
+        self._dead: dict[
+            str, tuple[str, float]
+        ] = {}  # group -> (why its thread died, when), until restarted
         self._deaths: dict[str, list[float]] = {}
         self._heartbeat = time.monotonic()
 
@@ -111,8 +133,12 @@ class Daemon:
         if self.standby:
             return True, f"standby: {self.standby}\n"
         if self._dead:
-            return False, "".join(f"group {g} thread died: {why}\n" for g, (why, _) in sorted(self._dead.items()))
-        fresh = time.monotonic() - self._heartbeat < 3 * self.options.interval + self.options.lease_ttl
+            return False, "".join(
+                f"group {g} thread died: {why}\n" for g, (why, _) in sorted(self._dead.items())
+            )
+        fresh = (
+            time.monotonic() - self._heartbeat < 3 * self.options.interval + self.options.lease_ttl
+        )
         return (True, "ok\n") if fresh else (False, "stalled\n")
 
     def healthy(self) -> bool:
@@ -124,8 +150,14 @@ class Daemon:
         self.options.check()
         refusal = self.engine.destroy_all_refusal()
         if refusal:
-            raise DestroyAllRefusedError(refusal, hint="fix the spec, or remove the cluster with `provision down`")
-        server = bind_listen(self.options.listen, self.metrics, self.health) if self.options.listen else None
+            raise DestroyAllRefusedError(
+                refusal, hint="fix the spec, or remove the cluster with `provision down`"
+            )
+        server = (
+            bind_listen(self.options.listen, self.metrics, self.health)
+            if self.options.listen
+            else None
+        )
         try:
             if server is not None:
                 self.listen_address = (str(server.server_address[0]), int(server.server_address[1]))
@@ -146,13 +178,20 @@ class Daemon:
                 epoch = self.engine.acquire(self.options.lease_ttl)
             except LeaseHeldError as exc:
                 if not self.standby:
-                    log_event("standby", cluster=self.engine.spec.name, owner=self.options.owner, holder=str(exc))
+                    log_event(
+                        "standby",
+                        cluster=self.engine.spec.name,
+                        owner=self.options.owner,
+                        holder=str(exc),
+                    )
                 self.standby = str(exc)
                 self.ready.set()
                 self.stop.wait(retry)
                 continue
             self.standby = ""
-            log_event("leader", cluster=self.engine.spec.name, owner=self.options.owner, epoch=epoch)
+            log_event(
+                "leader", cluster=self.engine.spec.name, owner=self.options.owner, epoch=epoch
+            )
             return True
         return False
 
@@ -188,7 +227,9 @@ class Daemon:
         self.lost_lease = True
         self.stop.set()
         self.metrics.set("provision_leader_epoch", 0)
-        log_event("lease-lost", logging.ERROR, cluster=self.engine.spec.name, epoch=self.engine.epoch)
+        log_event(
+            "lease-lost", logging.ERROR, cluster=self.engine.spec.name, epoch=self.engine.epoch
+        )
 
     def _start_groups(self) -> None:
         for group in self.engine.groups():
@@ -196,7 +237,9 @@ class Daemon:
             if thread is not None and thread.is_alive():
                 continue
             self._wake.setdefault(group.name, threading.Event())
-            thread = threading.Thread(target=self._group_thread, args=(group.name,), name=f"group-{group.name}")
+            thread = threading.Thread(
+                target=self._group_thread, args=(group.name,), name=f"group-{group.name}"
+            )
             self._threads[group.name] = thread
             thread.start()
 
@@ -209,7 +252,13 @@ class Daemon:
             self._deaths[name] = deaths
             if len(deaths) > RESTARTS:
                 self.failed = f"group {name} thread died {len(deaths)} times, last: {why}"
-                log_event("daemon-failed", logging.ERROR, cluster=self.engine.spec.name, group=name, error=why)
+                log_event(
+                    "daemon-failed",
+                    logging.ERROR,
+                    cluster=self.engine.spec.name,
+                    group=name,
+                    error=why,
+                )
                 self.stop.set()
                 return
             if now - died < RESTART_DELAY * 2 ** (len(deaths) - 1):
@@ -230,7 +279,13 @@ class Daemon:
                 if spec.digest != self.engine.spec.digest:
                     refusal = self.engine.destroy_all_refusal(spec)
                     if refusal:
-                        log_event("spec-refused", logging.ERROR, cluster=spec.name, error=refusal, note="keeping the previous spec")
+                        log_event(
+                            "spec-refused",
+                            logging.ERROR,
+                            cluster=spec.name,
+                            error=refusal,
+                            note="keeping the previous spec",
+                        )
                     else:
                         self.engine.spec = spec
                         self.engine.images.spec = spec
@@ -249,7 +304,9 @@ class Daemon:
                 self._deaths.setdefault(name, []).append(time.monotonic())
                 self._dead[name] = (repr(exc), time.monotonic())
                 logging.getLogger("provision.reconcile").error(
-                    "group-died", exc_info=True, extra={"fields": {"group": name, "error": repr(exc)}}
+                    "group-died",
+                    exc_info=True,
+                    extra={"fields": {"group": name, "error": repr(exc)}},
                 )
 
     def _group_loop(self, name: str) -> None:
@@ -268,10 +325,18 @@ class Daemon:
                 return
             except ProvisionError as exc:
                 delay = self.engine.backoff.failed(f"{name}:pass")
-                log_event("pass-failed", logging.ERROR, group=name, error=str(exc), retry_in=round(delay, 3))
+                log_event(
+                    "pass-failed",
+                    logging.ERROR,
+                    group=name,
+                    error=str(exc),
+                    retry_in=round(delay, 3),
+                )
             except Exception as exc:  # a bug must not kill the loop silently
                 delay = self.engine.backoff.failed(f"{name}:pass")
-                logging.getLogger("provision.reconcile").exception("pass crashed", extra={"fields": {"group": name}})
+                logging.getLogger("provision.reconcile").exception(
+                    "pass crashed", extra={"fields": {"group": name}}
+                )
                 log_event("pass-crashed", logging.ERROR, group=name, error=repr(exc))
             wake.wait(min(max(delay, 0.0), MAX_WAIT))
             wake.clear()
@@ -281,7 +346,9 @@ class Daemon:
         return True
 
     def _next_delay(self, result: PassResult, fast: float) -> float:
-        self.metrics.set("provision_group_converged", 1 if result.converged else 0, group=result.group)
+        self.metrics.set(
+            "provision_group_converged", 1 if result.converged else 0, group=result.group
+        )
         if result.converged:
             self.engine.backoff.succeeded(f"{result.group}:pass")
             return self.options.interval

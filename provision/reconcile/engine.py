@@ -79,8 +79,13 @@ class PassResult:
 class PacedProvider(ProviderWrapper):
     """Wraps a provider: every call waits for the provider's rate limit and is counted."""
 
-    def __init__(self, inner: Provider, limiter: RateLimiter, metrics: Metrics | None,
-                 guard: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        inner: Provider,
+        limiter: RateLimiter,
+        metrics: Metrics | None,
+        guard: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(inner)
         self.limiter, self.metrics, self.guard = limiter, metrics, guard
 
@@ -167,7 +172,10 @@ class Engine:
         cluster = spec.name
         previous = self.store.desired(cluster)
         self.store.put_desired(cluster, spec.digest, spec.source_text, self.epoch)
-        records = [ProviderRecord(p.name, p.type, p.rate_limit, dict(p.options), str(p.base.absolute())) for p in spec.providers.values()]
+        records = [
+            ProviderRecord(p.name, p.type, p.rate_limit, dict(p.options), str(p.base.absolute()))
+            for p in spec.providers.values()
+        ]
         # Journals written before groups were recorded: the groups that had intents.
         known = set(self.store.groups_seen(cluster))
         legacy = self.store.groups_with_intents(cluster) - known
@@ -180,7 +188,13 @@ class Engine:
             except ProvisionError:
                 old = None
             if old is not None:
-                groups.update({g.name: g.provider for g in old.groups if g.name in legacy and g.name not in groups})
+                groups.update(
+                    {
+                        g.name: g.provider
+                        for g in old.groups
+                        if g.name in legacy and g.name not in groups
+                    }
+                )
         self.store.record_cluster(cluster, groups, records, self.epoch)
 
     # -- groups the spec no longer has --------------------------------------------------------
@@ -217,22 +231,33 @@ class Engine:
             if provider not in self.providers:
                 busy.append(name)  # cannot look: assume it has machines
                 continue
-            observation = Observer(spec.name, self.providers[provider], self.store, self.clock, self.grace).observe(GroupSpec(name, provider, "", size=0))
+            observation = Observer(
+                spec.name, self.providers[provider], self.store, self.clock, self.grace
+            ).observe(GroupSpec(name, provider, "", size=0))
             if observation.machines:
-                busy.append(f"{name} ({len(observation.machines)} machine{'s' if len(observation.machines) != 1 else ''})")
+                busy.append(
+                    f"{name} ({len(observation.machines)} machine{'s' if len(observation.machines) != 1 else ''})"
+                )
         if not busy:
             return ""
-        return (f"the spec removes every group of cluster {spec.name!r} that has machines: {', '.join(busy)}; "
-                "refusing to destroy them all (a truncated or wrong file?)")
+        return (
+            f"the spec removes every group of cluster {spec.name!r} that has machines: {', '.join(busy)}; "
+            "refusing to destroy them all (a truncated or wrong file?)"
+        )
 
     def check_destroy_all(self) -> None:
         reason = self.destroy_all_refusal()
         if reason:
-            raise DestroyAllRefusedError(reason, hint="fix the spec, or run `provision apply --allow-destroy-all` (or `provision down`) to remove them")
+            raise DestroyAllRefusedError(
+                reason,
+                hint="fix the spec, or run `provision apply --allow-destroy-all` (or `provision down`) to remove them",
+            )
 
     def _check_journal(self, group: GroupSpec, observation: Observation) -> None:
         """Refuse machines another journal made, unless told to adopt them (then remember that)."""
-        foreign = {m.journal for m in observation.machines if m.journal and m.journal != self.journal_id}
+        foreign = {
+            m.journal for m in observation.machines if m.journal and m.journal != self.journal_id
+        }
         foreign -= self.store.adopted_journals(self.spec.name)
         if not foreign:
             return
@@ -243,7 +268,13 @@ class Engine:
                 hint="use the journal that manages them (--journal), or take them over with --adopt",
             )
         self.store.adopt_journals(self.spec.name, foreign, self.epoch_of(group.name))
-        log_event("adopted", cluster=self.spec.name, group=group.name, journals=sorted(foreign), journal=self.journal_id)
+        log_event(
+            "adopted",
+            cluster=self.spec.name,
+            group=group.name,
+            journals=sorted(foreign),
+            journal=self.journal_id,
+        )
 
     # -- desired state -------------------------------------------------------------------
 
@@ -259,7 +290,9 @@ class Engine:
         return image, config
 
     def observer(self, group: GroupSpec) -> Observer:
-        return Observer(self.spec.name, self.providers[group.provider], self.store, self.clock, self.grace)
+        return Observer(
+            self.spec.name, self.providers[group.provider], self.store, self.clock, self.grace
+        )
 
     def observe(self, group: GroupSpec) -> Observation:
         return self.observer(group).observe(group)
@@ -268,15 +301,23 @@ class Engine:
         every = self.groups()
         observations = [self.observe(g) for g in every]
         groups = tuple(
-            self.plan_observed(g, o) for g, o in zip(every, observations, strict=True) if o.machines or not self.is_removed(g)
+            self.plan_observed(g, o)
+            for g, o in zip(every, observations, strict=True)
+            if o.machines or not self.is_removed(g)
         )
         refusal = self.destroy_all_refusal()
         if refusal:
             note = f"{refusal}: apply refuses without --allow-destroy-all, the daemon refuses"
-            groups = tuple(dataclasses.replace(g, notes=(*g.notes, note)) if g.removed else g for g in groups)
+            groups = tuple(
+                dataclasses.replace(g, notes=(*g.notes, note)) if g.removed else g for g in groups
+            )
         return ClusterPlan(
-            self.spec.name, _resolved(self.spec.source_file), self.spec.digest, self.spec.source_text,
-            digest_observations(observations), groups,
+            self.spec.name,
+            _resolved(self.spec.source_file),
+            self.spec.digest,
+            self.spec.source_text,
+            digest_observations(observations),
+            groups,
         )
 
     def plan_observed(self, group: GroupSpec, observation: Observation) -> GroupPlan:
@@ -290,8 +331,10 @@ class Engine:
         plan = plan_group(group, image, config, observation, trigger)
         note = self.images.image(group).note()
         plan = dataclasses.replace(plan, notes=(note, *plan.notes)) if note else plan
-        foreign = sorted({m.journal for m in observation.machines if m.journal and m.journal != self.journal_id}
-                         - self.store.adopted_journals(self.spec.name))
+        foreign = sorted(
+            {m.journal for m in observation.machines if m.journal and m.journal != self.journal_id}
+            - self.store.adopted_journals(self.spec.name)
+        )
         if foreign:
             note = f"machines created through another journal ({', '.join(foreign)}): apply and the daemon refuse them without --adopt"
             plan = dataclasses.replace(plan, notes=(*plan.notes, note))
@@ -308,7 +351,9 @@ class Engine:
         result = PassResult(group.name)
         provider = self.providers.get(group.provider)
         if provider is None:  # a removed group whose provider is not reachable from here
-            result.errors.append(f"provider {group.provider!r} of group {group.name} is not available")
+            result.errors.append(
+                f"provider {group.provider!r} of group {group.name} is not available"
+            )
             return result
         removed = self.is_removed(group)
         image, config = self.desired(group)
@@ -325,34 +370,58 @@ class Engine:
             if removed:
                 step = step_removed_group(observation.machines, allowed)
             else:
-                step = plan_step(group, config, observation.machines, allowed=allowed, create_budget=budget)
+                step = plan_step(
+                    group, config, observation.machines, allowed=allowed, create_budget=budget
+                )
             result.notes = step.notes
             freed = 0
             for destruction in step.destroys:
                 if self.stop.is_set():
                     break
-                if self._destroy(group.name, provider, destruction.machine, destruction.reason, result):
+                if self._destroy(
+                    group.name, provider, destruction.machine, destruction.reason, result
+                ):
                     freed += 1
             for creation in step.creates[: max(0, step.room + freed)]:
                 if self.stop.is_set() or not self.backoff.ready(f"{group.name}:create"):
                     break
-                if not self._create(group, provider, image, config, creation.slot, creation.reason, result):
+                if not self._create(
+                    group, provider, image, config, creation.slot, creation.reason, result
+                ):
                     break
-            self._scope_created[group.name] = self._scope_created.get(group.name, 0) + result.created
+            self._scope_created[group.name] = (
+                self._scope_created.get(group.name, 0) + result.created
+            )
             self._record(group, config, observation, result)
             if removed:
-                result.converged = not observation.machines and not result.errors and not result.created
-                if result.converged and self.epoch_of(group.name) and not self.store.pending_intents(self.spec.name, group.name):
+                result.converged = (
+                    not observation.machines and not result.errors and not result.created
+                )
+                if (
+                    result.converged
+                    and self.epoch_of(group.name)
+                    and not self.store.pending_intents(self.spec.name, group.name)
+                ):
                     self.store.retire_group(self.spec.name, group.name, self.epoch_of(group.name))
-                    log_event("group-retired", cluster=self.spec.name, group=group.name, note="its machines are gone")
+                    log_event(
+                        "group-retired",
+                        cluster=self.spec.name,
+                        group=group.name,
+                        note="its machines are gone",
+                    )
                 return self._count_pass(group, result, started)
             result.converged = (
                 step.empty
                 and not result.errors
                 and not any(m.id is None for m in observation.machines)
                 and len(observation.machines) == group.desired
-                and all(m.config == config and m.condition is Condition.AVAILABLE for m in observation.machines)
-                and not self.store.pending_intents(self.spec.name, group.name)  # e.g. a timed-out destroy to re-drive
+                and all(
+                    m.config == config and m.condition is Condition.AVAILABLE
+                    for m in observation.machines
+                )
+                and not self.store.pending_intents(
+                    self.spec.name, group.name
+                )  # e.g. a timed-out destroy to re-drive
             )
         except StaleEpochError:
             raise
@@ -364,18 +433,30 @@ class Engine:
     def _count_pass(self, group: GroupSpec, result: PassResult, started: float) -> PassResult:
         if self.metrics is not None:
             self.metrics.inc("provision_reconcile_passes_total", group=group.name)
-            self.metrics.inc("provision_pass_seconds_sum", time.monotonic() - started, group=group.name)
+            self.metrics.inc(
+                "provision_pass_seconds_sum", time.monotonic() - started, group=group.name
+            )
         return result
 
-    def _record(self, group: GroupSpec, config: str, observation: Observation, result: PassResult) -> None:
+    def _record(
+        self, group: GroupSpec, config: str, observation: Observation, result: PassResult
+    ) -> None:
         if self.metrics is None:
             return
         machines = observation.machines
         m = self.metrics
         m.set("provision_group_desired", group.desired, group=group.name)
         m.set("provision_group_observed", len(machines), group=group.name)
-        m.set("provision_group_available", sum(1 for x in machines if x.condition is Condition.AVAILABLE), group=group.name)
-        m.set("provision_group_up_to_date", sum(1 for x in machines if x.config == config), group=group.name)
+        m.set(
+            "provision_group_available",
+            sum(1 for x in machines if x.condition is Condition.AVAILABLE),
+            group=group.name,
+        )
+        m.set(
+            "provision_group_up_to_date",
+            sum(1 for x in machines if x.config == config),
+            group=group.name,
+        )
 
     # -- the journaled mutations ------------------------------------------------------------
 
@@ -389,15 +470,28 @@ class Engine:
             try:
                 if intent.op == "create":
                     body = json.loads(intent.request)
-                    request = CreateRequest(body["key"], body["name"], body["image"], body["properties"], body["tags"], self.epoch_of(group.name))
+                    request = CreateRequest(
+                        body["key"],
+                        body["name"],
+                        body["image"],
+                        body["properties"],
+                        body["tags"],
+                        self.epoch_of(group.name),
+                    )
                     instance = provider.create_instance(request)
                     self.boundary("create:call-returned")
-                    self.store.finish_create(intent.key, _known(group, intent.slot, intent.config, request, instance), self.epoch_of(group.name))
+                    self.store.finish_create(
+                        intent.key,
+                        _known(group, intent.slot, intent.config, request, instance),
+                        self.epoch_of(group.name),
+                    )
                 else:
                     assert intent.instance_id is not None
                     provider.destroy_instance(intent.instance_id, self.epoch_of(group.name))
                     self.boundary("destroy:call-returned")
-                    self.store.finish_destroy(intent.key, intent.instance_id, self.clock.now(), self.epoch_of(group.name))
+                    self.store.finish_destroy(
+                        intent.key, intent.instance_id, self.clock.now(), self.epoch_of(group.name)
+                    )
                 self.boundary(f"{intent.op}:result-written")
             except StaleEpochError:
                 raise
@@ -409,23 +503,61 @@ class Engine:
                 self._failed(group.name, item, intent.op, exc, result)
                 continue
             self.backoff.succeeded(item)
-            log_event("recovered", cluster=self.spec.name, group=group.name, op=intent.op, key=intent.key)
+            log_event(
+                "recovered", cluster=self.spec.name, group=group.name, op=intent.op, key=intent.key
+            )
             done += 1
         return done
 
-    def _create(self, group: GroupSpec, provider: Provider, image: str, config: str, slot: str, reason: str, result: PassResult) -> bool:
+    def _create(
+        self,
+        group: GroupSpec,
+        provider: Provider,
+        image: str,
+        config: str,
+        slot: str,
+        reason: str,
+        result: PassResult,
+    ) -> bool:
         cluster = self.spec.name
         seq = self.store.next_sequence(cluster, group.name, self.epoch_of(group.name))
         slot = slot or f"{seq:05d}"
         key = f"{cluster}/{group.name}/{slot}/{seq}"
         name = f"{cluster}-{group.name}-{slot}" + (f"-{seq}" if group.members is not None else "")
-        tags = {TAG_CLUSTER: cluster, TAG_GROUP: group.name, TAG_SLOT: slot, TAG_CONFIG: config, TAG_EPOCH: str(self.epoch_of(group.name)),
-                TAG_JOURNAL: self.journal_id}
-        request = CreateRequest(key, name, image, dict(group.properties), tags, self.epoch_of(group.name))
-        body = {"key": key, "name": name, "image": image, "properties": dict(group.properties), "tags": tags}
-        intent = Intent(key, cluster, group.name, "create", slot, None, config, reason, json.dumps(body, default=str), self.clock.now())
+        tags = {
+            TAG_CLUSTER: cluster,
+            TAG_GROUP: group.name,
+            TAG_SLOT: slot,
+            TAG_CONFIG: config,
+            TAG_EPOCH: str(self.epoch_of(group.name)),
+            TAG_JOURNAL: self.journal_id,
+        }
+        request = CreateRequest(
+            key, name, image, dict(group.properties), tags, self.epoch_of(group.name)
+        )
+        body = {
+            "key": key,
+            "name": name,
+            "image": image,
+            "properties": dict(group.properties),
+            "tags": tags,
+        }
+        intent = Intent(
+            key,
+            cluster,
+            group.name,
+            "create",
+            slot,
+            None,
+            config,
+            reason,
+            json.dumps(body, default=str),
+            self.clock.now(),
+        )
         if group.name not in self.store.groups_seen(cluster):
-            self.store.record_cluster(cluster, {group.name: group.provider}, [], self.epoch_of(group.name))
+            self.store.record_cluster(
+                cluster, {group.name: group.provider}, [], self.epoch_of(group.name)
+            )
         self.store.begin_intents([intent], self.epoch_of(group.name))
         self.boundary("create:intent-written")
         item = f"{group.name}:create"
@@ -434,20 +566,33 @@ class Engine:
         except StaleEpochError:
             raise
         except TransientProviderError as exc:
-            self._failed(group.name, item, "create", exc, result)  # the intent stays pending: re-driven
+            self._failed(
+                group.name, item, "create", exc, result
+            )  # the intent stays pending: re-driven
             return False
         except ProviderError as exc:
             self.store.abandon_intent(key, str(exc), self.epoch_of(group.name))
             self._failed(group.name, item, "create", exc, result)
             return False
         self.boundary("create:call-returned")
-        self.store.finish_create(key, _known(group, slot, config, request, instance), self.epoch_of(group.name))
+        self.store.finish_create(
+            key, _known(group, slot, config, request, instance), self.epoch_of(group.name)
+        )
         self.boundary("create:result-written")
         self.backoff.succeeded(item)
         result.created += 1
         if self.metrics is not None:
             self.metrics.inc("provision_machines_created_total", group=group.name)
-        log_event("created", cluster=cluster, group=group.name, slot=slot, instance=instance.id, key=key, reason=reason, epoch=self.epoch_of(group.name))
+        log_event(
+            "created",
+            cluster=cluster,
+            group=group.name,
+            slot=slot,
+            instance=instance.id,
+            key=key,
+            reason=reason,
+            epoch=self.epoch_of(group.name),
+        )
         return True
 
     def destroy_instance(self, provider_name: str, instance: Instance, reason: str) -> PassResult:
@@ -456,29 +601,62 @@ class Engine:
         group = instance.tags.get(TAG_GROUP, "")
         result = PassResult(group)
         if instance.tags.get(TAG_CLUSTER) != self.spec.name:
-            raise ProvisionError(f"{instance.id} does not carry the tag of cluster {self.spec.name!r}; not touching it")
+            raise ProvisionError(
+                f"{instance.id} does not carry the tag of cluster {self.spec.name!r}; not touching it"
+            )
         journal = instance.tags.get(TAG_JOURNAL, "")
-        if journal and journal != self.journal_id and journal not in self.store.adopted_journals(self.spec.name):
+        if (
+            journal
+            and journal != self.journal_id
+            and journal not in self.store.adopted_journals(self.spec.name)
+        ):
             if not self.adopt:
                 raise ForeignJournalError(
                     f"{instance.id} of cluster {self.spec.name!r} was created through another journal ({journal}; this one is {self.journal_id})",
                     hint="use the journal that manages it (--journal), or take it over with --adopt",
                 )
             self.store.adopt_journals(self.spec.name, [journal], self.epoch_of(group))
-        if group and group not in self.store.groups_seen(self.spec.name) and all(g.name != group for g in self.spec.groups):
+        if (
+            group
+            and group not in self.store.groups_seen(self.spec.name)
+            and all(g.name != group for g in self.spec.groups)
+        ):
             # a group no journal knew: from now on a removed group, so a destroy left pending is re-driven
-            self.store.record_cluster(self.spec.name, {group: provider_name}, [], self.epoch_of(group))
-        machine = Machine(instance.id, instance.name, instance.slot, instance.config, instance.image, instance.created_at, Condition.FAILED)
+            self.store.record_cluster(
+                self.spec.name, {group: provider_name}, [], self.epoch_of(group)
+            )
+        machine = Machine(
+            instance.id,
+            instance.name,
+            instance.slot,
+            instance.config,
+            instance.image,
+            instance.created_at,
+            Condition.FAILED,
+        )
         self._destroy(group, self.providers[provider_name], machine, reason, result)
         return result
 
-    def _destroy(self, group: str, provider: Provider, machine: Machine, reason: str, result: PassResult) -> bool:
+    def _destroy(
+        self, group: str, provider: Provider, machine: Machine, reason: str, result: PassResult
+    ) -> bool:
         assert machine.id is not None
         item = f"{group}:destroy:{machine.id}"
         if not self.backoff.ready(item):
             return False
         key = f"{self.spec.name}/{group}/destroy/{machine.id}/{self.epoch_of(group)}"
-        intent = Intent(key, self.spec.name, group, "destroy", machine.slot, machine.id, machine.config, reason, "", self.clock.now())
+        intent = Intent(
+            key,
+            self.spec.name,
+            group,
+            "destroy",
+            machine.slot,
+            machine.id,
+            machine.config,
+            reason,
+            "",
+            self.clock.now(),
+        )
         self.store.begin_intents([intent], self.epoch_of(group))
         self.boundary("destroy:intent-written")
         try:
@@ -499,20 +677,45 @@ class Engine:
         result.destroyed += 1
         if self.metrics is not None:
             self.metrics.inc("provision_machines_destroyed_total", group=group, reason=reason)
-        log_event("destroyed", cluster=self.spec.name, group=group, slot=machine.slot, instance=machine.id, reason=reason, epoch=self.epoch_of(group))
+        log_event(
+            "destroyed",
+            cluster=self.spec.name,
+            group=group,
+            slot=machine.slot,
+            instance=machine.id,
+            reason=reason,
+            epoch=self.epoch_of(group),
+        )
         return True
 
-    def _failed(self, group: str, item: str, op: str, exc: ProviderError, result: PassResult) -> None:
+    def _failed(
+        self, group: str, item: str, op: str, exc: ProviderError, result: PassResult
+    ) -> None:
         retry_after = exc.retry_after if isinstance(exc, TransientProviderError) else None
-        delay = self.backoff.failed(item, retry_after if not isinstance(exc, OutcomeUnknownError) else None)
+        delay = self.backoff.failed(
+            item, retry_after if not isinstance(exc, OutcomeUnknownError) else None
+        )
         result.errors.append(f"{op}: {exc}")
         if self.metrics is not None:
             self.metrics.inc("provision_reconcile_errors_total", group=group, op=op)
-        log_event("call-failed", cluster=self.spec.name, group=group, op=op, error=str(exc), retry_in=round(delay, 3))
+        log_event(
+            "call-failed",
+            cluster=self.spec.name,
+            group=group,
+            op=op,
+            error=str(exc),
+            retry_in=round(delay, 3),
+        )
 
     # -- until done -----------------------------------------------------------------------------
 
-    def converge(self, *, max_passes: int = 1000, scope: ClusterPlan | None = None, between: Callable[[int], None] | None = None) -> int:
+    def converge(
+        self,
+        *,
+        max_passes: int = 1000,
+        scope: ClusterPlan | None = None,
+        between: Callable[[int], None] | None = None,
+    ) -> int:
         """Run passes until every group converges (or a scoped plan is exhausted); return the
         number of passes. ``between(n)`` runs after pass n (tests advance the clock there)."""
         for n in range(1, max_passes + 1):
@@ -537,7 +740,10 @@ def _scope_done(engine: Engine, scope: ClusterPlan, results: list[PassResult]) -
         observation = engine.observe(group)
         if any(m.id in ids for m in observation.machines):
             return False
-        if engine._scope_created.get(group.name, 0) < planned and len(observation.machines) < group.desired:
+        if (
+            engine._scope_created.get(group.name, 0) < planned
+            and len(observation.machines) < group.desired
+        ):
             return False  # planned creates still to come (a pass can skip them while they back off)
         if any(m.condition is Condition.STARTING for m in observation.machines):
             return False
@@ -552,19 +758,41 @@ def _resolved(source_file: str) -> str:
 def step_removed_group(machines: tuple[Machine, ...], allowed: set[str] | None) -> Step:
     """A group the spec no longer declares: every machine goes (no floor: nobody wants them)."""
     destroys = tuple(
-        Destruction(m, REMOVED) for m in machines if m.id is not None and not m.deleting and (allowed is None or m.id in allowed)
+        Destruction(m, REMOVED)
+        for m in machines
+        if m.id is not None and not m.deleting and (allowed is None or m.id in allowed)
     )
     return Step(destroys, (), 0)
 
 
 def plan_removed_group(group: GroupSpec, observation: Observation) -> GroupPlan:
     changes = tuple(
-        MachineChange("destroy", m.slot, m.ref, REMOVED if not m.deleting else "destroy in flight (re-driven)", m.config, "")
+        MachineChange(
+            "destroy",
+            m.slot,
+            m.ref,
+            REMOVED if not m.deleting else "destroy in flight (re-driven)",
+            m.config,
+            "",
+        )
         for m in observation.machines
     )
-    return GroupPlan(group.name, group.provider, "-", "", 0, len(observation.machines), changes, (), removed=True)
+    return GroupPlan(
+        group.name, group.provider, "-", "", 0, len(observation.machines), changes, (), removed=True
+    )
 
 
-def _known(group: GroupSpec, slot: str, config: str, request: CreateRequest, instance: Instance) -> KnownInstance:
-    return KnownInstance(instance.id, group.name, slot, config, instance.image or request.image, instance.name or request.name, request.key, instance.created_at, None)
-
+def _known(
+    group: GroupSpec, slot: str, config: str, request: CreateRequest, instance: Instance
+) -> KnownInstance:
+    return KnownInstance(
+        instance.id,
+        group.name,
+        slot,
+        config,
+        instance.image or request.image,
+        instance.name or request.name,
+        request.key,
+        instance.created_at,
+        None,
+    )

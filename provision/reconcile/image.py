@@ -117,7 +117,9 @@ class GroupImages:
         target = get_target(pspec.type)
         provider = self.providers[group.provider]
         if not is_image_spec_path(group.image):
-            image_id = target.resolve_image(provider, group.image, self.progress, publish=self.build)
+            image_id = target.resolve_image(
+                provider, group.image, self.progress, publish=self.build
+            )
             return GroupImage(image_id, group.image)
         from provision.image_digest import plan_image_digest
 
@@ -137,12 +139,25 @@ class GroupImages:
 
     def build_artifact(self, spec_path: Path, digest: str, fmt: str) -> Artifact:
         """The ``fmt`` build of ``spec_path`` from the artifact cache, building it once."""
-        return build_cached_artifact(spec_path, digest, fmt, store=self.store, artifacts=self.artifacts,
-                                     progress=self.progress)
+        return build_cached_artifact(
+            spec_path,
+            digest,
+            fmt,
+            store=self.store,
+            artifacts=self.artifacts,
+            progress=self.progress,
+        )
 
 
-def build_cached_artifact(spec_path: Path, digest: str, fmt: str, *, store: ImageStore, artifacts: Path,
-                          progress: Progress | None = None) -> Artifact:
+def build_cached_artifact(
+    spec_path: Path,
+    digest: str,
+    fmt: str,
+    *,
+    store: ImageStore,
+    artifacts: Path,
+    progress: Progress | None = None,
+) -> Artifact:
     """The ``fmt`` build of ``spec_path`` (whose planned digest is ``digest``) from the artifact
     cache ``artifacts/<digest hex>/<format>/``, building it there once (renamed into place)."""
     from provision.build import build_image
@@ -157,11 +172,14 @@ def build_cached_artifact(spec_path: Path, digest: str, fmt: str, *, store: Imag
     try:
         if progress is not None:
             progress(f"building {spec_path} as {fmt} ({digest[:19]})")
-        result = build_image([spec_path], store=store, formats=fmt, outdir=staging, name=name,
-                             progress=progress)
+        result = build_image(
+            [spec_path], store=store, formats=fmt, outdir=staging, name=name, progress=progress
+        )
         if result.image_digest != digest:
-            raise ProvisionError(f"{spec_path}: the build's digest {result.image_digest} is not the planned {digest}",
-                                 hint="an input changed during the build; run again")
+            raise ProvisionError(
+                f"{spec_path}: the build's digest {result.image_digest} is not the planned {digest}",
+                hint="an input changed during the build; run again",
+            )
         try:
             os.rename(staging, final)
         except OSError:

@@ -113,13 +113,23 @@ class Store(Protocol):
 
     def known_instances(self, cluster: str, group: str) -> list[KnownInstance]: ...
 
-    def forget_instances(self, cluster: str, ids: Iterable[str], group: str | None = None) -> None: ...
+    def forget_instances(
+        self, cluster: str, ids: Iterable[str], group: str | None = None
+    ) -> None: ...
 
     def unhealthy_since(self, cluster: str, group: str) -> dict[str, float]: ...
 
-    def set_unhealthy_since(self, cluster: str, group: str, changes: dict[str, float | None]) -> None: ...
+    def set_unhealthy_since(
+        self, cluster: str, group: str, changes: dict[str, float | None]
+    ) -> None: ...
 
-    def record_cluster(self, cluster: str, groups: Mapping[str, str], providers: Sequence[ProviderRecord], epoch: int) -> None: ...
+    def record_cluster(
+        self,
+        cluster: str,
+        groups: Mapping[str, str],
+        providers: Sequence[ProviderRecord],
+        epoch: int,
+    ) -> None: ...
 
     def groups_seen(self, cluster: str) -> dict[str, str]: ...
 
@@ -148,7 +158,11 @@ _KEYED_BY_GROUP = {  # machine ids are unique per provider only: these tables ke
 }
 _INDEXES = "CREATE INDEX IF NOT EXISTS instances_group ON instances (cluster, grp);\n"
 
-_SCHEMA = ";\n".join(_KEYED_BY_GROUP.values()) + ";\n" + _INDEXES + """
+_SCHEMA = (
+    ";\n".join(_KEYED_BY_GROUP.values())
+    + ";\n"
+    + _INDEXES
+    + """
 CREATE TABLE IF NOT EXISTS leases (cluster TEXT PRIMARY KEY, owner TEXT, epoch INTEGER NOT NULL, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS desired (cluster TEXT PRIMARY KEY, digest TEXT NOT NULL, text TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS configs (config TEXT PRIMARY KEY, image TEXT NOT NULL, properties TEXT NOT NULL);
@@ -167,6 +181,7 @@ CREATE TABLE IF NOT EXISTS providers_seen (cluster TEXT, name TEXT, type TEXT NO
   options TEXT NOT NULL, base TEXT NOT NULL, PRIMARY KEY (cluster, name));
 CREATE TABLE IF NOT EXISTS adopted (cluster TEXT, journal TEXT, PRIMARY KEY (cluster, journal));
 """
+)
 
 
 _GROUP_KEY = ["cluster", "grp", "instance_id"]
@@ -240,13 +255,19 @@ def _open_journal(path: Path) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise JournalError(f"journal {path}: cannot make its directory {path.parent}: {exc.strerror or exc}", hint=hint) from exc
+        raise JournalError(
+            f"journal {path}: cannot make its directory {path.parent}: {exc.strerror or exc}",
+            hint=hint,
+        ) from exc
     try:
         mode = path.stat().st_mode if path.exists() else stat.S_IFREG
     except OSError as exc:
         raise JournalError(f"journal {path}: {exc.strerror or exc}", hint=hint) from exc
     if not stat.S_ISREG(mode):
-        raise JournalError(f"journal {path}: {'a directory' if stat.S_ISDIR(mode) else 'not a regular file'}", hint=hint)
+        raise JournalError(
+            f"journal {path}: {'a directory' if stat.S_ISDIR(mode) else 'not a regular file'}",
+            hint=hint,
+        )
     db: sqlite3.Connection | None = None
     try:
         db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -256,7 +277,9 @@ def _open_journal(path: Path) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         if db is not None:
             db.close()
-        raise JournalError(f"journal {path}: cannot use it as a journal database: {exc}", hint=hint) from exc
+        raise JournalError(
+            f"journal {path}: cannot use it as a journal database: {exc}", hint=hint
+        ) from exc
     return db
 
 
@@ -273,11 +296,18 @@ class SqliteStore:
             columns = {str(row[1]) for row in self._db.execute("PRAGMA table_info(leases)")}
             if "holder" not in columns:
                 self._db.execute("ALTER TABLE leases ADD COLUMN holder TEXT")
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('journal-id', ?)", (uuid.uuid4().hex[:16],))
-            self._identity = str(self._db.execute("SELECT value FROM meta WHERE key='journal-id'").fetchone()[0])
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('journal-id', ?)", (uuid.uuid4().hex[:16],)
+            )
+            self._identity = str(
+                self._db.execute("SELECT value FROM meta WHERE key='journal-id'").fetchone()[0]
+            )
         except sqlite3.Error as exc:  # another program's database, or a damaged journal
             self._db.close()
-            raise JournalError(f"journal {self.path}: cannot use it as a journal database: {exc}", hint=JOURNAL_HINT) from exc
+            raise JournalError(
+                f"journal {self.path}: cannot use it as a journal database: {exc}",
+                hint=JOURNAL_HINT,
+            ) from exc
 
     def identity(self) -> str:
         """This journal's id (16 hex), tagged on every machine it creates."""
@@ -296,7 +326,9 @@ class SqliteStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 if epoch is not None:
-                    row = db.execute("SELECT epoch FROM leases WHERE cluster=?", (cluster,)).fetchone()
+                    row = db.execute(
+                        "SELECT epoch FROM leases WHERE cluster=?", (cluster,)
+                    ).fetchone()
                     current = row[0] if row else 0
                     if current != epoch:
                         raise StaleEpochError(
@@ -319,7 +351,9 @@ class SqliteStore:
 
     def acquire_lease(self, cluster: str, owner: str, ttl: float, now: float) -> int:
         def body(db: sqlite3.Connection) -> int:
-            row = db.execute("SELECT owner, epoch, expires, holder FROM leases WHERE cluster=?", (cluster,)).fetchone()
+            row = db.execute(
+                "SELECT owner, epoch, expires, holder FROM leases WHERE cluster=?", (cluster,)
+            ).fetchone()
             if row and row[0] and row[0] != owner and row[2] > now and not holder_is_dead(row[3]):
                 raise LeaseHeldError(
                     f"cluster {cluster!r} is managed by {row[0]} (lease for {row[2] - now:.0f}s more)",
@@ -337,13 +371,19 @@ class SqliteStore:
 
     def renew_lease(self, cluster: str, owner: str, epoch: int, ttl: float, now: float) -> None:
         def body(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE leases SET expires=? WHERE cluster=? AND owner=?", (now + ttl, cluster, owner))
+            db.execute(
+                "UPDATE leases SET expires=? WHERE cluster=? AND owner=?",
+                (now + ttl, cluster, owner),
+            )
 
         self._write(cluster, epoch, body)
 
     def release_lease(self, cluster: str, owner: str, epoch: int) -> None:
         def body(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE leases SET owner=NULL, expires=0 WHERE cluster=? AND owner=?", (cluster, owner))
+            db.execute(
+                "UPDATE leases SET owner=NULL, expires=0 WHERE cluster=? AND owner=?",
+                (cluster, owner),
+            )
 
         with contextlib.suppress(StaleEpochError):
             self._write(cluster, epoch, body)
@@ -362,7 +402,9 @@ class SqliteStore:
 
     def desired(self, cluster: str) -> tuple[str, str] | None:
         with self._lock:
-            row = self._db.execute("SELECT digest, text FROM desired WHERE cluster=?", (cluster,)).fetchone()
+            row = self._db.execute(
+                "SELECT digest, text FROM desired WHERE cluster=?", (cluster,)
+            ).fetchone()
         return (str(row[0]), str(row[1])) if row else None
 
     def put_config(self, config: str, image: str, properties: dict[str, Any]) -> None:
@@ -370,12 +412,16 @@ class SqliteStore:
         self._write(
             "",
             None,
-            lambda db: db.execute("INSERT OR IGNORE INTO configs VALUES (?,?,?)", (config, image, text)),
+            lambda db: db.execute(
+                "INSERT OR IGNORE INTO configs VALUES (?,?,?)", (config, image, text)
+            ),
         )
 
     def config(self, config: str) -> tuple[str, dict[str, Any]] | None:
         with self._lock:
-            row = self._db.execute("SELECT image, properties FROM configs WHERE config=?", (config,)).fetchone()
+            row = self._db.execute(
+                "SELECT image, properties FROM configs WHERE config=?", (config,)
+            ).fetchone()
         return (str(row[0]), dict(json.loads(row[1]))) if row else None
 
     def next_sequence(self, cluster: str, group: str, epoch: int) -> int:
@@ -384,7 +430,9 @@ class SqliteStore:
                 "INSERT INTO sequences VALUES (?,?,1) ON CONFLICT(cluster, grp) DO UPDATE SET value=value+1",
                 (cluster, group),
             )
-            row = db.execute("SELECT value FROM sequences WHERE cluster=? AND grp=?", (cluster, group)).fetchone()
+            row = db.execute(
+                "SELECT value FROM sequences WHERE cluster=? AND grp=?", (cluster, group)
+            ).fetchone()
             return int(row[0])
 
         return int(self._write(cluster, epoch, body))
@@ -399,7 +447,19 @@ class SqliteStore:
             db.executemany(
                 "INSERT INTO intents VALUES (?,?,?,?,?,?,?,?,?,?,'pending',NULL,?)",
                 [
-                    (i.key, i.cluster, i.group, i.op, i.slot, i.instance_id, i.config, i.reason, i.request, i.created_at, epoch)
+                    (
+                        i.key,
+                        i.cluster,
+                        i.group,
+                        i.op,
+                        i.slot,
+                        i.instance_id,
+                        i.config,
+                        i.reason,
+                        i.request,
+                        i.created_at,
+                        epoch,
+                    )
                     for i in intents
                 ],
             )
@@ -410,12 +470,28 @@ class SqliteStore:
         cluster = self._cluster_of(key)
 
         def body(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE intents SET state='done', result=?, instance_id=? WHERE key=?", (known.instance_id, known.instance_id, key))
+            db.execute(
+                "UPDATE intents SET state='done', result=?, instance_id=? WHERE key=?",
+                (known.instance_id, known.instance_id, key),
+            )
             db.execute(
                 "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,NULL)",
-                (known.instance_id, cluster, known.group, known.slot, known.config, known.image, known.name, known.key, known.created_at),
+                (
+                    known.instance_id,
+                    cluster,
+                    known.group,
+                    known.slot,
+                    known.config,
+                    known.image,
+                    known.name,
+                    known.key,
+                    known.created_at,
+                ),
             )
-            db.execute("INSERT OR IGNORE INTO births VALUES (?,?,?,?)", (cluster, known.group, known.instance_id, known.created_at))
+            db.execute(
+                "INSERT OR IGNORE INTO births VALUES (?,?,?,?)",
+                (cluster, known.group, known.instance_id, known.created_at),
+            )
 
         self._write(cluster, epoch, body)
 
@@ -430,15 +506,25 @@ class SqliteStore:
                 "INSERT INTO instances VALUES (?,?,?,?,?,'','','',0,?) ON CONFLICT(cluster, grp, instance_id) DO UPDATE SET destroyed_at=excluded.destroyed_at",
                 (instance_id, cluster, group, row[1] if row else "", row[2] if row else "", now),
             )
-            db.execute("DELETE FROM health WHERE cluster=? AND grp=? AND instance_id=?", (cluster, group, instance_id))
-            db.execute("DELETE FROM births WHERE cluster=? AND grp=? AND instance_id=?", (cluster, row[0] if row else "", instance_id))
+            db.execute(
+                "DELETE FROM health WHERE cluster=? AND grp=? AND instance_id=?",
+                (cluster, group, instance_id),
+            )
+            db.execute(
+                "DELETE FROM births WHERE cluster=? AND grp=? AND instance_id=?",
+                (cluster, row[0] if row else "", instance_id),
+            )
 
         self._write(cluster, epoch, body)
 
     def abandon_intent(self, key: str, message: str, epoch: int) -> None:
         cluster = self._cluster_of(key)
         self._write(
-            cluster, epoch, lambda db: db.execute("UPDATE intents SET state='failed', result=? WHERE key=?", (message, key))
+            cluster,
+            epoch,
+            lambda db: db.execute(
+                "UPDATE intents SET state='failed', result=? WHERE key=?", (message, key)
+            ),
         )
 
     def pending_intents(self, cluster: str, group: str | None = None) -> list[Intent]:
@@ -476,31 +562,50 @@ class SqliteStore:
 
     def unhealthy_since(self, cluster: str, group: str) -> dict[str, float]:
         with self._lock:
-            rows = self._db.execute("SELECT instance_id, since FROM health WHERE cluster=? AND grp=?", (cluster, group)).fetchall()
+            rows = self._db.execute(
+                "SELECT instance_id, since FROM health WHERE cluster=? AND grp=?", (cluster, group)
+            ).fetchall()
         return {str(r[0]): float(r[1]) for r in rows}
 
-    def set_unhealthy_since(self, cluster: str, group: str, changes: dict[str, float | None]) -> None:
+    def set_unhealthy_since(
+        self, cluster: str, group: str, changes: dict[str, float | None]
+    ) -> None:
         if not changes:
             return
 
         def body(db: sqlite3.Connection) -> None:
             for instance_id, since in changes.items():
                 if since is None:
-                    db.execute("DELETE FROM health WHERE cluster=? AND grp=? AND instance_id=?", (cluster, group, instance_id))
+                    db.execute(
+                        "DELETE FROM health WHERE cluster=? AND grp=? AND instance_id=?",
+                        (cluster, group, instance_id),
+                    )
                 else:
-                    db.execute("INSERT OR REPLACE INTO health VALUES (?,?,?,?)", (cluster, group, instance_id, since))
+                    db.execute(
+                        "INSERT OR REPLACE INTO health VALUES (?,?,?,?)",
+                        (cluster, group, instance_id, since),
+                    )
 
         self._write(cluster, None, body)
 
     def birth_times(self, cluster: str, group: str) -> dict[str, float]:
         """When each machine this journal created was made (kept while the machine lives)."""
         with self._lock:
-            rows = self._db.execute("SELECT instance_id, created_at FROM births WHERE cluster=? AND grp=?", (cluster, group)).fetchall()
+            rows = self._db.execute(
+                "SELECT instance_id, created_at FROM births WHERE cluster=? AND grp=?",
+                (cluster, group),
+            ).fetchall()
         return {str(r[0]): float(r[1]) for r in rows}
 
     # -- what the cluster ever used ------------------------------------------------------------
 
-    def record_cluster(self, cluster: str, groups: Mapping[str, str], providers: Sequence[ProviderRecord], epoch: int) -> None:
+    def record_cluster(
+        self,
+        cluster: str,
+        groups: Mapping[str, str],
+        providers: Sequence[ProviderRecord],
+        epoch: int,
+    ) -> None:
         """Remember the spec's groups (name -> provider) and providers; a group is never forgotten
         until :meth:`retire_group` says its machines are gone, a provider never."""
 
@@ -511,55 +616,91 @@ class SqliteStore:
             )
             db.executemany(
                 "INSERT OR REPLACE INTO providers_seen VALUES (?,?,?,?,?,?)",
-                [(cluster, p.name, p.type, p.rate_limit, json.dumps(p.options, sort_keys=True, default=str), p.base) for p in providers],
+                [
+                    (
+                        cluster,
+                        p.name,
+                        p.type,
+                        p.rate_limit,
+                        json.dumps(p.options, sort_keys=True, default=str),
+                        p.base,
+                    )
+                    for p in providers
+                ],
             )
 
         self._write(cluster, epoch, body)
 
     def groups_seen(self, cluster: str) -> dict[str, str]:
         with self._lock:
-            rows = self._db.execute("SELECT grp, provider FROM groups_seen WHERE cluster=? AND retired=0", (cluster,)).fetchall()
+            rows = self._db.execute(
+                "SELECT grp, provider FROM groups_seen WHERE cluster=? AND retired=0", (cluster,)
+            ).fetchall()
         return {str(r[0]): str(r[1]) for r in rows}
 
     def groups_with_intents(self, cluster: str) -> set[str]:
         with self._lock:
-            rows = self._db.execute("SELECT DISTINCT grp FROM intents WHERE cluster=?", (cluster,)).fetchall()
+            rows = self._db.execute(
+                "SELECT DISTINCT grp FROM intents WHERE cluster=?", (cluster,)
+            ).fetchall()
         return {str(r[0]) for r in rows}
 
     def retire_group(self, cluster: str, group: str, epoch: int) -> None:
-        self._write(cluster, epoch, lambda db: db.execute("UPDATE groups_seen SET retired=1 WHERE cluster=? AND grp=?", (cluster, group)))
+        self._write(
+            cluster,
+            epoch,
+            lambda db: db.execute(
+                "UPDATE groups_seen SET retired=1 WHERE cluster=? AND grp=?", (cluster, group)
+            ),
+        )
 
     def providers_seen(self, cluster: str) -> list[ProviderRecord]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT name, type, rate_limit, options, base FROM providers_seen WHERE cluster=? ORDER BY name", (cluster,)
+                "SELECT name, type, rate_limit, options, base FROM providers_seen WHERE cluster=? ORDER BY name",
+                (cluster,),
             ).fetchall()
-        return [ProviderRecord(str(r[0]), str(r[1]), r[2], dict(json.loads(r[3])), str(r[4])) for r in rows]
+        return [
+            ProviderRecord(str(r[0]), str(r[1]), r[2], dict(json.loads(r[3])), str(r[4]))
+            for r in rows
+        ]
 
     def adopt_journals(self, cluster: str, ids: Iterable[str], epoch: int) -> None:
         rows = [(cluster, i) for i in ids]
         if rows:
-            self._write(cluster, epoch, lambda db: db.executemany("INSERT OR IGNORE INTO adopted VALUES (?,?)", rows))
+            self._write(
+                cluster,
+                epoch,
+                lambda db: db.executemany("INSERT OR IGNORE INTO adopted VALUES (?,?)", rows),
+            )
 
     def adopted_journals(self, cluster: str) -> set[str]:
         with self._lock:
-            rows = self._db.execute("SELECT journal FROM adopted WHERE cluster=?", (cluster,)).fetchall()
+            rows = self._db.execute(
+                "SELECT journal FROM adopted WHERE cluster=?", (cluster,)
+            ).fetchall()
         return {str(r[0]) for r in rows}
 
     # -- inspection (status, tests) ---------------------------------------------------------
 
     def intent_counts(self, cluster: str) -> dict[str, int]:
         with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM intents WHERE cluster=? GROUP BY state", (cluster,)).fetchall()
+            rows = self._db.execute(
+                "SELECT state, COUNT(*) FROM intents WHERE cluster=? GROUP BY state", (cluster,)
+            ).fetchall()
         return {str(r[0]): int(r[1]) for r in rows}
 
     def lease_holder(self, cluster: str) -> str:
         """Who holds the cluster's lease now ('' when nobody does)."""
         with self._lock:
-            row = self._db.execute("SELECT owner, expires FROM leases WHERE cluster=?", (cluster,)).fetchone()
+            row = self._db.execute(
+                "SELECT owner, expires FROM leases WHERE cluster=?", (cluster,)
+            ).fetchone()
         return str(row[0]) if row and row[0] and row[1] > time.time() else ""
 
     def current_epoch(self, cluster: str) -> int:
         with self._lock:
-            row = self._db.execute("SELECT epoch FROM leases WHERE cluster=?", (cluster,)).fetchone()
+            row = self._db.execute(
+                "SELECT epoch FROM leases WHERE cluster=?", (cluster,)
+            ).fetchone()
         return int(row[0]) if row else 0

@@ -10,18 +10,27 @@ Labels = tuple[tuple[str, str], ...]
 
 _HELP = {
     "provision_reconcile_passes_total": ("counter", "Reconcile passes per group."),
-    "provision_reconcile_errors_total": ("counter", "Failed provider calls per group and operation."),
+    "provision_reconcile_errors_total": (
+        "counter",
+        "Failed provider calls per group and operation.",
+    ),
     "provision_provider_calls_total": ("counter", "Provider calls per provider and operation."),
     "provision_machines_created_total": ("counter", "Machines created per group."),
     "provision_machines_destroyed_total": ("counter", "Machines destroyed per group and reason."),
     "provision_group_desired": ("gauge", "Desired machines per group."),
     "provision_group_observed": ("gauge", "Owned machines observed per group."),
     "provision_group_available": ("gauge", "Available (healthy) machines per group."),
-    "provision_group_up_to_date": ("gauge", "Machines running the desired configuration per group."),
+    "provision_group_up_to_date": (
+        "gauge",
+        "Machines running the desired configuration per group.",
+    ),
     "provision_group_converged": ("gauge", "1 when the group matches its spec."),
     "provision_pass_seconds_sum": ("counter", "Total time spent in reconcile passes per group."),
     "provision_leader_epoch": ("gauge", "Fencing epoch held by this daemon (0: not leader)."),
-    "provision_group_owned": ("gauge", "1 while this daemon owns the group (sharded daemons on etcd)."),
+    "provision_group_owned": (
+        "gauge",
+        "1 while this daemon owns the group (sharded daemons on etcd).",
+    ),
     "provision_group_epoch": ("gauge", "The group's fencing token held by this daemon (sharded)."),
     "provision_member_epoch": ("gauge", "This daemon's membership token (sharded)."),
     "provision_shard_members": ("gauge", "Live daemons sharing the cluster (sharded)."),
@@ -60,7 +69,9 @@ class Metrics:
                 lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
                 last = name
             label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-            number = str(int(value)) if float(value).is_integer() else f"{value:g}"  # tokens and counters exactly
+            number = (
+                str(int(value)) if float(value).is_integer() else f"{value:g}"
+            )  # tokens and counters exactly
             lines.append(f"{name}{{{label_text}}} {number}" if labels else f"{name} {number}")
         return "\n".join(lines) + "\n"
 
@@ -69,7 +80,9 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def serve_metrics(listen: str, metrics: Metrics, healthy: Callable[[], bool | tuple[bool, str]]) -> ThreadingHTTPServer:
+def serve_metrics(
+    listen: str, metrics: Metrics, healthy: Callable[[], bool | tuple[bool, str]]
+) -> ThreadingHTTPServer:
     """Serve ``/metrics`` and ``/healthz`` on ``listen`` (HOST:PORT; port 0 picks one);
     ``healthy`` answers a bool, or (bool, the text /healthz shows)."""
     host, _, port = listen.rpartition(":")
@@ -80,7 +93,11 @@ def serve_metrics(listen: str, metrics: Metrics, healthy: Callable[[], bool | tu
                 self._send(200, metrics.render(), "text/plain; version=0.0.4")
             elif self.path == "/healthz":
                 answer = healthy()
-                ok, text = answer if isinstance(answer, tuple) else (answer, "ok\n" if answer else "unhealthy\n")
+                ok, text = (
+                    answer
+                    if isinstance(answer, tuple)
+                    else (answer, "ok\n" if answer else "unhealthy\n")
+                )
                 self._send(200 if ok else 503, text, "text/plain")
             else:
                 self._send(404, "not found\n", "text/plain")

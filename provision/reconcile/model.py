@@ -35,8 +35,12 @@ class Machine:
     condition: Condition
     key: str = ""
     visible: bool = True  # False: known from the journal, not yet in the provider's list
-    deleting: bool = False  # a destroy intent is pending: it still counts, but is neither kept nor available
-    journal: str = ""  # the id of the journal that created it ("" when untagged: made before journals had ids)
+    deleting: bool = (
+        False  # a destroy intent is pending: it still counts, but is neither kept nor available
+    )
+    journal: str = (
+        ""  # the id of the journal that created it ("" when untagged: made before journals had ids)
+    )
 
     @property
     def ref(self) -> str:

@@ -34,8 +34,16 @@ from provision.retry import RetryPolicy
 class HttpHealthChecker:
     """GET http://ADDRESS:PORT/PATH on each machine; 2xx is healthy. Probes run in parallel."""
 
-    def __init__(self, provider: Provider, port: int, path: str, timeout: float = 2.0, workers: int = 16) -> None:
-        self.provider, self.port, self.path, self.timeout, self.workers = provider, port, path, timeout, workers
+    def __init__(
+        self, provider: Provider, port: int, path: str, timeout: float = 2.0, workers: int = 16
+    ) -> None:
+        self.provider, self.port, self.path, self.timeout, self.workers = (
+            provider,
+            port,
+            path,
+            timeout,
+            workers,
+        )
 
     def probe(self, instance: Instance) -> HealthState:
         where = self.provider.address(instance, self.port)
@@ -63,7 +71,9 @@ def _health_source(provider: Provider) -> HealthSource | None:
     return provider if isinstance(provider, HealthSource) else None
 
 
-def probe_instances(provider: Provider, group: GroupSpec, instances: Sequence[Instance]) -> list[HealthState]:
+def probe_instances(
+    provider: Provider, group: GroupSpec, instances: Sequence[Instance]
+) -> list[HealthState]:
     """Health of each instance: from the provider itself when it knows, else over HTTP."""
     if not group.health.enabled:
         return [HealthState.HEALTHY] * len(instances)
@@ -114,13 +124,24 @@ class Observer:
         machines = self._classify(group, list(live.values()), now)
         pending = self.store.pending_intents(self.cluster, group.name)
         deleting = {i.instance_id for i in pending if i.op == "destroy"}
-        machines = [dataclasses.replace(m, deleting=True) if m.id in deleting else m for m in machines]
+        machines = [
+            dataclasses.replace(m, deleting=True) if m.id in deleting else m for m in machines
+        ]
         for intent in pending:
             if intent.op == "create":
                 request = json.loads(intent.request) if intent.request else {}
                 machines.append(
-                    Machine(None, str(request.get("name", "")), intent.slot, intent.config, str(request.get("image", "")),
-                            intent.created_at, Condition.STARTING, key=intent.key, visible=False)
+                    Machine(
+                        None,
+                        str(request.get("name", "")),
+                        intent.slot,
+                        intent.config,
+                        str(request.get("image", "")),
+                        intent.created_at,
+                        Condition.STARTING,
+                        key=intent.key,
+                        visible=False,
+                    )
                 )
         machines.sort(key=lambda m: (m.slot, m.name, m.ref))
         return Observation(group.name, tuple(machines), pages)
@@ -131,8 +152,11 @@ class Observer:
         gives up."""
         policy = RetryPolicy(attempts=6, total=60.0, initial=0.2, maximum=5.0, clock=self.clock)
         tags = {TAG_CLUSTER: self.cluster, TAG_GROUP: group.name}
-        return policy.call(lambda: list_all(self.provider, tags), retry_on=(TransientProviderError,),
-                           what=f"listing group {group.name}")
+        return policy.call(
+            lambda: list_all(self.provider, tags),
+            retry_on=(TransientProviderError,),
+            what=f"listing group {group.name}",
+        )
 
     def _classify(self, group: GroupSpec, instances: list[Instance], now: float) -> list[Machine]:
         states = probe_instances(self.provider, group, instances)
@@ -144,7 +168,9 @@ class Observer:
         changes: dict[str, float | None] = {i: None for i in since if i not in listed}
         machines = []
         for instance, state in zip(instances, states, strict=True):
-            if instance.created_at <= 0 and instance.id in born:  # the provider does not say: the journal does
+            if (
+                instance.created_at <= 0 and instance.id in born
+            ):  # the provider does not say: the journal does
                 instance = dataclasses.replace(instance, created_at=born[instance.id])
             condition = Condition.AVAILABLE
             if instance.state is InstanceState.PENDING:
@@ -167,8 +193,17 @@ class Observer:
             elif instance.id in since:
                 changes[instance.id] = None
             machines.append(
-                Machine(instance.id, instance.name, instance.slot, instance.config, instance.image,
-                        instance.created_at, condition, visible=True, journal=instance.tags.get(TAG_JOURNAL, ""))
+                Machine(
+                    instance.id,
+                    instance.name,
+                    instance.slot,
+                    instance.config,
+                    instance.image,
+                    instance.created_at,
+                    condition,
+                    visible=True,
+                    journal=instance.tags.get(TAG_JOURNAL, ""),
+                )
             )
         self.store.set_unhealthy_since(self.cluster, group.name, changes)
         return machines
@@ -179,5 +214,10 @@ def _instance_from_known(cluster: str, known: object) -> Instance:
     from provision.reconcile.provider import TAG_CONFIG, TAG_SLOT
 
     assert isinstance(known, KnownInstance)
-    tags = {TAG_CLUSTER: cluster, TAG_GROUP: known.group, TAG_SLOT: known.slot, TAG_CONFIG: known.config}
+    tags = {
+        TAG_CLUSTER: cluster,
+        TAG_GROUP: known.group,
+        TAG_SLOT: known.slot,
+        TAG_CONFIG: known.config,
+    }
     return Instance(known.instance_id, known.name, tags, known.image, known.created_at)

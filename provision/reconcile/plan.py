@@ -126,7 +126,9 @@ class _PlanReader:
             self.fail(f"{where}.{key}" if where else key, "missing")
         return value
 
-    def text(self, value: Any, where: str, pattern: re.Pattern[str] | None = None, limit: int = 4096) -> str:
+    def text(
+        self, value: Any, where: str, pattern: re.Pattern[str] | None = None, limit: int = 4096
+    ) -> str:
         if not isinstance(value, str) or len(value) > limit:
             self.fail(where, f"must be a string of at most {limit} characters")
         if pattern is not None and not pattern.fullmatch(value):
@@ -160,7 +162,9 @@ def _check_plan(body: Any, source: str) -> ClusterPlan:
         r.fail("spec_text", "does not match spec_digest (the plan was edited)")
     spec_file = r.text(top["spec_file"], "spec_file")
     if not spec_file.startswith("/"):
-        r.fail("spec_file", "must be an absolute path (plans made by `provision plan --out` store one)")
+        r.fail(
+            "spec_file", "must be an absolute path (plans made by `provision plan --out` store one)"
+        )
     groups: list[GroupPlan] = []
     for i, raw in enumerate(r.items(top["groups"], "groups")):
         where = f"groups[{i}]"
@@ -171,22 +175,46 @@ def _check_plan(body: Any, source: str) -> ClusterPlan:
             c = r.fields(item, at, set(MachineChange.__dataclass_fields__))
             if c["action"] not in ACTIONS:
                 r.fail(f"{at}.action", f"must be one of {', '.join(ACTIONS)}")
-            changes.append(MachineChange(
-                c["action"], r.text(c["slot"], f"{at}.slot"), r.text(c["machine"], f"{at}.machine"),
-                r.text(c["reason"], f"{at}.reason"), r.text(c["config_before"], f"{at}.config_before", limit=256),
-                r.text(c["config_after"], f"{at}.config_after", limit=256)))
-        groups.append(GroupPlan(
-            r.text(g["group"], f"{where}.group", _NAME), r.text(g["provider"], f"{where}.provider", _NAME),
-            r.text(g["image"], f"{where}.image"), r.text(g["config"], f"{where}.config", _CONFIG),
-            r.count(g["desired"], f"{where}.desired"), r.count(g["observed"], f"{where}.observed"),
-            tuple(changes), tuple(r.text(n, f"{where}.notes[{k}]") for k, n in enumerate(r.items(g["notes"], f"{where}.notes"))),
-            r.flag(g["removed"], f"{where}.removed")))
+            changes.append(
+                MachineChange(
+                    c["action"],
+                    r.text(c["slot"], f"{at}.slot"),
+                    r.text(c["machine"], f"{at}.machine"),
+                    r.text(c["reason"], f"{at}.reason"),
+                    r.text(c["config_before"], f"{at}.config_before", limit=256),
+                    r.text(c["config_after"], f"{at}.config_after", limit=256),
+                )
+            )
+        groups.append(
+            GroupPlan(
+                r.text(g["group"], f"{where}.group", _NAME),
+                r.text(g["provider"], f"{where}.provider", _NAME),
+                r.text(g["image"], f"{where}.image"),
+                r.text(g["config"], f"{where}.config", _CONFIG),
+                r.count(g["desired"], f"{where}.desired"),
+                r.count(g["observed"], f"{where}.observed"),
+                tuple(changes),
+                tuple(
+                    r.text(n, f"{where}.notes[{k}]")
+                    for k, n in enumerate(r.items(g["notes"], f"{where}.notes"))
+                ),
+                r.flag(g["removed"], f"{where}.removed"),
+            )
+        )
     journal = r.text(top["journal"], "journal")
     if journal and not journal.startswith("/"):
-        r.fail("journal", "must be an absolute path (plans made by `provision plan --out` store one)")
+        r.fail(
+            "journal", "must be an absolute path (plans made by `provision plan --out` store one)"
+        )
     return ClusterPlan(
-        r.text(top["cluster"], "cluster", _NAME), spec_file, spec_digest, spec_text,
-        r.text(top["observed_digest"], "observed_digest", _DIGEST), tuple(groups), journal)
+        r.text(top["cluster"], "cluster", _NAME),
+        spec_file,
+        spec_digest,
+        spec_text,
+        r.text(top["observed_digest"], "observed_digest", _DIGEST),
+        tuple(groups),
+        journal,
+    )
 
 
 def check_plan_matches_spec(plan: ClusterPlan, spec: ClusterSpec, source: str) -> None:
@@ -199,12 +227,17 @@ def check_plan_matches_spec(plan: ClusterPlan, spec: ClusterSpec, source: str) -
         group = groups.get(g.group)
         if g.removed:  # a group the spec no longer declares: its machines are to go
             if group is not None or g.desired != 0:
-                r.fail(f"groups[{i}]", f"group {g.group!r} is marked removed but the spec declares it or it wants machines")
+                r.fail(
+                    f"groups[{i}]",
+                    f"group {g.group!r} is marked removed but the spec declares it or it wants machines",
+                )
             continue
         if group is None:
             r.fail(f"groups[{i}].group", f"the spec has no group {g.group!r}")
         if g.provider != group.provider or g.desired != group.desired:
-            r.fail(f"groups[{i}]", f"provider or desired size differ from the spec's group {g.group!r}")
+            r.fail(
+                f"groups[{i}]", f"provider or desired size differ from the spec's group {g.group!r}"
+            )
 
 
 def digest_observations(observations: Sequence[Observation]) -> str:
@@ -219,7 +252,9 @@ def digest_observations(observations: Sequence[Observation]) -> str:
 Trigger = Callable[[Machine], str]
 
 
-def plan_group(group: GroupSpec, image: str, config: str, observation: Observation, trigger: Trigger) -> GroupPlan:
+def plan_group(
+    group: GroupSpec, image: str, config: str, observation: Observation, trigger: Trigger
+) -> GroupPlan:
     """The diff for one group: every machine with its action and the reason for it."""
     machines = observation.machines
     targets = plan_targets(group, config, machines)
@@ -246,10 +281,16 @@ def plan_group(group: GroupSpec, image: str, config: str, observation: Observati
     else:
         new_slots = [""] * max(0, len(targets.missing) - len(targets.outdated))
     for slot in new_slots:
-        changes.append(MachineChange("create", slot, "(new)", "missing" if slot else "scale up", "", config))
+        changes.append(
+            MachineChange("create", slot, "(new)", "missing" if slot else "scale up", "", config)
+        )
     for m in machines:
         if m.deleting:
-            changes.append(MachineChange("destroy", m.slot, m.ref, "destroy in flight (re-driven)", m.config, ""))
+            changes.append(
+                MachineChange(
+                    "destroy", m.slot, m.ref, "destroy in flight (re-driven)", m.config, ""
+                )
+            )
         elif m.ref not in decided:
             reason = "create in flight" if m.id is None else m.condition.value
             if m.config != config:
@@ -257,7 +298,16 @@ def plan_group(group: GroupSpec, image: str, config: str, observation: Observati
             changes.append(MachineChange("nothing", m.slot, m.ref, reason, m.config, m.config))
     order = {a: i for i, a in enumerate(ACTIONS)}
     changes.sort(key=lambda c: (order[c.action], c.slot, c.machine))
-    return GroupPlan(group.name, group.provider, image, config, group.desired, len(machines), tuple(changes), targets.notes)
+    return GroupPlan(
+        group.name,
+        group.provider,
+        image,
+        config,
+        group.desired,
+        len(machines),
+        tuple(changes),
+        targets.notes,
+    )
 
 
 def describe_trigger(
@@ -284,9 +334,13 @@ def render_plan_table(plan: ClusterPlan, *, verbose: bool = False) -> str:
     for g in plan.groups:
         summary = ", ".join(f"{g.count(a)} {a}" for a in ACTIONS if g.count(a))
         if g.removed:
-            lines.append(f"\ngroup {g.group}  provider={g.provider}  (removed from the spec)  observed={g.observed}  [{summary or 'empty'}]")
+            lines.append(
+                f"\ngroup {g.group}  provider={g.provider}  (removed from the spec)  observed={g.observed}  [{summary or 'empty'}]"
+            )
         else:
-            lines.append(f"\ngroup {g.group}  provider={g.provider}  desired={g.desired} observed={g.observed}  image={g.image}  [{summary or 'empty'}]")
+            lines.append(
+                f"\ngroup {g.group}  provider={g.provider}  desired={g.desired} observed={g.observed}  image={g.image}  [{summary or 'empty'}]"
+            )
         rows = [c for c in g.changes if verbose or c.action != "nothing"]
         if rows:
             lines.append(f"  {'ACTION':<8} {'SLOT':<14} {'MACHINE':<22} REASON")

@@ -29,7 +29,9 @@ class Targets:
     notes: tuple[str, ...]
 
 
-def victim_key(machine: Machine, config: str, covered: Collection[str] = ()) -> tuple[int, int, int, float, str]:
+def victim_key(
+    machine: Machine, config: str, covered: Collection[str] = ()
+) -> tuple[int, int, int, float, str]:
     """Sort key: out of date first, then (pets) slots already covered, unhealthy, oldest, name."""
     return (
         0 if machine.config != config else 1,
@@ -86,7 +88,9 @@ def plan_targets(group: GroupSpec, config: str, machines: Sequence[Machine]) -> 
         if rolling:
             outdated.extend(old)
         else:
-            keep_old = sorted(old, key=lambda m: victim_key(m, config), reverse=True)[: max(0, want)]
+            keep_old = sorted(old, key=lambda m: victim_key(m, config), reverse=True)[
+                : max(0, want)
+            ]
             excess.extend(m for m in old if m not in keep_old)
             want = max(0, want - len(keep_old))
             current.extend(keep_old)
@@ -134,9 +138,13 @@ def plan_step(
     def permitted(m: Machine) -> bool:
         return m.id is not None and (allowed is None or m.id in allowed)
 
-    covered: set[str] = set()  # pets: slots whose replacement is up, so their old machine goes first
+    covered: set[str] = (
+        set()
+    )  # pets: slots whose replacement is up, so their old machine goes first
     if group.members is not None:
-        covered = {m.slot for m in machines if m.config == config and m.condition is Condition.AVAILABLE}
+        covered = {
+            m.slot for m in machines if m.config == config and m.condition is Condition.AVAILABLE
+        }
     destroys: list[Destruction] = []
     # Remediation: failed machines are not available, so they never cost availability; the
     # number in flight (destroyed, replacement not yet healthy) is capped by maxInFlight.
@@ -149,7 +157,9 @@ def plan_step(
         destroys.append(Destruction(m, "unhealthy", remediation=True))
         in_flight += 1
     # Out of date and excess machines, in victim order; available ones cost budget.
-    candidates = [(m, "scale down") for m in targets.excess] + [(m, "out of date") for m in targets.outdated]
+    candidates = [(m, "scale down") for m in targets.excess] + [
+        (m, "out of date") for m in targets.outdated
+    ]
     candidates.sort(key=lambda pair: victim_key(pair[0], config, covered))
     remaining_after = total
     for m, reason in candidates:
@@ -162,7 +172,11 @@ def plan_step(
         destroys.append(Destruction(m, reason))
         remaining_after -= 1
     room = ceiling - total  # negative when above the ceiling: destroys must first make room
-    creates = [Creation(d.machine.slot if group.members is not None else "", "replace unhealthy") for d in destroys if d.remediation]
+    creates = [
+        Creation(d.machine.slot if group.members is not None else "", "replace unhealthy")
+        for d in destroys
+        if d.remediation
+    ]
     creates += [Creation(slot, "missing" if slot else "scale up") for slot in targets.missing]
     gone = {d.machine.id for d in destroys}
     occupied = {m.slot for m in machines if m.id not in gone}
@@ -173,4 +187,3 @@ def plan_step(
     if len(creates) > room + len(destroys):
         notes.append(f"creates held at the surge ceiling {ceiling}")
     return Step(tuple(destroys), tuple(creates[: max(0, room + len(destroys))]), room, tuple(notes))
-

@@ -40,7 +40,11 @@ LOCAL_DEADLINE = 0.8  # of the TTL, from the send time of the last successful re
 
 def shard_owner(group: str, members: Sequence[str]) -> str:
     """The member that should own ``group``: rendezvous (highest random weight) hashing."""
-    return max(members, key=lambda m: hashlib.sha256(f"{group}\0{m}".encode()).digest()) if members else ""
+    return (
+        max(members, key=lambda m: hashlib.sha256(f"{group}\0{m}".encode()).digest())
+        if members
+        else ""
+    )
 
 
 class ShardedDaemon(Daemon):
@@ -97,7 +101,9 @@ class ShardedDaemon(Daemon):
         while not self.stop.is_set():
             try:
                 sent = time.monotonic()
-                self.member_epoch, self.lease = self.shards.join(cluster, self.options.owner, self.options.lease_ttl)
+                self.member_epoch, self.lease = self.shards.join(
+                    cluster, self.options.owner, self.options.lease_ttl
+                )
             except (LeaseHeldError, EtcdError) as exc:
                 if self.standby != str(exc):
                     log_event("standby", cluster=cluster, owner=self.options.owner, holder=str(exc))
@@ -126,7 +132,12 @@ class ShardedDaemon(Daemon):
                 continue  # the local deadline decides
             if remaining <= 0:
                 self._lease_gone = True
-                log_event("lease-expired", logging.ERROR, owner=self.options.owner, lease=f"{self.lease:x}")
+                log_event(
+                    "lease-expired",
+                    logging.ERROR,
+                    owner=self.options.owner,
+                    lease=f"{self.lease:x}",
+                )
                 return
             self._deadline = max(self._deadline, sent + LOCAL_DEADLINE * self.options.lease_ttl)
 
@@ -152,7 +163,12 @@ class ShardedDaemon(Daemon):
                     self._lose_lease()
                     break
                 except EtcdError as exc:
-                    log_event("rebalance-failed", logging.WARNING, owner=self.options.owner, error=str(exc))
+                    log_event(
+                        "rebalance-failed",
+                        logging.WARNING,
+                        owner=self.options.owner,
+                        error=str(exc),
+                    )
                 self._restart_dead_groups()
                 if time.monotonic() - last_resync >= self.options.resync:
                     last_resync = time.monotonic()
@@ -171,10 +187,17 @@ class ShardedDaemon(Daemon):
             self._drop(group)
         if not self.lost_lease:
             try:
-                self.shards.client.revoke(self.lease)  # deletes the member key; the others take over at once
+                self.shards.client.revoke(
+                    self.lease
+                )  # deletes the member key; the others take over at once
             except EtcdError as exc:
                 log_event("leave-failed", logging.WARNING, owner=self.options.owner, error=str(exc))
-        log_event("stopped", cluster=self.engine.spec.name, owner=self.options.owner, epoch=self.member_epoch)
+        log_event(
+            "stopped",
+            cluster=self.engine.spec.name,
+            owner=self.options.owner,
+            epoch=self.member_epoch,
+        )
 
     def _drop(self, group: str) -> None:
         """Forget ``group`` here (its thread has ended), then release its owner key."""
@@ -198,13 +221,18 @@ class ShardedDaemon(Daemon):
         cluster, me = self.engine.spec.name, self.options.owner
         members = self.shards.members(cluster)
         if me not in members:
-            raise StaleEpochError(f"daemon {me} is no longer a member of cluster {cluster!r}", hint="its lease expired")
+            raise StaleEpochError(
+                f"daemon {me} is no longer a member of cluster {cluster!r}",
+                hint="its lease expired",
+            )
         owners = self.shards.group_owners(cluster)
         names = [g.name for g in self.engine.groups()]
         wanted = {g for g in names if shard_owner(g, members) == me}
         self.metrics.set("provision_shard_members", len(members))
         for group, token in self.owned().items():
-            if owners.get(group, ("", 0))[1] != token:  # the key is gone (never seen while the lease lives)
+            if (
+                owners.get(group, ("", 0))[1] != token
+            ):  # the key is gone (never seen while the lease lives)
                 raise StaleEpochError(f"group {group}: owner key lost", hint="its lease expired")
             if group not in wanted:
                 self._hand_off(group)
@@ -240,6 +268,8 @@ class ShardedDaemon(Daemon):
             if thread is not None and thread.is_alive():
                 continue
             self._wake.setdefault(group.name, threading.Event())
-            thread = threading.Thread(target=self._group_thread, args=(group.name,), name=f"group-{group.name}")
+            thread = threading.Thread(
+                target=self._group_thread, args=(group.name,), name=f"group-{group.name}"
+            )
             self._threads[group.name] = thread
             thread.start()

@@ -180,6 +180,7 @@ def format_seconds(seconds: float) -> str:
 
 def bounded_duration(bounds: tuple[float, float]) -> Callable[[Any], float | None]:
     """A duration parser that also refuses values outside ``bounds`` (None)."""
+
     def parse(value: Any) -> float | None:
         seconds = parse_duration(value)
         return seconds if seconds is not None and bounds[0] <= seconds <= bounds[1] else None
@@ -219,7 +220,9 @@ class _Reader(DocumentReader):
 
     def name(self, value: Any, path: KeyPath) -> str:
         if not isinstance(value, str) or not NAME.fullmatch(value):
-            self.fail(path, "must be 1-32 lowercase letters, digits or '-' (a tag value everywhere)")
+            self.fail(
+                path, "must be 1-32 lowercase letters, digits or '-' (a tag value everywhere)"
+            )
             return str(value)
         return value
 
@@ -253,9 +256,13 @@ def parse_cluster_spec(text: str, file: str = "<cluster>") -> ClusterSpec:
         raise SpecError(problems, hint="see docs/cluster-spec.md for the format")
     r = _Reader(root, file)
     if not isinstance(root, dict):
-        raise SpecError([Problem(file, 1, 1, "", f"a cluster spec must be a mapping, not {type_name(root)}")],
-                        hint="see docs/cluster-spec.md for the format")
-    top = r.mapping(root, (), {"cluster", "providers", "groups", "journal", "daemon"}, {"cluster", "groups"})
+        raise SpecError(
+            [Problem(file, 1, 1, "", f"a cluster spec must be a mapping, not {type_name(root)}")],
+            hint="see docs/cluster-spec.md for the format",
+        )
+    top = r.mapping(
+        root, (), {"cluster", "providers", "groups", "journal", "daemon"}, {"cluster", "groups"}
+    )
     name = r.name(top.get("cluster"), ("cluster",)) if "cluster" in top else "cluster"
     base = (Path(file).parent if file and not file.startswith("<") else Path.cwd()).absolute()
     providers = _parse_providers(r, top.get("providers"), base)
@@ -308,8 +315,13 @@ def _parse_providers(r: _Reader, value: Any, base: Path) -> dict[str, ProviderSp
             kind = name
         rate = fields.get("rateLimit")
         low, high = RATE_LIMIT_BOUNDS
-        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or not low <= rate <= high):
-            r.fail((*path, "rateLimit"), f"must be a number of calls per second from {low:g} to {high:g}")
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, int | float) or not low <= rate <= high
+        ):
+            r.fail(
+                (*path, "rateLimit"),
+                f"must be a number of calls per second from {low:g} to {high:g}",
+            )
             rate = None
         options = fields.get("options") or {}
         if not isinstance(options, dict):
@@ -319,7 +331,9 @@ def _parse_providers(r: _Reader, value: Any, base: Path) -> dict[str, ProviderSp
     return result
 
 
-def _parse_groups(r: _Reader, value: Any, providers: dict[str, ProviderSpec], base: Path) -> tuple[GroupSpec, ...]:
+def _parse_groups(
+    r: _Reader, value: Any, providers: dict[str, ProviderSpec], base: Path
+) -> tuple[GroupSpec, ...]:
     if not isinstance(value, list) or not value:
         r.fail(("groups",), "must be a non-empty list of groups")
         return ()
@@ -345,8 +359,11 @@ def _parse_groups(r: _Reader, value: Any, providers: dict[str, ProviderSpec], ba
                 # A group may name a provider type directly (default options).
                 providers[provider] = ProviderSpec(provider, provider, base=base)
             else:  # not a declared provider, and no type has such a name
-                r.fail((*path, "provider"), f"{provider!r} is neither a provider declared under providers: "
-                       "nor a provider type")
+                r.fail(
+                    (*path, "provider"),
+                    f"{provider!r} is neither a provider declared under providers: "
+                    "nor a provider type",
+                )
         image = fields.get("image")
         if "image" in fields and (not isinstance(image, str) or not image.strip()):
             r.fail((*path, "image"), "must be an image id or the path of an image spec")
@@ -357,12 +374,18 @@ def _parse_groups(r: _Reader, value: Any, providers: dict[str, ProviderSpec], ba
             properties = {}
         update = _parse_update(r, fields.get("update"), (*path, "update"))
         health = _parse_health(r, fields.get("health"), (*path, "health"))
-        groups.append(GroupSpec(name, provider, str(image or ""), size, members, properties, update, health))
+        groups.append(
+            GroupSpec(name, provider, str(image or ""), size, members, properties, update, health)
+        )
     return tuple(groups)
 
 
-def check_target_settings(r: _Reader, top: Mapping[str, Any], providers: Mapping[str, ProviderSpec],
-                          groups: tuple[GroupSpec, ...]) -> None:
+def check_target_settings(
+    r: _Reader,
+    top: Mapping[str, Any],
+    providers: Mapping[str, ProviderSpec],
+    groups: tuple[GroupSpec, ...],
+) -> None:
     """Each provider's type is a registered target, its ``options`` and its groups'
     ``properties`` match that target's schemas; every problem located."""
     from provision.providers import find_target, target_names
@@ -392,13 +415,17 @@ def check_target_settings(r: _Reader, top: Mapping[str, Any], providers: Mapping
         used = providers.get(group.provider)
         target = find_target(used.type) if used is not None else None
         if used is not None and target is None and group.provider not in declared:
-            r.fail(("groups", index, "provider"),
-                   f"{group.provider!r} is neither a provider declared under providers: nor a provider type (known: {known})")
+            r.fail(
+                ("groups", index, "provider"),
+                f"{group.provider!r} is neither a provider declared under providers: nor a provider type (known: {known})",
+            )
         if target is not None:
             check(target.properties, group.properties, ("groups", index, "properties"))
 
 
-def _parse_size(r: _Reader, fields: dict[str, Any], path: KeyPath) -> tuple[int | None, tuple[str, ...] | None]:
+def _parse_size(
+    r: _Reader, fields: dict[str, Any], path: KeyPath
+) -> tuple[int | None, tuple[str, ...] | None]:
     if "size" in fields and "members" in fields:
         r.fail(path, "give either size (cattle) or members (pets), not both")
     if "members" in fields:
@@ -410,7 +437,9 @@ def _parse_size(r: _Reader, fields: dict[str, Any], path: KeyPath) -> tuple[int 
         if len(set(names)) != len(names):
             r.fail((*path, "members"), "member names must be unique")
         return None, names
-    size = r.typed(fields.get("size"), (*path, "size"), _int(0), f"a whole number from 0 to {MAX_COUNT}", 0)
+    size = r.typed(
+        fields.get("size"), (*path, "size"), _int(0), f"a whole number from 0 to {MAX_COUNT}", 0
+    )
     if "size" not in fields:
         r.fail(path, "missing 'size' (or 'members')")
     return int(size), None
@@ -420,11 +449,19 @@ def _parse_update(r: _Reader, value: Any, path: KeyPath) -> UpdatePolicy:
     fields = r.mapping(value, path, {"strategy", "maxSurge", "maxUnavailable", "paused"})
     qty = "a count or a percentage like '25%'"
     surge = r.typed(fields.get("maxSurge"), (*path, "maxSurge"), parse_quantity, qty, Quantity(1))
-    unavailable = r.typed(fields.get("maxUnavailable"), (*path, "maxUnavailable"), parse_quantity, qty, Quantity(0))
+    unavailable = r.typed(
+        fields.get("maxUnavailable"), (*path, "maxUnavailable"), parse_quantity, qty, Quantity(0)
+    )
     if surge.value == 0 and unavailable.value == 0:
         r.fail(path, "maxSurge and maxUnavailable cannot both be 0 (no rollout could progress)")
     return UpdatePolicy(
-        strategy=r.typed(fields.get("strategy"), (*path, "strategy"), _enum(Strategy), "rolling or on-delete", Strategy.ROLLING),
+        strategy=r.typed(
+            fields.get("strategy"),
+            (*path, "strategy"),
+            _enum(Strategy),
+            "rolling or on-delete",
+            Strategy.ROLLING,
+        ),
         max_surge=surge,
         max_unavailable=unavailable,
         paused=r.typed(fields.get("paused"), (*path, "paused"), _bool, "true or false", False),
@@ -441,14 +478,38 @@ def _parse_health(r: _Reader, value: Any, path: KeyPath) -> HealthPolicy:
         r.fail((*path, "path"), "must be an absolute URL path like /healthz")
         health_path = "/healthz"
     return HealthPolicy(
-        port=r.typed(fields.get("port"), (*path, "port"), _int(1, 65535), "a TCP port (1 to 65535)", None),
+        port=r.typed(
+            fields.get("port"), (*path, "port"), _int(1, 65535), "a TCP port (1 to 65535)", None
+        ),
         path=health_path,
-        startup_timeout=r.typed(fields.get("startupTimeout"), (*path, "startupTimeout"),
-                                bounded_duration(STARTUP_TIMEOUT_BOUNDS), describe_duration(STARTUP_TIMEOUT_BOUNDS), 600.0),
-        unhealthy_timeout=r.typed(fields.get("unhealthyTimeout"), (*path, "unhealthyTimeout"),
-                                  bounded_duration(UNHEALTHY_TIMEOUT_BOUNDS), describe_duration(UNHEALTHY_TIMEOUT_BOUNDS), 300.0),
-        max_unhealthy=r.typed(fields.get("maxUnhealthy"), (*path, "maxUnhealthy"), parse_quantity, "a count or a percentage", Quantity(40, percent=True)),
-        max_in_flight=r.typed(fields.get("maxInFlight"), (*path, "maxInFlight"), _int(1), f"a whole number from 1 to {MAX_COUNT}", 1),
+        startup_timeout=r.typed(
+            fields.get("startupTimeout"),
+            (*path, "startupTimeout"),
+            bounded_duration(STARTUP_TIMEOUT_BOUNDS),
+            describe_duration(STARTUP_TIMEOUT_BOUNDS),
+            600.0,
+        ),
+        unhealthy_timeout=r.typed(
+            fields.get("unhealthyTimeout"),
+            (*path, "unhealthyTimeout"),
+            bounded_duration(UNHEALTHY_TIMEOUT_BOUNDS),
+            describe_duration(UNHEALTHY_TIMEOUT_BOUNDS),
+            300.0,
+        ),
+        max_unhealthy=r.typed(
+            fields.get("maxUnhealthy"),
+            (*path, "maxUnhealthy"),
+            parse_quantity,
+            "a count or a percentage",
+            Quantity(40, percent=True),
+        ),
+        max_in_flight=r.typed(
+            fields.get("maxInFlight"),
+            (*path, "maxInFlight"),
+            _int(1),
+            f"a whole number from 1 to {MAX_COUNT}",
+            1,
+        ),
         enabled=True,
     )
 
@@ -461,9 +522,19 @@ def _parse_daemon(r: _Reader, value: Any) -> DaemonSettings:
         r.fail((*path, "listen"), "must be HOST:PORT, e.g. 127.0.0.1:9464")
         listen = "127.0.0.1:9464"
     return DaemonSettings(
-        interval=r.typed(fields.get("interval"), (*path, "interval"),
-                         bounded_duration(INTERVAL_BOUNDS), describe_duration(INTERVAL_BOUNDS), 10.0),
-        resync=r.typed(fields.get("resync"), (*path, "resync"),
-                       bounded_duration(RESYNC_BOUNDS), describe_duration(RESYNC_BOUNDS), 600.0),
+        interval=r.typed(
+            fields.get("interval"),
+            (*path, "interval"),
+            bounded_duration(INTERVAL_BOUNDS),
+            describe_duration(INTERVAL_BOUNDS),
+            10.0,
+        ),
+        resync=r.typed(
+            fields.get("resync"),
+            (*path, "resync"),
+            bounded_duration(RESYNC_BOUNDS),
+            describe_duration(RESYNC_BOUNDS),
+            600.0,
+        ),
         listen=listen,
     )

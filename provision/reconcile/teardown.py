@@ -41,12 +41,15 @@ def open_cluster_providers(spec: ClusterSpec, store: Store, clock: Clock) -> Clu
     """One provider per name the spec declares (used by a group or not) or the journal recorded
     (a provider since removed from the spec is opened with the options it had then)."""
     wanted: dict[str, ProviderSpec] = {
-        r.name: ProviderSpec(r.name, r.type, r.rate_limit, r.options, Path(r.base)) for r in store.providers_seen(spec.name)
+        r.name: ProviderSpec(r.name, r.type, r.rate_limit, r.options, Path(r.base))
+        for r in store.providers_seen(spec.name)
     }
     wanted.update(spec.providers)
     found = ClusterProviders()
     for name, pspec in sorted(wanted.items()):
-        alone = dataclasses.replace(spec, providers={name: pspec}, groups=(GroupSpec("-", name, "-", size=0),))
+        alone = dataclasses.replace(
+            spec, providers={name: pspec}, groups=(GroupSpec("-", name, "-", size=0),)
+        )
         try:
             found.providers[name] = create_providers(alone, clock)[name]
         except (ProvisionError, OSError, ValueError) as exc:
@@ -56,7 +59,9 @@ def open_cluster_providers(spec: ClusterSpec, store: Store, clock: Clock) -> Clu
 
 def scaled_to_zero(spec: ClusterSpec) -> ClusterSpec:
     """The spec with every group at size 0: what the engine drives to destroy them."""
-    return dataclasses.replace(spec, groups=tuple(dataclasses.replace(g, size=0, members=None) for g in spec.groups))
+    return dataclasses.replace(
+        spec, groups=tuple(dataclasses.replace(g, size=0, members=None) for g in spec.groups)
+    )
 
 
 @dataclass
@@ -65,18 +70,28 @@ class TeardownReport:
     left: list[tuple[str, Instance]] = field(default_factory=list)  # (provider, machine)
     unreachable: dict[str, str] = field(default_factory=dict)  # provider -> why
     errors: list[str] = field(default_factory=list)
-    journaled: dict[str, list[str]] = field(default_factory=dict)  # unreachable provider -> machines the journal knows there
+    journaled: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # unreachable provider -> machines the journal knows there
 
     @property
     def complete(self) -> bool:
         return not self.left and not self.unreachable
 
     def describe_left(self) -> str:
-        parts = [f"{i.id} ({i.tags.get(TAG_GROUP, '?')}, {i.state.value}) on {p}" for p, i in self.left]
+        parts = [
+            f"{i.id} ({i.tags.get(TAG_GROUP, '?')}, {i.state.value}) on {p}" for p, i in self.left
+        ]
         for p, why in sorted(self.unreachable.items()):
             known = self.journaled.get(p, [])
-            parts.append(f"provider {p} not reachable ({why})"
-                         + (f", the journal knows {len(known)} machine(s) there: {', '.join(known)}" if known else ""))
+            parts.append(
+                f"provider {p} not reachable ({why})"
+                + (
+                    f", the journal knows {len(known)} machine(s) there: {', '.join(known)}"
+                    if known
+                    else ""
+                )
+            )
         return "; ".join(parts)
 
 
@@ -126,7 +141,9 @@ def tear_down_cluster(
             for instance in listed:
                 if instance.tags.get(TAG_CLUSTER) != cluster or instance.id in swept:
                     continue
-                say(f"destroy {instance.id} ({instance.tags.get(TAG_GROUP, '?')}, {instance.state.value}) on {name}")
+                say(
+                    f"destroy {instance.id} ({instance.tags.get(TAG_GROUP, '?')}, {instance.state.value}) on {name}"
+                )
                 result = engine.destroy_instance(name, instance, DOWN)
                 if result.destroyed:
                     swept.add(instance.id)
@@ -146,12 +163,17 @@ def tear_down_cluster(
             report.unreachable[name] = f"list failed: {exc}"
             continue
         report.left += [
-            (name, i) for i in listed
-            if i.tags.get(TAG_CLUSTER) == cluster and (i.state is not InstanceState.TERMINATED or i.id not in swept)
+            (name, i)
+            for i in listed
+            if i.tags.get(TAG_CLUSTER) == cluster
+            and (i.state is not InstanceState.TERMINATED or i.id not in swept)
         ]
     seen = engine.store.groups_seen(cluster) | {g.name: g.provider for g in engine.spec.groups}
     for name in report.unreachable:
         report.journaled[name] = sorted(
-            machine for group, provider in seen.items() if provider == name for machine in engine.store.birth_times(cluster, group)
+            machine
+            for group, provider in seen.items()
+            if provider == name
+            for machine in engine.store.birth_times(cluster, group)
         )
     return report

@@ -41,12 +41,16 @@ def export_journal(store: AnyStore) -> dict[str, Any]:
 def import_journal(store: AnyStore, doc: dict[str, Any]) -> list[str]:
     """Load an export into ``store``; the names of the clusters imported."""
     if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        raise JournalImportError("not a journal export (expected the output of `provision journal export`)")
+        raise JournalImportError(
+            "not a journal export (expected the output of `provision journal export`)"
+        )
     clusters: dict[str, Any] = dict(doc.get("clusters", {}))
     present = [c for c in clusters if _has_cluster(store, c)]
     if present:
-        raise JournalImportError(f"the destination journal already has cluster(s) {', '.join(sorted(present))}; nothing imported",
-                                 hint="import into an empty journal (or another etcd prefix)")
+        raise JournalImportError(
+            f"the destination journal already has cluster(s) {', '.join(sorted(present))}; nothing imported",
+            hint="import into an empty journal (or another etcd prefix)",
+        )
     for data in clusters.values():
         if doc["journal"] != store.identity():
             data["adopted"] = sorted({*data.get("adopted", []), str(doc["journal"])})
@@ -61,11 +65,14 @@ def _has_cluster(store: AnyStore, cluster: str) -> bool:
     if isinstance(store, EtcdStore):
         return bool(store.client.get_prefix(store._cdir(cluster), keys_only=True))
     with sqlite3.connect(store.path) as db:
-        return any(db.execute(f"SELECT 1 FROM {t} WHERE cluster=? LIMIT 1", (cluster,)).fetchone()
-                   for t in ("desired", "intents", "instances", "groups_seen", "leases"))
+        return any(
+            db.execute(f"SELECT 1 FROM {t} WHERE cluster=? LIMIT 1", (cluster,)).fetchone()
+            for t in ("desired", "intents", "instances", "groups_seen", "leases")
+        )
 
 
 # -- SQLite ------------------------------------------------------------------------------------
+
 
 def _dump_sqlite(store: SqliteStore) -> dict[str, Any]:
     db = sqlite3.connect(store.path)
@@ -82,26 +89,72 @@ def _dump_sqlite(store: SqliteStore) -> dict[str, Any]:
             cluster(c)["epoch"] = max(cluster(c)["epoch"], int(epoch))
         for c, g, value in db.execute("SELECT cluster, grp, value FROM sequences"):
             cluster(c)["sequences"][g] = int(value)
-        for row in db.execute("SELECT key, cluster, grp, op, slot, instance_id, config, reason, request, created_at, state, result, epoch FROM intents"):
-            names = ("key", "cluster", "group", "op", "slot", "instance_id", "config", "reason", "request", "created_at", "state", "result", "epoch")
+        for row in db.execute(
+            "SELECT key, cluster, grp, op, slot, instance_id, config, reason, request, created_at, state, result, epoch FROM intents"
+        ):
+            names = (
+                "key",
+                "cluster",
+                "group",
+                "op",
+                "slot",
+                "instance_id",
+                "config",
+                "reason",
+                "request",
+                "created_at",
+                "state",
+                "result",
+                "epoch",
+            )
             record = dict(zip(names, row, strict=True))
             cluster(row[1])["intents"].append(record)
             cluster(row[1])["epoch"] = max(cluster(row[1])["epoch"], int(row[12]))
-        for row in db.execute("SELECT instance_id, cluster, grp, slot, config, image, name, key, created_at, destroyed_at FROM instances"):
-            columns = ("instance_id", "cluster", "group", "slot", "config", "image", "name", "key", "created_at", "destroyed_at")
+        for row in db.execute(
+            "SELECT instance_id, cluster, grp, slot, config, image, name, key, created_at, destroyed_at FROM instances"
+        ):
+            columns = (
+                "instance_id",
+                "cluster",
+                "group",
+                "slot",
+                "config",
+                "image",
+                "name",
+                "key",
+                "created_at",
+                "destroyed_at",
+            )
             record = dict(zip(columns, row, strict=True))
             cluster(record.pop("cluster"))["instances"].append(record)
         for c, g, i, since in db.execute("SELECT cluster, grp, instance_id, since FROM health"):
             cluster(c)["health"].append({"group": g, "instance_id": i, "since": since})
         for c, g, i, at in db.execute("SELECT cluster, grp, instance_id, created_at FROM births"):
             cluster(c)["births"].append({"group": g, "instance_id": i, "created_at": at})
-        for c, g, provider, retired in db.execute("SELECT cluster, grp, provider, retired FROM groups_seen"):
-            cluster(c)["groups"].append({"group": g, "provider": provider, "retired": bool(retired)})
-        for c, name, kind, rate, options, base in db.execute("SELECT cluster, name, type, rate_limit, options, base FROM providers_seen"):
-            cluster(c)["providers"].append({"name": name, "type": kind, "rate_limit": rate, "options": json.loads(options), "base": base})
+        for c, g, provider, retired in db.execute(
+            "SELECT cluster, grp, provider, retired FROM groups_seen"
+        ):
+            cluster(c)["groups"].append(
+                {"group": g, "provider": provider, "retired": bool(retired)}
+            )
+        for c, name, kind, rate, options, base in db.execute(
+            "SELECT cluster, name, type, rate_limit, options, base FROM providers_seen"
+        ):
+            cluster(c)["providers"].append(
+                {
+                    "name": name,
+                    "type": kind,
+                    "rate_limit": rate,
+                    "options": json.loads(options),
+                    "base": base,
+                }
+            )
         for c, journal in db.execute("SELECT cluster, journal FROM adopted"):
             cluster(c)["adopted"].append(journal)
-        configs = [{"config": c, "image": i, "properties": json.loads(p)} for c, i, p in db.execute("SELECT config, image, properties FROM configs")]
+        configs = [
+            {"config": c, "image": i, "properties": json.loads(p)}
+            for c, i, p in db.execute("SELECT config, image, properties FROM configs")
+        ]
         db.execute("COMMIT")
     finally:
         db.close()
@@ -113,25 +166,95 @@ def _load_sqlite(store: SqliteStore, doc: dict[str, Any], clusters: dict[str, An
     try:
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT OR IGNORE INTO configs VALUES (?,?,?)",
-                           [(c["config"], c["image"], json.dumps(c["properties"], sort_keys=True)) for c in doc.get("configs", [])])
+            db.executemany(
+                "INSERT OR IGNORE INTO configs VALUES (?,?,?)",
+                [
+                    (c["config"], c["image"], json.dumps(c["properties"], sort_keys=True))
+                    for c in doc.get("configs", [])
+                ],
+            )
             for name, data in clusters.items():
                 if data.get("desired"):
-                    db.execute("INSERT INTO desired VALUES (?,?,?)", (name, data["desired"]["digest"], data["desired"]["text"]))
-                db.execute("INSERT INTO leases (cluster, owner, epoch, expires, holder) VALUES (?, NULL, ?, 0, NULL)", (name, int(data["epoch"])))
-                db.executemany("INSERT INTO sequences VALUES (?,?,?)", [(name, g, n) for g, n in data["sequences"].items()])
-                db.executemany("INSERT INTO intents VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", [
-                    (i["key"], name, i["group"], i["op"], i["slot"], i["instance_id"], i["config"], i["reason"], i["request"],
-                     i["created_at"], i["state"], i["result"], i["epoch"]) for i in data["intents"]])
-                db.executemany("INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?)", [
-                    (k["instance_id"], name, k["group"], k["slot"], k["config"], k["image"], k["name"], k["key"], k["created_at"],
-                     k["destroyed_at"]) for k in data["instances"]])
-                db.executemany("INSERT INTO health VALUES (?,?,?,?)", [(name, h["group"], h["instance_id"], h["since"]) for h in data["health"]])
-                db.executemany("INSERT INTO births VALUES (?,?,?,?)", [(name, b["group"], b["instance_id"], b["created_at"]) for b in data["births"]])
-                db.executemany("INSERT INTO groups_seen VALUES (?,?,?,?)", [(name, g["group"], g["provider"], int(g["retired"])) for g in data["groups"]])
-                db.executemany("INSERT INTO providers_seen VALUES (?,?,?,?,?,?)", [
-                    (name, p["name"], p["type"], p["rate_limit"], json.dumps(p["options"], sort_keys=True), p["base"]) for p in data["providers"]])
-                db.executemany("INSERT INTO adopted VALUES (?,?)", [(name, j) for j in data["adopted"]])
+                    db.execute(
+                        "INSERT INTO desired VALUES (?,?,?)",
+                        (name, data["desired"]["digest"], data["desired"]["text"]),
+                    )
+                db.execute(
+                    "INSERT INTO leases (cluster, owner, epoch, expires, holder) VALUES (?, NULL, ?, 0, NULL)",
+                    (name, int(data["epoch"])),
+                )
+                db.executemany(
+                    "INSERT INTO sequences VALUES (?,?,?)",
+                    [(name, g, n) for g, n in data["sequences"].items()],
+                )
+                db.executemany(
+                    "INSERT INTO intents VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            i["key"],
+                            name,
+                            i["group"],
+                            i["op"],
+                            i["slot"],
+                            i["instance_id"],
+                            i["config"],
+                            i["reason"],
+                            i["request"],
+                            i["created_at"],
+                            i["state"],
+                            i["result"],
+                            i["epoch"],
+                        )
+                        for i in data["intents"]
+                    ],
+                )
+                db.executemany(
+                    "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            k["instance_id"],
+                            name,
+                            k["group"],
+                            k["slot"],
+                            k["config"],
+                            k["image"],
+                            k["name"],
+                            k["key"],
+                            k["created_at"],
+                            k["destroyed_at"],
+                        )
+                        for k in data["instances"]
+                    ],
+                )
+                db.executemany(
+                    "INSERT INTO health VALUES (?,?,?,?)",
+                    [(name, h["group"], h["instance_id"], h["since"]) for h in data["health"]],
+                )
+                db.executemany(
+                    "INSERT INTO births VALUES (?,?,?,?)",
+                    [(name, b["group"], b["instance_id"], b["created_at"]) for b in data["births"]],
+                )
+                db.executemany(
+                    "INSERT INTO groups_seen VALUES (?,?,?,?)",
+                    [(name, g["group"], g["provider"], int(g["retired"])) for g in data["groups"]],
+                )
+                db.executemany(
+                    "INSERT INTO providers_seen VALUES (?,?,?,?,?,?)",
+                    [
+                        (
+                            name,
+                            p["name"],
+                            p["type"],
+                            p["rate_limit"],
+                            json.dumps(p["options"], sort_keys=True),
+                            p["base"],
+                        )
+                        for p in data["providers"]
+                    ],
+                )
+                db.executemany(
+                    "INSERT INTO adopted VALUES (?,?)", [(name, j) for j in data["adopted"]]
+                )
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -142,19 +265,32 @@ def _load_sqlite(store: SqliteStore, doc: dict[str, Any], clusters: dict[str, An
 
 # -- etcd ------------------------------------------------------------------------------------------
 
+
 def _empty() -> dict[str, Any]:
-    return {"epoch": 0, "desired": None, "sequences": {}, "intents": [], "instances": [], "health": [], "births": [],
-            "groups": [], "providers": [], "adopted": []}
+    return {
+        "epoch": 0,
+        "desired": None,
+        "sequences": {},
+        "intents": [],
+        "instances": [],
+        "health": [],
+        "births": [],
+        "groups": [],
+        "providers": [],
+        "adopted": [],
+    }
 
 
 def _dump_etcd(store: EtcdStore) -> dict[str, Any]:
     root = store.root
-    body = store.client.call("kv/range", {"key": _b64(root), "range_end": _b64(_end(root))})  # one revision: a snapshot
+    body = store.client.call(
+        "kv/range", {"key": _b64(root), "range_end": _b64(_end(root))}
+    )  # one revision: a snapshot
     revision = int(body["header"]["revision"])
     configs: list[dict[str, Any]] = []
     clusters: dict[str, dict[str, Any]] = {}
     for item in body.get("kvs", []):
-        key = base64.b64decode(item["key"]).decode()[len(root):]
+        key = base64.b64decode(item["key"]).decode()[len(root) :]
         value = base64.b64decode(item.get("value", "")).decode()
         parts = [unquote(p) for p in key.split("/")]
         if parts[0] == "configs":
@@ -174,9 +310,13 @@ def _dump_etcd(store: EtcdStore) -> dict[str, Any]:
         elif kind == "inst":
             data["instances"].append(json.loads(value))
         elif kind == "health":
-            data["health"].append({"group": rest[0], "instance_id": rest[1], "since": json.loads(value)})
+            data["health"].append(
+                {"group": rest[0], "instance_id": rest[1], "since": json.loads(value)}
+            )
         elif kind == "birth":
-            data["births"].append({"group": rest[0], "instance_id": rest[1], "created_at": json.loads(value)})
+            data["births"].append(
+                {"group": rest[0], "instance_id": rest[1], "created_at": json.loads(value)}
+            )
         elif kind == "groups":
             data["groups"].append({"group": rest[0], **json.loads(value)})
         elif kind == "providers":
@@ -188,8 +328,13 @@ def _dump_etcd(store: EtcdStore) -> dict[str, Any]:
 
 def _load_etcd(store: EtcdStore, doc: dict[str, Any], clusters: dict[str, Any]) -> None:
     c = store._c
-    ops = [put_op(store.root + "configs/" + _q(x["config"]), _dumps({"image": x["image"], "properties": x["properties"]}))
-           for x in doc.get("configs", [])]
+    ops = [
+        put_op(
+            store.root + "configs/" + _q(x["config"]),
+            _dumps({"image": x["image"], "properties": x["properties"]}),
+        )
+        for x in doc.get("configs", [])
+    ]
     floor = 0
     for name, data in clusters.items():
         floor = max(floor, int(data["epoch"]))
@@ -197,19 +342,57 @@ def _load_etcd(store: EtcdStore, doc: dict[str, Any], clusters: dict[str, Any]) 
             ops.append(put_op(c(name, "desired"), _dumps(data["desired"])))
         ops += [put_op(c(name, "seq", g), str(n)) for g, n in data["sequences"].items()]
         for i in data["intents"]:
-            fields = {k: i[k] for k in ("key", "cluster", "group", "op", "slot", "instance_id", "config", "reason", "request", "created_at")}
+            fields = {
+                k: i[k]
+                for k in (
+                    "key",
+                    "cluster",
+                    "group",
+                    "op",
+                    "slot",
+                    "instance_id",
+                    "config",
+                    "reason",
+                    "request",
+                    "created_at",
+                )
+            }
             fields["cluster"] = name
-            ops.append(put_op(c(name, "intents", i["key"]), _dumps({**fields, "state": i["state"], "result": i["result"], "epoch": i["epoch"]})))
+            ops.append(
+                put_op(
+                    c(name, "intents", i["key"]),
+                    _dumps(
+                        {**fields, "state": i["state"], "result": i["result"], "epoch": i["epoch"]}
+                    ),
+                )
+            )
             ops.append(put_op(c(name, "intent-groups", i["group"]), "1"))
             if i["state"] == "pending":
                 ops.append(put_op(c(name, "pending", i["group"], i["key"]), _dumps(fields)))
-        ops += [put_op(c(name, "inst", k["group"], k["instance_id"]), _dumps(k)) for k in data["instances"]]
-        ops += [put_op(c(name, "health", h["group"], h["instance_id"]), _dumps(h["since"])) for h in data["health"]]
-        ops += [put_op(c(name, "birth", b["group"], b["instance_id"]), _dumps(b["created_at"])) for b in data["births"]]
-        ops += [put_op(c(name, "groups", g["group"]), _dumps({"provider": g["provider"], "retired": bool(g["retired"])})) for g in data["groups"]]
+        ops += [
+            put_op(c(name, "inst", k["group"], k["instance_id"]), _dumps(k))
+            for k in data["instances"]
+        ]
+        ops += [
+            put_op(c(name, "health", h["group"], h["instance_id"]), _dumps(h["since"]))
+            for h in data["health"]
+        ]
+        ops += [
+            put_op(c(name, "birth", b["group"], b["instance_id"]), _dumps(b["created_at"]))
+            for b in data["births"]
+        ]
+        ops += [
+            put_op(
+                c(name, "groups", g["group"]),
+                _dumps({"provider": g["provider"], "retired": bool(g["retired"])}),
+            )
+            for g in data["groups"]
+        ]
         ops += [put_op(c(name, "providers", p["name"]), _dumps(p)) for p in data["providers"]]
         ops += [put_op(c(name, "adopted", j), "1") for j in data["adopted"]]
-    unique = list({op["request_put"]["key"]: op for op in ops}.values())  # etcd refuses a key twice in one transaction
+    unique = list(
+        {op["request_put"]["key"]: op for op in ops}.values()
+    )  # etcd refuses a key twice in one transaction
     store._write(None, unique)
     # Tokens are etcd revisions: move the revision past every epoch the source used.
     bump = store.root + "meta/epoch-floor"

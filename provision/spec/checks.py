@@ -26,22 +26,138 @@ MAX_NAME = 64
 MAX_ITEMS = 4096
 MAX_PATH = 4096
 
-CAPABILITIES = tuple("CAP_" + name for name in ["CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE"])
-RLIMITS = tuple("RLIMIT_" + name for name in ["CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE", "MEMLOCK", "AS", "LOCKS", "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO", "RTTIME"])
+CAPABILITIES = tuple(
+    "CAP_" + name
+    for name in [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ]
+)
+RLIMITS = tuple(
+    "RLIMIT_" + name
+    for name in [
+        "CPU",
+        "FSIZE",
+        "DATA",
+        "STACK",
+        "CORE",
+        "RSS",
+        "NPROC",
+        "NOFILE",
+        "MEMLOCK",
+        "AS",
+        "LOCKS",
+        "SIGPENDING",
+        "MSGQUEUE",
+        "NICE",
+        "RTPRIO",
+        "RTTIME",
+    ]
+)
 BIND_OPTIONS = frozenset(
-    ["rw", "ro", "bind", "rbind", "shared", "rshared", "slave", "rslave", "private", "rprivate", "unbindable", "runbindable", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "relatime", "norelatime", "strictatime", "nostrictatime", "noatime", "atime", "nodiratime", "diratime", "sync", "async", "dirsync", "remount", "mand", "nomand", "rro", "recursive"])
-PROPAGATIONS = ("shared", "slave", "private", "unbindable", "rshared", "rslave", "rprivate",
-                "runbindable")
+    [
+        "rw",
+        "ro",
+        "bind",
+        "rbind",
+        "shared",
+        "rshared",
+        "slave",
+        "rslave",
+        "private",
+        "rprivate",
+        "unbindable",
+        "runbindable",
+        "nosuid",
+        "suid",
+        "nodev",
+        "dev",
+        "noexec",
+        "exec",
+        "relatime",
+        "norelatime",
+        "strictatime",
+        "nostrictatime",
+        "noatime",
+        "atime",
+        "nodiratime",
+        "diratime",
+        "sync",
+        "async",
+        "dirsync",
+        "remount",
+        "mand",
+        "nomand",
+        "rro",
+        "recursive",
+    ]
+)
+PROPAGATIONS = (
+    "shared",
+    "slave",
+    "private",
+    "unbindable",
+    "rshared",
+    "rslave",
+    "rprivate",
+    "runbindable",
+)
 MOUNT_TYPE_FROM_SOURCE = ("mqueue", "devpts", "proc", "sysfs", "cgroup")
-DEFAULT_MOUNTPOINTS = {"proc": "/proc", "devpts": "/dev/pts", "sysfs": "/sys",
-                       "cgroup": "/sys/fs/cgroup", "mqueue": "/dev/mqueue"}
+DEFAULT_MOUNTPOINTS = {
+    "proc": "/proc",
+    "devpts": "/dev/pts",
+    "sysfs": "/sys",
+    "cgroup": "/sys/fs/cgroup",
+    "mqueue": "/dev/mqueue",
+}
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 VOLUME_NAME_RE = re.compile(r"[a-z0-9_-]*")
 ENV_RE = re.compile(r"[^=\0]+=[^\0]*", re.S)
 SYSCTL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*")
-HOSTNAME_RE = re.compile(r"(?=.{1,64}$)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-                         r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
+HOSTNAME_RE = re.compile(
+    r"(?=.{1,64}$)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
 MODE_RE = re.compile(r"0?[0-7]{1,4}")
 PLATFORM_RE = re.compile(r"[a-z0-9_]+/[a-z0-9_]+(?:/[a-z0-9_]+)?")
 
@@ -101,6 +217,7 @@ def p_str(max_len: int = MAX_STRING, check: str | Check | None = None) -> Parser
         if fn is not None and not fn(ctx, value, mark, key):
             return INVALID
         return value
+
     return parse
 
 
@@ -117,6 +234,7 @@ def p_int(low: int = -(2**63), high: int = 2**64 - 1) -> Parser:
         if not low <= value <= high:
             return ctx.err(mark, key, f"must be between {low} and {high}")
         return value
+
     return parse
 
 
@@ -137,11 +255,13 @@ def p_enum(*choices: str) -> Parser:
             want = ", ".join(choices)
             return ctx.err(mark, key, f"must be one of {want}, not {type_name(value)}")
         return value
+
     return parse
 
 
-def p_list(item: Parser, max_items: int = MAX_ITEMS, check: Callable[..., bool] | None = None
-           ) -> Parser:
+def p_list(
+    item: Parser, max_items: int = MAX_ITEMS, check: Callable[..., bool] | None = None
+) -> Parser:
     def parse(ctx: Ctx, value: Any, mark: Mark, key: str) -> Any:
         if not isinstance(value, list):
             return ctx.err(mark, key, f"must be a list, not {type_name(value)}")
@@ -154,11 +274,13 @@ def p_list(item: Parser, max_items: int = MAX_ITEMS, check: Callable[..., bool] 
         if check is not None and not check(ctx, out, mark, key, value):
             return INVALID
         return tuple(out)
+
     return parse
 
 
 def p_map(key_check: Check | None = None, max_items: int = MAX_ITEMS) -> Parser:
     """A mapping of strings to strings."""
+
     def parse(ctx: Ctx, value: Any, mark: Mark, key: str) -> Any:
         if not isinstance(value, dict):
             return ctx.err(mark, key, f"must be a mapping, not {type_name(value)}")
@@ -176,6 +298,7 @@ def p_map(key_check: Check | None = None, max_items: int = MAX_ITEMS) -> Parser:
                 ok = False
             out[name] = parsed
         return out if ok else INVALID
+
     return parse
 
 
@@ -184,6 +307,7 @@ Table = dict[str, tuple[str, Parser]]
 
 def p_obj(table: Table, build: Callable[..., Any], required: tuple[str, ...] = ()) -> Parser:
     """A mapping with the keys of ``table``; ``build(**{attr: value})`` makes the result."""
+
     def parse(ctx: Ctx, value: Any, mark: Mark, key: str) -> Any:
         if not isinstance(value, dict):
             return ctx.err(mark, key, f"must be a mapping, not {type_name(value)}")
@@ -208,10 +332,12 @@ def p_obj(table: Table, build: Callable[..., Any], required: tuple[str, ...] = (
                 ctx.err(mark, key, f"missing required key {name!r}")
                 ok = False
         return build(**kwargs) if ok else INVALID
+
     return parse
 
 
 # --- checks on strings --------------------------------------------------------------------------
+
 
 def check_abs_path(ctx: Ctx, value: str, mark: Mark, key: str) -> bool:
     if not value.startswith("/"):
@@ -313,6 +439,7 @@ def _namespace_check(allow_none: bool) -> Check:
             return True
         ctx.err(mark, key, f"bad namespace {value!r}: {', '.join(words)} or a path")
         return False
+
     return check
 
 
@@ -380,7 +507,7 @@ def check_sysctl_key(ctx: Ctx, value: str, mark: Mark, key: str) -> bool:
 
 def check_mode(ctx: Ctx, value: str, mark: Mark, key: str) -> bool:
     if not MODE_RE.fullmatch(value):
-        ctx.err(mark, key, f"bad mode {value!r}: an octal string such as \"0644\"")
+        ctx.err(mark, key, f'bad mode {value!r}: an octal string such as "0644"')
         return False
     return True
 
@@ -403,8 +530,11 @@ def check_mount_destination(ctx: Ctx, value: str, mark: Mark, key: str) -> bool:
     if value.startswith("/"):
         return True
     if not value or ".." in value.split("/"):
-        ctx.err(mark, key, f"bad path {value!r}: an absolute path, or one inside the "
-                           "container's root (no '..')")
+        ctx.err(
+            mark,
+            key,
+            f"bad path {value!r}: an absolute path, or one inside the container's root (no '..')",
+        )
         return False
     return True
 
@@ -441,13 +571,25 @@ def check_files_path(ctx: Ctx, value: str, mark: Mark, key: str) -> bool:
 
 
 CHECKS: dict[str, Check] = {
-    "abs": check_abs_path, "name": check_name, "image_ref": check_image_ref,
-    "capability": check_capability, "cap_name": check_capability_name,
-    "rlimit": check_rlimit, "bind": check_bind, "tmpfs": check_tmpfs, "env": check_env,
-    "hostname": check_hostname, "cgroups_path": check_cgroups_path, "mode": check_mode,
-    "relative": check_relative_name, "optional_relative": check_optional_relative_name,
-    "container_path": check_mount_destination, "cmdline": check_cmdline, "platform": check_platform,
-    "files_path": check_files_path, "ns": _namespace_check(False),
+    "abs": check_abs_path,
+    "name": check_name,
+    "image_ref": check_image_ref,
+    "capability": check_capability,
+    "cap_name": check_capability_name,
+    "rlimit": check_rlimit,
+    "bind": check_bind,
+    "tmpfs": check_tmpfs,
+    "env": check_env,
+    "hostname": check_hostname,
+    "cgroups_path": check_cgroups_path,
+    "mode": check_mode,
+    "relative": check_relative_name,
+    "optional_relative": check_optional_relative_name,
+    "container_path": check_mount_destination,
+    "cmdline": check_cmdline,
+    "platform": check_platform,
+    "files_path": check_files_path,
+    "ns": _namespace_check(False),
     "net_ns": _namespace_check(True),
 }
 

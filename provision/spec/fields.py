@@ -42,10 +42,22 @@ from provision.spec.checks import (
 )
 from provision.spec.source import Mark, YamlList, YamlMap
 
-__all__ = ["CAPABILITIES", "DEFAULT_MOUNTPOINTS", "INVALID", "MOUNT_TYPE_FROM_SOURCE", "RLIMITS",
-           "Ctx", "p_list", "p_obj", "p_str", "parse_rlimit", "type_name"]
+__all__ = [
+    "CAPABILITIES",
+    "DEFAULT_MOUNTPOINTS",
+    "INVALID",
+    "MOUNT_TYPE_FROM_SOURCE",
+    "RLIMITS",
+    "Ctx",
+    "p_list",
+    "p_obj",
+    "p_str",
+    "parse_rlimit",
+    "type_name",
+]
 
 # --- dataclasses ------------------------------------------------------------------------------
+
 
 def _yaml_keys(table: Table) -> dict[str, str]:
     return {attr: yaml_key for yaml_key, (attr, _) in table.items()}
@@ -74,13 +86,24 @@ class IDMapping:
     host_id: int | None = None
     container_id: int | None = None
     size: int | None = None
-    YAML_KEYS: ClassVar[dict[str, str]] = {"host_id": "hostID", "container_id": "containerID",
-                                           "size": "size"}
+    YAML_KEYS: ClassVar[dict[str, str]] = {
+        "host_id": "hostID",
+        "container_id": "containerID",
+        "size": "size",
+    }
 
 
 UINT32 = p_int(0, 2**32 - 1)
-IDMAPS = p_list(p_obj({"hostID": ("host_id", UINT32), "containerID": ("container_id", UINT32),
-                       "size": ("size", UINT32)}, IDMapping))
+IDMAPS = p_list(
+    p_obj(
+        {
+            "hostID": ("host_id", UINT32),
+            "containerID": ("container_id", UINT32),
+            "size": ("size", UINT32),
+        },
+        IDMapping,
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -91,8 +114,9 @@ class Mount:
     options: tuple[str, ...] | None = None
     uidmappings: tuple[IDMapping, ...] | None = None
     gidmappings: tuple[IDMapping, ...] | None = None
-    YAML_KEYS: ClassVar[dict[str, str]] = {n: n for n in (
-        "destination", "type", "source", "options", "uidmappings", "gidmappings")}
+    YAML_KEYS: ClassVar[dict[str, str]] = {
+        n: n for n in ("destination", "type", "source", "options", "uidmappings", "gidmappings")
+    }
 
 
 def _build_mount(**kwargs: Any) -> Any:
@@ -103,9 +127,12 @@ def _build_mount(**kwargs: Any) -> Any:
 CONTAINER_PATH = p_str(MAX_PATH, "container_path")
 
 MOUNT_TABLE: Table = {
-    "destination": ("destination", CONTAINER_PATH), "type": ("type", p_str(256)),
-    "source": ("source", p_str(MAX_PATH)), "options": ("options", STRINGS),
-    "uidmappings": ("uidmappings", IDMAPS), "gidmappings": ("gidmappings", IDMAPS),
+    "destination": ("destination", CONTAINER_PATH),
+    "type": ("type", p_str(256)),
+    "source": ("source", p_str(MAX_PATH)),
+    "options": ("options", STRINGS),
+    "uidmappings": ("uidmappings", IDMAPS),
+    "gidmappings": ("gidmappings", IDMAPS),
 }
 
 
@@ -117,8 +144,12 @@ def check_mount(ctx: Ctx, mounts: list[Mount], mark: Mark, key: str, raw: Any) -
         if kind is None and mount.destination == "/dev":
             kind = "tmpfs"
         if kind is None:
-            ok = ctx.err(where, f"{key}[{i}]", "mount has no type (and none follows from "
-                                               "its source)") and False
+            ok = (
+                ctx.err(
+                    where, f"{key}[{i}]", "mount has no type (and none follows from its source)"
+                )
+                and False
+            )
             continue
         if not mount.destination and kind not in DEFAULT_MOUNTPOINTS:
             ok = ctx.err(where, f"{key}[{i}]", f"{kind} mount has no destination") and False
@@ -135,17 +166,21 @@ class Device:
     major: int | None = None
     minor: int | None = None
     mode: str | None = None
-    YAML_KEYS: ClassVar[dict[str, str]] = {n: n for n in ("path", "type", "major", "minor",
-                                                         "mode")}
+    YAML_KEYS: ClassVar[dict[str, str]] = {n: n for n in ("path", "type", "major", "minor", "mode")}
 
 
 def _device_checked(ctx: Ctx, value: Any, mark: Mark, key: str) -> Any:
-    device = p_obj({"path": ("path", p_str(MAX_PATH)), "type": ("type", p_enum("c", "b", "u",
-                                                                               "p", "a")),
-                    "major": ("major", p_int(-1, 2**32 - 1)),
-                    "minor": ("minor", p_int(-1, 2**32 - 1)),
-                    "mode": ("mode", p_str(16, "mode"))}, Device, ("path",))(ctx, value, mark,
-                                                                              key)
+    device = p_obj(
+        {
+            "path": ("path", p_str(MAX_PATH)),
+            "type": ("type", p_enum("c", "b", "u", "p", "a")),
+            "major": ("major", p_int(-1, 2**32 - 1)),
+            "minor": ("minor", p_int(-1, 2**32 - 1)),
+            "mode": ("mode", p_str(16, "mode")),
+        },
+        Device,
+        ("path",),
+    )(ctx, value, mark, key)
     if device is INVALID:
         return INVALID
     if device.path == "all":
@@ -153,8 +188,7 @@ def _device_checked(ctx: Ctx, value: Any, mark: Mark, key: str) -> Any:
             return ctx.err(mark, key, "path: all needs type a, b or c")
         return device
     if not device.path.startswith("/"):
-        return ctx.err(mark, f"{key}.path", f"must be an absolute path or all, not "
-                                            f"{device.path!r}")
+        return ctx.err(mark, f"{key}.path", f"must be an absolute path or all, not {device.path!r}")
     missing = [n for n in ("type", "major", "minor", "mode") if getattr(device, n) is None]
     if missing:
         return ctx.err(mark, key, f"device {device.path} needs {', '.join(missing)}")
@@ -172,33 +206,100 @@ def _ints(*names: str, low: int = -(2**63)) -> Table:
 
 
 _THROTTLE = p_list(p_obj(_ints("major", "minor", "rate", low=0), _dict))
-RESOURCES = p_obj({
-    "devices": ("devices", p_list(p_obj({
-        "allow": ("allow", p_bool), "type": ("type", p_enum("a", "b", "c")),
-        "major": ("major", p_int(-1)), "minor": ("minor", p_int(-1)),
-        "access": ("access", p_str(3))}, _dict))),
-    "memory": ("memory", p_obj({**_ints("limit", "reservation", "swap", "kernel", "kernelTCP"),
-                                "swappiness": ("swappiness", p_int(0, 100)),
-                                "disableOOMKiller": ("disableOOMKiller", p_bool)}, _dict)),
-    "cpu": ("cpu", p_obj({**_ints("shares", "quota", "period", "realtimeRuntime",
-                                  "realtimePeriod"),
-                          "cpus": ("cpus", p_str(256)), "mems": ("mems", p_str(256))}, _dict)),
-    "pids": ("pids", p_obj(_ints("limit"), _dict)),
-    "blockio": ("blockio", p_obj({
-        **_ints("weight", "leafWeight", low=0),
-        "weightDevice": ("weightDevice", p_list(p_obj(_ints("major", "minor", "weight",
-                                                            "leafWeight", low=0), _dict))),
-        **{n: (n, _THROTTLE) for n in ("throttleReadBpsDevice", "throttleWriteBpsDevice",
-                                       "throttleReadIOPSDevice", "throttleWriteIOPSDevice")},
-    }, _dict)),
-    "hugepageLimits": ("hugepageLimits", p_list(p_obj(
-        {"pageSize": ("pageSize", p_str(32)), "limit": ("limit", p_int(0))}, _dict))),
-    "network": ("network", p_obj({"classID": ("classID", p_int(0, 2**32 - 1)),
-                                  "priorities": ("priorities", p_list(p_obj(
-                                      {"name": ("name", p_str(64)),
-                                       "priority": ("priority", p_int(0, 2**32 - 1))},
-                                      _dict)))}, _dict)),
-}, _dict)
+RESOURCES = p_obj(
+    {
+        "devices": (
+            "devices",
+            p_list(
+                p_obj(
+                    {
+                        "allow": ("allow", p_bool),
+                        "type": ("type", p_enum("a", "b", "c")),
+                        "major": ("major", p_int(-1)),
+                        "minor": ("minor", p_int(-1)),
+                        "access": ("access", p_str(3)),
+                    },
+                    _dict,
+                )
+            ),
+        ),
+        "memory": (
+            "memory",
+            p_obj(
+                {
+                    **_ints("limit", "reservation", "swap", "kernel", "kernelTCP"),
+                    "swappiness": ("swappiness", p_int(0, 100)),
+                    "disableOOMKiller": ("disableOOMKiller", p_bool),
+                },
+                _dict,
+            ),
+        ),
+        "cpu": (
+            "cpu",
+            p_obj(
+                {
+                    **_ints("shares", "quota", "period", "realtimeRuntime", "realtimePeriod"),
+                    "cpus": ("cpus", p_str(256)),
+                    "mems": ("mems", p_str(256)),
+                },
+                _dict,
+            ),
+        ),
+        "pids": ("pids", p_obj(_ints("limit"), _dict)),
+        "blockio": (
+            "blockio",
+            p_obj(
+                {
+                    **_ints("weight", "leafWeight", low=0),
+                    "weightDevice": (
+                        "weightDevice",
+                        p_list(
+                            p_obj(_ints("major", "minor", "weight", "leafWeight", low=0), _dict)
+                        ),
+                    ),
+                    **{
+                        n: (n, _THROTTLE)
+                        for n in (
+                            "throttleReadBpsDevice",
+                            "throttleWriteBpsDevice",
+                            "throttleReadIOPSDevice",
+                            "throttleWriteIOPSDevice",
+                        )
+                    },
+                },
+                _dict,
+            ),
+        ),
+        "hugepageLimits": (
+            "hugepageLimits",
+            p_list(
+                p_obj({"pageSize": ("pageSize", p_str(32)), "limit": ("limit", p_int(0))}, _dict)
+            ),
+        ),
+        "network": (
+            "network",
+            p_obj(
+                {
+                    "classID": ("classID", p_int(0, 2**32 - 1)),
+                    "priorities": (
+                        "priorities",
+                        p_list(
+                            p_obj(
+                                {
+                                    "name": ("name", p_str(64)),
+                                    "priority": ("priority", p_int(0, 2**32 - 1)),
+                                },
+                                _dict,
+                            )
+                        ),
+                    ),
+                },
+                _dict,
+            ),
+        ),
+    },
+    _dict,
+)
 
 
 @dataclass(frozen=True)
@@ -207,8 +308,12 @@ class Interface:
     add: str | None = None
     peer: str | None = None
     create_in_root: bool | None = None
-    YAML_KEYS: ClassVar[dict[str, str]] = {"name": "name", "add": "add", "peer": "peer",
-                                           "create_in_root": "createInRoot"}
+    YAML_KEYS: ClassVar[dict[str, str]] = {
+        "name": "name",
+        "add": "add",
+        "peer": "peer",
+        "create_in_root": "createInRoot",
+    }
 
 
 @dataclass(frozen=True)
@@ -220,8 +325,9 @@ class BindNamespaces:
     pid: str | None = None
     user: str | None = None
     uts: str | None = None
-    YAML_KEYS: ClassVar[dict[str, str]] = {n: n for n in ("cgroup", "ipc", "mnt", "net", "pid",
-                                                         "user", "uts")}
+    YAML_KEYS: ClassVar[dict[str, str]] = {
+        n: n for n in ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts")
+    }
 
 
 @dataclass(frozen=True)
@@ -234,22 +340,44 @@ class RuntimeActions:
     interfaces: tuple[Interface, ...] | None = None
     bind_ns: BindNamespaces | None = None
     namespace: str | None = None
-    YAML_KEYS: ClassVar[dict[str, str]] = {"cgroups": "cgroups", "mounts": "mounts",
-                                           "mkdir": "mkdir", "interfaces": "interfaces",
-                                           "bind_ns": "bindNS", "namespace": "namespace"}
+    YAML_KEYS: ClassVar[dict[str, str]] = {
+        "cgroups": "cgroups",
+        "mounts": "mounts",
+        "mkdir": "mkdir",
+        "interfaces": "interfaces",
+        "bind_ns": "bindNS",
+        "namespace": "namespace",
+    }
 
 
-RUNTIME = p_obj({
-    "cgroups": ("cgroups", p_list(p_str(256, "cgroups_path"))),
-    "mounts": ("mounts", MOUNTS),
-    "mkdir": ("mkdir", p_list(CONTAINER_PATH)),
-    "interfaces": ("interfaces", p_list(p_obj({
-        "name": ("name", p_str(15)), "add": ("add", p_str(64)), "peer": ("peer", p_str(15)),
-        "createInRoot": ("create_in_root", p_bool)}, Interface))),
-    "bindNS": ("bind_ns", p_obj({n: (n, ABS) for n in BindNamespaces.YAML_KEYS},
-                                BindNamespaces)),
-    "namespace": ("namespace", p_str(MAX_PATH)),
-}, RuntimeActions)
+RUNTIME = p_obj(
+    {
+        "cgroups": ("cgroups", p_list(p_str(256, "cgroups_path"))),
+        "mounts": ("mounts", MOUNTS),
+        "mkdir": ("mkdir", p_list(CONTAINER_PATH)),
+        "interfaces": (
+            "interfaces",
+            p_list(
+                p_obj(
+                    {
+                        "name": ("name", p_str(15)),
+                        "add": ("add", p_str(64)),
+                        "peer": ("peer", p_str(15)),
+                        "createInRoot": ("create_in_root", p_bool),
+                    },
+                    Interface,
+                )
+            ),
+        ),
+        "bindNS": (
+            "bind_ns",
+            p_obj({n: (n, ABS) for n in BindNamespaces.YAML_KEYS}, BindNamespaces),
+        ),
+        "namespace": ("namespace", p_str(MAX_PATH)),
+    },
+    RuntimeActions,
+)
+
 
 def check_not_empty(ctx: Ctx, items: list[Any], mark: Mark, key: str, _raw: Any) -> bool:
     if not items:
@@ -348,8 +476,11 @@ class ImageEntry(ImageConfig):
 
     name: str
     image: str
-    YAML_KEYS: ClassVar[dict[str, str]] = {"name": "name", "image": "image",
-                                           **_yaml_keys(IMAGE_CONFIG_TABLE)}
+    YAML_KEYS: ClassVar[dict[str, str]] = {
+        "name": "name",
+        "image": "image",
+        **_yaml_keys(IMAGE_CONFIG_TABLE),
+    }
 
 
 IMAGE_ENTRY_TABLE: Table = {
@@ -400,11 +531,17 @@ CONTENT_KINDS = ("directory", "symlink", "contents", "source", "metadata")
 
 
 def parse_file_entry(ctx: Ctx, value: Any, mark: Mark, key: str) -> Any:
-    if isinstance(value, dict) and isinstance(value.get("mode"), int) and not isinstance(
-            value.get("mode"), bool):
+    if (
+        isinstance(value, dict)
+        and isinstance(value.get("mode"), int)
+        and not isinstance(value.get("mode"), bool)
+    ):
         where = value.value_mark("mode") if isinstance(value, YamlMap) else mark
-        return ctx.err(where, f"{key}.mode", "mode must be a quoted octal string such as "
-                                             "\"0644\" (YAML reads 0644 as a number)")
+        return ctx.err(
+            where,
+            f"{key}.mode",
+            'mode must be a quoted octal string such as "0644" (YAML reads 0644 as a number)',
+        )
     entry = p_obj(FILE_TABLE, FileEntry, ("path",))(ctx, value, mark, key)
     if entry is INVALID:
         return INVALID
@@ -412,12 +549,19 @@ def parse_file_entry(ctx: Ctx, value: Any, mark: Mark, key: str) -> Any:
 
 
 def check_file_entry(ctx: Ctx, entry: FileEntry, mark: Mark, key: str) -> Any:
-    kinds = [k for k in CONTENT_KINDS
-             if (getattr(entry, k) is True if k == "directory" else getattr(entry, k) is not None)]
+    kinds = [
+        k
+        for k in CONTENT_KINDS
+        if (getattr(entry, k) is True if k == "directory" else getattr(entry, k) is not None)
+    ]
     if len(kinds) != 1:
         have = " and ".join(kinds) if kinds else "none of them"
-        return ctx.err(mark, key, f"{entry.path}: give exactly one of directory, symlink, "
-                                  f"contents, source, metadata (has {have})")
+        return ctx.err(
+            mark,
+            key,
+            f"{entry.path}: give exactly one of directory, symlink, "
+            f"contents, source, metadata (has {have})",
+        )
     if entry.optional and entry.source is None:
         return ctx.err(mark, key, f"{entry.path}: optional applies only to source")
     if entry.source is None:
@@ -430,13 +574,22 @@ def check_file_entry(ctx: Ctx, entry: FileEntry, mark: Mark, key: str) -> Any:
         resolved = (ctx.base_dir or Path.cwd()) / resolved
     if not entry.optional:
         if not resolved.exists():
-            return ctx.err(mark, f"{key}.source", f"source {written!r} does not exist "
-                                                  f"({resolved})")
+            return ctx.err(mark, f"{key}.source", f"source {written!r} does not exist ({resolved})")
         if not resolved.is_file():
             return ctx.err(mark, f"{key}.source", f"source {written!r} is not a regular file")
-    return FileEntry(entry.path, entry.directory, entry.symlink, entry.contents, str(resolved),
-                     entry.metadata, entry.optional, entry.mode, entry.uid, entry.gid,
-                     source_as_written=written)
+    return FileEntry(
+        entry.path,
+        entry.directory,
+        entry.symlink,
+        entry.contents,
+        str(resolved),
+        entry.metadata,
+        entry.optional,
+        entry.mode,
+        entry.uid,
+        entry.gid,
+        source_as_written=written,
+    )
 
 
 @dataclass(frozen=True)
@@ -455,10 +608,14 @@ def check_volume_name(ctx: Ctx, value: str, mark: Mark, key: str) -> bool:
     return True
 
 
-parse_volume = p_obj({
-    "name": ("name", p_str(1024, check_volume_name)),
-    "image": ("image", p_str(1024, "image_ref")),
-    "readonly": ("readonly", p_bool),
-    "format": ("format", p_enum("filesystem", "oci")),
-    "platforms": ("platforms", p_list(p_str(64, "platform"))),
-}, VolumeSpec, ("name",))
+parse_volume = p_obj(
+    {
+        "name": ("name", p_str(1024, check_volume_name)),
+        "image": ("image", p_str(1024, "image_ref")),
+        "readonly": ("readonly", p_bool),
+        "format": ("format", p_enum("filesystem", "oci")),
+        "platforms": ("platforms", p_list(p_str(64, "platform"))),
+    },
+    VolumeSpec,
+    ("name",),
+)

@@ -51,15 +51,41 @@ from provision.spec.source import (
 )
 
 __all__ = [
-    "CAPABILITIES", "RLIMITS", "BindNamespaces", "Device", "FileEntry", "IDMapping",
-    "ImageConfig", "ImageEntry", "ImageSpec", "Interface", "KernelSpec", "Located", "Mount",
-    "ParsedFile", "Removal", "RuntimeActions", "VolumeSpec", "dump_spec",
-    "parse_image_config_label", "parse_spec_file", "spec_to_dict",
+    "CAPABILITIES",
+    "RLIMITS",
+    "BindNamespaces",
+    "Device",
+    "FileEntry",
+    "IDMapping",
+    "ImageConfig",
+    "ImageEntry",
+    "ImageSpec",
+    "Interface",
+    "KernelSpec",
+    "Located",
+    "Mount",
+    "ParsedFile",
+    "Removal",
+    "RuntimeActions",
+    "VolumeSpec",
+    "dump_spec",
+    "parse_image_config_label",
+    "parse_spec_file",
+    "spec_to_dict",
 ]
 
 LABEL_KEY = "org.mobyproject.config"
-TOP_KEYS = ("kernel", "init", "onboot", "onshutdown", "services", "files", "volumes", "trust",
-            "remove")
+TOP_KEYS = (
+    "kernel",
+    "init",
+    "onboot",
+    "onshutdown",
+    "services",
+    "files",
+    "volumes",
+    "trust",
+    "remove",
+)
 ENTRY_SECTIONS = ("onboot", "onshutdown", "services")
 REMOVABLE = ("init", "onboot", "onshutdown", "services", "files", "volumes")
 
@@ -141,19 +167,20 @@ def parse_document(ctx: Ctx, doc: YamlMap, parsed: ParsedFile) -> None:
         refs = p_list(p_str(check="image_ref"))(ctx, doc["init"], doc.value_mark("init"), "init")
         if refs is not INVALID:
             marks: YamlList = doc["init"]
-            parsed.init = [Located(ref, marks.item_mark(i), f"init[{i}]")
-                           for i, ref in enumerate(refs)]
+            parsed.init = [
+                Located(ref, marks.item_mark(i), f"init[{i}]") for i, ref in enumerate(refs)
+            ]
     for section in ENTRY_SECTIONS:
         if section in doc:
             getattr(parsed, section).extend(
-                parse_located_list(ctx, doc, section, parse_image_entry))
+                parse_located_list(ctx, doc, section, parse_image_entry)
+            )
     if "files" in doc:
         parsed.files = parse_located_list(ctx, doc, "files", parse_file_entry)
     if "volumes" in doc:
         parsed.volumes = parse_located_list(ctx, doc, "volumes", parse_volume)
     if "trust" in doc:  # accepted and ignored, as LinuxKit does; its shape is still checked
-        trust = p_obj({"image": ("image", p_list(p_str())), "org": ("org", p_list(p_str()))},
-                      dict)
+        trust = p_obj({"image": ("image", p_list(p_str())), "org": ("org", p_list(p_str()))}, dict)
         trust(ctx, doc["trust"], doc.value_mark("trust"), "trust")
     if "remove" in doc:
         parsed.removals = parse_removals(ctx, doc["remove"], doc.value_mark("remove"))
@@ -187,8 +214,11 @@ def parse_located_list(ctx: Ctx, doc: YamlMap, section: str, parse_one: Any) -> 
             if isinstance(flag, bool):
                 replace = flag
             else:
-                ctx.err(item.value_mark("replace"), f"{key}.replace",
-                        f"must be true or false, not {type_name(flag)}")
+                ctx.err(
+                    item.value_mark("replace"),
+                    f"{key}.replace",
+                    f"must be true or false, not {type_name(flag)}",
+                )
         value = parse_one(ctx, item, item_mark, key)
         if value is not INVALID:
             located.append(Located(value, item_mark, key, replace, item))
@@ -209,8 +239,10 @@ def parse_removals(ctx: Ctx, value: Any, mark: Mark) -> list[Removal]:
         if names is INVALID:
             continue
         items: YamlList = value[section]
-        removals.extend(Removal(section, name, items.item_mark(i), f"{key}[{i}]")
-                        for i, name in enumerate(names))
+        removals.extend(
+            Removal(section, name, items.item_mark(i), f"{key}[{i}]")
+            for i, name in enumerate(names)
+        )
     return removals
 
 
@@ -229,18 +261,24 @@ def parse_image_config_label(text: str, image: str) -> ImageConfig:
         if isinstance(value, YamlMap):
             for forbidden in ("name", "image"):
                 if forbidden in value:
-                    ctx.err(value.key_mark(forbidden), forbidden,
-                            f"{forbidden} cannot be set in the {LABEL_KEY} label")
+                    ctx.err(
+                        value.key_mark(forbidden),
+                        forbidden,
+                        f"{forbidden} cannot be set in the {LABEL_KEY} label",
+                    )
                     del value[forbidden]
         config = parse_image_config(ctx, value, mark, "")
     if ctx.problems or config is INVALID:
-        raise SpecError(ctx.problems or [mark.problem("", "invalid label")],
-                        hint=f"the image {image} carries a broken {LABEL_KEY} label")
+        raise SpecError(
+            ctx.problems or [mark.problem("", "invalid label")],
+            hint=f"the image {image} carries a broken {LABEL_KEY} label",
+        )
     assert isinstance(config, ImageConfig)
     return config
 
 
 # --- the canonical dump ---------------------------------------------------------------------
+
 
 def _plain(value: Any) -> Any:
     """Dataclasses to LinuxKit-shaped dicts (YAML key names, unset fields left out)."""
@@ -318,8 +356,13 @@ def _volume_to_dict(volume: VolumeSpec) -> dict[str, Any]:
 
 def dump_spec(spec: ImageSpec) -> str:
     """Canonical YAML of the merged, resolved spec: the same spec gives the same text."""
-    text: str = yaml.safe_dump(spec_to_dict(spec), sort_keys=False, default_flow_style=False,
-                               allow_unicode=True, width=4096)
+    text: str = yaml.safe_dump(
+        spec_to_dict(spec),
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=4096,
+    )
     return text
 
 

@@ -51,8 +51,14 @@ from provision.spec.image import (
 from provision.spec.source import Mark, YamlList, YamlMap
 
 SECTIONS = ("init", "onboot", "onshutdown", "services", "files", "volumes")
-SINGULAR = {"onboot": "onboot entry", "onshutdown": "onshutdown entry", "services": "service",
-            "volumes": "volume", "files": "file", "init": "init image"}
+SINGULAR = {
+    "onboot": "onboot entry",
+    "onshutdown": "onshutdown entry",
+    "services": "service",
+    "volumes": "volume",
+    "files": "file",
+    "init": "init image",
+}
 
 
 def normalise_file_path(path: str) -> str:
@@ -119,10 +125,15 @@ def _values(items: Iterable[Located], kind: type) -> tuple[Any, ...]:
 def build_kernel(fields: dict[str, tuple[Any, Mark]]) -> KernelSpec:
     def value(name: str, default: Any) -> Any:
         return fields.get(name, (default,))[0]
+
     tar = value("tar", "kernel.tar")
-    return KernelSpec(image=value("image", ""), cmdline=value("cmdline", ""),
-                      binary=value("binary", "kernel"), tar=None if tar == "none" else tar,
-                      ucode=value("ucode", None))
+    return KernelSpec(
+        image=value("image", ""),
+        cmdline=value("cmdline", ""),
+        binary=value("binary", "kernel"),
+        tar=None if tar == "none" else tar,
+        ucode=value("ucode", None),
+    )
 
 
 def apply_removals(parsed: ParsedFile, acc: dict[str, list[Located]]) -> list[Problem]:
@@ -130,22 +141,28 @@ def apply_removals(parsed: ParsedFile, acc: dict[str, list[Located]]) -> list[Pr
     for removal in parsed.removals:
         wanted = normalise_file_path(removal.name) if removal.section == "files" else removal.name
         items = acc[removal.section]
-        matches = [i for i, loc in enumerate(items)
-                   if identity(removal.section, loc.value) == wanted]
+        matches = [
+            i for i, loc in enumerate(items) if identity(removal.section, loc.value) == wanted
+        ]
         if not matches:
-            problems.append(removal.mark.problem(
-                removal.key, f"no earlier {SINGULAR[removal.section]} {removal.name!r} "
-                             "to remove"))
+            problems.append(
+                removal.mark.problem(
+                    removal.key,
+                    f"no earlier {SINGULAR[removal.section]} {removal.name!r} to remove",
+                )
+            )
         elif len(matches) > 1:
-            problems.append(removal.mark.problem(
-                removal.key, _ambiguous(removal.section, removal.name, len(matches), "remove")))
+            problems.append(
+                removal.mark.problem(
+                    removal.key, _ambiguous(removal.section, removal.name, len(matches), "remove")
+                )
+            )
         else:
             del items[matches[0]]
     return problems
 
 
-def apply_entries(section: str, entries: Iterable[Located], items: list[Located]
-                  ) -> list[Problem]:
+def apply_entries(section: str, entries: Iterable[Located], items: list[Located]) -> list[Problem]:
     problems: list[Problem] = []
     for loc in entries:
         if not loc.replace:
@@ -154,20 +171,28 @@ def apply_entries(section: str, entries: Iterable[Located], items: list[Located]
         wanted = identity(section, loc.value)
         matches = [i for i, old in enumerate(items) if identity(section, old.value) == wanted]
         if not matches:
-            problems.append(loc.mark.problem(
-                f"{loc.key}.replace", f"no earlier {SINGULAR[section]} {wanted!r} to replace"))
+            problems.append(
+                loc.mark.problem(
+                    f"{loc.key}.replace", f"no earlier {SINGULAR[section]} {wanted!r} to replace"
+                )
+            )
             continue
         if len(matches) > 1:
-            problems.append(loc.mark.problem(
-                f"{loc.key}.replace", _ambiguous(section, wanted, len(matches), "replace")))
+            problems.append(
+                loc.mark.problem(
+                    f"{loc.key}.replace", _ambiguous(section, wanted, len(matches), "replace")
+                )
+            )
             continue
         items[matches[0]] = loc
     return problems
 
 
 def _ambiguous(section: str, name: str, count: int, verb: str) -> str:
-    return (f"{count} earlier {section} entries are named {name!r}: {verb} works on a unique "
-            "name only: give them distinct names")
+    return (
+        f"{count} earlier {section} entries are named {name!r}: {verb} works on a unique "
+        "name only: give them distinct names"
+    )
 
 
 # onboot and onshutdown entries may share a name (LinuxKit numbers their directories)
@@ -184,11 +209,18 @@ def check_duplicates(acc: dict[str, list[Located]]) -> list[Problem]:
             if first is None:
                 seen[name] = loc
                 continue
-            where = (f"line {first.mark.line}" if first.mark.file == loc.mark.file
-                     else f"{first.mark.file}:{first.mark.line}")
-            problems.append(loc.mark.problem(
-                f"{loc.key}.name", f"duplicate {SINGULAR[section]} name {name!r} (first at "
-                                   f"{where}; use replace: true to override it)"))
+            where = (
+                f"line {first.mark.line}"
+                if first.mark.file == loc.mark.file
+                else f"{first.mark.file}:{first.mark.line}"
+            )
+            problems.append(
+                loc.mark.problem(
+                    f"{loc.key}.name",
+                    f"duplicate {SINGULAR[section]} name {name!r} (first at "
+                    f"{where}; use replace: true to override it)",
+                )
+            )
     return problems
 
 
@@ -238,16 +270,23 @@ def check_entry_ids(loc: Located, containers: set[str]) -> list[Problem]:
     values: list[tuple[str, Any, Mark]] = []
     for key, value in (("uid", entry.uid), ("gid", entry.gid)):
         if value is not None:
-            values.append((f"{loc.key}.{key}", value,
-                           raw.value_mark(key) if raw is not None else loc.mark))
+            values.append(
+                (f"{loc.key}.{key}", value, raw.value_mark(key) if raw is not None else loc.mark)
+            )
     path, items = _item_marks(loc, "additionalGids")
     for i, value in enumerate(entry.additional_gids or ()):
-        values.append((f"{path}[{i}]", value,
-                       items.item_mark(i) if items is not None else loc.mark))
+        values.append(
+            (f"{path}[{i}]", value, items.item_mark(i) if items is not None else loc.mark)
+        )
     for key, value, mark in values:
-        if isinstance(value, str) and not (value in ("", "root") or value.isdigit()
-                                           or value in containers):
-            problems.append(mark.problem(
-                key, f"unknown id name {value!r}: use a number, root, or the name of a "
-                     "container in this spec"))
+        if isinstance(value, str) and not (
+            value in ("", "root") or value.isdigit() or value in containers
+        ):
+            problems.append(
+                mark.problem(
+                    key,
+                    f"unknown id name {value!r}: use a number, root, or the name of a "
+                    "container in this spec",
+                )
+            )
     return problems

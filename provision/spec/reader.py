@@ -59,7 +59,9 @@ class DocumentReader:
         mark = mark_at(self.root, path, Mark(self.file, 0, 0), at_key=at_key)
         self.problems.append(mark.problem(render_key_path(path), message))
 
-    def mapping(self, value: Any, path: KeyPath, allowed: Iterable[str], required: Iterable[str] = ()) -> dict[str, Any]:
+    def mapping(
+        self, value: Any, path: KeyPath, allowed: Iterable[str], required: Iterable[str] = ()
+    ) -> dict[str, Any]:
         """``value`` as a mapping (None is empty); unknown keys (with a suggestion) and missing
         required keys are problems."""
         if value is None:
@@ -71,13 +73,18 @@ class DocumentReader:
         for key in value:
             if str(key) not in known:
                 close = difflib.get_close_matches(str(key), known, n=1)
-                self.fail((*path, str(key)), "unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""),
-                          at_key=True)
+                self.fail(
+                    (*path, str(key)),
+                    "unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""),
+                    at_key=True,
+                )
         for key in sorted(set(required) - set(value)):
             self.fail(path, f"missing required key {key!r}")
         return {str(k): v for k, v in value.items()}
 
-    def typed(self, value: Any, path: KeyPath, parse: Callable[[Any], Any], what: str, default: Any) -> Any:
+    def typed(
+        self, value: Any, path: KeyPath, parse: Callable[[Any], Any], what: str, default: Any
+    ) -> Any:
         """``parse(value)``, or ``default`` (None stays the default; an unparsable value is a problem)."""
         if value is None:
             return default
@@ -87,10 +94,20 @@ class DocumentReader:
             return default
         return result
 
-    def text(self, value: Any, path: KeyPath, pattern: re.Pattern[str] | None = None, what: str = "a string",
-             max_len: int = 4096) -> str:
+    def text(
+        self,
+        value: Any,
+        path: KeyPath,
+        pattern: re.Pattern[str] | None = None,
+        what: str = "a string",
+        max_len: int = 4096,
+    ) -> str:
         """A string of at most ``max_len`` characters matching ``pattern``; "" after a problem."""
-        if not isinstance(value, str) or len(value) > max_len or (pattern is not None and not pattern.fullmatch(value)):
+        if (
+            not isinstance(value, str)
+            or len(value) > max_len
+            or (pattern is not None and not pattern.fullmatch(value))
+        ):
             self.fail(path, f"must be {what}, not {shown(value)}")
             return ""
         return value

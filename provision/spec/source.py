@@ -35,7 +35,10 @@ MAX_NODES = 200_000
 MAX_DEPTH = 64
 STDIN = "-"
 
-_COLLECTION_TAGS: dict[type[Node], str] = {MappingNode: "tag:yaml.org,2002:map", SequenceNode: "tag:yaml.org,2002:seq"}
+_COLLECTION_TAGS: dict[type[Node], str] = {
+    MappingNode: "tag:yaml.org,2002:map",
+    SequenceNode: "tag:yaml.org,2002:seq",
+}
 
 _SCALAR_TAGS = {
     "tag:yaml.org,2002:str",
@@ -143,7 +146,9 @@ class _Builder:
             raise _TooBig(_mark(self.file, node), f"nested deeper than {MAX_DEPTH} levels")
         expected = _COLLECTION_TAGS.get(type(node))
         if node.tag != expected:
-            self.problems.append(_mark(self.file, node).problem(path, f"unsupported YAML tag {node.tag!r}"))
+            self.problems.append(
+                _mark(self.file, node).problem(path, f"unsupported YAML tag {node.tag!r}")
+            )
         self.active.add(id(node))
         try:
             if isinstance(node, MappingNode):
@@ -158,15 +163,20 @@ class _Builder:
 
     def build_scalar(self, node: ScalarNode, path: str) -> Any:
         if node.tag not in _SCALAR_TAGS:
-            self.problems.append(_mark(self.file, node).problem(
-                path, f"unsupported YAML tag {node.tag!r}"))
+            self.problems.append(
+                _mark(self.file, node).problem(path, f"unsupported YAML tag {node.tag!r}")
+            )
             return node.value
         if node.tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:timestamp"):
             return node.value
         try:
             return self.constructor.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, OverflowError) as exc:
-            reason = f"a number of {len(node.value)} digits is too long" if len(node.value) > 1000 else f"bad scalar: {exc}"
+            reason = (
+                f"a number of {len(node.value)} digits is too long"
+                if len(node.value) > 1000
+                else f"bad scalar: {exc}"
+            )
             self.problems.append(_mark(self.file, node).problem(path, reason))
             return None
 
@@ -175,19 +185,26 @@ class _Builder:
         for key_node, value_node in node.value:
             key_mark = _mark(self.file, key_node)
             if isinstance(key_node, ScalarNode) and key_node.tag == "tag:yaml.org,2002:merge":
-                self.problems.append(key_mark.problem(path, "YAML merge keys (<<) are not supported"))
+                self.problems.append(
+                    key_mark.problem(path, "YAML merge keys (<<) are not supported")
+                )
                 continue
             if not isinstance(key_node, ScalarNode) or key_node.tag not in (
-                    "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool",
-                    "tag:yaml.org,2002:float", "tag:yaml.org,2002:null"):
+                "tag:yaml.org,2002:str",
+                "tag:yaml.org,2002:int",
+                "tag:yaml.org,2002:bool",
+                "tag:yaml.org,2002:float",
+                "tag:yaml.org,2002:null",
+            ):
                 self.problems.append(key_mark.problem(path, "mapping keys must be plain strings"))
                 continue
             key = key_node.value
             child = f"{path}.{key}" if path else key
             if key in result:
                 first = result.key_marks[key]
-                self.problems.append(key_mark.problem(
-                    child, f"duplicate key (first at line {first.line})"))
+                self.problems.append(
+                    key_mark.problem(child, f"duplicate key (first at line {first.line})")
+                )
                 continue
             result.key_marks[key] = key_mark
             result.value_marks[key] = _mark(self.file, value_node)
@@ -219,7 +236,11 @@ def compose_yaml(text: str, file: str) -> tuple[Node | None, list[Problem]]:
         return None, [Problem(file, exc.mark.line + 1, exc.mark.column + 1, "", str(exc))]
     except yaml.reader.ReaderError as exc:
         line, column = _position(text, exc.position)
-        return None, [Problem(file, line, column, "", f"character U+{exc.character:04X} is not allowed in YAML")]
+        return None, [
+            Problem(
+                file, line, column, "", f"character U+{exc.character:04X} is not allowed in YAML"
+            )
+        ]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
@@ -229,7 +250,9 @@ def compose_yaml(text: str, file: str) -> tuple[Node | None, list[Problem]]:
         return None, [Problem(file, 0, 0, "", f"YAML error: {exc}")]
 
 
-def parse_yaml_text(text: str, file: str, *, require_document: bool = False) -> tuple[Any, list[Problem]]:
+def parse_yaml_text(
+    text: str, file: str, *, require_document: bool = False
+) -> tuple[Any, list[Problem]]:
     """Parse one YAML document; return its located value (None when empty) and the problems.
     With ``require_document``, an empty text (nothing but blanks and comments) is a problem."""
     node, problems = compose_yaml(text, file)
@@ -289,7 +312,15 @@ def read_spec_bytes(path: Path) -> tuple[bytes | None, list[Problem]]:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
-            return None, [Problem(file, 0, 0, "", f"not a regular file but {_kind(info.st_mode)} (give a file, or - for stdin)")]
+            return None, [
+                Problem(
+                    file,
+                    0,
+                    0,
+                    "",
+                    f"not a regular file but {_kind(info.st_mode)} (give a file, or - for stdin)",
+                )
+            ]
         with os.fdopen(fd, "rb") as stream:
             data = _read_bounded(stream, MAX_SPEC_BYTES) if info.st_size <= MAX_SPEC_BYTES else None
     except OSError as exc:
@@ -303,8 +334,13 @@ def decode_spec_text(data: bytes, file: str) -> tuple[str | None, list[Problem]]
         return data.decode("utf-8"), []
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        column = len(data[data.rfind(b"\n", 0, exc.start) + 1:exc.start].decode("utf-8", "replace")) + 1
-        return None, [Problem(file, line, column, "", f"not UTF-8 text (byte 0x{data[exc.start]:02x})")]
+        column = (
+            len(data[data.rfind(b"\n", 0, exc.start) + 1 : exc.start].decode("utf-8", "replace"))
+            + 1
+        )
+        return None, [
+            Problem(file, line, column, "", f"not UTF-8 text (byte 0x{data[exc.start]:02x})")
+        ]
 
 
 def read_text_file(path: Path) -> tuple[str | None, list[Problem]]:

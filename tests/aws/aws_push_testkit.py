@@ -71,8 +71,11 @@ def extend_moto_for_push() -> None:
         known = tokens.get(key)
         if known is not None and known in backend.snapshots:
             return json.dumps(backend.snapshots[known].to_json())
-        snapshot = backend.start_snapshot(volume_size=params.get("VolumeSize"), tags=params.get("Tags"),
-                                          description=params.get("Description"))
+        snapshot = backend.start_snapshot(
+            volume_size=params.get("VolumeSize"),
+            tags=params.get("Tags"),
+            description=params.get("Description"),
+        )
         ec2_snapshot(backend, snapshot.snapshot_id).status = "pending"
         tokens[key] = snapshot.snapshot_id
         return json.dumps(snapshot.to_json())
@@ -84,29 +87,43 @@ def extend_moto_for_push() -> None:
         headers = {k.lower(): v for k, v in self.headers.items()}
         snapshot = self.ebs_backend.snapshots.get(snapshot_id)
         if snapshot is None:
-            raise JsonRESTError("ResourceNotFoundException", f"The snapshot {snapshot_id} does not exist.")
+            raise JsonRESTError(
+                "ResourceNotFoundException", f"The snapshot {snapshot_id} does not exist."
+            )
         if snapshot.status != "pending":
-            raise JsonRESTError("ValidationException", f"The snapshot {snapshot_id} is not pending.")
+            raise JsonRESTError(
+                "ValidationException", f"The snapshot {snapshot_id} is not pending."
+            )
         if headers.get("x-amz-data-length") != str(EBS_BLOCK) or len(self.body) != EBS_BLOCK:
             raise JsonRESTError("ValidationException", "DataLength must be 524288.")
         expected = base64.b64encode(hashlib.sha256(self.body).digest()).decode()
-        if headers.get("x-amz-checksum-algorithm") != "SHA256" or headers.get("x-amz-checksum") != expected:
-            raise JsonRESTError("ValidationException", "The checksum does not match the block data.")
+        if (
+            headers.get("x-amz-checksum-algorithm") != "SHA256"
+            or headers.get("x-amz-checksum") != expected
+        ):
+            raise JsonRESTError(
+                "ValidationException", "The checksum does not match the block data."
+            )
         return original_put(self)
 
     def list_snapshot_blocks(self: EBSResponse) -> str:
         snapshot_id = self.path.split("/")[-2]
         snapshot = self.ebs_backend.snapshots.get(snapshot_id)
         if snapshot is None:
-            raise JsonRESTError("ResourceNotFoundException", f"The snapshot {snapshot_id} does not exist.")
+            raise JsonRESTError(
+                "ResourceNotFoundException", f"The snapshot {snapshot_id} does not exist."
+            )
         query = parse_qs(self.parsed_url.query)
         limit = int(query.get("maxResults", ["100"])[0])
         start = int(query.get("pageToken", ["0"])[0])
         indices = sorted(int(i) for i in snapshot.blocks)
-        page = indices[start:start + limit]
+        page = indices[start : start + limit]
         body: dict[str, Any] = {
-            "Blocks": [{"BlockIndex": i, "BlockToken": snapshot.blocks[str(i)].block_token} for i in page],
-            "VolumeSize": snapshot.volume_size, "BlockSize": EBS_BLOCK,
+            "Blocks": [
+                {"BlockIndex": i, "BlockToken": snapshot.blocks[str(i)].block_token} for i in page
+            ],
+            "VolumeSize": snapshot.volume_size,
+            "BlockSize": EBS_BLOCK,
         }
         if start + limit < len(indices):
             body["NextToken"] = str(start + limit)
@@ -116,18 +133,27 @@ def extend_moto_for_push() -> None:
         snapshot_id = self.parsed_url.path.split("/")[-1]
         snapshot: EBSSnapshot | None = self.ebs_backend.snapshots.get(snapshot_id)
         if snapshot is None:
-            raise JsonRESTError("ResourceNotFoundException", f"The snapshot {snapshot_id} does not exist.")
+            raise JsonRESTError(
+                "ResourceNotFoundException", f"The snapshot {snapshot_id} does not exist."
+            )
         headers = {k.lower(): v for k, v in self.headers.items()}
         if headers.get("x-amz-changedblockscount") != str(len(snapshot.blocks)):
-            raise JsonRESTError("ValidationException", f"ChangedBlocksCount {headers.get('x-amz-changedblockscount')} "
-                                                        f"but {len(snapshot.blocks)} blocks were written.")
+            raise JsonRESTError(
+                "ValidationException",
+                f"ChangedBlocksCount {headers.get('x-amz-changedblockscount')} "
+                f"but {len(snapshot.blocks)} blocks were written.",
+            )
         if "x-amz-checksum" in headers:
             whole = hashlib.sha256()
             for index in sorted(int(i) for i in snapshot.blocks):
                 whole.update(base64.b64decode(snapshot.blocks[str(index)].checksum))
-            if headers.get("x-amz-checksum-aggregation-method") != "LINEAR" or \
-                    headers["x-amz-checksum"] != base64.b64encode(whole.digest()).decode():
-                raise JsonRESTError("ValidationException", "The aggregated checksum does not match.")
+            if (
+                headers.get("x-amz-checksum-aggregation-method") != "LINEAR"
+                or headers["x-amz-checksum"] != base64.b64encode(whole.digest()).decode()
+            ):
+                raise JsonRESTError(
+                    "ValidationException", "The aggregated checksum does not match."
+                )
         snapshot.status = "completed"
         ec2_snapshot(self.ebs_backend, snapshot_id).status = "completed"
         return 202, {"status": 202}, json.dumps({"Status": "completed"})
@@ -140,12 +166,21 @@ def extend_moto_for_push() -> None:
         def block_device_mappings(self) -> list[dict[str, Any]]:
             return list(self.fields["BlockDeviceMappings"])
 
-    def make_ami(backend: Any, name: str, description: str, fields: dict[str, Any], tags: Iterable[Any]) -> Any:
-        ami = RegisteredAmi(backend, random_ami_id(), name=name, description=description,
-                            architecture=fields.get("Architecture") or "x86_64",
-                            virtualization_type=fields.get("VirtualizationType") or "paravirtual",
-                            root_device_name=fields.get("RootDeviceName") or "/dev/sda1", root_device_type="ebs",
-                            sriov=fields.get("SriovNetSupport") or "", boot_mode=fields.get("BootMode") or "")
+    def make_ami(
+        backend: Any, name: str, description: str, fields: dict[str, Any], tags: Iterable[Any]
+    ) -> Any:
+        ami = RegisteredAmi(
+            backend,
+            random_ami_id(),
+            name=name,
+            description=description,
+            architecture=fields.get("Architecture") or "x86_64",
+            virtualization_type=fields.get("VirtualizationType") or "paravirtual",
+            root_device_name=fields.get("RootDeviceName") or "/dev/sda1",
+            root_device_type="ebs",
+            sriov=fields.get("SriovNetSupport") or "",
+            boot_mode=fields.get("BootMode") or "",
+        )
         ami.fields = fields
         ami.ena_support = fields.get("EnaSupport")
         ami.imds_support = fields.get("ImdsSupport")
@@ -166,20 +201,39 @@ def extend_moto_for_push() -> None:
 
         name = self._get_param("Name")
         if any(a.name == name for a in self.ec2_backend.amis.values()):
-            raise EC2ClientError("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI")
+            raise EC2ClientError(
+                "InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI"
+            )
         mappings = self._get_param("BlockDeviceMappings", [])
         for mapping in mappings:
             snapshot_id = mapping.get("Ebs", {}).get("SnapshotId")
             snapshot = self.ec2_backend.snapshots.get(snapshot_id)
             if snapshot_id and (snapshot is None or snapshot.status != "completed"):
-                raise EC2ClientError("InvalidSnapshot.NotFound" if snapshot is None else "IncorrectState",
-                                     f"snapshot {snapshot_id} is not a completed snapshot")
-        fields = {key: self._get_param(key) for key in (
-            "Architecture", "RootDeviceName", "VirtualizationType", "EnaSupport", "SriovNetSupport", "BootMode",
-            "ImdsSupport", "TpmSupport")}
+                raise EC2ClientError(
+                    "InvalidSnapshot.NotFound" if snapshot is None else "IncorrectState",
+                    f"snapshot {snapshot_id} is not a completed snapshot",
+                )
+        fields = {
+            key: self._get_param(key)
+            for key in (
+                "Architecture",
+                "RootDeviceName",
+                "VirtualizationType",
+                "EnaSupport",
+                "SriovNetSupport",
+                "BootMode",
+                "ImdsSupport",
+                "TpmSupport",
+            )
+        }
         fields["BlockDeviceMappings"] = mappings
-        ami = make_ami(self.ec2_backend, name, self._get_param("Description", ""), fields,
-                       self._get_param("TagSpecifications", []))
+        ami = make_ami(
+            self.ec2_backend,
+            name,
+            self._get_param("Description", ""),
+            fields,
+            self._get_param("TagSpecifications", []),
+        )
         return ActionResult({"ImageId": ami.id})
 
     copy_tokens: dict[tuple[str, str, str], str] = {}
@@ -193,13 +247,20 @@ def extend_moto_for_push() -> None:
         if key in copy_tokens and copy_tokens[key] in self.ec2_backend.amis:
             return ActionResult({"ImageId": copy_tokens[key]})
         source_region = self._get_param("SourceRegion")
-        source = ec2_backends[self.current_account][source_region].amis.get(self._get_param("SourceImageId"))
+        source = ec2_backends[self.current_account][source_region].amis.get(
+            self._get_param("SourceImageId")
+        )
         if source is None:
             raise EC2ClientError("InvalidAMIID.NotFound", "The image id does not exist")
         fields = dict(getattr(source, "fields", {"BlockDeviceMappings": []}))
         fields["BlockDeviceMappings"] = [dict(m) for m in fields["BlockDeviceMappings"]]
-        ami = make_ami(self.ec2_backend, self._get_param("Name") or source.name, self._get_param("Description", ""),
-                       fields, self._get_param("TagSpecifications", []))
+        ami = make_ami(
+            self.ec2_backend,
+            self._get_param("Name") or source.name,
+            self._get_param("Description", ""),
+            fields,
+            self._get_param("TagSpecifications", []),
+        )
         for mapping in fields["BlockDeviceMappings"]:  # the copy has its own snapshot in its region
             if "Ebs" in mapping:
                 mapping["Ebs"] = {**mapping["Ebs"], "SnapshotId": ami.ebs_snapshot.id}
@@ -215,23 +276,44 @@ def extend_moto_for_push() -> None:
         from moto.s3.models import s3_backends
 
         container = self._get_param("DiskContainer", {})
-        bucket, key = container.get("UserBucket", {}).get("S3Bucket"), container.get("UserBucket", {}).get("S3Key")
+        bucket, key = (
+            container.get("UserBucket", {}).get("S3Bucket"),
+            container.get("UserBucket", {}).get("S3Key"),
+        )
         try:
             obj = s3_backends[self.current_account]["aws"].get_object(bucket, key)
         except Exception:  # moto raises its own S3 errors for a missing bucket
             obj = None
         if obj is None:
-            raise EC2ClientError("InvalidParameter", f"The given S3 object is not found: s3://{bucket}/{key}")
+            raise EC2ClientError(
+                "InvalidParameter", f"The given S3 object is not found: s3://{bucket}/{key}"
+            )
         task_id = f"import-snap-{uuid.uuid4().hex[:17]}"
-        detail = {"Format": container.get("Format"), "DiskImageSize": float(obj.size), "Status": "active",
-                  "StatusMessage": "pending", "Progress": "3",
-                  "UserBucket": {"S3Bucket": bucket, "S3Key": key}}
-        tasks[task_id] = {"detail": detail, "polls": 0, "data": obj.value, "region": self.region,
-                          "account": self.current_account, "description": self._get_param("Description", "")}
+        detail = {
+            "Format": container.get("Format"),
+            "DiskImageSize": float(obj.size),
+            "Status": "active",
+            "StatusMessage": "pending",
+            "Progress": "3",
+            "UserBucket": {"S3Bucket": bucket, "S3Key": key},
+        }
+        tasks[task_id] = {
+            "detail": detail,
+            "polls": 0,
+            "data": obj.value,
+            "region": self.region,
+            "account": self.current_account,
+            "description": self._get_param("Description", ""),
+        }
         for spec in self._get_param("TagSpecifications", []):
             tasks[task_id]["tags"] = spec.get("Tags", [])
-        return ActionResult({"ImportTaskId": task_id, "SnapshotTaskDetail": detail,
-                             "Description": tasks[task_id]["description"]})
+        return ActionResult(
+            {
+                "ImportTaskId": task_id,
+                "SnapshotTaskDetail": detail,
+                "Description": tasks[task_id]["description"],
+            }
+        )
 
     def advance(task_id: str, task: dict[str, Any]) -> None:
         from moto.ebs.models import ebs_backends
@@ -242,18 +324,31 @@ def extend_moto_for_push() -> None:
             return
         data: bytes = task["data"]
         if detail["Format"] != "RAW" or data[510:512] != b"\x55\xaa":
-            detail.update(Status="deleted", StatusMessage="ClientError: Disk validation failed [Unsupported specified disk format]")
+            detail.update(
+                Status="deleted",
+                StatusMessage="ClientError: Disk validation failed [Unsupported specified disk format]",
+            )
             return
         ebs = ebs_backends[task["account"]][task["region"]]
-        snapshot = ebs.start_snapshot(volume_size=max(1, -(-len(data) // 2**30)), tags=None,
-                                      description=f"Created by AWS-VMImport service for {task_id}")
+        snapshot = ebs.start_snapshot(
+            volume_size=max(1, -(-len(data) // 2**30)),
+            tags=None,
+            description=f"Created by AWS-VMImport service for {task_id}",
+        )
         for start in range(0, len(data), EBS_BLOCK):
-            block = data[start:start + EBS_BLOCK].ljust(EBS_BLOCK, b"\0")
+            block = data[start : start + EBS_BLOCK].ljust(EBS_BLOCK, b"\0")
             if block.strip(b"\0"):
-                snapshot.put_block(str(start // EBS_BLOCK), block, base64.b64encode(hashlib.sha256(block).digest()).decode(),
-                                   "SHA256", str(EBS_BLOCK))
+                snapshot.put_block(
+                    str(start // EBS_BLOCK),
+                    block,
+                    base64.b64encode(hashlib.sha256(block).digest()).decode(),
+                    "SHA256",
+                    str(EBS_BLOCK),
+                )
         snapshot.status = "completed"
-        detail.update(Status="completed", StatusMessage="", Progress="100", SnapshotId=snapshot.snapshot_id)
+        detail.update(
+            Status="completed", StatusMessage="", Progress="100", SnapshotId=snapshot.snapshot_id
+        )
 
     def describe_import_snapshot_tasks(self: EC2Response) -> Any:
         from moto.core.responses import ActionResult
@@ -265,9 +360,14 @@ def extend_moto_for_push() -> None:
             if task is None or task["region"] != self.region:
                 continue
             advance(task_id, task)
-            found.append({"ImportTaskId": task_id, "Description": task["description"],
-                          "SnapshotTaskDetail": dict(task["detail"]),
-                          "Tags": task.get("tags", [])})
+            found.append(
+                {
+                    "ImportTaskId": task_id,
+                    "Description": task["description"],
+                    "SnapshotTaskDetail": dict(task["detail"]),
+                    "Tags": task.get("tags", []),
+                }
+            )
         return ActionResult({"ImportSnapshotTasks": found})
 
     EC2Response.import_snapshot = import_snapshot
@@ -292,7 +392,9 @@ class Fault:
 
 
 THROTTLED_EBS = Fault(400, "RequestThrottledException", "Rate exceeded")
-CONCURRENT_LIMIT = Fault(400, "ConcurrentLimitExceededException", "too many concurrent requests on this snapshot")
+CONCURRENT_LIMIT = Fault(
+    400, "ConcurrentLimitExceededException", "too many concurrent requests on this snapshot"
+)
 THROTTLED_EC2 = Fault(503, "RequestLimitExceeded", "Request limit exceeded.")
 UNAVAILABLE = Fault(503, "ServiceUnavailable", "Service Unavailable")
 
@@ -311,7 +413,11 @@ def s3_operation(method: str, path: str, query: str) -> str:
     params = parse_qs(query, keep_blank_values=True)
     on_object = "/" in path.strip("/")
     if method == "PUT":
-        return "UploadPart" if "partNumber" in params else ("PutObject" if on_object else "CreateBucket")
+        return (
+            "UploadPart"
+            if "partNumber" in params
+            else ("PutObject" if on_object else "CreateBucket")
+        )
     if method == "POST":
         return "CreateMultipartUpload" if "uploads" in params else "CompleteMultipartUpload"
     if method == "GET":
@@ -323,16 +429,30 @@ def s3_operation(method: str, path: str, query: str) -> str:
     if method == "HEAD":
         return "HeadObject" if on_object else "HeadBucket"
     if method == "DELETE":
-        return "AbortMultipartUpload" if "uploadId" in params else ("DeleteObject" if on_object else "DeleteBucket")
+        return (
+            "AbortMultipartUpload"
+            if "uploadId" in params
+            else ("DeleteObject" if on_object else "DeleteBucket")
+        )
     return method
 
 
 # What each request needs in IAM (for the policy tests): S3 operations map onto fewer actions.
-S3_IAM = {"UploadPart": "s3:PutObject", "PutObject": "s3:PutObject", "CreateMultipartUpload": "s3:PutObject",
-          "CompleteMultipartUpload": "s3:PutObject", "ListMultipartUploads": "s3:ListBucketMultipartUploads",
-          "ListParts": "s3:ListMultipartUploadParts", "GetObject": "s3:GetObject", "HeadObject": "s3:GetObject",
-          "DeleteObject": "s3:DeleteObject", "AbortMultipartUpload": "s3:AbortMultipartUpload",
-          "ListObjects": "s3:ListBucket", "HeadBucket": "s3:ListBucket", "CreateBucket": "s3:CreateBucket"}
+S3_IAM = {
+    "UploadPart": "s3:PutObject",
+    "PutObject": "s3:PutObject",
+    "CreateMultipartUpload": "s3:PutObject",
+    "CompleteMultipartUpload": "s3:PutObject",
+    "ListMultipartUploads": "s3:ListBucketMultipartUploads",
+    "ListParts": "s3:ListMultipartUploadParts",
+    "GetObject": "s3:GetObject",
+    "HeadObject": "s3:GetObject",
+    "DeleteObject": "s3:DeleteObject",
+    "AbortMultipartUpload": "s3:AbortMultipartUpload",
+    "ListObjects": "s3:ListBucket",
+    "HeadBucket": "s3:ListBucket",
+    "CreateBucket": "s3:CreateBucket",
+}
 
 
 def iam_actions(counts: Iterable[str]) -> set[str]:
@@ -355,9 +475,13 @@ class PushFaults:
         self.faults: dict[str, deque[Fault]] = {}
         self.after: dict[str, tuple[int, Fault]] = {}
         self.injected: Counter[str] = Counter()
-        self.regions: dict[str, list[str]] = {}  # action -> the region of each request (from its signature)
+        self.regions: dict[
+            str, list[str]
+        ] = {}  # action -> the region of each request (from its signature)
         self.stalls: dict[str, deque[float]] = {}
-        self.times: dict[str, list[float]] = {}  # action -> when each request arrived (time.monotonic)
+        self.times: dict[
+            str, list[float]
+        ] = {}  # action -> when each request arrived (time.monotonic)
         self.holds: dict[str, int] = {}  # action -> requests after the first n wait for release()
         self.released = threading.Event()
         self.in_flight = 0  # requests inside moto right now
@@ -422,7 +546,9 @@ class PushFaults:
             return f"s3:{s3_operation(method, path, environ.get('QUERY_STRING', ''))}"
         return f"{service}:{method}"
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         action = self.action(environ)
         scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
         fault: Fault | None = None
@@ -461,13 +587,24 @@ class PushFaults:
         status = f"{fault.status} Injected"
         extra = [("Retry-After", str(fault.retry_after))] if fault.retry_after is not None else []
         if action.startswith("ec2:"):
-            body = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{fault.code}</Code>"
-                    f"<Message>{fault.message}</Message></Error></Errors><RequestID>injected</RequestID></Response>").encode()
-            start_response(status, [("Content-Type", "text/xml"), ("Content-Length", str(len(body))), *extra])
+            body = (
+                f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{fault.code}</Code>'
+                f"<Message>{fault.message}</Message></Error></Errors><RequestID>injected</RequestID></Response>"
+            ).encode()
+            start_response(
+                status, [("Content-Type", "text/xml"), ("Content-Length", str(len(body))), *extra]
+            )
             return [body]
         body = json.dumps({"message": fault.message}).encode()
-        start_response(status, [("Content-Type", "application/json"), ("x-amzn-ErrorType", fault.code),
-                                ("Content-Length", str(len(body))), *extra])
+        start_response(
+            status,
+            [
+                ("Content-Type", "application/json"),
+                ("x-amzn-ErrorType", fault.code),
+                ("Content-Length", str(len(body))),
+                *extra,
+            ],
+        )
         return [body]
 
 

@@ -30,8 +30,10 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_ba
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 StartResponse = Callable[..., Any]
-ERROR = ('<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
-         "<Message>{message}</Message></Error></Errors><RequestID>{rid}</RequestID></Response>")
+ERROR = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
+    "<Message>{message}</Message></Error></Errors><RequestID>{rid}</RequestID></Response>"
+)
 FAULTS = {
     "throttle": ("503 Service Unavailable", "RequestLimitExceeded", "Request limit exceeded."),
     "throttling": ("400 Bad Request", "Throttling", "Rate exceeded"),
@@ -71,7 +73,11 @@ class Ec2Layer:
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
-        form = urllib.parse.parse_qs(body.decode("latin-1")) if environ.get("REQUEST_METHOD") == "POST" else {}
+        form = (
+            urllib.parse.parse_qs(body.decode("latin-1"))
+            if environ.get("REQUEST_METHOD") == "POST"
+            else {}
+        )
         action = (form.get("Action") or [""])[0]
         if not action:
             return self.app(environ, start_response)
@@ -83,7 +89,9 @@ class Ec2Layer:
         if fault in FAULTS:
             status, code, message = FAULTS[fault]
             text = ERROR.format(code=code, message=message, rid="standin-fault").encode()
-            start_response(status, [("Content-Type", "text/xml"), ("Content-Length", str(len(text)))])
+            start_response(
+                status, [("Content-Type", "text/xml"), ("Content-Length", str(len(text)))]
+            )
             return [text]
         status, headers, answer = self._answer(environ, action, form)
         if fault == "slow":
@@ -91,20 +99,30 @@ class Ec2Layer:
         start_response(status, headers)
         return [answer]
 
-    def _answer(self, environ: dict[str, Any], action: str,
-                form: dict[str, list[str]]) -> tuple[str, list[tuple[str, str]], bytes]:
+    def _answer(
+        self, environ: dict[str, Any], action: str, form: dict[str, list[str]]
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
         token = (form.get("ClientToken") or [""])[0]
         if action != "RunInstances" or not token:
             return self._call(environ)
-        params = urllib.parse.urlencode(sorted((k, v) for k, vs in form.items() if k != "ClientToken" for v in vs))
+        params = urllib.parse.urlencode(
+            sorted((k, v) for k, vs in form.items() if k != "ClientToken" for v in vs)
+        )
         with self.run_lock:  # one RunInstances at a time: a token is looked up and kept atomically
             seen = self.tokens.get(token)
             if seen is not None:
                 first_params, status, headers, answer = seen
                 if first_params != params:
-                    text = ERROR.format(code="IdempotentParameterMismatch", rid="standin-token",
-                                        message=f"Client token {token} was used with other parameters.").encode()
-                    return "400 Bad Request", [("Content-Type", "text/xml"), ("Content-Length", str(len(text)))], text
+                    text = ERROR.format(
+                        code="IdempotentParameterMismatch",
+                        rid="standin-token",
+                        message=f"Client token {token} was used with other parameters.",
+                    ).encode()
+                    return (
+                        "400 Bad Request",
+                        [("Content-Type", "text/xml"), ("Content-Length", str(len(text)))],
+                        text,
+                    )
                 return status, headers, answer
             status, headers, answer = self._call(environ)
             if status.startswith("200"):
@@ -133,13 +151,22 @@ class Ec2Moto(Moto):
         """An EC2 client of the test's own (not the provider's) with generous time-outs."""
         import boto3
 
-        return boto3.client("ec2", endpoint_url=self.url, region_name="us-east-1",
-                            aws_access_key_id="AKIDPROVISIONTEST", aws_secret_access_key="x")
+        return boto3.client(
+            "ec2",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="AKIDPROVISIONTEST",
+            aws_secret_access_key="x",
+        )
 
     def instances(self) -> list[dict[str, Any]]:
         """Every instance moto holds (any state), through the EC2 API."""
-        return [i for page in self.client().get_paginator("describe_instances").paginate()
-                for r in page["Reservations"] for i in r["Instances"]]
+        return [
+            i
+            for page in self.client().get_paginator("describe_instances").paginate()
+            for r in page["Reservations"]
+            for i in r["Instances"]
+        ]
 
 
 class QuietHandler(WSGIRequestHandler):

@@ -36,7 +36,11 @@ groups:
 
 
 def test_an_image_spec_group_is_built_pushed_and_launched_once(
-        aws_push: PushMoto, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    aws_push: PushMoto,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     write_test_images(ImageStore(tmp_path / "oci"))
     monkeypatch.setenv("PROVISION_CACHE", str(tmp_path / "oci"))
     monkeypatch.setenv("PROVISION_ARTIFACTS", str(tmp_path / "artifacts"))
@@ -47,15 +51,21 @@ def test_an_image_spec_group_is_built_pushed_and_launched_once(
     assert main(["plan", str(spec), "--journal", journal]) in (0, 2)
     out = capsys.readouterr().out
     assert "image: will build sha256:" in out
-    assert not (tmp_path / "artifacts").exists() and aws_push.faults.counts["ebs:StartSnapshot"] == 0
+    assert (
+        not (tmp_path / "artifacts").exists() and aws_push.faults.counts["ebs:StartSnapshot"] == 0
+    )
     code = main(["apply", str(spec), "--journal", journal, "--interval", "0"])
     out, err = capsys.readouterr()
     assert code == 0, out + err
     ec2 = boto3.client("ec2", region_name="us-west-2")
     images = ec2.describe_images(Owners=["self"])["Images"]
     assert len(images) == 1 and images[0]["ImdsSupport"] == "v2.0"
-    instances = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
-                 if i["State"]["Name"] in ("pending", "running")]
+    instances = [
+        i
+        for r in ec2.describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] in ("pending", "running")
+    ]
     assert len(instances) == 2 and {i["ImageId"] for i in instances} == {images[0]["ImageId"]}
     assert aws_push.faults.regions["ec2:RegisterImage"] == ["us-west-2"]
     aws_push.faults.clear()

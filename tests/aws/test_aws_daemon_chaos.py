@@ -49,11 +49,29 @@ def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
 
 class Daemon:
     def __init__(self, spec: Path, journal: Path, log: list[str]) -> None:
-        argv = [sys.executable, "-m", "provision", "daemon", str(spec), "--journal", str(journal),
-                "--listen", "127.0.0.1:0", "--interval", "0.1", "--resync", "0.2",
-                "--owner", "host-a"]  # a restarted daemon of one host takes its lease back
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.reader = threading.Thread(target=lambda: log.extend(self.proc.stdout or []), daemon=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "provision",
+            "daemon",
+            str(spec),
+            "--journal",
+            str(journal),
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "0.1",
+            "--resync",
+            "0.2",
+            "--owner",
+            "host-a",
+        ]  # a restarted daemon of one host takes its lease back
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.reader = threading.Thread(
+            target=lambda: log.extend(self.proc.stdout or []), daemon=True
+        )
         self.reader.start()
 
     def kill(self) -> None:
@@ -76,7 +94,9 @@ def test_sigkilled_daemons_leave_one_tagged_instance_per_slot(ec2: Ec2Moto, tmp_
     journal = tmp_path / "journal.db"
     log: list[str] = []
     chance = random.Random(20261201)
-    ec2.layer.slow_seconds = 1.6  # past the 1 s read time-out: the create happened, its answer is lost
+    ec2.layer.slow_seconds = (
+        1.6  # past the 1 s read time-out: the create happened, its answer is lost
+    )
     calls = Counter[str]()
     for round_ in range(7):
         if round_ % 2 == 0:
@@ -103,7 +123,9 @@ def test_sigkilled_daemons_leave_one_tagged_instance_per_slot(ec2: Ec2Moto, tmp_
     assert final.stop() == 0
     made = ec2.instances()
     tags = [{t["Key"]: t["Value"] for t in i.get("Tags", [])} for i in made]
-    assert all(t.get(TAG_CLUSTER) == "chaos" and t.get(TAG_GROUP) == "web" and TAG_SLOT in t for t in tags)
+    assert all(
+        t.get(TAG_CLUSTER) == "chaos" and t.get(TAG_GROUP) == "web" and TAG_SLOT in t for t in tags
+    )
     assert len(made) == SIZE  # never one instance too many, not even one terminated later
     assert sorted(Counter(t[TAG_SLOT] for t in tags).values()) == [1] * SIZE
     assert calls["RunInstances"] > SIZE  # creates were retried across the kills

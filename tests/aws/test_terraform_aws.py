@@ -29,8 +29,18 @@ MODULE = Path(__file__).resolve().parents[2] / "terraform" / "aws"
 CLUSTER = "shop"
 VARIABLES = {"${var.clusters}": [CLUSTER]}
 # the resource types each call touches (RunInstances: what it creates and what it launches from)
-TOUCHES = {"RunInstances": ("instance", "volume", "image", "network-interface", "security-group", "subnet"),
-           "TerminateInstances": ("instance",), "DescribeInstances": ("*",)}
+TOUCHES = {
+    "RunInstances": (
+        "instance",
+        "volume",
+        "image",
+        "network-interface",
+        "security-group",
+        "subnet",
+    ),
+    "TerminateInstances": ("instance",),
+    "DescribeInstances": ("*",),
+}
 
 
 def unquote(value: Any) -> Any:
@@ -87,10 +97,20 @@ def flat_blocks(value: Any) -> list[dict[str, Any]]:
 
 
 def normalized(statement: Mapping[str, Any]) -> dict[str, Any]:
-    conditions = [{"test": str(one(c["test"])), "variable": str(one(c["variable"])), "values": values(c["values"])}
-                  for c in flat_blocks(statement.get("condition", []))]
-    return {"sid": str(one(statement.get("sid", ""))), "actions": flat(statement["actions"]),
-            "resources": flat(statement["resources"]), "conditions": conditions}
+    conditions = [
+        {
+            "test": str(one(c["test"])),
+            "variable": str(one(c["variable"])),
+            "values": values(c["values"]),
+        }
+        for c in flat_blocks(statement.get("condition", []))
+    ]
+    return {
+        "sid": str(one(statement.get("sid", ""))),
+        "actions": flat(statement["actions"]),
+        "resources": flat(statement["resources"]),
+        "conditions": conditions,
+    }
 
 
 def values(raw: Any) -> list[str]:
@@ -106,7 +126,9 @@ def resource_type(pattern: str) -> str:
     return "*" if pattern == "*" else pattern.rsplit(":", 1)[-1].split("/", 1)[0]
 
 
-def allowed(statements: Sequence[Mapping[str, Any]], action: str, resource: str, context: Mapping[str, str]) -> bool:
+def allowed(
+    statements: Sequence[Mapping[str, Any]], action: str, resource: str, context: Mapping[str, str]
+) -> bool:
     for statement in statements:
         if not any(fnmatch.fnmatchcase(action, a) for a in statement["actions"]):
             continue
@@ -122,7 +144,12 @@ def condition_holds(condition: Mapping[str, Any], context: Mapping[str, str]) ->
     if condition["test"] == "StringEquals":
         return present and context[condition["variable"]] in condition["values"]
     if condition["test"] == "Null":
-        return condition["values"] == ["false"] and present or condition["values"] == ["true"] and not present
+        return (
+            condition["values"] == ["false"]
+            and present
+            or condition["values"] == ["true"]
+            and not present
+        )
     return False  # a test this evaluator does not know denies (fail closed)
 
 
@@ -135,7 +162,9 @@ def launch_tags(form: Mapping[str, list[str]], kind: str) -> dict[str, str]:
             n = match.group(1)
             m = 1
             while f"TagSpecification.{n}.Tag.{m}.Key" in form:
-                tags[form[f"TagSpecification.{n}.Tag.{m}.Key"][0]] = form[f"TagSpecification.{n}.Tag.{m}.Value"][0]
+                tags[form[f"TagSpecification.{n}.Tag.{m}.Key"][0]] = form[
+                    f"TagSpecification.{n}.Tag.{m}.Value"
+                ][0]
                 m += 1
     return tags
 
@@ -147,16 +176,25 @@ def test_every_file_parses() -> None:
     assert {"clusters", "enable_import", "instance_role_arns", "name_prefix"} <= declared
     readme = (MODULE.parent / "README.md").read_text()
     outputs = {name for block in parsed["outputs.tf"]["output"] for name in block}
-    assert all(f"`{name}`" in readme for name in declared | outputs)  # every variable and output documented
+    assert all(
+        f"`{name}`" in readme for name in declared | outputs
+    )  # every variable and output documented
 
 
 def test_checkov_finds_no_failed_check_and_every_skip_has_a_reason() -> None:
     beside = Path(sys.executable).parent / "checkov"  # scripts/setup.sh links it into .venv/bin
     checkov = str(beside) if beside.exists() else shutil.which("checkov")
     if checkov is None:
-        pytest.fail("needs checkov (scripts/setup.sh installs it in its own environment, .venv/tools/checkov)")
-    done = subprocess.run([checkov, "-d", str(MODULE), "--framework", "terraform", "--skip-download",
-                           "-o", "json"], capture_output=True, text=True, timeout=300, check=False)
+        pytest.fail(
+            "needs checkov (scripts/setup.sh installs it in its own environment, .venv/tools/checkov)"
+        )
+    done = subprocess.run(
+        [checkov, "-d", str(MODULE), "--framework", "terraform", "--skip-download", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     report = json.loads(done.stdout)
     summary = report["summary"]
     failed = [f"{c['check_id']} {c['resource']}" for c in report["results"]["failed_checks"]]
@@ -170,20 +208,46 @@ def test_checkov_finds_no_failed_check_and_every_skip_has_a_reason() -> None:
                 assert re.search(r"checkov:skip=CKV2?_AWS_\d+:.{20,}", line), line
 
 
-def test_the_daemon_policy_allows_every_call_the_provider_makes_and_no_other(ec2: Ec2Moto, tmp_path: Path) -> None:
+def test_the_daemon_policy_allows_every_call_the_provider_makes_and_no_other(
+    ec2: Ec2Moto, tmp_path: Path
+) -> None:
     options = {"region": "us-east-1", "readTimeout": "5s", "pageSize": 5}
-    provider = get_target("aws").create_provider(ProviderSpec("cloud", "aws", options=options, base=tmp_path),
-                                                 SystemClock())
-    tags = {TAG_CLUSTER: CLUSTER, TAG_GROUP: "web", TAG_SLOT: "00001", "provision-config": "c1", "provision-epoch": "1"}
-    properties = {"instanceType": "t3.micro", "rootVolume": {"size": 9}, "securityGroupIds": [], "market": "spot"}
+    provider = get_target("aws").create_provider(
+        ProviderSpec("cloud", "aws", options=options, base=tmp_path), SystemClock()
+    )
+    tags = {
+        TAG_CLUSTER: CLUSTER,
+        TAG_GROUP: "web",
+        TAG_SLOT: "00001",
+        "provision-config": "c1",
+        "provision-epoch": "1",
+    }
+    properties = {
+        "instanceType": "t3.micro",
+        "rootVolume": {"size": 9},
+        "securityGroupIds": [],
+        "market": "spot",
+    }
     image = ec2.image()
     ec2.layer.reset()
-    made = [provider.create_instance(CreateRequest(f"{CLUSTER}/web/{n:05d}/1", f"{CLUSTER}-web-{n:05d}", image,
-                                                   properties, {**tags, TAG_SLOT: f"{n:05d}"}, 1)) for n in range(1, 7)]
+    made = [
+        provider.create_instance(
+            CreateRequest(
+                f"{CLUSTER}/web/{n:05d}/1",
+                f"{CLUSTER}-web-{n:05d}",
+                image,
+                properties,
+                {**tags, TAG_SLOT: f"{n:05d}"},
+                1,
+            )
+        )
+        for n in range(1, 7)
+    ]
     listed, pages = list_all(provider, {TAG_CLUSTER: CLUSTER, TAG_GROUP: "web"})
     assert len(listed) == 6 and pages == 2
-    fresh = get_target("aws").create_provider(ProviderSpec("cloud", "aws", options=options, base=tmp_path),
-                                              SystemClock())
+    fresh = get_target("aws").create_provider(
+        ProviderSpec("cloud", "aws", options=options, base=tmp_path), SystemClock()
+    )
     assert fresh.address(made[0], 7080) is not None  # an address it has not seen: looked up by id
     for instance in made[:2]:
         provider.destroy_instance(instance.id, 1)
@@ -200,11 +264,18 @@ def test_the_daemon_policy_allows_every_call_the_provider_makes_and_no_other(ec2
                 created = launch_tags(form, resource)
                 assert created, f"RunInstances without tags on its {resource}"
                 context = {f"aws:RequestTag/{k}": v for k, v in created.items()}
-                if not allowed(daemon, "ec2:CreateTags", resource, {"ec2:CreateAction": "RunInstances", **context}):
+                if not allowed(
+                    daemon,
+                    "ec2:CreateTags",
+                    resource,
+                    {"ec2:CreateAction": "RunInstances", **context},
+                ):
                     denied.append(f"ec2:CreateTags on a launched {resource}")
             if action == "TerminateInstances":
                 target = by_id[form["InstanceId.1"][0]]
-                context = {f"ec2:ResourceTag/{t['Key']}": t["Value"] for t in target.get("Tags", [])}
+                context = {
+                    f"ec2:ResourceTag/{t['Key']}": t["Value"] for t in target.get("Tags", [])
+                }
             if not allowed(daemon, f"ec2:{action}", resource, context):
                 denied.append(f"ec2:{action} on {resource} with {context}")
     assert denied == []
@@ -217,28 +288,53 @@ def test_the_daemon_policy_allows_every_call_the_provider_makes_and_no_other(ec2
 
 def test_the_daemon_policy_denies_launches_and_terminations_of_other_clusters() -> None:
     daemon = policy_statements("daemon")
-    theirs = {"aws:RequestTag/provision-cluster": "billing", "aws:RequestTag/provision-group": "web",
-              "aws:RequestTag/provision-slot": "00001"}
+    theirs = {
+        "aws:RequestTag/provision-cluster": "billing",
+        "aws:RequestTag/provision-group": "web",
+        "aws:RequestTag/provision-slot": "00001",
+    }
     mine = {**theirs, "aws:RequestTag/provision-cluster": CLUSTER}
     assert allowed(daemon, "ec2:RunInstances", "instance", mine)
     assert not allowed(daemon, "ec2:RunInstances", "instance", theirs)
     untagged = {k: v for k, v in mine.items() if not k.endswith("provision-slot")}
     assert not allowed(daemon, "ec2:RunInstances", "volume", untagged)
     assert not allowed(daemon, "ec2:CreateTags", "instance", mine)  # tagging later: never
-    assert not allowed(daemon, "ec2:TerminateInstances", "instance", {"ec2:ResourceTag/provision-cluster": "billing"})
+    assert not allowed(
+        daemon,
+        "ec2:TerminateInstances",
+        "instance",
+        {"ec2:ResourceTag/provision-cluster": "billing"},
+    )
     assert not allowed(daemon, "ec2:TerminateInstances", "instance", {})
 
 
 def test_the_push_policy_covers_ebs_direct_registration_copy_and_share() -> None:
     push = policy_statements("push")
-    for action, resource in [("ebs:StartSnapshot", "snapshot"), ("ebs:PutSnapshotBlock", "snapshot"),
-                             ("ebs:CompleteSnapshot", "snapshot"), ("ebs:ListSnapshotBlocks", "snapshot"),
-                             ("ec2:RegisterImage", "image"), ("ec2:RegisterImage", "snapshot"),
-                             ("ec2:CopyImage", "image"), ("ec2:ModifyImageAttribute", "image"),
-                             ("ec2:CreateTags", "image"), ("ec2:DescribeImages", "*"),
-                             ("ec2:DescribeImageAttribute", "image"), ("ec2:ModifySnapshotAttribute", "snapshot"),
-                             ("s3:PutObject", "object"), ("s3:DeleteObject", "object"), ("ec2:ImportSnapshot", "snapshot")]:
-        assert allowed(push, action, resource, {"ec2:ResourceTag/provision-image-digest": "sha256-x"}), (action, resource)
-    assert allowed(push, "ec2:DeleteSnapshot", "snapshot", {"ec2:ResourceTag/provision-image-digest": "sha256-x"})
+    for action, resource in [
+        ("ebs:StartSnapshot", "snapshot"),
+        ("ebs:PutSnapshotBlock", "snapshot"),
+        ("ebs:CompleteSnapshot", "snapshot"),
+        ("ebs:ListSnapshotBlocks", "snapshot"),
+        ("ec2:RegisterImage", "image"),
+        ("ec2:RegisterImage", "snapshot"),
+        ("ec2:CopyImage", "image"),
+        ("ec2:ModifyImageAttribute", "image"),
+        ("ec2:CreateTags", "image"),
+        ("ec2:DescribeImages", "*"),
+        ("ec2:DescribeImageAttribute", "image"),
+        ("ec2:ModifySnapshotAttribute", "snapshot"),
+        ("s3:PutObject", "object"),
+        ("s3:DeleteObject", "object"),
+        ("ec2:ImportSnapshot", "snapshot"),
+    ]:
+        assert allowed(
+            push, action, resource, {"ec2:ResourceTag/provision-image-digest": "sha256-x"}
+        ), (action, resource)
+    assert allowed(
+        push,
+        "ec2:DeleteSnapshot",
+        "snapshot",
+        {"ec2:ResourceTag/provision-image-digest": "sha256-x"},
+    )
     assert not allowed(push, "ec2:DeleteSnapshot", "snapshot", {})  # only what push made
     assert not allowed(push, "ec2:RunInstances", "instance", {})

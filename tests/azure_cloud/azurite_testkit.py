@@ -37,8 +37,20 @@ def azurite_blob_program() -> Path:
     if npm is None:
         pytest.fail("npm is missing: apt-get install npm (Azurite comes from npm)")
     where.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(where),
-                           f"azurite@{AZURITE_VERSION}"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            npm,
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            str(where),
+            f"azurite@{AZURITE_VERSION}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if done.returncode != 0 or not program.exists():
         pytest.fail(f"npm install azurite@{AZURITE_VERSION} failed: {done.stderr[-2000:]}")
     return program
@@ -60,11 +72,15 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
-                f"BlobEndpoint={self.account_url};")
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+            f"BlobEndpoint={self.account_url};"
+        )
 
     def service(self) -> BlobServiceClient:
-        return BlobServiceClient(self.account_url, credential={"account_name": ACCOUNT, "account_key": KEY})
+        return BlobServiceClient(
+            self.account_url, credential={"account_name": ACCOUNT, "account_key": KEY}
+        )
 
     def new_container(self, name: str) -> ContainerClient:
         container = self.service().get_container_client(name)
@@ -78,9 +94,20 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("azurite")
     process = subprocess.Popen(
-        [str(program), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-         "--disableTelemetry", "--silent", "--skipApiVersionCheck"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=workdir,
+        [
+            str(program),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--inMemoryPersistence",
+            "--disableTelemetry",
+            "--silent",
+            "--skipApiVersionCheck",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=workdir,
     )
     try:
         deadline = time.monotonic() + 60

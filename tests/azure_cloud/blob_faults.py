@@ -39,7 +39,11 @@ def serve_blob_faults(faults: BlobFaults) -> tuple[ThreadingHTTPServer, int]:
             if self.command == "PUT" and "comp=page" in self.path:
                 with faults.lock:
                     fault = faults.pages.popleft() if faults.pages else None
-                    if fault is None and faults.outage_after is not None and faults.passed >= faults.outage_after:
+                    if (
+                        fault is None
+                        and faults.outage_after is not None
+                        and faults.passed >= faults.outage_after
+                    ):
                         fault = (503, None)
                     faults.failed += fault is not None
                     faults.passed += fault is None
@@ -55,7 +59,9 @@ def serve_blob_faults(faults: BlobFaults) -> tuple[ThreadingHTTPServer, int]:
                 self.wfile.write(text)
                 return
             upstream = http.client.HTTPConnection("127.0.0.1", faults.upstream, timeout=60)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            headers = {
+                k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
+            }
             headers["Host"] = f"127.0.0.1:{faults.upstream}"
             upstream.request(self.command, self.path, body=body, headers=headers)
             answer = upstream.getresponse()
@@ -63,7 +69,9 @@ def serve_blob_faults(faults: BlobFaults) -> tuple[ThreadingHTTPServer, int]:
             self.send_response(answer.status)
             head = self.command == "HEAD"  # its Content-Length is the blob's, with no body
             for key, value in answer.getheaders():
-                if key.lower() not in ("connection", "transfer-encoding") and (head or key.lower() != "content-length"):
+                if key.lower() not in ("connection", "transfer-encoding") and (
+                    head or key.lower() != "content-length"
+                ):
                     self.send_header(key, value)
             if not head:
                 self.send_header("Content-Length", str(len(data)))

@@ -64,12 +64,21 @@ class FakeArm:
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     chaos_faults: int = 0
 
-    def fail(self, method: str, rtype: str, status: int | str, code: str = "", retry_after: int | None = None,
-             times: int = 1) -> None:
+    def fail(
+        self,
+        method: str,
+        rtype: str,
+        status: int | str,
+        code: str = "",
+        retry_after: int | None = None,
+        times: int = 1,
+    ) -> None:
         """Queue ``times`` failures of ``method`` on resources of type ``rtype`` (its last
         segment: ``virtualMachines``, ``images``, ``versions``)."""
         for _ in range(times):
-            self.faults.setdefault((method, rtype.lower()), deque()).append(Fault(status, code, retry_after))
+            self.faults.setdefault((method, rtype.lower()), deque()).append(
+                Fault(status, code, retry_after)
+            )
 
     def of_type(self, rtype: str) -> list[dict[str, Any]]:
         """Every resource whose type ends with ``rtype`` (``Microsoft.Network/networkInterfaces``)."""
@@ -89,13 +98,19 @@ class FakeArm:
 
     def fail_next_vm_call(self, status: int | str, retry_after: int | None = None) -> None:
         """The next PUT, DELETE or listing of virtual machines fails (``drop``: after it happened)."""
-        self.vm_fault = Fault(status, "", retry_after if retry_after is not None else (1 if status == 429 else None))
+        self.vm_fault = Fault(
+            status, "", retry_after if retry_after is not None else (1 if status == 429 else None)
+        )
 
     def take_fault(self, method: str, rtype: str, collection: bool = False) -> Fault | None:
         if self.chaos and (method != "GET" or collection) and self.rng.random() < self.chaos:
             self.chaos_faults += 1
             return Fault(self.rng.choice([429, 503, "drop"]), "", 0)
-        if self.vm_fault is not None and rtype.lower() == "virtualmachines" and (method != "GET" or collection):
+        if (
+            self.vm_fault is not None
+            and rtype.lower() == "virtualmachines"
+            and (method != "GET" or collection)
+        ):
             fault, self.vm_fault = self.vm_fault, None
             return fault
         queue = self.faults.get((method, rtype.lower()))
@@ -128,7 +143,9 @@ class FakeArm:
         return (200 if existing else 201), resource, op
 
     def check_references(self, body: dict[str, Any]) -> str:
-        for nic in body.get("properties", {}).get("networkProfile", {}).get("networkInterfaces", []):
+        for nic in (
+            body.get("properties", {}).get("networkProfile", {}).get("networkInterfaces", [])
+        ):
             if str(nic.get("id", "")).lower() not in self.resources:
                 return f"network interface {nic.get('id')} not found"
         return ""
@@ -149,7 +166,9 @@ class FakeArm:
                 props = config.setdefault("properties", {})
                 props.setdefault("privateIPAddress", f"10.0.0.{next(self.next_ip)}")
                 props.setdefault("privateIPAllocationMethod", "Dynamic")
-                config.setdefault("id", f"{resource['id']}/ipConfigurations/{config.get('name', n)}")
+                config.setdefault(
+                    "id", f"{resource['id']}/ipConfigurations/{config.get('name', n)}"
+                )
         if kind == "microsoft.compute/virtualmachines":
             self.attach(resource)
 
@@ -164,10 +183,15 @@ class FakeArm:
         os_disk.setdefault("managedDisk", {})["id"] = disk_id
         if disk_id.lower() not in self.resources:
             self.resources[disk_id.lower()] = {
-                "id": disk_id, "name": disk_name, "type": "Microsoft.Compute/disks",
-                "location": vm.get("location"), "managedBy": vm["id"],
-                "properties": {"provisioningState": "Succeeded",
-                               "diskSizeGB": os_disk.get("diskSizeGB", 30)},
+                "id": disk_id,
+                "name": disk_name,
+                "type": "Microsoft.Compute/disks",
+                "location": vm.get("location"),
+                "managedBy": vm["id"],
+                "properties": {
+                    "provisioningState": "Succeeded",
+                    "diskSizeGB": os_disk.get("diskSizeGB", 30),
+                },
             }
         props.setdefault("timeCreated", time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
         props["vmId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, vm["id"].lower()))
@@ -198,8 +222,9 @@ class FakeArm:
         resource = self.resources.get(rid.lower())
         if resource is None:
             return 204, ""
-        if resource["type"].lower() == "microsoft.network/networkinterfaces" and \
-                resource["properties"].get("virtualMachine"):
+        if resource["type"].lower() == "microsoft.network/networkinterfaces" and resource[
+            "properties"
+        ].get("virtualMachine"):
             return 400, "NicInUse"
         resource["properties"]["provisioningState"] = "Deleting"
         op = uuid.uuid4().hex
@@ -210,9 +235,12 @@ class FakeArm:
 
     def listing(self, collection: str, skip: int) -> tuple[list[dict[str, Any]], int | None]:
         prefix = collection.lower().rstrip("/") + "/"
-        found = [r for key, r in sorted(self.resources.items())
-                 if key.startswith(prefix) and "/" not in key[len(prefix):]]
-        page = found[skip:skip + self.page_size]
+        found = [
+            r
+            for key, r in sorted(self.resources.items())
+            if key.startswith(prefix) and "/" not in key[len(prefix) :]
+        ]
+        page = found[skip : skip + self.page_size]
         more = skip + self.page_size < len(found)
         return page, (skip + self.page_size if more else None)
 
@@ -229,7 +257,7 @@ def resource_type(parts: list[str]) -> str:
     """``Microsoft.Compute/galleries/images/versions`` from an id's segments."""
     at = [i for i, p in enumerate(parts) if p.lower() == "providers"][-1]
     namespace = parts[at + 1]
-    types = parts[at + 2::2]
+    types = parts[at + 2 :: 2]
     return "/".join([namespace, *types])
 
 
@@ -252,7 +280,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (quiet)
         return
 
-    def _send(self, status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None
+    ) -> None:
         data = json.dumps(body).encode() if body is not None else b""
         self.send_response(status)
         for key, value in (headers or {}).items():
@@ -276,7 +306,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(401, error("AuthenticationFailed", "missing or wrong bearer token"))
             return
         if "api-version" not in query:
-            self._send(400, error("MissingApiVersionParameter", "The api-version query parameter is required"))
+            self._send(
+                400,
+                error("MissingApiVersionParameter", "The api-version query parameter is required"),
+            )
             return
         base = f"http://{self.headers.get('Host')}"
         version = query["api-version"][0]
@@ -288,8 +321,14 @@ class _Handler(BaseHTTPRequestHandler):
         with arm.lock:
             fault = arm.take_fault(method, rtype, collection=len(parts) % 2 == 1)
         if fault is not None and fault.status != "drop":
-            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
-            self._send(int(fault.status), error(fault.code or f"Status{fault.status}", "injected fault"), headers)
+            headers = (
+                {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            )
+            self._send(
+                int(fault.status),
+                error(fault.code or f"Status{fault.status}", "injected fault"),
+                headers,
+            )
             return
         with arm.lock:
             answer = self._act(method, url.path, parts, query, raw, base, version)
@@ -299,8 +338,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(*answer)
 
-    def _act(self, method: str, path: str, parts: list[str], query: dict[str, list[str]], raw: bytes, base: str,
-             version: str) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
+    def _act(
+        self,
+        method: str,
+        path: str,
+        parts: list[str],
+        query: dict[str, list[str]],
+        raw: bytes,
+        base: str,
+        version: str,
+    ) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
         arm = self.server.arm
         subscription = "/".join(parts[:2])
         if method == "GET" and len(parts) % 2 == 1:  # a collection
@@ -319,7 +366,9 @@ class _Handler(BaseHTTPRequestHandler):
             status, resource, op = arm.put(path, json.loads(raw or b"{}"))
             if not op:
                 return status, resource, {}
-            where = f"{base}{operations_path(subscription, parts, resource)}/{op}?api-version={version}"
+            where = (
+                f"{base}{operations_path(subscription, parts, resource)}/{op}?api-version={version}"
+            )
             return status, resource, {"Azure-AsyncOperation": where, "Retry-After": "0"}
         if method == "DELETE":
             status, op = arm.delete(path)
@@ -338,8 +387,11 @@ class _Handler(BaseHTTPRequestHandler):
         if op is None:
             self._send(404, error("OperationNotFound", op_id))
         elif as_location:
-            self._send(202 if op.status == "InProgress" else 200, None if op.status == "InProgress" else {},
-                       {"Retry-After": "0"} if op.status == "InProgress" else None)
+            self._send(
+                202 if op.status == "InProgress" else 200,
+                None if op.status == "InProgress" else {},
+                {"Retry-After": "0"} if op.status == "InProgress" else None,
+            )
         else:
             self._send(200, {"status": op.status, "name": op_id})
 

@@ -12,7 +12,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"
-KEYS = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAzure1 one", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAzure2 two"]
+KEYS = [
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAzure1 one",
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAzure2 two",
+]
 GOAL_STATE = """<?xml version="1.0" encoding="utf-8"?>
 <GoalState xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:noNamespaceSchemaLocation="goalstate10.xsd">
   <Version>2012-11-30</Version>
@@ -54,7 +57,9 @@ def serve_azure_guest(azure: Azure) -> ThreadingHTTPServer:
             url = urlsplit(self.path)
             query = parse_qs(url.query)
             if url.path == "/machine/":
-                if self.headers.get("x-ms-version") != "2012-11-30" or query.get("comp") != ["goalstate"]:
+                if self.headers.get("x-ms-version") != "2012-11-30" or query.get("comp") != [
+                    "goalstate"
+                ]:
                     self._answer(400, b"")
                     return
                 azure.goal_state_reads += 1
@@ -62,14 +67,18 @@ def serve_azure_guest(azure: Azure) -> ThreadingHTTPServer:
                 return
             if self.headers.get("Metadata") != "true":
                 azure.refused.append(url.path)
-                self._answer(400, b'{"error": "Bad request. Required metadata header not specified"}')
+                self._answer(
+                    400, b'{"error": "Bad request. Required metadata header not specified"}'
+                )
                 return
             name = url.path.removeprefix("/metadata/instance/compute/")
             if "api-version" not in query or name not in azure.compute:
                 self._answer(404, b"")
                 return
             value = azure.compute[name]
-            self._answer(200, json.dumps(value).encode() if not isinstance(value, str) else value.encode())
+            self._answer(
+                200, json.dumps(value).encode() if not isinstance(value, str) else value.encode()
+            )
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()

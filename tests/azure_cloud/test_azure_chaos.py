@@ -16,7 +16,9 @@ from provision.reconcile.journal import SqliteStore
 from provision.reconcile.provider import TAG_CLUSTER, TAG_GROUP, TAG_SLOT
 from provision.reconcile.spec import parse_cluster_spec
 
-IMAGE = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Compute/images/web"
+IMAGE = (
+    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Compute/images/web"
+)
 SUBNET = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Network/virtualNetworks/v/subnets/s"
 
 
@@ -44,9 +46,14 @@ def _check(arm: Arm, size: int) -> None:
     assert len(vms) == size
     slots = [vm["tags"].get(TAG_SLOT) for vm in vms]
     assert len(set(slots)) == len(slots), f"duplicate slots {slots}"
-    assert all(vm["tags"].get(TAG_CLUSTER) == "chaos" and vm["tags"].get(TAG_GROUP) == "web" for vm in vms)
+    assert all(
+        vm["tags"].get(TAG_CLUSTER) == "chaos" and vm["tags"].get(TAG_GROUP) == "web" for vm in vms
+    )
     owned = {vm["name"] for vm in vms}
-    nics = {nic["name"].removesuffix("-nic") for nic in arm.fake.of_type("Microsoft.Network/networkInterfaces")}
+    nics = {
+        nic["name"].removesuffix("-nic")
+        for nic in arm.fake.of_type("Microsoft.Network/networkInterfaces")
+    }
     disks = {d["name"].removesuffix("-osdisk") for d in arm.fake.of_type("Microsoft.Compute/disks")}
     assert nics == owned, f"orphaned NICs {nics - owned}"
     assert disks == owned, f"orphaned disks {disks - owned}"
@@ -60,7 +67,9 @@ def test_chaos_leaves_no_duplicates_untagged_vms_or_orphans(arm: Arm, tmp_path: 
     try:
         for size in (6, 2, 0):
             spec = parse_cluster_spec(_spec(arm.url, size), "chaos.yml")
-            provider = create_azure_provider(spec.providers["az"], StaticTokenCredential(arm.fake.token))
+            provider = create_azure_provider(
+                spec.providers["az"], StaticTokenCredential(arm.fake.token)
+            )
             engine = Engine(spec, {"az": provider}, store, clock, allow_destroy_all=True)
             engine.acquire()
             engine.converge(max_passes=200, between=lambda _n: clock.advance(5))

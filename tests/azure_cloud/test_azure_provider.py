@@ -27,22 +27,38 @@ from provision.reconcile.spec import load_cluster_spec, parse_cluster_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SUBNET = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Network/virtualNetworks/v/subnets/s"
-IMAGE = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Compute/images/web"
+IMAGE = (
+    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Compute/images/web"
+)
 
 
 def _provider(arm: Arm, token: str | None = None) -> AzureProvider:
-    return AzureProvider("az", arm.clients(token) if token else arm.clients(), GROUP, LOCATION, {"subnetId": SUBNET})
+    return AzureProvider(
+        "az", arm.clients(token) if token else arm.clients(), GROUP, LOCATION, {"subnetId": SUBNET}
+    )
 
 
 def _request(slot: int, **properties: object) -> CreateRequest:
     tags = {TAG_CLUSTER: "c", "provision-group": "web", "provision-slot": f"{slot:05d}"}
-    return CreateRequest(f"c/web/{slot:05d}/1", f"c-web-{slot:05d}", IMAGE,
-                         {"vmSize": "Standard_B2s", **properties}, tags, 1)
+    return CreateRequest(
+        f"c/web/{slot:05d}/1",
+        f"c-web-{slot:05d}",
+        IMAGE,
+        {"vmSize": "Standard_B2s", **properties},
+        tags,
+        1,
+    )
 
 
 def test_the_vm_is_put_with_its_tags_and_owns_its_disk_and_nic(arm: Arm) -> None:
-    request = _request(1, osDisk={"sizeGb": 8, "storageAccountType": "StandardSSD_LRS"}, priority="Spot",
-                       zones=["2"], sshPublicKeys=["ssh-ed25519 AAAAC3Nza key"], userData="hello")
+    request = _request(
+        1,
+        osDisk={"sizeGb": 8, "storageAccountType": "StandardSSD_LRS"},
+        priority="Spot",
+        zones=["2"],
+        sshPublicKeys=["ssh-ed25519 AAAAC3Nza key"],
+        userData="hello",
+    )
     made = _provider(arm).create_instance(request)
     name = vm_name(request)
     assert made.name == name == f"c-web-00001-{name[-10:]}" and vm_name(request) == name
@@ -53,16 +69,26 @@ def test_the_vm_is_put_with_its_tags_and_owns_its_disk_and_nic(arm: Arm) -> None
     assert props["storageProfile"]["osDisk"]["deleteOption"] == "Delete"
     assert props["storageProfile"]["osDisk"]["diskSizeGB"] == 8
     assert props["networkProfile"]["networkInterfaces"][0]["properties"]["deleteOption"] == "Delete"
-    assert props["priority"] == "Spot" and props["evictionPolicy"] == "Delete" and vm["zones"] == ["2"]
-    assert props["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"][0]["keyData"] == "ssh-ed25519 AAAAC3Nza key"
+    assert (
+        props["priority"] == "Spot" and props["evictionPolicy"] == "Delete" and vm["zones"] == ["2"]
+    )
+    assert (
+        props["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"][0]["keyData"]
+        == "ssh-ed25519 AAAAC3Nza key"
+    )
     # what the image's metadata component reads from IMDS: the machine's name and the group's data
     assert json.loads(base64.b64decode(props["userData"])) == {
-        "hostname": {"content": "c-web-00001"}, "userdata": {"content": "hello"}}
+        "hostname": {"content": "c-web-00001"},
+        "userdata": {"content": "hello"},
+    }
     nic = arm.fake.get(f"{arm.group_id()}/providers/Microsoft.Network/networkInterfaces/{name}-nic")
     assert nic is not None and nic["tags"] == dict(request.tags)
     assert nic["properties"]["ipConfigurations"][0]["properties"]["subnet"] == {"id": SUBNET}
     puts = [p for m, p in arm.fake.requests if m == "PUT"]
-    assert [p.rsplit("/", 2)[1] for p in puts] == ["networkInterfaces", "virtualMachines"]  # one of each
+    assert [p.rsplit("/", 2)[1] for p in puts] == [
+        "networkInterfaces",
+        "virtualMachines",
+    ]  # one of each
 
 
 def test_destroy_leaves_no_vm_disk_or_nic_even_when_the_platform_would_keep_them(arm: Arm) -> None:
@@ -73,7 +99,9 @@ def test_destroy_leaves_no_vm_disk_or_nic_even_when_the_platform_would_keep_them
     kept = arm.fake.get(made[0].id)
     assert kept is not None  # a VM made elsewhere (Cluster API did this) that detaches on delete
     kept["properties"]["storageProfile"]["osDisk"]["deleteOption"] = "Detach"
-    kept["properties"]["networkProfile"]["networkInterfaces"][0]["properties"]["deleteOption"] = "Detach"
+    kept["properties"]["networkProfile"]["networkInterfaces"][0]["properties"]["deleteOption"] = (
+        "Detach"
+    )
     for instance in made:
         provider.destroy_instance(instance.id, 1)
     for kind in ("virtualMachines", "disks", "networkInterfaces"):
@@ -87,12 +115,19 @@ def test_the_address_is_the_nics_private_ip(arm: Arm) -> None:
     arm.fake.poll_all()
     address = provider.address(made, 7080)
     assert address is not None and address[0].startswith("10.0.0.") and address[1] == 7080
-    nic = arm.fake.get(f"{arm.group_id()}/providers/Microsoft.Network/networkInterfaces/{made.name}-nic")
-    assert nic is not None and address[0] == nic["properties"]["ipConfigurations"][0]["properties"]["privateIPAddress"]
+    nic = arm.fake.get(
+        f"{arm.group_id()}/providers/Microsoft.Network/networkInterfaces/{made.name}-nic"
+    )
+    assert (
+        nic is not None
+        and address[0] == nic["properties"]["ipConfigurations"][0]["properties"]["privateIPAddress"]
+    )
 
 
 @pytest.mark.parametrize(("status", "code"), [(409, "QuotaExceeded"), (403, "AuthorizationFailed")])
-def test_a_refusal_is_permanent_says_azures_message_and_takes_the_nic_back(arm: Arm, status: int, code: str) -> None:
+def test_a_refusal_is_permanent_says_azures_message_and_takes_the_nic_back(
+    arm: Arm, status: int, code: str
+) -> None:
     arm.fake.fail("PUT", "virtualMachines", status, code)
     with pytest.raises(ProviderError) as caught:
         _provider(arm).create_instance(_request(1))
@@ -107,7 +142,9 @@ def test_no_subnet_is_a_clear_error(arm: Arm) -> None:
         provider.create_instance(_request(1))
 
 
-def test_the_token_never_reaches_a_log_or_a_message(arm: Arm, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_token_never_reaches_a_log_or_a_message(
+    arm: Arm, caplog: pytest.LogCaptureFixture
+) -> None:
     marker = "SECRET-MARKER-azure-7d3f"
     arm.fake.token = marker
     caplog.set_level(logging.DEBUG)
@@ -125,19 +162,31 @@ def test_the_token_never_reaches_a_log_or_a_message(arm: Arm, caplog: pytest.Log
 
 def test_the_example_cluster_loads_and_bad_properties_are_located(tmp_path: Path) -> None:
     spec = load_cluster_spec(EXAMPLES / "azure-cluster.yml")
-    assert spec.providers["az"].type == "azure" and spec.groups[0].properties["vmSize"] == "Standard_B2s"
+    assert (
+        spec.providers["az"].type == "azure"
+        and spec.groups[0].properties["vmSize"] == "Standard_B2s"
+    )
     text = (EXAMPLES / "azure-cluster.yml").read_text()
-    text = text.replace("      vmSize: Standard_B2s\n", "").replace("priority: Regular", "priority: Cheap")
+    text = text.replace("      vmSize: Standard_B2s\n", "").replace(
+        "priority: Regular", "priority: Cheap"
+    )
     with pytest.raises(SpecError) as caught:
         parse_cluster_spec(text, "azure.yml")
     message = str(caught.value)
-    assert "missing required key 'vmSize'" in message and "priority: must be Regular or Spot" in message
+    assert (
+        "missing required key 'vmSize'" in message
+        and "priority: must be Regular or Spot" in message
+    )
     assert "azure.yml:2" in message
 
 
 @pytest.mark.parametrize("fault", [503, 429, "drop-nic"])
-def test_a_failed_create_takes_its_nic_back_so_an_abandoned_slot_leaves_nothing(arm: Arm, fault: int | str) -> None:
-    if fault == "drop-nic":  # the NIC was made, its answer lost: the create fails as outcome unknown
+def test_a_failed_create_takes_its_nic_back_so_an_abandoned_slot_leaves_nothing(
+    arm: Arm, fault: int | str
+) -> None:
+    if (
+        fault == "drop-nic"
+    ):  # the NIC was made, its answer lost: the create fails as outcome unknown
         arm.fake.fail("PUT", "networkInterfaces", "drop")
     else:
         arm.fake.fail("PUT", "virtualMachines", fault, retry_after=0 if fault == 429 else None)

@@ -25,7 +25,9 @@ TOKEN = "target-token"
 @pytest.fixture
 def environment(azurite: Azurite) -> Iterator[None]:
     """What a user of these stand-ins exports: a bearer token and the storage connection string."""
-    saved = {k: os.environ.get(k) for k in ("PROVISION_AZURE_TOKEN", "AZURE_STORAGE_CONNECTION_STRING")}
+    saved = {
+        k: os.environ.get(k) for k in ("PROVISION_AZURE_TOKEN", "AZURE_STORAGE_CONNECTION_STRING")
+    }
     os.environ["PROVISION_AZURE_TOKEN"] = TOKEN
     os.environ["AZURE_STORAGE_CONNECTION_STRING"] = azurite.connection_string
     try:
@@ -38,22 +40,37 @@ def environment(azurite: Azurite) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def test_publish_find_and_resolve_through_the_target(arm: Arm, azurite: Azurite, environment: None,
-                                                     tmp_path: Path) -> None:
+def test_publish_find_and_resolve_through_the_target(
+    arm: Arm, azurite: Azurite, environment: None, tmp_path: Path
+) -> None:
     arm.fake.token = TOKEN
     azurite.new_container("targetimages")
     target = get_target("azure")
-    options = {"subscriptionId": SUBSCRIPTION, "resourceGroup": GROUP, "location": LOCATION, "endpoint": arm.url,
-               "storageAccount": "devstoreaccount1", "container": "targetimages", "gallery": "g",
-               "galleryImage": "web"}
-    provider = target.create_provider(ProviderSpec("az", "azure", options=options, base=tmp_path), SystemClock())
+    options = {
+        "subscriptionId": SUBSCRIPTION,
+        "resourceGroup": GROUP,
+        "location": LOCATION,
+        "endpoint": arm.url,
+        "storageAccount": "devstoreaccount1",
+        "container": "targetimages",
+        "gallery": "g",
+        "galleryImage": "web",
+    }
+    provider = target.create_provider(
+        ProviderSpec("az", "azure", options=options, base=tmp_path), SystemClock()
+    )
     digest = "sha256:" + "0f" * 32
-    artifact = Artifact("web", digest, "vhd", (write_vhd(tmp_path / "web.vhd", 8, [1]),), tmp_path / "m.json")
+    artifact = Artifact(
+        "web", digest, "vhd", (write_vhd(tmp_path / "web.vhd", 8, [1]),), tmp_path / "m.json"
+    )
     assert target.find_image(provider, digest) is None
     said: list[str] = []
     published = target.publish(provider, artifact, said.append)
     version = int("0f0f0f0f", 16) >> 1
-    assert published.id.endswith(f"/galleries/g/images/web/versions/0.0.{version}") and not published.reused
+    assert (
+        published.id.endswith(f"/galleries/g/images/web/versions/0.0.{version}")
+        and not published.reused
+    )
     assert arm.fake.get(published.id) is not None and said
     assert target.find_image(provider, digest) == published.id
     again = target.publish(provider, artifact)
@@ -61,7 +78,13 @@ def test_publish_find_and_resolve_through_the_target(arm: Arm, azurite: Azurite,
     assert target.resolve_image(provider, published.id) == published.id
     with pytest.raises(UsageError, match="not an Azure image id"):
         target.resolve_image(provider, "web")
-    bare = target.create_provider(ProviderSpec("az", "azure", options={k: v for k, v in options.items()
-                                                                        if k != "storageAccount"}), SystemClock())
+    bare = target.create_provider(
+        ProviderSpec(
+            "az", "azure", options={k: v for k, v in options.items() if k != "storageAccount"}
+        ),
+        SystemClock(),
+    )
     with pytest.raises(UsageError, match="needs options.storageAccount"):
-        target.publish(bare, Artifact("web", "sha256:" + "1" * 64, "vhd", artifact.files, artifact.manifest))
+        target.publish(
+            bare, Artifact("web", "sha256:" + "1" * 64, "vhd", artifact.files, artifact.manifest)
+        )

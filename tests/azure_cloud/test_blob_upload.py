@@ -39,7 +39,7 @@ def test_a_vhd_that_azure_would_refuse_is_refused_before_any_upload(tmp_path: Pa
     with pytest.raises(AzurePublishError, match="checksum"):
         read_fixed_vhd(tmp_path / "b.vhd")
     odd = tmp_path / "odd.vhd"
-    odd.write_bytes(good.read_bytes()[:-512 - 4096] + good.read_bytes()[-512:])
+    odd.write_bytes(good.read_bytes()[: -512 - 4096] + good.read_bytes()[-512:])
     with pytest.raises(AzurePublishError, match="footer says"):
         read_fixed_vhd(odd)
     (tmp_path / "raw").write_bytes(b"\0" * 2 * MIB)  # a raw disk: no footer
@@ -54,7 +54,9 @@ def test_only_non_zero_pages_are_planned_and_holes_are_skipped(tmp_path: Path) -
     assert pages == [(0, PAGE), (2 * PAGE, PAGE), (8 * PAGE, PAGE), (15 * PAGE, PAGE), (last, 512)]
 
 
-def test_upload_sends_only_data_pages_and_the_blob_equals_the_vhd(azurite: Azurite, tmp_path: Path) -> None:
+def test_upload_sends_only_data_pages_and_the_blob_equals_the_vhd(
+    azurite: Azurite, tmp_path: Path
+) -> None:
     container = azurite.new_container("upload")
     vhd = read_fixed_vhd(write_vhd(tmp_path / "a.vhd", 64, DATA_AT))
     said: list[str] = []
@@ -64,8 +66,13 @@ def test_upload_sends_only_data_pages_and_the_blob_equals_the_vhd(azurite: Azuri
     blob = container.get_blob_client(blob_name(DIGEST))
     assert blob.url == result.url and blob.url.endswith("/upload/provision-" + "ab" * 32 + ".vhd")
     ranges = written_ranges(blob)
-    assert ranges == [(0, PAGE), (2 * PAGE, 3 * PAGE), (8 * PAGE, 9 * PAGE), (15 * PAGE, 16 * PAGE),
-                      (64 * MIB, 64 * MIB + 512)]
+    assert ranges == [
+        (0, PAGE),
+        (2 * PAGE, 3 * PAGE),
+        (8 * PAGE, 9 * PAGE),
+        (15 * PAGE, 16 * PAGE),
+        (64 * MIB, 64 * MIB + 512),
+    ]
     assert blob.download_blob().readall() == vhd.path.read_bytes()
     props = blob.get_blob_properties()
     assert props.metadata == {"provision_digest": "ab" * 32, "provision_state": "complete"}
@@ -75,7 +82,9 @@ def test_upload_sends_only_data_pages_and_the_blob_equals_the_vhd(azurite: Azuri
     assert again.reused and again.pages_sent == 0 and again.url == result.url
 
 
-def test_an_interrupted_upload_resumes_with_the_pages_not_yet_written(azurite: Azurite, tmp_path: Path) -> None:
+def test_an_interrupted_upload_resumes_with_the_pages_not_yet_written(
+    azurite: Azurite, tmp_path: Path
+) -> None:
     faults = BlobFaults(azurite.port, outage_after=10)  # the network goes away after ten pages
     server, port = serve_blob_faults(faults)
     try:
@@ -84,7 +93,9 @@ def test_an_interrupted_upload_resumes_with_the_pages_not_yet_written(azurite: A
         data = list(range(0, 128, 4))  # data in every 4 MiB page: 32 pages
         vhd = read_fixed_vhd(write_vhd(tmp_path / "a.vhd", 128, data))
         with pytest.raises(AzurePublishError, match="Put Page"):
-            upload_vhd(container, vhd, DIGEST, workers=2, retry=RetryPolicy(attempts=2, clock=FakeClock()))
+            upload_vhd(
+                container, vhd, DIGEST, workers=2, retry=RetryPolicy(attempts=2, clock=FakeClock())
+            )
         blob = container.get_blob_client(blob_name(DIGEST))
         assert blob.get_blob_properties().metadata["provision_state"] == "partial"
         before = sum(end - start for start, end in written_ranges(blob))
@@ -103,7 +114,9 @@ def test_an_interrupted_upload_resumes_with_the_pages_not_yet_written(azurite: A
         server.shutdown()
 
 
-def test_a_failed_page_is_retried_on_its_own_as_the_service_asks(azurite: Azurite, tmp_path: Path) -> None:
+def test_a_failed_page_is_retried_on_its_own_as_the_service_asks(
+    azurite: Azurite, tmp_path: Path
+) -> None:
     faults = BlobFaults(azurite.port)
     server, port = serve_blob_faults(faults)
     try:
@@ -113,7 +126,9 @@ def test_a_failed_page_is_retried_on_its_own_as_the_service_asks(azurite: Azurit
         faults.fail_pages(503)
         faults.fail_pages(500, retry_after=3)
         clock = FakeClock()
-        result = upload_vhd(container, vhd, DIGEST, workers=1, retry=RetryPolicy(attempts=4, clock=clock))
+        result = upload_vhd(
+            container, vhd, DIGEST, workers=1, retry=RetryPolicy(attempts=4, clock=clock)
+        )
         assert faults.failed == 2 and result.pages_sent == 5
         assert clock.now() - 1_700_000_000.0 >= 3  # the Retry-After was waited
         blob = container.get_blob_client(blob_name(DIGEST))
@@ -122,7 +137,9 @@ def test_a_failed_page_is_retried_on_its_own_as_the_service_asks(azurite: Azurit
         other = "sha256:" + "cd" * 32
         faults.fail_pages(503, times=50)
         with pytest.raises(AzurePublishError) as caught:
-            upload_vhd(container, vhd, other, workers=2, retry=RetryPolicy(attempts=3, clock=FakeClock()))
+            upload_vhd(
+                container, vhd, other, workers=2, retry=RetryPolicy(attempts=3, clock=FakeClock())
+            )
         assert "Put Page" in caught.value.message and "rerun" in (caught.value.hint or "")
         stuck = container.get_blob_client(blob_name(other))
         assert stuck.get_blob_properties().metadata["provision_state"] == "partial"

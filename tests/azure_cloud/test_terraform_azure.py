@@ -82,7 +82,7 @@ def action_of(method: str, path: str) -> str:
     """The Azure RBAC action a request needs: NS/type/subtype.../read|write|delete."""
     parts = urlsplit(path).path.strip("/").split("/")
     at = [i for i, p in enumerate(parts) if p.lower() == "providers"][-1]
-    namespace, rest = parts[at + 1], parts[at + 2:]
+    namespace, rest = parts[at + 1], parts[at + 2 :]
     types = rest[0::2]
     verb = {"GET": "read", "PUT": "write", "DELETE": "delete"}[method]
     return "/".join([namespace, *types, verb])
@@ -106,7 +106,9 @@ def implied(body: dict[str, Any]) -> set[str]:
 
 
 def granted(actions: list[str], needed: set[str]) -> set[str]:
-    return {n for n in needed if not any(fnmatch.fnmatchcase(n.lower(), a.lower()) for a in actions)}
+    return {
+        n for n in needed if not any(fnmatch.fnmatchcase(n.lower(), a.lower()) for a in actions)
+    }
 
 
 def test_every_file_parses_and_the_storage_account_is_locked_down() -> None:
@@ -117,7 +119,9 @@ def test_every_file_parses_and_the_storage_account_is_locked_down() -> None:
     assert one(account["allow_nested_items_to_be_public"]) is False
     assert one(account["shared_access_key_enabled"]) is False
     assert one(one(account["network_rules"])["default_action"]) == "Deny"
-    assert one(resource("azurerm_storage_container", "images")["container_access_type"]) == "private"
+    assert (
+        one(resource("azurerm_storage_container", "images")["container_access_type"]) == "private"
+    )
     image = resource("azurerm_shared_image", "image")
     assert one(image["os_type"]) == "Linux" and one(image["architecture"]) == "x64"
     for role in ("push", "daemon"):
@@ -131,9 +135,16 @@ def test_checkov_finds_no_failed_check_and_every_skip_has_a_reason() -> None:
     beside = Path(sys.executable).parent / "checkov"  # scripts/setup.sh links it into .venv/bin
     checkov = str(beside) if beside.exists() else shutil.which("checkov")
     if checkov is None:
-        pytest.fail("needs checkov (scripts/setup.sh installs it in its own environment, .venv/tools/checkov)")
-    done = subprocess.run([checkov, "-d", str(MODULE), "--framework", "terraform", "--skip-download", "-o", "json"],
-                          capture_output=True, text=True, timeout=300, check=False)
+        pytest.fail(
+            "needs checkov (scripts/setup.sh installs it in its own environment, .venv/tools/checkov)"
+        )
+    done = subprocess.run(
+        [checkov, "-d", str(MODULE), "--framework", "terraform", "--skip-download", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     report = json.loads(done.stdout)
     failed = [f"{c['check_id']} {c['resource']}" for c in report["results"]["failed_checks"]]
     assert report["summary"]["failed"] == 0, failed
@@ -154,8 +165,11 @@ def _needed(arm: Arm, since: int = 0) -> set[str]:
 def test_the_daemon_role_grants_every_call_the_provider_makes_and_no_other(arm: Arm) -> None:
     provider = AzureProvider("az", arm.clients(), GROUP, LOCATION, {"subnetId": SUBNET})
     image = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Compute/images/web"
-    made = provider.create_instance(CreateRequest("c/web/1/1", "c-web-1", image, {"vmSize": "Standard_B2s"},
-                                                  {TAG_CLUSTER: "c"}, 1))
+    made = provider.create_instance(
+        CreateRequest(
+            "c/web/1/1", "c-web-1", image, {"vmSize": "Standard_B2s"}, {TAG_CLUSTER: "c"}, 1
+        )
+    )
     arm.fake.poll_all()
     provider.address(made, 22)
     list_all(provider, {TAG_CLUSTER: "c"})
@@ -164,22 +178,43 @@ def test_the_daemon_role_grants_every_call_the_provider_makes_and_no_other(arm: 
     needed |= {action_of(m, p) for m, p in arm.fake.requests}
     actions = local_list("daemon_actions")
     assert granted(actions, needed) == set()
-    unused = [a for a in actions if not any(fnmatch.fnmatchcase(n.lower(), a.lower()) for n in needed)]
-    assert unused == ["Microsoft.Compute/galleries/images/versions/read"]  # launching a gallery image instead
+    unused = [
+        a for a in actions if not any(fnmatch.fnmatchcase(n.lower(), a.lower()) for n in needed)
+    ]
+    assert unused == [
+        "Microsoft.Compute/galleries/images/versions/read"
+    ]  # launching a gallery image instead
 
 
-def test_the_push_role_grants_every_call_a_push_makes(arm: Arm, azurite: Azurite, tmp_path: Path) -> None:
+def test_the_push_role_grants_every_call_a_push_makes(
+    arm: Arm, azurite: Azurite, tmp_path: Path
+) -> None:
     container = azurite.new_container("terraform")
     vhd = write_vhd(tmp_path / "web.vhd", 8, [0])
     for n, (gallery, definition) in enumerate([(None, None), ("g", "web")]):
         artifact = Artifact("web", "sha256:" + f"{n:x}" * 64, "vhd", (vhd,), tmp_path / "m.json")
-        push_azure(artifact, AzurePush(GROUP, "devstoreaccount1", "terraform", LOCATION, gallery=gallery,
-                                       gallery_image=definition, version="1.0.0" if gallery else None),
-                   arm.clients(), container)
+        push_azure(
+            artifact,
+            AzurePush(
+                GROUP,
+                "devstoreaccount1",
+                "terraform",
+                LOCATION,
+                gallery=gallery,
+                gallery_image=definition,
+                version="1.0.0" if gallery else None,
+            ),
+            arm.clients(),
+            container,
+        )
     needed = _needed(arm)
     actions = local_list("push_actions")
     assert granted(actions, needed) == set()
-    unused = [a for a in actions if not any(fnmatch.fnmatchcase(n.lower(), a.lower()) for n in needed)]
+    unused = [
+        a for a in actions if not any(fnmatch.fnmatchcase(n.lower(), a.lower()) for n in needed)
+    ]
     assert unused == []
     assert set(local_list("push_data_actions")) == {
-        f"Microsoft.Storage/storageAccounts/blobServices/containers/blobs/{verb}" for verb in ("read", "write", "delete")}
+        f"Microsoft.Storage/storageAccounts/blobServices/containers/blobs/{verb}"
+        for verb in ("read", "write", "delete")
+    }

@@ -12,7 +12,9 @@ from provision.builders.vhd import FIXED, pack_footer
 MIB = 1024 * 1024
 
 
-def write_vhd(path: Path, size_mib: int, data_at_mib: Iterable[int], *, disk_type: int = FIXED) -> Path:
+def write_vhd(
+    path: Path, size_mib: int, data_at_mib: Iterable[int], *, disk_type: int = FIXED
+) -> Path:
     """A fixed VHD of ``size_mib`` MiB with 64 KiB of non-zero bytes at each MiB offset given."""
     size = size_mib * MIB
     with open(path, "wb") as f:

@@ -54,7 +54,12 @@ class Machine:
             "-device", "virtio-rng-pci", *extra,
         ]  # fmt: skip
         fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in publish)
-        argv += ["-netdev", f"user,id=n0,restrict=on{fwd}{user_net}", "-device", "virtio-net-pci,netdev=n0"]
+        argv += [
+            "-netdev",
+            f"user,id=n0,restrict=on{fwd}{user_net}",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ]
         if cidata is not None:
             argv += ["-drive", f"file={cidata},format=raw,if=none,id=cidata,media=cdrom,readonly=on",
                      "-device", "ide-cd,drive=cidata"]  # fmt: skip

@@ -10,7 +10,16 @@ import shutil
 
 import pytest
 
-NEEDED = ("qemu-system-x86_64", "apt-get", "dpkg-deb", "depmod", "cpio", "xorriso", "ssh", "ssh-keygen")
+NEEDED = (
+    "qemu-system-x86_64",
+    "apt-get",
+    "dpkg-deb",
+    "depmod",
+    "cpio",
+    "xorriso",
+    "ssh",
+    "ssh-keygen",
+)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -22,21 +22,38 @@ pytestmark = [pytest.mark.boot, pytest.mark.timeout(400)]
 
 
 def test_a_machine_on_azure_reads_imds_and_reports_ready_to_the_wireserver(tmp_path: Path) -> None:
-    kernel, initrd, _digest = rig.build_with_provision([rig.REPO / "tests/boot/specs/imds.yml"], tmp_path, "azure")
-    azure = Azure(compute={"userData": render_user_data("shop-web-00001", "hello from azure"), "name": "vm-name",
-                           "publicKeys": [{"keyData": KEYS[0], "path": "/home/provision/.ssh/authorized_keys"}]})
+    kernel, initrd, _digest = rig.build_with_provision(
+        [rig.REPO / "tests/boot/specs/imds.yml"], tmp_path, "azure"
+    )
+    azure = Azure(
+        compute={
+            "userData": render_user_data("shop-web-00001", "hello from azure"),
+            "name": "vm-name",
+            "publicKeys": [{"keyData": KEYS[0], "path": "/home/provision/.ssh/authorized_keys"}],
+        }
+    )
     server = serve_azure_guest(azure)
     busybox = shutil.which("busybox")
     assert busybox is not None, "needs busybox-static on the host"
     port = server.server_address[1]
     forward = f"{busybox} nc 127.0.0.1 {port}"
-    user_net = (",net=168.0.0.0/7,host=168.0.0.2,dhcpstart=168.0.0.15"
-                f",guestfwd=tcp:169.254.169.254:80-cmd:{forward},guestfwd=tcp:168.63.129.16:80-cmd:{forward}")
+    user_net = (
+        ",net=168.0.0.0/7,host=168.0.0.2,dhcpstart=168.0.0.15"
+        f",guestfwd=tcp:169.254.169.254:80-cmd:{forward},guestfwd=tcp:168.63.129.16:80-cmd:{forward}"
+    )
     agent_port = free_port()
-    machine = Machine(kernel, initrd, tmp_path, publish=[(agent_port, 7080)], user_net=user_net,
-                      extra=["-smbios", f"type=3,asset={ASSET_TAG}"])
+    machine = Machine(
+        kernel,
+        initrd,
+        tmp_path,
+        publish=[(agent_port, 7080)],
+        user_net=user_net,
+        extra=["-smbios", f"type=3,asset={ASSET_TAG}"],
+    )
     try:
-        machine.wait_for(r"metadata: Azure: reported Ready to the WireServer \(incarnation 3\)", 240)
+        machine.wait_for(
+            r"metadata: Azure: reported Ready to the WireServer \(incarnation 3\)", 240
+        )
         machine.wait_for(r"metadata: hostname shop-web-00001", 30)
         assert wait_agent(agent_port)["hostname"] == "shop-web-00001"
         assert machine.shell("cat /run/config/userdata").strip() == "hello from azure"

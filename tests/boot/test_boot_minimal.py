@@ -57,7 +57,11 @@ def test_root_is_the_initramfs_and_the_service_is_supervised_by_runc(minimal: Ma
 
 def test_console_shell_is_root_in_the_machine_namespaces(minimal: Machine) -> None:
     assert minimal.shell("readlink /proc/1/exe").strip() == "/bin/busybox"
-    assert minimal.shell("ls /containers/onboot").split() == ["000-first", "001-second", "002-third"]
+    assert minimal.shell("ls /containers/onboot").split() == [
+        "000-first",
+        "001-second",
+        "002-third",
+    ]
 
 
 def test_acpi_power_button_runs_onshutdown_then_powers_off(minimal: Machine) -> None:

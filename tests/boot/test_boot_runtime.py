@@ -43,7 +43,9 @@ def test_the_bound_namespace_outlives_the_onboot_container(machine: Machine) -> 
     inside = machine.shell("nsenter --net=/run/netns/lab ip -o link")
     names = re.findall(r"^\d+: ([^:@]+)", inside, re.M)
     assert sorted(names) == ["lab0", "lo", "svc0"], inside
-    assert re.search(r"^\d+: lab0@\S+ <[^>]*\bUP\b", inside, re.M), inside  # set up by the onboot container
+    assert re.search(r"^\d+: lab0@\S+ <[^>]*\bUP\b", inside, re.M), (
+        inside
+    )  # set up by the onboot container
     host = re.findall(r"^\d+: ([^:@]+)", machine.shell("ip -o link"), re.M)
     assert "lab0-host" in host and "svc0-host" in host and "lab0" not in host and "svc0" not in host
 

@@ -73,8 +73,16 @@ def test_another_key_is_refused(sshd: Sshd) -> None:
     deadline = time.monotonic() + 120
     while True:
         done = sshd.ssh(sshd.other_key, "true")
-        unreachable = any(s in done.stderr for s in ("Connection refused", "Connection reset", "Connection closed",
-                                                       "kex_exchange_identification", "timed out"))
+        unreachable = any(
+            s in done.stderr
+            for s in (
+                "Connection refused",
+                "Connection reset",
+                "Connection closed",
+                "kex_exchange_identification",
+                "timed out",
+            )
+        )
         if not unreachable or time.monotonic() > deadline:
             break
         time.sleep(1)

@@ -137,8 +137,10 @@ def test_killed_service_is_restarted_and_the_agent_shows_it(web: Web) -> None:
     before = web.status()["services"]["web"]
     web.machine.shell("crun --root /run/runc kill web KILL")
     after = web.wait_status(
-        lambda s: s["services"]["web"]["restarts"] == before["restarts"] + 1
-        and s["services"]["web"]["state"] == "running",
+        lambda s: (
+            s["services"]["web"]["restarts"] == before["restarts"] + 1
+            and s["services"]["web"]["state"] == "running"
+        ),
         timeout=60,
     )["services"]["web"]
     assert after["pid"] != before["pid"]

@@ -66,7 +66,9 @@ def shell_scripts() -> list[Path]:
     return found
 
 
-@pytest.mark.parametrize("script", shell_scripts(), ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+@pytest.mark.parametrize(
+    "script", shell_scripts(), ids=lambda p: f"{p.parent.parent.name}/{p.name}"
+)
 def test_scripts_parse_with_busybox_sh(script: Path) -> None:
     busybox = shutil.which("busybox")
     if busybox is None:
@@ -112,7 +114,9 @@ def test_examples_reference_the_current_tags(example: str) -> None:
         assert tag == current, f"{example}: {ref} but pkg/{name} is now {current}"
 
 
-@pytest.mark.parametrize("spec", sorted((REPO / "tests/boot/specs").glob("*.yml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "spec", sorted((REPO / "tests/boot/specs").glob("*.yml")), ids=lambda p: p.name
+)
 def test_boot_test_specs_reference_the_current_tags(spec: Path) -> None:
     for ref in spec_refs(spec):
         name, tag = ref.removeprefix("provision/").split(":")
@@ -120,7 +124,9 @@ def test_boot_test_specs_reference_the_current_tags(spec: Path) -> None:
         assert tag == current, f"{spec.name}: {ref} but pkg/{name} is now {current}"
 
 
-def expand_user_data(tmp_path: Path, user_data: str) -> tuple[int, list[list[str]], dict[str, bytes]]:
+def expand_user_data(
+    tmp_path: Path, user_data: str
+) -> tuple[int, list[list[str]], dict[str, bytes]]:
     """Run metadata's expand.awk (host busybox): exit status, records, file contents."""
     busybox = shutil.which("busybox")
     assert busybox, "busybox-static is needed (apt-get install busybox-static)"
@@ -147,7 +153,11 @@ def test_metadata_expands_json_user_data_like_linuxkit(tmp_path: Path) -> None:
     assert files == {"1": 'k1\n"q" \\ / \u00e9\U0001f600'.encode(), "2": b"42", "3": b"", "4": b""}
 
 
-@pytest.mark.parametrize("user_data", ["[1, 2]", "plain text", '{"a": {"content": "x"', '{"a": 1} tail'])
-def test_metadata_leaves_what_is_not_a_json_object_to_userdata(tmp_path: Path, user_data: str) -> None:
+@pytest.mark.parametrize(
+    "user_data", ["[1, 2]", "plain text", '{"a": {"content": "x"', '{"a": 1} tail']
+)
+def test_metadata_leaves_what_is_not_a_json_object_to_userdata(
+    tmp_path: Path, user_data: str
+) -> None:
     code, records, _ = expand_user_data(tmp_path, user_data)
     assert code == 1 and records == []

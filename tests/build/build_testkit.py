@@ -28,8 +28,10 @@ KERNEL_BYTES = random.Random(1).randbytes(300_000)
 def modules_tar() -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in (("lib/modules/6.1.0/kernel/virtio.ko", b"\x7fELF module"),
-                           ("lib/modules/6.1.0/modules.dep", b"kernel/virtio.ko:\n")):
+        for name, data in (
+            ("lib/modules/6.1.0/kernel/virtio.ko", b"\x7fELF module"),
+            ("lib/modules/6.1.0/modules.dep", b"kernel/virtio.ko:\n"),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -38,39 +40,97 @@ def modules_tar() -> bytes:
 
 def ucode_cpio() -> bytes:
     out = io.BytesIO()
-    write_cpio_members(out, [("kernel", 0o40755, b""), ("kernel/x86", 0o40755, b""),
-                             ("kernel/x86/microcode", 0o40755, b""),
-                             ("kernel/x86/microcode/GenuineIntel.bin", 0o100644, b"UCODE")])
+    write_cpio_members(
+        out,
+        [
+            ("kernel", 0o40755, b""),
+            ("kernel/x86", 0o40755, b""),
+            ("kernel/x86/microcode", 0o40755, b""),
+            ("kernel/x86/microcode/GenuineIntel.bin", 0o100644, b"UCODE"),
+        ],
+    )
     return out.getvalue()
 
 
 def write_test_images(store: ImageStore, *, created: int = 1_600_000_000) -> None:
-    write_image(store, KERNEL, [tar_layer_from_entries([
-        ("kernel", KERNEL_BYTES), ("kernel.tar", modules_tar()), ("ucode.cpio", ucode_cpio()),
-    ])], {}, created=created)
-    base = tar_layer_from_entries([
-        ("bin/", None), E.file("bin/busybox", b"BUSYBOX" * 1000, mode=0o755),
-        E.hardlink("bin/sh", "bin/busybox"), ("etc/", None),
-        ("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/bin/false\n"),
-        ("etc/group", b"root:x:0:\nwww:x:33:\n"),
-        ("run/", None), ("var/", None), E.symlink("var/run", "/run"), ("tmp-old/", None),
-        ("tmp-old/junk", b"junk"), ("opt/", None), ("opt/lower", b"lower"),
-        E(path="dev/tty0", kind="char", devmajor=4, devminor=0),
-    ])
-    top = tar_layer_from_entries([
-        ("var/run/init.pid", b"1"), E.whiteout("tmp-old"), ("opt/upper", b"upper"),
-        E.opaque("opt"), E.file("init", b"#!/bin/sh\nexec /bin/sh\n", mode=0o755),
-    ])
+    write_image(
+        store,
+        KERNEL,
+        [
+            tar_layer_from_entries(
+                [
+                    ("kernel", KERNEL_BYTES),
+                    ("kernel.tar", modules_tar()),
+                    ("ucode.cpio", ucode_cpio()),
+                ]
+            )
+        ],
+        {},
+        created=created,
+    )
+    base = tar_layer_from_entries(
+        [
+            ("bin/", None),
+            E.file("bin/busybox", b"BUSYBOX" * 1000, mode=0o755),
+            E.hardlink("bin/sh", "bin/busybox"),
+            ("etc/", None),
+            ("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/bin/false\n"),
+            ("etc/group", b"root:x:0:\nwww:x:33:\n"),
+            ("run/", None),
+            ("var/", None),
+            E.symlink("var/run", "/run"),
+            ("tmp-old/", None),
+            ("tmp-old/junk", b"junk"),
+            ("opt/", None),
+            ("opt/lower", b"lower"),
+            E(path="dev/tty0", kind="char", devmajor=4, devminor=0),
+        ]
+    )
+    top = tar_layer_from_entries(
+        [
+            ("var/run/init.pid", b"1"),
+            E.whiteout("tmp-old"),
+            ("opt/upper", b"upper"),
+            E.opaque("opt"),
+            E.file("init", b"#!/bin/sh\nexec /bin/sh\n", mode=0o755),
+        ]
+    )
     write_image(store, INIT, [base, top], {}, created=created)
     label = {"capabilities": ["CAP_NET_BIND_SERVICE"]}
-    write_image(store, SERVICE, [tar_layer_from_entries([
-        ("usr/", None), ("usr/bin/", None), E.file("usr/bin/web", b"WEB", mode=0o755),
-        E.symlink("usr/bin/httpd", "web"),
-    ])], {"Entrypoint": ["/usr/bin/web"], "Cmd": ["-p", "80"],
-          "Labels": {"org.mobyproject.config": json.dumps(label)}}, created=created + 10)
-    write_image(store, ONBOOT, [tar_layer_from_entries([
-        ("sbin/", None), E.file("sbin/dhcpcd", b"DHCP", mode=0o755),
-    ])], {"Cmd": ["/sbin/dhcpcd", "--nobackground"]}, created=created)
+    write_image(
+        store,
+        SERVICE,
+        [
+            tar_layer_from_entries(
+                [
+                    ("usr/", None),
+                    ("usr/bin/", None),
+                    E.file("usr/bin/web", b"WEB", mode=0o755),
+                    E.symlink("usr/bin/httpd", "web"),
+                ]
+            )
+        ],
+        {
+            "Entrypoint": ["/usr/bin/web"],
+            "Cmd": ["-p", "80"],
+            "Labels": {"org.mobyproject.config": json.dumps(label)},
+        },
+        created=created + 10,
+    )
+    write_image(
+        store,
+        ONBOOT,
+        [
+            tar_layer_from_entries(
+                [
+                    ("sbin/", None),
+                    E.file("sbin/dhcpcd", b"DHCP", mode=0o755),
+                ]
+            )
+        ],
+        {"Cmd": ["/sbin/dhcpcd", "--nobackground"]},
+        created=created,
+    )
 
 
 SPEC = f"""\

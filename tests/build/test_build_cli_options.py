@@ -53,27 +53,52 @@ def twin_store(tmp_path_factory: pytest.TempPathFactory) -> ImageStore:
     store = ImageStore(tmp_path_factory.mktemp("twin-store"))
     write_test_images(store)
     for ref in (TWIN_A, TWIN_B):
-        write_image(store, ref, [tar_layer_from_entries([
-            ("bin/", None), E.file("bin/tool", BLOB, mode=0o755),
-        ])], {"Cmd": ["/bin/tool"]}, created=1_600_000_000)
+        write_image(
+            store,
+            ref,
+            [
+                tar_layer_from_entries(
+                    [
+                        ("bin/", None),
+                        E.file("bin/tool", BLOB, mode=0o755),
+                    ]
+                )
+            ],
+            {"Cmd": ["/bin/tool"]},
+            created=1_600_000_000,
+        )
     return store
 
 
 def build(store: ImageStore, tmp_path: Path, out: str, *extra: str) -> Path:
     spec = tmp_path / "twins.yml"
     spec.write_text(SPEC)
-    code = main(["build", "-q", "--cache", str(store.root), "--pull", "never",
-                 "-o", str(tmp_path / out), *extra, str(spec)])
+    code = main(
+        [
+            "build",
+            "-q",
+            "--cache",
+            str(store.root),
+            "--pull",
+            "never",
+            "-o",
+            str(tmp_path / out),
+            *extra,
+            str(spec),
+        ]
+    )
     assert code == 0
     return tmp_path / out
 
 
 @pytest.mark.parametrize("fmt", ["raw-bios", "raw-efi"])
-def test_data_size_adds_the_provision_data_partition(twin_store: ImageStore, tmp_path: Path,
-                                                     fmt: str) -> None:
-    out = build(twin_store, tmp_path, "out", "-f", fmt, "--data-size", "16M",
-                "--boot-size", "64M")
-    disk = next(p for p in out.iterdir() if not p.name.endswith(".json") and not p.name.startswith("."))
+def test_data_size_adds_the_provision_data_partition(
+    twin_store: ImageStore, tmp_path: Path, fmt: str
+) -> None:
+    out = build(twin_store, tmp_path, "out", "-f", fmt, "--data-size", "16M", "--boot-size", "64M")
+    disk = next(
+        p for p in out.iterdir() if not p.name.endswith(".json") and not p.name.startswith(".")
+    )
     label, parts = read_partitions(disk)
     assert label == ("gpt" if fmt == "raw-efi" else "dos")
     assert len(parts) == 2
@@ -88,10 +113,13 @@ def test_data_size_adds_the_provision_data_partition(twin_store: ImageStore, tmp
     assert options["dedupe"] is True
 
 
-def test_without_data_size_the_disk_has_one_partition(twin_store: ImageStore,
-                                                      tmp_path: Path) -> None:
+def test_without_data_size_the_disk_has_one_partition(
+    twin_store: ImageStore, tmp_path: Path
+) -> None:
     out = build(twin_store, tmp_path, "out", "-f", "raw-bios", "--boot-size", "32M")
-    disk = next(p for p in out.iterdir() if not p.name.endswith(".json") and not p.name.startswith("."))
+    disk = next(
+        p for p in out.iterdir() if not p.name.endswith(".json") and not p.name.startswith(".")
+    )
     assert len(read_partitions(disk)[1]) == 1
 
 
@@ -105,7 +133,9 @@ def test_no_dedupe_gives_a_bigger_initrd(twin_store: ImageStore, tmp_path: Path)
     assert options["dedupe"] is False
 
 
-def test_help_lists_every_registered_format_and_how_it_boots(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_lists_every_registered_format_and_how_it_boots(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from provision.builders.formats import WRITERS, describe_boot
 
     with pytest.raises(SystemExit) as done:

@@ -69,15 +69,33 @@ def write_specs(root: Path) -> dict[str, Path]:
 
 
 def argv(store: ImageStore, spec: Path, variant: str, out: Path) -> list[str]:
-    return ["build", "-q", "--cache", str(store.root), "--pull", "never", "-f", FORMATS[variant],
-            "--name", NAME, "-o", str(out), str(spec)]
+    return [
+        "build",
+        "-q",
+        "--cache",
+        str(store.root),
+        "--pull",
+        "never",
+        "-f",
+        FORMATS[variant],
+        "--name",
+        NAME,
+        "-o",
+        str(out),
+        str(spec),
+    ]
 
 
-def run_child(kill_at: int | str, args: list[str], *, kill_after: float | None = None
-              ) -> subprocess.CompletedProcess[str] | None:
+def run_child(
+    kill_at: int | str, args: list[str], *, kill_after: float | None = None
+) -> subprocess.CompletedProcess[str] | None:
     """Run the build in a child; None when it was killed (by itself or after kill_after s)."""
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(kill_at), *args],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(kill_at), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if kill_after is not None:
         try:
             child.wait(kill_after)
@@ -92,18 +110,28 @@ def run_child(kill_at: int | str, args: list[str], *, kill_after: float | None =
 
 def observe(out: Path) -> State:
     """What a user sees: every visible name that resolves, with its bytes."""
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())
-            if not p.name.startswith(".") and p.exists()}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(out.iterdir())
+        if not p.name.startswith(".") and p.exists()
+    }
 
 
 def test_a_build_killed_anywhere_leaves_old_or_new_outputs_never_a_mix(
-        image_store: ImageStore, tmp_path: Path) -> None:
+    image_store: ImageStore, tmp_path: Path
+) -> None:
     specs = write_specs(tmp_path / "specs")
     reference: dict[str, State] = {}
     for variant, spec in specs.items():
         ref_out = tmp_path / f"ref-{variant}"
-        build_image([spec], store=image_store, outdir=ref_out, formats=FORMATS[variant],
-                    name=NAME, pull="never")
+        build_image(
+            [spec],
+            store=image_store,
+            outdir=ref_out,
+            formats=FORMATS[variant],
+            name=NAME,
+            pull="never",
+        )
         reference[variant] = observe(ref_out)
     assert set(reference["a"]) != set(reference["b"])
     assert reference["a"][f"{NAME}.manifest.json"] != reference["b"][f"{NAME}.manifest.json"]
@@ -132,8 +160,7 @@ def test_a_build_killed_anywhere_leaves_old_or_new_outputs_never_a_mix(
         kills += result is None
         state = observe(out)
         matches = [v for v in (previous, target) if state == reference[v]]
-        assert matches, (f"kill {step} (line event {point}): a mix of outputs: "
-                         f"{sorted(state)}")
+        assert matches, f"kill {step} (line event {point}): a mix of outputs: {sorted(state)}"
         previous = matches[0]
         seen[previous] += 1
     assert kills >= 12
@@ -141,8 +168,14 @@ def test_a_build_killed_anywhere_leaves_old_or_new_outputs_never_a_mix(
 
     # the next build clears the debris of every killed one
     final = "b" if previous == "a" else "a"
-    build_image([specs[final]], store=image_store, outdir=out, formats=FORMATS[final],
-                name=NAME, pull="never")
+    build_image(
+        [specs[final]],
+        store=image_store,
+        outdir=out,
+        formats=FORMATS[final],
+        name=NAME,
+        pull="never",
+    )
     assert observe(out) == reference[final]
     hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
     assert len(hidden) == 2 and hidden[0] == f".{NAME}.current", hidden
@@ -152,24 +185,29 @@ def test_a_build_killed_anywhere_leaves_old_or_new_outputs_never_a_mix(
 
 
 def test_a_live_build_keeps_its_work_and_a_second_build_is_refused(
-        image_store: ImageStore, spec_file: Path, tmp_path: Path) -> None:
+    image_store: ImageStore, spec_file: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     slot = OutputSlot(out, NAME).open()  # a live build of NAME holds the slot
     try:
         assert slot.work is not None and slot.work.is_dir()
-        with pytest.raises(BuildBusyError, match=f"another build of {NAME} \\(pid {os.getpid()}\\)"):
+        with pytest.raises(
+            BuildBusyError, match=f"another build of {NAME} \\(pid {os.getpid()}\\)"
+        ):
             build_image([spec_file], store=image_store, outdir=out, formats="tar", pull="never")
         assert slot.work.is_dir()  # the refused build did not clear it
     finally:
         slot.close()
     assert list(out.iterdir()) == []
     # another name in the same directory is not held up
-    build_image([spec_file], store=image_store, outdir=out, formats="tar", name="other",
-                pull="never")
+    build_image(
+        [spec_file], store=image_store, outdir=out, formats="tar", name="other", pull="never"
+    )
 
 
-def test_work_of_a_sigkilled_build_is_removed_by_the_next(image_store: ImageStore,
-                                                          spec_file: Path, tmp_path: Path) -> None:
+def test_work_of_a_sigkilled_build_is_removed_by_the_next(
+    image_store: ImageStore, spec_file: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     # killed as it starts to publish: its work directory is full, its lock file there
     assert run_child("call:publish", argv(image_store, spec_file, "a", out)) is None
@@ -177,18 +215,20 @@ def test_work_of_a_sigkilled_build_is_removed_by_the_next(image_store: ImageStor
     assert any(n.startswith(f".{NAME}.build-") for n in left) and f".{NAME}.lock" in left
     unrelated = out / f".{NAME}.build-notmine"  # not a work directory's name: kept
     unrelated.mkdir()
-    build_image([spec_file], store=image_store, outdir=out, formats="tar", name=NAME,
-                pull="never")
+    build_image([spec_file], store=image_store, outdir=out, formats="tar", name=NAME, pull="never")
     left = sorted(p.name for p in out.iterdir())
     assert [n for n in left if n.startswith(f".{NAME}.build-")] == [unrelated.name]
     assert f".{NAME}.lock" not in left and f"{NAME}.tar" in left
     shutil.rmtree(unrelated)
 
 
-def test_a_directory_in_place_of_an_output_is_refused(image_store: ImageStore,
-                                                      spec_file: Path, tmp_path: Path) -> None:
+def test_a_directory_in_place_of_an_output_is_refused(
+    image_store: ImageStore, spec_file: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     (out / f"{NAME}.tar").mkdir(parents=True)
-    with pytest.raises(UsageError, match="it is a directory, and an output may only replace a regular file"):
+    with pytest.raises(
+        UsageError, match="it is a directory, and an output may only replace a regular file"
+    ):
         build_image([spec_file], store=image_store, outdir=out, formats="tar", pull="never")
     assert sorted(p.name for p in out.iterdir()) == [f"{NAME}.tar"]

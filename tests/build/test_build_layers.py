@@ -22,10 +22,12 @@ def spool(tmp_path: Path) -> Spool:
     return Spool(tmp_path / "spool")
 
 
-def apply(tree: Tree, spool: Spool, *entries: E | tuple[str, bytes | str | None],
-          devices: bool = False) -> None:
-    apply_layer(tree, io.BytesIO(tar_layer_from_entries(entries)), spool, ORIGIN,
-                allow_devices=devices)
+def apply(
+    tree: Tree, spool: Spool, *entries: E | tuple[str, bytes | str | None], devices: bool = False
+) -> None:
+    apply_layer(
+        tree, io.BytesIO(tar_layer_from_entries(entries)), spool, ORIGIN, allow_devices=devices
+    )
 
 
 def content(tree: Tree, spool: Spool, path: str) -> bytes:
@@ -40,8 +42,15 @@ def paths(tree: Tree) -> list[str]:
 
 def test_whiteout_deletes_lower_entry(spool: Spool) -> None:
     tree = Tree()
-    apply(tree, spool, ("etc/", None), ("etc/a", b"a"), ("etc/b", b"b"), ("old/", None),
-          ("old/x", b"x"))
+    apply(
+        tree,
+        spool,
+        ("etc/", None),
+        ("etc/a", b"a"),
+        ("etc/b", b"b"),
+        ("old/", None),
+        ("old/x", b"x"),
+    )
     apply(tree, spool, E.whiteout("etc/a"), E.whiteout("old"))
     assert paths(tree) == ["etc", "etc/b"]
 
@@ -56,8 +65,14 @@ def test_opaque_directory_keeps_entries_of_its_own_layer(spool: Spool) -> None:
 
 def test_hard_links_share_one_node(spool: Spool) -> None:
     tree = Tree()
-    apply(tree, spool, ("bin/", None), ("bin/busybox", b"BB"), E.hardlink("bin/sh", "bin/busybox"),
-          E.hardlink("/bin/ls", "/bin/busybox"))
+    apply(
+        tree,
+        spool,
+        ("bin/", None),
+        ("bin/busybox", b"BB"),
+        E.hardlink("bin/sh", "bin/busybox"),
+        E.hardlink("/bin/ls", "/bin/busybox"),
+    )
     assert tree.lookup("bin/sh") is tree.lookup("bin/busybox") is tree.lookup("bin/ls")
     assert content(tree, spool, "bin/ls") == b"BB"
 
@@ -74,8 +89,14 @@ def test_absolute_symlink_resolves_inside_the_root(spool: Spool) -> None:
 
 def test_relative_symlinks_and_dotdot_inside_the_root(spool: Spool) -> None:
     tree = Tree()
-    apply(tree, spool, ("usr/lib/", None), E.symlink("lib", "usr/lib"),
-          E.symlink("usr/lib/up", "../.."), ("./lib/up/etc/f", b"f"))
+    apply(
+        tree,
+        spool,
+        ("usr/lib/", None),
+        E.symlink("lib", "usr/lib"),
+        E.symlink("usr/lib/up", "../.."),
+        ("./lib/up/etc/f", b"f"),
+    )
     assert content(tree, spool, "etc/f") == b"f"
 
 
@@ -119,13 +140,21 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
     "absolute-escape": (_raw(("/../../etc/evil", b"x")), "climbs above"),
     "symlink-escape": (_raw(E.symlink("up", ".."), ("up/evil", b"x")), "escapes"),
     "symlink-chain-escape": (
-        _raw(("a/", None), E.symlink("l1", "a/l2"), E.symlink("a/l2", "../../.."),
-             ("l1/etc/evil", b"x")), "escapes"),
+        _raw(
+            ("a/", None),
+            E.symlink("l1", "a/l2"),
+            E.symlink("a/l2", "../../.."),
+            ("l1/etc/evil", b"x"),
+        ),
+        "escapes",
+    ),
     "absolute-symlink-escape": (_raw(E.symlink("s", "/x/../.."), ("s/evil", b"x")), "escapes"),
     "symlink-loop": (_raw(E.symlink("a", "b"), E.symlink("b", "a"), ("a/x", b"x")), "levels"),
     "hardlink-outside": (_raw(E.hardlink("h", "../../etc/shadow")), "outside"),
     "hardlink-through-symlink": (
-        _raw(E.symlink("s", "../.."), E.hardlink("h", "s/etc/shadow")), "outside"),
+        _raw(E.symlink("s", "../.."), E.hardlink("h", "s/etc/shadow")),
+        "outside",
+    ),
     "hardlink-missing": (_raw(E.hardlink("h", "etc/shadow")), "does not exist"),
     "hardlink-directory": (_raw(("d/", None), E.hardlink("h", "d")), "directory"),
     "char-device": (_raw(E(path="dev/mem", kind="char", devmajor=1, devminor=1)), "device"),

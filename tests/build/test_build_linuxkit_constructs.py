@@ -49,13 +49,13 @@ services:
 """
 
 
-def test_linuxkit_constructs_assemble_with_linuxkit_meaning(image_store: ImageStore,
-                                                           tmp_path: Path) -> None:
+def test_linuxkit_constructs_assemble_with_linuxkit_meaning(
+    image_store: ImageStore, tmp_path: Path
+) -> None:
     spec = tmp_path / "lk.yml"
     spec.write_text(SPEC)
     out = tmp_path / "out"
-    build_image([spec], store=image_store, outdir=out, formats="kernel+initrd,tar",
-                pull="never")
+    build_image([spec], store=image_store, outdir=out, formats="kernel+initrd,tar", pull="never")
     with tarfile.open(out / "lk.tar") as tar:
         names = tar.getnames()
 
@@ -66,8 +66,13 @@ def test_linuxkit_constructs_assemble_with_linuxkit_meaning(image_store: ImageSt
             assert isinstance(loaded, dict)
             return loaded
 
-        onboot = sorted({n.split("/")[2] for n in names if n.startswith("containers/onboot/")
-                         and n.count("/") >= 2})
+        onboot = sorted(
+            {
+                n.split("/")[2]
+                for n in names
+                if n.startswith("containers/onboot/") and n.count("/") >= 2
+            }
+        )
         assert onboot == ["000-mount", "001-between", "002-mount"]
         first = config("containers/onboot/000-mount/config.json")["process"]
         second = config("containers/onboot/002-mount/config.json")["process"]

@@ -29,8 +29,9 @@ def sample_tree(spool: Spool) -> Tree:
     tree.put("bin/busybox", busybox)
     tree.put("bin/sh", busybox)
     offset, size = spool.add_bytes("héllo\n".encode())
-    tree.put("etc/motd", Node(NodeKind.FILE, 0o644, 1000, 100, 2_000_000_000,
-                              offset=offset, size=size))
+    tree.put(
+        "etc/motd", Node(NodeKind.FILE, 0o644, 1000, 100, 2_000_000_000, offset=offset, size=size)
+    )
     tree.put("etc/localtime", Node(NodeKind.SYMLINK, 0o777, target="/usr/share/zoneinfo/UTC"))
     tree.put("dev/null", Node(NodeKind.CHAR, 0o666, rdev=(1, 3)))
     tree.put("run/fifo", Node(NodeKind.FIFO, 0o600))
@@ -49,16 +50,31 @@ def test_cpio_lists_and_extracts_with_gnu_cpio(spool: Spool, tmp_path: Path) -> 
     write_cpio(tree, spool, out, epoch=1_500_000_000, exclude=["boot/kernel"])
     archive = tmp_path / "root.cpio"
     archive.write_bytes(out.getvalue())
-    listing = subprocess.run(["cpio", "-itv", "--quiet", "-F", str(archive)], check=True,
-                             capture_output=True, text=True).stdout.splitlines()
+    listing = subprocess.run(
+        ["cpio", "-itv", "--quiet", "-F", str(archive)], check=True, capture_output=True, text=True
+    ).stdout.splitlines()
     names = [line.split()[-1] if "->" not in line else line.split()[-3] for line in listing]
-    assert names == ["bin", "bin/busybox", "bin/sh", "boot", "dev", "dev/null", "etc",
-                     "etc/localtime", "etc/motd", "run", "run/fifo"]
+    assert names == [
+        "bin",
+        "bin/busybox",
+        "bin/sh",
+        "boot",
+        "dev",
+        "dev/null",
+        "etc",
+        "etc/localtime",
+        "etc/motd",
+        "run",
+        "run/fifo",
+    ]
     assert listing[1].startswith("-rwsr-xr-x   2 root")  # setuid kept, two links
     extract = tmp_path / "x"
     extract.mkdir()
-    subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames", "-F", str(archive)],
-                   check=True, cwd=extract)
+    subprocess.run(
+        ["cpio", "-idm", "--quiet", "--no-absolute-filenames", "-F", str(archive)],
+        check=True,
+        cwd=extract,
+    )
     a, b = (extract / "bin/busybox").stat(), (extract / "bin/sh").stat()
     assert a.st_ino == b.st_ino and a.st_nlink == 2
     assert (extract / "bin/sh").read_bytes() == b"#!busybox\n" * 300
@@ -104,7 +120,7 @@ def test_threaded_compression_matches_one_shot_and_round_trips(kind: str) -> Non
     sink = io.BytesIO()
     with CompressedWriter(sink, compression) as writer:
         for start in range(0, len(data), 70_000):
-            writer.write(data[start:start + 70_000])
+            writer.write(data[start : start + 70_000])
     assert sink.getvalue() == compress_bytes(data, compression)
     packed = sink.getvalue()
     if kind == "gzip":

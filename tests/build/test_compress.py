@@ -67,7 +67,7 @@ def test_each_codec_round_trips_one_shot_and_streaming(name: str) -> None:
         sink = io.BytesIO()
         with CompressedWriter(sink, Compression(name, level)) as writer:
             for start in range(0, len(DATA), 33_333):
-                writer.write(DATA[start:start + 33_333])
+                writer.write(DATA[start : start + 33_333])
         assert sink.getvalue() == packed, (name, level)
     if codec is not NONE:
         assert len(codec.compress(DATA)) < len(DATA) * 0.8
@@ -117,11 +117,17 @@ def test_file_names_and_media_types_map_to_codecs() -> None:
     assert codec_for_media_type(layer) is NONE
     assert codec_for_media_type(layer + "+gzip") is GZIP
     assert codec_for_media_type(layer + "+zstd") is ZSTD
-    assert codec_for_media_type("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd") is ZSTD
+    assert (
+        codec_for_media_type("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd") is ZSTD
+    )
     assert codec_for_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip") is GZIP
     assert codec_for_media_type("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip") is GZIP
     assert codec_for_media_type("application/octet-stream") is None
-    assert [c.layer_media_type() for c in (GZIP, ZSTD, NONE)] == [layer + "+gzip", layer + "+zstd", layer]
+    assert [c.layer_media_type() for c in (GZIP, ZSTD, NONE)] == [
+        layer + "+gzip",
+        layer + "+zstd",
+        layer,
+    ]
     with pytest.raises(UsageError, match="xz"):
         XZ.layer_media_type()
     with pytest.raises(UsageError, match="bzip2"):
@@ -151,7 +157,9 @@ def test_a_corrupt_compressed_layer_is_refused_with_a_message(codec: Codec, tmp_
     packed[len(packed) // 2] ^= 0xFF
     stream = codec.open_reader(io.BytesIO(bytes(packed)))
     with pytest.raises(HostileInputError, match="cannot read the layer|not a valid tar"):
-        apply_layer(Tree(), stream, Spool(tmp_path / "spool"), LayerOrigin("x.test/a:1", "sha256:00"))
+        apply_layer(
+            Tree(), stream, Spool(tmp_path / "spool"), LayerOrigin("x.test/a:1", "sha256:00")
+        )
 
 
 def test_closing_a_reader_closes_its_source(tmp_path: Path) -> None:

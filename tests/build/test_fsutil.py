@@ -57,8 +57,7 @@ def test_hashing_writer_matches_hashlib(algorithm: str, tmp_path: Path) -> None:
     assert writer.digest == f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
     path = tmp_path / "blob"
     path.write_bytes(data * 11)  # more than one read chunk
-    assert file_sha256(path) == ("sha256:" + hashlib.sha256(data * 11).hexdigest(),
-                                 len(data) * 11)
+    assert file_sha256(path) == ("sha256:" + hashlib.sha256(data * 11).hexdigest(), len(data) * 11)
 
 
 def _special_files(tmp_path: Path) -> dict[str, Path]:
@@ -69,19 +68,27 @@ def _special_files(tmp_path: Path) -> dict[str, Path]:
     directory.mkdir()
     os.mknod(device, 0o600 | stat.S_IFCHR, os.makedev(1, 7))  # the tests run as root
     link.symlink_to(fifo)
-    return {"a FIFO": fifo, "a directory": directory, "a character device": device,
-            "a FIFO (through a symlink)": link}
+    return {
+        "a FIFO": fifo,
+        "a directory": directory,
+        "a character device": device,
+        "a FIFO (through a symlink)": link,
+    }
 
 
 def test_outputs_replace_only_regular_files(tmp_path: Path) -> None:
     for kind, path in _special_files(tmp_path).items():
         before = os.lstat(path)
         writers: list[Callable[[Path], Path]] = [
-            lambda p: write_bytes_atomic(p, b"x"), lambda p: write_text_atomic(p, "x"),
-            lambda p: write_json_atomic(p, {}), lambda p: copy_file_atomic(Path(__file__), p),
+            lambda p: write_bytes_atomic(p, b"x"),
+            lambda p: write_text_atomic(p, "x"),
+            lambda p: write_json_atomic(p, {}),
+            lambda p: copy_file_atomic(Path(__file__), p),
         ]
         for write in writers:
-            with pytest.raises(UsageError, match=f"refusing to write {path}: it is {kind.split(' (')[0]}"):
+            with pytest.raises(
+                UsageError, match=f"refusing to write {path}: it is {kind.split(' (')[0]}"
+            ):
                 write(path)
         staged = tmp_path / "staged"
         staged.write_bytes(b"new")

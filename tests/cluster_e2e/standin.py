@@ -59,7 +59,9 @@ def write_standin(out: Path, variant: str) -> Path:
         ("lib/modules", d, b"", (0, 0)),
         ("modules.order", f, "\n".join(Path(m).name for m in order).encode(), (0, 0)),
     ]
-    entries += [(f"lib/modules/{Path(m).name}", f, (modules_dir / m).read_bytes(), (0, 0)) for m in order]
+    entries += [
+        (f"lib/modules/{Path(m).name}", f, (modules_dir / m).read_bytes(), (0, 0)) for m in order
+    ]
     out.mkdir(parents=True, exist_ok=True)
     (out / "standin-initrd.img").write_bytes(newc_archive(entries))
     link = out / "standin-kernel"

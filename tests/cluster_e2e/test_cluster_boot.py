@@ -50,8 +50,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 def provision(*args: str, cwd: Path, timeout: float = 150) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PROVISION_CACHE": str(COMPONENTS)}
-    return subprocess.run([sys.executable, "-m", "provision", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, check=False, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "provision", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +68,17 @@ def components() -> Path:
 
 
 def up(cwd: Path, timeout: float = 150) -> dict[str, Any]:
-    done = provision("up", "cluster.yml", "--json", "--interval", "0.5", "--timeout", str(timeout), cwd=cwd,
-                     timeout=timeout + 60)
+    done = provision(
+        "up",
+        "cluster.yml",
+        "--json",
+        "--interval",
+        "0.5",
+        "--timeout",
+        str(timeout),
+        cwd=cwd,
+        timeout=timeout + 60,
+    )
     assert done.returncode == 0, done.stderr
     status: dict[str, Any] = json.loads(done.stdout)
     return status
@@ -88,10 +105,18 @@ class Watcher(threading.Thread):
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             while not self.halt.is_set():
                 running = [vm for vm in list_vms(self.state) if vm.state == "running"]
-                agents = [next((p.host for p in vm.published if p.guest == 7080), 0) for vm in running]
-                replies = list(pool.map(lambda port: read_agent("127.0.0.1", port, timeout=1.0), agents))
-                self.answered |= {vm.name for vm, reply in zip(running, replies, strict=True) if reply is not None}
-                self.samples.append((len(running), sum(1 for vm in running if vm.name in self.answered)))
+                agents = [
+                    next((p.host for p in vm.published if p.guest == 7080), 0) for vm in running
+                ]
+                replies = list(
+                    pool.map(lambda port: read_agent("127.0.0.1", port, timeout=1.0), agents)
+                )
+                self.answered |= {
+                    vm.name for vm, reply in zip(running, replies, strict=True) if reply is not None
+                }
+                self.samples.append(
+                    (len(running), sum(1 for vm in running if vm.name in self.answered))
+                )
                 time.sleep(0.2)
 
 
@@ -128,7 +153,9 @@ def workdir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Pa
     else:
         request.getfixturevalue("components")
         write_web_variants(tmp_path)
-        variant = Variant("v1/web.yml", "v2/web.yml", frozenset({"agent", "dhcpcd", "web"}), 200, True)
+        variant = Variant(
+            "v1/web.yml", "v2/web.yml", frozenset({"agent", "dhcpcd", "web"}), 200, True
+        )
     (tmp_path / "cluster.yml").write_text(CLUSTER.format(image=variant.image_v1))
     yield tmp_path, variant
     for vm in list_vms(tmp_path / "state"):  # whatever happened, leave no VM behind
@@ -180,7 +207,9 @@ def test_up_roll_down_a_two_machine_cluster(workdir: tuple[Path, Variant]) -> No
     available = [a for _, a in watcher.samples]
     assert len(watcher.samples) > 10
     assert max(running) <= SIZE + MAX_SURGE, watcher.samples
-    assert max(running) == SIZE + MAX_SURGE  # the surge was used: a new machine before an old one went
+    assert (
+        max(running) == SIZE + MAX_SURGE
+    )  # the surge was used: a new machine before an old one went
     assert min(available) >= SIZE - MAX_UNAVAILABLE, watcher.samples
 
     # down: no VM, no state directory, no QEMU left
@@ -194,8 +223,10 @@ def test_up_roll_down_a_two_machine_cluster(workdir: tuple[Path, Variant]) -> No
     time.sleep(0.5)
     for pid in pids:
         assert pid is not None and not _is_live_qemu(pid)
-    print(f"\n{variant.image_v1}: up {boot_seconds:.1f}s, roll {roll_seconds:.1f}s, down {down_seconds:.1f}s, "
-          f"{len(watcher.samples)} samples")
+    print(
+        f"\n{variant.image_v1}: up {boot_seconds:.1f}s, roll {roll_seconds:.1f}s, down {down_seconds:.1f}s, "
+        f"{len(watcher.samples)} samples"
+    )
 
 
 def _is_live_qemu(pid: int) -> bool:

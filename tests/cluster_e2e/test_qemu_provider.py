@@ -49,10 +49,17 @@ class FakeLauncher:
             if port.host in self.busy:
                 raise UsageError(f"cannot publish {port}: 127.0.0.1:{port.host}/tcp is in use")
         self.vms[config.name] = VMInfo(
-            name=config.name, pid=1000 + len(self.started), state="running", tags=dict(config.tags),
-            published=config.publish, started_at="", serial_log=state_root / "serial.log",
-            state_dir=state_root / "vms" / config.name, accel=config.accel,
-            artifact=str(config.artifact), detached=True,
+            name=config.name,
+            pid=1000 + len(self.started),
+            state="running",
+            tags=dict(config.tags),
+            published=config.publish,
+            started_at="",
+            serial_log=state_root / "serial.log",
+            state_dir=state_root / "vms" / config.name,
+            accel=config.accel,
+            artifact=str(config.artifact),
+            detached=True,
         )
 
     def read(self, state_root: Path, name: str) -> VMInfo | None:
@@ -158,8 +165,12 @@ def test_list_is_paged_and_filtered_by_tags(cached_image: tuple[Path, str]) -> N
     root, digest = cached_image
     launcher = FakeLauncher()
     provider = _provider(root, launcher, page_size=2)
-    made = {provider.create_instance(_request(f"c1/web/{n:05d}/{n}", digest)).id for n in range(1, 6)}
-    foreign = CreateRequest("c2/web/00001/1", "c2-web-00001", digest, {}, {TAG_CLUSTER: "c2", TAG_GROUP: "web"}, 1)
+    made = {
+        provider.create_instance(_request(f"c1/web/{n:05d}/{n}", digest)).id for n in range(1, 6)
+    }
+    foreign = CreateRequest(
+        "c2/web/00001/1", "c2-web-00001", digest, {}, {TAG_CLUSTER: "c2", TAG_GROUP: "web"}, 1
+    )
     provider.create_instance(foreign)
     found, pages = list_all(provider, TAGS)
     assert {i.id for i in found} == made and len(found) == 5 and pages == 3
@@ -185,14 +196,18 @@ def test_bad_properties_are_refused_all_at_once(cached_image: tuple[Path, str]) 
     launcher = FakeLauncher()
     provider = _provider(root, launcher)
     with pytest.raises(ProviderError) as caught:
-        provider.create_instance(_request("c1/web/00001/1", digest, accel="xen", mem="lots", memory=1))
+        provider.create_instance(
+            _request("c1/web/00001/1", digest, accel="xen", mem="lots", memory=1)
+        )
     message = caught.value.message
     assert "accel: must be tcg, kvm or auto" in message and "mem: must be MiB" in message
     assert "memory: unknown key" in message
     assert launcher.started == []
 
 
-def test_image_cache_keys_artifacts_by_what_boots(tmp_path: Path, cached_image: tuple[Path, str]) -> None:
+def test_image_cache_keys_artifacts_by_what_boots(
+    tmp_path: Path, cached_image: tuple[Path, str]
+) -> None:
     root, digest = cached_image
     art = tmp_path / "art"
     assert import_artifact(art / "tiny", image_cache(root)) == digest  # cached: same digest
@@ -203,7 +218,9 @@ def test_image_cache_keys_artifacts_by_what_boots(tmp_path: Path, cached_image: 
     (art / "tiny-cmdline").write_text("quiet variant=2\n")
     changed = import_artifact(art / "tiny", image_cache(root))
     assert changed != digest
-    assert (resolve_cached_image(root, changed).parent / "tiny-cmdline").read_text() == "quiet variant=2\n"
+    assert (
+        resolve_cached_image(root, changed).parent / "tiny-cmdline"
+    ).read_text() == "quiet variant=2\n"
     with pytest.raises(ProviderError, match="not in the qemu image cache"):
         resolve_cached_image(root, "sha256:" + "0" * 64)
 
@@ -212,18 +229,25 @@ def test_an_image_spec_with_unbuilt_components_says_how_to_build_them(tmp_path: 
     from provision.oci.store import ImageStore
 
     spec = parse_cluster_spec(
-        "cluster: c1\ngroups:\n- {name: web, provider: qemu, image: web.yml, size: 1}\n", str(REPO / "examples/x.yml")
+        "cluster: c1\ngroups:\n- {name: web, provider: qemu, image: web.yml, size: 1}\n",
+        str(REPO / "examples/x.yml"),
     )
     group = spec.groups[0]
     providers = create_providers(spec, FakeClock())
-    images = GroupImages(spec, providers, build=False, store=ImageStore(tmp_path / "oci"), artifacts=tmp_path / "art")
+    images = GroupImages(
+        spec, providers, build=False, store=ImageStore(tmp_path / "oci"), artifacts=tmp_path / "art"
+    )
     with pytest.raises(ComponentsMissingError) as caught:
         images.image(group)
-    assert "provision/kernel:" in caught.value.message and "provision/agent:" in caught.value.message
+    assert (
+        "provision/kernel:" in caught.value.message and "provision/agent:" in caught.value.message
+    )
     assert caught.value.hint == "build them first: provision pkg build --all"
 
 
-def test_engine_converges_on_the_qemu_provider_then_makes_no_call(tmp_path: Path, cached_image: tuple[Path, str]) -> None:
+def test_engine_converges_on_the_qemu_provider_then_makes_no_call(
+    tmp_path: Path, cached_image: tuple[Path, str]
+) -> None:
     root, digest = cached_image
     text = (
         "cluster: c1\nproviders:\n  local: {type: qemu, options: {stateRoot: state, accel: tcg}}\n"

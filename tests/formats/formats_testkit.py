@@ -56,7 +56,9 @@ poweroff -f
 def find_kernel() -> Path:
     kernels = sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"))
     if not kernels:
-        pytest.fail("no Debian cloud kernel installed (apt-get install linux-image-cloud-amd64, see scripts/setup.sh)")
+        pytest.fail(
+            "no Debian cloud kernel installed (apt-get install linux-image-cloud-amd64, see scripts/setup.sh)"
+        )
     return Path(kernels[-1])
 
 
@@ -87,7 +89,14 @@ def write_test_rootfs(dest: Path) -> None:
     """A small root tar: a marker, a file owned by 1000:1000, a setuid file, a device node,
     a symlink and busybox."""
 
-    def add(tar: tarfile.TarFile, name: str, kind: bytes, data: bytes = b"", mode: int = 0o644, uid: int = 0) -> None:
+    def add(
+        tar: tarfile.TarFile,
+        name: str,
+        kind: bytes,
+        data: bytes = b"",
+        mode: int = 0o644,
+        uid: int = 0,
+    ) -> None:
         info = tarfile.TarInfo(name)
         info.type, info.mode, info.mtime, info.uid, info.gid = kind, mode, EPOCH, uid, uid
         if kind == tarfile.CHRTYPE:
@@ -100,7 +109,13 @@ def write_test_rootfs(dest: Path) -> None:
     with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
         for d in ("bin", "dev", "etc", "home", "home/user"):
             add(tar, d, tarfile.DIRTYPE, mode=0o755, uid=1000 if d == "home/user" else 0)
-        add(tar, "bin/busybox", tarfile.REGTYPE, Path(shutil.which("busybox") or "/bin/busybox").read_bytes(), 0o755)
+        add(
+            tar,
+            "bin/busybox",
+            tarfile.REGTYPE,
+            Path(shutil.which("busybox") or "/bin/busybox").read_bytes(),
+            0o755,
+        )
         add(tar, "bin/sh", tarfile.SYMTYPE)
         add(tar, "dev/console", tarfile.CHRTYPE, mode=0o600)
         add(tar, "etc/provision-marker", tarfile.REGTYPE, ROOTFS_MARKER.encode() + b"\n")
@@ -116,8 +131,13 @@ def boot_inputs(tmp_path_factory: pytest.TempPathFactory) -> BootInputs:
     write_test_initrd(src / "initrd.img", kernel)
     write_test_rootfs(src / "rootfs.tar")
     return BootInputs(
-        kernel=src / "kernel", initrd=src / "initrd.img", cmdline=CMDLINE,
-        rootfs_tar=src / "rootfs.tar", digest=DIGEST, source_date_epoch=EPOCH, name="tiny",
+        kernel=src / "kernel",
+        initrd=src / "initrd.img",
+        cmdline=CMDLINE,
+        rootfs_tar=src / "rootfs.tar",
+        digest=DIGEST,
+        source_date_epoch=EPOCH,
+        name="tiny",
     )
 
 
@@ -127,7 +147,9 @@ class Built:
     files: list[Path]
 
 
-def write_format(fmt: str, inputs: BootInputs, dest: Path, options: FormatOptions | None = None) -> list[Path]:
+def write_format(
+    fmt: str, inputs: BootInputs, dest: Path, options: FormatOptions | None = None
+) -> list[Path]:
     """Write ``fmt`` as the pipeline does: given only the inputs the writer declares."""
     dest.mkdir(parents=True, exist_ok=True)
     writer = FORMATS[fmt]
@@ -135,7 +157,9 @@ def write_format(fmt: str, inputs: BootInputs, dest: Path, options: FormatOption
 
 
 @pytest.fixture(scope="session")
-def first_build(tmp_path_factory: pytest.TempPathFactory, boot_inputs: BootInputs) -> dict[str, Built]:
+def first_build(
+    tmp_path_factory: pytest.TempPathFactory, boot_inputs: BootInputs
+) -> dict[str, Built]:
     """Every format, built once per test session (per xdist worker)."""
     root = tmp_path_factory.mktemp("build-a")
     return {fmt: Built(fmt, write_format(fmt, boot_inputs, root / fmt)) for fmt in ALL_FORMATS}
@@ -159,16 +183,29 @@ def qemu_boot(
 ) -> tuple[str, float]:
     """Boot under TCG; return the serial console output and the seconds it took."""
     argv = [
-        "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic", "-monitor", "none",
-        "-no-reboot", "-snapshot",
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-m",
+        "512",
+        "-nographic",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-snapshot",
     ]
     if firmware == "efi":
         vars_copy = workdir / "OVMF_VARS.fd"
         shutil.copyfile(OVMF_VARS, vars_copy)
         argv += [
-            "-machine", "q35", "-net", "none",
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+            "-machine",
+            "q35",
+            "-net",
+            "none",
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={vars_copy}",
         ]
     if kind == "cdrom":
         argv += ["-cdrom", str(image)]
@@ -178,11 +215,15 @@ def qemu_boot(
         argv += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
         if image is not None:
             argv += [
-                "-drive", f"file={image},format=raw,if=none,id=root,readonly=on",
-                "-device", "nvme,drive=root,serial=provision",
+                "-drive",
+                f"file={image},format=raw,if=none,id=root,readonly=on",
+                "-device",
+                "nvme,drive=root,serial=provision",
             ]
     start = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.run(
+        argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+    )
     return proc.stdout.decode(errors="replace"), time.monotonic() - start
 
 
@@ -206,8 +247,16 @@ AGENT_COMPONENTS = ("pkg/kernel", "pkg/init", "pkg/dhcpcd", "pkg/agent")
 def provision_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """``python -m provision ARGS`` in the repository, with the component store as its cache."""
     env = {**os.environ, "PROVISION_CACHE": str(COMPONENT_STORE)}
-    return subprocess.run([sys.executable, "-m", "provision", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, check=False, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "provision", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -227,7 +276,10 @@ def write_agent_spec(dest: Path) -> Path:
     (for the published port) and agent, console on the serial port only."""
     web = yaml.safe_load((REPO / "examples/web.yml").read_text())
     services = [s for s in web["services"] if s["name"] in ("dhcpcd", "agent")]
-    spec = {"kernel": {"image": web["kernel"]["image"], "cmdline": "console=ttyS0"}, "init": web["init"],
-            "services": services}
+    spec = {
+        "kernel": {"image": web["kernel"]["image"], "cmdline": "console=ttyS0"},
+        "init": web["init"],
+        "services": services,
+    }
     dest.write_text(yaml.safe_dump(spec, sort_keys=False))
     return dest

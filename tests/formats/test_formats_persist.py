@@ -23,8 +23,18 @@ BOOT_TIMEOUT = 40.0
 
 def test_data_partition_is_mounted_at_var_persist(component_store: Path, tmp_path: Path) -> None:
     spec = write_agent_spec(tmp_path / "persist.yml")
-    done = provision_cli("build", "-q", "-f", "raw-bios", "--data-size", "16M", "-o", str(tmp_path / "out"),
-                         str(spec), timeout=300)
+    done = provision_cli(
+        "build",
+        "-q",
+        "-f",
+        "raw-bios",
+        "--data-size",
+        "16M",
+        "-o",
+        str(tmp_path / "out"),
+        str(spec),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     disk = tmp_path / "out" / "persist-bios.img"
     assert len(read_partitions(disk)[1]) == 2

@@ -47,7 +47,9 @@ def test_the_member_is_stored_sparse(first_build: dict[str, Built]) -> None:
         assert len(raw) < member.size // 8  # the holes take no room in the tar
 
 
-def test_it_is_reproducible_owner_root_and_dated_by_source_date_epoch(first_build: dict[str, Built]) -> None:
+def test_it_is_reproducible_owner_root_and_dated_by_source_date_epoch(
+    first_build: dict[str, Built],
+) -> None:
     (artifact,) = first_build["gcp"].files
     data = artifact.read_bytes()
     assert data[4:8] == bytes(4)  # gzip mtime 0
@@ -68,21 +70,28 @@ def test_the_disk_is_a_whole_number_of_gib(first_build: dict[str, Built], tmp_pa
     assert disk.stat().st_blocks * 512 < member.size // 8  # unpacked sparse too
 
 
-def test_the_disk_has_an_mbr_with_a_bootable_partition(first_build: dict[str, Built], tmp_path: Path) -> None:
+def test_the_disk_has_an_mbr_with_a_bootable_partition(
+    first_build: dict[str, Built], tmp_path: Path
+) -> None:
     (artifact,) = first_build["gcp"].files
     disk = _extract(artifact, tmp_path)
     with disk.open("rb") as f:
         mbr = f.read(512)
     assert mbr[510:512] == b"\x55\xaa"
     assert any(mbr[446 + 16 * n] == 0x80 for n in range(4))  # an active (bootable) entry
-    table = json.loads(subprocess.run(["sfdisk", "--json", disk], capture_output=True, check=True,
-                                      text=True).stdout)["partitiontable"]
+    table = json.loads(
+        subprocess.run(
+            ["sfdisk", "--json", disk], capture_output=True, check=True, text=True
+        ).stdout
+    )["partitiontable"]
     assert table["label"] == "dos"
     (boot,) = [p for p in table["partitions"] if p.get("bootable")]
     assert int(boot["start"]) * 512 + int(boot["size"]) * 512 <= disk.stat().st_size
 
 
-def test_the_disk_is_the_raw_disk_padded_with_zeros(first_build: dict[str, Built], tmp_path: Path) -> None:
+def test_the_disk_is_the_raw_disk_padded_with_zeros(
+    first_build: dict[str, Built], tmp_path: Path
+) -> None:
     """The same bootable disk as ``aws`` (what boots in QEMU), only longer: zeros to the GiB."""
     (artifact,) = first_build["gcp"].files
     raw = first_build["aws"].files[0]

@@ -17,8 +17,20 @@ from provision.errors import ToolMissingError
 from provision.runner import require_tools
 
 MY_FORMATS = [
-    "iso-bios", "iso-efi", "iso-efi-initrd", "raw-bios", "raw-efi", "qcow2-bios", "qcow2-efi", "vhd",
-    "dynamic-vhd", "vmdk", "gcp", "aws", "kernel+squashfs", "kernel+erofs",
+    "iso-bios",
+    "iso-efi",
+    "iso-efi-initrd",
+    "raw-bios",
+    "raw-efi",
+    "qcow2-bios",
+    "qcow2-efi",
+    "vhd",
+    "dynamic-vhd",
+    "vmdk",
+    "gcp",
+    "aws",
+    "kernel+squashfs",
+    "kernel+erofs",
 ]
 
 

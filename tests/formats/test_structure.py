@@ -27,7 +27,9 @@ from provision.errors import UsageError
 
 
 def qemu_img(*args: str | Path) -> str:
-    return subprocess.run(["qemu-img", *map(str, args)], capture_output=True, check=True, text=True).stdout
+    return subprocess.run(
+        ["qemu-img", *map(str, args)], capture_output=True, check=True, text=True
+    ).stdout
 
 
 def image_info(path: Path, fmt: str) -> dict[str, object]:
@@ -37,9 +39,17 @@ def image_info(path: Path, fmt: str) -> dict[str, object]:
 
 @pytest.mark.parametrize(
     ("fmt", "qemu_format"),
-    [("qcow2-bios", "qcow2"), ("qcow2-efi", "qcow2"), ("vhd", "vpc"), ("dynamic-vhd", "vpc"), ("vmdk", "vmdk")],
+    [
+        ("qcow2-bios", "qcow2"),
+        ("qcow2-efi", "qcow2"),
+        ("vhd", "vpc"),
+        ("dynamic-vhd", "vpc"),
+        ("vmdk", "vmdk"),
+    ],
 )
-def test_qemu_img_accepts_and_reads_the_same_disk(fmt: str, qemu_format: str, first_build: dict[str, Built]) -> None:
+def test_qemu_img_accepts_and_reads_the_same_disk(
+    fmt: str, qemu_format: str, first_build: dict[str, Built]
+) -> None:
     (image,) = first_build[fmt].files
     if qemu_format != "vpc":  # qemu-img check does not support vpc
         qemu_img("check", "-f", qemu_format, image)
@@ -49,8 +59,14 @@ def test_qemu_img_accepts_and_reads_the_same_disk(fmt: str, qemu_format: str, fi
     if fmt == "vmdk":
         assert info["format-specific"]["data"]["create-type"] == "streamOptimized"  # type: ignore[index]
     # The content is the raw disk of the same firmware, bit for bit.
-    raw = first_build["aws" if fmt in ("vhd", "dynamic-vhd", "vmdk") else fmt.replace("qcow2", "raw")].files[0]
-    subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", qemu_format, raw, image], check=True, capture_output=True)
+    raw = first_build[
+        "aws" if fmt in ("vhd", "dynamic-vhd", "vmdk") else fmt.replace("qcow2", "raw")
+    ].files[0]
+    subprocess.run(
+        ["qemu-img", "compare", "-f", "raw", "-F", qemu_format, raw, image],
+        check=True,
+        capture_output=True,
+    )
 
 
 def test_vhd_footer_is_fixed_whole_mib_and_reproducible(first_build: dict[str, Built]) -> None:
@@ -72,13 +88,25 @@ def test_vhd_footer_is_fixed_whole_mib_and_reproducible(first_build: dict[str, B
     assert image_info(vhd, "vpc")["virtual-size"] == size
 
 
-def test_vhd_matches_qemu_img_force_size_output(first_build: dict[str, Built], tmp_path: Path) -> None:
+def test_vhd_matches_qemu_img_force_size_output(
+    first_build: dict[str, Built], tmp_path: Path
+) -> None:
     """Our pure-Python VHDs are what qemu-img writes, save the timestamp, unique id, checksum."""
     raw = first_build["aws"].files[0]
     for fmt, subformat in (("vhd", "fixed"), ("dynamic-vhd", "dynamic")):
         ours = first_build[fmt].files[0].read_bytes()
         theirs_path = tmp_path / f"{fmt}.vhd"
-        qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", f"subformat={subformat},force_size", raw, theirs_path)
+        qemu_img(
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            f"subformat={subformat},force_size",
+            raw,
+            theirs_path,
+        )
         theirs = theirs_path.read_bytes()
         assert len(ours) == len(theirs)
 
@@ -88,7 +116,10 @@ def test_vhd_matches_qemu_img_force_size_output(first_build: dict[str, Built], t
             b[at + 64 : at + 84] = bytes(20)
             return bytes(b)
 
-        ours, theirs = blank(blank(ours, len(ours) - 512), 0), blank(blank(theirs, len(theirs) - 512), 0)
+        ours, theirs = (
+            blank(blank(ours, len(ours) - 512), 0),
+            blank(blank(theirs, len(theirs) - 512), 0),
+        )
         assert ours == theirs, fmt
 
 
@@ -121,8 +152,14 @@ def test_gcp_tarball_layout(first_build: dict[str, Built]) -> None:
 def test_squashfs_holds_the_root_with_owners_and_devices(first_build: dict[str, Built]) -> None:
     kernel, image, cmdline, _loader = first_build["kernel+squashfs"].files
     assert cmdline.read_text().strip() == CMDLINE
-    listing = subprocess.run(["unsquashfs", "-lln", image], capture_output=True, check=True, text=True).stdout
-    lines = {line.split()[-1] if "->" not in line else line.split()[-3]: line for line in listing.splitlines() if "squashfs-root" in line}
+    listing = subprocess.run(
+        ["unsquashfs", "-lln", image], capture_output=True, check=True, text=True
+    ).stdout
+    lines = {
+        line.split()[-1] if "->" not in line else line.split()[-3]: line
+        for line in listing.splitlines()
+        if "squashfs-root" in line
+    }
     assert "-rwsr-xr-x 0/0" in lines["squashfs-root/bin/su"]
     assert "1000/1000" in lines["squashfs-root/home/user/notes"]
     assert lines["squashfs-root/dev/console"].startswith("crw-------")
@@ -133,9 +170,13 @@ def test_squashfs_holds_the_root_with_owners_and_devices(first_build: dict[str, 
 def test_erofs_holds_the_root(first_build: dict[str, Built], tmp_path: Path) -> None:
     _, image, _, _ = first_build["kernel+erofs"].files
     subprocess.run(["fsck.erofs", image], check=True, capture_output=True)
-    dump = subprocess.run(["dump.erofs", "--path=/home/user/notes", image], capture_output=True, check=True, text=True).stdout
+    dump = subprocess.run(
+        ["dump.erofs", "--path=/home/user/notes", image], capture_output=True, check=True, text=True
+    ).stdout
     assert "Uid: 1000" in dump or "1000" in dump
-    tree = subprocess.run(["dump.erofs", "--ls", "--path=/dev", image], capture_output=True, check=True, text=True).stdout
+    tree = subprocess.run(
+        ["dump.erofs", "--ls", "--path=/dev", image], capture_output=True, check=True, text=True
+    ).stdout
     assert "console" in tree
 
 
@@ -157,7 +198,10 @@ def test_size_and_data_partition_survives_reimage(boot_inputs: BootInputs, tmp_p
     assert parts[1].size == 96 * MIB - MIB - 32 * MIB - MIB  # data takes the rest, GPT backup fits
     data_offset = parts[1].start
     blkid = subprocess.run(
-        ["blkid", "-p", "-O", str(data_offset), "-o", "export", disk], capture_output=True, text=True, check=True
+        ["blkid", "-p", "-O", str(data_offset), "-o", "export", disk],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "LABEL=provision-data" in blkid and "TYPE=ext4" in blkid
     # The machine writes to its data partition (debugfs edits the file system in place).
@@ -167,12 +211,16 @@ def test_size_and_data_partition_survives_reimage(boot_inputs: BootInputs, tmp_p
     with open(disk, "rb") as f:
         f.seek(data_offset)
         part.write_bytes(f.read(parts[1].size))
-    subprocess.run(["debugfs", "-w", "-R", f"write {note} note", part], check=True, capture_output=True)
+    subprocess.run(
+        ["debugfs", "-w", "-R", f"write {note} note", part], check=True, capture_output=True
+    )
     with open(disk, "r+b") as f:
         f.seek(data_offset)
         f.write(part.read_bytes())
     # A new image (another command line) re-images the disk: boot partition replaced, data kept.
-    newer = BootInputs(**{**boot_inputs.__dict__, "cmdline": CMDLINE + " second=1", "digest": DIGEST[:-2] + "cd"})
+    newer = BootInputs(
+        **{**boot_inputs.__dict__, "cmdline": CMDLINE + " second=1", "digest": DIGEST[:-2] + "cd"}
+    )
     (image2,) = write_format("raw-efi", newer, tmp_path / "b", FormatOptions(boot_size=32 * MIB))
     write_reimage(image2, disk)
     with open(disk, "rb") as f, open(image2, "rb") as g:
@@ -181,14 +229,20 @@ def test_size_and_data_partition_survives_reimage(boot_inputs: BootInputs, tmp_p
         assert f.read(parts[0].size) == g.read(parts[0].size)
         f.seek(data_offset)
         part.write_bytes(f.read(parts[1].size))
-    out = subprocess.run(["debugfs", "-R", "cat note", part], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["debugfs", "-R", "cat note", part], check=True, capture_output=True, text=True
+    ).stdout
     assert out == "kept across re-imaging\n"
     assert read_partitions(disk) == (label, parts)
 
 
 def test_reimage_refuses_a_bigger_boot_partition(boot_inputs: BootInputs, tmp_path: Path) -> None:
-    (small,) = write_format("raw-bios", boot_inputs, tmp_path / "a", FormatOptions(boot_size=24 * MIB))
-    (big,) = write_format("raw-bios", boot_inputs, tmp_path / "b", FormatOptions(boot_size=40 * MIB))
+    (small,) = write_format(
+        "raw-bios", boot_inputs, tmp_path / "a", FormatOptions(boot_size=24 * MIB)
+    )
+    (big,) = write_format(
+        "raw-bios", boot_inputs, tmp_path / "b", FormatOptions(boot_size=40 * MIB)
+    )
     before = small.read_bytes()
     with pytest.raises(UsageError, match="does not fit"):
         write_reimage(big, small)
@@ -208,7 +262,9 @@ def test_registry_names_extensions_and_boot_methods() -> None:
     assert FORMATS["gcp"].extension == ".img.tar.gz"
     assert boot_method("iso-efi").kind == "cdrom" and boot_method("iso-efi").firmware == "efi"
     assert boot_method("dynamic-vhd").disk_format == "vpc"
-    assert boot_method("vmdk").firmwares == ("bios", "efi") and boot_method("raw-efi").firmwares == ("efi",)
+    assert boot_method("vmdk").firmwares == ("bios", "efi") and boot_method(
+        "raw-efi"
+    ).firmwares == ("efi",)
     assert boot_method("tar-kernel-initrd").unpack == ("kernel", "initrd.img", "cmdline")
     assert boot_method("gcp").unpack == ("disk.raw",)
     with pytest.raises(UsageError, match="unknown output format") as caught:
@@ -237,7 +293,9 @@ def test_only_the_root_formats_need_the_root_tar() -> None:
 def test_docs_table_is_the_registry() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "formats.md").read_text()
     table = render_format_table()
-    assert table in docs, "docs/formats.md: paste the output of `python3 -m provision.builders.formats`"
+    assert table in docs, (
+        "docs/formats.md: paste the output of `python3 -m provision.builders.formats`"
+    )
     # and no other row names a format
     rows = [line for line in docs.splitlines() if line.startswith("| `")]
     assert rows == table.splitlines()[2:]

@@ -34,7 +34,9 @@ STORAGE_PREFIX = "https://storage.googleapis.com/"
 
 
 class HttpFailure(Exception):
-    def __init__(self, code: int, message: str, reason: str, retry_after: str | None = None) -> None:
+    def __init__(
+        self, code: int, message: str, reason: str, retry_after: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code, self.message, self.reason, self.retry_after = code, message, reason, retry_after
 
@@ -45,7 +47,11 @@ def parse_filter(text: str) -> list[tuple[str, str]]:
     for part in re.split(r"\s+AND\s+", text.strip()) if text.strip() else []:
         match = TERM.fullmatch(part)
         if match is None:
-            raise HttpFailure(400, f"Invalid value for field 'filter': '{text}'. Invalid list filter expression.", "invalid")
+            raise HttpFailure(
+                400,
+                f"Invalid value for field 'filter': '{text}'. Invalid list filter expression.",
+                "invalid",
+            )
         terms.append((match.group(1), match.group(2)))
     return terms
 
@@ -68,7 +74,9 @@ class FakeGce:
     by_request: dict[tuple[str, str], str] = field(default_factory=dict)
     faults: dict[str, list[str]] = field(default_factory=dict)
     next_fault: str | None = None  # for the next call of any method but an operation's
-    fault_rate: float = 0.0  # chaos: this share of instance calls fail at random (429, 503, timeout)
+    fault_rate: float = (
+        0.0  # chaos: this share of instance calls fail at random (429, 503, timeout)
+    )
     rng: random.Random = field(default_factory=lambda: random.Random(7))
     calls: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
@@ -90,8 +98,16 @@ class FakeGce:
     def _link(self, path: str) -> str:
         return f"{self.url}{BASE}{path}"
 
-    def _operation(self, project: str, zone: str | None, kind: str, target: str, request_id: str | None,
-                   finish: Any, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _operation(
+        self,
+        project: str,
+        zone: str | None,
+        kind: str,
+        target: str,
+        request_id: str | None,
+        finish: Any,
+        error: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         if request_id:
             seen = self.by_request.get((project, request_id))
             if seen is not None:
@@ -100,8 +116,13 @@ class FakeGce:
         name = f"operation-{number}-{kind}"
         where = f"{project}/zones/{zone}" if zone else f"{project}/global"
         op: dict[str, Any] = {
-            "kind": "compute#operation", "id": str(number), "name": name, "operationType": kind,
-            "status": "RUNNING", "progress": 0, "targetLink": self._link(target),
+            "kind": "compute#operation",
+            "id": str(number),
+            "name": name,
+            "operationType": kind,
+            "status": "RUNNING",
+            "progress": 0,
+            "targetLink": self._link(target),
             "selfLink": self._link(f"{where}/operations/{name}"),
             "insertTime": time.strftime("%Y-%m-%dT%H:%M:%S.000-00:00", time.gmtime()),
         }
@@ -134,27 +155,42 @@ class FakeGce:
         op["status"], op["progress"] = "DONE", 100
         return op
 
-    def _page(self, items: list[dict[str, Any]], query: dict[str, str], kind: str, link: str) -> dict[str, Any]:
+    def _page(
+        self, items: list[dict[str, Any]], query: dict[str, str], kind: str, link: str
+    ) -> dict[str, Any]:
         terms = parse_filter(query.get("filter", ""))
-        chosen = [i for i in sorted(items, key=lambda r: r["name"])
-                  if all(str(_field(i, f) if _field(i, f) is not None else "") == v for f, v in terms)]
+        chosen = [
+            i
+            for i in sorted(items, key=lambda r: r["name"])
+            if all(str(_field(i, f) if _field(i, f) is not None else "") == v for f, v in terms)
+        ]
         size = min(int(query.get("maxResults", "500")), 500)
         start = int(query.get("pageToken") or 0)
-        body: dict[str, Any] = {"kind": kind, "id": link, "selfLink": self._link(link), "items": chosen[start:start + size]}
+        body: dict[str, Any] = {
+            "kind": kind,
+            "id": link,
+            "selfLink": self._link(link),
+            "items": chosen[start : start + size],
+        }
         if start + size < len(chosen):
             body["nextPageToken"] = str(start + size)
         return body
 
     def _check_object(self, source: str) -> dict[str, Any] | None:
         if not source.startswith(STORAGE_PREFIX):
-            raise HttpFailure(400, f"Invalid value for field 'resource.rawDisk.source': '{source}'.", "invalid")
-        bucket, _, obj = source[len(STORAGE_PREFIX):].partition("/")
+            raise HttpFailure(
+                400, f"Invalid value for field 'resource.rawDisk.source': '{source}'.", "invalid"
+            )
+        bucket, _, obj = source[len(STORAGE_PREFIX) :].partition("/")
         url = f"{self.storage_url}/storage/v1/b/{bucket}/o/{urllib.parse.quote(obj, safe='')}"
         try:
             with urllib.request.urlopen(url, timeout=10) as answer:
                 json.loads(answer.read())
         except OSError:
-            return {"code": "INVALID_IMAGE_FILE", "message": f"The resource '{source}' is not readable."}
+            return {
+                "code": "INVALID_IMAGE_FILE",
+                "message": f"The resource '{source}' is not readable.",
+            }
         return None
 
     # -- the API -----------------------------------------------------------------------------
@@ -164,21 +200,27 @@ class FakeGce:
         for name in list(self._pending):
             self._advance(name)
 
-    def handle(self, verb: str, path: str, query: dict[str, str], body: dict[str, Any]) -> tuple[str, Any]:
-        parts = path[len(BASE):].split("/") if path.startswith(BASE) else []
+    def handle(
+        self, verb: str, path: str, query: dict[str, str], body: dict[str, Any]
+    ) -> tuple[str, Any]:
+        parts = path[len(BASE) :].split("/") if path.startswith(BASE) else []
         if len(parts) < 2:
             raise HttpFailure(404, f"The requested URL {path} was not found.", "notFound")
         project, scope = parts[0], parts[1:]
         if scope[0] == "global" and len(scope) >= 2 and scope[1] == "images":
             return self._images(verb, project, scope[2:], query, body)
         if scope[0] == "global" and len(scope) >= 3 and scope[1] == "operations":
-            return "globalOperations." + ("wait" if scope[3:] == ["wait"] else "get"), self._get_op(scope[2])
+            return "globalOperations." + ("wait" if scope[3:] == ["wait"] else "get"), self._get_op(
+                scope[2]
+            )
         if scope[0] == "zones" and len(scope) >= 3:
             zone, rest = scope[1], scope[2:]
             if rest[0] == "instances":
                 return self._instances(verb, project, zone, rest[1:], query, body)
             if rest[0] == "operations" and len(rest) >= 2:
-                return "zoneOperations." + ("wait" if rest[2:] == ["wait"] else "get"), self._get_op(rest[1])
+                return "zoneOperations." + (
+                    "wait" if rest[2:] == ["wait"] else "get"
+                ), self._get_op(rest[1])
         raise HttpFailure(404, f"The requested URL {path} was not found.", "notFound")
 
     def _get_op(self, name: str) -> Any:
@@ -186,22 +228,40 @@ class FakeGce:
             raise HttpFailure(404, f"The resource 'operations/{name}' was not found", "notFound")
         return lambda: self._advance(name)
 
-    def _images(self, verb: str, project: str, rest: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[str, Any]:
+    def _images(
+        self, verb: str, project: str, rest: list[str], query: dict[str, str], body: dict[str, Any]
+    ) -> tuple[str, Any]:
         if not rest and verb == "GET":
-            return "images.list", lambda: self._page(list(i for (p, _), i in self.images.items() if p == project),
-                                                    query, "compute#imageList", f"{project}/global/images")
+            return "images.list", lambda: self._page(
+                list(i for (p, _), i in self.images.items() if p == project),
+                query,
+                "compute#imageList",
+                f"{project}/global/images",
+            )
         if not rest and verb == "POST":
-            return "images.insert", lambda: self._insert_image(project, query.get("requestId"), body)
+            return "images.insert", lambda: self._insert_image(
+                project, query.get("requestId"), body
+            )
         name = rest[0]
         found = self.images.get((project, name))
         if rest[1:] == ["deprecate"] and verb == "POST":
+
             def deprecate() -> Any:
                 image = self._need(found, f"projects/{project}/global/images/{name}")
-                return self._operation(project, None, "deprecate", f"{project}/global/images/{name}",
-                                       query.get("requestId"), lambda: image.__setitem__("deprecated", body))
+                return self._operation(
+                    project,
+                    None,
+                    "deprecate",
+                    f"{project}/global/images/{name}",
+                    query.get("requestId"),
+                    lambda: image.__setitem__("deprecated", body),
+                )
+
             return "images.deprecate", deprecate
         if verb == "GET" and not rest[1:]:
-            return "images.get", lambda: self._need(found, f"projects/{project}/global/images/{name}")
+            return "images.get", lambda: self._need(
+                found, f"projects/{project}/global/images/{name}"
+            )
         raise HttpFailure(404, "not found", "notFound")
 
     @staticmethod
@@ -213,8 +273,12 @@ class FakeGce:
     @staticmethod
     def _check_labels(labels: dict[str, str]) -> None:
         for key, value in labels.items():
-            if not (NAME.fullmatch(key) or re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key)) or not LABEL.fullmatch(value):
-                raise HttpFailure(400, f"Invalid value for field 'resource.labels': '{key}={value}'.", "invalid")
+            if not (
+                NAME.fullmatch(key) or re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key)
+            ) or not LABEL.fullmatch(value):
+                raise HttpFailure(
+                    400, f"Invalid value for field 'resource.labels': '{key}={value}'.", "invalid"
+                )
 
     def _insert_image(self, project: str, request_id: str | None, body: dict[str, Any]) -> Any:
         if request_id and (project, request_id) in self.by_request:
@@ -223,42 +287,83 @@ class FakeGce:
         if not NAME.fullmatch(name):
             raise HttpFailure(400, f"Invalid value for field 'resource.name': '{name}'.", "invalid")
         if (project, name) in self.images:
-            raise HttpFailure(409, f"The resource 'projects/{project}/global/images/{name}' already exists", "alreadyExists")
+            raise HttpFailure(
+                409,
+                f"The resource 'projects/{project}/global/images/{name}' already exists",
+                "alreadyExists",
+            )
         self._check_labels(dict(body.get("labels", {})))
         error = self._check_object(str(body.get("rawDisk", {}).get("source", "")))
         if "operation-error" in self.faults.get("images.insert.operation", []):
             self.faults["images.insert.operation"].remove("operation-error")
-            error = {"code": "INVALID_IMAGE_FILE", "message": "The disk image is not a gzip tar with disk.raw."}
-        image = {**body, "kind": "compute#image", "id": str(next(self._ids)), "status": "READY",
-                 "selfLink": self._link(f"{project}/global/images/{name}"),
-                 "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000-00:00", time.gmtime()),
-                 "labelFingerprint": "42WmSpB8rSM="}
-        return self._operation(project, None, "insert", f"{project}/global/images/{name}", request_id,
-                               lambda: self.images.__setitem__((project, name), image), error)
+            error = {
+                "code": "INVALID_IMAGE_FILE",
+                "message": "The disk image is not a gzip tar with disk.raw.",
+            }
+        image = {
+            **body,
+            "kind": "compute#image",
+            "id": str(next(self._ids)),
+            "status": "READY",
+            "selfLink": self._link(f"{project}/global/images/{name}"),
+            "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000-00:00", time.gmtime()),
+            "labelFingerprint": "42WmSpB8rSM=",
+        }
+        return self._operation(
+            project,
+            None,
+            "insert",
+            f"{project}/global/images/{name}",
+            request_id,
+            lambda: self.images.__setitem__((project, name), image),
+            error,
+        )
 
-    def _instances(self, verb: str, project: str, zone: str, rest: list[str], query: dict[str, str],
-                   body: dict[str, Any]) -> tuple[str, Any]:
+    def _instances(
+        self,
+        verb: str,
+        project: str,
+        zone: str,
+        rest: list[str],
+        query: dict[str, str],
+        body: dict[str, Any],
+    ) -> tuple[str, Any]:
         if not rest and verb == "GET":
             return "instances.list", lambda: self._page(
                 [i for (p, z, _), i in self.instances.items() if (p, z) == (project, zone)],
-                query, "compute#instanceList", f"{project}/zones/{zone}/instances")
+                query,
+                "compute#instanceList",
+                f"{project}/zones/{zone}/instances",
+            )
         if not rest and verb == "POST":
-            return "instances.insert", lambda: self._insert_instance(project, zone, query.get("requestId"), body)
+            return "instances.insert", lambda: self._insert_instance(
+                project, zone, query.get("requestId"), body
+            )
         name = rest[0]
         key = (project, zone, name)
         what = f"projects/{project}/zones/{zone}/instances/{name}"
         if verb == "GET":
             return "instances.get", lambda: self._need(self.instances.get(key), what)
         if verb == "DELETE":
+
             def delete() -> Any:
                 instance = self._need(self.instances.get(key), what)
                 instance["status"] = "STOPPING"
-                return self._operation(project, zone, "delete", f"{project}/zones/{zone}/instances/{name}",
-                                       query.get("requestId"), lambda: self.instances.pop(key, None))
+                return self._operation(
+                    project,
+                    zone,
+                    "delete",
+                    f"{project}/zones/{zone}/instances/{name}",
+                    query.get("requestId"),
+                    lambda: self.instances.pop(key, None),
+                )
+
             return "instances.delete", delete
         raise HttpFailure(404, "not found", "notFound")
 
-    def _insert_instance(self, project: str, zone: str, request_id: str | None, body: dict[str, Any]) -> Any:
+    def _insert_instance(
+        self, project: str, zone: str, request_id: str | None, body: dict[str, Any]
+    ) -> Any:
         if request_id and (project, request_id) in self.by_request:
             return self.operations[self.by_request[(project, request_id)]]
         name = str(body.get("name", ""))
@@ -266,32 +371,59 @@ class FakeGce:
             raise HttpFailure(400, f"Invalid value for field 'resource.name': '{name}'.", "invalid")
         key = (project, zone, name)
         if key in self.instances:
-            raise HttpFailure(409, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' already exists", "alreadyExists")
+            raise HttpFailure(
+                409,
+                f"The resource 'projects/{project}/zones/{zone}/instances/{name}' already exists",
+                "alreadyExists",
+            )
         if not str(body.get("machineType", "")):
             raise HttpFailure(400, "Invalid value for field 'resource.machineType': ''.", "invalid")
         self._check_labels(dict(body.get("labels", {})))
         boot = [d for d in body.get("disks", []) if d.get("boot")]
         if len(boot) != 1 or not boot[0].get("initializeParams", {}).get("sourceImage"):
-            raise HttpFailure(400, "Invalid value for field 'resource.disks': one boot disk with a sourceImage.", "invalid")
-        nics = [{**nic, "networkIP": f"10.128.0.{next(self._ips)}", "name": f"nic{n}"}
-                for n, nic in enumerate(body.get("networkInterfaces") or [{"network": "global/networks/default"}])]
-        instance = {**body, "kind": "compute#instance", "id": str(next(self._ids)), "status": "PROVISIONING",
-                    "zone": self._link(f"{project}/zones/{zone}"), "networkInterfaces": nics,
-                    "selfLink": self._link(f"{project}/zones/{zone}/instances/{name}"),
-                    "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000-00:00", time.gmtime())}
+            raise HttpFailure(
+                400,
+                "Invalid value for field 'resource.disks': one boot disk with a sourceImage.",
+                "invalid",
+            )
+        nics = [
+            {**nic, "networkIP": f"10.128.0.{next(self._ips)}", "name": f"nic{n}"}
+            for n, nic in enumerate(
+                body.get("networkInterfaces") or [{"network": "global/networks/default"}]
+            )
+        ]
+        instance = {
+            **body,
+            "kind": "compute#instance",
+            "id": str(next(self._ids)),
+            "status": "PROVISIONING",
+            "zone": self._link(f"{project}/zones/{zone}"),
+            "networkInterfaces": nics,
+            "selfLink": self._link(f"{project}/zones/{zone}/instances/{name}"),
+            "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000-00:00", time.gmtime()),
+        }
         error = None
         if "operation-error" in self.faults.get("instances.insert.operation", []):
             self.faults["instances.insert.operation"].remove("operation-error")
-            error = {"code": "ZONE_RESOURCE_POOL_EXHAUSTED",
-                     "message": f"The zone 'projects/{project}/zones/{zone}' does not have enough resources."}
+            error = {
+                "code": "ZONE_RESOURCE_POOL_EXHAUSTED",
+                "message": f"The zone 'projects/{project}/zones/{zone}' does not have enough resources.",
+            }
         else:
             self.instances[key] = instance
 
         def running() -> None:
             instance["status"] = "RUNNING"
 
-        return self._operation(project, zone, "insert", f"{project}/zones/{zone}/instances/{name}", request_id,
-                               running, error)
+        return self._operation(
+            project,
+            zone,
+            "insert",
+            f"{project}/zones/{zone}/instances/{name}",
+            request_id,
+            running,
+            error,
+        )
 
 
 def _handler(fake: FakeGce) -> type[BaseHTTPRequestHandler]:
@@ -319,28 +451,56 @@ def _handler(fake: FakeGce) -> type[BaseHTTPRequestHandler]:
                     fault = queued.pop(0) if queued else None
                     if fault is None and fake.next_fault and "Operations." not in method:
                         fault, fake.next_fault = fake.next_fault, None
-                    if fault is None and method.startswith("instances.") and fake.rng.random() < fake.fault_rate:
+                    if (
+                        fault is None
+                        and method.startswith("instances.")
+                        and fake.rng.random() < fake.fault_rate
+                    ):
                         fault = fake.rng.choice(("429", "503", "timeout"))
                     if fault == "429":
-                        raise HttpFailure(429, "Rate Limit Exceeded", "rateLimitExceeded", retry_after="0")
+                        raise HttpFailure(
+                            429, "Rate Limit Exceeded", "rateLimitExceeded", retry_after="0"
+                        )
                     if fault == "503":
-                        raise HttpFailure(503, "The service is currently unavailable.", "backendError")
+                        raise HttpFailure(
+                            503, "The service is currently unavailable.", "backendError"
+                        )
                     if fault == "403":
-                        raise HttpFailure(403, "Required 'compute.instances.create' permission for "
-                                          f"'projects/{url.path.split('/')[4]}'", "forbidden")
+                        raise HttpFailure(
+                            403,
+                            "Required 'compute.instances.create' permission for "
+                            f"'projects/{url.path.split('/')[4]}'",
+                            "forbidden",
+                        )
                     if fault == "quota":
-                        raise HttpFailure(403, "Quota 'CPUS' exceeded. Limit: 24.0 in region us-central1.",
-                                          "quotaExceeded")
+                        raise HttpFailure(
+                            403,
+                            "Quota 'CPUS' exceeded. Limit: 24.0 in region us-central1.",
+                            "quotaExceeded",
+                        )
                     if fault == "timeout":
                         delay = fake.slow  # whatever the answer, it comes too late
                     answer = action()
                 self._reply(200, answer, delay=delay)
             except HttpFailure as failure:
-                error = {"error": {"code": failure.code, "message": failure.message,
-                                   "errors": [{"message": failure.message, "domain": "global", "reason": failure.reason}]}}
+                error = {
+                    "error": {
+                        "code": failure.code,
+                        "message": failure.message,
+                        "errors": [
+                            {
+                                "message": failure.message,
+                                "domain": "global",
+                                "reason": failure.reason,
+                            }
+                        ],
+                    }
+                }
                 self._reply(failure.code, error, delay=delay, retry_after=failure.retry_after)
 
-        def _reply(self, code: int, body: Any, *, delay: float = 0.0, retry_after: str | None = None) -> None:
+        def _reply(
+            self, code: int, body: Any, *, delay: float = 0.0, retry_after: str | None = None
+        ) -> None:
             if delay:
                 time.sleep(delay)
             data = json.dumps(body).encode()

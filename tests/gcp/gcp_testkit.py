@@ -53,8 +53,11 @@ class Gcs:
 def gcs_emulator() -> Iterator[Gcs]:
     port = _free_port()
     exe = Path(sys.executable).with_name("gcp-storage-emulator")
-    process = subprocess.Popen([str(exe), "start", "-H", "127.0.0.1", "--port", str(port), "--in-memory"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [str(exe), "start", "-H", "127.0.0.1", "--port", str(port), "--in-memory"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -64,7 +67,9 @@ def gcs_emulator() -> Iterator[Gcs]:
                 break
             except requests.ConnectionError:
                 if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail(f"gcp-storage-emulator did not start (pip install gcp-storage-emulator; exit {process.poll()})")
+                    pytest.fail(
+                        f"gcp-storage-emulator did not start (pip install gcp-storage-emulator; exit {process.poll()})"
+                    )
                 time.sleep(0.1)
         yield Gcs(url)
     finally:
@@ -91,8 +96,14 @@ def clients_for(fake: FakeGce) -> GceClients:
     return gce_clients(fake.url, AnonymousCredentials())  # type: ignore[no-untyped-call]
 
 
-def write_artifact(dest: Path, name: str = "web", *, payload: bytes = b"", size_mib: int = 3,
-                   platform: str = "linux/amd64") -> Artifact:
+def write_artifact(
+    dest: Path,
+    name: str = "web",
+    *,
+    payload: bytes = b"",
+    size_mib: int = 3,
+    platform: str = "linux/amd64",
+) -> Artifact:
     """A ``gcp`` build as ``provision build`` leaves it: NAME.img.tar.gz (GNU tar, disk.raw) and
     NAME.manifest.json; the digest is the content's, so a different payload is another image."""
     import hashlib
@@ -107,8 +118,22 @@ def write_artifact(dest: Path, name: str = "web", *, payload: bytes = b"", size_
     raw.unlink()
     digest = "sha256:" + hashlib.sha256(body).hexdigest()
     manifest = dest / f"{name}.manifest.json"
-    manifest.write_text(json.dumps({
-        "name": name, "image_digest": digest, "platform": platform, "version": 1,
-        "outputs": [{"file": tarball.name, "format": "gcp", "sha256": "", "size": tarball.stat().st_size}],
-    }))
+    manifest.write_text(
+        json.dumps(
+            {
+                "name": name,
+                "image_digest": digest,
+                "platform": platform,
+                "version": 1,
+                "outputs": [
+                    {
+                        "file": tarball.name,
+                        "format": "gcp",
+                        "sha256": "",
+                        "size": tarball.stat().st_size,
+                    }
+                ],
+            }
+        )
+    )
     return Artifact(name, digest, "gcp", (tarball,), manifest)

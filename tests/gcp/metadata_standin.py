@@ -47,7 +47,7 @@ def serve_gce_metadata(values: dict[str, str]) -> GceMetadata:
             if self.headers.get("Metadata-Flavor") != "Google":
                 served.refused.append(self.path)
                 return self._answer(403, b"Missing Metadata-Flavor:Google header.")
-            value = served.values.get(self.path[len(PREFIX):])
+            value = served.values.get(self.path[len(PREFIX) :])
             if value is None:
                 return self._answer(404)
             served.served.append(self.path)

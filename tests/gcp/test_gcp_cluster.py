@@ -39,29 +39,43 @@ def fake() -> Iterator[FakeGce]:
         yield served
 
 
-def _write(tmp_path: Path, fake: FakeGce, *, image: str = "web-0123456789ab", size: int = 5,
-           properties: str = GOOD) -> Path:
+def _write(
+    tmp_path: Path,
+    fake: FakeGce,
+    *,
+    image: str = "web-0123456789ab",
+    size: int = 5,
+    properties: str = GOOD,
+) -> Path:
     spec = tmp_path / "cluster.yml"
     spec.write_text(SPEC.format(url=fake.url, image=image, size=size, properties=properties))
     return spec
 
 
-def test_bad_properties_are_located_errors_at_load(tmp_path: Path, fake: FakeGce,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_properties_are_located_errors_at_load(
+    tmp_path: Path, fake: FakeGce, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = _write(tmp_path, fake, properties="      disk: {sizeGb: 5}\n      provisioning: cheap")
     code = main(["plan", str(spec), "--journal", str(tmp_path / "j.db")])
     err = capsys.readouterr().err
     assert code == 2
     assert "cluster.yml:" in err and "missing required key 'machineType'" in err
-    assert "properties.disk: must be {sizeGb: 10..65536" in err and "properties.provisioning: must be standard or spot" in err
+    assert (
+        "properties.disk: must be {sizeGb: 10..65536" in err
+        and "properties.provisioning: must be standard or spot" in err
+    )
     assert fake.calls == []  # nothing was called
 
 
-def test_chaos_apply_converges_without_duplicates_or_unlabelled_machines(tmp_path: Path, fake: FakeGce,
-                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_chaos_apply_converges_without_duplicates_or_unlabelled_machines(
+    tmp_path: Path, fake: FakeGce, capsys: pytest.CaptureFixture[str]
+) -> None:
     fake.fault_rate = 0.25
     journal = str(tmp_path / "journal.db")
-    for image in ("web-0123456789ab", "web-ba9876543210"):  # a scale-up from nothing, then a rolling update
+    for image in (
+        "web-0123456789ab",
+        "web-ba9876543210",
+    ):  # a scale-up from nothing, then a rolling update
         spec = _write(tmp_path, fake, image=image)
         for _attempt in range(12):
             # apply can end early under faults (a create in back-off leaves a pass with nothing
@@ -83,7 +97,9 @@ def test_chaos_apply_converges_without_duplicates_or_unlabelled_machines(tmp_pat
             assert {TAG_CLUSTER, TAG_GROUP, TAG_SLOT, TAG_EPOCH} <= set(m["labels"])
             assert m["labels"][TAG_CLUSTER] == "demo"
         for m in machines:
-            assert {i["key"]: i["value"] for i in m["metadata"]["items"]}["provision-image"] == image
+            assert {i["key"]: i["value"] for i in m["metadata"]["items"]}[
+                "provision-image"
+            ] == image
     faults = sum(1 for c in fake.calls if c.startswith("instances."))
     assert faults > 20  # the run went through many instance calls, a quarter of them failing
     fake.fault_rate = 0.0
@@ -94,4 +110,7 @@ def test_the_example_cluster_loads(capsys: pytest.CaptureFixture[str]) -> None:
     from provision.reconcile.spec import load_cluster_spec
 
     spec = load_cluster_spec(Path(__file__).resolve().parents[2] / "examples" / "gcp-cluster.yml")
-    assert spec.providers["gce"].type == "gcp" and spec.groups[0].properties["machineType"] == "e2-small"
+    assert (
+        spec.providers["gce"].type == "gcp"
+        and spec.groups[0].properties["machineType"] == "e2-small"
+    )

@@ -35,8 +35,19 @@ def fake() -> Iterator[FakeGce]:
 
 
 def _provider(fake: FakeGce, tmp_path: Path, **options: object) -> GcpProvider:
-    spec = ProviderSpec("gce", "gcp", options={"project": PROJECT, "zone": ZONE, "endpoint": fake.url,
-                                               "anonymous": True, "requestTimeout": "0.5s", **options}, base=tmp_path)
+    spec = ProviderSpec(
+        "gce",
+        "gcp",
+        options={
+            "project": PROJECT,
+            "zone": ZONE,
+            "endpoint": fake.url,
+            "anonymous": True,
+            "requestTimeout": "0.5s",
+            **options,
+        },
+        base=tmp_path,
+    )
     made = get_target("gcp").create_provider(spec, SystemClock())
     assert isinstance(made, GcpProvider)
     return made
@@ -48,18 +59,32 @@ def _request(properties: dict[str, object], key: str = "demo/web/00001/1") -> Cr
 
 def test_properties_reach_the_insert_body(fake: FakeGce, tmp_path: Path) -> None:
     provider = _provider(fake, tmp_path)
-    props = {"machineType": "e2-small", "network": "global/networks/lab", "subnetwork": "regions/us-central1/subnetworks/a",
-             "serviceAccount": "daemon@provision-test.iam.gserviceaccount.com", "disk": {"sizeGb": 20, "type": "pd-ssd"},
-             "provisioning": "spot", "networkTags": ["web"], "metadata": {"user-data": "#cloud-config\n"}}
+    props = {
+        "machineType": "e2-small",
+        "network": "global/networks/lab",
+        "subnetwork": "regions/us-central1/subnetworks/a",
+        "serviceAccount": "daemon@provision-test.iam.gserviceaccount.com",
+        "disk": {"sizeGb": 20, "type": "pd-ssd"},
+        "provisioning": "spot",
+        "networkTags": ["web"],
+        "metadata": {"user-data": "#cloud-config\n"},
+    }
     made = provider.create_instance(_request(props))
-    assert made.name == instance_name("demo/web/00001/1", "demo-web-00001") and made.image == "web-0123456789ab"
+    assert (
+        made.name == instance_name("demo/web/00001/1", "demo-web-00001")
+        and made.image == "web-0123456789ab"
+    )
     body = provider.clients.instances.get(project=PROJECT, zone=ZONE, instance=made.id)
     assert body.machine_type.endswith("zones/us-central1-a/machineTypes/e2-small")
     assert dict(body.labels) == TAGS
     (disk,) = body.disks
     assert disk.boot and disk.auto_delete
-    assert disk.initialize_params.source_image == f"projects/{PROJECT}/global/images/web-0123456789ab"
-    assert disk.initialize_params.disk_size_gb == 20 and disk.initialize_params.disk_type.endswith("diskTypes/pd-ssd")
+    assert (
+        disk.initialize_params.source_image == f"projects/{PROJECT}/global/images/web-0123456789ab"
+    )
+    assert disk.initialize_params.disk_size_gb == 20 and disk.initialize_params.disk_type.endswith(
+        "diskTypes/pd-ssd"
+    )
     assert body.network_interfaces[0].network == "global/networks/lab"
     assert body.network_interfaces[0].subnetwork == "regions/us-central1/subnetworks/a"
     assert body.service_accounts[0].email.startswith("daemon@")
@@ -79,12 +104,16 @@ def test_a_retried_create_sends_the_same_request_id(fake: FakeGce, tmp_path: Pat
     assert again.tags == TAGS
 
 
-@pytest.mark.parametrize(("fault", "text"), [
-    ("quota", "Quota 'CPUS' exceeded"),
-    ("403", "Required 'compute.instances.create' permission"),
-])
-def test_quota_and_permission_errors_are_permanent_with_gcp_s_message(fake: FakeGce, tmp_path: Path,
-                                                                      fault: str, text: str) -> None:
+@pytest.mark.parametrize(
+    ("fault", "text"),
+    [
+        ("quota", "Quota 'CPUS' exceeded"),
+        ("403", "Required 'compute.instances.create' permission"),
+    ],
+)
+def test_quota_and_permission_errors_are_permanent_with_gcp_s_message(
+    fake: FakeGce, tmp_path: Path, fault: str, text: str
+) -> None:
     provider = _provider(fake, tmp_path)
     fake.next_fault = fault
     with pytest.raises(ProviderError) as caught:
@@ -112,7 +141,16 @@ def test_a_rate_limit_carries_retry_after(fake: FakeGce, tmp_path: Path) -> None
 def test_options_are_checked(fake: FakeGce, tmp_path: Path) -> None:
     target = get_target("gcp")
     with pytest.raises(UsageError, match="options: missing required key 'zone'"):
-        target.create_provider(ProviderSpec("gce", "gcp", options={"project": PROJECT}, base=tmp_path), SystemClock())
+        target.create_provider(
+            ProviderSpec("gce", "gcp", options={"project": PROJECT}, base=tmp_path), SystemClock()
+        )
     with pytest.raises(UsageError, match="anonymous needs options.endpoint"):
-        target.create_provider(ProviderSpec("gce", "gcp", options={"project": PROJECT, "zone": ZONE, "anonymous": True},
-                                            base=tmp_path), SystemClock())
+        target.create_provider(
+            ProviderSpec(
+                "gce",
+                "gcp",
+                options={"project": PROJECT, "zone": ZONE, "anonymous": True},
+                base=tmp_path,
+            ),
+            SystemClock(),
+        )

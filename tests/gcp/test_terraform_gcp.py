@@ -41,9 +41,15 @@ NEEDS: dict[str, set[str]] = {
     "zoneOperations.get": {"compute.zoneOperations.get"},
     # an insert creates the boot disk from the image, sets labels, metadata and network tags at
     # birth, and attaches the subnetwork
-    "instances.insert": {"compute.instances.create", "compute.disks.create", "compute.images.useReadOnly",
-                         "compute.instances.setLabels", "compute.instances.setMetadata", "compute.instances.setTags",
-                         "compute.subnetworks.use"},
+    "instances.insert": {
+        "compute.instances.create",
+        "compute.disks.create",
+        "compute.images.useReadOnly",
+        "compute.instances.setLabels",
+        "compute.instances.setMetadata",
+        "compute.instances.setTags",
+        "compute.subnetworks.use",
+    },
     "instances.list": {"compute.instances.list"},
     "instances.get": {"compute.instances.get"},
     "instances.delete": {"compute.instances.delete"},
@@ -82,7 +88,9 @@ def resources() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def role_permissions(name: str) -> set[str]:
-    return {str(p) for p in one(resources()[("google_project_iam_custom_role", name)]["permissions"])}
+    return {
+        str(p) for p in one(resources()[("google_project_iam_custom_role", name)]["permissions"])
+    }
 
 
 def test_the_module_parses_and_the_bucket_is_private_with_a_tarball_lifecycle() -> None:
@@ -90,11 +98,17 @@ def test_the_module_parses_and_the_bucket_is_private_with_a_tarball_lifecycle() 
     assert one(bucket["uniform_bucket_level_access"]) is True
     assert one(bucket["public_access_prevention"]) == "enforced"
     rules = [one(r) for r in bucket["lifecycle_rule"]]
-    assert any(one(one(r["condition"])["matches_prefix"]) == "provision/" and one(one(r["action"])["type"]) == "Delete"
-               for r in rules)
+    assert any(
+        one(one(r["condition"])["matches_prefix"]) == "provision/"
+        and one(one(r["action"])["type"]) == "Delete"
+        for r in rules
+    )
     members = [k for k in resources() if k[0].endswith("_iam_member")]
-    assert sorted(members) == [("google_project_iam_member", "daemon"), ("google_project_iam_member", "push"),
-                               ("google_storage_bucket_iam_member", "push_objects")]
+    assert sorted(members) == [
+        ("google_project_iam_member", "daemon"),
+        ("google_project_iam_member", "push"),
+        ("google_storage_bucket_iam_member", "push_objects"),
+    ]
 
 
 def test_checkov_finds_no_failed_check() -> None:
@@ -104,8 +118,13 @@ def test_checkov_finds_no_failed_check() -> None:
     checkov = str(beside) if beside.exists() else shutil.which("checkov")
     if checkov is None:
         pytest.fail("needs checkov (scripts/setup.sh installs it in its own environment)")
-    done = subprocess.run([checkov, "-d", str(MODULE), "--framework", "terraform", "--skip-download", "-o", "json"],
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [checkov, "-d", str(MODULE), "--framework", "terraform", "--skip-download", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     report = json.loads(done.stdout)
     failed = [f"{c['check_id']} {c['resource']}" for c in report["results"]["failed_checks"]]
     assert report["summary"]["failed"] == 0, failed
@@ -132,15 +151,31 @@ class Recorder:
                 if "/upload/storage/v1/b/" in path:
                     recorder.calls.append("objects.insert")
                 elif "/o/" in path or path.endswith("/o"):
-                    recorder.calls.append("objects.get" if self.command == "GET" else f"objects.{self.command}")
+                    recorder.calls.append(
+                        "objects.get" if self.command == "GET" else f"objects.{self.command}"
+                    )
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                answer = requests.request(self.command, recorder.upstream + self.path, data=body, headers=headers,
-                                          timeout=30)
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("host", "content-length")
+                }
+                answer = requests.request(
+                    self.command,
+                    recorder.upstream + self.path,
+                    data=body,
+                    headers=headers,
+                    timeout=30,
+                )
                 self.send_response(answer.status_code)
                 for key, value in answer.headers.items():
-                    if key.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                    if key.lower() not in (
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                        "content-encoding",
+                    ):
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(answer.content)))
                 self.end_headers()
@@ -163,8 +198,9 @@ def recorded(gcs: Gcs, monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
         proxy.server.shutdown()
 
 
-def test_every_call_is_granted_and_the_daemon_gets_no_more(tmp_path: Path, gcs: Gcs, gce: FakeGce,
-                                                           recorded: Recorder) -> None:
+def test_every_call_is_granted_and_the_daemon_gets_no_more(
+    tmp_path: Path, gcs: Gcs, gce: FakeGce, recorded: Recorder
+) -> None:
     from gcp.gcp_testkit import Gcs as _Gcs
 
     storage = _Gcs(recorded.url).client()
@@ -174,13 +210,37 @@ def test_every_call_is_granted_and_the_daemon_gets_no_more(tmp_path: Path, gcs: 
     push_calls = set(gce.calls) | set(recorded.calls)
     gce.calls.clear()
 
-    options = {"project": PROJECT, "zone": ZONE, "endpoint": gce.url, "anonymous": True, "pageSize": 2}
+    options = {
+        "project": PROJECT,
+        "zone": ZONE,
+        "endpoint": gce.url,
+        "anonymous": True,
+        "pageSize": 2,
+    }
     target = get_target("gcp")
-    provider = target.create_provider(ProviderSpec("gce", "gcp", options=options, base=tmp_path), SystemClock())
-    tags = {TAG_CLUSTER: "shop", TAG_GROUP: "web", "provision-slot": "00001", "provision-epoch": "1"}
+    provider = target.create_provider(
+        ProviderSpec("gce", "gcp", options=options, base=tmp_path), SystemClock()
+    )
+    tags = {
+        TAG_CLUSTER: "shop",
+        TAG_GROUP: "web",
+        "provision-slot": "00001",
+        "provision-epoch": "1",
+    }
     props = {"machineType": "e2-small", "networkTags": ["web"], "metadata": {"user-data": "x"}}
-    machines = [provider.create_instance(CreateRequest(f"shop/web/{n:05d}/1", f"shop-web-{n:05d}", made.image, props,
-                                                       {**tags, "provision-slot": f"{n:05d}"}, 1)) for n in range(1, 4)]
+    machines = [
+        provider.create_instance(
+            CreateRequest(
+                f"shop/web/{n:05d}/1",
+                f"shop-web-{n:05d}",
+                made.image,
+                props,
+                {**tags, "provision-slot": f"{n:05d}"},
+                1,
+            )
+        )
+        for n in range(1, 4)
+    ]
     list_all(provider, {TAG_CLUSTER: "shop"})
     provider.address(machines[0], 7080)
     target.find_image(provider, "sha256:" + "1" * 64)
@@ -188,8 +248,20 @@ def test_every_call_is_granted_and_the_daemon_gets_no_more(tmp_path: Path, gcs: 
         provider.destroy_instance(machine.id, 1)
     daemon_calls = set(gce.calls)
 
-    assert {"images.insert", "images.deprecate", "globalOperations.wait", "objects.insert", "objects.get"} <= push_calls
-    assert {"instances.insert", "instances.list", "instances.get", "instances.delete", "zoneOperations.wait"} <= daemon_calls
+    assert {
+        "images.insert",
+        "images.deprecate",
+        "globalOperations.wait",
+        "objects.insert",
+        "objects.get",
+    } <= push_calls
+    assert {
+        "instances.insert",
+        "instances.list",
+        "instances.get",
+        "instances.delete",
+        "zoneOperations.wait",
+    } <= daemon_calls
     unknown = (push_calls | daemon_calls) - set(NEEDS)
     assert not unknown, f"calls with no known permission: {unknown}"
     push_granted = role_permissions("push") | role_permissions("push_objects")
@@ -199,4 +271,6 @@ def test_every_call_is_granted_and_the_daemon_gets_no_more(tmp_path: Path, gcs: 
     needed = set().union(*(NEEDS[c] for c in daemon_calls))
     assert needed <= daemon_granted, needed - daemon_granted
     assert daemon_granted == needed, f"granted but never needed: {daemon_granted - needed}"
-    assert not any(p.endswith(".delete") and p.startswith("compute.images") for p in push_granted)  # never deletes
+    assert not any(
+        p.endswith(".delete") and p.startswith("compute.images") for p in push_granted
+    )  # never deletes

@@ -39,8 +39,12 @@ class VirtualMachine:
     agent_port: int = field(default_factory=free_port)
     mem_mib: int = 512
     process: subprocess.Popen[bytes] | None = None
-    boot_override: dict[str, str] = field(default_factory=lambda: {"BootSourceOverrideTarget": "None",
-                                                                     "BootSourceOverrideEnabled": "Disabled"})
+    boot_override: dict[str, str] = field(
+        default_factory=lambda: {
+            "BootSourceOverrideTarget": "None",
+            "BootSourceOverrideEnabled": "Disabled",
+        }
+    )
     power_ons: int = 0
 
     @property
@@ -59,15 +63,38 @@ class VirtualMachine:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         self.qmp.unlink(missing_ok=True)
-        netdev = (f"user,id=n0,bootfile={self.boot_url},"
-                  f"hostfwd=tcp:127.0.0.1:{self.agent_port}-:7080")
-        argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(self.mem_mib), "-smp", "1",
-                "-display", "none", "-no-user-config", "-nodefaults",
-                "-serial", f"file:{self.serial}", "-qmp", f"unix:{self.qmp},server=on,wait=off",
-                "-netdev", netdev, "-device", f"virtio-net-pci,netdev=n0,mac={self.mac},bootindex=1",
-                "-boot", "n"]
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=open(self.directory / "qemu.err", "ab"))  # noqa: SIM115
+        netdev = (
+            f"user,id=n0,bootfile={self.boot_url},hostfwd=tcp:127.0.0.1:{self.agent_port}-:7080"
+        )
+        argv = [
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            str(self.mem_mib),
+            "-smp",
+            "1",
+            "-display",
+            "none",
+            "-no-user-config",
+            "-nodefaults",
+            "-serial",
+            f"file:{self.serial}",
+            "-qmp",
+            f"unix:{self.qmp},server=on,wait=off",
+            "-netdev",
+            netdev,
+            "-device",
+            f"virtio-net-pci,netdev=n0,mac={self.mac},bootindex=1",
+            "-boot",
+            "n",
+        ]
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.directory / "qemu.err", "ab"),  # noqa: SIM115
+        )
         self.power_ons += 1
 
     def _qmp(self, command: str) -> None:
@@ -139,26 +166,50 @@ class RedfishLab:
                     self._reply(401, {"error": "unauthorized"})
                     return None, ""
                 parts = self.path.strip("/").split("/")
-                if len(parts) >= 4 and parts[:3] == ["redfish", "v1", "Systems"] and parts[3] in lab.machines:
+                if (
+                    len(parts) >= 4
+                    and parts[:3] == ["redfish", "v1", "Systems"]
+                    and parts[3] in lab.machines
+                ):
                     return lab.machines[parts[3]], "/".join(parts[4:])
                 self._reply(404, {"error": "no such system"})
                 return None, ""
 
             def _body(self) -> Any:
-                return json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                return json.loads(
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}"
+                )
 
             def do_GET(self) -> None:  # noqa: N802
                 machine, rest = self._system()
                 if machine is None:
                     return
-                self._reply(200, {
-                    "Id": machine.name, "PowerState": "On" if machine.on() else "Off",
-                    "Boot": {**machine.boot_override,
-                             "BootSourceOverrideTarget@Redfish.AllowableValues": ["None", "Pxe", "Hdd"]},
-                    "Actions": {"#ComputerSystem.Reset": {
-                        "target": f"/redfish/v1/Systems/{machine.name}/Actions/ComputerSystem.Reset",
-                        "ResetType@Redfish.AllowableValues": ["On", "ForceOff", "ForceRestart", "GracefulShutdown"]}},
-                })
+                self._reply(
+                    200,
+                    {
+                        "Id": machine.name,
+                        "PowerState": "On" if machine.on() else "Off",
+                        "Boot": {
+                            **machine.boot_override,
+                            "BootSourceOverrideTarget@Redfish.AllowableValues": [
+                                "None",
+                                "Pxe",
+                                "Hdd",
+                            ],
+                        },
+                        "Actions": {
+                            "#ComputerSystem.Reset": {
+                                "target": f"/redfish/v1/Systems/{machine.name}/Actions/ComputerSystem.Reset",
+                                "ResetType@Redfish.AllowableValues": [
+                                    "On",
+                                    "ForceOff",
+                                    "ForceRestart",
+                                    "GracefulShutdown",
+                                ],
+                            }
+                        },
+                    },
+                )
 
             def do_PATCH(self) -> None:  # noqa: N802
                 machine, _ = self._system()
@@ -176,8 +227,12 @@ class RedfishLab:
                     self._reply(404, {"error": "no such action"})
                     return
                 kind = self._body().get("ResetType")
-                actions = {"On": machine.power_on, "ForceOff": machine.power_off, "ForceRestart": machine.reset,
-                           "GracefulShutdown": machine.press_power_button}
+                actions = {
+                    "On": machine.power_on,
+                    "ForceOff": machine.power_off,
+                    "ForceRestart": machine.reset,
+                    "GracefulShutdown": machine.press_power_button,
+                }
                 if kind not in actions:
                     self._reply(400, {"error": f"ResetType {kind!r} is not allowed"})
                     return
@@ -207,7 +262,7 @@ def lab_file_text(machines: list[VirtualMachine], redfish: RedfishLab, password_
             "    labels: {rack: a}",
             "    address: 127.0.0.1",
             f"    ports: {{7080: {m.agent_port}}}",
-            f"    bmc: {{driver: redfish, address: \"{redfish.system_url(m.name)}\", username: {USER}, "
+            f'    bmc: {{driver: redfish, address: "{redfish.system_url(m.name)}", username: {USER}, '
             f"passwordFile: {password_file}}}",
         ]
     return "\n".join(lines) + "\n"

@@ -16,8 +16,15 @@ from provision.providers.metal.dhcp import DhcpServer, DhcpSettings
 KNOWN = "52:54:00:00:00:01"
 
 
-def discover(mac: str, *, arch: int | None = 0, ipxe: bool = False, pxe: bool = True, kind: int = 1,
-             requested: str | None = None) -> bytes:
+def discover(
+    mac: str,
+    *,
+    arch: int | None = 0,
+    ipxe: bool = False,
+    pxe: bool = True,
+    kind: int = 1,
+    requested: str | None = None,
+) -> bytes:
     head = struct.pack("!BBBBIHH", 1, 1, 6, 0, 0x1234ABCD, 0, 0x8000) + bytes(16)
     chaddr = bytes.fromhex(mac.replace(":", "")) + bytes(10)
     body = head + chaddr + bytes(192) + b"\x63\x82\x53\x63" + bytes([53, 1, kind])
@@ -38,10 +45,16 @@ def read_reply(data: bytes) -> dict[str, Any]:
     options: dict[int, bytes] = {}
     i = 240
     while data[i] != 255:
-        options[data[i]] = data[i + 2:i + 2 + data[i + 1]]
+        options[data[i]] = data[i + 2 : i + 2 + data[i + 1]]
         i += 2 + data[i + 1]
-    return {"type": options[53][0], "xid": struct.unpack("!I", data[4:8])[0], "yiaddr": socket.inet_ntoa(data[16:20]),
-            "siaddr": socket.inet_ntoa(data[20:24]), "file": data[108:236].rstrip(b"\0").decode(), "options": options}
+    return {
+        "type": options[53][0],
+        "xid": struct.unpack("!I", data[4:8])[0],
+        "yiaddr": socket.inet_ntoa(data[16:20]),
+        "siaddr": socket.inet_ntoa(data[20:24]),
+        "file": data[108:236].rstrip(b"\0").decode(),
+        "options": options,
+    }
 
 
 class Exchange:
@@ -64,9 +77,15 @@ def exchange(request: pytest.FixtureRequest) -> Iterator[Exchange]:
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind(("127.0.0.1", 0))
     client.settimeout(1.0)
-    settings = DhcpSettings(server_ip="10.0.2.2", http_url="http://10.0.2.2:8080", mode=mode,
-                            pool=("192.168.50.10", "192.168.50.11") if mode == "full" else None,
-                            router="192.168.50.1", dns=("192.168.50.1",), known=lambda mac: mac == KNOWN)
+    settings = DhcpSettings(
+        server_ip="10.0.2.2",
+        http_url="http://10.0.2.2:8080",
+        mode=mode,
+        pool=("192.168.50.10", "192.168.50.11") if mode == "full" else None,
+        router="192.168.50.1",
+        dns=("192.168.50.1",),
+        known=lambda mac: mac == KNOWN,
+    )
     server = DhcpServer(settings, host="127.0.0.1", port=0, reply_to=client.getsockname())
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
@@ -80,7 +99,11 @@ def exchange(request: pytest.FixtureRequest) -> Iterator[Exchange]:
 def test_proxy_offers_where_to_boot_and_no_address(exchange: Exchange) -> None:
     bios = exchange(discover(KNOWN, arch=0))
     assert bios is not None and bios["type"] == 2 and bios["xid"] == 0x1234ABCD
-    assert bios["yiaddr"] == "0.0.0.0" and bios["siaddr"] == "10.0.2.2" and bios["file"] == "undionly.kpxe"
+    assert (
+        bios["yiaddr"] == "0.0.0.0"
+        and bios["siaddr"] == "10.0.2.2"
+        and bios["file"] == "undionly.kpxe"
+    )
     options = bios["options"]
     assert options[60] == b"PXEClient" and options[54] == socket.inet_aton("10.0.2.2")
     assert options[97] == bytes([0]) + bytes(range(16))
@@ -104,9 +127,15 @@ def test_proxy_answers_only_pxe_clients_of_the_inventory(exchange: Exchange) -> 
 @pytest.mark.parametrize("exchange", ["full"], indirect=True)
 def test_full_dhcp_leases_the_same_address_to_the_same_machine(exchange: Exchange) -> None:
     offer = exchange(discover(KNOWN))
-    assert offer is not None and offer["yiaddr"] == "192.168.50.10" and offer["file"] == "undionly.kpxe"
+    assert (
+        offer is not None
+        and offer["yiaddr"] == "192.168.50.10"
+        and offer["file"] == "undionly.kpxe"
+    )
     options = offer["options"]
-    assert options[1] == socket.inet_aton("255.255.255.0") and options[3] == socket.inet_aton("192.168.50.1")
+    assert options[1] == socket.inet_aton("255.255.255.0") and options[3] == socket.inet_aton(
+        "192.168.50.1"
+    )
     ack = exchange(discover(KNOWN, kind=3, requested="192.168.50.10"))
     assert ack is not None and ack["type"] == 5 and ack["yiaddr"] == "192.168.50.10"
     nak = exchange(discover(KNOWN, kind=3, requested="192.168.50.99"))

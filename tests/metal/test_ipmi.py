@@ -38,10 +38,25 @@ def ipmi_lab(tmp_path: Path) -> Iterator[tuple[str, str]]:
     serve_url = f"http://127.0.0.1:{server.server_address[1]}"
     (tmp_path / "pass").write_text(PASSWORD)
     port = free_udp_port()
-    bmc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("ipmi_lab.py")), "--port", str(port),
-                            "--mac", MAC, "--boot-url", f"http://10.0.2.2:{server.server_address[1]}/boot.ipxe",
-                            "--dir", str(tmp_path / "vm"), "--password-file", str(tmp_path / "pass")],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    bmc = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("ipmi_lab.py")),
+            "--port",
+            str(port),
+            "--mac",
+            MAC,
+            "--boot-url",
+            f"http://10.0.2.2:{server.server_address[1]}/boot.ipxe",
+            "--dir",
+            str(tmp_path / "vm"),
+            "--password-file",
+            str(tmp_path / "pass"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert bmc.stdout is not None and bmc.stdout.readline().strip() == "BMC-READY"
     try:
         yield f"127.0.0.1:{port}", serve_url
@@ -51,8 +66,9 @@ def ipmi_lab(tmp_path: Path) -> Iterator[tuple[str, str]]:
         stop()
 
 
-def test_ipmi_powers_the_machine_which_then_network_boots(ipmi_lab: tuple[str, str],
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_ipmi_powers_the_machine_which_then_network_boots(
+    ipmi_lab: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
     address, serve_url = ipmi_lab
     caplog.set_level(logging.DEBUG)
     control = IpmiBmc(address, "admin", PASSWORD)
@@ -66,7 +82,9 @@ def test_ipmi_powers_the_machine_which_then_network_boots(ipmi_lab: tuple[str, s
         time.sleep(1)
     control.power_off()
     wait_power(control, "off", 30)
-    assert PASSWORD not in caplog.text  # the commands were logged; the password is in the environment only
+    assert (
+        PASSWORD not in caplog.text
+    )  # the commands were logged; the password is in the environment only
     assert "ipmitool -v -I lanplus" in caplog.text
 
 

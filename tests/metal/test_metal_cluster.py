@@ -42,28 +42,64 @@ groups:
 
 
 def provision(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PROVISION_CACHE": str(ensure_web_components()),
-           "PROVISION_ARTIFACTS": str(cwd / "artifacts")}
-    return subprocess.run([sys.executable, "-m", "provision", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, check=False, env=env)
+    env = {
+        **os.environ,
+        "PROVISION_CACHE": str(ensure_web_components()),
+        "PROVISION_ARTIFACTS": str(cwd / "artifacts"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "provision", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        env=env,
+    )
 
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[tuple[Path, list[VirtualMachine], RedfishLab, str]]:
     ensure_web_components()
     port = free_port()
-    machines = [VirtualMachine(f"node-{n}", f"52:54:00:1a:b0:0{n}", tmp_path / "vms" / f"node-{n}",
-                               f"http://10.0.2.2:{port}/boot.ipxe") for n in (1, 2)]
+    machines = [
+        VirtualMachine(
+            f"node-{n}",
+            f"52:54:00:1a:b0:0{n}",
+            tmp_path / "vms" / f"node-{n}",
+            f"http://10.0.2.2:{port}/boot.ipxe",
+        )
+        for n in (1, 2)
+    ]
     redfish = RedfishLab(machines)
     (tmp_path / "bmc.pass").write_text(PASSWORD + "\n")
     (tmp_path / "lab.yml").write_text(lab_file_text(machines, redfish, tmp_path / "bmc.pass"))
     text = (REPO / "examples/web.yml").read_text()
-    for name, body in (("v1", text), ("v2", text.replace("Hello from a provision machine", "Hello from the second image"))):
+    for name, body in (
+        ("v1", text),
+        ("v2", text.replace("Hello from a provision machine", "Hello from the second image")),
+    ):
         (tmp_path / name).mkdir()
         (tmp_path / name / "web.yml").write_text(body)
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    serve = subprocess.Popen([sys.executable, "-m", "provision", "serve", "--lab", "lab.yml", "--state", "metal-state",
-                              "--listen", f"127.0.0.1:{port}"], cwd=tmp_path, stdout=log, stderr=log)
+    serve = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "provision",
+            "serve",
+            "--lab",
+            "lab.yml",
+            "--state",
+            "metal-state",
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=log,
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -71,7 +107,9 @@ def lab(tmp_path: Path) -> Iterator[tuple[Path, list[VirtualMachine], RedfishLab
                 break
         except requests.RequestException:
             pass
-        assert time.monotonic() < deadline and serve.poll() is None, (tmp_path / "serve.log").read_text()
+        assert time.monotonic() < deadline and serve.poll() is None, (
+            tmp_path / "serve.log"
+        ).read_text()
         time.sleep(0.2)
     try:
         yield tmp_path, machines, redfish, f"http://127.0.0.1:{port}"
@@ -96,9 +134,15 @@ class Watcher(threading.Thread):
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(len(self.machines)) as pool:
             while not self.halt.is_set():
-                answers = list(pool.map(lambda m: read_agent("127.0.0.1", m.agent_port, timeout=3.0), self.machines))
-                text = " ".join(f"{m.name}:{'on' if m.on() else 'off'}{'+agent' if a else ''}"
-                                for m, a in zip(self.machines, answers, strict=True))
+                answers = list(
+                    pool.map(
+                        lambda m: read_agent("127.0.0.1", m.agent_port, timeout=3.0), self.machines
+                    )
+                )
+                text = " ".join(
+                    f"{m.name}:{'on' if m.on() else 'off'}{'+agent' if a else ''}"
+                    for m, a in zip(self.machines, answers, strict=True)
+                )
                 self.samples.append((round(time.monotonic() - started, 1), text))
                 time.sleep(0.5)
 
@@ -117,7 +161,9 @@ class Watcher(threading.Thread):
         return fewest
 
 
-def test_a_lab_network_boots_rolls_and_goes_down(lab: tuple[Path, list[VirtualMachine], RedfishLab, str]) -> None:
+def test_a_lab_network_boots_rolls_and_goes_down(
+    lab: tuple[Path, list[VirtualMachine], RedfishLab, str],
+) -> None:
     cwd, machines, redfish, serve_url = lab
     (cwd / "cluster.yml").write_text(CLUSTER.format(image="v1/web.yml"))
     plan = provision(cwd, "plan", "cluster.yml")
@@ -129,7 +175,10 @@ def test_a_lab_network_boots_rolls_and_goes_down(lab: tuple[Path, list[VirtualMa
     status = json.loads(up.stdout)
     image_v1 = status["groups"][0]["image"]
     assert image_v1.startswith("sha256:")
-    assert sorted(m["condition"] for m in status["groups"][0]["machines"]) == ["available", "available"]
+    assert sorted(m["condition"] for m in status["groups"][0]["machines"]) == [
+        "available",
+        "available",
+    ]
     for m in machines:
         assert m.on() and m.power_ons == 1
         assert m.boot_override["BootSourceOverrideTarget"] == "Pxe"
@@ -137,7 +186,10 @@ def test_a_lab_network_boots_rolls_and_goes_down(lab: tuple[Path, list[VirtualMa
         assert agent is not None and agent.digest == image_v1
         assert set(agent.services) >= {"web", "agent"}
     boots = requests.get(f"{serve_url}/v1/boots", timeout=5).json()
-    assert {b["answer"].split(" (")[0] for b in boots} == {"reservation node-1", "reservation node-2"}
+    assert {b["answer"].split(" (")[0] for b in boots} == {
+        "reservation node-1",
+        "reservation node-2",
+    }
 
     (cwd / "cluster.yml").write_text(CLUSTER.format(image="v2/web.yml"))
     watcher = Watcher(machines)
@@ -151,7 +203,9 @@ def test_a_lab_network_boots_rolls_and_goes_down(lab: tuple[Path, list[VirtualMa
     for m in machines:
         agent = read_agent("127.0.0.1", m.agent_port)
         assert agent is not None and agent.digest == image_v2
-    assert watcher.fewest_answering() >= 1, f"both machines were down at once during the roll: {watcher.samples}"
+    assert watcher.fewest_answering() >= 1, (
+        f"both machines were down at once during the roll: {watcher.samples}"
+    )
 
     down = provision(cwd, "down", "cluster.yml")
     assert down.returncode == 0, down.stderr
@@ -159,7 +213,19 @@ def test_a_lab_network_boots_rolls_and_goes_down(lab: tuple[Path, list[VirtualMa
     reservations = json.loads((cwd / "metal-state" / "reservations.json").read_text())
     assert reservations == {"reservations": []}
 
-    seen = [plan.stdout, plan.stderr, up.stdout, up.stderr, rolled.stdout, rolled.stderr, down.stdout, down.stderr,
-            (cwd / "serve.log").read_text(), (cwd / "journal.db").read_bytes().decode(errors="replace")]
+    seen = [
+        plan.stdout,
+        plan.stderr,
+        up.stdout,
+        up.stderr,
+        rolled.stdout,
+        rolled.stderr,
+        down.stdout,
+        down.stderr,
+        (cwd / "serve.log").read_text(),
+        (cwd / "journal.db").read_bytes().decode(errors="replace"),
+    ]
     assert not any(PASSWORD in text for text in seen)
-    assert all(auth.startswith("Basic ") for _, _, auth in redfish.requests)  # it was sent, to the BMC only
+    assert all(
+        auth.startswith("Basic ") for _, _, auth in redfish.requests
+    )  # it was sent, to the BMC only

@@ -23,8 +23,14 @@ SERVER = "192.168.77.1"
 
 
 def netns(name: str, *argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", name, *argv], capture_output=True, text=True, check=True,
-                          timeout=30, **kwargs)  # type: ignore[call-overload]
+    return subprocess.run(
+        ["ip", "netns", "exec", name, *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        **kwargs,
+    )  # type: ignore[call-overload]
 
 
 @pytest.fixture
@@ -44,7 +50,9 @@ def lab_network(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         subprocess.run(["ip", "netns", "del", name], check=False, timeout=30)
 
 
-def test_firmware_pxe_boots_from_serve_as_the_only_dhcp_server(lab_network: tuple[str, Path]) -> None:
+def test_firmware_pxe_boots_from_serve_as_the_only_dhcp_server(
+    lab_network: tuple[str, Path],
+) -> None:
     name, tmp = lab_network
     root = tmp / "root"
     root.mkdir()
@@ -64,29 +72,80 @@ machines:
     assert prefix.name == "standin"
     serve_log = open(tmp / "serve.log", "wb")  # noqa: SIM115
     serve = subprocess.Popen(
-        ["ip", "netns", "exec", name, sys.executable, "-m", "provision", "-v", "serve", "--lab", str(tmp / "lab.yml"),
-         "--root", str(root), "--listen", f"{SERVER}:8080", "--tftp", f"{SERVER}:69", "--dhcp", "full",
-         "--boot-server", SERVER, "--dhcp-pool", "192.168.77.10-192.168.77.20"],
-        cwd=Path(__file__).resolve().parents[2], stdout=serve_log, stderr=serve_log)
+        [
+            "ip",
+            "netns",
+            "exec",
+            name,
+            sys.executable,
+            "-m",
+            "provision",
+            "-v",
+            "serve",
+            "--lab",
+            str(tmp / "lab.yml"),
+            "--root",
+            str(root),
+            "--listen",
+            f"{SERVER}:8080",
+            "--tftp",
+            f"{SERVER}:69",
+            "--dhcp",
+            "full",
+            "--boot-server",
+            SERVER,
+            "--dhcp-pool",
+            "192.168.77.10-192.168.77.20",
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=serve_log,
+        stderr=serve_log,
+    )
     serial = tmp / "serial.log"
     vm = None
     try:
         time.sleep(2)
         assert serve.poll() is None, (tmp / "serve.log").read_text()
         vm = subprocess.Popen(
-            ["ip", "netns", "exec", name, "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-display", "none",
-             "-no-user-config", "-nodefaults", "-serial", f"file:{serial}",
-             "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
-             "-device", f"virtio-net-pci,netdev=n0,mac={MAC},bootindex=1", "-boot", "n"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "ip",
+                "netns",
+                "exec",
+                name,
+                "qemu-system-x86_64",
+                "-accel",
+                "tcg",
+                "-m",
+                "256",
+                "-display",
+                "none",
+                "-no-user-config",
+                "-nodefaults",
+                "-serial",
+                f"file:{serial}",
+                "-netdev",
+                "tap,id=n0,ifname=tap0,script=no,downscript=no",
+                "-device",
+                f"virtio-net-pci,netdev=n0,mac={MAC},bootindex=1",
+                "-boot",
+                "n",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 150
-        while "STANDIN-READY" not in (serial.read_text(errors="replace") if serial.exists() else ""):
+        while "STANDIN-READY" not in (
+            serial.read_text(errors="replace") if serial.exists() else ""
+        ):
             assert time.monotonic() < deadline, (tmp / "serve.log").read_text()[-3000:]
             assert vm.poll() is None
             time.sleep(1)
         log = (tmp / "serve.log").read_text()
         assert f"dhcp {MAC}: offer 192.168.77.10" in log and f"dhcp {MAC}: ack 192.168.77.10" in log
-        assert f"http://{SERVER}:8080/boot.ipxe" in log  # the firmware is iPXE: it got the HTTP script
+        assert (
+            f"http://{SERVER}:8080/boot.ipxe" in log
+        )  # the firmware is iPXE: it got the HTTP script
     finally:
         if vm is not None:
             vm.kill()

@@ -30,7 +30,9 @@ def free_port() -> int:
 
 @pytest.fixture
 def sushy(tmp_path: Path) -> Iterator[str]:
-    hashed = subprocess.run(["htpasswd", "-nbB", USER, PASSWORD], capture_output=True, text=True, check=True).stdout
+    hashed = subprocess.run(
+        ["htpasswd", "-nbB", USER, PASSWORD], capture_output=True, text=True, check=True
+    ).stdout
     (tmp_path / "htpasswd").write_text(hashed)
     (tmp_path / "sushy.conf").write_text(f"""
 SUSHY_EMULATOR_AUTH_FILE = {str(tmp_path / "htpasswd")!r}
@@ -40,8 +42,22 @@ SUSHY_EMULATOR_FAKE_SYSTEMS = [{{"uuid": {UUID!r}, "name": "node", "power_state"
 """)
     port = free_port()
     log = open(tmp_path / "sushy.log", "wb")  # noqa: SIM115
-    emulator = subprocess.Popen([sys.executable, "-m", "sushy_tools.emulator.main", "--config", str(tmp_path / "sushy.conf"),
-                                 "--fake", "-i", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    emulator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sushy_tools.emulator.main",
+            "--config",
+            str(tmp_path / "sushy.conf"),
+            "--fake",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        stdout=log,
+        stderr=log,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -50,7 +66,9 @@ SUSHY_EMULATOR_FAKE_SYSTEMS = [{{"uuid": {UUID!r}, "name": "node", "power_state"
                 break
         except requests.RequestException:
             pass
-        assert emulator.poll() is None and time.monotonic() < deadline, (tmp_path / "sushy.log").read_text()
+        assert emulator.poll() is None and time.monotonic() < deadline, (
+            tmp_path / "sushy.log"
+        ).read_text()
         time.sleep(0.2)
     try:
         yield f"{base}/redfish/v1/Systems/{UUID}"
@@ -82,4 +100,6 @@ def test_refusals_are_permanent_and_outages_transient(sushy: str) -> None:
         RedfishBmc(sushy.replace(UUID, "no-such-system"), USER, PASSWORD).power_state()
     assert not isinstance(missing.value, TransientProviderError)
     with pytest.raises(TransientProviderError):
-        RedfishBmc(f"http://127.0.0.1:{free_port()}/redfish/v1/Systems/x", USER, PASSWORD, timeout=2).power_state()
+        RedfishBmc(
+            f"http://127.0.0.1:{free_port()}/redfish/v1/Systems/x", USER, PASSWORD, timeout=2
+        ).power_state()

@@ -24,7 +24,9 @@ def tftp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         if not (IPXE_DIR / name).is_file():
             pytest.fail(f"needs Debian's ipxe package ({IPXE_DIR / name})")
         (root / name).write_bytes((IPXE_DIR / name).read_bytes())
-    (root / "odd.bin").write_bytes(os.urandom(512 * 3))  # a multiple of the block size: an empty last block
+    (root / "odd.bin").write_bytes(
+        os.urandom(512 * 3)
+    )  # a multiple of the block size: an empty last block
     (tmp_path / "secret").write_text("outside")
     os.symlink(tmp_path / "secret", root / "link")
     server = TftpServer(root, port=0)
@@ -37,8 +39,12 @@ def tftp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 
 def curl(port: int, name: str, *extra: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["curl", "-sS", "--max-time", "20", *extra, f"tftp://127.0.0.1:{port}/{name}"],
-                          capture_output=True, timeout=30, check=False)
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "20", *extra, f"tftp://127.0.0.1:{port}/{name}"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("name", ["undionly.kpxe", "ipxe.efi", "odd.bin"])
@@ -47,7 +53,9 @@ def test_files_arrive_whole(tftp: tuple[int, Path], name: str, blksize: str | No
     port, root = tftp
     done = curl(port, name, *(["--tftp-blksize", blksize] if blksize else []))
     assert done.returncode == 0, done.stderr
-    assert hashlib.sha256(done.stdout).digest() == hashlib.sha256((root / name).read_bytes()).digest()
+    assert (
+        hashlib.sha256(done.stdout).digest() == hashlib.sha256((root / name).read_bytes()).digest()
+    )
 
 
 @pytest.mark.parametrize("name", ["missing.efi", "link", "..%2Fsecret"])
@@ -61,8 +69,11 @@ def test_writes_and_traversal_are_refused_on_the_wire(tftp: tuple[int, Path]) ->
     port, _ = tftp
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(5)
-        for packet in (struct.pack("!H", 2) + b"new.bin\0octet\0", struct.pack("!H", 1) + b"../secret\0octet\0",
-                       struct.pack("!H", 1) + b"/etc/passwd\0octet\0"):
+        for packet in (
+            struct.pack("!H", 2) + b"new.bin\0octet\0",
+            struct.pack("!H", 1) + b"../secret\0octet\0",
+            struct.pack("!H", 1) + b"/etc/passwd\0octet\0",
+        ):
             sock.sendto(packet, ("127.0.0.1", port))
             reply, _ = sock.recvfrom(1500)
             assert struct.unpack("!H", reply[:2])[0] == 5  # ERROR

@@ -60,7 +60,9 @@ class Registry:
 
 def start_registry(tmp: Path, *, htpasswd: bool = False) -> Registry:
     if shutil.which("docker-registry") is None:
-        pytest.fail("docker-registry is not installed (apt-get install docker-registry, see scripts/setup.sh)")
+        pytest.fail(
+            "docker-registry is not installed (apt-get install docker-registry, see scripts/setup.sh)"
+        )
     port = free_port()
     storage = tmp / "storage"
     storage.mkdir(parents=True)
@@ -378,8 +380,12 @@ class FaultyFront:
         scripted = self._scripted(path)
         if scripted is not None:
             seen.status = scripted[0]
-            TokenFront._reply(handler, scripted[0], b'{"errors":[{"code":"TOOMANYREQUESTS"}]}',
-                              {"Retry-After": scripted[1], "Content-Type": "application/json"})
+            TokenFront._reply(
+                handler,
+                scripted[0],
+                b'{"errors":[{"code":"TOOMANYREQUESTS"}]}',
+                {"Retry-After": scripted[1], "Content-Type": "application/json"},
+            )
             return
         is_blob_get = handler.command == "GET" and "/blobs/sha256:" in path
         headers = {
@@ -410,8 +416,13 @@ class FaultyFront:
         path: str,
     ) -> None:
         response = requests.request(
-            handler.command, f"http://{self.upstream}{path}", headers=headers, data=body,
-            allow_redirects=False, stream=True, timeout=30,
+            handler.command,
+            f"http://{self.upstream}{path}",
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            stream=True,
+            timeout=30,
         )
         seen.status = response.status_code
         digest = urlsplit(path).path.rsplit("/", 1)[-1]
@@ -445,7 +456,11 @@ def faulty_front(registry: Registry) -> Iterator[FaultyFront]:
 
 
 def make_layered_image(
-    store: ImageStore, name: str, layers: int, size: int, seed: int,
+    store: ImageStore,
+    name: str,
+    layers: int,
+    size: int,
+    seed: int,
     compression: LayerCompression = "none",
 ) -> ResolvedImage:
     """An image of ``layers`` layers, each one file of ``size`` random bytes."""

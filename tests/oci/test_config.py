@@ -60,7 +60,11 @@ def test_parallel_setting(tmp_path: Path) -> None:
 def test_docker_hub_is_the_default_for_docker_io() -> None:
     client = make_client()
     ref = ImageRef.parse("linuxkit/kernel:6.6.71")
-    assert (ref.registry, ref.repository, ref.reference) == ("docker.io", "linuxkit/kernel", "6.6.71")
+    assert (ref.registry, ref.repository, ref.reference) == (
+        "docker.io",
+        "linuxkit/kernel",
+        "6.6.71",
+    )
     assert ImageRef.parse("alpine").repository == "library/alpine"
     assert client.pull_endpoints(ref.registry) == ["https://registry-1.docker.io"]
     assert client.base_url("docker.io") == "https://registry-1.docker.io"
@@ -95,9 +99,24 @@ def test_insecure_registry_speaking_tls_keeps_https(tmp_path: Path) -> None:
     http when it does not, as Docker chooses."""
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-         "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)

@@ -54,7 +54,9 @@ def test_parallel_pull_is_correct_and_bounded(
     assert all(d1 <= d2 for (d1, _), (d2, _) in zip(progress, progress[1:], strict=False))
 
     faulty_front.max_inflight = 0
-    serial = make_client(parallel=1).pull(ImageStore(tmp_path / "serial"), f"{faulty_front.host}/par:1")
+    serial = make_client(parallel=1).pull(
+        ImageStore(tmp_path / "serial"), f"{faulty_front.host}/par:1"
+    )
     assert serial.digest == digest and faulty_front.max_inflight == 1
 
 
@@ -132,7 +134,9 @@ def test_tampered_blob_is_refused_in_a_parallel_pull(
     source = store.resolve("evil:1")
     bad = source.layers[3]
     hexpart = bad.digest.split(":")[1]
-    data = registry.root / "storage/docker/registry/v2/blobs/sha256" / hexpart[:2] / hexpart / "data"
+    data = (
+        registry.root / "storage/docker/registry/v2/blobs/sha256" / hexpart[:2] / hexpart / "data"
+    )
     original = data.read_bytes()
     data.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
     try:
@@ -153,7 +157,9 @@ def test_429_and_503_with_retry_after_are_waited_out(
     clock = FakeClock()
     date = email.utils.formatdate(clock.now() + 2 + 5, usegmt=True)  # 5 s after the first wait
     faulty_front.transient = [("/manifests/", 503, "2"), ("/blobs/", 429, date)]
-    image = make_client(clock=clock).pull(ImageStore(tmp_path / "fresh"), f"{faulty_front.host}/busy:1")
+    image = make_client(clock=clock).pull(
+        ImageStore(tmp_path / "fresh"), f"{faulty_front.host}/busy:1"
+    )
     assert image.digest == digest
     assert clock.sleeps == [2.0, 5.0]
 
@@ -176,10 +182,21 @@ def test_two_processes_pulling_one_store_download_each_blob_once(
         PROVISION_REGISTRIES=str(tmp_path / "none.yml"),
         DOCKER_CONFIG=str(tmp_path / "docker"),
     )
-    argv = [sys.executable, "-m", "provision", "cache", "--cache", str(shared), "pull", "-q",
-            f"{faulty_front.host}/shared:1"]
-    pulls = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(2)]
+    argv = [
+        sys.executable,
+        "-m",
+        "provision",
+        "cache",
+        "--cache",
+        str(shared),
+        "pull",
+        "-q",
+        f"{faulty_front.host}/shared:1",
+    ]
+    pulls = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
     for pull in pulls:
         out, err = pull.communicate(timeout=120)
         assert pull.returncode == 0, err.decode()
@@ -227,9 +244,22 @@ def test_a_full_disk_is_a_one_line_error(
         DOCKER_CONFIG=str(tmp_path / "docker"),
     )
     result = subprocess.run(
-        [sys.executable, "-m", "provision", "cache", "--cache", str(tmp_path / "small"), "pull",
-         "-q", f"{registry.host}/full:1"],
-        env=env, capture_output=True, text=True, timeout=120, preexec_fn=_limit_file_size,
+        [
+            sys.executable,
+            "-m",
+            "provision",
+            "cache",
+            "--cache",
+            str(tmp_path / "small"),
+            "pull",
+            "-q",
+            f"{registry.host}/full:1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_file_size,
     )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr

@@ -71,7 +71,7 @@ def test_kernel_image_layout(kernel_image: tuple[tarfile.TarFile, dict[str, byte
     for deps in lines.values():
         assert all(prefix + d in names for d in deps)
     order = modules.extractfile(prefix + "modules.order").read().decode().split()  # type: ignore[union-attr]
-    assert sorted(order) == sorted(n[len(prefix):] for n in names if n.endswith(".ko"))
+    assert sorted(order) == sorted(n[len(prefix) :] for n in names if n.endswith(".ko"))
     assert all(m.mtime == 0 and m.uid == 0 for m in modules.getmembers())
 
 

@@ -19,6 +19,8 @@ from azure_cloud.guest_standin import ASSET_TAG, KEYS, Azure, serve_azure_guest
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "pkg" / "metadata"
+
+
 @pytest.fixture
 def azure() -> Iterator[tuple[Azure, str]]:
     served = Azure()
@@ -47,32 +49,57 @@ def _run(url: str, applets: Path, tmp_path: Path, asset_tag: str = ASSET_TAG) ->
     dmi.mkdir(exist_ok=True)
     (dmi / "chassis_asset_tag").write_text(asset_tag + "\n")
     config = tmp_path / "config"
-    env = {"PATH": str(applets), "METADATA_URL": url, "METADATA_WIRESERVER": url, "METADATA_DMI": str(dmi),
-           "METADATA_SOURCES": "cloud", "METADATA_CONFIG": str(config), "METADATA_WORK": str(tmp_path / "work"),
-           "METADATA_EXPAND": str(RECIPE / "files" / "expand.awk")}
+    env = {
+        "PATH": str(applets),
+        "METADATA_URL": url,
+        "METADATA_WIRESERVER": url,
+        "METADATA_DMI": str(dmi),
+        "METADATA_SOURCES": "cloud",
+        "METADATA_CONFIG": str(config),
+        "METADATA_WORK": str(tmp_path / "work"),
+        "METADATA_EXPAND": str(RECIPE / "files" / "expand.awk"),
+    }
     unshare = shutil.which("unshare")
     assert unshare is not None, "needs unshare (util-linux)"
     script = f'sh "{RECIPE / "files" / "metadata"}" && echo "hostname-now: $(hostname)"'
-    done = subprocess.run([unshare, "--uts", str(applets / "sh"), "-c", script], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [unshare, "--uts", str(applets / "sh"), "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout, config
 
 
-def test_on_azure_it_reads_imds_and_reports_ready_to_the_wireserver(azure: tuple[Azure, str], applets: Path,
-                                                                     tmp_path: Path) -> None:
+def test_on_azure_it_reads_imds_and_reports_ready_to_the_wireserver(
+    azure: tuple[Azure, str], applets: Path, tmp_path: Path
+) -> None:
     served, url = azure
     tree = {"userdata": {"content": "hello from azure"}}
-    served.compute.update({"userData": base64.b64encode(json.dumps(tree).encode()).decode(), "name": "web-1a2b",
-                           "publicKeys": [{"keyData": k, "path": "/home/provision/.ssh/authorized_keys"} for k in KEYS]})
+    served.compute.update(
+        {
+            "userData": base64.b64encode(json.dumps(tree).encode()).decode(),
+            "name": "web-1a2b",
+            "publicKeys": [
+                {"keyData": k, "path": "/home/provision/.ssh/authorized_keys"} for k in KEYS
+            ],
+        }
+    )
     out, config = _run(url, applets, tmp_path)
     assert served.refused == []  # every IMDS read carried "Metadata: true"
     assert (config / "userdata").read_text() == "hello from azure"
-    assert (config / "hostname").read_text().strip() == "web-1a2b" and "hostname-now: web-1a2b" in out
+    assert (
+        config / "hostname"
+    ).read_text().strip() == "web-1a2b" and "hostname-now: web-1a2b" in out
     assert (config / "ssh" / "authorized_keys").read_text().splitlines() == KEYS
     assert served.goal_state_reads == 1 and len(served.reports) == 1
     headers, body = served.reports[0]
-    assert headers["x-ms-version"] == "2012-11-30" and headers["content-type"].startswith("text/xml")
+    assert headers["x-ms-version"] == "2012-11-30" and headers["content-type"].startswith(
+        "text/xml"
+    )
     assert "<GoalStateIncarnation>3</GoalStateIncarnation>" in body
     assert "<ContainerId>c6d5526c-5ac2-4200-b6e2-56f2b70c5ab2</ContainerId>" in body
     assert "<InstanceId>896c0a3f-1ae4-4bd6-8b6f-24c1fa0c5de0._web-1</InstanceId>" in body
@@ -80,7 +107,9 @@ def test_on_azure_it_reads_imds_and_reports_ready_to_the_wireserver(azure: tuple
     assert "reported Ready" in out
 
 
-def test_without_user_data_it_still_reports_ready(azure: tuple[Azure, str], applets: Path, tmp_path: Path) -> None:
+def test_without_user_data_it_still_reports_ready(
+    azure: tuple[Azure, str], applets: Path, tmp_path: Path
+) -> None:
     served, url = azure
     served.compute.update({"userData": "", "name": "bare"})
     out, config = _run(url, applets, tmp_path)
@@ -88,7 +117,9 @@ def test_without_user_data_it_still_reports_ready(azure: tuple[Azure, str], appl
     assert not (config / "userdata").exists()
 
 
-def test_elsewhere_it_never_talks_to_the_wireserver(azure: tuple[Azure, str], applets: Path, tmp_path: Path) -> None:
+def test_elsewhere_it_never_talks_to_the_wireserver(
+    azure: tuple[Azure, str], applets: Path, tmp_path: Path
+) -> None:
     served, url = azure
     _run(url, applets, tmp_path, asset_tag="Not Specified")
     assert served.goal_state_reads == 0 and served.reports == []

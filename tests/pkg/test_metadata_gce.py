@@ -47,26 +47,40 @@ def applets(tmp_path: Path) -> Path:
 
 def _run(gce: GceMetadata, applets: Path, tmp_path: Path) -> tuple[str, Path]:
     config = tmp_path / "config"
-    env = {"PATH": str(applets), "METADATA_URL": gce.url, "METADATA_SOURCES": "cloud",
-           "METADATA_CONFIG": str(config), "METADATA_WORK": str(tmp_path / "work"),
-           "METADATA_EXPAND": str(RECIPE / "files" / "expand.awk")}
+    env = {
+        "PATH": str(applets),
+        "METADATA_URL": gce.url,
+        "METADATA_SOURCES": "cloud",
+        "METADATA_CONFIG": str(config),
+        "METADATA_WORK": str(tmp_path / "work"),
+        "METADATA_EXPAND": str(RECIPE / "files" / "expand.awk"),
+    }
     script = f'sh "{RECIPE / "files" / "metadata"}" && echo "hostname-now: $(hostname)"'
     unshare = shutil.which("unshare")
     assert unshare is not None, "needs unshare (util-linux)"
-    done = subprocess.run([unshare, "--uts", str(applets / "sh"), "-c", script], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [unshare, "--uts", str(applets / "sh"), "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout, config
 
 
-def test_user_data_hostname_and_ssh_keys_from_the_gce_metadata_server(gce: GceMetadata, applets: Path,
-                                                                       tmp_path: Path) -> None:
-    gce.values.update({
-        "instance/hostname": "demo-web-00001-3f2a9c41d0.us-central1-a.c.my-project.internal",
-        "instance/attributes/user-data": "hello from the group",
-        "instance/attributes/ssh-keys": f"alice:{ALICE}\nbob:{BOB}\n",
-        "project/attributes/ssh-keys": f"carol:{CAROL}",
-    })
+def test_user_data_hostname_and_ssh_keys_from_the_gce_metadata_server(
+    gce: GceMetadata, applets: Path, tmp_path: Path
+) -> None:
+    gce.values.update(
+        {
+            "instance/hostname": "demo-web-00001-3f2a9c41d0.us-central1-a.c.my-project.internal",
+            "instance/attributes/user-data": "hello from the group",
+            "instance/attributes/ssh-keys": f"alice:{ALICE}\nbob:{BOB}\n",
+            "project/attributes/ssh-keys": f"carol:{CAROL}",
+        }
+    )
     out, config = _run(gce, applets, tmp_path)
     assert "read metadata from the GCP metadata server" in out
     assert gce.refused == []  # every read carried Metadata-Flavor: Google
@@ -74,24 +88,34 @@ def test_user_data_hostname_and_ssh_keys_from_the_gce_metadata_server(gce: GceMe
     assert (config / "hostname").read_text().strip() == "demo-web-00001-3f2a9c41d0"
     assert "hostname-now: demo-web-00001-3f2a9c41d0" in out
     keys = config / "ssh" / "authorized_keys"
-    assert keys.read_text().splitlines() == [ALICE, BOB, CAROL] and oct(keys.stat().st_mode & 0o777) == "0o600"
+    assert (
+        keys.read_text().splitlines() == [ALICE, BOB, CAROL]
+        and oct(keys.stat().st_mode & 0o777) == "0o600"
+    )
 
 
-def test_project_keys_are_left_out_when_the_instance_blocks_them(gce: GceMetadata, applets: Path,
-                                                                  tmp_path: Path) -> None:
-    gce.values.update({
-        "instance/hostname": "solo.us-central1-a.c.my-project.internal",
-        "instance/attributes/ssh-keys": f"alice:{ALICE}",
-        "instance/attributes/block-project-ssh-keys": "true",
-        "project/attributes/ssh-keys": f"carol:{CAROL}",
-    })
+def test_project_keys_are_left_out_when_the_instance_blocks_them(
+    gce: GceMetadata, applets: Path, tmp_path: Path
+) -> None:
+    gce.values.update(
+        {
+            "instance/hostname": "solo.us-central1-a.c.my-project.internal",
+            "instance/attributes/ssh-keys": f"alice:{ALICE}",
+            "instance/attributes/block-project-ssh-keys": "true",
+            "project/attributes/ssh-keys": f"carol:{CAROL}",
+        }
+    )
     out, config = _run(gce, applets, tmp_path)
     assert (config / "ssh" / "authorized_keys").read_text().splitlines() == [ALICE]
     assert not (config / "userdata").exists()  # no user-data attribute: nothing written
     assert (config / "hostname").read_text().strip() == "solo"
 
 
-def test_a_last_key_without_its_newline_still_lands(gce: GceMetadata, applets: Path, tmp_path: Path) -> None:
-    gce.values.update({"instance/hostname": "one.z.c.p.internal", "instance/attributes/ssh-keys": f"bob:{BOB}"})
+def test_a_last_key_without_its_newline_still_lands(
+    gce: GceMetadata, applets: Path, tmp_path: Path
+) -> None:
+    gce.values.update(
+        {"instance/hostname": "one.z.c.p.internal", "instance/attributes/ssh-keys": f"bob:{BOB}"}
+    )
     _out, config = _run(gce, applets, tmp_path)
     assert (config / "ssh" / "authorized_keys").read_text().splitlines() == [BOB]

@@ -39,15 +39,26 @@ def applets(tmp_path: Path) -> Path:
 
 def run_metadata(imds: Imds, applets: Path, tmp_path: Path) -> tuple[str, Path]:
     config = tmp_path / "config"
-    env = {"PATH": str(applets), "METADATA_URL": imds.url, "METADATA_SOURCES": "cloud",
-           "METADATA_CONFIG": str(config), "METADATA_WORK": str(tmp_path / "work"),
-           "METADATA_EXPAND": str(RECIPE / "files" / "expand.awk")}
+    env = {
+        "PATH": str(applets),
+        "METADATA_URL": imds.url,
+        "METADATA_SOURCES": "cloud",
+        "METADATA_CONFIG": str(config),
+        "METADATA_WORK": str(tmp_path / "work"),
+        "METADATA_EXPAND": str(RECIPE / "files" / "expand.awk"),
+    }
     program = RECIPE / "files" / "metadata"
     script = f'sh "{program}" && echo "hostname-now: $(hostname)"'
     unshare = shutil.which("unshare")
     assert unshare is not None, "needs unshare (util-linux)"
-    done = subprocess.run([unshare, "--uts", str(applets / "sh"), "-c", script], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [unshare, "--uts", str(applets / "sh"), "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout, config
 
@@ -60,17 +71,27 @@ def imds() -> Iterator[Imds]:
     server.shutdown()
 
 
-def test_metadata_reads_user_data_hostname_and_key_with_an_imdsv2_token(imds: Imds, applets: Path,
-                                                                        tmp_path: Path) -> None:
-    tree = {"hostname": {"content": "shop-web-00001"}, "userdata": {"content": "hello from the group"}}
-    imds.files.update({"user-data": json.dumps(tree).encode(),
-                       "meta-data/hostname": b"ip-10-0-0-7.ec2.internal",
-                       "meta-data/public-keys/0/openssh-key": KEY.encode() + b"\n"})
+def test_metadata_reads_user_data_hostname_and_key_with_an_imdsv2_token(
+    imds: Imds, applets: Path, tmp_path: Path
+) -> None:
+    tree = {
+        "hostname": {"content": "shop-web-00001"},
+        "userdata": {"content": "hello from the group"},
+    }
+    imds.files.update(
+        {
+            "user-data": json.dumps(tree).encode(),
+            "meta-data/hostname": b"ip-10-0-0-7.ec2.internal",
+            "meta-data/public-keys/0/openssh-key": KEY.encode() + b"\n",
+        }
+    )
     out, config = run_metadata(imds, applets, tmp_path)
     assert imds.refused == []  # every read carried the token
     assert len(imds.puts) == 1 and imds.puts[0]["X-aws-ec2-metadata-token-ttl-seconds"] == "300"
     assert "/latest/user-data" in imds.served
-    assert (config / "hostname").read_text().strip() == "shop-web-00001"  # the user data's name wins
+    assert (
+        config / "hostname"
+    ).read_text().strip() == "shop-web-00001"  # the user data's name wins
     assert "hostname-now: shop-web-00001" in out
     assert (config / "userdata").read_text() == "hello from the group"
     keys = config / "ssh" / "authorized_keys"
@@ -78,10 +99,15 @@ def test_metadata_reads_user_data_hostname_and_key_with_an_imdsv2_token(imds: Im
     assert "IMDSv2" in out and TOKEN not in out
 
 
-def test_without_a_hostname_in_user_data_the_instance_hostname_is_used(imds: Imds, applets: Path,
-                                                                       tmp_path: Path) -> None:
-    imds.files.update({"user-data": b"#!/bin/sh\necho plain user data\n",
-                       "meta-data/hostname": b"ip-10-0-0-7.ec2.internal"})
+def test_without_a_hostname_in_user_data_the_instance_hostname_is_used(
+    imds: Imds, applets: Path, tmp_path: Path
+) -> None:
+    imds.files.update(
+        {
+            "user-data": b"#!/bin/sh\necho plain user data\n",
+            "meta-data/hostname": b"ip-10-0-0-7.ec2.internal",
+        }
+    )
     out, config = run_metadata(imds, applets, tmp_path)
     assert imds.refused == []
     assert (config / "userdata").read_text() == "#!/bin/sh\necho plain user data\n"

@@ -141,9 +141,10 @@ def test_tampered_deb_is_refused(
     (cache / package.deb_name).write_bytes(bytes(data))
     with pytest.raises(DigestMismatchError, match="is not the locked"):
         build_recipe(recipe, ImageStore(tmp_path / "store"), host_apt, cache)
-    assert not (tmp_path / "store" / "index.json").exists() or not ImageStore(
-        tmp_path / "store"
-    ).list_images()
+    assert (
+        not (tmp_path / "store" / "index.json").exists()
+        or not ImageStore(tmp_path / "store").list_images()
+    )
 
 
 def test_lock_disagreeing_with_apt_index_is_refused(
@@ -165,7 +166,9 @@ def test_missing_lock_is_an_error_with_a_hint(tmp_path: Path) -> None:
     assert "no lock file" in done.stderr and f"provision pkg lock {recipe}" in done.stderr
 
 
-def test_stale_lock_is_an_error(tiny: tuple[Path, Path, str], tmp_path: Path, host_apt: Apt) -> None:
+def test_stale_lock_is_an_error(
+    tiny: tuple[Path, Path, str], tmp_path: Path, host_apt: Apt
+) -> None:
     copy = tmp_path / "tiny"
     subprocess.run(["cp", "-r", str(tiny[0]), str(copy)], check=True)
     text = (copy / "build.yml").read_text().replace("[busybox-static]", "[busybox-static, runc]")
@@ -181,7 +184,9 @@ def test_custom_sources_elf_closure_reports_missing_libraries(
     true = Path("/bin/true").read_bytes()  # dynamically linked against libc.so.6
     make_deb(local_repo.directory, "tool", {"/usr/bin/tool": true, "/usr/share/doc/x": b"doc"})
     apt = local_repo.publish()
-    recipe_dir = write_recipe(tmp_path / "tool", "name: tool\npackages: [tool]\nelf_closure: true\n")
+    recipe_dir = write_recipe(
+        tmp_path / "tool", "name: tool\npackages: [tool]\nelf_closure: true\n"
+    )
     recipe = locked(recipe_dir, apt)
     assert read_lock(recipe.lock_file).packages[0].filename == "./tool_1.0_amd64.deb"
     with pytest.raises(ElfClosureError) as caught:
@@ -232,7 +237,9 @@ def test_elf_closure_resolve_adds_library_packages_to_the_lock(
         "/usr/share/doc/minilibc/README": b"not needed",
     }, section="libs")  # fmt: skip
     apt = local_repo.publish()
-    recipe_dir = write_recipe(tmp_path / "tool", "name: tool\npackages: [tool]\nelf_closure: resolve\n")
+    recipe_dir = write_recipe(
+        tmp_path / "tool", "name: tool\npackages: [tool]\nelf_closure: resolve\n"
+    )
     recipe = load_recipe(recipe_dir)
     write_lock(recipe.lock_file, lock_recipe(recipe, apt, tmp_path / "debs"))
     lock = read_lock(recipe.lock_file)

@@ -86,12 +86,20 @@ def test_closure_follows_symlinks_inside_the_image() -> None:
     assert loop.resolve("/a") is None
 
 
-@pytest.mark.parametrize(("content", "where", "message"), [
-    ("name: x\npackages: " + "[" * 200 + "]" * 200 + "\n", (2, 74), "nested deeper than 64 levels"),
-    ("name: x\x00\n", (1, 8), "character U+0000 is not allowed in YAML"),
-])
-def test_a_hostile_build_yml_is_one_located_problem(tmp_path: Path, content: str, where: tuple[int, int],
-                                                    message: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "where", "message"),
+    [
+        (
+            "name: x\npackages: " + "[" * 200 + "]" * 200 + "\n",
+            (2, 74),
+            "nested deeper than 64 levels",
+        ),
+        ("name: x\x00\n", (1, 8), "character U+0000 is not allowed in YAML"),
+    ],
+)
+def test_a_hostile_build_yml_is_one_located_problem(
+    tmp_path: Path, content: str, where: tuple[int, int], message: str
+) -> None:
     recipe = tmp_path / "thing"
     recipe.mkdir()
     (recipe / "build.yml").write_text(content)

@@ -69,8 +69,9 @@ class Subject:
 
 def _simulated(tmp_path: Path) -> Subject:
     target = get_target("simulated")
-    provider = target.create_provider(ProviderSpec("sim", "simulated", options={"pageSize": PAGE}, base=tmp_path),
-                                      SystemClock())
+    provider = target.create_provider(
+        ProviderSpec("sim", "simulated", options={"pageSize": PAGE}, base=tmp_path), SystemClock()
+    )
     return Subject(provider, "img-contract", cloud=provider.cloud, fences=True)  # type: ignore[attr-defined]
 
 
@@ -79,7 +80,8 @@ def _simulated_http(tmp_path: Path) -> Subject:
     server = serve_simulated_cloud(cloud)
     url = f"http://127.0.0.1:{server.server_address[1]}"
     provider = get_target("simulated-http").create_provider(
-        ProviderSpec("simh", "simulated-http", options={"url": url}, base=tmp_path), SystemClock())
+        ProviderSpec("simh", "simulated-http", options={"url": url}, base=tmp_path), SystemClock()
+    )
     return Subject(provider, "img-contract", cloud=cloud, fences=True, cleanup=[server.shutdown])
 
 
@@ -87,7 +89,9 @@ def _qemu(tmp_path: Path) -> Subject:
     root = tmp_path / "state"
     target = get_target("qemu")
     options = {"stateRoot": str(root), "pageSize": PAGE, "stopTimeout": "2s", "accel": "tcg"}
-    provider = target.create_provider(ProviderSpec("local", "qemu", options=options, base=tmp_path), SystemClock())
+    provider = target.create_provider(
+        ProviderSpec("local", "qemu", options=options, base=tmp_path), SystemClock()
+    )
     image = target.resolve_image(provider, str(write_standin(tmp_path / "art", "contract")))
 
     def stop_all() -> None:
@@ -101,14 +105,23 @@ def _qemu(tmp_path: Path) -> Subject:
 def _metal(tmp_path: Path) -> Subject:
     from metal.metal_testkit import PASSWORD, RedfishLab, VirtualMachine, lab_file_text
 
-    machines = [VirtualMachine(f"node-{n}", f"52:54:00:c0:00:0{n}", tmp_path / f"node-{n}",
-                               "http://10.0.2.2:9/boot.ipxe", mem_mib=128) for n in range(1, 4)]
+    machines = [
+        VirtualMachine(
+            f"node-{n}",
+            f"52:54:00:c0:00:0{n}",
+            tmp_path / f"node-{n}",
+            "http://10.0.2.2:9/boot.ipxe",
+            mem_mib=128,
+        )
+        for n in range(1, 4)
+    ]
     redfish = RedfishLab(machines)
     (tmp_path / "bmc.pass").write_text(PASSWORD)
     (tmp_path / "lab.yml").write_text(lab_file_text(machines, redfish, tmp_path / "bmc.pass"))
     options = {"lab": "lab.yml", "state": "metal-state", "pageSize": PAGE, "powerTimeout": "20s"}
-    provider = get_target("metal").create_provider(ProviderSpec("lab", "metal", options=options, base=tmp_path),
-                                                   SystemClock())
+    provider = get_target("metal").create_provider(
+        ProviderSpec("lab", "metal", options=options, base=tmp_path), SystemClock()
+    )
     return Subject(provider, "sha256:" + "0" * 64, cleanup=[redfish.close])
 
 
@@ -133,10 +146,16 @@ def _aws(tmp_path: Path) -> Subject:
 
     # pageSize 2 is below what EC2 takes (5) and what the spec schema lets through: moto pages in twos
     options = {"region": REGION, "endpoint": moto.url, "pageSize": PAGE, "readTimeout": "2s"}
-    provider = get_target("aws").create_provider(ProviderSpec("cloud", "aws", options=options, base=tmp_path),
-                                                 SystemClock())
-    return Subject(provider, moto.image(), cleanup=[restore], properties={"instanceType": "t3.micro"},
-                   injector=lambda fault: moto.layer.inject("*", _AWS_FAULTS[fault]))
+    provider = get_target("aws").create_provider(
+        ProviderSpec("cloud", "aws", options=options, base=tmp_path), SystemClock()
+    )
+    return Subject(
+        provider,
+        moto.image(),
+        cleanup=[restore],
+        properties={"instanceType": "t3.micro"},
+        injector=lambda fault: moto.layer.inject("*", _AWS_FAULTS[fault]),
+    )
 
 
 def _azure(tmp_path: Path) -> Subject:
@@ -149,10 +168,16 @@ def _azure(tmp_path: Path) -> Subject:
     before = os.environ.get("PROVISION_AZURE_TOKEN")
     os.environ["PROVISION_AZURE_TOKEN"] = arm.token  # the way a user hands provision a bearer token
     subnet = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default"
-    options = {"subscriptionId": SUBSCRIPTION, "resourceGroup": GROUP, "location": LOCATION, "subnetId": subnet,
-               "endpoint": url}
-    provider = get_target("azure").create_provider(ProviderSpec("az", "azure", options=options, base=tmp_path),
-                                                   SystemClock())
+    options = {
+        "subscriptionId": SUBSCRIPTION,
+        "resourceGroup": GROUP,
+        "location": LOCATION,
+        "subnetId": subnet,
+        "endpoint": url,
+    }
+    provider = get_target("azure").create_provider(
+        ProviderSpec("az", "azure", options=options, base=tmp_path), SystemClock()
+    )
 
     def stop() -> None:
         server.shutdown()
@@ -166,7 +191,9 @@ def _azure(tmp_path: Path) -> Subject:
         arm.fail_next_vm_call("drop" if fault == "timeout" else int(fault))
 
     image = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Compute/images/contract"
-    return Subject(provider, image, cleanup=[stop], injector=inject, properties={"vmSize": "Standard_B2s"})
+    return Subject(
+        provider, image, cleanup=[stop], injector=inject, properties={"vmSize": "Standard_B2s"}
+    )
 
 
 def _gcp(tmp_path: Path) -> Subject:
@@ -174,16 +201,29 @@ def _gcp(tmp_path: Path) -> Subject:
 
     stack = ExitStack()
     fake = stack.enter_context(serve_fake_gce(slow=2.0))
-    options = {"project": "provision-test", "zone": "us-central1-a", "endpoint": fake.url, "anonymous": True,
-               "pageSize": PAGE, "requestTimeout": "1s", "operationTimeout": "20s"}
-    provider = get_target("gcp").create_provider(ProviderSpec("gce", "gcp", options=options, base=tmp_path),
-                                                 SystemClock())
+    options = {
+        "project": "provision-test",
+        "zone": "us-central1-a",
+        "endpoint": fake.url,
+        "anonymous": True,
+        "pageSize": PAGE,
+        "requestTimeout": "1s",
+        "operationTimeout": "20s",
+    }
+    provider = get_target("gcp").create_provider(
+        ProviderSpec("gce", "gcp", options=options, base=tmp_path), SystemClock()
+    )
 
     def inject(fault: str) -> None:
         fake.next_fault = fault
 
-    return Subject(provider, "projects/provision-test/global/images/contract-0123456789ab",
-                   cleanup=[stack.close], properties={"machineType": "e2-small"}, injector=inject)
+    return Subject(
+        provider,
+        "projects/provision-test/global/images/contract-0123456789ab",
+        cleanup=[stack.close],
+        properties={"machineType": "e2-small"},
+        injector=inject,
+    )
 
 
 SUBJECTS: dict[str, Callable[[Path], Subject]] = {
@@ -227,13 +267,28 @@ def _tags(slot: str, cluster: str = "contract", epoch: int = 1) -> dict[str, str
     return {TAG_CLUSTER: cluster, TAG_GROUP: "web", TAG_SLOT: slot, TAG_EPOCH: str(epoch)}
 
 
-def _request(subject: Subject, slot: str, *, cluster: str = "contract", epoch: int = 1, key: str | None = None) -> CreateRequest:
-    return CreateRequest(key or f"{cluster}/web/{slot}/1", f"{cluster}-web-{slot}", subject.image, subject.properties,
-                         _tags(slot, cluster, epoch), epoch)
+def _request(
+    subject: Subject,
+    slot: str,
+    *,
+    cluster: str = "contract",
+    epoch: int = 1,
+    key: str | None = None,
+) -> CreateRequest:
+    return CreateRequest(
+        key or f"{cluster}/web/{slot}/1",
+        f"{cluster}-web-{slot}",
+        subject.image,
+        subject.properties,
+        _tags(slot, cluster, epoch),
+        epoch,
+    )
 
 
 def _listed(subject: Subject, tags: dict[str, str]) -> list[Instance]:
-    return [i for i in list_all(subject.provider, tags)[0] if i.state is not InstanceState.TERMINATED]
+    return [
+        i for i in list_all(subject.provider, tags)[0] if i.state is not InstanceState.TERMINATED
+    ]
 
 
 def test_create_twice_with_one_key_makes_one_machine(subject: Subject) -> None:
@@ -297,13 +352,17 @@ def test_a_stale_epoch_is_refused_or_recorded(subject: Subject) -> None:
         assert made.tags[TAG_EPOCH] == "3" and fresh.tags[TAG_EPOCH] == "5"
 
 
-@pytest.mark.parametrize(("fault", "error"), [
-    ("503", TransientProviderError),
-    ("429", RateLimitedError),
-    ("timeout", OutcomeUnknownError),
-])
-def test_failures_map_to_the_error_class_that_decides_the_retry(faulty: Subject, fault: str,
-                                                                 error: type[Exception]) -> None:
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ("503", TransientProviderError),
+        ("429", RateLimitedError),
+        ("timeout", OutcomeUnknownError),
+    ],
+)
+def test_failures_map_to_the_error_class_that_decides_the_retry(
+    faulty: Subject, fault: str, error: type[Exception]
+) -> None:
     faulty.inject(fault)
     with pytest.raises(error) as caught:
         faulty.provider.create_instance(_request(faulty, "00001"))

@@ -23,21 +23,35 @@ from provision.reconcile.clock import FakeClock
 def write_manifest(out: Path, formats: list[str]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / "web.manifest.json"
-    manifest.write_text(json.dumps({"name": "web", "image_digest": "sha256:" + "ab" * 32, "platform": "linux/amd64",
-                                    "outputs": [{"file": f"web.{f}", "format": f} for f in formats]}))
+    manifest.write_text(
+        json.dumps(
+            {
+                "name": "web",
+                "image_digest": "sha256:" + "ab" * 32,
+                "platform": "linux/amd64",
+                "outputs": [{"file": f"web.{f}", "format": f} for f in formats],
+            }
+        )
+    )
     return manifest
 
 
-def test_a_manifest_or_its_directory_resolves_to_the_first_format_the_target_boots(tmp_path: Path) -> None:
+def test_a_manifest_or_its_directory_resolves_to_the_first_format_the_target_boots(
+    tmp_path: Path,
+) -> None:
     manifest = write_manifest(tmp_path / "out", ["qcow2", "raw-bios", "raw-efi"])
     for source in (manifest, manifest.parent):
         resolved = resolve_source(source, ("aws", "raw-efi", "raw-bios"))
         artifact = resolved.load()
         assert resolved.digest == "sha256:" + "ab" * 32
-        assert artifact.format == "raw-efi" and artifact.files == (tmp_path / "out" / "web.raw-efi",)
+        assert artifact.format == "raw-efi" and artifact.files == (
+            tmp_path / "out" / "web.raw-efi",
+        )
 
 
-def test_a_source_without_a_bootable_format_or_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
+def test_a_source_without_a_bootable_format_or_that_does_not_exist_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
     manifest = write_manifest(tmp_path / "out", ["qcow2"])
     with pytest.raises(UsageError, match="none of the formats aws, raw-efi"):
         resolve_source(manifest, ("aws", "raw-efi"))
@@ -57,7 +71,9 @@ def test_a_bounded_wait_names_what_it_waited_for_and_the_last_status() -> None:
     clock = FakeClock()
     states = iter(["pending 10%", "pending 40%"] + ["pending 70%"] * 1000)
     start = clock.now()
-    with pytest.raises(WaitTimeoutError, match=r"snapshot snap-1 to complete after 60 s: still pending 70%"):
+    with pytest.raises(
+        WaitTimeoutError, match=r"snapshot snap-1 to complete after 60 s: still pending 70%"
+    ):
         wait_for(lambda: next(states), what="snapshot snap-1 to complete", timeout=60, clock=clock)
     assert clock.now() - start == pytest.approx(60)
     done = iter(["pending", None])
@@ -67,15 +83,19 @@ def test_a_bounded_wait_names_what_it_waited_for_and_the_last_status() -> None:
 def test_progress_reports_sent_zero_and_resumed_bytes_at_most_once_per_interval() -> None:
     now = [0.0]
     lines: list[str] = []
-    progress = TransferProgress(lines.append, "snapshot snap-1", 8 * 1024 * 1024, interval=1.0, now=lambda: now[0])
+    progress = TransferProgress(
+        lines.append, "snapshot snap-1", 8 * 1024 * 1024, interval=1.0, now=lambda: now[0]
+    )
     progress.add(sent=1024 * 1024)
     progress.add(sent=1024 * 1024)  # same instant: not reported
     now[0] = 2.0
     progress.add(skipped=4 * 1024 * 1024, present=2 * 1024 * 1024)
     progress.finish()
     assert len(lines) == 3
-    assert lines[-1] == ("snapshot snap-1: 8/8 MiB (100%), sent 2.0 MiB, zero 4.0 MiB, already there 2.0 MiB, "
-                         "1.0 MiB/s")
+    assert lines[-1] == (
+        "snapshot snap-1: 8/8 MiB (100%), sent 2.0 MiB, zero 4.0 MiB, already there 2.0 MiB, "
+        "1.0 MiB/s"
+    )
 
 
 def test_on_a_terminal_transfer_progress_is_one_bar_redrawn_in_place() -> None:

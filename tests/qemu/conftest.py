@@ -21,7 +21,9 @@ def test_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A build-output prefix (``.../tiny``): tiny-kernel, tiny-initrd.img, tiny-cmdline."""
     found = host_kernel()
     if found is None or not BUSYBOX.is_file():
-        pytest.fail("needs linux-image-cloud-amd64 (kernel + modules) and busybox-static (see scripts/setup.sh)")
+        pytest.fail(
+            "needs linux-image-cloud-amd64 (kernel + modules) and busybox-static (see scripts/setup.sh)"
+        )
     kernel, modules_dir = found
     order = module_order(modules_dir, MODULES)
     entries: list[tuple[str, int, bytes, tuple[int, int]]] = [

@@ -236,8 +236,11 @@ def test_other_archives_are_refused(tmp_path: Path, file_name: str) -> None:
         resolve_artifact(tmp_path / file_name)
 
 
-@pytest.mark.parametrize("writer", [w for w in WRITERS if w.boot is not None and w.boot.kind != "kernel"],
-                         ids=lambda w: w.name)
+@pytest.mark.parametrize(
+    "writer",
+    [w for w in WRITERS if w.boot is not None and w.boot.kind != "kernel"],
+    ids=lambda w: w.name,
+)
 def test_every_image_format_resolves_as_it_declares(tmp_path: Path, writer: FormatWriter) -> None:
     method = writer.boot
     assert method is not None
@@ -245,14 +248,24 @@ def test_every_image_format_resolves_as_it_declares(tmp_path: Path, writer: Form
     for given in (tmp_path / f"web{writer.extension}", tmp_path / "web"):
         source = resolve_artifact(given)
         assert (source.kind.value, source.efi, source.unpack) == (
-            method.kind, method.firmware == "efi", method.unpack)
+            method.kind,
+            method.firmware == "efi",
+            method.unpack,
+        )
         assert source.disk_format == method.disk_format
         assert source.label == "web"
 
 
 def write_tar_kernel_initrd(directory: Path, cmdline: str = "panic=-1 quiet") -> Path:
-    inputs = BootInputs(kernel=directory / "k", initrd=directory / "i", cmdline=cmdline, rootfs_tar=None,
-                        digest="sha256:" + "0" * 64, source_date_epoch=0, name="web")
+    inputs = BootInputs(
+        kernel=directory / "k",
+        initrd=directory / "i",
+        cmdline=cmdline,
+        rootfs_tar=None,
+        digest="sha256:" + "0" * 64,
+        source_date_epoch=0,
+        name="web",
+    )
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "k").write_bytes(b"kernel-bytes")
     (directory / "i").write_bytes(b"initrd-bytes")
@@ -265,7 +278,11 @@ def test_tar_kernel_initrd_boots_its_unpacked_kernel(tmp_path: Path) -> None:
     assert archive.name == "web-initrd.tar"
     source = resolve_artifact(archive)
     assert (source.kind, source.path, source.cmdline, source.label) == (
-        BootKind.KERNEL, archive, "panic=-1 quiet", "web")
+        BootKind.KERNEL,
+        archive,
+        "panic=-1 quiet",
+        "web",
+    )
     assert resolve_artifact(tmp_path / "out" / "web") == source  # the build prefix
     config = VMConfig(name="web", artifact=archive)
     state = tmp_path / "state"
@@ -306,15 +323,20 @@ def test_gcp_tarball_boots_its_unpacked_sparse_disk(tmp_path: Path) -> None:
     write_gcp_tarball(raw, archive, 0)
     source = resolve_artifact(archive)
     assert (source.kind, source.disk_format, source.efi, source.unpack) == (
-        BootKind.DISK, "raw", False, ("disk.raw",))
+        BootKind.DISK,
+        "raw",
+        False,
+        ("disk.raw",),
+    )
     state = tmp_path / "state"
     state.mkdir()
     unpacked = unpack_source(source, state)
     assert unpacked.path == state / "disk.raw" and unpacked.unpack == ()
     assert unpacked.path.read_bytes() == raw.read_bytes()
     assert unpacked.path.stat().st_blocks * 512 < 1024 * 1024  # the holes stayed holes
-    argv = plan_qemu_argv(VMConfig(name="web", artifact=archive), unpacked, accel="tcg",
-                          state_dir=state, detach=True)
+    argv = plan_qemu_argv(
+        VMConfig(name="web", artifact=archive), unpacked, accel="tcg", state_dir=state, detach=True
+    )
     assert f"file={state}/disk.raw,format=raw,if=none,id=boot0,snapshot=on" in argv
 
 

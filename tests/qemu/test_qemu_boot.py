@@ -48,7 +48,9 @@ def test_foreground_run_exits_zero_on_poweroff_over_stale_state(
     print(f"foreground boot to poweroff: {elapsed:.1f}s")
 
 
-def test_tar_kernel_initrd_boots_unpacked(test_artifact: Path, state_root: Path, tmp_path: Path) -> None:
+def test_tar_kernel_initrd_boots_unpacked(
+    test_artifact: Path, state_root: Path, tmp_path: Path
+) -> None:
     """The tar-kernel-initrd output boots as it is: run qemu unpacks it into the VM's state."""
     inputs = BootInputs(
         kernel=Path(f"{test_artifact}-kernel"), initrd=Path(f"{test_artifact}-initrd.img"),

@@ -21,8 +21,24 @@ from provision.providers.qemu.vm import PortMapping, check_port_free
 def test_relative_artifact_path_boots(hybrid_iso: Path, state_root: Path) -> None:
     env = {**os.environ, "PROVISION_STATE": str(state_root)}
     result = subprocess.run(
-        [sys.executable, "-m", "provision", "run", "qemu", hybrid_iso.name, "--accel", "tcg", "--mem", "128"],
-        cwd=hybrid_iso.parent, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90,
+        [
+            sys.executable,
+            "-m",
+            "provision",
+            "run",
+            "qemu",
+            hybrid_iso.name,
+            "--accel",
+            "tcg",
+            "--mem",
+            "128",
+        ],
+        cwd=hybrid_iso.parent,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=90,
         check=False,
     )
     assert result.returncode == 0, result.stderr

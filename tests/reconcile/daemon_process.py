@@ -45,13 +45,17 @@ class RecordingCloud(SimulatedCloud):
         self.calls: list[Call] = []
         self.refused: list[Call] = []
         self._calls_lock = threading.Lock()
-        self.stall: tuple[int, int] | None = None  # (epoch, n): that epoch's creates after the n-th hang
+        self.stall: tuple[int, int] | None = (
+            None  # (epoch, n): that epoch's creates after the n-th hang
+        )
         self.stalled = threading.Event()  # a create is hanging
         self.thaw = threading.Event()  # ... until this is set, then it fails with a 503
 
     def _note(self, op: str, epoch: int, accepted: bool, group: str = "") -> None:
         with self._calls_lock:
-            (self.calls if accepted else self.refused).append(Call(time.monotonic(), op, epoch, group))
+            (self.calls if accepted else self.refused).append(
+                Call(time.monotonic(), op, epoch, group)
+            )
 
     def create(self, request: CreateRequest) -> Instance:
         if self.stall is not None and request.epoch == self.stall[0]:
@@ -69,7 +73,9 @@ class RecordingCloud(SimulatedCloud):
             self._note("create", request.epoch, False, group)
             raise
         except Exception:
-            self._note("create", request.epoch, True, group)  # timed out after it was made (or failed)
+            self._note(
+                "create", request.epoch, True, group
+            )  # timed out after it was made (or failed)
             raise
         self._note("create", request.epoch, True, group)
         return instance
@@ -95,11 +101,29 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 class DaemonProcess:
     """``provision daemon SPEC`` in a subprocess; ``events`` fills from its JSON log."""
 
-    def __init__(self, spec: Path, journal: Path | str, *extra: str, interval: float = 0.05) -> None:
-        argv = [sys.executable, "-m", "provision", "daemon", str(spec), "--journal", str(journal),
-                "--listen", "127.0.0.1:0", "--interval", str(interval), "--resync", "1", *extra]
+    def __init__(
+        self, spec: Path, journal: Path | str, *extra: str, interval: float = 0.05
+    ) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "provision",
+            "daemon",
+            str(spec),
+            "--journal",
+            str(journal),
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            str(interval),
+            "--resync",
+            "1",
+            *extra,
+        ]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+        self.proc = subprocess.Popen(
+            argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+        )
         self.events: list[dict[str, Any]] = []
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -119,7 +143,9 @@ class DaemonProcess:
 
     def wait_event(self, event: str, timeout: float = 20.0) -> dict[str, Any]:
         wait_for(lambda: self.has(event) or self.proc.poll() is not None, timeout, event)
-        assert self.has(event), f"daemon ended ({self.proc.returncode}) without {event!r}: {''.join(self.lines)[-2000:]}"
+        assert self.has(event), (
+            f"daemon ended ({self.proc.returncode}) without {event!r}: {''.join(self.lines)[-2000:]}"
+        )
         return next(e for e in list(self.events) if e.get("event") == event)
 
     def healthz(self) -> tuple[int, str]:

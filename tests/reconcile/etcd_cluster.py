@@ -66,13 +66,29 @@ class EtcdCluster:
         initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
         state = "existing" if (member.data_dir / "member").exists() else "new"
         argv = [
-            ETCD, "--name", member.name, "--data-dir", str(member.data_dir), "--logger=zap", "--log-level=error",
-            "--listen-client-urls", f"http://127.0.0.1:{member.client_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{member.client_port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{member.peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{member.peer_port}",
-            "--initial-cluster", initial, "--initial-cluster-state", state, "--initial-cluster-token", self.token,
-            "--heartbeat-interval=50", "--election-timeout=500",
+            ETCD,
+            "--name",
+            member.name,
+            "--data-dir",
+            str(member.data_dir),
+            "--logger=zap",
+            "--log-level=error",
+            "--listen-client-urls",
+            f"http://127.0.0.1:{member.client_port}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{member.client_port}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{member.peer_port}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{member.peer_port}",
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-state",
+            state,
+            "--initial-cluster-token",
+            self.token,
+            "--heartbeat-interval=50",
+            "--election-timeout=500",
         ]
         log = open(self.root / f"{member.name}.log", "ab")  # noqa: SIM115 (the process keeps it)
         member.process = subprocess.Popen(argv, stdout=log, stderr=log)
@@ -97,7 +113,9 @@ class EtcdCluster:
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"etcd member {member.name} not healthy after {timeout}s: {(self.root / (member.name + '.log')).read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"etcd member {member.name} not healthy after {timeout}s: {(self.root / (member.name + '.log')).read_text()[-2000:]}"
+                )
             time.sleep(0.1)
 
     def leader(self) -> Member:
@@ -105,7 +123,9 @@ class EtcdCluster:
             if member.process is None or member.process.poll() is not None:
                 continue
             try:
-                body = requests.post(f"http://{member.endpoint}/v3/maintenance/status", json={}, timeout=1).json()
+                body = requests.post(
+                    f"http://{member.endpoint}/v3/maintenance/status", json={}, timeout=1
+                ).json()
             except requests.RequestException:
                 continue
             leader = str(body.get("leader", ""))

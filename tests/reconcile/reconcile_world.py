@@ -49,9 +49,18 @@ groups:
 class World:
     """A cloud, a journal file and a clock shared by successive engines (restarts)."""
 
-    def __init__(self, tmp: Path, faults: Faults | None = None, boot: float = 5.0, page_size: int = 3, etcd: str = "") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        faults: Faults | None = None,
+        boot: float = 5.0,
+        page_size: int = 3,
+        etcd: str = "",
+    ) -> None:
         self.clock = FakeClock()
-        self.cloud = SimulatedCloud(self.clock, faults or Faults(), page_size=page_size, boot_seconds=boot)
+        self.cloud = SimulatedCloud(
+            self.clock, faults or Faults(), page_size=page_size, boot_seconds=boot
+        )
         self.journal = tmp / "journal.db"
         self.etcd = etcd  # an etcd journal URL: the journal lives there instead
         self.stores: list[Store] = []
@@ -73,9 +82,18 @@ class World:
         self.stores.append(store)
         return store
 
-    def engine(self, spec: ClusterSpec, owner: str = "engine", acquire: bool = True, **kwargs: Any) -> Engine:
+    def engine(
+        self, spec: ClusterSpec, owner: str = "engine", acquire: bool = True, **kwargs: Any
+    ) -> Engine:
         store = self.store()
-        engine = Engine(spec, {"sim": SimulatedProvider(self.cloud, "sim")}, store, self.clock, owner=owner, **kwargs)
+        engine = Engine(
+            spec,
+            {"sim": SimulatedProvider(self.cloud, "sim")},
+            store,
+            self.clock,
+            owner=owner,
+            **kwargs,
+        )
         if acquire:
             self.clock.advance(20)  # any previous (crashed) holder's lease has expired
             self.expire_leases()

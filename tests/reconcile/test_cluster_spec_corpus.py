@@ -43,13 +43,20 @@ def test_invalid_cluster_spec_gives_exactly_one_located_problem(path: Path) -> N
     problems = caught.value.problems
     assert len(problems) == 1, "\n".join(map(str, problems))
     problem = problems[0]
-    assert (problem.file, problem.line, problem.column, problem.key) == (str(path), line, column, key), str(problem)
+    assert (problem.file, problem.line, problem.column, problem.key) == (
+        str(path),
+        line,
+        column,
+        key,
+    ), str(problem)
     assert message in problem.message
     assert "\n" not in str(problem)
 
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
-def test_plan_refuses_it_with_exit_2_and_one_located_line(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_refuses_it_with_exit_2_and_one_located_line(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     line, column, key, message = expectation(path)
     started = time.monotonic()
     assert main(["plan", str(path)]) == 2

@@ -12,7 +12,9 @@ from provision.reconcile.spec import load_cluster_spec, parse_cluster_spec
 from provision.spec.reader import mark_at
 from provision.spec.source import Mark, parse_yaml_text
 
-GOOD = "cluster: demo\ngroups:\n  - name: web\n    provider: simulated\n    image: img\n    size: 2\n"
+GOOD = (
+    "cluster: demo\ngroups:\n  - name: web\n    provider: simulated\n    image: img\n    size: 2\n"
+)
 
 
 def problems(text: str) -> list[str]:
@@ -23,15 +25,18 @@ def problems(text: str) -> list[str]:
 
 def test_yaml_problems_are_located() -> None:
     assert problems(GOOD + "cluster: again\n") == [
-        "c.yml:7:1: cluster: duplicate key (first at line 1)"]
+        "c.yml:7:1: cluster: duplicate key (first at line 1)"
+    ]
     assert problems("cluster: demo\ngroups: [\n")[0].startswith("c.yml:3:1: YAML syntax error")
     assert problems(GOOD + "daemon: !!python/name:os.system x\n") == [
-        "c.yml:7:9: daemon: unsupported YAML tag 'tag:yaml.org,2002:python/name:os.system'"]
+        "c.yml:7:9: daemon: unsupported YAML tag 'tag:yaml.org,2002:python/name:os.system'"
+    ]
 
 
 def test_schema_problems_point_at_keys_values_and_nearest_ancestors() -> None:
-    found = problems("cluster: demo\ngroups:\n  - name: web\n    provider: sim\n"
-                     "    image: img\n    sizee: 2\n")
+    found = problems(
+        "cluster: demo\ngroups:\n  - name: web\n    provider: sim\n    image: img\n    sizee: 2\n"
+    )
     assert "c.yml:6:5: groups[0].sizee: unknown key (did you mean 'size'?)" in found
     assert "c.yml:3:5: groups[0]: missing 'size' (or 'members')" in found
     assert problems("") == ["c.yml:1:1: the file is empty (no YAML document)"]

@@ -40,9 +40,13 @@ GROUP = """  - name: {name}
 """
 
 
-def write_spec(path: Path, url: str, groups: list[str], image: str = "img-1", size: int = 2, surge: int = 1) -> None:
+def write_spec(
+    path: Path, url: str, groups: list[str], image: str = "img-1", size: int = 2, surge: int = 1
+) -> None:
     text = f'cluster: demo\nproviders:\n  sim: {{type: simulated-http, options: {{url: "{url}"}}}}\ngroups:\n'
-    path.write_text(text + "".join(GROUP.format(name=g, image=image, size=size, surge=surge) for g in groups))
+    path.write_text(
+        text + "".join(GROUP.format(name=g, image=image, size=size, surge=surge) for g in groups)
+    )
 
 
 @pytest.fixture
@@ -67,7 +71,9 @@ def owned_groups(daemon: DaemonProcess) -> set[str]:
         text = requests.get(f"http://{address}/metrics", timeout=2).text
     except requests.RequestException:
         return set()
-    return set(re.findall(r'provision_group_owned\{group="([^"]+)",owner="[^"]+"\} 1(?:\.0)?$', text, re.M))
+    return set(
+        re.findall(r'provision_group_owned\{group="([^"]+)",owner="[^"]+"\} 1(?:\.0)?$', text, re.M)
+    )
 
 
 def group_machines(cloud: RecordingCloud, group: str) -> list[object]:
@@ -90,10 +96,14 @@ def assert_single_writer(cloud: RecordingCloud) -> None:
     for group, calls in by_group.items():
         calls.sort()
         epochs = [e for _, e in calls]
-        assert epochs == sorted(epochs), f"group {group}: an older token acted after a newer one: {epochs}"
+        assert epochs == sorted(epochs), (
+            f"group {group}: an older token acted after a newer one: {epochs}"
+        )
 
 
-def test_three_daemons_five_groups_each_group_has_exactly_one_owner(tmp_path: Path, served: tuple[RecordingCloud, str], etcd_url: str) -> None:
+def test_three_daemons_five_groups_each_group_has_exactly_one_owner(
+    tmp_path: Path, served: tuple[RecordingCloud, str], etcd_url: str
+) -> None:
     cloud, url = served
     groups = [f"g{i}" for i in range(5)]
     spec = tmp_path / "cluster.yml"
@@ -110,7 +120,11 @@ def test_three_daemons_five_groups_each_group_has_exactly_one_owner(tmp_path: Pa
             backward = [owned_groups(d) for d in reversed(now)][::-1]
             for g in groups:
                 # each daemon's two queries bracket the later daemons' ones: owners in both at once
-                holders = [i for i, (a, b) in enumerate(zip(forward, backward, strict=True)) if g in a and g in b]
+                holders = [
+                    i
+                    for i, (a, b) in enumerate(zip(forward, backward, strict=True))
+                    if g in a and g in b
+                ]
                 if len(holders) > 1:
                     doubles.append(f"{g}: {holders}")
             rounds[0] += len(now) == 3
@@ -126,21 +140,47 @@ def test_three_daemons_five_groups_each_group_has_exactly_one_owner(tmp_path: Pa
 
         def balanced() -> bool:
             owned = [owned_groups(d) for d in daemons]
-            return all(g in owned[int(expected[g][1])] and sum(g in o for o in owned) == 1 for g in groups)
+            return all(
+                g in owned[int(expected[g][1])] and sum(g in o for o in owned) == 1 for g in groups
+            )
 
         try:
             wait_for(balanced, 30, "groups spread over the three daemons by their hash")
-            write_spec(spec, url, groups, image="img-2")  # work for each owner: a rolling update everywhere
-            wait_for(lambda: converged(cloud, groups, "img-2", 2), 60, "the rolling update under three daemons")
+            write_spec(
+                spec, url, groups, image="img-2"
+            )  # work for each owner: a rolling update everywhere
+            wait_for(
+                lambda: converged(cloud, groups, "img-2", 2),
+                60,
+                "the rolling update under three daemons",
+            )
         except AssertionError as exc:
             state = {d.proc.pid: (d.proc.poll(), sorted(owned_groups(d))) for d in daemons}
-            raise AssertionError(f"{exc}; expected {expected}; owned {state}; logs {[d.lines[-5:] for d in daemons]}") from None
+            raise AssertionError(
+                f"{exc}; expected {expected}; owned {state}; logs {[d.lines[-5:] for d in daemons]}"
+            ) from None
         assert balanced()
         assert sampler.is_alive()
-        status = subprocess.run([sys.executable, "-m", "provision", "status", str(spec), "--journal", etcd_url, "--json"],
-                                capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        status = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "provision",
+                "status",
+                str(spec),
+                "--journal",
+                etcd_url,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         shown = {g["group"]: g["owner"] for g in json.loads(status.stdout)["groups"]}
-        assert {g: o.split(" ")[0] for g, o in shown.items()} == expected and all("(epoch " in o for o in shown.values())
+        assert {g: o.split(" ")[0] for g, o in shown.items()} == expected and all(
+            "(epoch " in o for o in shown.values()
+        )
         stop.set()
         sampler.join(10)
         store = EtcdStore(parse_etcd_location(etcd_url))
@@ -173,7 +213,10 @@ class Floor:
         while not self.stop.is_set():
             live = self.cloud.live({TAG_CLUSTER: "demo", TAG_GROUP: self.group})
             self.max_live = max(self.max_live, len(live))
-            self.min_available = min(self.min_available, sum(1 for m in live if self.cloud.health(m.id) is HealthState.HEALTHY))
+            self.min_available = min(
+                self.min_available,
+                sum(1 for m in live if self.cloud.health(m.id) is HealthState.HEALTHY),
+            )
             self.samples += 1
             time.sleep(0.005)
 
@@ -183,7 +226,9 @@ class Floor:
 
 
 def test_sigkill_the_owner_mid_rolling_update_another_takes_over_within_the_lease(
-    tmp_path: Path, served: tuple[RecordingCloud, str], etcd_url: str,
+    tmp_path: Path,
+    served: tuple[RecordingCloud, str],
+    etcd_url: str,
 ) -> None:
     cloud, url = served
     size, surge = 6, 2
@@ -203,13 +248,19 @@ def test_sigkill_the_owner_mid_rolling_update_another_takes_over_within_the_leas
         killed = time.monotonic()
         wait_for(lambda: owned_groups(other) == {"web"}, LEASE + 5, "the survivor owning web")
         took_over = time.monotonic() - killed
-        wait_for(lambda: converged(cloud, ["web"], "img-2", size), 40, "the rolling update finished by the survivor")
+        wait_for(
+            lambda: converged(cloud, ["web"], "img-2", size),
+            40,
+            "the rolling update finished by the survivor",
+        )
         floor.close()
         assert other.stop() == 0
     finally:
         a.kill()
         b.kill()
-    print(f"take-over {took_over:.2f}s samples={floor.samples} max live={floor.max_live} min available={floor.min_available}")
+    print(
+        f"take-over {took_over:.2f}s samples={floor.samples} max live={floor.max_live} min available={floor.min_available}"
+    )
     assert took_over < LEASE + 1.5
     assert floor.samples > 100 and floor.max_live <= size + surge and floor.min_available >= size
     assert_single_writer(cloud)
@@ -218,7 +269,9 @@ def test_sigkill_the_owner_mid_rolling_update_another_takes_over_within_the_leas
 
 
 def test_a_sigstopped_owner_is_fenced_off_when_it_wakes_and_steps_down(
-    tmp_path: Path, served: tuple[RecordingCloud, str], etcd_url: str,
+    tmp_path: Path,
+    served: tuple[RecordingCloud, str],
+    etcd_url: str,
 ) -> None:
     cloud, url = served
     size = 6
@@ -244,14 +297,28 @@ def test_a_sigstopped_owner_is_fenced_off_when_it_wakes_and_steps_down(
         code = first.proc.wait(15)
         assert code == 1  # it stepped down
         assert first.has("lease-lost")
-        wait_for(lambda: converged(cloud, ["web"], "img-2", size), 40, "the second daemon finishing the update")
+        wait_for(
+            lambda: converged(cloud, ["web"], "img-2", size),
+            40,
+            "the second daemon finishing the update",
+        )
         assert second.stop() == 0
     finally:
         first.proc.send_signal(signal.SIGCONT)
         first.kill()
         if second is not None:
             second.kill()
-    print("woken daemon:", [e.get("event") for e in first.events if e.get("event") in ("lease-lost", "lease-expired", "pass-failed", "call-failed", "group-died")], "refused:", cloud.refused)
+    print(
+        "woken daemon:",
+        [
+            e.get("event")
+            for e in first.events
+            if e.get("event")
+            in ("lease-lost", "lease-expired", "pass-failed", "call-failed", "group-died")
+        ],
+        "refused:",
+        cloud.refused,
+    )
     late = [c for c in cloud.calls if c.epoch == token and c.at > woke]
     assert late == [], f"calls of the woken daemon accepted: {late}"
     assert all(c.at < stopped + 0.5 for c in cloud.calls if c.epoch == token)
@@ -260,7 +327,8 @@ def test_a_sigstopped_owner_is_fenced_off_when_it_wakes_and_steps_down(
 
 
 def test_daemons_keep_working_when_an_etcd_member_then_the_leader_are_killed(
-    tmp_path: Path, served: tuple[RecordingCloud, str],
+    tmp_path: Path,
+    served: tuple[RecordingCloud, str],
 ) -> None:
     etcd = EtcdCluster.create(tmp_path / "etcd")
     etcd.start()
@@ -275,13 +343,19 @@ def test_daemons_keep_working_when_an_etcd_member_then_the_leader_are_killed(
         follower = next(m for m in etcd.members if m is not etcd.leader())
         etcd.kill(follower)
         write_spec(spec, url, groups, size=3)
-        wait_for(lambda: converged(cloud, groups, "img-1", 3), 30, "a scale-up with one member down")
+        wait_for(
+            lambda: converged(cloud, groups, "img-1", 3), 30, "a scale-up with one member down"
+        )
         etcd.start_member(follower)
         etcd.wait_healthy([follower])
         leader = etcd.leader()
         etcd.kill(leader)
         write_spec(spec, url, groups, image="img-2", size=3)
-        wait_for(lambda: converged(cloud, groups, "img-2", 3), 40, "a rolling update after the etcd leader died")
+        wait_for(
+            lambda: converged(cloud, groups, "img-2", 3),
+            40,
+            "a rolling update after the etcd leader died",
+        )
         assert all(d.proc.poll() is None for d in daemons), "a daemon gave up"
         assert not any(d.has("lease-lost") for d in daemons)
         owned = [owned_groups(d) for d in daemons]

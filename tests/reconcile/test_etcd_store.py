@@ -39,7 +39,18 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Store, Store
 
 
 def _intent(key: str, op: str = "create", instance: str | None = None) -> Intent:
-    return Intent(key, "demo", "web", op, "00001", instance, "cfg", "missing", '{"k": 1}' if op == "create" else "", 1.0)
+    return Intent(
+        key,
+        "demo",
+        "web",
+        op,
+        "00001",
+        instance,
+        "cfg",
+        "missing",
+        '{"k": 1}' if op == "create" else "",
+        1.0,
+    )
 
 
 def test_a_journal_round_trip_of_every_record(stores: tuple[Store, Store]) -> None:
@@ -51,10 +62,17 @@ def test_a_journal_round_trip_of_every_record(stores: tuple[Store, Store]) -> No
     a.put_config("cfg", "img", {"flavor": "small"})
     assert b.config("cfg") == ("img", {"flavor": "small"}) and b.config("nope") is None
     assert [a.next_sequence("demo", "web", epoch) for _ in range(3)] == [1, 2, 3]
-    a.begin_intents([_intent("demo/web/00001/1"), _intent("demo/web/destroy/i-9/1", "destroy", "i-9")], epoch)
-    assert [i.key for i in b.pending_intents("demo", "web")] == ["demo/web/00001/1", "demo/web/destroy/i-9/1"]
+    a.begin_intents(
+        [_intent("demo/web/00001/1"), _intent("demo/web/destroy/i-9/1", "destroy", "i-9")], epoch
+    )
+    assert [i.key for i in b.pending_intents("demo", "web")] == [
+        "demo/web/00001/1",
+        "demo/web/destroy/i-9/1",
+    ]
     assert b.pending_intents("demo", "db") == [] and len(b.pending_intents("demo")) == 2
-    known = KnownInstance("i-1", "web", "00001", "cfg", "img", "demo-web-00001", "demo/web/00001/1", 5.0, None)
+    known = KnownInstance(
+        "i-1", "web", "00001", "cfg", "img", "demo-web-00001", "demo/web/00001/1", 5.0, None
+    )
     a.finish_create("demo/web/00001/1", known, epoch)
     a.finish_destroy("demo/web/destroy/i-9/1", "i-9", 7.0, epoch)
     assert b.pending_intents("demo") == []
@@ -71,7 +89,9 @@ def test_a_journal_round_trip_of_every_record(stores: tuple[Store, Store]) -> No
     assert [k.instance_id for k in b.known_instances("demo", "web")] == ["i-1"]
     record = ProviderRecord("sim", "simulated", 2.5, {"url": "http://x"}, "/base")
     a.record_cluster("demo", {"web": "sim", "db": "sim"}, [record], epoch)
-    assert b.groups_seen("demo") == {"web": "sim", "db": "sim"} and b.providers_seen("demo") == [record]
+    assert b.groups_seen("demo") == {"web": "sim", "db": "sim"} and b.providers_seen("demo") == [
+        record
+    ]
     assert b.groups_with_intents("demo") == {"web"}
     a.retire_group("demo", "db", epoch)
     assert b.groups_seen("demo") == {"web": "sim"}
@@ -112,7 +132,9 @@ def test_an_expired_etcd_lease_fences_its_holder_without_any_clock_of_ours(etcd_
         a.renew_lease("demo", "a", epoch, 2, 0.0)
 
 
-def test_requests_fail_over_to_the_members_that_answer(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+def test_requests_fail_over_to_the_members_that_answer(
+    etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
     dead = free_ports(1)[0]
     client = EtcdClient([f"127.0.0.1:{dead}", *etcd_cluster.endpoints])
     started = time.monotonic()
@@ -124,23 +146,43 @@ def test_requests_fail_over_to_the_members_that_answer(etcd_cluster: EtcdCluster
 def test_user_and_password_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client_port, peer_port = free_ports(2)
     process = subprocess.Popen(
-        [ETCD, "--name", "auth", "--data-dir", str(tmp_path / "d"), "--logger=zap", "--log-level=error",
-         "--listen-client-urls", f"http://127.0.0.1:{client_port}", "--advertise-client-urls", f"http://127.0.0.1:{client_port}",
-         "--listen-peer-urls", f"http://127.0.0.1:{peer_port}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-         "--initial-cluster", f"auth=http://127.0.0.1:{peer_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            ETCD,
+            "--name",
+            "auth",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--logger=zap",
+            "--log-level=error",
+            "--listen-client-urls",
+            f"http://127.0.0.1:{client_port}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{client_port}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer_port}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{peer_port}",
+            "--initial-cluster",
+            f"auth=http://127.0.0.1:{peer_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         base = f"http://127.0.0.1:{client_port}/v3"
         deadline = time.monotonic() + 15
         while True:
             try:
-                requests.post(f"{base}/auth/user/add", json={"name": "root", "password": "rootpw"}, timeout=1).raise_for_status()
+                requests.post(
+                    f"{base}/auth/user/add", json={"name": "root", "password": "rootpw"}, timeout=1
+                ).raise_for_status()
                 break
             except requests.RequestException:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-        requests.post(f"{base}/auth/user/grant", json={"user": "root", "role": "root"}, timeout=2).raise_for_status()
+        requests.post(
+            f"{base}/auth/user/grant", json={"user": "root", "role": "root"}, timeout=2
+        ).raise_for_status()
         requests.post(f"{base}/auth/enable", json={}, timeout=2).raise_for_status()
         url = f"etcd://127.0.0.1:{client_port}/secured?user=root"
         with pytest.raises(Exception, match="authentication as 'root' failed"):
@@ -161,7 +203,10 @@ def test_user_and_password_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_journal_urls_are_checked(tmp_path: Path) -> None:
     location = parse_etcd_location("etcd://10.0.0.1:2379,10.0.0.2:2379/prod/journal")
-    assert location.endpoints == ("10.0.0.1:2379", "10.0.0.2:2379") and location.prefix == "prod/journal"
+    assert (
+        location.endpoints == ("10.0.0.1:2379", "10.0.0.2:2379")
+        and location.prefix == "prod/journal"
+    )
     for bad, message in [
         ("etcd://10.0.0.1:2379", "prefix is required"),
         ("etcd://10.0.0.1/p", "not HOST:PORT"),
@@ -173,14 +218,19 @@ def test_journal_urls_are_checked(tmp_path: Path) -> None:
         with pytest.raises(UsageError, match=message):
             parse_etcd_location(bad, tmp_path)
     (tmp_path / "ca.pem").write_text("x")
-    assert parse_etcd_location("etcd://h:1/p?ca=ca.pem", tmp_path).auth == EtcdAuth(ca_file=str(tmp_path / "ca.pem"))
+    assert parse_etcd_location("etcd://h:1/p?ca=ca.pem", tmp_path).auth == EtcdAuth(
+        ca_file=str(tmp_path / "ca.pem")
+    )
     text = "cluster: demo\njournal: etcd://h:1\ngroups: []\n"
     with pytest.raises(Exception, match=r"x.yml:2:\d+: journal: .*prefix is required"):
         parse_cluster_spec(text, str(tmp_path / "x.yml"))
 
 
 def test_the_spec_or_journal_flag_selects_the_store(etcd_url: str, tmp_path: Path) -> None:
-    spec = parse_cluster_spec(f"cluster: demo\njournal: {etcd_url}\nproviders: {{sim: {{type: simulated}}}}\ngroups: [{{name: web, provider: sim, image: img-1, size: 1}}]\n", "<t>")
+    spec = parse_cluster_spec(
+        f"cluster: demo\njournal: {etcd_url}\nproviders: {{sim: {{type: simulated}}}}\ngroups: [{{name: web, provider: sim, image: img-1, size: 1}}]\n",
+        "<t>",
+    )
     store = open_store(spec)
     assert isinstance(store, EtcdStore) and store.describe() == etcd_url
     assert isinstance(open_store(spec, str(tmp_path / "j.db")), SqliteStore)
@@ -189,29 +239,83 @@ def test_the_spec_or_journal_flag_selects_the_store(etcd_url: str, tmp_path: Pat
 def _certificates(tmp: Path) -> None:
     """A CA, a server certificate for 127.0.0.1 and a client certificate (openssl). The server's
     serves client auth too: etcd's JSON gateway dials the member's own gRPC port with it."""
+
     def openssl(*argv: str) -> None:
         subprocess.run(["openssl", *argv], cwd=tmp, check=True, capture_output=True)
 
     key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *key, "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "1", "-subj", "/CN=test-ca")
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
-                      ("client", "extendedKeyUsage=clientAuth")):
+    openssl(
+        "req",
+        "-x509",
+        *key,
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+    )
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
         (tmp / f"{name}.ext").write_text(ext + "\n")
-        openssl("req", *key, "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
-                "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
+        openssl(
+            "req", *key, "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", "-subj", f"/CN={name}"
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "1",
+            "-extfile",
+            f"{name}.ext",
+        )
 
 
 def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
     _certificates(tmp_path)
     client_port, peer_port = free_ports(2)
     process = subprocess.Popen(
-        [ETCD, "--name", "tls", "--data-dir", str(tmp_path / "d"), "--logger=zap", "--log-level=error",
-         "--listen-client-urls", f"https://127.0.0.1:{client_port}", "--advertise-client-urls", f"https://127.0.0.1:{client_port}",
-         "--listen-peer-urls", f"http://127.0.0.1:{peer_port}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-         "--initial-cluster", f"tls=http://127.0.0.1:{peer_port}", "--cert-file", str(tmp_path / "server.pem"),
-         "--key-file", str(tmp_path / "server-key.pem"), "--trusted-ca-file", str(tmp_path / "ca.pem"), "--client-cert-auth"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            ETCD,
+            "--name",
+            "tls",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--logger=zap",
+            "--log-level=error",
+            "--listen-client-urls",
+            f"https://127.0.0.1:{client_port}",
+            "--advertise-client-urls",
+            f"https://127.0.0.1:{client_port}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer_port}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{peer_port}",
+            "--initial-cluster",
+            f"tls=http://127.0.0.1:{peer_port}",
+            "--cert-file",
+            str(tmp_path / "server.pem"),
+            "--key-file",
+            str(tmp_path / "server-key.pem"),
+            "--trusted-ca-file",
+            str(tmp_path / "ca.pem"),
+            "--client-cert-auth",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         url = f"etcd://127.0.0.1:{client_port}/tls?ca=ca.pem&cert=client.pem&key=client-key.pem"
@@ -226,8 +330,12 @@ def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
         epoch = store.acquire_lease("demo", "a", 5, 0.0)
         store.put_desired("demo", "sha", "text", epoch)
         assert store.desired("demo") == ("sha", "text")
-        with pytest.raises(EtcdError, match="no etcd endpoint answered"):  # no client certificate: the handshake fails
-            EtcdStore(parse_etcd_location(f"etcd://127.0.0.1:{client_port}/tls?ca=ca.pem", tmp_path))
+        with pytest.raises(
+            EtcdError, match="no etcd endpoint answered"
+        ):  # no client certificate: the handshake fails
+            EtcdStore(
+                parse_etcd_location(f"etcd://127.0.0.1:{client_port}/tls?ca=ca.pem", tmp_path)
+            )
     finally:
         process.kill()
         process.wait()

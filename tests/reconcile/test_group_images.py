@@ -45,7 +45,9 @@ QEMU_GROUP = """\
 
 def _tree(root: Path) -> dict[str, int]:
     """Every file under ``root`` with its size: what a user would compare before and after."""
-    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -59,11 +61,23 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def provision(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PROVISION_CACHE": str(workdir / "oci"), "PROVISION_ARTIFACTS": str(workdir / "artifacts"),
-           "SOURCE_DATE_EPOCH": ""}
+    env = {
+        **os.environ,
+        "PROVISION_CACHE": str(workdir / "oci"),
+        "PROVISION_ARTIFACTS": str(workdir / "artifacts"),
+        "SOURCE_DATE_EPOCH": "",
+    }
     env.pop("SOURCE_DATE_EPOCH")
-    return subprocess.run([sys.executable, "-m", "provision", *args], cwd=workdir, capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL, check=False, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "provision", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        env=env,
+    )
 
 
 def test_plan_builds_nothing_and_shows_the_digest_it_will_build(workdir: Path) -> None:
@@ -76,7 +90,9 @@ def test_plan_builds_nothing_and_shows_the_digest_it_will_build(workdir: Path) -
     after = _tree(workdir)
     new = set(after) - set(before)
     assert {k: v for k, v in after.items() if k in before} == before  # the store is unchanged
-    assert all(name.startswith("journal.db") for name in new), new  # no build, no qemu cache, no cloud
+    assert all(name.startswith("journal.db") for name in new), (
+        new
+    )  # no build, no qemu cache, no cloud
 
 
 def test_apply_builds_once_publishes_by_digest_and_launches_the_published_id(workdir: Path) -> None:
@@ -84,14 +100,20 @@ def test_apply_builds_once_publishes_by_digest_and_launches_the_published_id(wor
     digest = plan_image_digest([workdir / "specs/machine.yml"], ImageStore(workdir / "oci"))
     applied = provision(workdir, "apply", "cluster.yml", "--interval", "0.1")
     assert applied.returncode == 0, applied.stderr
-    assert f"building {workdir / 'specs/machine.yml'} as kernel+initrd ({digest[:19]})" in applied.stderr
+    assert (
+        f"building {workdir / 'specs/machine.yml'} as kernel+initrd ({digest[:19]})"
+        in applied.stderr
+    )
     cloud = load_cloud(str(workdir / "cloud.json"))
     image_id = cloud.find_image(digest)
     assert image_id is not None and image_id.startswith("img-")
     machines = cloud.live({"provision-cluster": "imgs"})
     assert len(machines) == 2 and {m.image for m in machines} == {image_id}
-    manifests = [p for p in (workdir / "artifacts").rglob("*.manifest.json")
-                 if not p.parent.name.startswith(".")]  # not the build's generation directory
+    manifests = [
+        p
+        for p in (workdir / "artifacts").rglob("*.manifest.json")
+        if not p.parent.name.startswith(".")
+    ]  # not the build's generation directory
     assert len(manifests) == 1 and json.loads(manifests[0].read_text())["image_digest"] == digest
     built_at = manifests[0].stat().st_mtime_ns
 
@@ -109,14 +131,20 @@ def test_the_qemu_target_publishes_a_built_image_into_its_cache_once(workdir: Pa
     providers = create_providers(spec, FakeClock())
     store = ImageStore(workdir / "oci")
     group = spec.group("vm")
-    planned = GroupImages(spec, providers, build=False, store=store, artifacts=workdir / "artifacts").image(group)
+    planned = GroupImages(
+        spec, providers, build=False, store=store, artifacts=workdir / "artifacts"
+    ).image(group)
     assert planned.pending and not (workdir / "qemu-state").exists()
-    built = GroupImages(spec, providers, build=True, store=store, artifacts=workdir / "artifacts").image(group)
+    built = GroupImages(
+        spec, providers, build=True, store=store, artifacts=workdir / "artifacts"
+    ).image(group)
     assert built.id == planned.digest and not built.pending
     cached = workdir / "qemu-state" / "images" / planned.id.removeprefix("sha256:")
     assert (cached / "machine-kernel").is_file() and (cached / "machine-initrd.img").is_file()
     assert json.loads((cached / "image.json").read_text())["digest"] == planned.id
-    replanned = GroupImages(spec, providers, build=False, store=store, artifacts=workdir / "artifacts").image(group)
+    replanned = GroupImages(
+        spec, providers, build=False, store=store, artifacts=workdir / "artifacts"
+    ).image(group)
     assert replanned.id == planned.id and not replanned.pending  # published: plan knows it
 
 
@@ -124,13 +152,21 @@ def test_a_built_artifact_is_only_digested_by_a_plan_and_cached_by_apply(workdir
     from cluster_e2e.standin import write_standin
 
     prefix = write_standin(workdir / "out", "v1")
-    (workdir / "cluster.yml").write_text(CLUSTER + QEMU_GROUP.replace("specs/machine.yml", "out/standin"))
+    (workdir / "cluster.yml").write_text(
+        CLUSTER + QEMU_GROUP.replace("specs/machine.yml", "out/standin")
+    )
     spec = load_cluster_spec(workdir / "cluster.yml")
     providers = create_providers(spec, FakeClock())
     group = spec.group("vm")
-    planned = GroupImages(spec, providers, build=False, artifacts=workdir / "artifacts").image(group)
-    assert planned.id.startswith("sha256:") and not (workdir / "qemu-state").exists()  # nothing copied
+    planned = GroupImages(spec, providers, build=False, artifacts=workdir / "artifacts").image(
+        group
+    )
+    assert (
+        planned.id.startswith("sha256:") and not (workdir / "qemu-state").exists()
+    )  # nothing copied
     applied = GroupImages(spec, providers, build=True, artifacts=workdir / "artifacts").image(group)
     assert applied.id == planned.id
     cached = workdir / "qemu-state" / "images" / planned.id.removeprefix("sha256:")
-    assert (cached / "standin-initrd.img").read_bytes() == (prefix.parent / "standin-initrd.img").read_bytes()
+    assert (cached / "standin-initrd.img").read_bytes() == (
+        prefix.parent / "standin-initrd.img"
+    ).read_bytes()

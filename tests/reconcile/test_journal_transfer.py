@@ -24,7 +24,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _engine(world: World, store: Store, size: int) -> Engine:
-    engine = Engine(make_spec(size), {"sim": SimulatedProvider(world.cloud, "sim")}, store, world.clock, owner="moved")
+    engine = Engine(
+        make_spec(size),
+        {"sim": SimulatedProvider(world.cloud, "sim")},
+        store,
+        world.clock,
+        owner="moved",
+    )
     engine.acquire()
     return engine
 
@@ -39,7 +45,9 @@ def _comparable(doc: dict[str, object]) -> dict[str, object]:
     return {"configs": sorted(doc["configs"], key=lambda c: c["config"]), "clusters": clusters}  # type: ignore[arg-type, index]
 
 
-def test_a_journal_moves_from_sqlite_to_etcd_and_back(world: World, etcd_url: str, tmp_path: Path) -> None:
+def test_a_journal_moves_from_sqlite_to_etcd_and_back(
+    world: World, etcd_url: str, tmp_path: Path
+) -> None:
     first = world.engine(make_spec(3))
     first.converge(between=world.step(3))
     first.release()
@@ -49,7 +57,9 @@ def test_a_journal_moves_from_sqlite_to_etcd_and_back(world: World, etcd_url: st
     assert import_journal(etcd, exported) == ["demo"]
     with pytest.raises(JournalImportError, match="already has cluster"):
         import_journal(etcd, exported)
-    assert _engine(world, EtcdStore(parse_etcd_location(etcd_url)), 3).plan().has_changes is False  # no foreign machine
+    assert (
+        _engine(world, EtcdStore(parse_etcd_location(etcd_url)), 3).plan().has_changes is False
+    )  # no foreign machine
     moved = _engine(world, etcd, 5)
     assert moved.epoch > max(i["epoch"] for i in exported["clusters"]["demo"]["intents"])
     assert moved.plan().has_changes  # 3 -> 5
@@ -67,17 +77,35 @@ def test_a_journal_moves_from_sqlite_to_etcd_and_back(world: World, etcd_url: st
     assert last.converge(between=world.step(3)) == 1 and world.cloud.stats.creates == 5
 
 
-def test_the_cli_pipes_an_export_into_an_import(world: World, etcd_url: str, tmp_path: Path) -> None:
+def test_the_cli_pipes_an_export_into_an_import(
+    world: World, etcd_url: str, tmp_path: Path
+) -> None:
     world.engine(make_spec(2)).converge(between=world.step(3))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    exporter = subprocess.Popen([sys.executable, "-m", "provision", "journal", "export", str(world.journal)], stdout=subprocess.PIPE, env=env)
-    importer = subprocess.run([sys.executable, "-m", "provision", "journal", "import", etcd_url], stdin=exporter.stdout,
-                              capture_output=True, text=True, env=env, check=False)
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "provision", "journal", "export", str(world.journal)],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    importer = subprocess.run(
+        [sys.executable, "-m", "provision", "journal", "import", etcd_url],
+        stdin=exporter.stdout,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert exporter.wait() == 0 and importer.returncode == 0, importer.stderr
     assert importer.stderr.strip() == f"imported 1 cluster(s) into {etcd_url}: demo"
     store = EtcdStore(parse_etcd_location(etcd_url))
     assert set(store.birth_times("demo", "web")) == {i.id for i in world.owned()}
-    again = subprocess.run([sys.executable, "-m", "provision", "journal", "import", etcd_url, "-"], input=json.dumps(export_journal(store)),
-                           capture_output=True, text=True, env=env, check=False)
+    again = subprocess.run(
+        [sys.executable, "-m", "provision", "journal", "import", etcd_url, "-"],
+        input=json.dumps(export_journal(store)),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert again.returncode != 0 and "already has cluster(s) demo; nothing imported" in again.stderr
     assert "Traceback" not in again.stderr

@@ -27,7 +27,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_example_plans_applies_and_reaches_a_fixpoint(cluster: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_example_plans_applies_and_reaches_a_fixpoint(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = run(capsys, "plan", str(cluster), "--detailed-exitcode")
     assert code == 2
     assert "Plan: 6 to create, 0 to replace, 0 to destroy." in out
@@ -37,12 +39,21 @@ def test_example_plans_applies_and_reaches_a_fixpoint(cluster: Path, capsys: pyt
     assert code == 0 and "No changes" in out
     code, out, _ = run(capsys, "status", str(cluster), "--json")
     status = json.loads(out)
-    assert [(g["group"], g["available"], g["up_to_date"]) for g in status["groups"]] == [("web", 3, 3), ("etcd", 3, 3)]
-    assert sorted(m["slot"] for m in status["groups"][1]["machines"]) == ["etcd-0", "etcd-1", "etcd-2"]
+    assert [(g["group"], g["available"], g["up_to_date"]) for g in status["groups"]] == [
+        ("web", 3, 3),
+        ("etcd", 3, 3),
+    ]
+    assert sorted(m["slot"] for m in status["groups"][1]["machines"]) == [
+        "etcd-0",
+        "etcd-1",
+        "etcd-2",
+    ]
     assert status["intents"] == {"done": 6}
 
 
-def test_plan_json_names_the_trigger_and_apply_rolls_it(cluster: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_json_names_the_trigger_and_apply_rolls_it(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run(capsys, "apply", str(cluster), "--interval", "0")
     cluster.write_text(cluster.read_text().replace("flavor: small", "flavor: large"))
     code, out, _ = run(capsys, "plan", str(cluster), "--json", "--detailed-exitcode")
@@ -55,7 +66,9 @@ def test_plan_json_names_the_trigger_and_apply_rolls_it(cluster: Path, capsys: p
     assert run(capsys, "plan", str(cluster), "--detailed-exitcode")[0] == 0
 
 
-def test_a_saved_plan_is_refused_when_the_machines_changed(cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_saved_plan_is_refused_when_the_machines_changed(
+    cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     saved = tmp_path / "plan.json"
     assert run(capsys, "plan", str(cluster), "--out", str(saved))[0] == 0
     run(capsys, "apply", str(cluster), "--interval", "0")  # someone else applied meanwhile
@@ -95,7 +108,9 @@ def test_spec_errors_are_all_located(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert f"{bad}:9:30: groups[0].health.startupTimeout: must be a duration" in err
 
 
-def test_a_saved_plan_applies_to_the_same_journal_and_cloud_from_any_directory(cluster: Path, tmp_path: Path) -> None:
+def test_a_saved_plan_applies_to_the_same_journal_and_cloud_from_any_directory(
+    cluster: Path, tmp_path: Path
+) -> None:
     """The plan names the spec and the journal by absolute path: applying it from elsewhere does
     not start a second journal (and a second set of machines) in the current directory."""
     import os
@@ -103,13 +118,33 @@ def test_a_saved_plan_applies_to_the_same_journal_and_cloud_from_any_directory(c
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    made = subprocess.run([sys.executable, "-m", "provision", "plan", cluster.name, "--out", "plan.json"],
-                          cwd=cluster.parent, env=env, capture_output=True, text=True, timeout=60)
+    made = subprocess.run(
+        [sys.executable, "-m", "provision", "plan", cluster.name, "--out", "plan.json"],
+        cwd=cluster.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert made.returncode == 0, made.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    applied = subprocess.run([sys.executable, "-m", "provision", "apply", str(cluster.parent / "plan.json"), "--interval", "0"],
-                             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60)
+    applied = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "provision",
+            "apply",
+            str(cluster.parent / "plan.json"),
+            "--interval",
+            "0",
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert applied.returncode == 0, applied.stderr
     assert list(elsewhere.iterdir()) == []  # no journal, no cloud state here
     assert len(load_cloud(str(cluster.parent / ".demo-sim-cloud.json")).live()) == 6

@@ -46,16 +46,33 @@ def cloud() -> Iterator[tuple[SimulatedCloud, str]]:
     server.shutdown()
 
 
-def test_daemon_converges_serves_metrics_and_stops_cleanly_on_sigterm(tmp_path: Path, cloud: tuple[SimulatedCloud, str]) -> None:
+def test_daemon_converges_serves_metrics_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, cloud: tuple[SimulatedCloud, str]
+) -> None:
     sim, url = cloud
     spec = tmp_path / "cluster.yml"
     spec.write_text(SPEC.format(url=url, size=3))
     journal = tmp_path / "journal.db"
-    argv = [sys.executable, "-m", "provision", "daemon", str(spec), "--journal", str(journal),
-            "--listen", "127.0.0.1:0", "--interval", "0.2", "--resync", "0.3"]
+    argv = [
+        sys.executable,
+        "-m",
+        "provision",
+        "daemon",
+        str(spec),
+        "--journal",
+        str(journal),
+        "--listen",
+        "127.0.0.1:0",
+        "--interval",
+        "0.2",
+        "--resync",
+        "0.3",
+    ]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     events: list[dict[str, object]] = []
-    reader = threading.Thread(target=lambda: events.extend(json.loads(line) for line in proc.stderr or []), daemon=True)
+    reader = threading.Thread(
+        target=lambda: events.extend(json.loads(line) for line in proc.stderr or []), daemon=True
+    )
     reader.start()
     try:
         wait_for(lambda: len(sim.live()) == 3)
@@ -83,7 +100,10 @@ def test_daemon_converges_serves_metrics_and_stops_cleanly_on_sigterm(tmp_path: 
     assert {"created", "leader"} <= {str(e["event"]) for e in events}
     db = sqlite3.connect(journal)
     pending = db.execute("SELECT COUNT(*) FROM intents WHERE state='pending'").fetchone()[0]
-    tracked = {r[0] for r in db.execute("SELECT instance_id FROM intents WHERE op='create' AND state='done'")}
+    tracked = {
+        r[0]
+        for r in db.execute("SELECT instance_id FROM intents WHERE op='create' AND state='done'")
+    }
     lease_owner = db.execute("SELECT owner FROM leases").fetchone()[0]
     db.close()
     assert pending == 0  # the in-flight create finished and was journaled

@@ -54,7 +54,9 @@ def live_from_the_api(url: str) -> list[dict[str, object]]:
     return list(requests.get(f"{url}/v1/admin/live", timeout=5).json()["instances"])
 
 
-def test_a_second_daemon_stands_by_and_takes_over_when_the_leader_is_killed(tmp_path: Path, served: tuple[RecordingCloud, str]) -> None:
+def test_a_second_daemon_stands_by_and_takes_over_when_the_leader_is_killed(
+    tmp_path: Path, served: tuple[RecordingCloud, str]
+) -> None:
     cloud, url = served
     cloud.stall = (1, 3)  # the first leader's fourth create hangs: it is killed mid scale-up
     spec = tmp_path / "cluster.yml"
@@ -106,7 +108,9 @@ class Sampler:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            self.max_seen = max(self.max_seen, len(self.cloud.live({TAG_CLUSTER: "demo", TAG_GROUP: "web"})))
+            self.max_seen = max(
+                self.max_seen, len(self.cloud.live({TAG_CLUSTER: "demo", TAG_GROUP: "web"}))
+            )
             self.samples += 1
             time.sleep(0.005)
 
@@ -130,7 +134,9 @@ def kill_repeatedly(spec: Path, journal: Path, rng: random.Random, kills: int) -
     return landed
 
 
-def test_chaos_sigkill_during_scale_up_and_rolling_update(tmp_path: Path, served: tuple[RecordingCloud, str]) -> None:
+def test_chaos_sigkill_during_scale_up_and_rolling_update(
+    tmp_path: Path, served: tuple[RecordingCloud, str]
+) -> None:
     size, surge = 6, 2
     cloud, url = served
     cloud.faults.list_lag = 2
@@ -166,10 +172,14 @@ def test_chaos_sigkill_during_scale_up_and_rolling_update(tmp_path: Path, served
     finally:
         sampler.close()
     assert kills >= 20
-    print(f"kills={kills} calls during kills={progress} max live={sampler.max_seen} samples={sampler.samples} "
-          f"creates={cloud.stats.creates} duplicate keys={cloud.stats.duplicate_keys}")
+    print(
+        f"kills={kills} calls during kills={progress} max live={sampler.max_seen} samples={sampler.samples} "
+        f"creates={cloud.stats.creates} duplicate keys={cloud.stats.duplicate_keys}"
+    )
     assert sampler.samples > 100
-    assert sampler.max_seen <= size + surge, f"{sampler.max_seen} live machines > {size} + maxSurge {surge}"
+    assert sampler.max_seen <= size + surge, (
+        f"{sampler.max_seen} live machines > {size} + maxSurge {surge}"
+    )
     machines = live_from_the_api(url)
     assert len(machines) == size
     assert len({m["tags"][TAG_SLOT] for m in machines}) == size  # type: ignore[index]

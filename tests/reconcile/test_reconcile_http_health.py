@@ -64,15 +64,24 @@ def _instance(name: str) -> Instance:
     return Instance(id=name, name=name, tags={}, image="img", created_at=0.0)
 
 
-@pytest.mark.parametrize("path, expected", [("/healthz", HealthState.HEALTHY), ("/other", HealthState.UNHEALTHY)])
-def test_wrapped_provider_is_probed_over_http(agent_port: int, path: str, expected: HealthState) -> None:
+@pytest.mark.parametrize(
+    "path, expected", [("/healthz", HealthState.HEALTHY), ("/other", HealthState.UNHEALTHY)]
+)
+def test_wrapped_provider_is_probed_over_http(
+    agent_port: int, path: str, expected: HealthState
+) -> None:
     closed = _free_closed_port()
     provider = CountingProvider(AddressOnlyProvider({"up": agent_port, "down": closed}))
     group = GroupSpec(
-        name="web", provider="p", image="img", size=3,
+        name="web",
+        provider="p",
+        image="img",
+        size=3,
         health=HealthPolicy(port=7080, path=path, enabled=True),
     )
-    states = probe_instances(provider, group, [_instance("up"), _instance("down"), _instance("nowhere")])
+    states = probe_instances(
+        provider, group, [_instance("up"), _instance("down"), _instance("nowhere")]
+    )
     assert states == [expected, HealthState.UNHEALTHY, HealthState.UNKNOWN]
 
 

@@ -75,7 +75,9 @@ def test_http_provider_contract(served: tuple[SimulatedCloud, HttpSimulatedProvi
     assert set(raised) == {RateLimitedError, TransientProviderError}  # exactly these two classes
 
 
-def test_engine_over_http_with_lag_and_timeouts(tmp_path: Path, served: tuple[SimulatedCloud, HttpSimulatedProvider]) -> None:
+def test_engine_over_http_with_lag_and_timeouts(
+    tmp_path: Path, served: tuple[SimulatedCloud, HttpSimulatedProvider]
+) -> None:
     cloud, provider = served
     cloud.faults.list_lag = 2
     cloud.faults.create_timeout_rate = 0.4

@@ -44,7 +44,9 @@ class Watch:
         assert owned <= self.ceiling, f"surge ceiling broken at {point}: {owned} > {self.ceiling}"
         if self.floor is not None:
             available = self.world.available()
-            assert available >= self.floor, f"availability floor broken at {point}: {available} < {self.floor}"
+            assert available >= self.floor, (
+                f"availability floor broken at {point}: {available} < {self.floor}"
+            )
         if self.count in self.crashes:
             raise SimulatedCrash(point)
 
@@ -82,12 +84,19 @@ def assert_converged(world: World, spec: ClusterSpec, image: str) -> None:
     seed=st.integers(0, 1000),
 )
 def test_crash_at_any_boundary_converges_without_leak_or_duplicate(
-    tmp_path_factory: pytest.TempPathFactory, crashes: set[int], lag: int, timeout_rate: float, error_rate: float, seed: int
+    tmp_path_factory: pytest.TempPathFactory,
+    crashes: set[int],
+    lag: int,
+    timeout_rate: float,
+    error_rate: float,
+    seed: int,
 ) -> None:
     """Invariants 1 and 3: crash anywhere (before the call, after it, after the journal write),
     under lagging lists, create time-outs and 429/5xx; never above the surge ceiling nor below the
     availability floor; converges with exactly one create per machine ever needed."""
-    faults = Faults(list_lag=lag, create_timeout_rate=timeout_rate, error_rate=error_rate, seed=seed)
+    faults = Faults(
+        list_lag=lag, create_timeout_rate=timeout_rate, error_rate=error_rate, seed=seed
+    )
     world = World(tmp_path_factory.mktemp("crash"), faults)
     watch = Watch(world, crashes)
     faults.crash = watch
@@ -150,7 +159,9 @@ def test_a_stale_leader_is_fenced_off(world: World) -> None:
 def test_remediation_breaker_and_max_in_flight(world: World) -> None:
     """Invariant 5: above maxUnhealthy nothing is destroyed; below it, at most maxInFlight
     remediations are in flight (destroyed, replacement not yet healthy)."""
-    spec = make_spec(10, health="{startupTimeout: 20s, unhealthyTimeout: 10s, maxUnhealthy: 2, maxInFlight: 1}")
+    spec = make_spec(
+        10, health="{startupTimeout: 20s, unhealthyTimeout: 10s, maxUnhealthy: 2, maxInFlight: 1}"
+    )
     engine = world.engine(spec)
     engine.converge(between=world.step(3))
     ids = sorted(i.id for i in world.owned())
@@ -165,7 +176,9 @@ def test_remediation_breaker_and_max_in_flight(world: World) -> None:
     for _ in range(40):
         engine.reconcile()
         replacements = [i for i in world.owned() if i.id not in ids]
-        booting = sum(1 for i in replacements if world.cloud.health(i.id) is not HealthState.HEALTHY)
+        booting = sum(
+            1 for i in replacements if world.cloud.health(i.id) is not HealthState.HEALTHY
+        )
         missing = 10 - len(world.owned())
         in_flight_max = max(in_flight_max, booting + missing)
         world.clock.advance(1)
@@ -179,8 +192,12 @@ def test_never_touches_a_machine_without_this_groups_ownership_tags(world: World
     """Invariant 5 (ownership): foreign machines survive scale-down, updates and remediation."""
     foreign = [
         world.cloud.add_foreign("untagged", {}),
-        world.cloud.add_foreign("other-group", {TAG_CLUSTER: "demo", TAG_GROUP: "db", TAG_SLOT: "00001"}),
-        world.cloud.add_foreign("other-cluster", {TAG_CLUSTER: "prod", TAG_GROUP: "web", TAG_SLOT: "00001"}),
+        world.cloud.add_foreign(
+            "other-group", {TAG_CLUSTER: "demo", TAG_GROUP: "db", TAG_SLOT: "00001"}
+        ),
+        world.cloud.add_foreign(
+            "other-cluster", {TAG_CLUSTER: "prod", TAG_GROUP: "web", TAG_SLOT: "00001"}
+        ),
         world.cloud.add_foreign("group-only", {TAG_GROUP: "web", TAG_SLOT: "00002"}),
     ]
     for f in foreign:
@@ -196,16 +213,25 @@ def test_never_touches_a_machine_without_this_groups_ownership_tags(world: World
 def test_converged_state_plans_empty_and_makes_no_mutating_call(tmp_path: Path) -> None:
     """Invariant 6: a pass over a converged state is pure reads: list pages only."""
     world = World(tmp_path, page_size=4)
-    spec = make_spec(10, extra_groups="  - {name: db, provider: sim, image: img-1, members: [a, b, c]}\n")
+    spec = make_spec(
+        10, extra_groups="  - {name: db, provider: sim, image: img-1, members: [a, b, c]}\n"
+    )
     world.engine(spec).converge(between=world.step(3))
     world.clock.advance(60)
     counter = CallCounter()
     from provision.providers.simulated.cloud import SimulatedProvider
 
-    engine = Engine(spec, {"sim": CountingProvider(SimulatedProvider(world.cloud, "sim"), counter)}, world.engine(spec, acquire=False).store, world.clock)
+    engine = Engine(
+        spec,
+        {"sim": CountingProvider(SimulatedProvider(world.cloud, "sim"), counter)},
+        world.engine(spec, acquire=False).store,
+        world.clock,
+    )
     engine.acquire()
     plan = engine.plan()
-    assert not plan.has_changes and all(c.action == "nothing" for g in plan.groups for c in g.changes)
+    assert not plan.has_changes and all(
+        c.action == "nothing" for g in plan.groups for c in g.changes
+    )
     results = engine.reconcile()
     assert all(r.converged for r in results)
     assert counter.mutating == 0

@@ -35,7 +35,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_unhealthy_time_survives_restarts_and_the_broken_machine_is_replaced(world: World) -> None:
     """Each observation is made by a new engine (a restarted daemon) 12 s after the last; the
     machine is unhealthy for 36 s > unhealthyTimeout 30 s, so the fourth engine replaces it."""
-    spec = make_spec(3, health="{startupTimeout: 10s, unhealthyTimeout: 30s, maxUnhealthy: 40%, maxInFlight: 1}")
+    spec = make_spec(
+        3, health="{startupTimeout: 10s, unhealthyTimeout: 30s, maxUnhealthy: 40%, maxInFlight: 1}"
+    )
     world.engine(spec).converge(between=world.step(3))
     world.clock.advance(20)
     sick = sorted(i.id for i in world.owned())[0]
@@ -66,7 +68,9 @@ time.sleep(120)
 
 def test_a_lease_held_by_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path: Path) -> None:
     journal = tmp_path / "journal.db"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(journal)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(journal)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         store = SqliteStore(journal)
@@ -88,22 +92,45 @@ def cluster(tmp_path: Path) -> Path:
     return path
 
 
-def test_bad_daemon_and_apply_options_take_no_lease(cluster: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_daemon_and_apply_options_take_no_lease(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     journal = cluster.parent / ".demo-journal.db"
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
     taken = f"127.0.0.1:{busy.getsockname()[1]}"
     cases = [
-        (["daemon", str(cluster), "--listen", "bogus"], "listen address 'bogus': expected HOST:PORT"),
+        (
+            ["daemon", str(cluster), "--listen", "bogus"],
+            "listen address 'bogus': expected HOST:PORT",
+        ),
         (["daemon", str(cluster), "--listen", "127.0.0.1:99999"], "a port from 0 to 65535"),
         (["daemon", str(cluster), "--listen", taken], f"cannot listen on {taken}"),
-        (["daemon", str(cluster), "--interval", "-5"], "daemon interval must be a number of seconds above 0"),
-        (["daemon", str(cluster), "--interval", "inf"], "daemon interval must be a number of seconds above 0"),
-        (["apply", str(cluster), "--interval", "-5"], "--interval must be a finite number of seconds (0 or more)"),
-        (["apply", str(cluster), "--timeout", "nan"], "--timeout must be a finite number of seconds above 0"),
-        (["up", str(cluster), "--interval", "-5"], "--interval must be a finite number of seconds (0 or more)"),
-        (["down", str(cluster), "--timeout", "-1"], "--timeout must be a finite number of seconds above 0"),
+        (
+            ["daemon", str(cluster), "--interval", "-5"],
+            "daemon interval must be a number of seconds above 0",
+        ),
+        (
+            ["daemon", str(cluster), "--interval", "inf"],
+            "daemon interval must be a number of seconds above 0",
+        ),
+        (
+            ["apply", str(cluster), "--interval", "-5"],
+            "--interval must be a finite number of seconds (0 or more)",
+        ),
+        (
+            ["apply", str(cluster), "--timeout", "nan"],
+            "--timeout must be a finite number of seconds above 0",
+        ),
+        (
+            ["up", str(cluster), "--interval", "-5"],
+            "--interval must be a finite number of seconds (0 or more)",
+        ),
+        (
+            ["down", str(cluster), "--timeout", "-1"],
+            "--timeout must be a finite number of seconds above 0",
+        ),
     ]
     try:
         for argv, message in cases:
@@ -119,7 +146,9 @@ def test_bad_daemon_and_apply_options_take_no_lease(cluster: Path, capsys: pytes
     assert main(["apply", str(cluster), "--interval", "0"]) == 0  # nothing blocks the next run
 
 
-def test_a_dead_group_thread_fails_healthz_is_restarted_and_ends_the_daemon_if_it_keeps_dying(tmp_path: Path) -> None:
+def test_a_dead_group_thread_fails_healthz_is_restarted_and_ends_the_daemon_if_it_keeps_dying(
+    tmp_path: Path,
+) -> None:
     crashing = threading.Event()
     crashing.set()
 
@@ -130,8 +159,13 @@ def test_a_dead_group_thread_fails_healthz_is_restarted_and_ends_the_daemon_if_i
     clock = SystemClock()
     cloud = SimulatedCloud(clock, Faults(crash=crash))
     store = SqliteStore(tmp_path / "journal.db")
-    daemon = Daemon(make_spec(2, health="{startupTimeout: 1s}"), {"sim": SimulatedProvider(cloud, "sim")}, store, clock,
-                    DaemonOptions(0.05, 60.0, "127.0.0.1:0", lease_ttl=3.0))
+    daemon = Daemon(
+        make_spec(2, health="{startupTimeout: 1s}"),
+        {"sim": SimulatedProvider(cloud, "sim")},
+        store,
+        clock,
+        DaemonOptions(0.05, 60.0, "127.0.0.1:0", lease_ttl=3.0),
+    )
     codes: list[int] = []
     runner = threading.Thread(target=lambda: codes.append(daemon.run()))
     runner.start()
@@ -145,7 +179,11 @@ def test_a_dead_group_thread_fails_healthz_is_restarted_and_ends_the_daemon_if_i
             answer = requests.get(url, timeout=5)
             seen.append((answer.status_code, answer.text))
             time.sleep(0.02)
-        assert any("group web thread died: SimulatedCrash('create:before')" in text for code, text in seen if code == 503)
+        assert any(
+            "group web thread died: SimulatedCrash('create:before')" in text
+            for code, text in seen
+            if code == 503
+        )
         crashing.clear()  # the cause goes away: the restarted thread converges the group
         deadline = time.monotonic() + 10
         while len(cloud.live()) < 2 or requests.get(url, timeout=5).status_code != 200:

@@ -39,14 +39,21 @@ def test_a_removed_group_is_planned_destroyed_through_the_journal_and_retired(wo
     engine = world.engine(make_spec(2))
     plan = engine.plan()
     [removed] = [g for g in plan.groups if g.group == "db"]
-    assert removed.removed and [(c.action, c.reason) for c in removed.changes] == [("destroy", REMOVED)] * 2
+    assert (
+        removed.removed
+        and [(c.action, c.reason) for c in removed.changes] == [("destroy", REMOVED)] * 2
+    )
     assert plan.has_changes
     engine.converge(between=world.step(3))
     assert world.owned("db") == [] and len(world.owned("web")) == 2
     db_file = sqlite3.connect(world.journal)
-    done = db_file.execute("SELECT instance_id, reason FROM intents WHERE op='destroy' AND state='done'").fetchall()
+    done = db_file.execute(
+        "SELECT instance_id, reason FROM intents WHERE op='destroy' AND state='done'"
+    ).fetchall()
     db_file.close()
-    assert sorted(done) == sorted((i.id, REMOVED) for i in db)  # every destroy went through the journal
+    assert sorted(done) == sorted(
+        (i.id, REMOVED) for i in db
+    )  # every destroy went through the journal
     assert "db" not in engine.store.groups_seen("demo")  # retired once empty
     after = engine.plan()
     assert not after.has_changes and [g.group for g in after.groups] == ["web"]
@@ -56,7 +63,10 @@ def test_a_removed_group_is_planned_destroyed_through_the_journal_and_retired(wo
 def test_a_spec_that_removes_every_group_is_refused_unless_allowed(world: World) -> None:
     world.engine(make_spec(3)).converge(between=world.step(3))
     before = {i.id for i in world.owned()}
-    renamed = parse_cluster_spec("cluster: demo\nproviders:\n  sim: {type: simulated}\ngroups:\n  - {name: www, provider: sim, image: img-1, size: 1}\n", "<test>")
+    renamed = parse_cluster_spec(
+        "cluster: demo\nproviders:\n  sim: {type: simulated}\ngroups:\n  - {name: www, provider: sim, image: img-1, size: 1}\n",
+        "<test>",
+    )
     engine = world.engine(renamed)
     assert any("removes every group" in note for g in engine.plan().groups for note in g.notes)
     with pytest.raises(DestroyAllRefusedError, match="web \\(3 machines\\)"):
@@ -66,15 +76,26 @@ def test_a_spec_that_removes_every_group_is_refused_unless_allowed(world: World)
     assert world.owned() == [] and len(world.owned("www")) == 1
 
 
-def test_the_daemon_refuses_a_spec_that_removes_every_group_before_taking_the_lease(world: World) -> None:
+def test_the_daemon_refuses_a_spec_that_removes_every_group_before_taking_the_lease(
+    world: World,
+) -> None:
     world.engine(make_spec(2)).converge(between=world.step(3))
     epoch = world.stores[0].current_epoch("demo")
-    renamed = parse_cluster_spec("cluster: demo\nproviders:\n  sim: {type: simulated}\ngroups:\n  - {name: www, provider: sim, image: img-1, size: 1}\n", "<test>")
+    renamed = parse_cluster_spec(
+        "cluster: demo\nproviders:\n  sim: {type: simulated}\ngroups:\n  - {name: www, provider: sim, image: img-1, size: 1}\n",
+        "<test>",
+    )
     store = SqliteStore(world.journal)
     world.stores.append(store)
     from provision.providers.simulated.cloud import SimulatedProvider
 
-    daemon = Daemon(renamed, {"sim": SimulatedProvider(world.cloud, "sim")}, store, world.clock, DaemonOptions(0.1, 1.0, None))
+    daemon = Daemon(
+        renamed,
+        {"sim": SimulatedProvider(world.cloud, "sim")},
+        store,
+        world.clock,
+        DaemonOptions(0.1, 1.0, None),
+    )
     with pytest.raises(DestroyAllRefusedError, match="refusing to destroy them all"):
         daemon.run()
     assert store.current_epoch("demo") == epoch and len(world.owned()) == 2
@@ -88,10 +109,12 @@ def cluster(tmp_path: Path) -> Path:
 
 
 def without_etcd(text: str) -> str:
-    return text[: text.index("  # pets:")] + text[text.index("daemon:"):]
+    return text[: text.index("  # pets:")] + text[text.index("daemon:") :]
 
 
-def test_cli_plan_exits_2_while_a_removed_group_has_machines_and_apply_destroys_them(cluster: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_plan_exits_2_while_a_removed_group_has_machines_and_apply_destroys_them(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(capsys, "apply", str(cluster), "--interval", "0")[0] == 0
     cluster.write_text(without_etcd(cluster.read_text()))
     code, out, _ = run(capsys, "status", str(cluster))
@@ -107,17 +130,26 @@ def test_cli_plan_exits_2_while_a_removed_group_has_machines_and_apply_destroys_
     assert sorted(i.tags["provision-group"] for i in state.live()) == ["web"] * 3
 
 
-def test_cli_apply_removes_every_group_only_with_allow_destroy_all(cluster: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_apply_removes_every_group_only_with_allow_destroy_all(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(capsys, "apply", str(cluster), "--interval", "0")[0] == 0
     text = cluster.read_text()
     cluster.write_text(text.replace("name: web", "name: www").replace("name: etcd", "name: quorum"))
     code, _, err = run(capsys, "apply", str(cluster), "--interval", "0")
-    assert code == 1 and "removes every group of cluster 'demo' that has machines: etcd (3 machines), web (3 machines)" in err
+    assert (
+        code == 1
+        and "removes every group of cluster 'demo' that has machines: etcd (3 machines), web (3 machines)"
+        in err
+    )
     assert "Traceback" not in err
     state = str(cluster.parent / ".demo-sim-cloud.json")
     assert len(load_cloud(state).live()) == 6
     assert run(capsys, "apply", str(cluster), "--interval", "0", "--allow-destroy-all")[0] == 0
-    assert sorted(i.tags["provision-group"] for i in load_cloud(state).live()) == ["quorum"] * 3 + ["www"] * 3
+    assert (
+        sorted(i.tags["provision-group"] for i in load_cloud(state).live())
+        == ["quorum"] * 3 + ["www"] * 3
+    )
 
 
 TWO_PROVIDERS = """
@@ -134,7 +166,9 @@ PB_FILE = "  pb: {type: simulated, options: {state: pb.json}}"
 DB_ON_PB = "  - {name: db, provider: pb, image: img-1, size: 2}"
 
 
-def test_down_finds_the_machines_of_a_provider_the_spec_no_longer_declares(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_down_finds_the_machines_of_a_provider_the_spec_no_longer_declares(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The probe's case: machines on pb while the spec has no group (here not even the provider)
     there; down must find them through what the journal recorded, and destroy them through it."""
     spec = tmp_path / "cluster.yml"
@@ -146,14 +180,22 @@ def test_down_finds_the_machines_of_a_provider_the_spec_no_longer_declares(tmp_p
     code, out, err = run(capsys, "down", str(spec))
     assert code == 0, err
     assert "4 machines destroyed, none left" in out
-    assert load_cloud(str(tmp_path / "pa.json")).live() == [] and load_cloud(str(tmp_path / "pb.json")).live() == []
+    assert (
+        load_cloud(str(tmp_path / "pa.json")).live() == []
+        and load_cloud(str(tmp_path / "pb.json")).live() == []
+    )
     db = sqlite3.connect(tmp_path / "journal.db")
-    destroyed = {r[0] for r in db.execute("SELECT instance_id FROM intents WHERE op='destroy' AND state='done'")}
+    destroyed = {
+        r[0]
+        for r in db.execute("SELECT instance_id FROM intents WHERE op='destroy' AND state='done'")
+    }
     db.close()
     assert set(pb) <= destroyed  # through the journal, not behind its back
 
 
-def test_down_sweeps_cluster_machines_no_group_or_journal_knows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_down_sweeps_cluster_machines_no_group_or_journal_knows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = tmp_path / "cluster.yml"
     spec.write_text(TWO_PROVIDERS.format(pb=PB_FILE, db=""))
     assert run(capsys, "apply", str(spec), "--interval", "0")[0] == 0
@@ -170,7 +212,9 @@ def test_down_sweeps_cluster_machines_no_group_or_journal_knows(tmp_path: Path, 
     assert [i.id for i in load_cloud(state).live()] == [other.id]  # another cluster's machine stays
 
 
-def test_down_names_what_it_left_on_a_provider_it_cannot_reach(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_down_names_what_it_left_on_a_provider_it_cannot_reach(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sim = SimulatedCloud(page_size=50)
     server = serve_simulated_cloud(sim)
     url = f"http://127.0.0.1:{server.server_address[1]}"
@@ -190,7 +234,9 @@ def test_down_names_what_it_left_on_a_provider_it_cannot_reach(tmp_path: Path, c
     assert load_cloud(str(tmp_path / "pa.json")).live() == []
 
 
-def test_machines_carry_their_journal_and_another_journal_must_adopt_them(world: World, tmp_path: Path) -> None:
+def test_machines_carry_their_journal_and_another_journal_must_adopt_them(
+    world: World, tmp_path: Path
+) -> None:
     spec = make_spec(2)
     first = world.engine(spec)
     first.converge(between=world.step(3))
@@ -202,23 +248,37 @@ def test_machines_carry_their_journal_and_another_journal_must_adopt_them(world:
 
     world.cloud.vanish(world.owned()[0].id)  # work to do, for whoever may do it
     world.clock.advance(1)
-    intruder = Engine(spec, {"sim": SimulatedProvider(world.cloud, "sim")}, other, world.clock, owner="b")
+    intruder = Engine(
+        spec, {"sim": SimulatedProvider(world.cloud, "sim")}, other, world.clock, owner="b"
+    )
     intruder.acquire()
     with pytest.raises(ForeignJournalError, match=first.store.identity()):
         intruder.reconcile()
-    assert len(world.owned()) == 1 and other.pending_intents("demo") == []  # refused before any call
+    assert (
+        len(world.owned()) == 1 and other.pending_intents("demo") == []
+    )  # refused before any call
     assert any("another journal" in n for g in intruder.plan().groups for n in g.notes)
-    adopter = Engine(spec, {"sim": SimulatedProvider(world.cloud, "sim")}, other, world.clock, owner="b", adopt=True)
+    adopter = Engine(
+        spec,
+        {"sim": SimulatedProvider(world.cloud, "sim")},
+        other,
+        world.clock,
+        owner="b",
+        adopt=True,
+    )
     adopter.acquire()
     adopter.converge(between=world.step(3))
     assert len(world.owned()) == 2
-    again = Engine(spec, {"sim": SimulatedProvider(world.cloud, "sim")}, other, world.clock, owner="b")
+    again = Engine(
+        spec, {"sim": SimulatedProvider(world.cloud, "sim")}, other, world.clock, owner="b"
+    )
     again.acquire()
     assert all(r.converged for r in again.reconcile())  # the adoption is remembered
 
 
-
-def test_up_also_destroys_a_removed_group(cluster: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_up_also_destroys_a_removed_group(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(capsys, "up", str(cluster), "--interval", "0", "-q")[0] == 0
     cluster.write_text(without_etcd(cluster.read_text()))
     code, out, err = run(capsys, "up", str(cluster), "--interval", "0", "-q")
@@ -228,7 +288,9 @@ def test_up_also_destroys_a_removed_group(cluster: Path, capsys: pytest.CaptureF
     assert sorted(i.tags["provision-group"] for i in state.live()) == ["web"] * 3
 
 
-def test_machine_ids_that_collide_across_providers_do_not_clobber_each_other(tmp_path: Path) -> None:
+def test_machine_ids_that_collide_across_providers_do_not_clobber_each_other(
+    tmp_path: Path,
+) -> None:
     """Two clouds number their machines alike (i-00000001 on both); with lagging lists the
     journal must keep each group's machines apart, or a group loses sight of one and makes a
     duplicate."""
@@ -240,9 +302,13 @@ def test_machine_ids_that_collide_across_providers_do_not_clobber_each_other(tmp
     pa, pb = (SimulatedCloud(clock, Faults(list_lag=3), page_size=2) for _ in range(2))
     spec = parse_cluster_spec(
         "cluster: demo\nproviders:\n  pa: {type: simulated}\n  pb: {type: simulated}\ngroups:\n"
-        "  - {name: web, provider: pa, image: img-1, size: 3}\n  - {name: db, provider: pb, image: img-1, size: 3}\n", "<test>")
+        "  - {name: web, provider: pa, image: img-1, size: 3}\n  - {name: db, provider: pb, image: img-1, size: 3}\n",
+        "<test>",
+    )
     store = SqliteStore(tmp_path / "journal.db")
-    engine = Engine(spec, {"pa": SimulatedProvider(pa, "pa"), "pb": SimulatedProvider(pb, "pb")}, store, clock)
+    engine = Engine(
+        spec, {"pa": SimulatedProvider(pa, "pa"), "pb": SimulatedProvider(pb, "pb")}, store, clock
+    )
     engine.acquire()
     engine.converge(max_passes=50, between=lambda _n: clock.advance(2))
     assert {i.id for i in pa.live()} == {i.id for i in pb.live()}  # the ids do collide
@@ -276,6 +342,11 @@ def test_a_journal_from_before_is_migrated_in_place(tmp_path: Path) -> None:
     assert store.acquire_lease("demo", "me", 15.0, 100.0) == 5  # the epoch continues
     store.close()
     db = sqlite3.connect(path)
-    key = [r[1] for r in sorted((r for r in db.execute("PRAGMA table_info(instances)") if r[5]), key=lambda r: r[5])]
+    key = [
+        r[1]
+        for r in sorted(
+            (r for r in db.execute("PRAGMA table_info(instances)") if r[5]), key=lambda r: r[5]
+        )
+    ]
     db.close()
     assert key == ["cluster", "grp", "instance_id"]

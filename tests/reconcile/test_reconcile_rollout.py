@@ -14,8 +14,22 @@ from provision.reconcile.rollout import plan_step
 NEW, OLD = "new", "old"
 
 
-def machine(i: int, config: str = NEW, condition: Condition = Condition.AVAILABLE, created: float | None = None, slot: str = "") -> Machine:
-    return Machine(f"i-{i:03d}", f"m{i:03d}", slot or f"{i:05d}", config, "img", float(i if created is None else created), condition)
+def machine(
+    i: int,
+    config: str = NEW,
+    condition: Condition = Condition.AVAILABLE,
+    created: float | None = None,
+    slot: str = "",
+) -> Machine:
+    return Machine(
+        f"i-{i:03d}",
+        f"m{i:03d}",
+        slot or f"{i:05d}",
+        config,
+        "img",
+        float(i if created is None else created),
+        condition,
+    )
 
 
 machines_strategy = st.lists(
@@ -31,7 +45,9 @@ machines_strategy = st.lists(
     unavailable=st.integers(0, 3),
     raw=machines_strategy,
 )
-def test_a_step_never_breaks_the_ceiling_or_the_floor(desired: int, surge: int, unavailable: int, raw: list[tuple[str, Condition, int]]) -> None:
+def test_a_step_never_breaks_the_ceiling_or_the_floor(
+    desired: int, surge: int, unavailable: int, raw: list[tuple[str, Condition, int]]
+) -> None:
     if surge == 0 and unavailable == 0:
         surge = 1
     spec = make_spec(desired, surge=surge, unavailable=unavailable).groups[0]
@@ -53,7 +69,9 @@ def test_a_step_never_breaks_the_ceiling_or_the_floor(desired: int, surge: int, 
     # progress: with nothing in flight (no machine starting or merely unhealthy), a group that
     # does not match its spec gets a non-empty step, unless only a held remediation remains
     stable = all(m.condition in (Condition.AVAILABLE, Condition.FAILED) for m in machines)
-    converged = len(machines) == desired and all(m.config == NEW and m.condition is Condition.AVAILABLE for m in machines)
+    converged = len(machines) == desired and all(
+        m.config == NEW and m.condition is Condition.AVAILABLE for m in machines
+    )
     held = any("remediation held" in note for note in step.notes)
     if stable and not converged and not held:
         assert not step.empty, f"no progress: {machines}"
@@ -80,12 +98,16 @@ def test_victims_out_of_date_then_unhealthy_then_oldest_then_name() -> None:
 
 def test_remediation_breaker_holds_every_destroy_when_too_many_are_unhealthy() -> None:
     spec = make_spec(10, health="{maxUnhealthy: 2, maxInFlight: 5}").groups[0]
-    machines = [machine(i, condition=Condition.FAILED if i < 3 else Condition.AVAILABLE) for i in range(10)]
+    machines = [
+        machine(i, condition=Condition.FAILED if i < 3 else Condition.AVAILABLE) for i in range(10)
+    ]
     step = plan_step(spec, NEW, machines)
     assert step.destroys == () and step.creates == ()
     assert any("maxUnhealthy" in note for note in step.notes)
     # at the threshold, remediation runs, capped by maxInFlight
-    machines = [machine(i, condition=Condition.FAILED if i < 2 else Condition.AVAILABLE) for i in range(10)]
+    machines = [
+        machine(i, condition=Condition.FAILED if i < 2 else Condition.AVAILABLE) for i in range(10)
+    ]
     step = plan_step(spec, NEW, machines)
     assert sorted(str(d.machine.id) for d in step.destroys) == ["i-000", "i-001"]
     assert all(d.remediation for d in step.destroys) and len(step.creates) == 2
@@ -97,7 +119,9 @@ def test_max_in_flight_counts_replacements_still_starting() -> None:
     fine = [machine(i, condition=Condition.AVAILABLE) for i in range(3, 5)]
     starting = [machine(9, condition=Condition.STARTING, created=99)]  # a replacement booting
     step = plan_step(spec, NEW, failed + fine + starting)
-    assert len([d for d in step.destroys if d.remediation]) == 1  # 1 in flight + 1 new = maxInFlight
+    assert (
+        len([d for d in step.destroys if d.remediation]) == 1
+    )  # 1 in flight + 1 new = maxInFlight
 
 
 def test_pets_keep_their_names_and_replace_slot_by_slot() -> None:
@@ -107,7 +131,9 @@ def test_pets_keep_their_names_and_replace_slot_by_slot() -> None:
     assert step.destroys == () and [c.slot for c in step.creates] == ["a"]
     machines.append(machine(7, NEW, slot="a", created=100))
     step = plan_step(spec, NEW, machines)
-    assert [d.machine.slot for d in step.destroys] == ["a"]  # the covered slot's old machine goes first
+    assert [d.machine.slot for d in step.destroys] == [
+        "a"
+    ]  # the covered slot's old machine goes first
     assert [c.slot for c in step.creates] == ["b"]
 
 

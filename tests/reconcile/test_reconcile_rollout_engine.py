@@ -56,7 +56,9 @@ class DestroyTimeoutCloud(SimulatedCloud):
         super().destroy(instance_id, epoch)
         if self._destroy_rng.random() < self.destroy_timeout_rate:
             self.destroy_timeouts += 1
-            raise OutcomeUnknownError(f"simulated timeout destroying {instance_id} (it was destroyed)")
+            raise OutcomeUnknownError(
+                f"simulated timeout destroying {instance_id} (it was destroyed)"
+            )
 
 
 class Bounds:
@@ -74,15 +76,26 @@ class Bounds:
         for group in self.spec.groups:
             surge, unavailable = group.update.bounds(group.desired)
             owned = len(self.world.owned(group.name))
-            assert owned <= group.desired + surge, f"{group.name}: {owned} > {group.desired} + {surge} at {point}"
+            assert owned <= group.desired + surge, (
+                f"{group.name}: {owned} > {group.desired} + {surge} at {point}"
+            )
             if self.floor:
                 available = self.world.available(group.name)
-                assert available >= group.desired - unavailable, f"{group.name}: {available} available at {point}"
+                assert available >= group.desired - unavailable, (
+                    f"{group.name}: {available} available at {point}"
+                )
 
 
 def spec_of(version: int, size: int, combo: tuple[Any, Any], pets: tuple[int, int]) -> ClusterSpec:
-    text = SPEC.format(image=f"img-{version}", flavor="large" if version >= 3 else "small", size=size,
-                       surge=combo[0], unavailable=combo[1], pet_surge=pets[0], pet_unavailable=pets[1])
+    text = SPEC.format(
+        image=f"img-{version}",
+        flavor="large" if version >= 3 else "small",
+        size=size,
+        surge=combo[0],
+        unavailable=combo[1],
+        pet_surge=pets[0],
+        pet_unavailable=pets[1],
+    )
     return parse_cluster_spec(text, "<test>")
 
 
@@ -101,20 +114,32 @@ COMBOS = [(1, 0), (0, 1), (2, 1), ("50%", 0), (0, "25%"), (3, 2)]
     seed=st.integers(0, 1000),
 )
 def test_rollouts_hold_their_bounds_and_converge_when_the_spec_changes_mid_rollout(
-    tmp_path_factory: pytest.TempPathFactory, size: int, combo: tuple[Any, Any], pets: tuple[int, int],
-    change_after: int, lag: int, create_timeouts: float, destroy_timeouts: float, seed: int,
+    tmp_path_factory: pytest.TempPathFactory,
+    size: int,
+    combo: tuple[Any, Any],
+    pets: tuple[int, int],
+    change_after: int,
+    lag: int,
+    create_timeouts: float,
+    destroy_timeouts: float,
+    seed: int,
 ) -> None:
     if combo == (0, "25%") and size < 4:
         combo = (0, 1)  # 25% of fewer than 4 rounds down to 0: the spec would mean maxSurge 1
     world = World(tmp_path_factory.mktemp("rollout"))
     faults = Faults(list_lag=lag, create_timeout_rate=create_timeouts, seed=seed)
-    world.cloud = DestroyTimeoutCloud(world.clock, faults, destroy_timeouts, seed, page_size=3, boot_seconds=5.0)
+    world.cloud = DestroyTimeoutCloud(
+        world.clock, faults, destroy_timeouts, seed, page_size=3, boot_seconds=5.0
+    )
     bounds = Bounds(world)
     faults.crash = bounds
     try:
         v1, v2, v3 = (spec_of(v, size, combo, pets) for v in (1, 2, 3))
         bounds.spec = v1
-        assert world.engine(v1, boundary=bounds).converge(max_passes=MAX_PASSES, between=world.step(2)) < MAX_PASSES
+        assert (
+            world.engine(v1, boundary=bounds).converge(max_passes=MAX_PASSES, between=world.step(2))
+            < MAX_PASSES
+        )
         world.clock.advance(10)  # every machine booted: the floor holds from here on
         bounds.floor = True
         bounds.spec = v2
@@ -123,7 +148,9 @@ def test_rollouts_hold_their_bounds_and_converge_when_the_spec_changes_mid_rollo
             rolling.reconcile()
             world.clock.advance(2)
         bounds.spec = v3  # ... the spec changes again (image and a property)
-        passes = world.engine(v3, boundary=bounds).converge(max_passes=MAX_PASSES, between=world.step(2))
+        passes = world.engine(v3, boundary=bounds).converge(
+            max_passes=MAX_PASSES, between=world.step(2)
+        )
         assert passes < MAX_PASSES, "the rollout made no progress"
         world.clock.advance(10)
         web, db = world.owned("web"), world.owned("db")
@@ -145,7 +172,9 @@ def test_destroy_timeouts_really_happen_and_are_re_driven(tmp_path: Path) -> Non
     world.cloud = DestroyTimeoutCloud(world.clock, Faults(), 1.0, 0, page_size=3, boot_seconds=5.0)
     world.engine(spec_of(1, 3, (1, 0), (1, 0))).converge(between=world.step(2))
     world.clock.advance(10)
-    world.engine(spec_of(2, 3, (1, 0), (1, 0))).converge(max_passes=MAX_PASSES, between=world.step(2))
+    world.engine(spec_of(2, 3, (1, 0), (1, 0))).converge(
+        max_passes=MAX_PASSES, between=world.step(2)
+    )
     assert world.cloud.destroy_timeouts >= 6
     assert {i.image for i in world.owned("web") + world.owned("db")} == {"img-2"}
     assert len(world.owned("web")) == 3 and len(world.owned("db")) == 3

@@ -34,5 +34,7 @@ def test_a_scoped_apply_does_not_end_while_a_planned_create_backs_off(tmp_path: 
     assert sum(len(g.changes) for g in plan.groups) == 3
     passes = engine.converge(scope=plan, between=world.step(0.05))
     assert provider.throttled
-    assert len(world.owned()) == 3, f"apply ended after {passes} passes with {len(world.owned())} machines"
+    assert len(world.owned()) == 3, (
+        f"apply ended after {passes} passes with {len(world.owned())} machines"
+    )
     store.close()

@@ -20,34 +20,102 @@ ROOT = Path(__file__).resolve().parents[2]
 # Every key of LinuxKit's JSON schema (src/cmd/linuxkit/moby/schema.go), as dotted paths with
 # [] for list items, plus volumes (which LinuxKit checks in Go code rather than the schema).
 LINUXKIT_KEYS = {
-    "kernel", "kernel.image", "kernel.cmdline", "kernel.binary", "kernel.tar", "kernel.ucode",
-    "init", "onboot", "onshutdown", "services", "files", "volumes", "trust", "trust.org",
-    *(f"files[].{k}" for k in ("path", "directory", "symlink", "contents", "source",
-                               "metadata", "optional", "mode", "uid", "gid")),
+    "kernel",
+    "kernel.image",
+    "kernel.cmdline",
+    "kernel.binary",
+    "kernel.tar",
+    "kernel.ucode",
+    "init",
+    "onboot",
+    "onshutdown",
+    "services",
+    "files",
+    "volumes",
+    "trust",
+    "trust.org",
+    *(
+        f"files[].{k}"
+        for k in (
+            "path",
+            "directory",
+            "symlink",
+            "contents",
+            "source",
+            "metadata",
+            "optional",
+            "mode",
+            "uid",
+            "gid",
+        )
+    ),
     *(f"volumes[].{k}" for k in ("name", "image", "readonly", "format", "platforms")),
-    *(f"services[].{k}" for k in (
-        "name", "image", "capabilities", "capabilities.add", "ambient", "mounts", "binds",
-        "binds.add", "devices", "tmpfs", "command", "env", "cwd", "net", "pid", "ipc", "uts",
-        "userns", "readonly", "maskedPaths", "readonlyPaths", "uid", "gid", "additionalGids",
-        "noNewPrivileges", "hostname", "oomScoreAdj", "rootfsPropagation", "cgroupsPath",
-        "resources", "sysctl", "rlimits", "uidMappings", "gidMappings", "annotations",
-        "runtime")),
+    *(
+        f"services[].{k}"
+        for k in (
+            "name",
+            "image",
+            "capabilities",
+            "capabilities.add",
+            "ambient",
+            "mounts",
+            "binds",
+            "binds.add",
+            "devices",
+            "tmpfs",
+            "command",
+            "env",
+            "cwd",
+            "net",
+            "pid",
+            "ipc",
+            "uts",
+            "userns",
+            "readonly",
+            "maskedPaths",
+            "readonlyPaths",
+            "uid",
+            "gid",
+            "additionalGids",
+            "noNewPrivileges",
+            "hostname",
+            "oomScoreAdj",
+            "rootfsPropagation",
+            "cgroupsPath",
+            "resources",
+            "sysctl",
+            "rlimits",
+            "uidMappings",
+            "gidMappings",
+            "annotations",
+            "runtime",
+        )
+    ),
     *(f"services[].mounts[].{k}" for k in ("destination", "type", "source", "options")),
     *(f"services[].devices[].{k}" for k in ("path", "type", "major", "minor", "mode")),
     *(f"services[].uidMappings[].{k}" for k in ("hostID", "containerID", "size")),
-    *(f"services[].resources.{k}" for k in ("devices", "memory", "cpu", "pids", "blockio",
-                                            "hugepageLimits", "network")),
+    *(
+        f"services[].resources.{k}"
+        for k in ("devices", "memory", "cpu", "pids", "blockio", "hugepageLimits", "network")
+    ),
     *(f"services[].resources.devices[].{k}" for k in ("allow", "access")),
-    *(f"services[].resources.memory.{k}" for k in ("limit", "reservation", "swap",
-                                                   "swappiness", "disableOOMKiller")),
+    *(
+        f"services[].resources.memory.{k}"
+        for k in ("limit", "reservation", "swap", "swappiness", "disableOOMKiller")
+    ),
     *(f"services[].resources.cpu.{k}" for k in ("shares", "quota", "period", "cpus", "mems")),
     "services[].resources.pids.limit",
-    *(f"services[].resources.blockio.{k}" for k in ("weight", "weightDevice",
-                                                    "throttleReadBpsDevice")),
-    "services[].resources.hugepageLimits[].pageSize", "services[].resources.network.classID",
+    *(
+        f"services[].resources.blockio.{k}"
+        for k in ("weight", "weightDevice", "throttleReadBpsDevice")
+    ),
+    "services[].resources.hugepageLimits[].pageSize",
+    "services[].resources.network.classID",
     "services[].resources.network.priorities[].priority",
-    *(f"services[].runtime.{k}" for k in ("cgroups", "mounts", "mkdir", "interfaces",
-                                          "bindNS", "namespace")),
+    *(
+        f"services[].runtime.{k}"
+        for k in ("cgroups", "mounts", "mkdir", "interfaces", "bindNS", "namespace")
+    ),
     *(f"services[].runtime.interfaces[].{k}" for k in ("name", "add", "peer", "createInRoot")),
     *(f"services[].runtime.bindNS.{k}" for k in ("net", "ipc", "uts")),
 }
@@ -71,8 +139,7 @@ def used_keys(*files: Path) -> set[str]:
     for file in files:
         used |= key_paths(yaml.safe_load(file.read_text()))
     # an image entry field is covered whichever section uses it
-    return {p.replace("onboot[]", "services[]").replace("onshutdown[]", "services[]")
-            for p in used}
+    return {p.replace("onboot[]", "services[]").replace("onshutdown[]", "services[]") for p in used}
 
 
 def test_the_examples_use_every_field_of_the_format() -> None:
@@ -94,9 +161,13 @@ def test_project_examples_validate(name: str) -> None:
 
 def test_full_example_values() -> None:
     spec = load_spec([EXAMPLES / "full.yml"])
-    assert spec.kernel == KernelSpec("linuxkit/kernel:6.6.13",
-                                     "console=tty0 console=ttyS0 page_poison=1", "kernel",
-                                     "kernel.tar", "intel-ucode.cpio")
+    assert spec.kernel == KernelSpec(
+        "linuxkit/kernel:6.6.13",
+        "console=tty0 console=ttyS0 page_poison=1",
+        "kernel",
+        "kernel.tar",
+        "intel-ucode.cpio",
+    )
     assert [e.name for e in spec.onboot] == ["sysctl", "format", "mount", "dhcpcd"]
     app = next(e for e in spec.services if e.name == "app")
     assert isinstance(app, ImageEntry)
@@ -105,8 +176,11 @@ def test_full_example_values() -> None:
     assert app.resources is not None and app.resources["memory"]["limit"] == 536870912
     assert app.runtime is not None and app.runtime.bind_ns is not None
     assert app.runtime.bind_ns.net == "/run/netns/app"
-    assert app.cwd == "/srv/app" and app.readonly is True and app.env == (
-        "APP_MODE=production", "GOMAXPROCS=2")
+    assert (
+        app.cwd == "/srv/app"
+        and app.readonly is True
+        and app.env == ("APP_MODE=production", "GOMAXPROCS=2")
+    )
     getty = spec.services[0]
     assert getty.capabilities is None and getty.capabilities_add == ("CAP_SYS_TTY_CONFIG",)
     motd = next(f for f in spec.files if f.path == "etc/motd")
@@ -115,13 +189,22 @@ def test_full_example_values() -> None:
     keys = next(f for f in spec.files if f.path == "root/.ssh/authorized_keys")
     assert keys.optional and keys.source is not None and not keys.source.startswith("~")
     assert [(v.name, v.readonly, v.format) for v in spec.volumes] == [
-        ("appdata", False, "filesystem"), ("assets", True, "filesystem"),
-        ("bundle", False, "oci")]
+        ("appdata", False, "filesystem"),
+        ("assets", True, "filesystem"),
+        ("bundle", False, "oci"),
+    ]
 
 
 def without_sources(spec: ImageSpec) -> ImageSpec:
-    return ImageSpec(spec.kernel, spec.init, spec.onboot, spec.onshutdown, spec.services,
-                     spec.files, spec.volumes)
+    return ImageSpec(
+        spec.kernel,
+        spec.init,
+        spec.onboot,
+        spec.onshutdown,
+        spec.services,
+        spec.files,
+        spec.volumes,
+    )
 
 
 @pytest.mark.parametrize("names", [["full.yml"], ["base.yml", "overlay.yml"]])

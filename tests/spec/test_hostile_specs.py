@@ -60,15 +60,20 @@ def only_problem(load: Callable[[Path], Any], path: Path) -> Problem:
 
 
 @pytest.mark.parametrize("loader", sorted(LOADERS))
-@pytest.mark.parametrize(("kind", "message"), [
-    ("fifo", "not a regular file but a FIFO"),
-    ("/dev/zero", "not a regular file but a device"),
-    ("/dev/null", "not a regular file but a device"),
-    ("directory", "not a regular file but a directory"),
-    ("huge", f"larger than {MAX_SPEC_BYTES} bytes"),
-    ("/nonexistent/spec.yml", "cannot read: No such file or directory"),
-])
-def test_what_is_not_a_regular_spec_file_is_refused_at_once(tmp_path: Path, loader: str, kind: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("fifo", "not a regular file but a FIFO"),
+        ("/dev/zero", "not a regular file but a device"),
+        ("/dev/null", "not a regular file but a device"),
+        ("directory", "not a regular file but a directory"),
+        ("huge", f"larger than {MAX_SPEC_BYTES} bytes"),
+        ("/nonexistent/spec.yml", "cannot read: No such file or directory"),
+    ],
+)
+def test_what_is_not_a_regular_spec_file_is_refused_at_once(
+    tmp_path: Path, loader: str, kind: str, message: str
+) -> None:
     path = hostile(tmp_path, kind)
     problem = only_problem(LOADERS[loader], path)
     assert problem.file == str(path) and message in problem.message
@@ -90,7 +95,10 @@ def test_nul_and_non_utf8_bytes_are_located_by_line_and_column(tmp_path: Path, l
     assert (problem.line, problem.column) == (3, 12) and "U+0000" in problem.message
     path.write_bytes(b"cluster: demo\n# caf\xe9\n")
     problem = only_problem(LOADERS[loader], path)
-    assert (problem.line, problem.column) == (2, 6) and "not UTF-8 text (byte 0xe9)" in problem.message
+    assert (problem.line, problem.column) == (
+        2,
+        6,
+    ) and "not UTF-8 text (byte 0xe9)" in problem.message
 
 
 @pytest.mark.parametrize("loader", sorted(LOADERS))
@@ -99,7 +107,11 @@ def test_an_empty_file_is_not_a_spec(tmp_path: Path, loader: str) -> None:
     for text in ("", "\n\n", "# only a comment\n"):
         path.write_text(text)
         problem = only_problem(LOADERS[loader], path)
-        assert (problem.line, problem.column, problem.message) == (1, 1, "the file is empty (no YAML document)")
+        assert (problem.line, problem.column, problem.message) == (
+            1,
+            1,
+            "the file is empty (no YAML document)",
+        )
 
 
 def test_a_python_tag_on_a_collection_is_an_unsupported_tag(tmp_path: Path) -> None:
@@ -107,8 +119,10 @@ def test_a_python_tag_on_a_collection_is_an_unsupported_tag(tmp_path: Path) -> N
     path.write_text("services:\n  - !!python/object/apply:os.system [ls]\n")
     with pytest.raises(SpecError) as caught:
         load_spec([path])
-    assert f"{path}:2:5: services[0]: unsupported YAML tag 'tag:yaml.org,2002:python/object/apply:os.system'" in [
-        str(p) for p in caught.value.problems]
+    assert (
+        f"{path}:2:5: services[0]: unsupported YAML tag 'tag:yaml.org,2002:python/object/apply:os.system'"
+        in [str(p) for p in caught.value.problems]
+    )
     cluster = tmp_path / "cluster.yml"
     cluster.write_text("cluster: demo\ngroups: !!python/object/apply:os.system [ls]\n")
     problem = only_problem(load_cluster_spec, cluster)
@@ -127,8 +141,15 @@ def test_aliases_cannot_nest_deeper_than_composing_allows(tmp_path: Path) -> Non
 
 def provision(*argv: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "provision", *argv], input=stdin, capture_output=True,
-                          env=env, cwd=ROOT / "examples" / "linuxkit", timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "provision", *argv],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        cwd=ROOT / "examples" / "linuxkit",
+        timeout=60,
+        check=False,
+    )
 
 
 def test_stdin_is_read_bounded() -> None:  # relative paths in it resolve from the working directory
@@ -137,4 +158,7 @@ def test_stdin_is_read_bounded() -> None:  # relative paths in it resolve from t
     assert done.returncode == 0 and done.stdout.startswith(b"ok: -"), done.stderr
     done = provision("validate", "-", stdin=b"# x\n" * (MAX_SPEC_BYTES // 4 + 1))
     assert done.returncode == 2
-    assert done.stderr.decode().splitlines()[0] == f"provision: error: -: larger than {MAX_SPEC_BYTES} bytes"
+    assert (
+        done.stderr.decode().splitlines()[0]
+        == f"provision: error: -: larger than {MAX_SPEC_BYTES} bytes"
+    )

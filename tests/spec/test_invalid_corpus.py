@@ -32,7 +32,11 @@ def test_invalid_spec_gives_exactly_one_located_problem(path: Path) -> None:
     assert len(problems) == 1, "\n".join(map(str, problems))
     problem = problems[0]
     assert (problem.file, problem.line, problem.column, problem.key) == (
-        str(path), int(line), int(column), key), str(problem)
+        str(path),
+        int(line),
+        int(column),
+        key,
+    ), str(problem)
     assert message in problem.message
     rendered = str(problem)
     assert "\n" not in rendered

@@ -21,22 +21,28 @@ Write = Callable[[str, str], Path]
 def test_onboot_and_onshutdown_entries_may_share_a_name_and_keep_their_order() -> None:
     spec = load_spec([LINUXKIT / "onboot-same-name-twice.yml"])
     assert [e.name for e in spec.onboot] == ["mount", "dm-crypt", "mount"]
-    assert [e.command for e in spec.onboot][0] == ("/usr/bin/mountie", "/dev/sda1",
-                                                   "/var/external")
-    assert spec.onboot[2].command == ("/usr/bin/mountie", "/dev/mapper/crypt_loop_dev",
-                                      "/var/secure_storage")
+    assert [e.command for e in spec.onboot][0] == ("/usr/bin/mountie", "/dev/sda1", "/var/external")
+    assert spec.onboot[2].command == (
+        "/usr/bin/mountie",
+        "/dev/mapper/crypt_loop_dev",
+        "/var/secure_storage",
+    )
     assert [e.command for e in spec.onshutdown] == [("/bin/echo", "one"), ("/bin/echo", "two")]
 
 
 def test_services_must_still_have_unique_names(write: Write) -> None:
-    path = write("dup.yml", "services:\n  - name: a\n    image: busybox:1\n"
-                            "  - name: a\n    image: busybox:1\n")
+    path = write(
+        "dup.yml",
+        "services:\n  - name: a\n    image: busybox:1\n  - name: a\n    image: busybox:1\n",
+    )
     with pytest.raises(SpecError, match="duplicate service name 'a'"):
         load_spec([path])
 
 
 def test_replace_and_remove_by_a_unique_name_work_beside_shared_names(write: Write) -> None:
-    later = write("later.yml", """\
+    later = write(
+        "later.yml",
+        """\
 remove:
   onboot: [dm-crypt]
 onshutdown:
@@ -46,21 +52,28 @@ services:
   - name: getty
     image: linuxkit/getty:v2
     replace: true
-""")
+""",
+    )
     spec = load_spec([LINUXKIT / "onboot-same-name-twice.yml", later])
     assert [e.name for e in spec.onboot] == ["mount", "mount"]
     assert [e.name for e in spec.onshutdown] == ["say", "say", "getty-bye"]
     assert spec.services[0].image == "linuxkit/getty:v2"
 
 
-@pytest.mark.parametrize("text, key", [
-    ("remove:\n  onboot: [mount]\n", "remove.onboot[0]"),
-    ("onboot:\n  - name: mount\n    image: linuxkit/mount:v2\n    replace: true\n",
-     "onboot[0].replace"),
-    ("remove:\n  onshutdown: [say]\n", "remove.onshutdown[0]"),
-])
-def test_replace_or_remove_of_a_shared_name_is_a_located_error(text: str, key: str,
-                                                                write: Write) -> None:
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("remove:\n  onboot: [mount]\n", "remove.onboot[0]"),
+        (
+            "onboot:\n  - name: mount\n    image: linuxkit/mount:v2\n    replace: true\n",
+            "onboot[0].replace",
+        ),
+        ("remove:\n  onshutdown: [say]\n", "remove.onshutdown[0]"),
+    ],
+)
+def test_replace_or_remove_of_a_shared_name_is_a_located_error(
+    text: str, key: str, write: Write
+) -> None:
     later = write("later.yml", text)
     with pytest.raises(SpecError) as caught:
         load_spec([LINUXKIT / "onboot-same-name-twice.yml", later])

@@ -22,9 +22,40 @@ from provision.spec.load import load_spec
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REMOVE = object()
 HOSTILE: list[Any] = [
-    REMOVE, None, True, -1, 0, 10**30, 10**400, 1e308, float("inf"), float("nan"), -0.5, 1.5, "", " ",
-    "x" * 5000, "\x01", "☃\u202e", "../../etc", "/dev/zero", "100%", "-5%", "150%", "1e999s", "99999999h",
-    "0x10", ":", "a:b:c", [], [None], [1, [2, [3]]], [{}], {}, {"a": {"b": None}}, {"": 1},
+    REMOVE,
+    None,
+    True,
+    -1,
+    0,
+    10**30,
+    10**400,
+    1e308,
+    float("inf"),
+    float("nan"),
+    -0.5,
+    1.5,
+    "",
+    " ",
+    "x" * 5000,
+    "\x01",
+    "☃\u202e",
+    "../../etc",
+    "/dev/zero",
+    "100%",
+    "-5%",
+    "150%",
+    "1e999s",
+    "99999999h",
+    "0x10",
+    ":",
+    "a:b:c",
+    [],
+    [None],
+    [1, [2, [3]]],
+    [{}],
+    {},
+    {"a": {"b": None}},
+    {"": 1},
 ]
 
 
@@ -54,10 +85,15 @@ def mutations(document: Any, per_path: int = len(HOSTILE)) -> Iterator[tuple[str
             else:
                 parent[path[-1]] = copy.deepcopy(value)
             shown = "removed" if value is REMOVE else repr(value)[:30]
-            yield f"{'.'.join(map(str, path))} = {shown}", yaml.safe_dump(changed, allow_unicode=True)
+            yield (
+                f"{'.'.join(map(str, path))} = {shown}",
+                yaml.safe_dump(changed, allow_unicode=True),
+            )
 
 
-@pytest.mark.parametrize("example", ["cluster-simulated.yml", "local-cluster.yml", "metal-cluster.yml"])
+@pytest.mark.parametrize(
+    "example", ["cluster-simulated.yml", "local-cluster.yml", "metal-cluster.yml"]
+)
 def test_cluster_spec_mutations_give_a_spec_or_a_spec_error(example: str) -> None:
     document = yaml.safe_load((EXAMPLES / example).read_text())
     crashes = []

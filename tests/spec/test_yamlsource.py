@@ -23,7 +23,8 @@ def test_every_duplicate_key_is_reported() -> None:
     assert value == {"a": 1, "b": 2}
     assert [str(p) for p in problems] == [
         "f.yml:3:1: a: duplicate key (first at line 1)",
-        "f.yml:4:1: b: duplicate key (first at line 2)"]
+        "f.yml:4:1: b: duplicate key (first at line 2)",
+    ]
 
 
 def test_python_tags_and_merge_keys_are_refused() -> None:

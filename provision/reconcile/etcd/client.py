@@ -74,12 +74,16 @@ def prefix_end(prefix: str) -> str:
 
 def _kv(item: dict[str, Any]) -> KeyValue:
     return KeyValue(
-        _unb64(item.get("key")), _unb64(item.get("value")), int(item.get("create_revision", 0)),
-        int(item.get("mod_revision", 0)), int(item.get("lease", 0)),
+        _unb64(item.get("key")),
+        _unb64(item.get("value")),
+        int(item.get("create_revision", 0)),
+        int(item.get("mod_revision", 0)),
+        int(item.get("lease", 0)),
     )
 
 
 # -- request builders (operations of a transaction) ----------------------------------------
+
 
 def put_op(key: str, value: str, lease: int = 0) -> dict[str, Any]:
     body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
@@ -101,7 +105,12 @@ def range_op(key: str) -> dict[str, Any]:
 
 def created_at(key: str, revision: int) -> dict[str, Any]:
     """Compare: ``key``'s create revision is ``revision`` (0: the key does not exist)."""
-    return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": str(revision)}
+    return {
+        "key": _b64(key),
+        "target": "CREATE",
+        "result": "EQUAL",
+        "create_revision": str(revision),
+    }
 
 
 def modified_at(key: str, revision: int) -> dict[str, Any]:
@@ -116,7 +125,9 @@ class TxnResult:
 
     def ranged(self, index: int) -> list[KeyValue]:
         """The key-values of the ``index``-th response (a range)."""
-        body = self.responses[index].get("response_range", {}) if index < len(self.responses) else {}
+        body = (
+            self.responses[index].get("response_range", {}) if index < len(self.responses) else {}
+        )
         return [_kv(item) for item in body.get("kvs", [])]
 
 
@@ -137,7 +148,9 @@ class EtcdClient:
         scheme = "https" if self.auth.ca_file or self.auth.cert_file else "http"
         self.endpoints = [e if "://" in e else f"{scheme}://{e}" for e in endpoints]
         self.timeout = timeout
-        self.retry = retry or RetryPolicy(attempts=4, total=max(3 * timeout, 6.0), initial=0.05, maximum=0.5)
+        self.retry = retry or RetryPolicy(
+            attempts=4, total=max(3 * timeout, 6.0), initial=0.05, maximum=0.5
+        )
         self.round_trips = 0  # requests answered (benchmarks and metrics read it)
         self._current = 0
         self._lock = threading.Lock()
@@ -150,7 +163,11 @@ class EtcdClient:
         if self.auth.ca_file:
             tls["verify"] = self.auth.ca_file
         if self.auth.cert_file:
-            tls["cert"] = (self.auth.cert_file, self.auth.key_file) if self.auth.key_file else self.auth.cert_file
+            tls["cert"] = (
+                (self.auth.cert_file, self.auth.key_file)
+                if self.auth.key_file
+                else self.auth.cert_file
+            )
         return tls
 
     def _session(self) -> requests.Session:
@@ -167,7 +184,9 @@ class EtcdClient:
 
     # -- transport ---------------------------------------------------------------------
 
-    def call(self, path: str, body: dict[str, Any], *, timeout: float | None = None, retry: bool = True) -> dict[str, Any]:
+    def call(
+        self, path: str, body: dict[str, Any], *, timeout: float | None = None, retry: bool = True
+    ) -> dict[str, Any]:
         """POST ``body`` to ``/v3/PATH`` on the current endpoint, failing over to the others."""
         tried: list[str] = []
 
@@ -183,24 +202,44 @@ class EtcdClient:
                     with self._lock:
                         if self._current == index:
                             self._current = (index + 1) % len(self.endpoints)
-            raise RetryLater(f"no etcd endpoint answered ({'; '.join(tried[-len(self.endpoints):])})")
+            raise RetryLater(
+                f"no etcd endpoint answered ({'; '.join(tried[-len(self.endpoints) :])})"
+            )
 
         try:
             if not retry:
                 return attempt()
             return self.retry.call(attempt, what=f"etcd {path}")
         except RetryLater as exc:
-            raise EtcdUnavailableError(str(exc), hint="check that the etcd members are running and reachable") from None
+            raise EtcdUnavailableError(
+                str(exc), hint="check that the etcd members are running and reachable"
+            ) from None
 
-    def _post(self, endpoint: str, path: str, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    def _post(
+        self, endpoint: str, path: str, body: dict[str, Any], timeout: float | None
+    ) -> dict[str, Any]:
         if self.auth.user and not self._token:
             self._authenticate(endpoint)
         headers = {"Authorization": self._token} if self._token else {}
-        response = self._session().post(f"{endpoint}/v3/{path}", json=body, headers=headers, timeout=timeout or self.timeout, **self._tls())
-        if self.auth.user and response.status_code >= 400 and _auth_expired(response):  # tokens expire (--auth-token-ttl)
+        response = self._session().post(
+            f"{endpoint}/v3/{path}",
+            json=body,
+            headers=headers,
+            timeout=timeout or self.timeout,
+            **self._tls(),
+        )
+        if (
+            self.auth.user and response.status_code >= 400 and _auth_expired(response)
+        ):  # tokens expire (--auth-token-ttl)
             self._authenticate(endpoint)
             headers = {"Authorization": self._token}
-            response = self._session().post(f"{endpoint}/v3/{path}", json=body, headers=headers, timeout=timeout or self.timeout, **self._tls())
+            response = self._session().post(
+                f"{endpoint}/v3/{path}",
+                json=body,
+                headers=headers,
+                timeout=timeout or self.timeout,
+                **self._tls(),
+            )
         if response.status_code >= 500 and _unavailable(response):
             raise _Unhealthy(response.text[:200])
         if response.status_code >= 400:
@@ -211,12 +250,16 @@ class EtcdClient:
 
     def _authenticate(self, endpoint: str) -> None:
         response = self._session().post(
-            f"{endpoint}/v3/auth/authenticate", json={"name": self.auth.user, "password": self.auth.password}, timeout=self.timeout,
+            f"{endpoint}/v3/auth/authenticate",
+            json={"name": self.auth.user, "password": self.auth.password},
+            timeout=self.timeout,
             **self._tls(),
         )
         if response.status_code != 200:
-            raise EtcdError(f"etcd authentication as {self.auth.user!r} failed: {_message(response)}",
-                            hint="check the journal's user and password")
+            raise EtcdError(
+                f"etcd authentication as {self.auth.user!r} failed: {_message(response)}",
+                hint="check the journal's user and password",
+            )
         self._token = str(response.json().get("token", ""))
 
     # -- key-value -----------------------------------------------------------------------
@@ -235,14 +278,27 @@ class EtcdClient:
         return [_kv(item) for item in body.get("kvs", [])]
 
     def put(self, key: str, value: str, lease: int = 0) -> int:
-        return int(self.call("kv/put", put_op(key, value, lease)["request_put"])["header"]["revision"])
+        return int(
+            self.call("kv/put", put_op(key, value, lease)["request_put"])["header"]["revision"]
+        )
 
     def delete_prefix(self, prefix: str) -> None:
         self.call("kv/deleterange", delete_op(prefix, prefix=True)["request_delete_range"])
 
-    def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]] | None = None) -> TxnResult:
-        body = self.call("kv/txn", {"compare": compare, "success": success, "failure": failure or []})
-        return TxnResult(bool(body.get("succeeded", False)), int(body["header"]["revision"]), list(body.get("responses", [])))
+    def txn(
+        self,
+        compare: list[dict[str, Any]],
+        success: list[dict[str, Any]],
+        failure: list[dict[str, Any]] | None = None,
+    ) -> TxnResult:
+        body = self.call(
+            "kv/txn", {"compare": compare, "success": success, "failure": failure or []}
+        )
+        return TxnResult(
+            bool(body.get("succeeded", False)),
+            int(body["header"]["revision"]),
+            list(body.get("responses", [])),
+        )
 
     # -- leases ----------------------------------------------------------------------------
 
@@ -271,8 +327,12 @@ class EtcdClient:
         return list(self.call("cluster/member/list", {}).get("members", []))
 
     def status(self, endpoint: str) -> dict[str, Any]:
-        return self._post(endpoint if "://" in endpoint else self.endpoints[0].split("://")[0] + "://" + endpoint,
-                          "maintenance/status", {}, None)
+        return self._post(
+            endpoint if "://" in endpoint else self.endpoints[0].split("://")[0] + "://" + endpoint,
+            "maintenance/status",
+            {},
+            None,
+        )
 
 
 class _Unhealthy(Exception):
@@ -290,7 +350,15 @@ def _message(response: requests.Response) -> str:
 def _unavailable(response: requests.Response) -> bool:
     text = response.text
     return response.status_code in (502, 503, 504) or any(
-        word in text for word in ("no leader", "timed out", "unavailable", "not capable", "leader changed", "stopped")
+        word in text
+        for word in (
+            "no leader",
+            "timed out",
+            "unavailable",
+            "not capable",
+            "leader changed",
+            "stopped",
+        )
     )
 
 

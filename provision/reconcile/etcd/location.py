@@ -45,10 +45,14 @@ def journal_url_problem(text: str) -> str:
 
 def _split(text: str) -> tuple[tuple[str, ...], str, dict[str, str]]:
     if not is_etcd_url(text):
-        raise UsageError(f"journal {text!r}: an etcd journal is etcd://HOST:PORT[,HOST:PORT...]/PREFIX")
+        raise UsageError(
+            f"journal {text!r}: an etcd journal is etcd://HOST:PORT[,HOST:PORT...]/PREFIX"
+        )
     parts = urlsplit(text)
     if parts.fragment or "@" in parts.netloc:
-        raise UsageError(f"journal {text!r}: no user or password in the URL (use user= and PROVISION_ETCD_PASSWORD)")
+        raise UsageError(
+            f"journal {text!r}: no user or password in the URL (use user= and PROVISION_ETCD_PASSWORD)"
+        )
     endpoints = tuple(e for e in parts.netloc.split(",") if e)
     if not endpoints:
         raise UsageError(f"journal {text!r}: no etcd endpoint (etcd://HOST:PORT,.../PREFIX)")
@@ -58,11 +62,15 @@ def _split(text: str) -> tuple[tuple[str, ...], str, dict[str, str]]:
             raise UsageError(f"journal {text!r}: endpoint {endpoint!r} is not HOST:PORT")
     prefix = unquote(parts.path.strip("/"))
     if not prefix:
-        raise UsageError(f"journal {text!r}: a key prefix is required (etcd://HOST:PORT/PREFIX), so clusters of journals do not mix")
+        raise UsageError(
+            f"journal {text!r}: a key prefix is required (etcd://HOST:PORT/PREFIX), so clusters of journals do not mix"
+        )
     options: dict[str, str] = {}
     for name, values in parse_qs(parts.query, keep_blank_values=True).items():
         if name not in _OPTIONS:
-            raise UsageError(f"journal {text!r}: unknown option {name!r} (known: {', '.join(sorted(_OPTIONS))})")
+            raise UsageError(
+                f"journal {text!r}: unknown option {name!r} (known: {', '.join(sorted(_OPTIONS))})"
+            )
         options[name] = values[-1]
     if ("cert" in options) != ("key" in options):
         raise UsageError(f"journal {text!r}: a client certificate needs both cert= and key=")
@@ -79,7 +87,9 @@ def parse_etcd_location(text: str, base: Path | None = None) -> EtcdLocation:
             return ""
         path = (root / value) if not os.path.isabs(value) else Path(value)
         if not path.is_file():
-            raise UsageError(f"journal {SCHEME}{','.join(endpoints)}/{prefix}: {name} file {str(path)!r} does not exist")
+            raise UsageError(
+                f"journal {SCHEME}{','.join(endpoints)}/{prefix}: {name} file {str(path)!r} does not exist"
+            )
         return str(path)
 
     password = os.environ.get("PROVISION_ETCD_PASSWORD", "")
@@ -89,4 +99,6 @@ def parse_etcd_location(text: str, base: Path | None = None) -> EtcdLocation:
     user = options.get("user", "")
     if password and not user:
         raise UsageError("an etcd password was given but no user= in the journal URL")
-    return EtcdLocation(endpoints, prefix, EtcdAuth(resolve("ca"), resolve("cert"), resolve("key"), user, password))
+    return EtcdLocation(
+        endpoints, prefix, EtcdAuth(resolve("ca"), resolve("cert"), resolve("key"), user, password)
+    )

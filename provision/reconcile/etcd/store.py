@@ -115,14 +115,18 @@ class EtcdStore:
         with self._lock:
             key = self._fences.get(epoch)
         if key is None:
-            raise StaleEpochError(f"journal write refused: epoch {epoch} is not held by this daemon",
-                                  hint="another daemon took the lease; this one must stop")
+            raise StaleEpochError(
+                f"journal write refused: epoch {epoch} is not held by this daemon",
+                hint="another daemon took the lease; this one must stop",
+            )
         return [created_at(key, epoch)]
 
-    def _write(self, epoch: int | None, ops: Sequence[dict[str, Any]], extra: Sequence[dict[str, Any]] = ()) -> None:
+    def _write(
+        self, epoch: int | None, ops: Sequence[dict[str, Any]], extra: Sequence[dict[str, Any]] = ()
+    ) -> None:
         """Apply ``ops`` in transactions of at most MAX_OPS, each fenced by ``epoch``."""
         guard = self._guard(epoch)
-        chunks = [list(ops[i:i + MAX_OPS]) for i in range(0, len(ops), MAX_OPS)] or [[]]
+        chunks = [list(ops[i : i + MAX_OPS]) for i in range(0, len(ops), MAX_OPS)] or [[]]
         for chunk in chunks:
             if not chunk:
                 continue
@@ -143,7 +147,9 @@ class EtcdStore:
         return json.loads(kv.value) if kv is not None else None
 
     def _prefix(self, prefix: str) -> list[tuple[str, Any]]:
-        return [(kv.key[len(prefix):], json.loads(kv.value)) for kv in self.client.get_prefix(prefix)]
+        return [
+            (kv.key[len(prefix) :], json.loads(kv.value)) for kv in self.client.get_prefix(prefix)
+        ]
 
     # -- the exclusive lease ---------------------------------------------------------------
 
@@ -161,7 +167,11 @@ class EtcdStore:
         value = _dumps({"owner": owner, "holder": process_token(), "since": now})
         for _ in range(3):
             lease = self._grant(ttl)
-            result = self.client.txn([created_at(leader, 0)], [put_op(leader, value, lease), _range_prefix(members)], [range_op(leader)])
+            result = self.client.txn(
+                [created_at(leader, 0)],
+                [put_op(leader, value, lease), _range_prefix(members)],
+                [range_op(leader)],
+            )
             if result.succeeded:
                 running = result.ranged(1)
                 if running:
@@ -179,14 +189,18 @@ class EtcdStore:
             if not held:
                 continue  # released in between: try again
             info = json.loads(held[0].value)
-            if info.get("owner") == owner or holder_is_dead(info.get("holder")):  # as SQLite: the same owner, or a dead process
+            if info.get("owner") == owner or holder_is_dead(
+                info.get("holder")
+            ):  # as SQLite: the same owner, or a dead process
                 self.client.txn([created_at(leader, held[0].create_revision)], [delete_op(leader)])
                 continue
             raise LeaseHeldError(
                 f"cluster {cluster!r} is managed by {info.get('owner')} (etcd lease {held[0].lease:x})",
                 hint="stop the other daemon, or wait for its lease to expire",
             )
-        raise LeaseHeldError(f"cluster {cluster!r}: the lease keeps changing hands", hint="try again")
+        raise LeaseHeldError(
+            f"cluster {cluster!r}: the lease keeps changing hands", hint="try again"
+        )
 
     def renew_lease(self, cluster: str, owner: str, epoch: int, ttl: float, now: float) -> None:
         with self._lock:
@@ -221,30 +235,40 @@ class EtcdStore:
         lease = self._grant(ttl)
         value = _dumps({"owner": owner, "holder": process_token()})
         result = self.client.txn(
-            [created_at(self._c(cluster, "leader"), 0), created_at(key, 0)], [put_op(key, value, lease)],
+            [created_at(self._c(cluster, "leader"), 0), created_at(key, 0)],
+            [put_op(key, value, lease)],
             [range_op(self._c(cluster, "leader")), range_op(key)],
         )
         if not result.succeeded:
             self.client.revoke(lease)
             leader, same = result.ranged(0), result.ranged(1)
             if leader:
-                raise LeaseHeldError(f"cluster {cluster!r} is held exclusively by {json.loads(leader[0].value).get('owner')}",
-                                     hint="wait for the apply or down to finish")
-            raise LeaseHeldError(f"a daemon named {owner!r} is already a member of cluster {cluster!r} (lease {same[0].lease:x})",
-                                 hint="give each daemon its own --owner, or wait for the old one's lease to expire")
+                raise LeaseHeldError(
+                    f"cluster {cluster!r} is held exclusively by {json.loads(leader[0].value).get('owner')}",
+                    hint="wait for the apply or down to finish",
+                )
+            raise LeaseHeldError(
+                f"a daemon named {owner!r} is already a member of cluster {cluster!r} (lease {same[0].lease:x})",
+                hint="give each daemon its own --owner, or wait for the old one's lease to expire",
+            )
         self._remember(result.revision, key, lease)
         return result.revision, lease
 
     def members(self, cluster: str) -> list[str]:
         prefix = self._cdir(cluster, "members")
-        return sorted(kv.key[len(prefix):] for kv in self.client.get_prefix(prefix, keys_only=True))
+        return sorted(
+            kv.key[len(prefix) :] for kv in self.client.get_prefix(prefix, keys_only=True)
+        )
 
     def group_owners(self, cluster: str) -> dict[str, tuple[str, int]]:
         """group -> (owner, token) for every owned group."""
         prefix = self._cdir(cluster, "owner")
         out = {}
         for kv in self.client.get_prefix(prefix):
-            out[_unq(kv.key[len(prefix):])] = (str(json.loads(kv.value).get("owner", "")), kv.create_revision)
+            out[_unq(kv.key[len(prefix) :])] = (
+                str(json.loads(kv.value).get("owner", "")),
+                kv.create_revision,
+            )
         return out
 
     def claim_group(self, cluster: str, group: str, owner: str, member_epoch: int) -> int | None:
@@ -252,10 +276,13 @@ class EtcdStore:
         with self._lock:
             member_key, lease = self._fences.get(member_epoch), self._leases.get(member_epoch)
         if member_key is None or lease is None:
-            raise StaleEpochError(f"member epoch {member_epoch} is not held", hint="the daemon must rejoin")
+            raise StaleEpochError(
+                f"member epoch {member_epoch} is not held", hint="the daemon must rejoin"
+            )
         key = self._c(cluster, "owner", group)
         result = self.client.txn(
-            [created_at(key, 0), created_at(member_key, member_epoch)], [put_op(key, _dumps({"owner": owner}), lease)],
+            [created_at(key, 0), created_at(member_key, member_epoch)],
+            [put_op(key, _dumps({"owner": owner}), lease)],
             [range_op(member_key)],
         )
         if not result.succeeded:
@@ -289,7 +316,9 @@ class EtcdStore:
     # -- desired state and configs -------------------------------------------------------
 
     def put_desired(self, cluster: str, digest: str, text: str, epoch: int) -> None:
-        self._write(epoch, [put_op(self._c(cluster, "desired"), _dumps({"digest": digest, "text": text}))])
+        self._write(
+            epoch, [put_op(self._c(cluster, "desired"), _dumps({"digest": digest, "text": text}))]
+        )
 
     def desired(self, cluster: str) -> tuple[str, str] | None:
         body = self._json(self._c(cluster, "desired"))
@@ -297,7 +326,9 @@ class EtcdStore:
 
     def put_config(self, config: str, image: str, properties: dict[str, Any]) -> None:
         key = self.root + "configs/" + _q(config)
-        self.client.txn([created_at(key, 0)], [put_op(key, _dumps({"image": image, "properties": properties}))])
+        self.client.txn(
+            [created_at(key, 0)], [put_op(key, _dumps({"image": image, "properties": properties}))]
+        )
 
     def config(self, config: str) -> tuple[str, dict[str, Any]] | None:
         body = self._json(self.root + "configs/" + _q(config))
@@ -310,14 +341,19 @@ class EtcdStore:
         for _ in range(20):
             kv = self.client.get(key)
             value = (int(kv.value) if kv else 0) + 1
-            result = self.client.txn(guard + [modified_at(key, kv.mod_revision if kv else 0)], [put_op(key, str(value))],
-                                     [range_op(fence)])
+            result = self.client.txn(
+                guard + [modified_at(key, kv.mod_revision if kv else 0)],
+                [put_op(key, str(value))],
+                [range_op(fence)],
+            )
             if result.succeeded:
                 return value
             held = result.ranged(0)
             if not held or held[0].create_revision != epoch:
                 self._refused(epoch)
-        raise StaleEpochError(f"sequence of {cluster}/{group} keeps changing under epoch {epoch}", hint="two writers?")
+        raise StaleEpochError(
+            f"sequence of {cluster}/{group} keeps changing under epoch {epoch}", hint="two writers?"
+        )
 
     # -- intents -------------------------------------------------------------------------
 
@@ -329,7 +365,9 @@ class EtcdStore:
         for i in intents:
             record = {**_intent_fields(i), "state": "pending", "result": None, "epoch": epoch}
             ops.append(put_op(self._intent_key(i.key), _dumps(record)))
-            ops.append(put_op(self._c(i.cluster, "pending", i.group, i.key), _dumps(_intent_fields(i))))
+            ops.append(
+                put_op(self._c(i.cluster, "pending", i.group, i.key), _dumps(_intent_fields(i)))
+            )
         for cluster, group in sorted({(i.cluster, i.group) for i in intents}):
             ops.append(put_op(self._c(cluster, "intent-groups", group), "1"))
         self._write(epoch, ops)
@@ -338,9 +376,15 @@ class EtcdStore:
         body = self._json(self._intent_key(key))
         return dict(body) if body else None
 
-    def _finish(self, key: str, record: dict[str, Any], ops: list[dict[str, Any]], epoch: int) -> None:
+    def _finish(
+        self, key: str, record: dict[str, Any], ops: list[dict[str, Any]], epoch: int
+    ) -> None:
         cluster = str(record["cluster"])
-        ops = [put_op(self._intent_key(key), _dumps(record)), delete_op(self._c(cluster, "pending", str(record["group"]), key)), *ops]
+        ops = [
+            put_op(self._intent_key(key), _dumps(record)),
+            delete_op(self._c(cluster, "pending", str(record["group"]), key)),
+            *ops,
+        ]
         self._write(epoch, ops)
 
     def finish_create(self, key: str, known: KnownInstance, epoch: int) -> None:
@@ -363,11 +407,22 @@ class EtcdStore:
         cluster, group = str(record["cluster"]), str(record["group"])
         record.update(state="done", result="destroyed")
         inst = self._c(cluster, "inst", group, instance_id)
-        known = self._json(inst) or {"instance_id": instance_id, "group": group, "slot": record["slot"], "config": record["config"],
-                                      "image": "", "name": "", "key": "", "created_at": 0.0}
+        known = self._json(inst) or {
+            "instance_id": instance_id,
+            "group": group,
+            "slot": record["slot"],
+            "config": record["config"],
+            "image": "",
+            "name": "",
+            "key": "",
+            "created_at": 0.0,
+        }
         known["destroyed_at"] = now
-        ops = [put_op(inst, _dumps(known)), delete_op(self._c(cluster, "health", group, instance_id)),
-               delete_op(self._c(cluster, "birth", group, instance_id))]
+        ops = [
+            put_op(inst, _dumps(known)),
+            delete_op(self._c(cluster, "health", group, instance_id)),
+            delete_op(self._c(cluster, "birth", group, instance_id)),
+        ]
         self._finish(key, record, ops, epoch)
 
     def abandon_intent(self, key: str, message: str, epoch: int) -> None:
@@ -395,7 +450,9 @@ class EtcdStore:
     # -- machines the list may not show yet ---------------------------------------------
 
     def known_instances(self, cluster: str, group: str) -> list[KnownInstance]:
-        return [KnownInstance(**body) for _, body in self._prefix(self._cdir(cluster, "inst", group))]
+        return [
+            KnownInstance(**body) for _, body in self._prefix(self._cdir(cluster, "inst", group))
+        ]
 
     def forget_instances(self, cluster: str, ids: Iterable[str], group: str | None = None) -> None:
         wanted = set(ids)
@@ -405,8 +462,11 @@ class EtcdStore:
             ops = [delete_op(self._c(cluster, "inst", group, i)) for i in sorted(wanted)]
         else:
             prefix = self._cdir(cluster, "inst")
-            ops = [delete_op(kv.key) for kv in self.client.get_prefix(prefix, keys_only=True)
-                   if _unq(kv.key.rsplit("/", 1)[-1]) in wanted]
+            ops = [
+                delete_op(kv.key)
+                for kv in self.client.get_prefix(prefix, keys_only=True)
+                if _unq(kv.key.rsplit("/", 1)[-1]) in wanted
+            ]
         self._write(None, ops)
 
     # -- health history --------------------------------------------------------------------
@@ -414,9 +474,13 @@ class EtcdStore:
     def unhealthy_since(self, cluster: str, group: str) -> dict[str, float]:
         return {_unq(k): float(v) for k, v in self._prefix(self._cdir(cluster, "health", group))}
 
-    def set_unhealthy_since(self, cluster: str, group: str, changes: dict[str, float | None]) -> None:
+    def set_unhealthy_since(
+        self, cluster: str, group: str, changes: dict[str, float | None]
+    ) -> None:
         ops = [
-            delete_op(self._c(cluster, "health", group, i)) if since is None else put_op(self._c(cluster, "health", group, i), _dumps(since))
+            delete_op(self._c(cluster, "health", group, i))
+            if since is None
+            else put_op(self._c(cluster, "health", group, i), _dumps(since))
             for i, since in changes.items()
         ]
         self._write(None, ops)
@@ -426,17 +490,35 @@ class EtcdStore:
 
     # -- what the cluster ever used ------------------------------------------------------------
 
-    def record_cluster(self, cluster: str, groups: Mapping[str, str], providers: Sequence[ProviderRecord], epoch: int) -> None:
-        ops = [put_op(self._c(cluster, "groups", g), _dumps({"provider": p, "retired": False})) for g, p in groups.items()]
-        ops += [put_op(self._c(cluster, "providers", p.name), _dumps(_provider_fields(p))) for p in providers]
+    def record_cluster(
+        self,
+        cluster: str,
+        groups: Mapping[str, str],
+        providers: Sequence[ProviderRecord],
+        epoch: int,
+    ) -> None:
+        ops = [
+            put_op(self._c(cluster, "groups", g), _dumps({"provider": p, "retired": False}))
+            for g, p in groups.items()
+        ]
+        ops += [
+            put_op(self._c(cluster, "providers", p.name), _dumps(_provider_fields(p)))
+            for p in providers
+        ]
         self._write(epoch, ops)
 
     def groups_seen(self, cluster: str) -> dict[str, str]:
-        return {_unq(k): str(v["provider"]) for k, v in self._prefix(self._cdir(cluster, "groups")) if not v.get("retired")}
+        return {
+            _unq(k): str(v["provider"])
+            for k, v in self._prefix(self._cdir(cluster, "groups"))
+            if not v.get("retired")
+        }
 
     def groups_with_intents(self, cluster: str) -> set[str]:
         prefix = self._cdir(cluster, "intent-groups")
-        return {_unq(kv.key[len(prefix):]) for kv in self.client.get_prefix(prefix, keys_only=True)}
+        return {
+            _unq(kv.key[len(prefix) :]) for kv in self.client.get_prefix(prefix, keys_only=True)
+        }
 
     def retire_group(self, cluster: str, group: str, epoch: int) -> None:
         key = self._c(cluster, "groups", group)
@@ -452,7 +534,9 @@ class EtcdStore:
 
     def adopted_journals(self, cluster: str) -> set[str]:
         prefix = self._cdir(cluster, "adopted")
-        return {_unq(kv.key[len(prefix):]) for kv in self.client.get_prefix(prefix, keys_only=True)}
+        return {
+            _unq(kv.key[len(prefix) :]) for kv in self.client.get_prefix(prefix, keys_only=True)
+        }
 
 
 def _unq(part: str) -> str:
@@ -472,22 +556,52 @@ def _range_prefix(prefix: str) -> dict[str, Any]:
 
     from provision.reconcile.etcd.client import prefix_end
 
-    return {"request_range": {"key": base64.b64encode(prefix.encode()).decode(),
-                              "range_end": base64.b64encode(prefix_end(prefix).encode()).decode(), "keys_only": True}}
+    return {
+        "request_range": {
+            "key": base64.b64encode(prefix.encode()).decode(),
+            "range_end": base64.b64encode(prefix_end(prefix).encode()).decode(),
+            "keys_only": True,
+        }
+    }
 
 
 def _intent_fields(i: Intent) -> dict[str, Any]:
-    return {"key": i.key, "cluster": i.cluster, "group": i.group, "op": i.op, "slot": i.slot, "instance_id": i.instance_id,
-            "config": i.config, "reason": i.reason, "request": i.request, "created_at": i.created_at}
+    return {
+        "key": i.key,
+        "cluster": i.cluster,
+        "group": i.group,
+        "op": i.op,
+        "slot": i.slot,
+        "instance_id": i.instance_id,
+        "config": i.config,
+        "reason": i.reason,
+        "request": i.request,
+        "created_at": i.created_at,
+    }
 
 
 def _known_fields(k: KnownInstance) -> dict[str, Any]:
-    return {"instance_id": k.instance_id, "group": k.group, "slot": k.slot, "config": k.config, "image": k.image, "name": k.name,
-            "key": k.key, "created_at": k.created_at, "destroyed_at": k.destroyed_at}
+    return {
+        "instance_id": k.instance_id,
+        "group": k.group,
+        "slot": k.slot,
+        "config": k.config,
+        "image": k.image,
+        "name": k.name,
+        "key": k.key,
+        "created_at": k.created_at,
+        "destroyed_at": k.destroyed_at,
+    }
 
 
 def _provider_fields(p: ProviderRecord) -> dict[str, Any]:
-    return {"name": p.name, "type": p.type, "rate_limit": p.rate_limit, "options": p.options, "base": p.base}
+    return {
+        "name": p.name,
+        "type": p.type,
+        "rate_limit": p.rate_limit,
+        "options": p.options,
+        "base": p.base,
+    }
 
 
 __all__ = ["EtcdStore", "KeyValue"]
