@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import subprocess
 import tarfile
 from collections.abc import Callable, Mapping
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from provision.builders.pkg import Apt, AptConfig, Recipe, load_recipe, lock_recipe, write_lock
 
@@ -149,3 +151,19 @@ def local_repo(tmp_path: Path) -> LocalRepo:
 
 
 MakeDeb = Callable[..., Path]
+
+
+@pytest.fixture
+def applets(tmp_path: Path) -> Path:
+    """A PATH holding the metadata recipe's busybox links, nothing else (the component's own
+    tools: the tests run its script on the host with exactly these)."""
+    recipe = yaml.safe_load((REPO / "pkg" / "metadata" / "build.yml").read_text())
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.fail("needs busybox on the host (apt-get install busybox-static)")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for link, target in recipe["symlinks"].items():
+        if target == "busybox":
+            (bin_dir / Path(link).name).symlink_to(busybox)
+    return bin_dir

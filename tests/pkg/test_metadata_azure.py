@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from azure_cloud.guest_standin import ASSET_TAG, KEYS, Azure, serve_azure_guest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,21 +26,6 @@ def azure() -> Iterator[tuple[Azure, str]]:
     server = serve_azure_guest(served)
     yield served, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
-
-
-@pytest.fixture
-def applets(tmp_path: Path) -> Path:
-    """A PATH holding the recipe's busybox links, nothing else (the component has no jq)."""
-    recipe = yaml.safe_load((RECIPE / "build.yml").read_text())
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        pytest.fail("needs busybox on the host (apt-get install busybox-static)")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for link, target in recipe["symlinks"].items():
-        if target == "busybox":
-            (bin_dir / Path(link).name).symlink_to(busybox)
-    return bin_dir
 
 
 def _run(url: str, applets: Path, tmp_path: Path, asset_tag: str = ASSET_TAG) -> tuple[str, Path]:

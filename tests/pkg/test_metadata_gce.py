@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from gcp.metadata_standin import GceMetadata, serve_gce_metadata
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,21 +27,6 @@ def gce() -> Iterator[GceMetadata]:
     served = serve_gce_metadata({})
     yield served
     served.close()
-
-
-@pytest.fixture
-def applets(tmp_path: Path) -> Path:
-    """A PATH holding the recipe's busybox links, nothing else."""
-    recipe = yaml.safe_load((RECIPE / "build.yml").read_text())
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        pytest.fail("needs busybox on the host (apt-get install busybox-static)")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for link, target in recipe["symlinks"].items():
-        if target == "busybox":
-            (bin_dir / Path(link).name).symlink_to(busybox)
-    return bin_dir
 
 
 def _run(gce: GceMetadata, applets: Path, tmp_path: Path) -> tuple[str, Path]:

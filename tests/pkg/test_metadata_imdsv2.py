@@ -22,21 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "pkg" / "metadata"
 
 
-@pytest.fixture
-def applets(tmp_path: Path) -> Path:
-    """A PATH holding the recipe's busybox links, nothing else."""
-    recipe = yaml.safe_load((RECIPE / "build.yml").read_text())
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        pytest.fail("needs busybox on the host (apt-get install busybox-static)")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for link, target in recipe["symlinks"].items():
-        if target == "busybox":
-            (bin_dir / Path(link).name).symlink_to(busybox)
-    return bin_dir
-
-
 def run_metadata(imds: Imds, applets: Path, tmp_path: Path) -> tuple[str, Path]:
     config = tmp_path / "config"
     env = {
