@@ -8,10 +8,19 @@ lab, a full DHCP server on one interface.
 * **full**: addresses from a range (leases kept by MAC, the same address every time), with the
   subnet mask, router and DNS servers given, and the same boot answer.
 
-The boot file depends on the client: legacy BIOS PXE (architecture 0) gets ``undionly.kpxe``
-over TFTP, UEFI x64 (architectures 7 and 9) ``ipxe.efi``, and iPXE itself (user class
-``iPXE``) the HTTP URL of ``/boot.ipxe``, which chains to the machine's own script. Only
-machines of the inventory are answered unless ``answer_unknown`` is set.
+The boot file depends on the client (option 93, its architecture, and option 77, its user
+class): legacy BIOS PXE (architecture 0) gets ``undionly.kpxe`` over TFTP, UEFI x64
+(architectures 7 and 9) ``ipxe.efi``, and iPXE itself (user class ``iPXE``, or option 175) the
+HTTP URL of ``/boot.ipxe``, which chains to the machine's own script; that is what breaks the
+loop (the iPXE a PXE ROM loaded asks again, now as iPXE). A client of another architecture
+(32-bit or ARM UEFI, UEFI HTTP boot) gets no boot file: there is no iPXE binary for it.
+
+With ``chain_ipxe`` a BIOS machine whose own firmware is iPXE (a NIC ROM, often old) is handed
+this server's ``undionly.kpxe`` first. Each answer that hands out a binary carries the user
+class ``provision``; the ``undionly.kpxe`` that firmware loaded takes its settings from the PXE
+stack's cached DHCP packets and so asks with that user class, which gets the HTTP URL. (EFI
+iPXE of this build keeps no cached packets, so it would loop: EFI iPXE firmware is never
+chained.) Only machines of the inventory are answered unless ``answer_unknown`` is set.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ OPT_REQUESTED, OPT_VENDOR_CLASS, OPT_USER_CLASS, OPT_ARCH, OPT_UUID, OPT_PXE = (
     43,
 )
 BIOS_FILE, EFI_FILE = "undionly.kpxe", "ipxe.efi"
+BIOS_ARCHES, EFI_X64_ARCHES = (0,), (7, 9)  # RFC 4578 / IANA processor architecture types
+CHAINED_CLASS = b"provision"  # the user class of the iPXE binaries this server handed out
 
 
 @dataclass(frozen=True)
@@ -64,7 +75,14 @@ class Packet:
 
     @property
     def ipxe(self) -> bool:
-        return b"iPXE" in self.options.get(OPT_USER_CLASS, b"") or 175 in self.options
+        return (
+            b"iPXE" in self.options.get(OPT_USER_CLASS, b"") or 175 in self.options or self.chained
+        )
+
+    @property
+    def chained(self) -> bool:
+        """An iPXE this server handed out (it asks with the user class the offer carried)."""
+        return CHAINED_CLASS in self.options.get(OPT_USER_CLASS, b"")
 
     @property
     def architecture(self) -> int:
@@ -146,14 +164,24 @@ class DhcpSettings:
     dns: tuple[str, ...] = ()
     lease_seconds: int = 3600
     answer_unknown: bool = False
+    chain_ipxe: bool = False  # hand BIOS iPXE firmware this server's undionly.kpxe first
     known: Callable[[str], bool] = lambda _mac: False
     leases: dict[str, str] = field(default_factory=dict)  # mac -> address (full mode)
 
 
-def boot_file(packet: Packet, settings: DhcpSettings) -> str:
-    if packet.ipxe:
+def boot_file(packet: Packet, settings: DhcpSettings) -> str | None:
+    """The HTTP script for iPXE, the iPXE binary for PXE firmware, None when there is none for
+    the client's architecture."""
+    firmware_ipxe = packet.ipxe and not packet.chained
+    if packet.ipxe and not (
+        settings.chain_ipxe and firmware_ipxe and packet.architecture in BIOS_ARCHES
+    ):
         return f"{settings.http_url}/boot.ipxe"
-    return EFI_FILE if packet.architecture in (6, 7, 9, 10, 11) else BIOS_FILE
+    if packet.architecture in BIOS_ARCHES:
+        return BIOS_FILE
+    if packet.architecture in EFI_X64_ARCHES:
+        return EFI_FILE
+    return None
 
 
 def _lease(packet: Packet, settings: DhcpSettings) -> str | None:
@@ -180,15 +208,26 @@ def answer(packet: Packet, settings: DhcpSettings) -> bytes | None:
         return None
     if settings.mode == "proxy" and not packet.pxe_client:
         return None  # the network's DHCP server answers everything else
+    file = boot_file(packet, settings)
+    if file is None:
+        log.info(
+            "dhcp %s: architecture %d has no iPXE binary, no boot file",
+            packet.mac,
+            packet.architecture,
+        )
+        if settings.mode == "proxy":
+            return None
     reply_type = OFFER if packet.message_type == DISCOVER else ACK
     options: dict[int, bytes] = {OPT_SERVER: ipaddress.IPv4Address(settings.server_ip).packed}
-    if packet.pxe_client:
+    if packet.pxe_client and file is not None:
         options[OPT_VENDOR_CLASS] = b"PXEClient"
         options[OPT_PXE] = bytes(
             [6, 1, 8, 255]
         )  # PXE_DISCOVERY_CONTROL: boot the file given, no menu
         if OPT_UUID in packet.options:
             options[OPT_UUID] = packet.options[OPT_UUID]
+    if file is not None and "://" not in file:
+        options[OPT_USER_CLASS] = CHAINED_CLASS  # the iPXE it loads asks with it (loop-breaking)
     yiaddr = "0.0.0.0"
     if settings.mode == "full":
         address = _lease(packet, settings)
@@ -207,17 +246,31 @@ def answer(packet: Packet, settings: DhcpSettings) -> bytes | None:
             options[OPT_ROUTER] = ipaddress.IPv4Address(settings.router).packed
         if settings.dns:
             options[OPT_DNS] = b"".join(ipaddress.IPv4Address(d).packed for d in settings.dns)
-    file = boot_file(packet, settings)
     log.info(
-        "dhcp %s: %s %s, boot %s",
+        "dhcp %s: %s %s, boot %s (arch %d, %s)",
         packet.mac,
         "offer" if reply_type == OFFER else "ack",
         yiaddr,
-        file,
+        file or "nothing",
+        packet.architecture,
+        _client_kind(packet),
     )
     return build_packet(
-        packet, reply_type, yiaddr=yiaddr, siaddr=settings.server_ip, file=file, options=options
+        packet,
+        reply_type,
+        yiaddr=yiaddr,
+        siaddr=settings.server_ip if file else "0.0.0.0",
+        file=file or "",
+        options=options,
     )
+
+
+def _client_kind(packet: Packet) -> str:
+    if packet.chained:
+        return "iPXE from this server"
+    if packet.ipxe:
+        return "iPXE"
+    return "PXE firmware" if packet.pxe_client else "no PXE"
 
 
 class DhcpServer:

@@ -3,8 +3,10 @@ for firmware that can only PXE-boot over TFTP: it hands out the iPXE binaries (B
 ``undionly.kpxe``, UEFI ``ipxe.efi`` from Debian's ``ipxe`` package), which then chainload
 ``/boot.ipxe`` over HTTP.
 
-Only files directly in the served directory are given (no ``/``, no ``..``, regular files only);
-writes are refused. Each transfer runs on its own socket and thread, retransmits a block up to
+Only files directly in the served directory are given (no ``/``, no ``..``, regular files only),
+or, for ``provision serve --tftp``, only the named iPXE binaries of the package (Debian's
+``ipxe.efi`` is a symlink to ``/boot/ipxe.efi``: the server resolves the package's own links
+once at start, never a client's name); writes are refused. Each transfer runs on its own socket and thread, retransmits a block up to
 five times, and gives up after that: a client that vanishes costs one thread for seconds.
 """
 
@@ -16,6 +18,7 @@ import socket
 import stat
 import struct
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger("provision.serve.tftp")
@@ -23,6 +26,7 @@ log = logging.getLogger("provision.serve.tftp")
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
 NOT_FOUND, ACCESS, ILLEGAL, OPTION = 1, 2, 4, 8
 IPXE_DIR = Path("/usr/lib/ipxe")
+IPXE_FILES = ("undionly.kpxe", "ipxe.efi")  # the boot files DHCP hands out (dhcp.py)
 RETRIES = 5
 
 
@@ -61,8 +65,23 @@ def resolve_tftp(root: Path, name: str) -> Path | None:
     return path if stat.S_ISREG(st.st_mode) else None
 
 
+def ipxe_files(directory: Path = IPXE_DIR) -> dict[str, Path]:
+    """The iPXE binaries of the package that are there, by name, the package's links resolved."""
+    found = {}
+    for name in IPXE_FILES:
+        path = (directory / name).resolve()
+        if path.is_file():
+            found[name] = path
+    return found
+
+
 class TftpServer:
-    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 69) -> None:
+    """Serves the regular files directly in ``root``, or exactly the files of a name -> path
+    table (``ipxe_files()``)."""
+
+    def __init__(
+        self, root: Path | Mapping[str, Path], host: str = "127.0.0.1", port: int = 69
+    ) -> None:
         self.root = root
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, port))
@@ -95,11 +114,20 @@ class TftpServer:
             if opcode == WRQ:
                 sock.sendto(_error(ACCESS, "read-only server"), client)
                 return
-            path = resolve_tftp(self.root, name)
+            if isinstance(self.root, Path):
+                path = resolve_tftp(self.root, name)
+            else:
+                path = self.root.get(name.lstrip("/"))
             if path is None or mode not in ("octet", "netascii"):
                 sock.sendto(_error(NOT_FOUND, "file not found"), client)
                 log.info("tftp %s: %s refused", client[0], name)
                 return
+            log.info(
+                "tftp %s: read %s (options %s)",
+                client[0],
+                name,
+                " ".join(f"{k}={v}" for k, v in options.items()) or "none",
+            )
             self._send(sock, client, path, options)
 
     def _send(

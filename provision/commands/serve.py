@@ -87,6 +87,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="answer DHCP for machines not in the inventory too",
     )
+    serve.add_argument(
+        "--dhcp-chain-ipxe",
+        action="store_true",
+        help="hand BIOS machines whose firmware is iPXE (a NIC ROM) this server's "
+        "undionly.kpxe over TFTP first (needs --tftp)",
+    )
     serve.set_defaults(func=run_serve)
 
 
@@ -144,15 +150,18 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _start_tftp(listen: str) -> Callable[[], None]:
-    from provision.providers.metal.tftp import IPXE_DIR, TftpServer
+    from provision.providers.metal.tftp import IPXE_DIR, IPXE_FILES, TftpServer, ipxe_files
 
     host, port = _listen(listen)
-    if not (IPXE_DIR / "undionly.kpxe").is_file():
+    files = ipxe_files()
+    missing = [name for name in IPXE_FILES if name not in files]
+    if missing:
         raise UsageError(
-            f"--tftp: the iPXE binaries are missing ({IPXE_DIR})", hint="apt-get install ipxe"
+            f"--tftp: the iPXE binaries are missing ({', '.join(str(IPXE_DIR / m) for m in missing)})",
+            hint="apt-get install ipxe",
         )
     try:
-        server = TftpServer(IPXE_DIR, host, port)
+        server = TftpServer(files, host, port)
     except OSError as exc:
         raise UsageError(f"--tftp {listen}: {exc.strerror}") from exc
     threading.Thread(target=server.serve_forever, daemon=True, name="tftp").start()
@@ -179,6 +188,8 @@ def _start_dhcp(
         dns = tuple(str(ipaddress.IPv4Address(d)) for d in args.dhcp_dns)
     except ValueError as exc:
         raise UsageError(f"--dhcp: {exc}") from exc
+    if args.dhcp_chain_ipxe and not args.tftp:
+        raise UsageError("--dhcp-chain-ipxe needs --tftp: the binary comes from this server")
     if args.dhcp == "full" and pool is None:
         raise UsageError("--dhcp full needs --dhcp-pool FIRST-LAST")
     settings = DhcpSettings(
@@ -189,6 +200,7 @@ def _start_dhcp(
         router=router,
         dns=dns,
         answer_unknown=args.answer_unknown,
+        chain_ipxe=args.dhcp_chain_ipxe,
         known=lambda mac: state.lab.machine_by_mac(mac) is not None,
     )
     stoppers = []
