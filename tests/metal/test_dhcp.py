@@ -3,10 +3,14 @@ and iPXE send them, the replies parsed back (independently of the server's own b
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +28,7 @@ def discover(
     pxe: bool = True,
     kind: int = 1,
     requested: str | None = None,
+    user_class: bytes | None = None,
 ) -> bytes:
     head = struct.pack("!BBBBIHH", 1, 1, 6, 0, 0x1234ABCD, 0, 0x8000) + bytes(16)
     chaddr = bytes.fromhex(mac.replace(":", "")) + bytes(10)
@@ -33,7 +38,9 @@ def discover(
     if arch is not None:
         body += bytes([93, 2]) + struct.pack("!H", arch)
     if ipxe:
-        body += bytes([77, 4]) + b"iPXE"
+        user_class = b"iPXE"
+    if user_class:
+        body += bytes([77, len(user_class)]) + user_class
     if requested:
         body += bytes([50, 4]) + socket.inet_aton(requested)
     body += bytes([97, 17, 0]) + bytes(range(16))
@@ -142,3 +149,64 @@ def test_full_dhcp_leases_the_same_address_to_the_same_machine(exchange: Exchang
     assert nak is not None and nak["type"] == 6
     again = exchange(discover(KNOWN))
     assert again is not None and again["yiaddr"] == "192.168.50.10"
+
+
+def test_the_boot_file_follows_the_architecture_option(exchange: Exchange) -> None:
+    for arch, expected in ((0, "undionly.kpxe"), (7, "ipxe.efi"), (9, "ipxe.efi")):
+        reply = exchange(discover(KNOWN, arch=arch))
+        assert reply is not None and reply["file"] == expected, arch
+        assert reply["options"][77] == b"provision"  # what the iPXE it loads asks with
+    # no iPXE binary for 32-bit x86 UEFI, ARM UEFI or UEFI HTTP boot: proxyDHCP stays silent
+    for arch in (6, 10, 11, 16):
+        assert exchange(discover(KNOWN, arch=arch)) is None, arch
+    assert exchange(discover(KNOWN, arch=11, ipxe=True)) is not None  # iPXE on ARM takes HTTP
+
+
+@pytest.mark.parametrize("exchange", ["full"], indirect=True)
+def test_full_dhcp_gives_an_address_without_a_boot_file_to_other_architectures(
+    exchange: Exchange,
+) -> None:
+    reply = exchange(discover(KNOWN, arch=11))
+    assert reply is not None and reply["yiaddr"] == "192.168.50.10"
+    assert reply["file"] == "" and reply["siaddr"] == "0.0.0.0" and 43 not in reply["options"]
+
+
+def test_ipxe_is_told_the_http_script_and_loops_end_there(exchange: Exchange) -> None:
+    http = "http://10.0.2.2:8080/boot.ipxe"
+    for packet in (
+        discover(KNOWN, arch=0, ipxe=True),  # a NIC ROM's iPXE, or undionly.kpxe
+        discover(KNOWN, arch=7, user_class=b"\x04iPXE"),  # RFC 3004's length-prefixed form
+        discover(KNOWN, arch=0, user_class=b"provision"),  # the iPXE this server handed out
+    ):
+        reply = exchange(packet)
+        assert reply is not None and reply["file"] == http and 77 not in reply["options"]
+
+
+def test_chain_ipxe_hands_bios_ipxe_firmware_undionly_once(exchange: Exchange) -> None:
+    exchange.settings.chain_ipxe = True
+    firmware = exchange(discover(KNOWN, arch=0, ipxe=True))
+    assert firmware is not None and firmware["file"] == "undionly.kpxe"
+    assert firmware["options"][77] == b"provision"
+    ack = exchange(discover(KNOWN, arch=0, ipxe=True, kind=3))
+    assert ack is not None and ack["file"] == "undionly.kpxe"  # the offer and the ack agree
+    chained = exchange(discover(KNOWN, arch=0, user_class=b"provision"))
+    assert chained is not None and chained["file"] == "http://10.0.2.2:8080/boot.ipxe"
+    # EFI iPXE of this build keeps no cached DHCP packets: chained, it would loop
+    efi = exchange(discover(KNOWN, arch=7, ipxe=True))
+    assert efi is not None and efi["file"] == "http://10.0.2.2:8080/boot.ipxe"
+    legacy = exchange(discover(KNOWN, arch=0))
+    assert legacy is not None and legacy["file"] == "undionly.kpxe"
+
+
+def test_chain_ipxe_without_tftp_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "lab.yml").write_text(f'machines:\n  - {{name: node-1, macs: ["{KNOWN}"]}}\n')
+    argv = [sys.executable, "-m", "provision", "serve", "--lab", str(tmp_path / "lab.yml")]
+    argv += ["--root", str(tmp_path), "--listen", "127.0.0.1:0", "--dhcp", "proxy"]
+    argv += ["--boot-server", "127.0.0.1", "--dhcp-listen", "127.0.0.1", "--dhcp-chain-ipxe"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=os.environ)
+    assert done.returncode == 2, done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--dhcp-chain-ipxe needs --tftp: the binary comes from this server")
+    ), done.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from provision.providers.metal.tftp import IPXE_DIR, TftpServer
+from provision.providers.metal.tftp import IPXE_DIR, TftpServer, ipxe_files
 
 
 @pytest.fixture
@@ -77,3 +77,24 @@ def test_writes_and_traversal_are_refused_on_the_wire(tftp: tuple[int, Path]) ->
             sock.sendto(packet, ("127.0.0.1", port))
             reply, _ = sock.recvfrom(1500)
             assert struct.unpack("!H", reply[:2])[0] == 5  # ERROR
+
+
+def test_the_package_binaries_are_served_by_name_through_its_own_links(tmp_path: Path) -> None:
+    """Debian's ipxe.efi is a symlink to /boot/ipxe.efi: serve --tftp resolves the package's
+    links once, and a client can name only the binaries of the table."""
+    assert (IPXE_DIR / "ipxe.efi").is_symlink()  # why the directory rule cannot serve it
+    files = ipxe_files()
+    assert set(files) == {"undionly.kpxe", "ipxe.efi"}
+    server = TftpServer(files, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.address[1]
+        for name in ("ipxe.efi", "undionly.kpxe"):
+            done = curl(port, name, "--tftp-blksize", "1468")
+            assert done.returncode == 0, done.stderr
+            assert done.stdout == files[name].read_bytes()
+        # in the directory, not in the table
+        for name in ("ipxe.lkrn", "..%2Fipxe%2Fipxe.efi", "snponly.efi"):
+            assert curl(port, name).stdout == b""
+    finally:
+        server.shutdown()
