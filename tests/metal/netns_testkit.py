@@ -57,8 +57,9 @@ class LabNetwork:
         path = self.tmp / log_name
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def start_dnsmasq(self) -> subprocess.Popen[bytes]:
-        """The network's own DHCP server: addresses only (no boot file, no DNS, no TFTP)."""
+    def start_dnsmasq(self, *extra: str) -> subprocess.Popen[bytes]:
+        """The network's own DHCP server: addresses only (no DNS, no TFTP), and the boot files
+        ``extra`` options give."""
         assert self.dhcp_name is not None
         (self.tmp / "dnsmasq.conf").write_text("")
         return self.start(
@@ -76,6 +77,7 @@ class LabNetwork:
                 f"--dhcp-leasefile={self.tmp / 'dnsmasq.leases'}",
                 "--log-dhcp",
                 "--log-facility=-",
+                *extra,
             ],
             namespace=self.dhcp_name,
         )

@@ -20,6 +20,9 @@ What is real and what is not, precisely:
   vendor ROM, asks again with the user class the offer carried (``provision``, taken from the
   PXE stack's cached DHCP packets), gets the HTTP URL and boots. `serve --dhcp full` is the
   only DHCP server there.
+* The third layout of docs/metal.md's DHCP choices: dnsmasq hands out the boot files itself
+  (its configuration as that page gives it) and `serve` runs without `--dhcp`, serving TFTP
+  and HTTP only; booted by OVMF as above.
 """
 
 from __future__ import annotations
@@ -44,6 +47,20 @@ def single_network(tmp_path: Path) -> Iterator[LabNetwork]:
 @pytest.fixture
 def network_with_dnsmasq(tmp_path: Path) -> Iterator[LabNetwork]:
     yield from lab_network(tmp_path, with_dhcp_server=True)
+
+
+def ovmf_machine(vars_copy: Path) -> list[str]:
+    """q35 with OVMF, its NIC without an option ROM: the network stack is OVMF's own."""
+    return [
+        "-machine",
+        "q35",
+        "-drive",
+        f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+        "-drive",
+        f"if=pflash,format=raw,file={vars_copy}",
+        "-device",
+        f"virtio-net-pci,netdev=n0,mac={MAC},romfile=,bootindex=1",
+    ]
 
 
 def dhcp_lines(log: str) -> list[str]:
@@ -102,17 +119,7 @@ def test_uefi_pxe_firmware_beside_dnsmasq_gets_ipxe_efi_by_tftp_from_proxy_dhcp(
     lab.start_serve(root, "--tftp", f"{SERVER}:69", "--dhcp", "proxy")
     vars_copy = lab.tmp / "OVMF_VARS.fd"
     shutil.copyfile(OVMF_VARS, vars_copy)
-    lab.start_machine(
-        "-machine",
-        "q35",
-        "-drive",
-        f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-        "-drive",
-        f"if=pflash,format=raw,file={vars_copy}",
-        "-device",
-        f"virtio-net-pci,netdev=n0,mac={MAC},romfile=,bootindex=1",
-        mem="512",
-    )
+    lab.start_machine(*ovmf_machine(vars_copy), mem="512")
     seconds = lab.wait_for_serial("STANDIN-READY", 150)
     log, serial, dnsmasq = lab.log("serve.log"), lab.log("serial.log"), lab.log("dnsmasq.log")
     answers = dhcp_lines(log)
@@ -132,4 +139,29 @@ def test_uefi_pxe_firmware_beside_dnsmasq_gets_ipxe_efi_by_tftp_from_proxy_dhcp(
     assert log.index("sent ipxe.efi") < log.index(HTTP_SCRIPT)
     assert "iPXE" in serial and "EFI stub: Loaded initrd from command line option" in serial
     assert "boot ipxe.efi" not in "\n".join(answers[answers.index(http[0]) :])  # no loop
+    assert seconds < 110, seconds
+
+
+def test_uefi_boots_when_the_networks_dhcp_server_gives_the_boot_files(
+    network_with_dnsmasq: LabNetwork,
+) -> None:
+    lab = network_with_dnsmasq
+    root = write_lab(lab.tmp)
+    lab.start_dnsmasq(  # docs/metal.md's dnsmasq lines
+        "--dhcp-userclass=set:ipxe,iPXE",
+        "--dhcp-match=set:efi,option:client-arch,7",
+        "--dhcp-match=set:efi,option:client-arch,9",
+        f"--dhcp-boot=tag:ipxe,{HTTP_SCRIPT}",
+        f"--dhcp-boot=tag:!ipxe,tag:efi,ipxe.efi,,{SERVER}",
+        f"--dhcp-boot=tag:!ipxe,tag:!efi,undionly.kpxe,,{SERVER}",
+    )
+    lab.start_serve(root, "--tftp", f"{SERVER}:69")
+    vars_copy = lab.tmp / "OVMF_VARS.fd"
+    shutil.copyfile(OVMF_VARS, vars_copy)
+    lab.start_machine(*ovmf_machine(vars_copy), mem="512")
+    seconds = lab.wait_for_serial("STANDIN-READY", 150)
+    log, serial = lab.log("serve.log"), lab.log("serial.log")
+    assert not dhcp_lines(log)  # serve answered no DHCP
+    assert "NBP filename is ipxe.efi" in serial and f"Filename: {HTTP_SCRIPT}" in serial
+    assert re.search(r"tftp 192\.168\.77\.5\d: sent ipxe\.efi", log), log
     assert seconds < 110, seconds
