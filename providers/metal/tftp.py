@@ -1,4 +1,5 @@
-"""A read-only TFTP server (RFC 1350, with the blksize, tsize and timeout options of RFC 2347-2349)
+"""A read-only TFTP server (RFC 1350, with the blksize, tsize and timeout options of RFC 2347-2349
+and the windowsize of RFC 7440, which UEFI firmware asks for)
 for firmware that can only PXE-boot over TFTP: it hands out the iPXE binaries (BIOS
 ``undionly.kpxe``, UEFI ``ipxe.efi`` from Debian's ``ipxe`` package), which then chainload
 ``/boot.ipxe`` over HTTP.
@@ -6,8 +7,9 @@ for firmware that can only PXE-boot over TFTP: it hands out the iPXE binaries (B
 Only files directly in the served directory are given (no ``/``, no ``..``, regular files only),
 or, for ``provision serve --tftp``, only the named iPXE binaries of the package (Debian's
 ``ipxe.efi`` is a symlink to ``/boot/ipxe.efi``: the server resolves the package's own links
-once at start, never a client's name); writes are refused. Each transfer runs on its own socket and thread, retransmits a block up to
-five times, and gives up after that: a client that vanishes costs one thread for seconds.
+once at start, never a client's name); writes are refused. Each transfer runs on its own socket
+and thread, retransmits a block (or a window, at most 64 blocks) up to five times, and gives up
+after that: a client that vanishes costs one thread for seconds.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger("provision.serve.tftp")
 
@@ -149,26 +153,82 @@ class TftpServer:
         ):
             timeout = float(options["timeout"])
             accepted["timeout"] = options["timeout"]
-        sock.settimeout(timeout)
+        window = 1
+        if "windowsize" in options and options["windowsize"].isdigit():
+            window = min(max(int(options["windowsize"]), 1), 64)
+            accepted["windowsize"] = str(window)
         with open(path, "rb") as handle:
             if accepted:
                 oack = struct.pack("!H", OACK) + b"".join(
                     k.encode() + b"\0" + v.encode() + b"\0" for k, v in accepted.items()
                 )
+                sock.settimeout(timeout)
                 if not self._exchange(sock, client, oack, 0):
                     return
-            block = 1
-            while True:
-                data = handle.read(blksize)
-                if not self._exchange(
-                    sock, client, struct.pack("!HH", DATA, block & 0xFFFF) + data, block & 0xFFFF
-                ):
-                    log.info("tftp %s: %s abandoned at block %d", client[0], path.name, block)
-                    return
-                if len(data) < blksize:
-                    log.info("tftp %s: sent %s (%d bytes)", client[0], path.name, size)
-                    return
-                block += 1
+            if self._send_blocks(sock, client, handle, size, blksize, window, timeout):
+                log.info(
+                    "tftp %s: sent %s (%d bytes, blksize %d, window %d)",
+                    client[0],
+                    path.name,
+                    size,
+                    blksize,
+                    window,
+                )
+            else:
+                log.info("tftp %s: %s abandoned", client[0], path.name)
+
+    def _send_blocks(
+        self,
+        sock: socket.socket,
+        client: tuple[str, int],
+        handle: BinaryIO,
+        size: int,
+        blksize: int,
+        window: int,
+        timeout: float,
+    ) -> bool:
+        """Blocks 1..N (the last one short, maybe empty), ``window`` at a time (RFC 7440; 1 is
+        RFC 1350's lock-step); after an ACK the next window starts after the block it names,
+        after a timeout the window is sent again, RETRIES times at most."""
+        last_block = size // blksize + 1
+        first, tries = 1, 0
+        while first <= last_block:
+            end = min(first + window - 1, last_block)
+            for block in range(first, end + 1):
+                handle.seek((block - 1) * blksize)
+                sock.sendto(struct.pack("!HH", DATA, block & 0xFFFF) + handle.read(blksize), client)
+            acked = self._wait_ack(sock, client, range(first - 1, end + 1), timeout)
+            if acked is None:
+                return False
+            if acked < first:
+                tries += 1
+                if tries >= RETRIES:
+                    return False
+                continue
+            first, tries = acked + 1, 0
+        return True
+
+    def _wait_ack(
+        self, sock: socket.socket, client: tuple[str, int], blocks: range, timeout: float
+    ) -> int | None:
+        """The highest block of ``blocks`` the client acknowledges before the timeout (the first
+        of ``blocks``, one before the window, when none is); None on an ERROR."""
+        numbers = {block & 0xFFFF: block for block in blocks}  # block numbers wrap at 65536
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                reply, source = sock.recvfrom(1500)
+            except TimeoutError:
+                break
+            if source != client or len(reply) < 4:
+                continue
+            opcode, number = struct.unpack("!HH", reply[:4])
+            if opcode == ERROR:
+                return None
+            if opcode == ACK and number in numbers and numbers[number] > blocks[0]:
+                return numbers[number]
+        return blocks[0]
 
     def _exchange(
         self, sock: socket.socket, client: tuple[str, int], packet: bytes, expect: int

@@ -133,6 +133,7 @@ def test_uefi_pxe_firmware_beside_dnsmasq_gets_ipxe_efi_by_tftp_from_proxy_dhcp(
     assert any(
         "tsize=" in options and "blksize=" in options for kind, _, options in tftp if kind == "read"
     )
+    assert re.search(r"sent ipxe\.efi \(\d+ bytes, blksize 1468, window 4\)", log), log  # RFC 7440
     # ipxe.efi then asks as iPXE and is told the HTTP script, which boots (under EFI, initrd=)
     http = [a for a in answers if HTTP_SCRIPT in a]
     assert http and all("(arch 7, iPXE)" in a for a in http), answers

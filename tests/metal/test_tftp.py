@@ -98,3 +98,68 @@ def test_the_package_binaries_are_served_by_name_through_its_own_links(tmp_path:
             assert curl(port, name).stdout == b""
     finally:
         server.shutdown()
+
+
+def oack_options(packet: bytes) -> dict[str, str]:
+    assert struct.unpack("!H", packet[:2])[0] == 6, packet  # OACK
+    fields = packet[2:].split(b"\0")[:-1]
+    return {fields[i].decode(): fields[i + 1].decode() for i in range(0, len(fields), 2)}
+
+
+def test_windowsize_sends_windows_and_resends_after_the_block_acknowledged(
+    tftp: tuple[int, Path],
+) -> None:
+    """RFC 7440, which OVMF asks for (windowsize=4): a window of blocks per ACK; an ACK of a
+    block inside the window (the client lost the next one) restarts the window after it."""
+    port, root = tftp
+    expected = (root / "undionly.kpxe").read_bytes()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        request = b"undionly.kpxe\0octet\0blksize\x001024\0windowsize\x004\0tsize\x000\0"
+        sock.sendto(struct.pack("!H", 1) + request, ("127.0.0.1", port))
+        packet, server = sock.recvfrom(2000)
+        assert oack_options(packet) == {
+            "blksize": "1024",
+            "windowsize": "4",
+            "tsize": str(len(expected)),
+        }
+
+        def window(ack: int) -> list[tuple[int, bytes]]:
+            sock.sendto(struct.pack("!HH", 4, ack), server)
+            blocks = []
+            for _ in range(4):
+                data, _ = sock.recvfrom(2000)
+                assert struct.unpack("!H", data[:2])[0] == 3
+                blocks.append((struct.unpack("!H", data[2:4])[0], data[4:]))
+                if len(data) - 4 < 1024:
+                    break
+            return blocks
+
+        first = window(0)
+        assert [n for n, _ in first] == [1, 2, 3, 4]
+        sock.settimeout(0.3)  # the server waits for an ACK after a window
+        with pytest.raises(TimeoutError):
+            sock.recvfrom(2000)
+        sock.settimeout(5)
+        again = window(2)  # as if block 3 was lost
+        assert [n for n, _ in again] == [3, 4, 5, 6] and again[:2] == first[2:]
+        received = dict(first + again)
+        last = 6
+        while len(received[last]) == 1024:
+            more = window(last)
+            received.update(more)
+            last = more[-1][0]
+        sock.sendto(struct.pack("!HH", 4, last), server)
+        assert b"".join(received[n] for n in range(1, last + 1)) == expected
+
+
+def test_a_window_is_at_most_64_blocks(tftp: tuple[int, Path]) -> None:
+    port, _ = tftp
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(
+            struct.pack("!H", 1) + b"ipxe.efi\0octet\0windowsize\x0065535\0", ("127.0.0.1", port)
+        )
+        packet, server = sock.recvfrom(2000)
+        assert oack_options(packet) == {"windowsize": "64"}
+        sock.sendto(struct.pack("!HH", 5, 0) + b"done\0", server)  # ERROR: the client gives up
