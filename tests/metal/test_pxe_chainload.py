@@ -87,7 +87,7 @@ def test_bios_ipxe_rom_chainloads_undionly_over_tftp_then_boots_over_http(
         "--dhcp-chain-ipxe",
     )
     lab.start_machine("-device", f"virtio-net-pci,netdev=n0,mac={MAC},bootindex=1", "-boot", "n")
-    seconds = lab.wait_for_serial("STANDIN-READY", 150)
+    lab.wait_for_serial("STANDIN-READY", 150)
     log = lab.log("serve.log")
     answers = dhcp_lines(log)
     # the NIC ROM (arch 0, iPXE) is handed undionly.kpxe by TFTP, in the offer and the ack
@@ -107,7 +107,6 @@ def test_bios_ipxe_rom_chainloads_undionly_over_tftp_then_boots_over_http(
         f"dhcp {MAC}: ack 192.168.77.10, boot {HTTP_SCRIPT} (arch 0, iPXE from this server)",
     ], answers
     assert log.index("sent undionly.kpxe") < log.index(HTTP_SCRIPT)
-    assert seconds < 110, seconds
 
 
 def test_uefi_pxe_firmware_beside_dnsmasq_gets_ipxe_efi_by_tftp_from_proxy_dhcp(
@@ -120,7 +119,7 @@ def test_uefi_pxe_firmware_beside_dnsmasq_gets_ipxe_efi_by_tftp_from_proxy_dhcp(
     vars_copy = lab.tmp / "OVMF_VARS.fd"
     shutil.copyfile(OVMF_VARS, vars_copy)
     lab.start_machine(*ovmf_machine(vars_copy), mem="512")
-    seconds = lab.wait_for_serial("STANDIN-READY", 150)
+    lab.wait_for_serial("STANDIN-READY", 150)
     log, serial, dnsmasq = lab.log("serve.log"), lab.log("serial.log"), lab.log("dnsmasq.log")
     answers = dhcp_lines(log)
     # OVMF's PXE: no address from us (proxy), ipxe.efi for architecture 7, no iPXE user class
@@ -140,7 +139,6 @@ def test_uefi_pxe_firmware_beside_dnsmasq_gets_ipxe_efi_by_tftp_from_proxy_dhcp(
     assert log.index("sent ipxe.efi") < log.index(HTTP_SCRIPT)
     assert "iPXE" in serial and "EFI stub: Loaded initrd from command line option" in serial
     assert "boot ipxe.efi" not in "\n".join(answers[answers.index(http[0]) :])  # no loop
-    assert seconds < 110, seconds
 
 
 def test_uefi_boots_when_the_networks_dhcp_server_gives_the_boot_files(
@@ -160,9 +158,8 @@ def test_uefi_boots_when_the_networks_dhcp_server_gives_the_boot_files(
     vars_copy = lab.tmp / "OVMF_VARS.fd"
     shutil.copyfile(OVMF_VARS, vars_copy)
     lab.start_machine(*ovmf_machine(vars_copy), mem="512")
-    seconds = lab.wait_for_serial("STANDIN-READY", 150)
+    lab.wait_for_serial("STANDIN-READY", 150)
     log, serial = lab.log("serve.log"), lab.log("serial.log")
     assert not dhcp_lines(log)  # serve answered no DHCP
     assert "NBP filename is ipxe.efi" in serial and f"Filename: {HTTP_SCRIPT}" in serial
     assert re.search(r"tftp 192\.168\.77\.5\d: sent ipxe\.efi", log), log
-    assert seconds < 110, seconds
