@@ -172,10 +172,8 @@ class DhcpSettings:
 def boot_file(packet: Packet, settings: DhcpSettings) -> str | None:
     """The HTTP script for iPXE, the iPXE binary for PXE firmware, None when there is none for
     the client's architecture."""
-    firmware_ipxe = packet.ipxe and not packet.chained
-    if packet.ipxe and not (
-        settings.chain_ipxe and firmware_ipxe and packet.architecture in BIOS_ARCHES
-    ):
+    chain = settings.chain_ipxe and not packet.chained and packet.architecture in BIOS_ARCHES
+    if packet.ipxe and not chain:
         return f"{settings.http_url}/boot.ipxe"
     if packet.architecture in BIOS_ARCHES:
         return BIOS_FILE

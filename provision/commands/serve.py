@@ -108,6 +108,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from provision.providers.metal.server import ServeState, start_http
 
     host, port = _listen(args.listen)
+    if args.dhcp_chain_ipxe and not (args.dhcp and args.tftp):
+        raise UsageError("--dhcp-chain-ipxe needs --dhcp and --tftp: the binary comes from here")
     lab_file = Path(args.lab)
     lab = load_lab(lab_file)
     state_dir = Path(args.state) if args.state else None
@@ -188,8 +190,6 @@ def _start_dhcp(
         dns = tuple(str(ipaddress.IPv4Address(d)) for d in args.dhcp_dns)
     except ValueError as exc:
         raise UsageError(f"--dhcp: {exc}") from exc
-    if args.dhcp_chain_ipxe and not args.tftp:
-        raise UsageError("--dhcp-chain-ipxe needs --tftp: the binary comes from this server")
     if args.dhcp == "full" and pool is None:
         raise UsageError("--dhcp full needs --dhcp-pool FIRST-LAST")
     settings = DhcpSettings(

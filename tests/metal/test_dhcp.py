@@ -198,15 +198,15 @@ def test_chain_ipxe_hands_bios_ipxe_firmware_undionly_once(exchange: Exchange) -
     assert legacy is not None and legacy["file"] == "undionly.kpxe"
 
 
-def test_chain_ipxe_without_tftp_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "missing", [["--tftp", "127.0.0.1:0"], ["--dhcp", "proxy", "--boot-server", "127.0.0.1"]]
+)
+def test_chain_ipxe_without_dhcp_or_tftp_is_refused(tmp_path: Path, missing: list[str]) -> None:
     (tmp_path / "lab.yml").write_text(f'machines:\n  - {{name: node-1, macs: ["{KNOWN}"]}}\n')
     argv = [sys.executable, "-m", "provision", "serve", "--lab", str(tmp_path / "lab.yml")]
-    argv += ["--root", str(tmp_path), "--listen", "127.0.0.1:0", "--dhcp", "proxy"]
-    argv += ["--boot-server", "127.0.0.1", "--dhcp-listen", "127.0.0.1", "--dhcp-chain-ipxe"]
+    argv += ["--root", str(tmp_path), "--listen", "127.0.0.1:0", "--dhcp-chain-ipxe", *missing]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=os.environ)
     assert done.returncode == 2, done.stderr
-    assert (
-        done.stderr.strip()
-        .splitlines()[-1]
-        .endswith("--dhcp-chain-ipxe needs --tftp: the binary comes from this server")
-    ), done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "provision: error: --dhcp-chain-ipxe needs --dhcp and --tftp: the binary comes from here"
+    ]
