@@ -9,8 +9,8 @@ What is real and what is not, precisely:
   (``romfile=``), so the network stack is OVMF's own (VirtioNetDxe, SNP, its PXE base code):
   genuine non-iPXE PXE firmware. It asks with ``PXEClient:Arch:00007`` and no user class. The
   network's DHCP server is dnsmasq (Debian's, in a namespace of its own: addresses only, no
-  boot file); `provision serve --dhcp proxy` only says where to boot (proxyDHCP, ports 67 and
-  4011). OVMF fetches ``ipxe.efi`` over our TFTP (with its tsize, blksize and windowsize
+  boot file); `provision serve --dhcp proxy` only says where to boot (proxyDHCP: an offer
+  and an ack with no address). OVMF fetches ``ipxe.efi`` over our TFTP (with its tsize, blksize and windowsize
   options), ipxe.efi asks again with the user class ``iPXE``, gets the HTTP URL and boots.
 * BIOS: SeaBIOS has no network stack; the only BIOS PXE firmware QEMU has is its NIC's option
   ROM, which is itself iPXE (Debian's ipxe-qemu). A vendor PXE ROM asking without a user class
