@@ -163,3 +163,23 @@ def test_uefi_boots_when_the_networks_dhcp_server_gives_the_boot_files(
     assert not dhcp_lines(log)  # serve answered no DHCP
     assert "NBP filename is ipxe.efi" in serial and f"Filename: {HTTP_SCRIPT}" in serial
     assert re.search(r"tftp 192\.168\.77\.5\d: sent ipxe\.efi", log), log
+
+
+def test_bios_ipxe_rom_chainloads_through_proxy_dhcp_beside_dnsmasq(
+    network_with_dnsmasq: LabNetwork,
+) -> None:
+    """The chain of the BIOS test when dnsmasq gives the address: the offer that carried the
+    user class was a proxyDHCP one, and the ROM's PXE stack still hands it to undionly.kpxe."""
+    lab = network_with_dnsmasq
+    root = write_lab(lab.tmp)
+    lab.start_dnsmasq()
+    lab.start_serve(root, "--tftp", f"{SERVER}:69", "--dhcp", "proxy", "--dhcp-chain-ipxe")
+    lab.start_machine("-device", f"virtio-net-pci,netdev=n0,mac={MAC},bootindex=1", "-boot", "n")
+    lab.wait_for_serial("STANDIN-READY", 150)
+    log = lab.log("serve.log")
+    answers = dhcp_lines(log)
+    assert answers[0] == f"dhcp {MAC}: offer 0.0.0.0, boot undionly.kpxe (arch 0, iPXE)", answers
+    assert re.search(r"tftp 192\.168\.77\.5\d: sent undionly\.kpxe", log), log
+    http = [a for a in answers if HTTP_SCRIPT in a]
+    assert http and all("(arch 0, iPXE from this server)" in a for a in http), answers
+    assert log.index("sent undionly.kpxe") < log.index(HTTP_SCRIPT)
