@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from provision.clock import FakeClock
 from provision.providers.simulated.cloud import SimulatedCloud, SimulatedProvider
-from provision.reconcile.clock import FakeClock
 from provision.reconcile.engine import Engine
 from provision.reconcile.journal import SqliteStore
 from provision.reconcile.provider import CallCounter, CountingProvider

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from provision.clock import Clock, SystemClock
 from provision.errors import ProvisionError, UsageError
 from provision.oci.store import ImageStore
-from provision.reconcile.clock import Clock, SystemClock
 from provision.target import Artifact, Progress, read_artifact
 
 MIB = 1024 * 1024

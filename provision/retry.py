@@ -22,34 +22,16 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import tenacity
 
+from provision.clock import Clock, SystemClock
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class Clock(Protocol):
-    """Seconds since the epoch, and a way to wait (provision.reconcile.clock's clocks fit)."""
-
-    def now(self) -> float: ...
-
-    def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    """Wall time and ``time.sleep``."""
-
-    def now(self) -> float:
-        return time.time()
-
-    def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            time.sleep(seconds)
 
 
 class RetryLater(Exception):

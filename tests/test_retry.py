@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from provision.reconcile.clock import FakeClock
+from provision.clock import FakeClock
 from provision.reconcile.throttle import Backoff
 from provision.retry import RetryLater, RetryPolicy, parse_retry_after
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from provision.clock import Clock
 from provision.errors import UsageError
 from provision.providers.aws.clients import AwsClients, AwsError, aws_error, call
 from provision.providers.aws.ebs import (
@@ -19,7 +20,6 @@ from provision.providers.aws.ebs import (
     identity_tags,
 )
 from provision.push import PushError, wait_for
-from provision.reconcile.clock import Clock
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.literals import ArchitectureValuesType, BootModeValuesType

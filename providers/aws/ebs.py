@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
+from provision.clock import Clock, SystemClock
 from provision.providers.aws.clients import AwsClients, AwsError, aws_error, call
 from provision.push import PushError, TransferProgress, wait_for
-from provision.reconcile.clock import Clock, SystemClock
 from provision.retry import RetryPolicy
 from provision.target import Progress
 

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from provision.clock import Clock, SystemClock
 from provision.providers.aws.clients import AwsClients, aws_error, call
 from provision.providers.aws.ebs import TAG_DIGEST, TOKEN_NAMESPACE, SnapshotUpload, identity_tags
 from provision.push import PushError, TransferProgress, wait_for
-from provision.reconcile.clock import Clock, SystemClock
 from provision.target import Progress
 
 if TYPE_CHECKING:

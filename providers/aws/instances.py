@@ -25,6 +25,7 @@ from typing import Any
 
 import botocore.exceptions
 
+from provision.clock import Clock
 from provision.errors import UsageError
 from provision.providers.aws.properties import (
     USER_DATA_MAX,
@@ -35,7 +36,6 @@ from provision.providers.aws.properties import (
     parse_options,
 )
 from provision.providers.aws.session import SessionSettings, call_aws, classify_error, create_client
-from provision.reconcile.clock import Clock
 from provision.reconcile.provider import (
     CreateRequest,
     Instance,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from provision.clock import Clock, SystemClock
 from provision.errors import UsageError
 from provision.providers.aws import ami, ebs, importer
 from provision.providers.aws.clients import AwsClients
@@ -19,7 +20,6 @@ from provision.push import (
     image_name,
     read_platform,
 )
-from provision.reconcile.clock import Clock, SystemClock
 from provision.reconcile.provider import Provider
 from provision.target import Artifact, Progress, PublishedImage
 

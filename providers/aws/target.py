@@ -9,11 +9,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from provision.clock import Clock
 from provision.errors import UsageError
 from provision.providers.aws.instances import AwsProvider, create_aws_provider
 from provision.providers.aws.properties import OPTIONS, PROPERTIES
 from provision.providers.aws.publish import FORMATS, AwsPublishing
-from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema

@@ -11,6 +11,7 @@ from typing import Any
 
 from azure.core.credentials import TokenCredential
 
+from provision.clock import Clock
 from provision.errors import UsageError
 from provision.providers.azure.clients import arm_clients, blob_container
 from provision.providers.azure.images import find_registered
@@ -23,7 +24,6 @@ from provision.providers.azure.push import (
     push_settings,
 )
 from provision.push import LoadArtifact, PushOptions, PushResult
-from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema

@@ -28,6 +28,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
 from provision import schema
+from provision.clock import Clock
 from provision.errors import UsageError
 from provision.providers.gcp.clients import (
     GceClients,
@@ -37,7 +38,6 @@ from provision.providers.gcp.clients import (
     map_error,
     wait_operation,
 )
-from provision.reconcile.clock import Clock
 from provision.reconcile.provider import CreateRequest, Instance, InstanceState, Page, ProviderError
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Field, Schema, check_mapping

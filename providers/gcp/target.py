@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provision.clock import Clock
 from provision.errors import UsageError
 from provision.providers.gcp.clients import credentials, gce_clients
 from provision.providers.gcp.provider import OPTIONS, PROPERTIES, GcpProvider, create_gcp_provider
@@ -21,7 +22,6 @@ from provision.providers.gcp.publish import (
     storage_client,
 )
 from provision.push import LoadArtifact, PushOptions, PushResult
-from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from provision import schema
+from provision.clock import Clock
 from provision.providers.metal.bmc import PowerControl, connect_bmc, wait_power
 from provision.providers.metal.lab import Bmc, Lab, Machine, load_lab
 from provision.providers.metal.reservations import (
@@ -29,7 +30,6 @@ from provision.providers.metal.reservations import (
     locked_reservations,
     read_reservations,
 )
-from provision.reconcile.clock import Clock
 from provision.reconcile.provider import (
     CreateRequest,
     Instance,

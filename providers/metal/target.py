@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from provision.clock import Clock
 from provision.errors import UsageError
 from provision.providers.metal.images import DIGEST, publish_boot_image, read_boot_image
 from provision.providers.metal.provider import (
@@ -15,7 +16,6 @@ from provision.providers.metal.provider import (
     MetalProvider,
     create_metal_provider,
 )
-from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema

@@ -39,6 +39,7 @@ from typing import Any, Literal, Protocol
 
 from provision import schema
 from provision.agent import AGENT_PORT, read_agent
+from provision.clock import Clock
 from provision.errors import CommandError, ProvisionError, UsageError
 from provision.providers.qemu.images import resolve_cached_image
 from provision.providers.qemu.state import (
@@ -51,7 +52,6 @@ from provision.providers.qemu.state import (
     vm_dir,
 )
 from provision.providers.qemu.vm import VMConfig, VMError, start_vm, stop_vm
-from provision.reconcile.clock import Clock
 from provision.reconcile.provider import (
     TAG_CLUSTER,
     CreateRequest,

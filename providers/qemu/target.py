@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provision.clock import Clock
 from provision.errors import UsageError
 from provision.providers.qemu.accel import QEMU
 from provision.providers.qemu.images import (
@@ -28,7 +29,6 @@ from provision.providers.qemu.provider import (
     parse_machine_properties,
 )
 from provision.providers.qemu.state import SERIAL_LOG, vm_dir
-from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from provision.reconcile.clock import Clock, SystemClock
+from provision.clock import Clock, SystemClock
 from provision.reconcile.provider import (
     TAG_CLUSTER,
     TAG_GROUP,

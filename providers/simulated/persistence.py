@@ -8,10 +8,10 @@ import os
 import stat
 from typing import Any
 
+from provision.clock import Clock
 from provision.errors import ProvisionError
 from provision.fsutil import write_bytes_atomic
 from provision.providers.simulated.cloud import SimulatedCloud, SimulatedProvider
-from provision.reconcile.clock import Clock
 from provision.reconcile.provider import CreateRequest, Instance
 
 

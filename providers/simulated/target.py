@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from provision import schema
+from provision.clock import Clock
 from provision.providers.simulated.client import HttpSimulatedProvider
 from provision.providers.simulated.cloud import SimulatedCloud, SimulatedProvider
 from provision.providers.simulated.persistence import FileSimulatedProvider
-from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Field, Schema

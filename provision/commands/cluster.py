@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from provision.clock import SystemClock
 from provision.commands import check_seconds
 from provision.errors import ProvisionError, SpecError, UsageError
 from provision.fsutil import check_output_path, write_bytes_atomic
-from provision.reconcile.clock import SystemClock
 from provision.reconcile.daemon import Daemon, DaemonOptions, reloader
 from provision.reconcile.engine import Engine
 from provision.reconcile.etcd.store import EtcdStore

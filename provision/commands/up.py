@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from provision.agent import AGENT_PORT, read_agent
+from provision.clock import SystemClock
 from provision.commands import check_seconds
 from provision.errors import ProvisionError
 from provision.providers import get_target
-from provision.reconcile.clock import SystemClock
 from provision.reconcile.engine import Engine, PassResult
 from provision.reconcile.image import GroupImages
 from provision.reconcile.model import Condition, Machine

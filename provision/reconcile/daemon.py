@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+from provision.clock import Clock
 from provision.errors import ProvisionError, UsageError
-from provision.reconcile.clock import Clock
 from provision.reconcile.engine import DestroyAllRefusedError, Engine, PassResult
 from provision.reconcile.journal import LeaseHeldError, Store
 from provision.reconcile.logs import log_event

@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provision.clock import Clock
 from provision.errors import ProvisionError
-from provision.reconcile.clock import Clock
 from provision.reconcile.image import GroupImages
 from provision.reconcile.journal import Intent, KnownInstance, ProviderRecord, Store
 from provision.reconcile.logs import log_event

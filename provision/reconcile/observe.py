@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from provision.reconcile.clock import Clock
+from provision.clock import Clock
 from provision.reconcile.journal import Store
 from provision.reconcile.model import Condition, Machine, Observation
 from provision.reconcile.provider import (

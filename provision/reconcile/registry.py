@@ -3,9 +3,9 @@ the one registry of targets)."""
 
 from __future__ import annotations
 
+from provision.clock import Clock
 from provision.errors import UsageError
 from provision.providers import get_target
-from provision.reconcile.clock import Clock
 from provision.reconcile.provider import Provider
 from provision.reconcile.spec import ClusterSpec
 

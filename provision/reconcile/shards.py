@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from provision.reconcile.clock import Clock
+from provision.clock import Clock
 from provision.reconcile.daemon import Daemon, DaemonOptions
 from provision.reconcile.etcd.client import EtcdError
 from provision.reconcile.etcd.store import EtcdStore

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provision.clock import Clock
 from provision.errors import ProvisionError
-from provision.reconcile.clock import Clock
 from provision.reconcile.engine import Engine
 from provision.reconcile.journal import Store
 from provision.reconcile.provider import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from provision.reconcile.clock import Clock
+from provision.clock import Clock
 from provision.retry import RetryPolicy
 
 

@@ -196,8 +196,8 @@ def test_a_client_token_is_a_deterministic_digest_ec2_accepts() -> None:
 def test_user_data_too_big_for_ec2_fails_that_create_for_good_before_any_call(
     ec2: Ec2Moto, tmp_path: Path
 ) -> None:
+    from provision.clock import SystemClock
     from provision.providers import get_target
-    from provision.reconcile.clock import SystemClock
     from provision.reconcile.provider import CreateRequest, ProviderError, TransientProviderError
     from provision.reconcile.spec import ProviderSpec
 
@@ -227,8 +227,8 @@ def test_user_data_too_big_for_ec2_fails_that_create_for_good_before_any_call(
 def test_address_is_the_private_ip_or_the_public_one_by_option(
     ec2: Ec2Moto, tmp_path: Path
 ) -> None:
+    from provision.clock import SystemClock
     from provision.providers import get_target
-    from provision.reconcile.clock import SystemClock
     from provision.reconcile.provider import CreateRequest
     from provision.reconcile.spec import ProviderSpec
 

@@ -20,8 +20,8 @@ import hcl2
 import pytest
 from aws.ec2_standin import Ec2Moto
 
+from provision.clock import SystemClock
 from provision.providers import get_target
-from provision.reconcile.clock import SystemClock
 from provision.reconcile.provider import TAG_CLUSTER, TAG_GROUP, TAG_SLOT, CreateRequest, list_all
 from provision.reconcile.spec import ProviderSpec
 

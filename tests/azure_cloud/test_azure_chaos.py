@@ -8,9 +8,9 @@ from pathlib import Path
 
 from arm_testkit import GROUP, LOCATION, SUBSCRIPTION, Arm
 
+from provision.clock import FakeClock
 from provision.providers.azure.clients import StaticTokenCredential
 from provision.providers.azure.target import create_azure_provider
-from provision.reconcile.clock import FakeClock
 from provision.reconcile.engine import Engine
 from provision.reconcile.journal import SqliteStore
 from provision.reconcile.provider import TAG_CLUSTER, TAG_GROUP, TAG_SLOT

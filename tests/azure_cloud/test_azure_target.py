@@ -13,9 +13,9 @@ from arm_testkit import GROUP, LOCATION, SUBSCRIPTION, Arm
 from azurite_testkit import Azurite
 from vhd_testkit import write_vhd
 
+from provision.clock import SystemClock
 from provision.errors import UsageError
 from provision.providers import get_target
-from provision.reconcile.clock import SystemClock
 from provision.reconcile.spec import ProviderSpec
 from provision.target import Artifact
 

@@ -12,6 +12,7 @@ from blob_faults import BlobFaults, serve_blob_faults
 from vhd_testkit import MIB, write_vhd
 
 from provision.builders.vhd import DYNAMIC
+from provision.clock import FakeClock
 from provision.providers.azure.blob import (
     PAGE,
     blob_name,
@@ -21,7 +22,6 @@ from provision.providers.azure.blob import (
     written_ranges,
 )
 from provision.providers.azure.errors import AzurePublishError
-from provision.reconcile.clock import FakeClock
 from provision.retry import RetryPolicy
 
 DIGEST = "sha256:" + "ab" * 32

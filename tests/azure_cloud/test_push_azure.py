@@ -11,11 +11,11 @@ from arm_testkit import GROUP, LOCATION, SUBSCRIPTION, Arm
 from azurite_testkit import Azurite
 from vhd_testkit import write_vhd
 
+from provision.clock import FakeClock
 from provision.providers.azure.blob import PAGE, written_ranges
 from provision.providers.azure.errors import AzurePublishError
 from provision.providers.azure.images import DIGEST_TAG
 from provision.providers.azure.push import AzurePush, AzurePushResult, parse_replicas, push_azure
-from provision.reconcile.clock import FakeClock
 from provision.retry import RetryPolicy
 from provision.target import Artifact
 

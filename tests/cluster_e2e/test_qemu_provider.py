@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from provision.clock import FakeClock
 from provision.errors import UsageError
 from provision.image_digest import ComponentsMissingError
 from provision.providers.qemu.images import image_cache, import_artifact, resolve_cached_image
 from provision.providers.qemu.provider import QemuProvider, vm_name_for
 from provision.providers.qemu.state import VMInfo
 from provision.providers.qemu.vm import VMConfig
-from provision.reconcile.clock import FakeClock
 from provision.reconcile.engine import Engine
 from provision.reconcile.image import GroupImages
 from provision.reconcile.journal import SqliteStore

@@ -10,10 +10,10 @@ import pytest
 from gcp.gce_fake import FakeGce, serve_fake_gce
 from gcp.gcp_testkit import PROJECT, ZONE
 
+from provision.clock import SystemClock
 from provision.errors import UsageError
 from provision.providers import get_target
 from provision.providers.gcp.provider import GcpProvider, instance_name
-from provision.reconcile.clock import SystemClock
 from provision.reconcile.provider import (
     TAG_CLUSTER,
     TAG_GROUP,

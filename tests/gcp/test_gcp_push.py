@@ -145,8 +145,8 @@ def test_the_target_publishes_for_a_group_and_finds_by_digest(
     tmp_path: Path, gcs: Gcs, gce: FakeGce
 ) -> None:
     """What `image: web.yml` in a gcp group does once the spec is built: publish, then find."""
+    from provision.clock import SystemClock
     from provision.providers import get_target
-    from provision.reconcile.clock import SystemClock
     from provision.reconcile.spec import ProviderSpec
 
     target = get_target("gcp")

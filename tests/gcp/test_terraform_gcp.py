@@ -22,9 +22,9 @@ import requests
 from gcp.gce_fake import FakeGce
 from gcp.gcp_testkit import BUCKET, PROJECT, ZONE, Gcs, clients_for, write_artifact
 
+from provision.clock import SystemClock
 from provision.providers import get_target
 from provision.providers.gcp.publish import GcpPush, publish_gcp
-from provision.reconcile.clock import SystemClock
 from provision.reconcile.provider import TAG_CLUSTER, TAG_GROUP, CreateRequest, list_all
 from provision.reconcile.spec import ProviderSpec
 

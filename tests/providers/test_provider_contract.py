@@ -21,12 +21,12 @@ from aws.aws_testkit import REGION
 from aws.ec2_standin import Ec2Moto, serve_ec2_moto
 from cluster_e2e.standin import write_standin
 
+from provision.clock import SystemClock
 from provision.providers import get_target
 from provision.providers.qemu.state import list_vms
 from provision.providers.qemu.vm import stop_vm
 from provision.providers.simulated.cloud import SimulatedCloud
 from provision.providers.simulated.server import serve_simulated_cloud
-from provision.reconcile.clock import SystemClock
 from provision.reconcile.provider import (
     TAG_CLUSTER,
     TAG_EPOCH,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from provision.clock import FakeClock
 from provision.errors import UsageError
 from provision.push import (
     PushOptions,
@@ -17,7 +18,6 @@ from provision.push import (
     resolve_source,
     wait_for,
 )
-from provision.reconcile.clock import FakeClock
 
 
 def write_manifest(out: Path, formats: list[str]) -> Path:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from provision.clock import FakeClock
 from provision.providers.simulated.cloud import Faults, SimulatedCloud, SimulatedProvider
-from provision.reconcile.clock import FakeClock
 from provision.reconcile.engine import Engine
 from provision.reconcile.etcd.location import parse_etcd_location
 from provision.reconcile.etcd.store import EtcdStore

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from build.build_testkit import SPEC, write_test_images
 
+from provision.clock import FakeClock
 from provision.image_digest import plan_image_digest
 from provision.oci.store import ImageStore
 from provision.providers.simulated.persistence import load_cloud
-from provision.reconcile.clock import FakeClock
 from provision.reconcile.image import GroupImages
 from provision.reconcile.registry import create_providers
 from provision.reconcile.spec import load_cluster_spec

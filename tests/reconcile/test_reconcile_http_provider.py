@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from reconcile_world import make_spec
 
+from provision.clock import FakeClock
 from provision.providers.simulated.client import HttpSimulatedProvider
 from provision.providers.simulated.cloud import SimulatedCloud
 from provision.providers.simulated.server import serve_simulated_cloud
-from provision.reconcile.clock import FakeClock
 from provision.reconcile.engine import Engine
 from provision.reconcile.journal import SqliteStore
 from provision.reconcile.provider import (

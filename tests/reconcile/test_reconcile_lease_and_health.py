@@ -16,13 +16,13 @@ import requests
 from reconcile_world import BOTH_STORES, World, make_spec
 
 from provision.cli import main
+from provision.clock import SystemClock
 from provision.providers.simulated.cloud import (
     Faults,
     SimulatedCloud,
     SimulatedCrash,
     SimulatedProvider,
 )
-from provision.reconcile.clock import SystemClock
 from provision.reconcile.daemon import Daemon, DaemonOptions
 from provision.reconcile.journal import LeaseHeldError, SqliteStore
 from provision.reconcile.model import Condition

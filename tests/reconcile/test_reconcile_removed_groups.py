@@ -294,8 +294,8 @@ def test_machine_ids_that_collide_across_providers_do_not_clobber_each_other(
     """Two clouds number their machines alike (i-00000001 on both); with lagging lists the
     journal must keep each group's machines apart, or a group loses sight of one and makes a
     duplicate."""
+    from provision.clock import FakeClock
     from provision.providers.simulated.cloud import Faults, SimulatedProvider
-    from provision.reconcile.clock import FakeClock
     from provision.reconcile.engine import Engine
 
     clock = FakeClock()

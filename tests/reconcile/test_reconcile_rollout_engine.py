@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reconcile_world import World
 
+from provision.clock import Clock
 from provision.providers.simulated.cloud import Faults, SimulatedCloud
-from provision.reconcile.clock import Clock
 from provision.reconcile.provider import TAG_SLOT, OutcomeUnknownError
 from provision.reconcile.spec import ClusterSpec, parse_cluster_spec
 

@@ -1,4 +1,5 @@
-"""Injected time: the engine never reads the wall clock or sleeps directly, so tests fast-forward."""
+"""Injected time: the engine, the retry policy and the targets never read the wall clock or sleep
+directly, so tests fast-forward."""
 
 from __future__ import annotations
 
