@@ -6,26 +6,29 @@ policy allows nothing the provider does not call."""
 
 from __future__ import annotations
 
-import fnmatch
-import json
 import re
-import shutil
-import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import hcl2
-import pytest
 from aws.ec2_standin import Ec2Moto
+from terraform_testkit import (
+    TERRAFORM,
+    assert_checkov_passes,
+    covers,
+    flat,
+    flat_blocks,
+    one,
+    parse_module,
+    unused,
+)
 
 from provision.clock import SystemClock
 from provision.providers import get_target
 from provision.reconcile.provider import TAG_CLUSTER, TAG_GROUP, TAG_SLOT, CreateRequest, list_all
 from provision.reconcile.spec import ProviderSpec
 
-MODULE = Path(__file__).resolve().parents[2] / "terraform" / "aws"
+MODULE = TERRAFORM / "aws"
 CLUSTER = "shop"
 VARIABLES = {"${var.clusters}": [CLUSTER]}
 # the resource types each call touches (RunInstances: what it creates and what it launches from)
@@ -43,42 +46,9 @@ TOUCHES = {
 }
 
 
-def unquote(value: Any) -> Any:
-    """python-hcl2 8 keeps the quotes of labels and strings (``'"clusters"'``), older versions
-    and bc-python-hcl2 do not: one shape for the checks below."""
-    if isinstance(value, dict):
-        return {unquote(k): unquote(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unquote(v) for v in value]
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    return value
-
-
-def parse_module() -> dict[str, Any]:
-    parsed: dict[str, Any] = {}
-    for path in sorted(MODULE.glob("*.tf")):
-        with path.open() as handle:
-            parsed[path.name] = unquote(hcl2.load(handle))
-    return parsed
-
-
-def flat(value: Any) -> list[str]:
-    """A list of strings from either python-hcl2 shape (values wrapped in lists or not)."""
-    if isinstance(value, list):
-        return [s for item in value for s in flat(item)]
-    return [str(value)]
-
-
-def one(value: Any) -> Any:
-    while isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    return value
-
-
 def policy_statements(name: str) -> list[dict[str, Any]]:
     """The statements of ``data "aws_iam_policy_document" NAME``, dynamic ones included."""
-    for block in parse_module()["main.tf"].get("data", []):
+    for block in parse_module(MODULE)["main.tf"].get("data", []):
         document = block.get("aws_iam_policy_document", {}).get(name)
         if document is None:
             continue
@@ -88,12 +58,6 @@ def policy_statements(name: str) -> list[dict[str, Any]]:
                 found.append(content)
         return [normalized(s) for s in found]
     raise AssertionError(f"no policy document {name}")
-
-
-def flat_blocks(value: Any) -> list[dict[str, Any]]:
-    if isinstance(value, dict):
-        return [value]
-    return [b for item in value for b in flat_blocks(item)]
 
 
 def normalized(statement: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,7 +94,7 @@ def allowed(
     statements: Sequence[Mapping[str, Any]], action: str, resource: str, context: Mapping[str, str]
 ) -> bool:
     for statement in statements:
-        if not any(fnmatch.fnmatchcase(action, a) for a in statement["actions"]):
+        if not any(covers(a, action) for a in statement["actions"]):
             continue
         if not any(resource_type(r) in ("*", resource) for r in statement["resources"]):
             continue
@@ -170,7 +134,7 @@ def launch_tags(form: Mapping[str, list[str]], kind: str) -> dict[str, str]:
 
 
 def test_every_file_parses() -> None:
-    parsed = parse_module()
+    parsed = parse_module(MODULE)
     assert set(parsed) == {"main.tf", "variables.tf", "outputs.tf"}
     declared = {name for block in parsed["variables.tf"]["variable"] for name in block}
     assert {"clusters", "enable_import", "instance_role_arns", "name_prefix"} <= declared
@@ -182,30 +146,7 @@ def test_every_file_parses() -> None:
 
 
 def test_checkov_finds_no_failed_check_and_every_skip_has_a_reason() -> None:
-    beside = Path(sys.executable).parent / "checkov"  # scripts/setup.sh links it into .venv/bin
-    checkov = str(beside) if beside.exists() else shutil.which("checkov")
-    if checkov is None:
-        pytest.fail(
-            "needs checkov (scripts/setup.sh installs it in its own environment, .venv/tools/checkov)"
-        )
-    done = subprocess.run(
-        [checkov, "-d", str(MODULE), "--framework", "terraform", "--skip-download", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    report = json.loads(done.stdout)
-    summary = report["summary"]
-    failed = [f"{c['check_id']} {c['resource']}" for c in report["results"]["failed_checks"]]
-    assert summary["failed"] == 0, failed
-    assert summary["passed"] > 40
-    for skipped in report["results"]["skipped_checks"]:
-        assert len(skipped["check_result"].get("suppress_comment", "")) > 20, skipped["check_id"]
-    for path in MODULE.glob("*.tf"):
-        for line in path.read_text().splitlines():
-            if "checkov:skip=" in line:
-                assert re.search(r"checkov:skip=CKV2?_AWS_\d+:.{20,}", line), line
+    assert_checkov_passes(MODULE, "AWS", passed_at_least=41)
 
 
 def test_the_daemon_policy_allows_every_call_the_provider_makes_and_no_other(
@@ -283,7 +224,7 @@ def test_the_daemon_policy_allows_every_call_the_provider_makes_and_no_other(
     assert called == {"ec2:RunInstances", "ec2:DescribeInstances", "ec2:TerminateInstances"}
     granted = {a for s in daemon for a in s["actions"]}
     # nothing more: CreateTags only as part of a launch, PassRole only for the roles the user names
-    assert granted - called == {"ec2:CreateTags", "iam:PassRole"}
+    assert set(unused(granted, called)) == {"ec2:CreateTags", "iam:PassRole"}
 
 
 def test_the_daemon_policy_denies_launches_and_terminations_of_other_clusters() -> None:

@@ -7,20 +7,23 @@ nothing else."""
 
 from __future__ import annotations
 
-import fnmatch
 import json
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import hcl2
-import pytest
 from arm_testkit import GROUP, LOCATION, SUBSCRIPTION, Arm
 from azurite_testkit import Azurite
+from terraform_testkit import (
+    TERRAFORM,
+    assert_checkov_passes,
+    flat,
+    one,
+    parse_module,
+    resource,
+    ungranted,
+    unused,
+)
 from vhd_testkit import write_vhd
 
 from provision.providers.azure.provider import AzureProvider
@@ -28,51 +31,12 @@ from provision.providers.azure.push import AzurePush, push_azure
 from provision.reconcile.provider import TAG_CLUSTER, CreateRequest, list_all
 from provision.target import Artifact
 
-MODULE = Path(__file__).resolve().parents[2] / "terraform" / "azure"
+MODULE = TERRAFORM / "azure"
 SUBNET = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Network/virtualNetworks/v/subnets/s"
 
 
-def unquote(value: Any) -> Any:
-    """python-hcl2 8 keeps the quotes of strings, older versions do not: one shape."""
-    if isinstance(value, dict):
-        return {unquote(k): unquote(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unquote(v) for v in value]
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    return value
-
-
-def one(value: Any) -> Any:
-    while isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    return value
-
-
-def parse_module() -> dict[str, Any]:
-    parsed: dict[str, Any] = {}
-    for path in sorted(MODULE.glob("*.tf")):
-        with path.open() as handle:
-            parsed[path.name] = unquote(hcl2.load(handle))
-    return parsed
-
-
-def resource(kind: str, name: str) -> dict[str, Any]:
-    for block in parse_module()["main.tf"]["resource"]:
-        if kind in block and name in block[kind]:
-            return dict(block[kind][name])
-    raise AssertionError(f"no resource {kind}.{name}")
-
-
-def flat(value: Any) -> list[str]:
-    """A list of strings from either python-hcl2 shape (values wrapped in lists or not)."""
-    if isinstance(value, list):
-        return [s for item in value for s in flat(item)]
-    return [str(value)]
-
-
 def local_list(name: str) -> list[str]:
-    for block in parse_module()["main.tf"]["locals"]:
+    for block in parse_module(MODULE)["main.tf"]["locals"]:
         if name in block:
             return flat(block[name])
     raise AssertionError(f"no local {name}")
@@ -105,56 +69,29 @@ def implied(body: dict[str, Any]) -> set[str]:
     return needs
 
 
-def granted(actions: list[str], needed: set[str]) -> set[str]:
-    return {
-        n for n in needed if not any(fnmatch.fnmatchcase(n.lower(), a.lower()) for a in actions)
-    }
-
-
 def test_every_file_parses_and_the_storage_account_is_locked_down() -> None:
-    parsed = parse_module()
+    parsed = parse_module(MODULE)
     assert set(parsed) == {"main.tf", "variables.tf", "outputs.tf"}
-    account = resource("azurerm_storage_account", "images")
+    account = resource(MODULE, "azurerm_storage_account", "images")
     assert one(account["min_tls_version"]) == "TLS1_2"
     assert one(account["allow_nested_items_to_be_public"]) is False
     assert one(account["shared_access_key_enabled"]) is False
     assert one(one(account["network_rules"])["default_action"]) == "Deny"
     assert (
-        one(resource("azurerm_storage_container", "images")["container_access_type"]) == "private"
+        one(resource(MODULE, "azurerm_storage_container", "images")["container_access_type"])
+        == "private"
     )
-    image = resource("azurerm_shared_image", "image")
+    image = resource(MODULE, "azurerm_shared_image", "image")
     assert one(image["os_type"]) == "Linux" and one(image["architecture"]) == "x64"
     for role in ("push", "daemon"):
-        definition = resource("azurerm_role_definition", role)
+        definition = resource(MODULE, "azurerm_role_definition", role)
         assert one(definition["scope"]) == "${local.group_scope}"
         assert flat(definition["assignable_scopes"]) == ["${local.group_scope}"]
     assert "azurerm_resource_group.provision.id" in json.dumps(parsed["main.tf"]["locals"])
 
 
 def test_checkov_finds_no_failed_check_and_every_skip_has_a_reason() -> None:
-    beside = Path(sys.executable).parent / "checkov"  # scripts/setup.sh links it into .venv/bin
-    checkov = str(beside) if beside.exists() else shutil.which("checkov")
-    if checkov is None:
-        pytest.fail(
-            "needs checkov (scripts/setup.sh installs it in its own environment, .venv/tools/checkov)"
-        )
-    done = subprocess.run(
-        [checkov, "-d", str(MODULE), "--framework", "terraform", "--skip-download", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    report = json.loads(done.stdout)
-    failed = [f"{c['check_id']} {c['resource']}" for c in report["results"]["failed_checks"]]
-    assert report["summary"]["failed"] == 0, failed
-    assert report["summary"]["passed"] >= 10
-    for skipped in report["results"]["skipped_checks"]:
-        assert len(skipped["check_result"].get("suppress_comment", "")) > 20, skipped["check_id"]
-    for path in MODULE.glob("*.tf"):
-        for line in path.read_text().splitlines():
-            if "checkov:skip=" in line:
-                assert re.search(r"checkov:skip=CKV2?_AZURE_\d+:.{20,}", line), line
+    assert_checkov_passes(MODULE, "AZURE", passed_at_least=10)
 
 
 def _needed(arm: Arm, since: int = 0) -> set[str]:
@@ -177,11 +114,8 @@ def test_the_daemon_role_grants_every_call_the_provider_makes_and_no_other(arm: 
     provider.destroy_instance(made.id, 1)
     needed |= {action_of(m, p) for m, p in arm.fake.requests}
     actions = local_list("daemon_actions")
-    assert granted(actions, needed) == set()
-    unused = [
-        a for a in actions if not any(fnmatch.fnmatchcase(n.lower(), a.lower()) for n in needed)
-    ]
-    assert unused == [
+    assert ungranted(actions, needed) == set()
+    assert unused(actions, needed) == [
         "Microsoft.Compute/galleries/images/versions/read"
     ]  # launching a gallery image instead
 
@@ -209,11 +143,8 @@ def test_the_push_role_grants_every_call_a_push_makes(
         )
     needed = _needed(arm)
     actions = local_list("push_actions")
-    assert granted(actions, needed) == set()
-    unused = [
-        a for a in actions if not any(fnmatch.fnmatchcase(n.lower(), a.lower()) for n in needed)
-    ]
-    assert unused == []
+    assert ungranted(actions, needed) == set()
+    assert unused(actions, needed) == []
     assert set(local_list("push_data_actions")) == {
         f"Microsoft.Storage/storageAccounts/blobServices/containers/blobs/{verb}"
         for verb in ("read", "write", "delete")

@@ -6,9 +6,6 @@ daemon's to the daemon role; the daemon role grants nothing the provider does no
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -16,11 +13,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import hcl2
 import pytest
 import requests
 from gcp.gce_fake import FakeGce
 from gcp.gcp_testkit import BUCKET, PROJECT, ZONE, Gcs, clients_for, write_artifact
+from terraform_testkit import (
+    TERRAFORM,
+    assert_checkov_passes,
+    one,
+    resource,
+    resources,
+    ungranted,
+    unused,
+)
 
 from provision.clock import SystemClock
 from provision.providers import get_target
@@ -28,7 +33,7 @@ from provision.providers.gcp.publish import GcpPush, publish_gcp
 from provision.reconcile.provider import TAG_CLUSTER, TAG_GROUP, CreateRequest, list_all
 from provision.reconcile.spec import ProviderSpec
 
-MODULE = Path(__file__).resolve().parents[2] / "terraform" / "gcp"
+MODULE = TERRAFORM / "gcp"
 # What each call needs (Compute Engine's and Cloud Storage's IAM permission reference).
 NEEDS: dict[str, set[str]] = {
     "images.list": {"compute.images.list"},
@@ -58,43 +63,14 @@ NEEDS: dict[str, set[str]] = {
 }
 
 
-def unquote(value: Any) -> Any:
-    """python-hcl2 8 keeps the quotes of labels and strings; older versions do not."""
-    if isinstance(value, dict):
-        return {unquote(k): unquote(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unquote(v) for v in value]
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    return value
-
-
-def one(value: Any) -> Any:
-    while isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    return value
-
-
-def resources() -> dict[tuple[str, str], dict[str, Any]]:
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in sorted(MODULE.glob("*.tf")):
-        with path.open() as handle:
-            parsed = unquote(hcl2.load(handle))
-        for block in parsed.get("resource", []):
-            for kind, named in block.items():
-                for name, body in named.items():
-                    found[(kind, name)] = body
-    return found
-
-
 def role_permissions(name: str) -> set[str]:
     return {
-        str(p) for p in one(resources()[("google_project_iam_custom_role", name)]["permissions"])
+        str(p) for p in one(resource(MODULE, "google_project_iam_custom_role", name)["permissions"])
     }
 
 
 def test_the_module_parses_and_the_bucket_is_private_with_a_tarball_lifecycle() -> None:
-    bucket = resources()[("google_storage_bucket", "images")]
+    bucket = resource(MODULE, "google_storage_bucket", "images")
     assert one(bucket["uniform_bucket_level_access"]) is True
     assert one(bucket["public_access_prevention"]) == "enforced"
     rules = [one(r) for r in bucket["lifecycle_rule"]]
@@ -103,7 +79,7 @@ def test_the_module_parses_and_the_bucket_is_private_with_a_tarball_lifecycle() 
         and one(one(r["action"])["type"]) == "Delete"
         for r in rules
     )
-    members = [k for k in resources() if k[0].endswith("_iam_member")]
+    members = [k for k in resources(MODULE) if k[0].endswith("_iam_member")]
     assert sorted(members) == [
         ("google_project_iam_member", "daemon"),
         ("google_project_iam_member", "push"),
@@ -112,23 +88,8 @@ def test_the_module_parses_and_the_bucket_is_private_with_a_tarball_lifecycle() 
 
 
 def test_checkov_finds_no_failed_check() -> None:
-    beside = Path(sys.executable).parent / "checkov"
-    import shutil
-
-    checkov = str(beside) if beside.exists() else shutil.which("checkov")
-    if checkov is None:
-        pytest.fail("needs checkov (scripts/setup.sh installs it in its own environment)")
-    done = subprocess.run(
-        [checkov, "-d", str(MODULE), "--framework", "terraform", "--skip-download", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    report = json.loads(done.stdout)
-    failed = [f"{c['check_id']} {c['resource']}" for c in report["results"]["failed_checks"]]
-    assert report["summary"]["failed"] == 0, failed
-    assert report["summary"]["passed"] >= 10 and report["summary"]["skipped"] == 0
+    report = assert_checkov_passes(MODULE, "GCP", passed_at_least=10)
+    assert report["summary"]["skipped"] == 0
 
 
 class Recorder:
@@ -266,11 +227,11 @@ def test_every_call_is_granted_and_the_daemon_gets_no_more(
     assert not unknown, f"calls with no known permission: {unknown}"
     push_granted = role_permissions("push") | role_permissions("push_objects")
     for call in sorted(push_calls):
-        assert NEEDS[call] <= push_granted, (call, NEEDS[call] - push_granted)
+        assert ungranted(push_granted, NEEDS[call]) == set(), call
     daemon_granted = role_permissions("daemon")
     needed = set().union(*(NEEDS[c] for c in daemon_calls))
-    assert needed <= daemon_granted, needed - daemon_granted
-    assert daemon_granted == needed, f"granted but never needed: {daemon_granted - needed}"
+    assert ungranted(daemon_granted, needed) == set()
+    assert unused(daemon_granted, needed) == [], "granted but never needed"
     assert not any(
         p.endswith(".delete") and p.startswith("compute.images") for p in push_granted
     )  # never deletes
