@@ -170,14 +170,17 @@ class Daemon:
                 server.shutdown()
                 server.server_close()
 
+    # errors of taking the lease that mean "held by another, or not reachable now": stand by
+    standby_errors: tuple[type[Exception], ...] = (LeaseHeldError,)
+
     def _wait_for_lease(self) -> bool:
         """Take the lease, standing by while another daemon holds it; False when stopped first."""
         retry = min(1.0, self.options.lease_ttl / 5)
         while not self.stop.is_set():
             try:
-                epoch = self.engine.acquire(self.options.lease_ttl)
-            except LeaseHeldError as exc:
-                if not self.standby:
+                self._take_lease()
+            except self.standby_errors as exc:
+                if self.standby != str(exc):
                     log_event(
                         "standby",
                         cluster=self.engine.spec.name,
@@ -189,23 +192,25 @@ class Daemon:
                 self.stop.wait(retry)
                 continue
             self.standby = ""
-            log_event(
-                "leader", cluster=self.engine.spec.name, owner=self.options.owner, epoch=epoch
-            )
             return True
         return False
 
+    def _take_lease(self) -> None:
+        """One try at the cluster's lease (raises one of ``standby_errors`` while it is held)."""
+        epoch = self.engine.acquire(self.options.lease_ttl)
+        log_event("leader", cluster=self.engine.spec.name, owner=self.options.owner, epoch=epoch)
+
     def _lead(self) -> int:
+        """Keep the groups' threads running, check the lease every ``_check_interval()``, resync
+        every ``options.resync``; on stop, let every thread finish its pass, then step down."""
         self._heartbeat = time.monotonic()
         self._resync()  # a daemon that stood by re-reads the spec it may have waited long on; starts the groups
         self.ready.set()
         last_resync = time.monotonic()
         try:
-            while not self.stop.wait(min(self.options.interval, self.options.lease_ttl / 3)):
+            while not self.stop.wait(self._check_interval()):
                 self._heartbeat = time.monotonic()
-                try:
-                    self.engine.renew(self.options.lease_ttl)
-                except StaleEpochError:
+                if not self._still_leading():
                     self._lose_lease()
                     break
                 self._restart_dead_groups()
@@ -218,10 +223,25 @@ class Daemon:
                 event.set()
             for thread in self._threads.values():
                 thread.join()  # each finishes its in-flight call and journals the result
-            if not self.lost_lease:
-                self.engine.release()
-            log_event("stopped", cluster=self.engine.spec.name, epoch=self.engine.epoch)
+            self._step_down()
         return 1 if self.lost_lease or self.failed else 0
+
+    def _check_interval(self) -> float:
+        return min(self.options.interval, self.options.lease_ttl / 3)
+
+    def _still_leading(self) -> bool:
+        """Renew what lets this daemon act; False when it has lost it."""
+        try:
+            self.engine.renew(self.options.lease_ttl)
+        except StaleEpochError:
+            return False
+        return True
+
+    def _step_down(self) -> None:
+        """Every group thread has ended: give up the lease (unless lost already)."""
+        if not self.lost_lease:
+            self.engine.release()
+        log_event("stopped", cluster=self.engine.spec.name, epoch=self.engine.epoch)
 
     def _lose_lease(self) -> None:
         self.lost_lease = True
@@ -232,7 +252,10 @@ class Daemon:
         )
 
     def _start_groups(self) -> None:
+        """A thread for each group this daemon ``owns`` that has none running."""
         for group in self.engine.groups():
+            if not self.owns(group.name):
+                continue
             thread = self._threads.get(group.name)
             if thread is not None and thread.is_alive():
                 continue

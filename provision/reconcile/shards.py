@@ -95,31 +95,21 @@ class ShardedDaemon(Daemon):
 
     # -- joining -----------------------------------------------------------------------------
 
-    def _wait_for_lease(self) -> bool:
-        retry = min(1.0, self.options.lease_ttl / 5)
+    standby_errors = (LeaseHeldError, EtcdError)
+
+    def _take_lease(self) -> None:
+        """Join as a member (bound to a fresh lease) and keep the lease renewed."""
         cluster = self.engine.spec.name
-        while not self.stop.is_set():
-            try:
-                sent = time.monotonic()
-                self.member_epoch, self.lease = self.shards.join(
-                    cluster, self.options.owner, self.options.lease_ttl
-                )
-            except (LeaseHeldError, EtcdError) as exc:
-                if self.standby != str(exc):
-                    log_event("standby", cluster=cluster, owner=self.options.owner, holder=str(exc))
-                self.standby = str(exc)
-                self.ready.set()
-                self.stop.wait(retry)
-                continue
-            self._deadline = sent + LOCAL_DEADLINE * self.options.lease_ttl
-            self.standby = ""
-            self.engine.epoch = self.member_epoch
-            self.engine._record_spec(self.engine.spec)
-            self.metrics.set("provision_member_epoch", self.member_epoch)
-            log_event("member", cluster=cluster, owner=self.options.owner, epoch=self.member_epoch)
-            threading.Thread(target=self._renew_loop, name="lease-renewal", daemon=True).start()
-            return True
-        return False
+        sent = time.monotonic()
+        self.member_epoch, self.lease = self.shards.join(
+            cluster, self.options.owner, self.options.lease_ttl
+        )
+        self._deadline = sent + LOCAL_DEADLINE * self.options.lease_ttl
+        self.engine.epoch = self.member_epoch
+        self.engine._record_spec(self.engine.spec)
+        self.metrics.set("provision_member_epoch", self.member_epoch)
+        log_event("member", cluster=cluster, owner=self.options.owner, epoch=self.member_epoch)
+        threading.Thread(target=self._renew_loop, name="lease-renewal", daemon=True).start()
 
     def _renew_loop(self) -> None:
         period = self.options.lease_ttl / 3
@@ -145,44 +135,33 @@ class ShardedDaemon(Daemon):
 
     def _lead(self) -> int:
         self._heartbeat = time.monotonic()
-        self._rebalance()
-        self._resync()
-        self.ready.set()
-        last_resync = time.monotonic()
-        check = min(self.options.interval, self.options.lease_ttl / 5, 1.0)
-        try:
-            while not self.stop.wait(check):
-                self._heartbeat = time.monotonic()
-                self.metrics.set("provision_etcd_requests_total", self.shards.round_trips)
-                if not self.acting():
-                    self._lose_lease()
-                    break
-                try:
-                    self._rebalance()
-                except StaleEpochError:
-                    self._lose_lease()
-                    break
-                except EtcdError as exc:
-                    log_event(
-                        "rebalance-failed",
-                        logging.WARNING,
-                        owner=self.options.owner,
-                        error=str(exc),
-                    )
-                self._restart_dead_groups()
-                if time.monotonic() - last_resync >= self.options.resync:
-                    last_resync = time.monotonic()
-                    self._resync()
-        finally:
-            self.stop.set()
-            for event in self._wake.values():
-                event.set()
-            for thread in self._threads.values():
-                thread.join()
-            self._leave()
-        return 1 if self.lost_lease or self.failed else 0
+        self._rebalance()  # claim this daemon's groups before the first resync starts them
+        return super()._lead()
 
-    def _leave(self) -> None:
+    def _check_interval(self) -> float:
+        return min(self.options.interval, self.options.lease_ttl / 5, 1.0)
+
+    def _still_leading(self) -> bool:
+        """Within the local deadline and still a member: hand off and claim groups as the
+        members changed."""
+        self.metrics.set("provision_etcd_requests_total", self.shards.round_trips)
+        if not self.acting():
+            return False
+        try:
+            self._rebalance()
+        except StaleEpochError:
+            return False
+        except EtcdError as exc:
+            log_event(
+                "rebalance-failed",
+                logging.WARNING,
+                owner=self.options.owner,
+                error=str(exc),
+            )
+        return True
+
+    def _step_down(self) -> None:
+        """Leave: release every group, then revoke the lease (the others take over at once)."""
         for group in list(self.owned()):
             self._drop(group)
         if not self.lost_lease:
@@ -259,17 +238,3 @@ class ShardedDaemon(Daemon):
             self._wake.setdefault(group, threading.Event()).set()
             return  # released at a later check, once the pass is over
         self._drop(group)
-
-    def _start_groups(self) -> None:
-        for group in self.engine.groups():
-            if not self.owns(group.name):
-                continue
-            thread = self._threads.get(group.name)
-            if thread is not None and thread.is_alive():
-                continue
-            self._wake.setdefault(group.name, threading.Event())
-            thread = threading.Thread(
-                target=self._group_thread, args=(group.name,), name=f"group-{group.name}"
-            )
-            self._threads[group.name] = thread
-            thread.start()
