@@ -5,15 +5,12 @@ line), served by ``provision serve`` under ``/files/<digest hex>/``."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision.digest_cache import publish_once
 from provision.errors import UsageError
-from provision.fsutil import write_bytes_atomic
 from provision.target import Artifact
 
 IMAGE_INFO = "image.json"
@@ -60,30 +57,17 @@ def publish_boot_image(state: Path, artifact: Artifact) -> bool:
             f"{artifact.manifest}: the metal target boots kernel+initrd builds (found {artifact.format})"
         )
     hexdigest = artifact.digest.split(":", 1)[1]
-    images_dir(state).mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".new-", dir=images_dir(state)))
-    try:
-        for file in (*artifact.files, artifact.manifest):
-            try:
-                os.link(file.resolve(), staging / file.name)
-            except OSError:
-                shutil.copyfile(file, staging / file.name)
-        cmdline = cmdline_file.read_text().strip() if cmdline_file else ""
-        info = {
-            "digest": artifact.digest,
-            "kernel": f"{hexdigest}/{kernel.name}",
-            "initrd": [f"{hexdigest}/{f.name}" for f in initrd],
-            "cmdline": cmdline,
-        }
-        write_bytes_atomic(
-            staging / IMAGE_INFO, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
-        )
-        try:
-            os.rename(staging, images_dir(state) / hexdigest)
-        except OSError:
-            if read_boot_image(state, artifact.digest) is None:
-                raise
-            return True
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return False
+    cmdline = cmdline_file.read_text().strip() if cmdline_file else ""
+    info = {
+        "digest": artifact.digest,
+        "kernel": f"{hexdigest}/{kernel.name}",
+        "initrd": [f"{hexdigest}/{f.name}" for f in initrd],
+        "cmdline": cmdline,
+    }
+    return publish_once(
+        images_dir(state),
+        artifact.digest,
+        (*artifact.files, artifact.manifest),
+        {IMAGE_INFO: json.dumps(info, indent=2, sort_keys=True) + "\n"},
+        published=lambda _: read_boot_image(state, artifact.digest) is not None,
+    )

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from provision.digest_cache import publish_once
 from provision.providers.qemu.artifact import BootKind, resolve_artifact
-from provision.providers.qemu.state import write_json_atomic
 from provision.reconcile.provider import ProviderError
 
 IMAGE_INFO = "image.json"
@@ -50,31 +47,6 @@ def _read_image_info(directory: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return info if isinstance(info, dict) and "artifact" in info else None
-
-
-def _staging(cache: Path) -> Path:
-    cache.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".new-", dir=cache))
-
-
-def _publish(staging: Path, cache: Path, digest: str, artifact: str, source: str) -> None:
-    """Record what boots, then rename the staged directory to the digest's (once)."""
-    write_json_atomic(
-        staging / IMAGE_INFO,
-        {
-            "digest": digest,
-            "artifact": artifact,
-            "source": source,
-            "cached_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
-    )
-    target = cache / digest.split(":", 1)[1]
-    try:
-        os.rename(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)  # someone cached it meanwhile
-        if _read_image_info(target) is None:
-            raise
 
 
 def digest_artifact(path: Path) -> tuple[str, list[Path]]:
@@ -126,19 +98,15 @@ def publish_files(
 ) -> bool:
     """Copy ``files`` into the cache under ``digest`` unless it is there; ``artifact`` names the
     file that boots. Returns True when the digest was cached already (nothing copied)."""
-    if find_cached_image(cache, digest) is not None:
-        return True
-    staging = _staging(cache)
-    try:
-        for file in files:
-            try:  # the cache's copy of an immutable build output: a hard link when it can be
-                os.link(file.resolve(), staging / file.name)
-            except OSError:
-                shutil.copyfile(file, staging / file.name)
-        if cmdline is not None:
-            (staging / cmdline[0]).write_text(cmdline[1] + "\n")
-        _publish(staging, cache, digest, artifact, source)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return False
+    info = {
+        "digest": digest,
+        "artifact": artifact,
+        "source": source,
+        "cached_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    texts = {IMAGE_INFO: json.dumps(info, indent=2, sort_keys=True) + "\n"}
+    if cmdline is not None:
+        texts[cmdline[0]] = cmdline[1] + "\n"
+    return publish_once(
+        cache, digest, files, texts, published=lambda d: _read_image_info(d) is not None
+    )
