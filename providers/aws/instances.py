@@ -44,6 +44,7 @@ from provision.reconcile.provider import (
     ProviderError,
 )
 from provision.reconcile.spec import ProviderSpec
+from provision.user_data import user_data_tree
 
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
 GONE = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
@@ -63,19 +64,7 @@ def render_user_data(hostname: str, user_data: str | Mapping[str, Any] | None) -
     """The instance's user data: a JSON tree the metadata component expands into /run/config:
     ``hostname`` (the machine's name) plus the group's user data (a tree as given, or text as
     the file ``userdata``, where the component puts plain user data too)."""
-    tree: dict[str, Any] = {}
-    if isinstance(user_data, Mapping):
-        tree.update(user_data)
-    elif isinstance(user_data, str):
-        try:
-            parsed = json.loads(user_data)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict):
-            tree.update(parsed)
-        else:
-            tree["userdata"] = {"content": user_data}
-    tree["hostname"] = {"content": hostname}
+    tree = user_data_tree(hostname, user_data)
     text = json.dumps(tree, sort_keys=True, separators=(",", ":"))
     if len(text.encode()) > USER_DATA_MAX:
         raise UsageError(

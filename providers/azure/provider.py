@@ -44,6 +44,7 @@ from provision.reconcile.provider import (
 )
 from provision.retry import RetryLater, RetryPolicy
 from provision.schema import Field, Schema, boolean, duration, integer, list_of, one_of, text
+from provision.user_data import user_data_tree
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -88,19 +89,7 @@ def render_user_data(hostname: str, user_data: str | Mapping[str, Any] | None) -
     """The VM's ``userData`` (base64), read by the image's metadata component from IMDS: a JSON
     tree holding ``hostname`` (the machine's name) and the group's user data (a tree as given,
     text as ``userdata``)."""
-    tree: dict[str, Any] = {}
-    if isinstance(user_data, Mapping):
-        tree.update(user_data)
-    elif isinstance(user_data, str):
-        try:
-            parsed = json.loads(user_data)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict):
-            tree.update(parsed)
-        else:
-            tree["userdata"] = {"content": user_data}
-    tree["hostname"] = {"content": hostname}
+    tree = user_data_tree(hostname, user_data)
     encoded = base64.b64encode(json.dumps(tree, sort_keys=True).encode()).decode()
     if len(encoded) > USER_DATA_MAX:
         raise ProviderError(
