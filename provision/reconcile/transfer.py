@@ -27,6 +27,34 @@ from provision.reconcile.journal import SqliteStore
 FORMAT = "provision-journal"
 VERSION = 1
 AnyStore = SqliteStore | EtcdStore
+# an intent's fields, in the order of the SQLite intents table's columns: what it asks for,
+# then how it went (a pending intent's record in etcd is what it asks for)
+INTENT_REQUEST = (
+    "key",
+    "cluster",
+    "group",
+    "op",
+    "slot",
+    "instance_id",
+    "config",
+    "reason",
+    "request",
+    "created_at",
+)
+INTENT = (*INTENT_REQUEST, "state", "result", "epoch")
+# a machine the journal knows, in the order of the SQLite instances table's columns
+INSTANCE = (
+    "instance_id",
+    "cluster",
+    "group",
+    "slot",
+    "config",
+    "image",
+    "name",
+    "key",
+    "created_at",
+    "destroyed_at",
+)
 
 
 class JournalImportError(ProvisionError):
@@ -92,40 +120,15 @@ def _dump_sqlite(store: SqliteStore) -> dict[str, Any]:
         for row in db.execute(
             "SELECT key, cluster, grp, op, slot, instance_id, config, reason, request, created_at, state, result, epoch FROM intents"
         ):
-            names = (
-                "key",
-                "cluster",
-                "group",
-                "op",
-                "slot",
-                "instance_id",
-                "config",
-                "reason",
-                "request",
-                "created_at",
-                "state",
-                "result",
-                "epoch",
+            record = dict(zip(INTENT, row, strict=True))
+            cluster(record["cluster"])["intents"].append(record)
+            cluster(record["cluster"])["epoch"] = max(
+                cluster(record["cluster"])["epoch"], int(record["epoch"])
             )
-            record = dict(zip(names, row, strict=True))
-            cluster(row[1])["intents"].append(record)
-            cluster(row[1])["epoch"] = max(cluster(row[1])["epoch"], int(row[12]))
         for row in db.execute(
             "SELECT instance_id, cluster, grp, slot, config, image, name, key, created_at, destroyed_at FROM instances"
         ):
-            columns = (
-                "instance_id",
-                "cluster",
-                "group",
-                "slot",
-                "config",
-                "image",
-                "name",
-                "key",
-                "created_at",
-                "destroyed_at",
-            )
-            record = dict(zip(columns, row, strict=True))
+            record = dict(zip(INSTANCE, row, strict=True))
             cluster(record.pop("cluster"))["instances"].append(record)
         for c, g, i, since in db.execute("SELECT cluster, grp, instance_id, since FROM health"):
             cluster(c)["health"].append({"group": g, "instance_id": i, "since": since})
@@ -189,42 +192,11 @@ def _load_sqlite(store: SqliteStore, doc: dict[str, Any], clusters: dict[str, An
                 )
                 db.executemany(
                     "INSERT INTO intents VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            i["key"],
-                            name,
-                            i["group"],
-                            i["op"],
-                            i["slot"],
-                            i["instance_id"],
-                            i["config"],
-                            i["reason"],
-                            i["request"],
-                            i["created_at"],
-                            i["state"],
-                            i["result"],
-                            i["epoch"],
-                        )
-                        for i in data["intents"]
-                    ],
+                    [_row(INTENT, i, name) for i in data["intents"]],
                 )
                 db.executemany(
                     "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            k["instance_id"],
-                            name,
-                            k["group"],
-                            k["slot"],
-                            k["config"],
-                            k["image"],
-                            k["name"],
-                            k["key"],
-                            k["created_at"],
-                            k["destroyed_at"],
-                        )
-                        for k in data["instances"]
-                    ],
+                    [_row(INSTANCE, k, name) for k in data["instances"]],
                 )
                 db.executemany(
                     "INSERT INTO health VALUES (?,?,?,?)",
@@ -342,21 +314,7 @@ def _load_etcd(store: EtcdStore, doc: dict[str, Any], clusters: dict[str, Any]) 
             ops.append(put_op(c(name, "desired"), _dumps(data["desired"])))
         ops += [put_op(c(name, "seq", g), str(n)) for g, n in data["sequences"].items()]
         for i in data["intents"]:
-            fields = {
-                k: i[k]
-                for k in (
-                    "key",
-                    "cluster",
-                    "group",
-                    "op",
-                    "slot",
-                    "instance_id",
-                    "config",
-                    "reason",
-                    "request",
-                    "created_at",
-                )
-            }
+            fields = {k: i[k] for k in INTENT_REQUEST}
             fields["cluster"] = name
             ops.append(
                 put_op(
@@ -411,6 +369,11 @@ def _end(prefix: str) -> str:
 
 def _q(part: str) -> str:
     return quote(part, safe="")
+
+
+def _row(columns: tuple[str, ...], record: dict[str, Any], cluster: str) -> tuple[Any, ...]:
+    """``record``'s values in the table's column order, in the cluster it is imported as."""
+    return tuple(cluster if c == "cluster" else record[c] for c in columns)
 
 
 def _dumps(value: Any) -> str:
