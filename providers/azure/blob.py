@@ -23,7 +23,7 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.storage.blob import BlobClient, BlobType, ContainerClient
 
-from provision.providers.azure.errors import AzurePublishError, as_retry, describe
+from provision.providers.azure.errors import AzurePublishError, call_retried, describe
 from provision.push import TransferProgress
 from provision.retry import RetryLater, RetryPolicy
 
@@ -167,16 +167,8 @@ def upload_vhd(
     blob = container.get_blob_client(name)
 
     def call(what: str, action: Callable[[], Any]) -> Any:
-        def attempt() -> Any:
-            try:
-                return action()
-            except ResourceNotFoundError:
-                raise
-            except AzureError as exc:
-                raise as_retry(exc, what) from exc
-
         try:
-            return policy.call(attempt, what=what)
+            return call_retried(policy, what, action)
         except (AzureError, RetryLater) as exc:
             raise AzurePublishError(
                 f"{what} failed: {describe(exc)}",

@@ -13,11 +13,13 @@ neither logged unredacted (azure-core redacts ``Authorization``) nor put in any 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from azure.core.exceptions import (
     AzureError,
     HttpResponseError,
+    ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
 )
@@ -29,7 +31,9 @@ from provision.reconcile.provider import (
     RateLimitedError,
     TransientProviderError,
 )
-from provision.retry import RetryLater, parse_retry_after
+from provision.retry import RetryLater, RetryPolicy, parse_retry_after
+
+T = TypeVar("T")
 
 
 class AzurePublishError(ProvisionError):
@@ -72,6 +76,21 @@ def as_retry(exc: BaseException, what: str) -> BaseException:
     if is_transient(exc):
         return RetryLater(f"{what}: {describe(exc)}", retry_after_of(exc))
     return exc
+
+
+def call_retried(policy: RetryPolicy, what: str, action: Callable[[], T]) -> T:
+    """``action()`` under ``policy``: transient SDK failures retried, a 404 raised at once, and
+    what the policy gives up on raised (the last SDK error or a RetryLater)."""
+
+    def attempt() -> T:
+        try:
+            return action()
+        except ResourceNotFoundError:
+            raise
+        except AzureError as exc:
+            raise as_retry(exc, what) from exc
+
+    return policy.call(attempt, what=what)
 
 
 def describe(exc: BaseException) -> str:

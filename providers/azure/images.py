@@ -20,7 +20,7 @@ from azure.mgmt.compute import models
 
 from provision.errors import UsageError
 from provision.providers.azure.clients import ArmClients
-from provision.providers.azure.errors import AzurePublishError, as_retry, describe, status_of
+from provision.providers.azure.errors import AzurePublishError, call_retried, describe, status_of
 from provision.retry import RetryLater, RetryPolicy
 
 DIGEST_TAG = "provision-digest"
@@ -103,16 +103,8 @@ class _Calls:
         self.retry = retry
 
     def __call__(self, what: str, action: Callable[[], Any]) -> Any:
-        def attempt() -> Any:
-            try:
-                return action()
-            except ResourceNotFoundError:
-                raise
-            except AzureError as exc:
-                raise as_retry(exc, what) from exc
-
         try:
-            return self.retry.call(attempt, what=what)
+            return call_retried(self.retry, what, action)
         except ResourceNotFoundError:
             raise
         except (AzureError, RetryLater) as exc:
