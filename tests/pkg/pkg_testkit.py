@@ -167,3 +167,35 @@ def applets(tmp_path: Path) -> Path:
         if target == "busybox":
             (bin_dir / Path(link).name).symlink_to(busybox)
     return bin_dir
+
+
+METADATA_RECIPE = REPO / "pkg" / "metadata"
+
+
+def run_metadata_program(applets: Path, tmp_path: Path, env: Mapping[str, str]) -> tuple[str, Path]:
+    """The metadata component's program run on this host with only ``applets`` on PATH, in
+    its own UTS namespace (the hostname it sets is not the host's), ``env`` (the metadata
+    service's address and what else the cloud needs) added to its settings. Returns its output,
+    ending with ``hostname-now: NAME``, and the config directory it wrote."""
+    config = tmp_path / "config"
+    settings = {
+        "PATH": str(applets),
+        "METADATA_SOURCES": "cloud",
+        "METADATA_CONFIG": str(config),
+        "METADATA_WORK": str(tmp_path / "work"),
+        "METADATA_EXPAND": str(METADATA_RECIPE / "files" / "expand.awk"),
+        **env,
+    }
+    script = f'sh "{METADATA_RECIPE / "files" / "metadata"}" && echo "hostname-now: $(hostname)"'
+    unshare = shutil.which("unshare")
+    assert unshare is not None, "needs unshare (util-linux)"
+    done = subprocess.run(
+        [unshare, "--uts", str(applets / "sh"), "-c", script],
+        env=settings,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout, config

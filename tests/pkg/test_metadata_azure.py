@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from azure_cloud.guest_standin import ASSET_TAG, KEYS, Azure, serve_azure_guest
-
-REPO = Path(__file__).resolve().parents[2]
-RECIPE = REPO / "pkg" / "metadata"
+from pkg_testkit import run_metadata_program
 
 
 @pytest.fixture
@@ -32,30 +28,11 @@ def _run(url: str, applets: Path, tmp_path: Path, asset_tag: str = ASSET_TAG) ->
     dmi = tmp_path / "dmi"
     dmi.mkdir(exist_ok=True)
     (dmi / "chassis_asset_tag").write_text(asset_tag + "\n")
-    config = tmp_path / "config"
-    env = {
-        "PATH": str(applets),
-        "METADATA_URL": url,
-        "METADATA_WIRESERVER": url,
-        "METADATA_DMI": str(dmi),
-        "METADATA_SOURCES": "cloud",
-        "METADATA_CONFIG": str(config),
-        "METADATA_WORK": str(tmp_path / "work"),
-        "METADATA_EXPAND": str(RECIPE / "files" / "expand.awk"),
-    }
-    unshare = shutil.which("unshare")
-    assert unshare is not None, "needs unshare (util-linux)"
-    script = f'sh "{RECIPE / "files" / "metadata"}" && echo "hostname-now: $(hostname)"'
-    done = subprocess.run(
-        [unshare, "--uts", str(applets / "sh"), "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    return run_metadata_program(
+        applets,
+        tmp_path,
+        {"METADATA_URL": url, "METADATA_WIRESERVER": url, "METADATA_DMI": str(dmi)},
     )
-    assert done.returncode == 0, done.stderr
-    return done.stdout, config
 
 
 def test_on_azure_it_reads_imds_and_reports_ready_to_the_wireserver(

@@ -7,16 +7,13 @@ from ``instance/hostname`` (its first label), and ``ssh-keys`` (instance and pro
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from gcp.metadata_standin import GceMetadata, serve_gce_metadata
+from pkg_testkit import run_metadata_program
 
-REPO = Path(__file__).resolve().parents[2]
-RECIPE = REPO / "pkg" / "metadata"
 ALICE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGceAlice alice@laptop"
 BOB = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQBob bob"
 CAROL = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAICarol carol"
@@ -30,28 +27,7 @@ def gce() -> Iterator[GceMetadata]:
 
 
 def _run(gce: GceMetadata, applets: Path, tmp_path: Path) -> tuple[str, Path]:
-    config = tmp_path / "config"
-    env = {
-        "PATH": str(applets),
-        "METADATA_URL": gce.url,
-        "METADATA_SOURCES": "cloud",
-        "METADATA_CONFIG": str(config),
-        "METADATA_WORK": str(tmp_path / "work"),
-        "METADATA_EXPAND": str(RECIPE / "files" / "expand.awk"),
-    }
-    script = f'sh "{RECIPE / "files" / "metadata"}" && echo "hostname-now: $(hostname)"'
-    unshare = shutil.which("unshare")
-    assert unshare is not None, "needs unshare (util-linux)"
-    done = subprocess.run(
-        [unshare, "--uts", str(applets / "sh"), "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout, config
+    return run_metadata_program(applets, tmp_path, {"METADATA_URL": gce.url})
 
 
 def test_user_data_hostname_and_ssh_keys_from_the_gce_metadata_server(

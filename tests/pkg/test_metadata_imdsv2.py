@@ -9,43 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from aws.imds_standin import KEY, TOKEN, Imds, serve_imds
+from pkg_testkit import run_metadata_program
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "pkg" / "metadata"
 
 
 def run_metadata(imds: Imds, applets: Path, tmp_path: Path) -> tuple[str, Path]:
-    config = tmp_path / "config"
-    env = {
-        "PATH": str(applets),
-        "METADATA_URL": imds.url,
-        "METADATA_SOURCES": "cloud",
-        "METADATA_CONFIG": str(config),
-        "METADATA_WORK": str(tmp_path / "work"),
-        "METADATA_EXPAND": str(RECIPE / "files" / "expand.awk"),
-    }
-    program = RECIPE / "files" / "metadata"
-    script = f'sh "{program}" && echo "hostname-now: $(hostname)"'
-    unshare = shutil.which("unshare")
-    assert unshare is not None, "needs unshare (util-linux)"
-    done = subprocess.run(
-        [unshare, "--uts", str(applets / "sh"), "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout, config
+    return run_metadata_program(applets, tmp_path, {"METADATA_URL": imds.url})
 
 
 @pytest.fixture
