@@ -24,15 +24,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "azure_cloud")]  # the tests' Azurite kit
 
 from azure.core.pipeline import PipelineRequest  # noqa: E402
 from azure.storage.blob import BlobServiceClient, BlobType  # noqa: E402
+from azurite_testkit import ACCOUNT, KEY, azurite_command, azurite_dir  # noqa: E402
 
 from provision.providers.azure.blob import read_fixed_vhd, upload_vhd  # noqa: E402
-
-ACCOUNT = "devstoreaccount1"
-KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # Azurite's
 
 
 class CountBodies:
@@ -49,25 +47,14 @@ class CountBodies:
 
 
 def start_azurite(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    where = Path(os.environ.get("PROVISION_AZURITE_DIR", "/var/tmp/provision-azurite"))
-    program = where / "node_modules" / ".bin" / "azurite-blob"
+    program = azurite_dir() / "node_modules" / ".bin" / "azurite-blob"
     if not program.exists():
         sys.exit(f"{program} is missing: run scripts/setup.sh (npm install azurite@3.35.0)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     process = subprocess.Popen(
-        [
-            str(program),
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            str(port),
-            "--inMemoryPersistence",
-            "--disableTelemetry",
-            "--silent",
-            "--skipApiVersionCheck",
-        ],
+        azurite_command(program, port),
         cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -88,23 +88,28 @@ class Azurite:
         return container
 
 
+def azurite_command(program: Path, port: int) -> list[str]:
+    """``azurite-blob`` serving on 127.0.0.1:``port``, in memory, silent, without telemetry."""
+    return [
+        str(program),
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+        "--inMemoryPersistence",
+        "--disableTelemetry",
+        "--silent",
+        "--skipApiVersionCheck",
+    ]
+
+
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     program = azurite_blob_program()
     port = free_port()
     workdir = tmp_path_factory.mktemp("azurite")
     process = subprocess.Popen(
-        [
-            str(program),
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            str(port),
-            "--inMemoryPersistence",
-            "--disableTelemetry",
-            "--silent",
-            "--skipApiVersionCheck",
-        ],
+        azurite_command(program, port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=workdir,
