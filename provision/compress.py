@@ -159,30 +159,29 @@ class _Identity:
         return b""
 
 
-class _OwningGzipFile(gzip.GzipFile):
-    """A gzip reader that closes its source with itself (GzipFile leaves a given one open)."""
+class _ClosesItsSource(io.BufferedIOBase):
+    """A decompressing reader that closes its source with itself (GzipFile and LZMAFile leave
+    a given file object open)."""
 
+    _source: BinaryIO
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._source.close()
+
+
+class _OwningGzipFile(_ClosesItsSource, gzip.GzipFile):
     def __init__(self, source: BinaryIO) -> None:
         super().__init__(fileobj=source, mode="rb")
         self._source = source
 
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self._source.close()
 
-
-class _OwningLzmaFile(lzma.LZMAFile):
+class _OwningLzmaFile(_ClosesItsSource, lzma.LZMAFile):
     def __init__(self, source: BinaryIO) -> None:
         super().__init__(source, "rb")
         self._source = source
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self._source.close()
 
 
 def _gzip_reader(source: BinaryIO) -> BinaryIO:
