@@ -28,17 +28,21 @@ class SystemClock:
 
 
 class FakeClock:
-    """A clock that only moves when told to; ``sleep`` advances it instantly."""
+    """A clock that only moves when told to; ``sleep`` advances it instantly (and is recorded in
+    ``sleeps``, for tests of how long something chose to wait)."""
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self._now = start
         self._lock = threading.Lock()
+        self.sleeps: list[float] = []
 
     def now(self) -> float:
         with self._lock:
             return self._now
 
     def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
         self.advance(seconds)
 
     def advance(self, seconds: float) -> None:

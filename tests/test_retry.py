@@ -19,16 +19,6 @@ from provision.retry import RetryLater, RetryPolicy, parse_retry_after
 START = 1_700_000_000.0
 
 
-class RecordingClock(FakeClock):
-    def __init__(self) -> None:
-        super().__init__(START)
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        super().sleep(seconds)
-
-
 class ScriptedServer:
     """Answers each request with the next scripted (status, headers), then 200 "ok"."""
 
@@ -70,7 +60,7 @@ def server() -> Iterator[ScriptedServer]:
     scripted.close()
 
 
-def get(url: str, clock: RecordingClock) -> str:
+def get(url: str, clock: FakeClock) -> str:
     """One attempt: a 429/503 becomes RetryLater with the server's Retry-After."""
     response = requests.get(url, timeout=5)
     if response.status_code in (429, 503):
@@ -82,7 +72,7 @@ def get(url: str, clock: RecordingClock) -> str:
 
 
 def test_retry_after_in_seconds_and_as_http_date(server: ScriptedServer) -> None:
-    clock = RecordingClock()
+    clock = FakeClock(START)
     date = email.utils.formatdate(START + 3 + 7, usegmt=True)  # 7 s after the first wait
     server.script = [(429, {"Retry-After": "3"}), (503, {"Retry-After": date})]
     policy = RetryPolicy(attempts=5, total=60, clock=clock)
@@ -92,7 +82,7 @@ def test_retry_after_in_seconds_and_as_http_date(server: ScriptedServer) -> None
 
 
 def test_attempts_are_bounded(server: ScriptedServer) -> None:
-    clock = RecordingClock()
+    clock = FakeClock(START)
     server.script = [(503, {"Retry-After": "1"})] * 10
     policy = RetryPolicy(attempts=4, total=60, clock=clock)
     with pytest.raises(RetryLater) as caught:
@@ -102,7 +92,7 @@ def test_attempts_are_bounded(server: ScriptedServer) -> None:
 
 
 def test_total_time_is_bounded(server: ScriptedServer) -> None:
-    clock = RecordingClock()
+    clock = FakeClock(START)
     server.script = [(503, {"Retry-After": "20"})] * 10
     policy = RetryPolicy(attempts=10, total=50, clock=clock)
     with pytest.raises(RetryLater) as caught:
@@ -113,7 +103,7 @@ def test_total_time_is_bounded(server: ScriptedServer) -> None:
 
 
 def test_jittered_backoff_without_retry_after(server: ScriptedServer) -> None:
-    clock = RecordingClock()
+    clock = FakeClock(START)
     server.script = [(503, {})] * 4
     policy = RetryPolicy(
         attempts=6, total=600, initial=0.5, maximum=2.0, clock=clock, rng=random.Random(1)
@@ -126,7 +116,7 @@ def test_jittered_backoff_without_retry_after(server: ScriptedServer) -> None:
 
 
 def test_other_errors_are_not_retried(server: ScriptedServer) -> None:
-    clock = RecordingClock()
+    clock = FakeClock(START)
     calls = []
 
     def attempt() -> None:
