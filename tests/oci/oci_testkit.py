@@ -4,6 +4,7 @@ stores and images the tests build themselves."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import random
 import secrets
@@ -22,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from provision.clock import FakeClock
 from provision.oci.auth import Credentials, CredentialStore
 from provision.oci.config import RegistryConfig
 from provision.oci.imagebuild import LayerCompression, tar_layer_from_entries, write_image
@@ -101,6 +103,22 @@ def stop(registry: Registry) -> None:
             registry.process.wait(5)
         except subprocess.TimeoutExpired:
             registry.process.kill()
+
+
+@contextlib.contextmanager
+def tampered_blob(registry: Registry, digest: str) -> Iterator[None]:
+    """The registry's stored copy of blob ``digest`` with its last byte flipped (its digest no
+    longer matches), restored afterwards."""
+    hexpart = digest.split(":")[1]
+    data = (
+        registry.root / "storage/docker/registry/v2/blobs/sha256" / hexpart[:2] / hexpart / "data"
+    )
+    original = data.read_bytes()
+    data.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
+    try:
+        yield
+    finally:
+        data.write_bytes(original)
 
 
 @pytest.fixture(scope="session")
@@ -244,24 +262,6 @@ def token_front(registry: Registry) -> Iterator[TokenFront]:
 @pytest.fixture
 def store(tmp_path: Path) -> ImageStore:
     return ImageStore(tmp_path / "store")
-
-
-class FakeClock:
-    """Injected time for the retry policy: ``sleep`` records and advances, never waits."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.time = start
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        with self._lock:
-            return self.time
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.time += seconds
 
 
 def make_client(

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from oci_testkit import FakeClock, FaultyFront, Registry, make_client, make_layered_image
+from oci_testkit import FaultyFront, Registry, make_client, make_layered_image, tampered_blob
 
+from provision.clock import FakeClock
 from provision.errors import DigestMismatchError, RegistryError
 from provision.oci.model import Descriptor
 from provision.oci.store import ImageStore
@@ -133,21 +134,13 @@ def test_tampered_blob_is_refused_in_a_parallel_pull(
     pushed(registry, store, "evil:1", layers=6, size=100_000)
     source = store.resolve("evil:1")
     bad = source.layers[3]
-    hexpart = bad.digest.split(":")[1]
-    data = (
-        registry.root / "storage/docker/registry/v2/blobs/sha256" / hexpart[:2] / hexpart / "data"
-    )
-    original = data.read_bytes()
-    data.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
-    try:
+    with tampered_blob(registry, bad.digest):
         fresh = ImageStore(tmp_path / "fresh")
         with pytest.raises(DigestMismatchError, match=bad.digest):
             make_client(parallel=4).pull(fresh, f"{faulty_front.host}/evil:1")
         assert not fresh.has_blob(bad.digest)
         assert fresh.lookup(f"{faulty_front.host}/evil:1") is None
         assert partials(fresh) == []
-    finally:
-        data.write_bytes(original)
 
 
 def test_429_and_503_with_retry_after_are_waited_out(

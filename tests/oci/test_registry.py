@@ -15,6 +15,7 @@ from oci_testkit import (
     free_port,
     make_client,
     make_image,
+    tampered_blob,
 )
 
 from provision.errors import DigestMismatchError, ImageNotFoundError, RegistryError
@@ -97,20 +98,12 @@ def test_tampered_blob_is_refused(
 ) -> None:
     image = make_image(store, "tamper:1", {"file": random.Random(3).randbytes(50_000)})
     client.push(store, "tamper:1", f"{registry.host}/tamper:1")
-    hexpart = image.layers[0].digest.split(":")[1]
-    data = (
-        registry.root / "storage/docker/registry/v2/blobs/sha256" / hexpart[:2] / hexpart / "data"
-    )
-    original = data.read_bytes()
-    data.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
-    try:
+    with tampered_blob(registry, image.layers[0].digest):
         fresh = ImageStore(tmp_path / "fresh")
         with pytest.raises(DigestMismatchError):
             client.pull(fresh, f"{registry.host}/tamper:1")
         assert not fresh.has_blob(image.layers[0].digest)
         assert fresh.lookup(f"{registry.host}/tamper:1") is None
-    finally:
-        data.write_bytes(original)
 
 
 def test_chunked_upload(registry: Registry, store: ImageStore, tmp_path: Path) -> None:
