@@ -9,7 +9,6 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 from aws.aws_testkit import SECRET_MARKER
 from aws.ec2_standin import Ec2Moto
+from reconcile.daemon_process import daemon_argv
 
 from provision.reconcile.provider import TAG_CLUSTER, TAG_GROUP, TAG_SLOT
 
@@ -49,23 +49,8 @@ def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
 
 class Daemon:
     def __init__(self, spec: Path, journal: Path, log: list[str]) -> None:
-        argv = [
-            sys.executable,
-            "-m",
-            "provision",
-            "daemon",
-            str(spec),
-            "--journal",
-            str(journal),
-            "--listen",
-            "127.0.0.1:0",
-            "--interval",
-            "0.1",
-            "--resync",
-            "0.2",
-            "--owner",
-            "host-a",
-        ]  # a restarted daemon of one host takes its lease back
+        # a restarted daemon of one host takes its lease back
+        argv = daemon_argv(spec, journal, "--owner", "host-a", interval=0.1, resync=0.2)
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

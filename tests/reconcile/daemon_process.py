@@ -98,28 +98,41 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
+def daemon_argv(
+    spec: Path, journal: Path | str, *extra: str, interval: float, resync: float
+) -> list[str]:
+    """``python -m provision daemon SPEC`` on ``journal``, listening on a free port of
+    127.0.0.1, passes every ``interval`` seconds, a full resync every ``resync``."""
+    return [
+        sys.executable,
+        "-m",
+        "provision",
+        "daemon",
+        str(spec),
+        "--journal",
+        str(journal),
+        "--listen",
+        "127.0.0.1:0",
+        "--interval",
+        str(interval),
+        "--resync",
+        str(resync),
+        *extra,
+    ]
+
+
 class DaemonProcess:
     """``provision daemon SPEC`` in a subprocess; ``events`` fills from its JSON log."""
 
     def __init__(
-        self, spec: Path, journal: Path | str, *extra: str, interval: float = 0.05
+        self,
+        spec: Path,
+        journal: Path | str,
+        *extra: str,
+        interval: float = 0.05,
+        resync: float = 1.0,
     ) -> None:
-        argv = [
-            sys.executable,
-            "-m",
-            "provision",
-            "daemon",
-            str(spec),
-            "--journal",
-            str(journal),
-            "--listen",
-            "127.0.0.1:0",
-            "--interval",
-            str(interval),
-            "--resync",
-            "1",
-            *extra,
-        ]
+        argv = daemon_argv(spec, journal, *extra, interval=interval, resync=resync)
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         self.proc = subprocess.Popen(
             argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import signal
 import sqlite3
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from daemon_process import DaemonProcess
 
 from provision.providers.simulated.cloud import SimulatedCloud
 from provision.providers.simulated.server import serve_simulated_cloud
@@ -53,32 +49,11 @@ def test_daemon_converges_serves_metrics_and_stops_cleanly_on_sigterm(
     spec = tmp_path / "cluster.yml"
     spec.write_text(SPEC.format(url=url, size=3))
     journal = tmp_path / "journal.db"
-    argv = [
-        sys.executable,
-        "-m",
-        "provision",
-        "daemon",
-        str(spec),
-        "--journal",
-        str(journal),
-        "--listen",
-        "127.0.0.1:0",
-        "--interval",
-        "0.2",
-        "--resync",
-        "0.3",
-    ]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-    events: list[dict[str, object]] = []
-    reader = threading.Thread(
-        target=lambda: events.extend(json.loads(line) for line in proc.stderr or []), daemon=True
-    )
-    reader.start()
+    daemon = DaemonProcess(spec, journal, interval=0.2, resync=0.3)
     try:
         wait_for(lambda: len(sim.live()) == 3)
-        wait_for(lambda: any(e["event"] == "listening" for e in events))
-        address = next(e["address"] for e in events if e["event"] == "listening")
-        assert requests.get(f"http://{address}/healthz", timeout=5).status_code == 200
+        assert daemon.healthz()[0] == 200
+        address = daemon.wait_event("listening")["address"]
 
         def metric_ready() -> bool:
             text = requests.get(f"http://{address}/metrics", timeout=5).text
@@ -90,14 +65,11 @@ def test_daemon_converges_serves_metrics_and_stops_cleanly_on_sigterm(
         creates = sim.stats.calls.get("create", 0)
         spec.write_text(SPEC.format(url=url, size=6))
         wait_for(lambda: sim.stats.calls.get("create", 0) > creates)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        assert daemon.stop() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    reader.join(timeout=5)
-    assert any(e["event"] == "stopped" for e in events)
-    assert {"created", "leader"} <= {str(e["event"]) for e in events}
+        daemon.kill()
+    assert daemon.has("stopped")
+    assert {"created", "leader"} <= {str(e.get("event")) for e in daemon.events}
     db = sqlite3.connect(journal)
     pending = db.execute("SELECT COUNT(*) FROM intents WHERE state='pending'").fetchone()[0]
     tracked = {
