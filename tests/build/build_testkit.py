@@ -52,6 +52,11 @@ def ucode_cpio() -> bytes:
     return out.getvalue()
 
 
+def offline_build_argv(store: ImageStore, *args: str) -> list[str]:
+    """``build -q`` from the tests' own image store, never pulling, then ``args``."""
+    return ["build", "-q", "--cache", str(store.root), "--pull", "never", *args]
+
+
 def write_test_images(store: ImageStore, *, created: int = 1_600_000_000) -> None:
     write_image(
         store,

@@ -11,7 +11,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from build_testkit import INIT, KERNEL, write_test_images
+from build_testkit import INIT, KERNEL, offline_build_argv, write_test_images
 
 from provision.builders.base import MIB
 from provision.builders.disk import DATA_LABEL, read_partitions
@@ -74,18 +74,13 @@ def build(store: ImageStore, tmp_path: Path, out: str, *extra: str) -> Path:
     spec = tmp_path / "twins.yml"
     spec.write_text(SPEC)
     code = main(
-        [
-            "build",
-            "-q",
-            "--cache",
-            str(store.root),
-            "--pull",
-            "never",
+        offline_build_argv(
+            store,
             "-o",
             str(tmp_path / out),
             *extra,
             str(spec),
-        ]
+        )
     )
     assert code == 0
     return tmp_path / out

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from build_testkit import SPEC
+from build_testkit import SPEC, offline_build_argv
 
 from provision.build import build_image
 from provision.errors import UsageError
@@ -69,13 +69,8 @@ def write_specs(root: Path) -> dict[str, Path]:
 
 
 def argv(store: ImageStore, spec: Path, variant: str, out: Path) -> list[str]:
-    return [
-        "build",
-        "-q",
-        "--cache",
-        str(store.root),
-        "--pull",
-        "never",
+    return offline_build_argv(
+        store,
         "-f",
         FORMATS[variant],
         "--name",
@@ -83,7 +78,7 @@ def argv(store: ImageStore, spec: Path, variant: str, out: Path) -> list[str]:
         "-o",
         str(out),
         str(spec),
-    ]
+    )
 
 
 def run_child(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from build_testkit import INIT, KERNEL_BYTES, SERVICE, write_test_images
+from build_testkit import INIT, KERNEL_BYTES, SERVICE, offline_build_argv, write_test_images
 
 from provision.build import build_image
 from provision.builders.base import BootInput, BootInputs, BootMethod, FormatOptions, FormatWriter
@@ -360,19 +360,14 @@ def test_hostile_service_image_exits_2_with_a_located_error_and_no_output(
     spec.write_text(f"services:\n  - name: bad\n    image: {ref}\n")
     out = tmp_path / "out"
     code = main(
-        [
-            "build",
-            "-q",
-            "--cache",
-            str(store.root),
-            "--pull",
-            "never",
+        offline_build_argv(
+            store,
             "-f",
             "tar",
             "-o",
             str(out),
             str(spec),
-        ]
+        )
     )
     err = capsys.readouterr().err
     assert code == 2

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from build_testkit import KERNEL
+from build_testkit import KERNEL, offline_build_argv
 
 from provision.cli import main
 from provision.oci.store import ImageStore, Platform
@@ -23,13 +23,8 @@ def test_a_platform_no_input_image_provides_is_refused_naming_the_image(
 ) -> None:
     out = tmp_path / "out"
     code = main(
-        [
-            "build",
-            "-q",
-            "--cache",
-            str(image_store.root),
-            "--pull",
-            "never",
+        offline_build_argv(
+            image_store,
             "--platform",
             platform,
             "-f",
@@ -37,7 +32,7 @@ def test_a_platform_no_input_image_provides_is_refused_naming_the_image(
             "-o",
             str(out),
             str(spec_file),
-        ]
+        )
     )
     err = capsys.readouterr().err
     assert code == 2, err
@@ -53,13 +48,8 @@ def test_the_platform_the_images_provide_builds(
     image_store: ImageStore, spec_file: Path, tmp_path: Path
 ) -> None:
     code = main(
-        [
-            "build",
-            "-q",
-            "--cache",
-            str(image_store.root),
-            "--pull",
-            "never",
+        offline_build_argv(
+            image_store,
             "--platform",
             str(Platform.host()),
             "-f",
@@ -67,7 +57,7 @@ def test_the_platform_the_images_provide_builds(
             "-o",
             str(tmp_path / "out"),
             str(spec_file),
-        ]
+        )
     )
     assert code == 0
     assert (tmp_path / "out" / "machine.tar").is_file()

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from build_testkit import offline_build_argv
+
 from provision.oci.store import ImageStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,17 +23,7 @@ def build(
         "-m",
         "provision",
         *verbose,
-        "build",
-        "-q",
-        "--cache",
-        str(store.root),
-        "--pull",
-        "never",
-        "-f",
-        "iso-bios",
-        "-o",
-        str(out),
-        str(spec_file),
+        *offline_build_argv(store, "-f", "iso-bios", "-o", str(out), str(spec_file)),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
