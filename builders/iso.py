@@ -31,7 +31,7 @@ from provision.builders.base import (
     require_files,
     tool_env,
 )
-from provision.builders.fat import FAT_TOOLS, size_fat_for, write_fat_image
+from provision.builders.fat import FAT_TOOLS, FatContent, size_fat_for, write_fat_image
 from provision.runner import run
 
 VOLUME_ID = "PROVISION"
@@ -116,6 +116,20 @@ def efi_boot_args() -> list[str]:
     return ["-e", EFI_IMAGE_PATH.lstrip("/"), "-no-emul-boot"]
 
 
+def write_efi_iso(out: Path, esp_files: FatContent, inputs: BootInputs, scratch: Path) -> None:
+    """An ISO that boots through UEFI: ``esp_files`` in a FAT image, its El Torito EFI image."""
+    fat = scratch / "efiboot.img"
+    write_fat_image(
+        fat,
+        size_fat_for(esp_files, spare=0.05),
+        esp_files,
+        label="EFIBOOT",
+        volume_id=derive_hex32(inputs.digest, "iso-efi-fat"),
+        epoch=inputs.source_date_epoch,
+    )
+    write_iso(out, {EFI_IMAGE_PATH: fat}, efi_boot_args(), inputs.source_date_epoch)
+
+
 @dataclass(frozen=True)
 class IsoEfiWriter(OneFile):
     name: str = "iso-efi"
@@ -140,17 +154,7 @@ class IsoEfiWriter(OneFile):
                 epoch=inputs.source_date_epoch,
                 scratch=work,
             )
-            fat_files: dict[str, Path | bytes] = {efi.EFI_BOOT_PATH: uki}
-            fat = work / "efiboot.img"
-            write_fat_image(
-                fat,
-                size_fat_for(fat_files, spare=0.05),
-                fat_files,
-                label="EFIBOOT",
-                volume_id=derive_hex32(inputs.digest, "iso-efi-fat"),
-                epoch=inputs.source_date_epoch,
-            )
-            write_iso(out, {EFI_IMAGE_PATH: fat}, efi_boot_args(), inputs.source_date_epoch)
+            write_efi_iso(out, {efi.EFI_BOOT_PATH: uki}, inputs, work)
         return [out]
 
 
@@ -171,14 +175,5 @@ class IsoEfiInitrdWriter(OneFile):
             files = efi.write_systemd_boot_files(
                 inputs.file(BootInput.KERNEL), inputs.file(BootInput.INITRD), inputs.cmdline
             )
-            fat = Path(scratch) / "efiboot.img"
-            write_fat_image(
-                fat,
-                size_fat_for(files, spare=0.05),
-                files,
-                label="EFIBOOT",
-                volume_id=derive_hex32(inputs.digest, "iso-efi-fat"),
-                epoch=inputs.source_date_epoch,
-            )
-            write_iso(out, {EFI_IMAGE_PATH: fat}, efi_boot_args(), inputs.source_date_epoch)
+            write_efi_iso(out, files, inputs, Path(scratch))
         return [out]
