@@ -30,6 +30,15 @@ def argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
     return convert
 
 
+def add_journal_option(parser: argparse.ArgumentParser) -> None:
+    """``--journal PATH`` of the commands that act on a cluster."""
+    parser.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="journal: a SQLite file or etcd://HOST:PORT,.../PREFIX (default from the spec)",
+    )
+
+
 def check_seconds(name: str, value: float, *, zero: bool) -> None:
     """Refuse a time-out or interval that is negative, infinite, NaN (or 0 unless ``zero``),
     before any work starts (and before any lease is taken)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.clock import SystemClock
-from provision.commands import check_seconds
+from provision.commands import add_journal_option, check_seconds
 from provision.errors import ProvisionError, SpecError, UsageError
 from provision.fsutil import check_output_path, write_bytes_atomic
 from provision.reconcile.daemon import Daemon, DaemonOptions, reloader
@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
     )
     plan.add_argument("--out", metavar="PLAN", help="save the plan for `provision apply PLAN`")
     plan.add_argument("--all", action="store_true", help="list unchanged machines too")
-    _common(plan)
+    add_journal_option(plan)
     plan.set_defaults(func=run_plan)
 
     apply = subparsers.add_parser(
@@ -73,7 +73,7 @@ def register(subparsers: Any) -> None:
     apply.add_argument(
         "--adopt", action="store_true", help="take over machines another journal created"
     )
-    _common(apply)
+    add_journal_option(apply)
     apply.set_defaults(func=run_apply)
 
     daemon = subparsers.add_parser(
@@ -104,7 +104,7 @@ def register(subparsers: Any) -> None:
     daemon.add_argument(
         "--adopt", action="store_true", help="take over machines another journal created"
     )
-    _common(daemon)
+    add_journal_option(daemon)
     daemon.set_defaults(func=run_daemon)
 
     status = subparsers.add_parser(
@@ -112,16 +112,8 @@ def register(subparsers: Any) -> None:
     )
     status.add_argument("cluster", help="cluster spec (YAML)")
     status.add_argument("--json", action="store_true", help="print as JSON")
-    _common(status)
+    add_journal_option(status)
     status.set_defaults(func=run_status)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--journal",
-        metavar="PATH",
-        help="journal: a SQLite file or etcd://HOST:PORT,.../PREFIX (default from the spec)",
-    )
 
 
 def _providers(spec: ClusterSpec, store: AnyStore, clock: SystemClock) -> dict[str, Provider]:

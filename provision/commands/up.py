@@ -19,7 +19,7 @@ from typing import Any
 
 from provision.agent import AGENT_PORT, read_agent
 from provision.clock import SystemClock
-from provision.commands import check_seconds
+from provision.commands import add_journal_option, check_seconds
 from provision.errors import ProvisionError
 from provision.providers import get_target
 from provision.reconcile.engine import Engine, PassResult
@@ -55,11 +55,7 @@ def register(subparsers: Any) -> None:
     )
     up.add_argument("--json", action="store_true", help="print the final status as JSON")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    up.add_argument(
-        "--journal",
-        metavar="PATH",
-        help="journal: a SQLite file or etcd://HOST:PORT,.../PREFIX (default from the spec)",
-    )
+    add_journal_option(up)
     up.set_defaults(func=run_up)
 
     down = subparsers.add_parser(
@@ -73,11 +69,7 @@ def register(subparsers: Any) -> None:
         "--timeout", type=float, default=300.0, help="give up after SECONDS (default 300)"
     )
     down.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    down.add_argument(
-        "--journal",
-        metavar="PATH",
-        help="journal: a SQLite file or etcd://HOST:PORT,.../PREFIX (default from the spec)",
-    )
+    add_journal_option(down)
     down.add_argument(
         "--adopt", action="store_true", help="also destroy machines another journal created"
     )
