@@ -16,31 +16,21 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+from dataclasses import fields
 from typing import Any
 from urllib.parse import quote, unquote
 
 from provision.errors import ProvisionError
 from provision.reconcile.etcd.client import prefix_end, put_op
 from provision.reconcile.etcd.store import EtcdStore
-from provision.reconcile.journal import SqliteStore
+from provision.reconcile.journal import Intent, SqliteStore
 
 FORMAT = "provision-journal"
 VERSION = 1
 AnyStore = SqliteStore | EtcdStore
 # an intent's fields, in the order of the SQLite intents table's columns: what it asks for,
 # then how it went (a pending intent's record in etcd is what it asks for)
-INTENT_REQUEST = (
-    "key",
-    "cluster",
-    "group",
-    "op",
-    "slot",
-    "instance_id",
-    "config",
-    "reason",
-    "request",
-    "created_at",
-)
+INTENT_REQUEST = tuple(f.name for f in fields(Intent))
 INTENT = (*INTENT_REQUEST, "state", "result", "epoch")
 # a machine the journal knows, in the order of the SQLite instances table's columns
 INSTANCE = (

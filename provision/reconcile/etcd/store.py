@@ -34,6 +34,7 @@ import math
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import quote
 
@@ -363,11 +364,9 @@ class EtcdStore:
     def begin_intents(self, intents: Sequence[Intent], epoch: int) -> None:
         ops = []
         for i in intents:
-            record = {**_intent_fields(i), "state": "pending", "result": None, "epoch": epoch}
+            record = {**asdict(i), "state": "pending", "result": None, "epoch": epoch}
             ops.append(put_op(self._intent_key(i.key), _dumps(record)))
-            ops.append(
-                put_op(self._c(i.cluster, "pending", i.group, i.key), _dumps(_intent_fields(i)))
-            )
+            ops.append(put_op(self._c(i.cluster, "pending", i.group, i.key), _dumps(asdict(i))))
         for cluster, group in sorted({(i.cluster, i.group) for i in intents}):
             ops.append(put_op(self._c(cluster, "intent-groups", group), "1"))
         self._write(epoch, ops)
@@ -395,7 +394,7 @@ class EtcdStore:
         record.update(state="done", result=known.instance_id, instance_id=known.instance_id)
         inst = self._c(cluster, "inst", known.group, known.instance_id)
         birth = self._c(cluster, "birth", known.group, known.instance_id)
-        ops = [put_op(inst, _dumps(_known_fields(known)))]
+        ops = [put_op(inst, _dumps(asdict(known)))]
         if self.client.get(birth) is None:
             ops.append(put_op(birth, _dumps(known.created_at)))
         self._finish(key, record, ops, epoch)
@@ -501,10 +500,7 @@ class EtcdStore:
             put_op(self._c(cluster, "groups", g), _dumps({"provider": p, "retired": False}))
             for g, p in groups.items()
         ]
-        ops += [
-            put_op(self._c(cluster, "providers", p.name), _dumps(_provider_fields(p)))
-            for p in providers
-        ]
+        ops += [put_op(self._c(cluster, "providers", p.name), _dumps(asdict(p))) for p in providers]
         self._write(epoch, ops)
 
     def groups_seen(self, cluster: str) -> dict[str, str]:
@@ -562,45 +558,6 @@ def _range_prefix(prefix: str) -> dict[str, Any]:
             "range_end": base64.b64encode(prefix_end(prefix).encode()).decode(),
             "keys_only": True,
         }
-    }
-
-
-def _intent_fields(i: Intent) -> dict[str, Any]:
-    return {
-        "key": i.key,
-        "cluster": i.cluster,
-        "group": i.group,
-        "op": i.op,
-        "slot": i.slot,
-        "instance_id": i.instance_id,
-        "config": i.config,
-        "reason": i.reason,
-        "request": i.request,
-        "created_at": i.created_at,
-    }
-
-
-def _known_fields(k: KnownInstance) -> dict[str, Any]:
-    return {
-        "instance_id": k.instance_id,
-        "group": k.group,
-        "slot": k.slot,
-        "config": k.config,
-        "image": k.image,
-        "name": k.name,
-        "key": k.key,
-        "created_at": k.created_at,
-        "destroyed_at": k.destroyed_at,
-    }
-
-
-def _provider_fields(p: ProviderRecord) -> dict[str, Any]:
-    return {
-        "name": p.name,
-        "type": p.type,
-        "rate_limit": p.rate_limit,
-        "options": p.options,
-        "base": p.base,
     }
 
 
