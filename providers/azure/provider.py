@@ -350,25 +350,15 @@ class AzureProvider:
 
     def destroy_instance(self, instance_id: str, epoch: int) -> None:
         name = instance_id.rstrip("/").rsplit("/", 1)[-1]
-        what = f"delete vm {name}"
-        self._get(
-            what,
-            lambda: self._wait(
-                self.arm.compute.virtual_machines.begin_delete(self.resource_group, name),
-                what,
-                self.delete_timeout,
-            ),
+        compute = self.arm.compute
+        self._delete(
+            f"delete vm {name}",
+            lambda: compute.virtual_machines.begin_delete(self.resource_group, name),
         )
         self._delete_nic(f"{name}-nic")
         disk = f"{name}-osdisk"
-        what = f"delete disk {disk}"
-        self._get(
-            what,
-            lambda: self._wait(
-                self.arm.compute.disks.begin_delete(self.resource_group, disk),
-                what,
-                self.delete_timeout,
-            ),
+        self._delete(
+            f"delete disk {disk}", lambda: compute.disks.begin_delete(self.resource_group, disk)
         )
 
     def _take_back_nic(self, nic_name: str) -> None:
@@ -389,15 +379,14 @@ class AzureProvider:
             log.warning("could not delete the unused NIC %s: %s", nic_name, exc)
 
     def _delete_nic(self, nic_name: str) -> None:
-        what = f"delete nic {nic_name}"
-        self._get(
-            what,
-            lambda: self._wait(
-                self.arm.network.network_interfaces.begin_delete(self.resource_group, nic_name),
-                what,
-                self.delete_timeout,
-            ),
+        self._delete(
+            f"delete nic {nic_name}",
+            lambda: self.arm.network.network_interfaces.begin_delete(self.resource_group, nic_name),
         )
+
+    def _delete(self, what: str, begin: Callable[[], LROPoller[Any]]) -> None:
+        """Start a delete and wait for it (at most ``delete_timeout``); gone already is fine."""
+        self._get(what, lambda: self._wait(begin(), what, self.delete_timeout))
 
     def address(self, instance: Instance, port: int) -> tuple[str, int] | None:
         nic_name = f"{instance.name}-nic"
