@@ -32,6 +32,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "reconcile"))
 
+from daemon_process import daemon_argv  # noqa: E402
 from etcd_cluster import EtcdCluster  # noqa: E402
 
 from provision.providers.simulated.cloud import SimulatedCloud  # noqa: E402
@@ -105,25 +106,9 @@ class Daemon:
     ) -> None:
         self.owner = owner
         self.log = log
-        argv = [
-            sys.executable,
-            "-m",
-            "provision",
-            "daemon",
-            str(spec),
-            "--journal",
-            journal,
-            "--owner",
-            owner,
-            "--listen",
-            "127.0.0.1:0",
-            "--lease",
-            str(lease),
-            "--interval",
-            str(interval),
-            "--resync",
-            str(resync),
-        ]
+        argv = daemon_argv(
+            spec, journal, "--owner", owner, "--lease", str(lease), interval=interval, resync=resync
+        )
         with open(log, "w") as out:
             self.proc = subprocess.Popen(
                 argv,
