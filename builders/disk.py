@@ -14,7 +14,10 @@ Persistent data partition (``FormatOptions.data_size``): partition 2, ext4 label
 ``provision-data`` (GPT partition name ``provision-data``, type Linux filesystem; MBR type
 0x83). init finds it by that filesystem label. Re-imaging a machine with
 :func:`write_reimage` rewrites only the boot code and the boot partition, so the data
-partition (and the partition table) survive.
+partition (and the partition table) survive. :func:`write_install` is the whole rule a
+machine's local disk follows (a blank disk gets the whole image, a disk of this layout is
+re-imaged, anything else is left alone); pkg/init's ``install-disk`` applies the same rule in
+the machine when it network-boots with ``provision.install=URL``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from provision.builders import bios, efi
 from provision.builders.base import (
@@ -261,7 +264,8 @@ def read_partitions(disk: Path) -> tuple[str, list[PartitionEntry]]:
 
 def write_reimage(image: Path, target: Path) -> None:
     """Re-image ``target`` (a disk of an earlier image) with the boot code and boot partition
-    of ``image``, keeping ``target``'s partition table and data partition as they are."""
+    of ``image``, keeping ``target``'s partition table and data partition as they are. Every
+    byte of the boot partition is written (its zeros too: nothing of the old one is left)."""
     new_label, new_parts = read_partitions(image)
     old_label, old_parts = read_partitions(target)
     if not new_parts or not old_parts:
@@ -279,22 +283,76 @@ def write_reimage(image: Path, target: Path) -> None:
     fd = os.open(target, os.O_WRONLY)
     try:
         os.pwrite(fd, code, 0)
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".reimage-") as part:
-            with open(image, "rb") as src:
-                src.seek(new_boot.start)
-                remaining = new_boot.size
-                while remaining:
-                    block = src.read(min(remaining, 4 * MIB))
-                    part.write(block)
-                    remaining -= len(block)
-            part.flush()
-            zero_tail = old_boot.size - new_boot.size
-            copy_sparse(Path(part.name), fd, old_boot.start)
-            if zero_tail:
-                os.pwrite(fd, bytes(zero_tail), old_boot.start + new_boot.size)
+        with open(image, "rb") as src:
+            _copy_range(src, fd, new_boot.start, new_boot.size, old_boot.start)
+        zero_tail = old_boot.size - new_boot.size
+        for offset in range(0, zero_tail, 4 * MIB):
+            block = bytes(min(4 * MIB, zero_tail - offset))
+            os.pwrite(fd, block, old_boot.start + new_boot.size + offset)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _copy_range(src: BinaryIO, fd: int, start: int, size: int, dest: int) -> None:
+    """``size`` bytes of ``src`` from ``start`` to the open file ``fd`` at ``dest``, all of them."""
+    src.seek(start)
+    done = 0
+    while done < size:
+        block = src.read(min(size - done, 4 * MIB))
+        if not block:
+            raise UsageError(f"{src.name}: ends {size - done} bytes short of its partition")
+        os.pwrite(fd, block, dest + done)
+        done += len(block)
+
+
+def has_partition_table(disk: Path) -> bool:
+    """Whether ``disk`` carries an MBR or a protective MBR (the 0x55AA signature): a disk
+    without one is blank, whatever else it holds."""
+    with open(disk, "rb") as f:
+        f.seek(510)
+        return f.read(2) == b"\x55\xaa"
+
+
+InstallKind = Literal["installed", "reimaged"]
+
+
+def write_install(image: Path, target: Path) -> InstallKind:
+    """Put ``image`` (a raw disk of provision's layout) onto the local disk ``target`` the way
+    a network-booted machine does it (pkg/init's install-disk follows the same rule):
+
+    * a blank disk (no partition table) gets the whole image, data partition included; the
+      first MiB (the partition table) is written last, so an interrupted install leaves a disk
+      that is still blank and is installed whole again;
+    * a disk of provision's layout (the same table type, the boot partition at the same place
+      and at least as big) is re-imaged (:func:`write_reimage`): boot code and boot partition
+      rewritten, partition table and data partition kept;
+    * anything else is refused (UsageError), nothing written: a disk holding something else
+      is never overwritten (wipe it first).
+    """
+    if has_partition_table(target):
+        write_reimage(image, target)
+        return "reimaged"
+    size = image.stat().st_size
+    target_size = _disk_size(target)
+    if target_size < size:
+        raise UsageError(
+            f"{target} ({target_size // MIB} MiB) is smaller than the image ({size // MIB} MiB)"
+        )
+    fd = os.open(target, os.O_WRONLY)
+    try:
+        with open(image, "rb") as src:
+            _copy_range(src, fd, MIB, size - MIB, MIB)
+            _copy_range(src, fd, 0, MIB, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return "installed"
+
+
+def _disk_size(disk: Path) -> int:
+    with open(disk, "rb") as f:
+        return f.seek(0, os.SEEK_END)
 
 
 # --- the writers ------------------------------------------------------------------------------

@@ -240,3 +240,88 @@ mount_persist() {
 		log "data partition $dev (provision-data): mounting at /var/persist failed"
 	fi
 }
+
+# --- what a network boot server asks on the kernel command line (metal machines) -------------
+
+# The value of provision.NAME=VALUE on the kernel command line; status 1 when absent.
+cmdline_value() {
+	local word
+	for word in $(cat /proc/cmdline 2>/dev/null); do
+		case "$word" in "$1"=*) echo "${word#*=}" && return 0 ;; esac
+	done
+	return 1
+}
+
+# provision.hostname=NAME (the metal target names its machines so; it wins over the image's
+# /etc/hostname and the metadata's, as an explicit boot argument does); empty when absent or
+# not a host name
+cmdline_hostname() {
+	local name
+	name=$(cmdline_value provision.hostname) || return 0
+	case "$name" in *[!A-Za-z0-9.-]* | "" | -*) return 0 ;; esac
+	echo "$name" | cut -c 1-64
+}
+
+# Wait up to 10 s for the block device $1 (its driver probes while init goes on).
+wait_for_block() {
+	local i=0
+	while [ ! -b "$1" ] && [ "$i" -lt 100 ]; do
+		sleep 0.1
+		i=$((i + 1))
+	done
+	[ -b "$1" ]
+}
+
+# The network interface a machine booted from: the one with MAC $1, else the first with a
+# device behind it.
+boot_interface() {
+	local path first=""
+	for path in /sys/class/net/*; do
+		[ -e "$path/device" ] || continue
+		[ -n "$first" ] || first=${path##*/}
+		[ "$(cat "$path/address")" = "$1" ] && echo "${path##*/}" && return 0
+	done
+	[ -n "$first" ] && echo "$first"
+}
+
+# provision.install=URL provision.disk=DEV [provision.mac=MAC]: put the image at URL (a raw
+# disk of the same image) onto the local disk with install-disk (a blank disk gets all of it,
+# a disk of provision's layout a new boot partition, its provision-data partition kept), then
+# boot on from memory. The network comes up for it alone (udhcpc on the boot interface) and
+# goes down again for the image's own DHCP client. Failures are logged, never fatal.
+install_from_cmdline() {
+	local url disk dev result
+	url=$(cmdline_value provision.install) || return 0
+	disk=$(cmdline_value provision.disk) || { log "install: no provision.disk given"; return 0; }
+	dev=$(boot_interface "$(cmdline_value provision.mac)")
+	[ -n "$dev" ] || { log "install: no network interface"; return 0; }
+	wait_for_block "$disk" || { log "install: no disk $disk"; return 0; }
+	ip link set "$dev" up
+	if udhcpc -i "$dev" -f -q -n -t 10 -T 1 -s /usr/libexec/provision/udhcpc-up >/dev/null 2>&1; then
+		if result=$(/usr/libexec/provision/install-disk "$url" "$disk" 2>/dev/console); then
+			mark "install: $url $result onto $disk"
+		else
+			log "install: $url onto $disk failed (status $?): running from memory"
+		fi
+	else
+		log "install: no DHCP lease on $dev: nothing installed"
+	fi
+	ip addr flush dev "$dev" 2>/dev/null
+	ip link set "$dev" down 2>/dev/null
+}
+
+# provision.wipe=DEV (a wipe profile, docs/metal.md): zero the whole disk, then power off,
+# which tells the metal provider the wipe is done.
+wipe_from_cmdline() {
+	local disk
+	disk=$(cmdline_value provision.wipe) || return 0
+	if wait_for_block "$disk"; then
+		log "wipe: zeroing $disk"
+		dd if=/dev/zero of="$disk" bs=1M conv=fsync 2>/dev/null
+		sync
+		log "wipe: $disk zeroed, powering off"
+	else
+		log "wipe: no disk $disk, powering off"
+	fi
+	poweroff -f
+}
