@@ -7,6 +7,11 @@ its selectors equals a fact; of the matching groups the one with the most select
 broken by name, so the answer is deterministic. A machine no group matches gets the lab's
 default: ``exit`` (iPXE goes on to the next boot device, the local disk) or a named profile (a
 discovery image) - never some other group's profile.
+
+A machine a cluster reserved boots its group's image with ``provision.hostname=NAME`` and, when
+the lab gives it a local ``disk`` and a disk image was published, ``provision.install=URL
+provision.disk=DEV`` (init installs the image there); while its destroy wipes it, it boots the
+group's wipe profile instead.
 """
 
 from __future__ import annotations
@@ -77,7 +82,21 @@ def find_reservation(state: Path | None, facts: Facts) -> Reservation | None:
     machine = facts.values.get("machine")
     if state is None or machine is None:
         return None
-    return read_reservations(state).get(machine)
+    found = read_reservations(state).get(machine)
+    return None if found is None or found.released else found
+
+
+def install_arguments(reservation: Reservation, lab: Lab, facts: Facts, base_url: str) -> str:
+    """What asks init to install the image onto the machine's local disk (none without one):
+    ``provision.install=URL provision.disk=DEV provision.mac=MAC``."""
+    machine = next((m for m in lab.machines if m.name == reservation.machine), None)
+    if not reservation.install or machine is None or not machine.disk:
+        return ""
+    mac = facts.values.get("mac", "")
+    return (
+        f"provision.install={base_url}/files/{reservation.install} provision.disk={machine.disk}"
+        + (f" provision.mac={mac}" if mac else "")
+    )
 
 
 def answer_ipxe(
@@ -89,6 +108,11 @@ def answer_ipxe(
     facts = Facts.from_query(query, lab)
     efi = query.get("platform") == "efi"  # iPXE's ${platform}: pcbios or efi
     reservation = find_reservation(state, facts)
+    if reservation is not None and reservation.wiping and reservation.wipe in lab.profiles:
+        profile = lab.profiles[reservation.wipe]
+        return render_ipxe(
+            profile, base_url, efi=efi
+        ), f"wipe {reservation.machine} ({profile.name})"
     if reservation is not None and state is not None:
         image = read_boot_image(state, reservation.image)
         if image is None:
@@ -96,9 +120,9 @@ def answer_ipxe(
                 "#!ipxe\necho provision: the image of this machine is not published\nexit\n",
                 f"reservation {reservation.machine}: image {reservation.image} missing",
             )
-        cmdline = (
-            f"{image.cmdline} provision.hostname={reservation.name or reservation.machine}".strip()
-        )
+        hostname = f"provision.hostname={reservation.name or reservation.machine}"
+        install = install_arguments(reservation, lab, facts, base_url)
+        cmdline = " ".join(part for part in (image.cmdline, hostname, install) if part)
         profile = Profile(reservation.machine, image.kernel, image.initrd, cmdline)
         return render_ipxe(
             profile, base_url, efi=efi

@@ -20,6 +20,7 @@ malformed MACs and references to missing profiles are all reported at once, each
       - name: node-1
         macs: ["52:54:00:00:00:01"]
         labels: {rack: a}
+        disk: /dev/vda                        # optional: the local disk images are installed on
         bmc: {driver: redfish, address: "http://127.0.0.1:8000/redfish/v1/Systems/1",
               username: admin, passwordFile: bmc.pass}
 """
@@ -42,6 +43,7 @@ MAC = re.compile(r"[0-9a-f]{2}([:-][0-9a-f]{2}){5}")
 SELECTOR_KEYS = ("mac", "uuid", "hostname", "serial")
 LABEL = re.compile(r"[a-z0-9]([a-z0-9_.-]{0,62})?")
 SERVED_PATH = re.compile(r"[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*")
+DISK = re.compile(r"/dev/[A-Za-z0-9_.:+-]+(/[A-Za-z0-9_.:+-]+)*")
 
 
 def normalise_mac(text: str) -> str:
@@ -77,7 +79,9 @@ class Bmc:
 @dataclass(frozen=True)
 class Machine:
     """One machine of the inventory. ``address``: where it is reached (its IP, or a NAT host);
-    ``ports``: guest port -> port at ``address`` when a NAT forwards them (virtual labs)."""
+    ``ports``: guest port -> port at ``address`` when a NAT forwards them (virtual labs);
+    ``disk``: the local disk (a /dev path as the booted machine's kernel names it) images are
+    installed on, keeping its provision-data partition; empty: the machine has none."""
 
     name: str
     macs: tuple[str, ...]
@@ -85,6 +89,7 @@ class Machine:
     bmc: Bmc | None = None
     address: str = ""
     ports: Mapping[int, int] = field(default_factory=dict)
+    disk: str = ""
 
 
 @dataclass(frozen=True)
@@ -256,7 +261,10 @@ def _machines(r: _Reader, value: Any) -> tuple[Machine, ...]:
     for index, body in enumerate(value):
         path: KeyPath = ("machines", index)
         fields = r.mapping(
-            body, path, ("name", "macs", "labels", "bmc", "address", "ports"), ("name", "macs")
+            body,
+            path,
+            ("name", "macs", "labels", "bmc", "address", "ports", "disk"),
+            ("name", "macs"),
         )
         name = (
             r.name(fields.get("name"), (*path, "name")) if "name" in fields else f"machine{index}"
@@ -313,9 +321,21 @@ def _machines(r: _Reader, value: Any) -> tuple[Machine, ...]:
                 )
                 continue
             ports[guest_port] = int(there)
+        disk = fields.get("disk", "")
+        if disk and (not isinstance(disk, str) or not DISK.fullmatch(disk) or "/../" in disk + "/"):
+            r.fail(
+                (*path, "disk"), f"must be a device path like /dev/vda or /dev/sda, not {disk!r}"
+            )
+            disk = ""
         machines.append(
             Machine(
-                name, tuple(macs), {str(k): str(v) for k, v in labels.items()}, bmc, address, ports
+                name,
+                tuple(macs),
+                {str(k): str(v) for k, v in labels.items()},
+                bmc,
+                address,
+                ports,
+                str(disk or ""),
             )
         )
     return tuple(machines)

@@ -6,36 +6,52 @@
   one-time network boot through its BMC and power it on (or reset it when it is on). A retry of
   a create whose machine is still off boots it again.
 * list: the reserved machines carrying the tags, with their power state (off = terminated).
-* destroy: power the machine off, then release it (in that order: a crash in between leaves a
-  reserved, powered-off machine, never an unowned running one). A machine not reserved is done.
+  A machine with a local ``disk`` in the lab file also gets the image's raw disk to install
+  (``provision serve`` adds ``provision.install=URL provision.disk=DEV`` to its command line:
+  init writes the disk by builders/disk.py's write_install rule, keeping provision-data).
+* list: the reserved machines carrying the tags, with their power state (off = terminated).
+* destroy: when the group names a ``wipe`` profile, boot it once (``provision serve`` answers
+  that profile while the reservation is marked wiping) and wait until the machine powers
+  itself off (the wipe is done) or ``wipeTimeout`` passes; then power the machine off and
+  release it (in that order: a crash in between leaves a reserved, powered-off machine, never
+  an unowned running one; a retried destroy wipes again). A machine not reserved is done.
 * address: the inventory's ``address`` (and ``ports`` forwarded by a NAT in virtual labs).
 
 Provider options: ``lab`` (the lab file), ``state`` (the directory ``provision serve --state``
-serves: published images and reservations), ``powerTimeout`` (60 s), ``efi`` (false).
+serves: published images and reservations), ``powerTimeout`` (60 s), ``efi`` (false),
+``diskBootSize`` / ``diskDataSize`` (the installed disk's partitions: 256M / 1G),
+``wipeTimeout`` (10 m).
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from provision import schema
 from provision.clock import Clock
 from provision.providers.metal.bmc import PowerControl, connect_bmc, wait_power
-from provision.providers.metal.lab import Bmc, Lab, Machine, load_lab
+from provision.providers.metal.images import LocalDiskLayout, disk_image_path
+from provision.providers.metal.lab import NAME, Bmc, Lab, Machine, load_lab
 from provision.providers.metal.reservations import (
     Reservation,
     locked_reservations,
     read_reservations,
 )
 from provision.reconcile.provider import (
+    TAG_CLUSTER,
+    TAG_GROUP,
     CreateRequest,
     Instance,
     InstanceState,
     Page,
     ProviderError,
+    TransientProviderError,
 )
 from provision.reconcile.spec import ProviderSpec, parse_duration
 from provision.schema import Field, Schema
@@ -49,6 +65,23 @@ def _selector(value: Any) -> dict[str, str] | None:
         for k, v in value.items()
     )
     return {k: str(v) for k, v in value.items()} if ok else None
+
+
+_MIB_TEXT = re.compile(r"([0-9]+)([MG])")
+
+
+def mebibytes(low: int, high: int) -> Callable[[Any], int | None]:
+    """``64M`` / ``2G`` (or a whole number of MiB) from ``low`` to ``high`` MiB."""
+
+    def parse(value: Any) -> int | None:
+        mib: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            mib = value
+        elif isinstance(value, str) and (match := _MIB_TEXT.fullmatch(value.strip())):
+            mib = int(match.group(1)) * (1024 if match.group(2) == "G" else 1)
+        return mib if mib is not None and low <= mib <= high else None
+
+    return parse
 
 
 OPTIONS = Schema(
@@ -70,6 +103,19 @@ OPTIONS = Schema(
         "pageSize": Field(
             "a whole number from 1 to 10000", schema.integer(1, 10_000), doc="default 50"
         ),
+        "diskBootSize": Field(
+            "a size from 16M to 4G (the boot partition of installed disks)",
+            mebibytes(16, 4096),
+            doc="default 256M",
+        ),
+        "diskDataSize": Field(
+            "a size from 8M to 16384G (the provision-data partition of installed disks)",
+            mebibytes(8, 16 << 20),
+            doc="default 1G",
+        ),
+        "wipeTimeout": Field(
+            "a duration from 1s to 24h", schema.duration(1.0, 86_400.0), doc="default 10m"
+        ),
     }
 )
 PROPERTIES = Schema(
@@ -77,6 +123,10 @@ PROPERTIES = Schema(
         "selector": Field("a mapping of machine label to value, e.g. {rack: a}", _selector),
         "cmdline": Field(
             "a string (appended to the image's kernel command line)", schema.text(max_len=4096)
+        ),
+        "wipe": Field(
+            "a profile name of the lab file (booted once by destroy, to wipe the disk)",
+            schema.text(NAME.pattern, max_len=64),
         ),
     }
 )
@@ -95,6 +145,8 @@ class MetalProvider:
         power_timeout: float = 60.0,
         efi: bool = False,
         page_size: int = 50,
+        disk_layout: LocalDiskLayout | None = None,
+        wipe_timeout: float = 600.0,
         bmc_factory: BmcFactory = connect_bmc,
     ) -> None:
         self.name = name
@@ -105,6 +157,8 @@ class MetalProvider:
         self.efi = efi
         self.bmc_factory = bmc_factory
         self.page_size = page_size
+        self.disk_layout = disk_layout or LocalDiskLayout("efi" if efi else "bios")
+        self.wipe_timeout = wipe_timeout
         self._lock = threading.Lock()
 
     def lab(self) -> Lab:
@@ -130,18 +184,29 @@ class MetalProvider:
     def create_instance(self, request: CreateRequest) -> Instance:
         lab = self.lab()
         wanted = _selector(request.properties.get("selector", {})) or {}
+        wipe = str(request.properties.get("wipe", ""))
+        if wipe and wipe not in lab.profiles:
+            raise ProviderError(
+                f"the wipe profile {wipe!r} is not a profile of {self.lab_file}",
+                hint="add it under profiles: (a kernel and initrd whose command line has "
+                "provision.wipe=DEVICE)",
+            )
+        install = disk_image_path(self.state, request.image, self.disk_layout) or ""
         with self._lock, locked_reservations(self.state) as reserved:
-            mine = next((r for r in reserved.values() if r.key == request.key), None)
+            mine = next(
+                (r for r in reserved.values() if r.key == request.key and not r.released), None
+            )
             fresh = mine is None
             if mine is None:
+                group = _group_of(request.tags)
                 free = sorted(
                     (
                         m
                         for m in lab.machines
-                        if m.name not in reserved
+                        if (m.name not in reserved or reserved[m.name].released)
                         and all(m.labels.get(k) == v for k, v in wanted.items())
                     ),
-                    key=lambda m: m.name,
+                    key=lambda m: (_preference(reserved.get(m.name), group), m.name),
                 )
                 if not free:
                     raise ProviderError(
@@ -155,6 +220,8 @@ class MetalProvider:
                     request.name,
                     dict(request.tags),
                     self.clock.now(),
+                    install if free[0].disk else "",
+                    wipe,
                 )
                 reserved[mine.machine] = mine
         bmc = self._bmc(self._machine(lab, mine.machine))
@@ -186,7 +253,7 @@ class MetalProvider:
             (
                 r
                 for r in read_reservations(self.state).values()
-                if all(r.tags.get(k) == v for k, v in tags.items())
+                if not r.released and all(r.tags.get(k) == v for k, v in tags.items())
             ),
             key=lambda r: r.machine,
         )
@@ -209,18 +276,51 @@ class MetalProvider:
     # -- destroy --------------------------------------------------------------------------
 
     def destroy_instance(self, instance_id: str, epoch: int) -> None:
+        """The machine leaves the cluster: wiped first when its group names a wipe profile."""
+        self._destroy(instance_id, replacing=False)
+
+    def destroy_for_replacement(self, instance_id: str, epoch: int) -> None:
+        """The machine is replaced (a re-image): no wipe, and the machine stays marked as its
+        group's, so the group's next create takes it again, disk data and all."""
+        self._destroy(instance_id, replacing=True)
+
+    def _destroy(self, instance_id: str, *, replacing: bool) -> None:
         reservation = read_reservations(self.state).get(instance_id)
-        if reservation is None:
+        if reservation is None or reservation.released:
             return
-        machine = next((m for m in self.lab().machines if m.name == instance_id), None)
+        lab = self.lab()
+        machine = next((m for m in lab.machines if m.name == instance_id), None)
         if machine is not None and machine.bmc is not None:
             bmc = self._bmc(machine)
+            if not replacing and reservation.wipe and reservation.wipe in lab.profiles:
+                self._wipe(bmc, reservation)
             if bmc.power_state() == "on":
                 bmc.power_off()
                 wait_power(bmc, "off", self.power_timeout, self.clock.sleep)
         with self._lock, locked_reservations(self.state) as reserved:
-            if reserved.get(instance_id) == reservation:
+            current = reserved.get(instance_id)
+            if current is None or current.key != reservation.key:
+                return
+            if replacing:
+                reserved[instance_id] = replace(current, released=True, wiping=False)
+            else:
                 del reserved[instance_id]
+
+    def _wipe(self, bmc: PowerControl, reservation: Reservation) -> None:
+        """Boot the wipe profile once and wait (up to ``wipe_timeout``) for the machine to power
+        itself off, which is how the wipe says it is done."""
+        with self._lock, locked_reservations(self.state) as reserved:
+            current = reserved.get(reservation.machine)
+            if current is not None and current.key == reservation.key:
+                reserved[reservation.machine] = replace(current, wiping=True)
+        bmc.boot_from_network(efi=self.efi)
+        if bmc.power_state() == "on":
+            bmc.reset()
+        else:
+            bmc.power_on()
+            wait_power(bmc, "on", self.power_timeout, self.clock.sleep)
+        with contextlib.suppress(TransientProviderError):  # not done in time: powered off anyway
+            wait_power(bmc, "off", self.wipe_timeout, self.clock.sleep)
 
     # -- address --------------------------------------------------------------------------
 
@@ -229,6 +329,18 @@ class MetalProvider:
         if machine is None or not machine.address:
             return None
         return machine.address, machine.ports.get(port, port)
+
+
+def _group_of(tags: Mapping[str, str]) -> tuple[str, str]:
+    return tags.get(TAG_CLUSTER, ""), tags.get(TAG_GROUP, "")
+
+
+def _preference(held: Reservation | None, group: tuple[str, str]) -> int:
+    """Which free machine a create takes first: one its group released for a re-image (its
+    disk holds the group's data), then never-held ones, then those other groups released."""
+    if held is None:
+        return 1
+    return 0 if _group_of(held.tags) == group else 2
 
 
 def create_metal_provider(spec: ProviderSpec, clock: Clock) -> MetalProvider:
@@ -243,4 +355,10 @@ def create_metal_provider(spec: ProviderSpec, clock: Clock) -> MetalProvider:
         power_timeout=parse_duration(options.get("powerTimeout", 60)) or 60.0,
         efi=bool(options.get("efi", False)),
         page_size=int(options.get("pageSize", 50)),
+        disk_layout=LocalDiskLayout(
+            "efi" if options.get("efi", False) else "bios",
+            mebibytes(16, 4096)(options.get("diskBootSize", 256)) or 256,
+            mebibytes(8, 16 << 20)(options.get("diskDataSize", 1024)) or 1024,
+        ),
+        wipe_timeout=parse_duration(options.get("wipeTimeout", 600)) or 600.0,
     )

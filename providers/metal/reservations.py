@@ -3,7 +3,8 @@ the metal state directory, written by the metal provider and read by ``provision
 
 Each reservation is named by the create's idempotency key (a retried create finds the machine
 the first one reserved), carries the ownership tags, and names the image (a digest published
-into ``STATE/images/``) the machine network-boots. Every change runs under an exclusive
+into ``STATE/images/``) the machine network-boots, the disk image it installs on its local disk
+(if it has one) and the wipe profile its destroy boots first (if the group names one). Every change runs under an exclusive
 ``flock`` on ``reservations.lock`` and replaces the file atomically, so the provider, a second
 provider process and the server never see a half-written file.
 """
@@ -33,6 +34,10 @@ class Reservation:
     name: str = ""  # the engine's machine name: the hostname it boots with
     tags: Mapping[str, str] = field(default_factory=dict)
     created_at: float = 0.0
+    install: str = ""  # the served path of the disk image to install on the machine's disk
+    wipe: str = ""  # the lab profile destroy boots first (wipes the disk, then powers off)
+    wiping: bool = False  # destroy is booting the wipe profile
+    released: bool = False  # destroyed for a re-image: free, kept for its slot's next create
 
 
 def read_reservations(state: Path) -> dict[str, Reservation]:
@@ -55,6 +60,10 @@ def read_reservations(state: Path) -> dict[str, Reservation]:
                 str(r["name"]),
                 {str(k): str(v) for k, v in dict(r["tags"]).items()},
                 float(r["created_at"]),
+                str(r.get("install", "")),
+                str(r.get("wipe", "")),
+                bool(r.get("wiping", False)),
+                bool(r.get("released", False)),
             )
             for r in body["reservations"]
         }

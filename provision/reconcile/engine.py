@@ -33,6 +33,7 @@ from provision.reconcile.plan import (
     plan_group,
 )
 from provision.reconcile.provider import (
+    REPLACING_REASONS,
     TAG_CLUSTER,
     TAG_CONFIG,
     TAG_EPOCH,
@@ -47,6 +48,7 @@ from provision.reconcile.provider import (
     ProviderWrapper,
     StaleEpochError,
     TransientProviderError,
+    destroy_for_reason,
 )
 from provision.reconcile.rollout import plan_step
 from provision.reconcile.spec import ClusterSpec, GroupSpec, config_digest
@@ -487,7 +489,12 @@ class Engine:
                     )
                 else:
                     assert intent.instance_id is not None
-                    provider.destroy_instance(intent.instance_id, self.epoch_of(group.name))
+                    destroy_for_reason(
+                        provider,
+                        intent.instance_id,
+                        self.epoch_of(group.name),
+                        replacing=self._replacing(group.name, intent.reason),
+                    )
                     self.boundary("destroy:call-returned")
                     self.store.finish_destroy(
                         intent.key, intent.instance_id, self.clock.now(), self.epoch_of(group.name)
@@ -637,6 +644,12 @@ class Engine:
         self._destroy(group, self.providers[provider_name], machine, reason, result)
         return result
 
+    def _replacing(self, group: str, reason: str) -> bool:
+        """Whether a destroy for ``reason`` makes room for a new machine of ``group`` (a re-image,
+        rolling or remediating) rather than taking the machine out of the group."""
+        spec = next((g for g in self.spec.groups if g.name == group), None)
+        return reason in REPLACING_REASONS and spec is not None and spec.desired > 0
+
     def _destroy(
         self, group: str, provider: Provider, machine: Machine, reason: str, result: PassResult
     ) -> bool:
@@ -660,7 +673,12 @@ class Engine:
         self.store.begin_intents([intent], self.epoch_of(group))
         self.boundary("destroy:intent-written")
         try:
-            provider.destroy_instance(machine.id, self.epoch_of(group))
+            destroy_for_reason(
+                provider,
+                machine.id,
+                self.epoch_of(group),
+                replacing=self._replacing(group, reason),
+            )
         except StaleEpochError:
             raise
         except TransientProviderError as exc:

@@ -123,6 +123,31 @@ class HealthSource(Protocol):
     def probe_health(self, instance: Instance) -> HealthState: ...
 
 
+# Destroy reasons after which a group that still wants machines gets a new one in its place
+# (provision/reconcile/rollout.py): a re-image, not a machine leaving the group.
+REPLACING_REASONS = frozenset({"out of date", "unhealthy"})
+
+
+@runtime_checkable
+class ReplacingProvider(Protocol):
+    """Implemented by providers whose machines keep something for the group's next machine
+    (metal: the local disk's provision-data partition, which its destroy would wipe). The
+    engine calls this instead of ``destroy_instance`` when the machine is replaced: destroyed
+    for one of ``REPLACING_REASONS`` while its group still wants machines."""
+
+    def destroy_for_replacement(self, instance_id: str, epoch: int) -> None: ...
+
+
+def destroy_for_reason(
+    provider: Provider, instance_id: str, epoch: int, *, replacing: bool
+) -> None:
+    """Destroy ``instance_id``, telling a :class:`ReplacingProvider` when it is replaced."""
+    if replacing and isinstance(provider, ReplacingProvider):
+        provider.destroy_for_replacement(instance_id, epoch)
+    else:
+        provider.destroy_instance(instance_id, epoch)
+
+
 # -- errors: the class decides the retry policy ------------------------------------------------
 
 
@@ -206,6 +231,13 @@ class ProviderWrapper:
     def destroy_instance(self, instance_id: str, epoch: int) -> None:
         self.before("destroy")
         self.inner.destroy_instance(instance_id, epoch)
+
+    def destroy_for_replacement(self, instance_id: str, epoch: int) -> None:
+        self.before("destroy")
+        if isinstance(self.inner, ReplacingProvider):
+            self.inner.destroy_for_replacement(instance_id, epoch)
+        else:
+            self.inner.destroy_instance(instance_id, epoch)
 
     def address(self, instance: Instance, port: int) -> tuple[str, int] | None:
         return self.inner.address(instance, port)

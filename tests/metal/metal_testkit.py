@@ -2,7 +2,8 @@
 network with a ``bootfile`` URL on ``provision serve``), powered through a small Redfish
 service that speaks the real protocol (GET the system, PATCH its Boot override, POST
 ComputerSystem.Reset) over real QEMU processes: On starts QEMU, ForceOff quits it through QMP,
-ForceRestart resets it, GracefulShutdown presses the power button. The agent's port 7080 of each
+ForceRestart resets it, GracefulShutdown presses the power button; a machine that powers itself
+off (its QEMU exits) reads Off. A machine may have a local disk (a raw file, /dev/vda). The agent's port 7080 of each
 machine is forwarded to a port of 127.0.0.1, which the lab file records as the machine's."""
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class VirtualMachine:
     boot_url: str
     agent_port: int = field(default_factory=free_port)
     mem_mib: int = 512
+    disk: Path | None = None  # a raw file: the local disk (/dev/vda), after the NIC in boot order
+    forwards: dict[int, int] = field(default_factory=dict)  # more guest port -> 127.0.0.1 port
     process: subprocess.Popen[bytes] | None = None
     boot_override: dict[str, str] = field(
         default_factory=lambda: {
@@ -66,6 +69,8 @@ class VirtualMachine:
         netdev = (
             f"user,id=n0,bootfile={self.boot_url},hostfwd=tcp:127.0.0.1:{self.agent_port}-:7080"
         )
+        for guest, port in self.forwards.items():
+            netdev += f",hostfwd=tcp:127.0.0.1:{port}-:{guest}"
         argv = [
             "qemu-system-x86_64",
             "-accel",
@@ -89,6 +94,13 @@ class VirtualMachine:
             "-boot",
             "n",
         ]
+        if self.disk is not None:
+            argv += [
+                "-drive",
+                f"file={self.disk},format=raw,if=none,id=d0,cache=unsafe",
+                "-device",
+                "virtio-blk-pci,drive=d0,bootindex=2",
+            ]
         self.process = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -253,7 +265,10 @@ class RedfishLab:
         self.server.server_close()
 
 
-def lab_file_text(machines: list[VirtualMachine], redfish: RedfishLab, password_file: Path) -> str:
+def lab_file_text(
+    machines: list[VirtualMachine], redfish: RedfishLab, password_file: Path, extra: str = ""
+) -> str:
+    """The lab file of ``machines`` (each with its disk, if it has one), then ``extra``."""
     lines = ["machines:"]
     for m in machines:
         lines += [
@@ -262,7 +277,8 @@ def lab_file_text(machines: list[VirtualMachine], redfish: RedfishLab, password_
             "    labels: {rack: a}",
             "    address: 127.0.0.1",
             f"    ports: {{7080: {m.agent_port}}}",
+            *(["    disk: /dev/vda"] if m.disk is not None else []),
             f'    bmc: {{driver: redfish, address: "{redfish.system_url(m.name)}", username: {USER}, '
             f"passwordFile: {password_file}}}",
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + extra

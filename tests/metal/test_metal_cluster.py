@@ -1,7 +1,10 @@
-"""End to end on a virtual bare-metal lab: `provision serve` answers two disk-less QEMU machines
-powered through Redfish; `provision up` reserves both, sets a one-time network boot, powers them
-on, and they PXE-boot examples/web.yml until the agent answers healthy; a new image re-images
-them one at a time (never fewer than one answering); `provision down` powers them off and
+"""End to end on a virtual bare-metal lab: `provision serve` answers two QEMU machines powered
+through Redfish, each with a blank local disk; `provision up` reserves both, sets a one-time
+network boot, powers them on, and they PXE-boot examples/web.yml (named by provision.hostname),
+install it onto their disk and answer healthy; a file the image writes into the disk's
+provision-data partition on its first boot is still there after a new image re-imaged them one
+at a time (never fewer than one answering) and their disks hold the new image; `provision down`
+boots the group's wipe profile (the disks are zeroed, the machines power themselves off) and
 releases them. The BMC password never appears in anything the commands print or write."""
 
 from __future__ import annotations
@@ -22,20 +25,72 @@ from components_testkit import REPO, ensure_web_components
 from metal_testkit import PASSWORD, RedfishLab, VirtualMachine, free_port, lab_file_text
 
 from provision.agent import read_agent
+from provision.builders.disk import read_partitions
 
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(900)]
+
+DISK_MIB = 64
+# the wipe profile: any kernel+initrd of provision's init, told to zero the disk (the test puts
+# the first image's there before `down`)
+WIPE_PROFILE = """\
+profiles:
+  wipe: {kernel: wipe/web-kernel, initrd: [wipe/web-initrd.img],
+         cmdline: "console=ttyS0 provision.wipe=/dev/vda"}
+"""
+# the image's first boot writes a note into provision-data (a random id and the image that wrote
+# it), never overwritten; its web server serves that directory
+NOTE = """\
+  - name: note
+    image: provision/agent:de3393740e47
+    command: ["/bin/sh", "-c", "[ -e /var/persist/note ] || { cat /proc/sys/kernel/random/uuid; cat /host/etc/provision/image.json; } >/var/persist/note"]
+    binds: ["/var/persist:/var/persist", "/etc/provision:/host/etc/provision:ro"]
+services:
+"""
+
+
+def image_text(page: str) -> str:
+    """examples/web.yml writing the note, serving /var/persist on port 80, with its own page."""
+    text = (REPO / "examples/web.yml").read_text()
+    for old, new in (
+        ("services:\n", NOTE),
+        ('"-h", "/srv/www"]', '"-h", "/var/persist"]'),
+        ('binds: ["/srv/www:/srv/www:ro"]', 'binds: ["/var/persist:/var/persist:ro"]'),
+        ("Hello from a provision machine", page),
+    ):
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    return text
+
+
+def read_note(machine: VirtualMachine) -> tuple[str, str]:
+    """(the id, the digest of the image that wrote it) of the note on the machine's disk."""
+    reply = requests.get(f"http://127.0.0.1:{machine.forwards[80]}/note", timeout=10)
+    assert reply.ok, reply.status_code
+    first, _, rest = reply.text.partition("\n")
+    return first.strip(), str(json.loads(rest)["digest"])
+
+
+def boot_partition(disk: Path) -> bytes:
+    _, parts = read_partitions(disk)
+    with open(disk, "rb") as f:
+        f.seek(parts[0].start)
+        return f.read(parts[0].size)
+
 
 CLUSTER = """\
 cluster: lab
 journal: journal.db
 providers:
-  metal: {{type: metal, options: {{lab: lab.yml, state: metal-state, powerTimeout: 30s}}}}
+  metal:
+    type: metal
+    options: {{lab: lab.yml, state: metal-state, powerTimeout: 30s,
+               diskBootSize: 40M, diskDataSize: 16M, wipeTimeout: 3m}}
 groups:
   - name: web
     provider: metal
     image: {image}
     size: 2
-    properties: {{selector: {{rack: a}}}}
+    properties: {{selector: {{rack: a}}, wipe: wipe}}
     update: {{maxSurge: 0, maxUnavailable: 1}}
     health: {{port: 7080, path: /, startupTimeout: 4m, unhealthyTimeout: 1m}}
 """
@@ -69,19 +124,24 @@ def lab(tmp_path: Path) -> Iterator[tuple[Path, list[VirtualMachine], RedfishLab
             f"52:54:00:1a:b0:0{n}",
             tmp_path / "vms" / f"node-{n}",
             f"http://10.0.2.2:{port}/boot.ipxe",
+            disk=tmp_path / "vms" / f"node-{n}.disk",
+            forwards={80: free_port()},
         )
         for n in (1, 2)
     ]
+    for m in machines:
+        assert m.disk is not None
+        m.disk.parent.mkdir(parents=True, exist_ok=True)
+        with open(m.disk, "wb") as f:
+            f.truncate(DISK_MIB << 20)  # blank: no partition table
     redfish = RedfishLab(machines)
     (tmp_path / "bmc.pass").write_text(PASSWORD + "\n")
-    (tmp_path / "lab.yml").write_text(lab_file_text(machines, redfish, tmp_path / "bmc.pass"))
-    text = (REPO / "examples/web.yml").read_text()
-    for name, body in (
-        ("v1", text),
-        ("v2", text.replace("Hello from a provision machine", "Hello from the second image")),
-    ):
+    (tmp_path / "lab.yml").write_text(
+        lab_file_text(machines, redfish, tmp_path / "bmc.pass", WIPE_PROFILE)
+    )
+    for name, page in (("v1", "the first image"), ("v2", "the second image")):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "web.yml").write_text(body)
+        (tmp_path / name / "web.yml").write_text(image_text(page))
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
     serve = subprocess.Popen(
         [
@@ -179,12 +239,23 @@ def test_a_lab_network_boots_rolls_and_goes_down(
         "available",
         "available",
     ]
+    names = {
+        r["machine"]: r["name"]
+        for r in json.loads((cwd / "metal-state/reservations.json").read_text())["reservations"]
+    }
+    notes = {}
     for m in machines:
         assert m.on() and m.power_ons == 1
         assert m.boot_override["BootSourceOverrideTarget"] == "Pxe"
         agent = read_agent("127.0.0.1", m.agent_port)
         assert agent is not None and agent.digest == image_v1
         assert set(agent.services) >= {"web", "agent"}
+        assert agent.hostname == names[m.name] != "provision"  # provision.hostname=NAME
+        console = m.serial.read_text(errors="replace")
+        assert "installed onto /dev/vda" in console, console[-3000:]
+        assert "(provision-data) mounted at /var/persist" in console
+        notes[m.name] = read_note(m)
+        assert notes[m.name][1] == image_v1
     boots = requests.get(f"{serve_url}/v1/boots", timeout=5).json()
     assert {b["answer"].split(" (")[0] for b in boots} == {
         "reservation node-1",
@@ -200,16 +271,32 @@ def test_a_lab_network_boots_rolls_and_goes_down(
     assert rolled.returncode == 0, rolled.stderr[-3000:]
     image_v2 = json.loads(rolled.stdout)["groups"][0]["image"]
     assert image_v2 != image_v1
+    disk_v2 = next((cwd / "metal-state/images" / image_v2.split(":")[1]).glob("disk-*.img"))
     for m in machines:
+        assert m.disk is not None
         agent = read_agent("127.0.0.1", m.agent_port)
         assert agent is not None and agent.digest == image_v2
+        assert "reimaged onto /dev/vda" in m.serial.read_text(errors="replace")
+        assert read_note(m) == notes[m.name]  # written by the first image, kept
+        assert boot_partition(m.disk) == boot_partition(disk_v2)  # the disk holds the new image
     assert watcher.fewest_answering() >= 1, (
         f"both machines were down at once during the roll: {watcher.samples}"
     )
 
+    v1_files = cwd / "metal-state/images" / image_v1.split(":")[1]
+    (cwd / "metal-state/images/wipe").mkdir()
+    for name in ("web-kernel", "web-initrd.img"):
+        os.link(v1_files / name, cwd / "metal-state/images/wipe" / name)
     down = provision(cwd, "down", "cluster.yml")
     assert down.returncode == 0, down.stderr
     assert all(not m.on() for m in machines)
+    for m in machines:
+        assert m.disk is not None
+        assert "wipe: /dev/vda zeroed, powering off" in m.serial.read_text(errors="replace")
+        with open(m.disk, "rb") as f:
+            assert not any(f.read()), f"{m.disk} was not wiped"
+    answers = [b["answer"] for b in requests.get(f"{serve_url}/v1/boots", timeout=5).json()]
+    assert sum(a.startswith("wipe ") for a in answers) == 2, answers
     reservations = json.loads((cwd / "metal-state" / "reservations.json").read_text())
     assert reservations == {"reservations": []}
 
