@@ -58,7 +58,8 @@ def test_replacements_and_removals_are_told_apart(tmp_path: Path) -> None:
     engine(2, "img-2").converge(between=world.step(3))  # a scale-down
     assert [how for how, _ in provider.destroys] == ["destroyed"]
     provider.destroys.clear()
-    engine(2, "img-2", down=True).converge(between=world.step(3))  # provision down
+    # provision down with an edited image: the machines are out of date, and not replaced
+    engine(2, "img-3", down=True).converge(between=world.step(3))
     assert [how for how, _ in provider.destroys] == ["destroyed"] * 2
     assert world.owned() == []
     world.close()
