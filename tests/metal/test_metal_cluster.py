@@ -3,7 +3,8 @@ through Redfish, each with a blank local disk; `provision up` reserves both, set
 network boot, powers them on, and they PXE-boot examples/web.yml (named by provision.hostname),
 install it onto their disk and answer healthy; a file the image writes into the disk's
 provision-data partition on its first boot is still there after a new image re-imaged them one
-at a time (never fewer than one answering) and their disks hold the new image; `provision down`
+at a time (never fewer than one answering) and their disks hold the new image (a copy of one
+boots by itself, without the boot server, into the new image with the note); `provision down`
 boots the group's wipe profile (the disks are zeroed, the machines power themselves off) and
 releases them. The BMC password never appears in anything the commands print or write."""
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -26,6 +28,8 @@ from metal_testkit import PASSWORD, RedfishLab, VirtualMachine, free_port, lab_f
 
 from provision.agent import read_agent
 from provision.builders.disk import read_partitions
+from provision.providers.qemu.state import PortMapping
+from provision.providers.qemu.vm import VMConfig, start_vm, stop_vm
 
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(900)]
 
@@ -282,6 +286,35 @@ def test_a_lab_network_boots_rolls_and_goes_down(
     assert watcher.fewest_answering() >= 1, (
         f"both machines were down at once during the roll: {watcher.samples}"
     )
+
+    # the installed disk boots by itself (no boot server, no network boot): the new image, the note
+    alone = cwd / "disk-alone"
+    alone.mkdir()
+    copy = alone / "node-1-bios.img"
+    assert machines[0].disk is not None
+    shutil.copyfile(machines[0].disk, copy)
+    agent_port, web_port = free_port(), free_port()
+    config = VMConfig(
+        name="disk-alone",
+        artifact=copy,
+        accel="tcg",
+        mem_mib=512,
+        publish=(PortMapping(agent_port, 7080), PortMapping(web_port, 80)),
+    )
+    handle = start_vm(config, state_root=alone / "state", detach=True)
+    try:
+        deadline = time.monotonic() + 120
+        agent = None
+        while agent is None or agent.digest != image_v2:
+            if time.monotonic() > deadline:
+                console = handle.serial_log.read_text(errors="replace")
+                pytest.fail(f"the disk alone did not boot the new image:\n{console[-3000:]}")
+            time.sleep(1)
+            agent = read_agent("127.0.0.1", agent_port)
+        reply = requests.get(f"http://127.0.0.1:{web_port}/note", timeout=10)
+        assert reply.ok and reply.text.partition("\n")[0].strip() == notes["node-1"][0]
+    finally:
+        stop_vm("disk-alone", alone / "state", timeout=0.5)
 
     v1_files = cwd / "metal-state/images" / image_v1.split(":")[1]
     (cwd / "metal-state/images/wipe").mkdir()
