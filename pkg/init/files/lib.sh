@@ -243,23 +243,25 @@ mount_persist() {
 
 # --- what a network boot server asks on the kernel command line (metal machines) -------------
 
-# The value of provision.NAME=VALUE on the kernel command line; status 1 when absent.
-cmdline_value() {
-	local word
-	for word in $(cat /proc/cmdline 2>/dev/null); do
-		case "$word" in "$1"=*) echo "${word#*=}" && return 0 ;; esac
+# CMDLINE_VALUE: the value of NAME=VALUE ($1) on the kernel command line; status 1 when
+# absent (builtins only: no fork on the boot path)
+cmdline_get() {
+	local word line
+	CMDLINE_VALUE=""
+	read -r line </proc/cmdline 2>/dev/null || return 1
+	for word in $line; do
+		case "$word" in "$1"=*) CMDLINE_VALUE=${word#*=} && return 0 ;; esac
 	done
 	return 1
 }
 
 # provision.hostname=NAME (the metal target names its machines so; it wins over the image's
-# /etc/hostname and the metadata's, as an explicit boot argument does); empty when absent or
-# not a host name
+# /etc/hostname and the metadata's, as an explicit boot argument does) in CMDLINE_VALUE;
+# status 1 when absent or not a host name
 cmdline_hostname() {
-	local name
-	name=$(cmdline_value provision.hostname) || return 0
-	case "$name" in *[!A-Za-z0-9.-]* | "" | -*) return 0 ;; esac
-	echo "$name" | cut -c 1-64
+	cmdline_get provision.hostname || return 1
+	case "$CMDLINE_VALUE" in *[!A-Za-z0-9.-]* | "" | -*) return 1 ;; esac
+	[ "${#CMDLINE_VALUE}" -le 64 ]
 }
 
 # Wait up to 10 s for the block device $1 (its driver probes while init goes on).
@@ -291,9 +293,12 @@ boot_interface() {
 # goes down again for the image's own DHCP client. Failures are logged, never fatal.
 install_from_cmdline() {
 	local url disk dev result
-	url=$(cmdline_value provision.install) || return 0
-	disk=$(cmdline_value provision.disk) || { log "install: no provision.disk given"; return 0; }
-	dev=$(boot_interface "$(cmdline_value provision.mac)")
+	cmdline_get provision.install || return 0
+	url=$CMDLINE_VALUE
+	cmdline_get provision.disk || { log "install: no provision.disk given"; return 0; }
+	disk=$CMDLINE_VALUE
+	cmdline_get provision.mac
+	dev=$(boot_interface "$CMDLINE_VALUE")
 	[ -n "$dev" ] || { log "install: no network interface"; return 0; }
 	wait_for_block "$disk" || { log "install: no disk $disk"; return 0; }
 	ip link set "$dev" up
@@ -314,7 +319,8 @@ install_from_cmdline() {
 # which tells the metal provider the wipe is done.
 wipe_from_cmdline() {
 	local disk
-	disk=$(cmdline_value provision.wipe) || return 0
+	cmdline_get provision.wipe || return 0
+	disk=$CMDLINE_VALUE
 	if wait_for_block "$disk"; then
 		log "wipe: zeroing $disk"
 		dd if=/dev/zero of="$disk" bs=1M conv=fsync 2>/dev/null
