@@ -10,8 +10,8 @@ discovery image) - never some other group's profile.
 
 A machine a cluster reserved boots its group's image with ``provision.hostname=NAME`` and, when
 the lab gives it a local ``disk`` and a disk image was published, ``provision.install=URL
-provision.disk=DEV`` (init installs the image there); while its destroy wipes it, it boots the
-group's wipe profile instead.
+provision.disk=DEV`` (init installs the image there); while it is wiped (its destroy, or a
+create taking a machine another group released) it boots that wipe profile instead.
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ def answer_ipxe(
     facts = Facts.from_query(query, lab)
     efi = query.get("platform") == "efi"  # iPXE's ${platform}: pcbios or efi
     reservation = find_reservation(state, facts)
-    if reservation is not None and reservation.wiping and reservation.wipe in lab.profiles:
-        profile = lab.profiles[reservation.wipe]
+    if reservation is not None and reservation.wiping in lab.profiles:
+        profile = lab.profiles[reservation.wiping]
         return render_ipxe(
             profile, base_url, efi=efi
         ), f"wipe {reservation.machine} ({profile.name})"

@@ -15,6 +15,9 @@
   itself off (the wipe is done) or ``wipeTimeout`` passes; then power the machine off and
   release it (in that order: a crash in between leaves a reserved, powered-off machine, never
   an unowned running one; a retried destroy wipes again). A machine not reserved is done.
+  A replaced machine (``destroy_for_replacement``: a re-image) is not wiped: it is powered off
+  and kept as its group's, taken first by the group's next create; another group taking it
+  boots the releasing group's wipe profile first.
 * address: the inventory's ``address`` (and ``ports`` forwarded by a NAT in virtual labs).
 
 Provider options: ``lab`` (the lab file), ``state`` (the directory ``provision serve --state``
@@ -222,9 +225,17 @@ class MetalProvider:
                     self.clock.now(),
                     install if free[0].disk else "",
                     wipe,
+                    wiping=_inherited_wipe(reserved.get(free[0].name), group, lab),
                 )
                 reserved[mine.machine] = mine
         bmc = self._bmc(self._machine(lab, mine.machine))
+        if mine.wiping:  # another group's data on its disk: wiped before this image boots
+            self._boot_wipe(bmc)
+            with self._lock, locked_reservations(self.state) as reserved:
+                current = reserved.get(mine.machine)
+                if current is not None and current.key == mine.key:
+                    reserved[mine.machine] = mine = replace(current, wiping="")
+            fresh = True
         on = bmc.power_state() == "on"
         if fresh or not on:  # a retry finds its machine; it boots again only if it is off
             bmc.boot_from_network(efi=self.efi)
@@ -302,17 +313,22 @@ class MetalProvider:
             if current is None or current.key != reservation.key:
                 return
             if replacing:
-                reserved[instance_id] = replace(current, released=True, wiping=False)
+                reserved[instance_id] = replace(current, released=True, wiping="")
             else:
                 del reserved[instance_id]
 
     def _wipe(self, bmc: PowerControl, reservation: Reservation) -> None:
-        """Boot the wipe profile once and wait (up to ``wipe_timeout``) for the machine to power
-        itself off, which is how the wipe says it is done."""
+        """Boot the reservation's wipe profile once (marked wiping, so serve answers it) and
+        wait for the machine to power itself off."""
         with self._lock, locked_reservations(self.state) as reserved:
             current = reserved.get(reservation.machine)
             if current is not None and current.key == reservation.key:
-                reserved[reservation.machine] = replace(current, wiping=True)
+                reserved[reservation.machine] = replace(current, wiping=reservation.wipe)
+        self._boot_wipe(bmc)
+
+    def _boot_wipe(self, bmc: PowerControl) -> None:
+        """Network-boot the machine (its reservation says which wipe profile) and wait up to
+        ``wipe_timeout`` for it to power itself off, which is how a wipe says it is done."""
         bmc.boot_from_network(efi=self.efi)
         if bmc.power_state() == "on":
             bmc.reset()
@@ -333,6 +349,14 @@ class MetalProvider:
 
 def _group_of(tags: Mapping[str, str]) -> tuple[str, str]:
     return tags.get(TAG_CLUSTER, ""), tags.get(TAG_GROUP, "")
+
+
+def _inherited_wipe(held: Reservation | None, group: tuple[str, str], lab: Lab) -> str:
+    """The wipe profile to boot before a machine another group released (for a re-image, never
+    taken back) runs this group's image: that group's, so its data never reaches another."""
+    if held is None or not held.released or _group_of(held.tags) == group:
+        return ""
+    return held.wipe if held.wipe in lab.profiles else ""
 
 
 def _preference(held: Reservation | None, group: tuple[str, str]) -> int:

@@ -36,7 +36,7 @@ class Reservation:
     created_at: float = 0.0
     install: str = ""  # the served path of the disk image to install on the machine's disk
     wipe: str = ""  # the lab profile destroy boots first (wipes the disk, then powers off)
-    wiping: bool = False  # destroy is booting the wipe profile
+    wiping: str = ""  # the wipe profile being booted (by destroy, or before a create's boot)
     released: bool = False  # destroyed for a re-image: free, kept for its slot's next create
 
 
@@ -62,7 +62,7 @@ def read_reservations(state: Path) -> dict[str, Reservation]:
                 float(r["created_at"]),
                 str(r.get("install", "")),
                 str(r.get("wipe", "")),
-                bool(r.get("wiping", False)),
+                str(r.get("wiping", "")),
                 bool(r.get("released", False)),
             )
             for r in body["reservations"]

@@ -237,3 +237,22 @@ def test_a_wipe_profile_the_lab_lacks_is_refused_at_create(
     with pytest.raises(ProviderError, match="wipe profile 'erase' is not a profile"):
         provider.create_instance(request("a", "web", "sha256:" + "0" * 64, wipe="erase"))
     assert not any(m.on() for m in machines) and read_reservations(provider.state) == {}
+
+
+def test_another_group_gets_a_released_machine_only_after_its_wipe(
+    lab: tuple[MetalProvider, list[PaperMachine], Path],
+) -> None:
+    provider, machines, tmp_path = lab
+    image = write_artifact(tmp_path / "build", 1)
+    get_target("metal").publish(provider, image)
+    for key in ("a", "b", "c"):
+        provider.create_instance(request(key, "web", image.digest, wipe="wipe"))
+    destroy_for_reason(provider, "node-2", 1, replacing=True)  # released, never taken back
+    before = len(machines[1].answers)
+    d = provider.create_instance(request("d", "db", image.digest))
+    assert d.id == "node-2"
+    answers = [a.split("\n")[0] for a in machines[1].answers[before:]]
+    assert answers[0] == "wipe node-2 (wipe)"  # web's data wiped first
+    assert answers[-1].startswith("reservation node-2")  # then db's image
+    held = read_reservations(provider.state)["node-2"]
+    assert held.key == "d" and held.wiping == "" and not held.released and machines[1].on()
