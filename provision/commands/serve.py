@@ -93,6 +93,12 @@ def register(subparsers: Any) -> None:
         help="hand BIOS machines whose firmware is iPXE (a NIC ROM) this server's "
         "undionly.kpxe over TFTP first (needs --tftp)",
     )
+    serve.add_argument(
+        "--no-router-answers",
+        action="store_true",
+        help="do not answer IPv6 router solicitations (with --dhcp or --tftp they are answered "
+        "so that iPXE does not wait ~16 s for an IPv6 router on networks that have none)",
+    )
     serve.set_defaults(func=run_serve)
 
 
@@ -138,6 +144,8 @@ def run_serve(args: argparse.Namespace) -> int:
         stoppers.append(_start_tftp(args.tftp))
     if args.dhcp:
         stoppers += _start_dhcp(args, state, port=server.server_address[1], http_host=host)
+    if (args.dhcp or args.tftp) and not args.no_router_answers:
+        stoppers += _start_router_answers(args, state)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(
         f"serving http://{host}:{server.server_address[1]} (lab {lab_file}, root {root})",
@@ -169,6 +177,30 @@ def _start_tftp(listen: str) -> Callable[[], None]:
     threading.Thread(target=server.serve_forever, daemon=True, name="tftp").start()
     print(f"serving tftp://{host}:{server.address[1]} ({IPXE_DIR})", file=sys.stderr, flush=True)
     return server.shutdown
+
+
+def _start_router_answers(args: argparse.Namespace, state: Any) -> list[Callable[[], None]]:
+    from provision.providers.metal.ndp import RouterSolicitationAnswerer
+
+    try:
+        answerer = RouterSolicitationAnswerer(
+            lambda mac: args.answer_unknown or state.lab.machine_by_mac(mac) is not None
+        )
+    except OSError as exc:
+        print(
+            f"warning: IPv6 router solicitations not answered ({exc.strerror}): "
+            "iPXE waits ~16 s per stage on a network without an IPv6 router",
+            file=sys.stderr,
+            flush=True,
+        )
+        return []
+    threading.Thread(target=answerer.serve_forever, daemon=True, name="ndp").start()
+    print(
+        "answering IPv6 router solicitations (lifetime 0, no prefix: not a router)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return [answerer.shutdown]
 
 
 def _start_dhcp(

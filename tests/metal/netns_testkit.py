@@ -5,7 +5,10 @@ DHCP server provision does not control. Nothing leaves the namespaces."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -20,6 +23,10 @@ from cluster_e2e.standin import write_standin
 MAC = "52:54:00:1d:00:01"
 SERVER = "192.168.77.1"  # provision serve, on the bridge
 DHCP_SERVER = "192.168.77.2"  # dnsmasq, in its own namespace
+# The most an iPXE stage may take from its DHCP answer to its first fetch: generous for TCG on
+# a busy machine (measured 0.06-1.0 s), far below the ~16 s iPXE 2019 waits for an IPv6 router
+# when nobody answers its router solicitations (measured 16.1-17.9 s).
+STAGE_WAIT_BOUND = 6.0
 REPO = Path(__file__).resolve().parents[2]
 OVMF_CODE, OVMF_VARS = (
     Path("/usr/share/OVMF/OVMF_CODE_4M.fd"),
@@ -146,6 +153,36 @@ class LabNetwork:
                 )
             time.sleep(0.5)
         return time.monotonic() - started
+
+    def boots(self) -> list[dict[str, object]]:
+        """serve's /v1/boots (each /ipxe request, with its time), asked from the namespace."""
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.name, "curl", "-sf", f"http://{SERVER}:8080/v1/boots"],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        boots: list[dict[str, object]] = json.loads(done.stdout)
+        return boots
+
+    def stage_waits(self) -> list[tuple[str, float]]:
+        """For each fetch of an iPXE stage (a TFTP read, the /ipxe request), what it fetched and
+        the seconds since serve's last DHCP answer before it (serve.log's times)."""
+        answers, fetches = [], []
+        for line in self.log("serve.log").splitlines():
+            if not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", line):
+                continue
+            at = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if re.search(r"provision\.serve\.dhcp dhcp \S+: (offer|ack) ", line):
+                answers.append(at)
+            elif found := re.search(r"provision\.serve\.tftp tftp \S+: read (\S+)", line):
+                fetches.append((at, found[1]))
+        fetches += [(float(str(b["at"])), "/ipxe") for b in self.boots()]
+        return [
+            (name, round(at - max(a for a in answers if a <= at), 3))
+            for at, name in sorted(fetches)
+            if any(a <= at for a in answers)
+        ]
 
     def stop(self) -> None:
         for process in reversed(self.processes):
