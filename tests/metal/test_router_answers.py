@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,16 +53,16 @@ def link(tmp_path: Path) -> Iterator[Link]:
         ip("-n", name, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", machine)
         ip("-n", machine, "link", "set", "vb", "address", MAC)
         for namespace, device in ((name, "va"), (machine, "vb")):
+            conf = f"/proc/sys/net/ipv6/conf/{device}"  # the namespace's own, from inside it
             subprocess.run(
                 [
                     "ip",
                     "netns",
                     "exec",
                     namespace,
-                    "sysctl",
-                    "-qw",
-                    f"net.ipv6.conf.{device}.accept_dad=0",
-                    f"net.ipv6.conf.{device}.router_solicitations=0",
+                    "sh",
+                    "-c",
+                    f"echo 0 > {conf}/accept_dad && echo 0 > {conf}/router_solicitations",
                 ],
                 check=True,
                 capture_output=True,
@@ -70,11 +71,30 @@ def link(tmp_path: Path) -> Iterator[Link]:
             ip("-n", namespace, "link", "set", "lo", "up")
             ip("-n", namespace, "link", "set", device, "up")
         ip("-n", name, "addr", "add", f"{SERVER}/24", "dev", "va")
+        for namespace, device in ((name, "va"), (machine, "vb")):
+            wait_for_link_local(namespace, device)
         yield Link(lab, machine)
     finally:
         lab.stop()
         for namespace in (name, machine):
             subprocess.run(["ip", "netns", "del", namespace], check=False, timeout=30)
+
+
+def wait_for_link_local(namespace: str, device: str) -> None:
+    """Until the kernel gave ``device`` its link-local address (linkwatch: up to a second)."""
+    deadline = time.monotonic() + 10
+    while True:
+        shown = subprocess.run(
+            ["ip", "-n", namespace, "-6", "addr", "show", "dev", device, "scope", "link"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        if "inet6 fe80::" in shown and "tentative" not in shown:
+            return
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.1)
 
 
 def solicit(link: Link, mac: str, *, wait: float = 2.5, advertise: bool = False) -> Any:
@@ -84,8 +104,8 @@ def solicit(link: Link, mac: str, *, wait: float = 2.5, advertise: bool = False)
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
     )
+    assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["advertisements"]
 
 
