@@ -12,11 +12,11 @@ A solicitation from a machine this server answers (the inventory's, or any with
 ``answer_unknown``) gets a router advertisement that configures nothing: router lifetime 0
 (not a default router), no prefix, no DHCPv6 flags. iPXE takes the first solicited
 advertisement, ends router discovery and boots at once; an operating system learns nothing
-from it (no route, no address). The
-answer is unicast to the machine that asked and sent ``ANSWER_DELAY`` after its first
-solicitation, later than RFC 4861 lets a real router take (0.5 s), so a real router's answer
-always reaches iPXE first (iPXE ignores any later one); and on a link where another router
-advertised in the last ``ROUTER_MEMORY`` seconds nothing is sent at all.
+from it (no route, no address). The answer is unicast to the machine that asked and sent
+``ANSWER_DELAY`` after its first solicitation, later than RFC 4861 lets a real router take
+(0.5 s), so a real router's answer always reaches iPXE first (iPXE ignores any later one); and
+on a link where another router advertised in the last ``ROUTER_MEMORY`` seconds nothing is sent
+at all.
 """
 
 from __future__ import annotations
