@@ -155,10 +155,15 @@ def wait_operation(
 ) -> compute_v1.Operation:
     """Wait for operation ``op`` (an ExtendedOperation or Operation) with the operations client
     of its scope, at most ``timeout`` seconds; a ProviderError with the operation's error as
-    soon as it fails."""
+    soon as it fails. An operation that is DONE when it is returned is not asked again; between
+    ``wait`` calls that come back before it is done, a short pause growing to 1 s."""
     name = str(op.name)
     deadline = time.monotonic() + timeout
-    while True:
+    pause = 0.05
+    current: compute_v1.Operation = compute_v1.Operation(
+        name=name, status=op.status, target_link=op.target_link, error=op.error
+    )
+    while current.status != compute_v1.Operation.Status.DONE:
         if zone is None:
             current = call(
                 f"{what}: waiting",
@@ -174,13 +179,15 @@ def wait_operation(
                 ),
             )
         if current.status == compute_v1.Operation.Status.DONE:
-            failed = operation_error(current)
-            if failed:
-                raise ProviderError(f"{what}: operation {name} failed", hint=failed)
-            return current
+            break
         if time.monotonic() >= deadline:
             raise ProviderError(
                 f"{what}: operation {name} still {current.status.name} after {timeout:g} s",
                 hint="it may finish later; run again to pick it up",
             )
-        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(1.0, pause * 2)
+    failed = operation_error(current)
+    if failed:
+        raise ProviderError(f"{what}: operation {name} failed", hint=failed)
+    return current

@@ -1,7 +1,8 @@
 """Publishing a ``gcp`` build as a Compute Engine image, idempotent by the image digest.
 
 1. An image labelled with the digest (``provision-digest``, the first 63 hex digits; the full
-   digest is in its description) is reused: nothing is uploaded.
+   digest is in its description) is reused: nothing is uploaded. The object the tarball goes to
+   is looked up at the same time (:func:`look_up`: two reads, side by side).
 2. The tarball goes to ``gs://BUCKET/provision/<digest hex>.tar.gz`` (:mod:`.upload`:
    resumable, skipped when the same CRC32C is there).
 3. ``images.insert`` with ``rawDisk.source``, the architecture of the build's platform, the
@@ -18,6 +19,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from google.cloud import compute_v1
 
 from provision.errors import UsageError
 from provision.providers.gcp.clients import GceClients, call, wait_operation
-from provision.providers.gcp.upload import CHUNK, ResumableUpload
+from provision.providers.gcp.upload import CHUNK, ResumableUpload, StoredObject, stat_object
 from provision.target import Artifact
 
 Progress = Callable[[str], None]
@@ -150,6 +152,33 @@ def find_published(
     return matching[0] if matching else None
 
 
+def object_name(digest: str) -> str:
+    """Where a tarball of ``digest`` is uploaded in the bucket."""
+    return f"provision/{digest.split(':', 1)[-1]}.tar.gz"
+
+
+@dataclass(frozen=True)
+class Found:
+    """What there is already for a digest: its image (None: not published) and the object its
+    tarball is uploaded to (None: no such object)."""
+
+    image: compute_v1.Image | None
+    stored: StoredObject | None
+
+
+def look_up(
+    clients: GceClients, storage_client: storage.Client, push: GcpPush, digest: str
+) -> Found:
+    """The image labelled with ``digest`` and the state of its object, asked side by side (both
+    are reads: when the image is there, the object's state is not used)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="gcs-lookup") as pool:
+        stored = pool.submit(
+            stat_object, storage_client, push.bucket, object_name(digest), push.request_timeout
+        )
+        image = find_published(clients, push.project, digest, push.request_timeout)
+        return Found(image, stored.result())
+
+
 def _features(push: GcpPush) -> list[compute_v1.GuestOsFeature]:
     chosen = (
         DEFAULT_FEATURES
@@ -166,10 +195,10 @@ def publish_gcp(
     storage_client: storage.Client,
     progress: Progress | None = None,
     *,
-    looked: bool = False,
+    found: Found | None = None,
 ) -> GcpImage:
-    """Publish ``artifact`` (a ``gcp`` build); see the module docstring. ``looked``: the caller
-    has just found no image with this digest (step 1 is skipped)."""
+    """Publish ``artifact`` (a ``gcp`` build); see the module docstring. ``found``: what the
+    caller has just looked up for this digest (:func:`look_up`; not asked again)."""
     say = progress or (lambda _m: None)
     tarballs = [f for f in artifact.files if f.name.endswith(".tar.gz")]
     if artifact.format != "gcp" or len(tarballs) != 1:
@@ -179,33 +208,31 @@ def publish_gcp(
         )
     architecture = architecture_of(artifact)
     features = _features(push)
-    existing = (
-        None
-        if looked
-        else find_published(clients, push.project, artifact.digest, push.request_timeout)
-    )
+    if found is None:
+        found = look_up(clients, storage_client, push, artifact.digest)
+    existing = found.image
     if existing is not None:
         say(f"image {existing.name} is {artifact.digest[:19]} already")
         return GcpImage(
             existing.name, existing.self_link, existing.family or None, True, artifact.digest
         )
     name = image_name(push.name or artifact.name, artifact.digest)
-    object_name = f"provision/{artifact.digest.split(':', 1)[-1]}.tar.gz"
+    name_in_bucket = object_name(artifact.digest)
     sessions = push.sessions or _default_sessions()
     uploaded = ResumableUpload(
         storage_client,
         push.bucket,
-        object_name,
+        name_in_bucket,
         tarballs[0],
         sessions,
         chunk=push.chunk,
         timeout=push.request_timeout,
         progress=progress,
-    ).run()
+    ).run(looked=True, stored=found.stored)
     image = compute_v1.Image(
         name=name,
         description=f"provision image {artifact.digest}",
-        raw_disk=compute_v1.RawDisk(source=f"{STORAGE_HOST}/{push.bucket}/{object_name}"),
+        raw_disk=compute_v1.RawDisk(source=f"{STORAGE_HOST}/{push.bucket}/{name_in_bucket}"),
         architecture=architecture,
         guest_os_features=features,
         labels={**push.labels, DIGEST_LABEL: digest_label(artifact.digest)},
@@ -217,7 +244,7 @@ def publish_gcp(
     request_id = str(
         uuid.uuid5(NAMESPACE, f"images.insert/{push.project}/{name}/{artifact.digest}")
     )
-    say(f"creating image {name} from gs://{push.bucket}/{object_name}")
+    say(f"creating image {name} from gs://{push.bucket}/{name_in_bucket}")
     insert = compute_v1.InsertImageRequest(
         project=push.project, image_resource=image, request_id=request_id
     )

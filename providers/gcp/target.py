@@ -18,6 +18,7 @@ from provision.providers.gcp.publish import (
     GcpPush,
     check_features,
     find_published,
+    look_up,
     publish_gcp,
     storage_client,
 )
@@ -125,20 +126,15 @@ class GcpTarget:
             check_features(options.guest_os_features)
         creds = credentials(options.anonymous)
         clients = gce_clients(options.endpoint, creds)
-        found = find_published(clients, options.project, digest, options.request_timeout)
-        if found is not None:
-            made = GcpImage(found.name, found.self_link, found.family or None, True, digest)
+        storage = storage_client(options.project, creds)
+        found = look_up(clients, storage, push, digest)
+        if found.image is not None:
+            image = found.image
+            made = GcpImage(image.name, image.self_link, image.family or None, True, digest)
             if progress is not None:
-                progress(f"image {found.name} is {digest[:19]} already")
+                progress(f"image {image.name} is {digest[:19]} already")
         else:
-            made = publish_gcp(
-                artifact(),
-                push,
-                clients,
-                storage_client(options.project, creds),
-                progress,
-                looked=True,
-            )
+            made = publish_gcp(artifact(), push, clients, storage, progress, found=found)
         return PushResult(
             made.image,
             "",

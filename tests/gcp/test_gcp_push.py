@@ -3,13 +3,17 @@ GCE fake through the real google-cloud-compute client, reuse by digest, families
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import google_crc32c
 import pytest
-from gcp.gce_fake import FakeGce
+from gcp.gce_fake import FakeGce, serve_fake_gce
 from gcp.gcp_testkit import BUCKET, PROJECT, Gcs, clients_for, write_artifact
 
-from provision.providers.gcp.publish import GcpPush, publish_gcp
+from provision.providers.gcp.publish import Found, GcpPush, look_up, object_name, publish_gcp
+from provision.providers.gcp.upload import ChunkBody, StoredObject, file_crc32c
+from provision.push import ProgressLine
 from provision.reconcile.provider import ProviderError
 
 
@@ -168,3 +172,81 @@ def test_the_target_publishes_for_a_group_and_finds_by_digest(
     assert target.publish(provider, artifact).reused
     assert target.resolve_image(provider, str(artifact.manifest), publish=False) == published.id
     assert clients_for(gce).images.get(project=PROJECT, image=published.id).family == "web"
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read so far (files and sockets, every thread)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def test_a_push_reads_the_file_once_while_it_is_sent(
+    tmp_path: Path, gcs: Gcs, gce: FakeGce
+) -> None:
+    """The CRC32C is computed over the blocks as they go out: no pass over the file before."""
+    warm = write_artifact(tmp_path / "warm", size_mib=1)
+    publish_gcp(
+        warm, GcpPush(PROJECT, BUCKET, sessions=tmp_path / "s"), clients_for(gce), gcs.client()
+    )
+    artifact = write_artifact(tmp_path / "web", size_mib=6)
+    size = artifact.files[0].stat().st_size
+    said: list[str] = []
+    before = _bytes_read()
+    made = publish_gcp(
+        artifact,
+        GcpPush(PROJECT, BUCKET, sessions=tmp_path / "s"),  # one chunk (100 MiB)
+        clients_for(gce),
+        gcs.client(),
+        said.append,
+    )
+    read = _bytes_read() - before
+    assert made.uploaded == size and size <= read < size + size // 2, (read, size)
+    assert any(isinstance(m, ProgressLine) and "gs://" in m for m in said)  # within the chunk
+    blob = gcs.client().bucket(BUCKET).get_blob(object_name(artifact.digest))
+    assert blob is not None and blob.download_as_bytes() == artifact.files[0].read_bytes()
+
+
+def test_a_chunk_sent_again_is_the_same_bytes_and_checksum(tmp_path: Path) -> None:
+    """A request sent again (a credentials refresh) passes over its body again: from the start."""
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        start = google_crc32c.Checksum()  # type: ignore[no-untyped-call]
+        start.update(data[:100])  # type: ignore[no-untyped-call]
+        body = ChunkBody(fd, 100, len(data) - 100, start)
+        passes = []
+        for _ in range(2):
+            passes.append(b"".join(iter(lambda: body.read(16384), b"")))
+            assert body.checksum is not None
+            assert body.checksum.digest() == google_crc32c.Checksum(data).digest()  # type: ignore[no-untyped-call]
+        assert passes == [data[100:], data[100:]] and len(body) == len(data) - 100
+    finally:
+        os.close(fd)
+
+
+def test_an_operation_done_when_returned_is_not_polled(tmp_path: Path, gcs: Gcs) -> None:
+    with serve_fake_gce(gcs.url, polls=0) as fake:
+        made = publish_gcp(
+            write_artifact(tmp_path / "a"), _push(tmp_path), clients_for(fake), gcs.client()
+        )
+        assert fake.count("images.insert") == 1 and fake.count("globalOperations.wait") == 0
+        assert made.self_link.endswith(f"/global/images/{made.image}")
+
+
+def test_look_up_finds_the_image_and_the_object_of_a_digest(
+    tmp_path: Path, gcs: Gcs, gce: FakeGce
+) -> None:
+    artifact = write_artifact(tmp_path / "web")
+    push = _push(tmp_path)
+    nothing = look_up(clients_for(gce), gcs.client(), push, artifact.digest)
+    assert nothing == Found(None, None)
+    made = publish_gcp(artifact, push, clients_for(gce), gcs.client())
+    found = look_up(clients_for(gce), gcs.client(), push, artifact.digest)
+    assert found.image is not None and found.image.name == made.image
+    assert found.stored == StoredObject(
+        artifact.files[0].stat().st_size, file_crc32c(artifact.files[0])
+    )
