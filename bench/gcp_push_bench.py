@@ -61,7 +61,7 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="gcp-bench-"))
     manifest = args.manifest
     if manifest is None:
-        subprocess.run(
+        built = subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -73,9 +73,12 @@ def main() -> int:
                 "-o",
                 str(scratch / "out"),
             ],
-            check=True,
-            stdout=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
+        if built.returncode:
+            sys.stderr.write(built.stdout + built.stderr)
+            return built.returncode
         manifest = scratch / "out" / "web.manifest.json"
     artifact = read_artifact(manifest, "gcp")
     tarball = artifact.files[0]
