@@ -3,13 +3,17 @@
 A target is a package ``providers/NAME/`` whose object satisfies ``provision.target.Target``;
 adding one means adding the package and one line to ``_TARGETS`` (the provider ``type`` in a
 cluster spec, and where its object lives). Targets are imported only when a spec uses them.
+A target that pushes declares its ``provision push NAME`` in ``providers/NAME/push_command.py``
+(``PUSH_COMMAND``, no SDK imported there): :func:`push_commands` reads those alone.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from provision.errors import UsageError
+from provision.push import PushCommand
 from provision.target import Target
 
 _TARGETS: dict[str, tuple[str, str]] = {
@@ -48,3 +52,18 @@ def get_target(name: str) -> Target:
             f"unknown provider type {name!r}", hint="known: " + ", ".join(target_names())
         )
     return target
+
+
+def push_commands() -> dict[str, PushCommand]:
+    """``provision push NAME`` of every target that pushes, by name; the targets themselves (and
+    their SDKs) are not imported."""
+    found: dict[str, PushCommand] = {}
+    for name in target_names():
+        package = _TARGETS[name][0].rpartition(".")[0]
+        if importlib.util.find_spec(f"{package}.push_command") is None:
+            continue
+        command = importlib.import_module(f"{package}.push_command").PUSH_COMMAND
+        if not isinstance(command, PushCommand):
+            raise TypeError(f"{package}.push_command.PUSH_COMMAND is not a PushCommand")
+        found[name] = command
+    return found

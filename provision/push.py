@@ -6,11 +6,16 @@ build manifest is read as it is), the options (:class:`PushOptions`), the result
 (:class:`PushResult`, what ``--json`` prints), upload progress (:class:`TransferProgress`) and
 bounded waits that say why they ended (:func:`wait_for`). A target that can push satisfies
 :class:`Pusher`; its ``push`` gets the digest first and asks for the artifact only when the
-image is not published yet, so a re-push of an image spec builds nothing.
+image is not published yet, so a re-push of an image spec builds nothing. Its command line,
+``provision push NAME SOURCE ...``, is its own :class:`PushCommand`: a table of
+:class:`PushFlag` (argparse's words, each filling a :class:`PushOptions` field), declared in
+``providers/NAME/push_command.py`` so the CLI reads every target's flags without importing a
+cloud SDK.
 """
 
 from __future__ import annotations
 
+import argparse
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +63,7 @@ class PushOptions:
     storage_account: str | None = None
     storage_resource_group: str | None = None
     container: str | None = None
+    managed_image: bool = False  # a managed image (the default without gallery)
     gallery: str | None = None  # a gallery image version instead of a managed image
     gallery_image: str | None = None
     version: str | None = None
@@ -109,12 +115,77 @@ class PushResult:
 LoadArtifact = Callable[[], Artifact]
 
 
+@dataclass(frozen=True)
+class PushFlag:
+    """One option of ``provision push NAME``: its option strings, the :class:`PushOptions` field
+    it fills (``dest``), its help, and the rest of ``add_argument``'s keywords (type, choices,
+    action, metavar). Not given, the field keeps its PushOptions default; ``convert`` turns
+    what argparse parsed into the field's value."""
+
+    names: tuple[str, ...]
+    dest: str
+    help: str | None = None
+    keywords: Mapping[str, Any] = field(default_factory=dict)
+    convert: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True)
+class PushCommand:
+    """``provision push NAME``'s words: a one-line ``help``, the ``description`` its --help
+    starts with, its own flags (beside SOURCE, --name, --timeout, --request-timeout, --json and
+    --quiet, which every push takes), and groups of flags (by dest) of which one at most may be
+    given."""
+
+    help: str
+    description: str
+    flags: tuple[PushFlag, ...]
+    exclusive: tuple[tuple[str, ...], ...] = ()
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """``a, b,c`` as ``("a", "b", "c")`` (an argparse type)."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def region_counts(text: str) -> dict[str, int]:
+    """``eastus=2,westeurope=1`` as {region: count} (an argparse type)."""
+    counts: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        region, _, count = item.partition("=")
+        if not region.strip() or not count.isdigit() or not 1 <= int(count) <= 100:
+            raise argparse.ArgumentTypeError(f"{item!r} is not REGION=N (N from 1 to 100)")
+        counts[region.strip()] = int(count)
+    return counts
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` as a pair (an argparse type)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    return key, value
+
+
+BOOT_MODE_FLAG = PushFlag(
+    ("--boot-mode",), "boot_mode", "default: from the format", {"choices": BOOT_MODES}
+)
+TPM_FLAG = PushFlag(("--tpm",), "tpm", "offer a TPM 2.0 (uefi only)", {"action": "store_true"})
+CONCURRENCY_FLAG = PushFlag(
+    ("--concurrency",), "concurrency", "uploads in flight (default 16)", {"type": int}
+)
+
+
 @runtime_checkable
 class Pusher(Protocol):
     """A target that can push images (``provision push NAME``)."""
 
     @property
     def formats(self) -> tuple[str, ...]: ...
+
+    @property
+    def push_command(self) -> PushCommand:
+        """Its ``provision push NAME`` (the ``PUSH_COMMAND`` of its push_command module)."""
+        ...
 
     def push(
         self,
@@ -194,6 +265,8 @@ def resolve_source(
     the artifact cache only when loaded) or a build's manifest (or its directory)."""
     if not source.exists():
         raise UsageError(f"{source}: no such file")
+    if not (source.is_file() or source.is_dir()):  # a device or a FIFO would be read forever
+        raise UsageError(f"{source}: not a file or a directory")
     if source.suffix in (".yml", ".yaml"):
         from provision.image_digest import plan_image_digest
         from provision.reconcile.image import build_cached_artifact, default_artifact_cache

@@ -198,41 +198,55 @@ KINDS = {
     "dhcp_router": "ip",
     "dhcp_dns": "ip",
     "dhcp_pool": "ip-range",
-    "push source": "input",
-    "push target": "choice",
-    "push boot_mode": "choice",
-    "push security_type": "choice",
-    "push hyperv_generation": "choice",
-    "push concurrency": "number",
-    "push timeout": "number",
-    "push request_timeout": "number",
 }
+# `provision push TARGET`: each target's own flags (providers/NAME/push_command.py)
+PUSH_KINDS = {
+    "push aws": {"boot_mode": "choice", "concurrency": "number"},
+    "push azure": {
+        "boot_mode": "choice",
+        "security_type": "choice",
+        "hyperv_generation": "choice",
+        "concurrency": "number",
+    },
+    "push gcp": {"labels": "tag"},
+}
+for _push, _kinds in PUSH_KINDS.items():
+    KINDS.update({f"{_push} {dest}": kind for dest, kind in _kinds.items()})
+    KINDS.update(
+        {
+            f"{_push} source": "input",
+            f"{_push} timeout": "number",
+            f"{_push} request_timeout": "number",
+        }
+    )
 # Free text with no bad value (anything is a valid owner, command line or user data).
 FREE_TEXT = {
     "daemon owner",
     "run qemu cmdline",
     "run qemu data",
     # cloud names the cloud itself checks (a region, accounts, a bucket, an upload method)
-    "push region",
-    "push copy_to",
-    "push share_with",
-    "push method",
-    "push bucket",
-    "push project",
-    "push family",
-    "push guest_os_features",
-    "push storage_location",
-    "push label",
-    "push subscription",
-    "push resource_group",
-    "push storage_account",
-    "push storage_resource_group",
-    "push container",
-    "push gallery",
-    "push gallery_image",
-    "push version",
-    "push replicas",
-    "push endpoint",
+    "push aws region",
+    "push aws copy_to",
+    "push aws share_with",
+    "push aws method",
+    "push aws bucket",
+    "push gcp bucket",
+    "push gcp project",
+    "push gcp family",
+    "push gcp guest_os_features",
+    "push gcp storage_location",
+    "push gcp endpoint",
+    "push azure region",
+    "push azure copy_to",
+    "push azure subscription",
+    "push azure resource_group",
+    "push azure storage_account",
+    "push azure storage_resource_group",
+    "push azure container",
+    "push azure gallery",
+    "push azure gallery_image",
+    "push azure version",
+    "push azure replicas",
 }
 
 

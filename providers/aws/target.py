@@ -14,6 +14,8 @@ from provision.errors import UsageError
 from provision.providers.aws.instances import AwsProvider, create_aws_provider
 from provision.providers.aws.properties import OPTIONS, PROPERTIES
 from provision.providers.aws.publish import FORMATS, AwsPublishing
+from provision.providers.aws.push_command import PUSH_COMMAND
+from provision.push import PushCommand
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema
@@ -26,6 +28,7 @@ AMI = re.compile(r"ami-[0-9a-f]{8,17}")
 class AwsTarget(AwsPublishing):
     name: str = "aws"
     formats: tuple[str, ...] = FORMATS
+    push_command: PushCommand = PUSH_COMMAND  # provision push aws's flags
     options: Schema = OPTIONS
     properties: Schema = PROPERTIES
     tools: tuple[str, ...] = ()

@@ -23,7 +23,8 @@ from provision.providers.azure.push import (
     push_digest,
     push_settings,
 )
-from provision.push import LoadArtifact, PushOptions, PushResult
+from provision.providers.azure.push_command import PUSH_COMMAND
+from provision.push import LoadArtifact, PushCommand, PushOptions, PushResult
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema
@@ -70,6 +71,7 @@ def _push_settings(provider: AzureProvider, artifact: Artifact | None) -> AzureP
 class AzureTarget:
     name: str = "azure"
     formats: tuple[str, ...] = ("vhd",)
+    push_command: PushCommand = PUSH_COMMAND  # provision push azure's flags
     options: Schema = OPTIONS
     properties: Schema = PROPERTIES
     tools: tuple[str, ...] = ()

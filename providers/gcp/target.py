@@ -22,7 +22,8 @@ from provision.providers.gcp.publish import (
     publish_gcp,
     storage_client,
 )
-from provision.push import LoadArtifact, PushOptions, PushResult
+from provision.providers.gcp.push_command import PUSH_COMMAND
+from provision.push import LoadArtifact, PushCommand, PushOptions, PushResult
 from provision.reconcile.provider import Instance, Provider
 from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema
@@ -33,6 +34,7 @@ from provision.target import Artifact, Progress, PublishedImage, Target, own_pro
 class GcpTarget:
     name: str = "gcp"
     formats: tuple[str, ...] = ("gcp",)
+    push_command: PushCommand = PUSH_COMMAND  # provision push gcp's flags
     options: Schema = OPTIONS
     properties: Schema = PROPERTIES
     tools: tuple[str, ...] = ()

@@ -4,142 +4,67 @@ cloud, idempotent by the image digest."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from provision.errors import UsageError
-from provision.providers import get_target, target_names
-from provision.push import BOOT_MODES, ProgressLine, PushOptions, push_source
+from provision.providers import get_target, push_commands
+from provision.push import ProgressLine, PushCommand, PushOptions, push_source
 
-
-def _regions(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _replicas(text: str) -> dict[str, int]:
-    """``eastus=2,westeurope=1`` as {region: count}."""
-    replicas: dict[str, int] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        region, _, count = item.partition("=")
-        if not region.strip() or not count.isdigit() or not 1 <= int(count) <= 100:
-            raise argparse.ArgumentTypeError(f"{item!r} is not REGION=N (N from 1 to 100)")
-        replicas[region.strip()] = int(count)
-    return replicas
+SOURCE_HELP = (
+    "SOURCE is an image spec (built in the target's format first, cached by digest) "
+    "or a build's NAME.manifest.json (or its directory)."
+)
 
 
 def register(subparsers: Any) -> None:
     push = subparsers.add_parser(
         "push",
         help="publish an image to a cloud (idempotent by the image digest)",
-        description="SOURCE is an image spec (built in the target's format first, cached by digest) "
-        "or a build's NAME.manifest.json (or its directory).",
+        description="provision push TARGET SOURCE [options]: each target has its own options "
+        "(provision push TARGET --help). " + SOURCE_HELP,
     )
-    push.add_argument(
-        "target", metavar="TARGET", help="where to push: " + ", ".join(target_names())
+    targets = push.add_subparsers(dest="target", metavar="TARGET", required=True)
+    for name, command in push_commands().items():
+        add_push_command(targets, name, command)
+
+
+def add_push_command(targets: Any, name: str, command: PushCommand) -> None:
+    """``provision push NAME``: SOURCE, the target's own flags, then those of every push."""
+    parser = targets.add_parser(
+        name, help=command.help, description=f"{command.description} {SOURCE_HELP}"
     )
-    push.add_argument("source", type=Path, metavar="SOURCE")
-    push.add_argument(
-        "--region",
-        "--location",
-        dest="region",
-        help="default: the SDK's configured region (Azure: the location, required)",
-    )
-    push.add_argument(
+    parser.add_argument("source", type=Path, metavar="SOURCE")
+    parser.add_argument(
         "--name", help="the image is named NAME-<digest12> (default: the build's name)"
     )
-    push.add_argument("--boot-mode", choices=BOOT_MODES, help="default: from the format")
-    push.add_argument("--tpm", action="store_true", help="offer a TPM 2.0 (uefi only)")
-    push.add_argument(
-        "--copy-to",
-        type=_regions,
-        default=(),
-        metavar="REGION,...",
-        help="copy the image into these regions",
-    )
-    push.add_argument(
-        "--share-with",
-        type=_regions,
-        default=(),
-        metavar="ACCOUNT,...",
-        help="share the image with these accounts",
-    )
-    push.add_argument("--method", default="ebs", help="how to upload (default: ebs)")
-    push.add_argument(
-        "--bucket", help="the bucket: for --method import (aws), for the tarball (gcp)"
-    )
-    push.add_argument("--concurrency", type=int, default=16, help="uploads in flight (default 16)")
-    push.add_argument(
+    fields = {f.name for f in dataclasses.fields(PushOptions)}
+    exclusive: dict[str, Any] = {}
+    for group in command.exclusive:
+        together = parser.add_mutually_exclusive_group()
+        exclusive.update(dict.fromkeys(group, together))
+    for flag in command.flags:
+        if flag.dest not in fields:
+            raise TypeError(f"provision push {name} {flag.names[0]}: no PushOptions.{flag.dest}")
+        where = exclusive.get(flag.dest, parser)
+        where.add_argument(
+            *flag.names, dest=flag.dest, help=flag.help, default=argparse.SUPPRESS, **flag.keywords
+        )
+    parser.add_argument(
         "--timeout", type=float, default=3600.0, help="seconds each wait may take (default 3600)"
     )
-    push.add_argument(
+    parser.add_argument(
         "--request-timeout",
         type=float,
         default=60.0,
         help="seconds without an answer before a request is retried (default 60)",
     )
-    gcp = push.add_argument_group("gcp (docs/gcp.md)")
-    gcp.add_argument("--project", help="the GCP project")
-    gcp.add_argument("--family", help="the image family")
-    gcp.add_argument(
-        "--guest-os-features",
-        type=_regions,
-        metavar="A,B",
-        help="default: UEFI_COMPATIBLE,VIRTIO_SCSI_MULTIQUEUE,GVNIC",
-    )
-    gcp.add_argument(
-        "--storage-location", help="where the image is stored (a region or multi-region)"
-    )
-    gcp.add_argument(
-        "--deprecate-previous",
-        action="store_true",
-        help="mark the family's other images DEPRECATED, replaced by this one (never deletes)",
-    )
-    gcp.add_argument(
-        "--label", action="append", default=[], metavar="KEY=VALUE", help="an extra image label"
-    )
-    gcp.add_argument(
-        "--endpoint", help=argparse.SUPPRESS
-    )  # another Compute Engine endpoint (a local stand-in)
-    gcp.add_argument(
-        "--anonymous", action="store_true", help=argparse.SUPPRESS
-    )  # local stand-ins only
-    push.add_argument("--json", action="store_true", help="print the result as JSON")
-    cloud = push.add_argument_group("Azure (provision push azure)")
-    cloud.add_argument("--subscription", help="subscription id (default: $AZURE_SUBSCRIPTION_ID)")
-    cloud.add_argument("--resource-group")
-    cloud.add_argument("--storage-account", help="where the VHD is uploaded as a page blob")
-    cloud.add_argument(
-        "--storage-resource-group", help="the storage account's group, when not --resource-group"
-    )
-    cloud.add_argument("--container", help="the blob container")
-    kind = cloud.add_mutually_exclusive_group()
-    kind.add_argument(
-        "--managed-image", action="store_true", help="make a managed image (the default)"
-    )
-    kind.add_argument("--gallery", help="make a version in this Compute Gallery instead")
-    cloud.add_argument("--gallery-image", help="the gallery's image definition (made when missing)")
-    cloud.add_argument("--version", help="the gallery image version, X.Y.Z")
-    cloud.add_argument(
-        "--replicas",
-        type=_replicas,
-        default={},
-        metavar="REGION=N,...",
-        help="replicas of the gallery version per region (the location gets 1)",
-    )
-    cloud.add_argument(
-        "--security-type",
-        choices=("Standard", "TrustedLaunch"),
-        help="default: TrustedLaunch with --tpm, else Standard",
-    )
-    cloud.add_argument(
-        "--hyperv-generation",
-        choices=("V1", "V2"),
-        help="default: from --boot-mode (legacy-bios V1), else V2",
-    )
-    push.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-    push.set_defaults(func=push_image)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    parser.set_defaults(func=push_image, push_flags=command.flags)
 
 
 class ProgressPrinter:
@@ -171,43 +96,13 @@ class ProgressPrinter:
 def push_image(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.request_timeout <= 0:
         raise UsageError("--timeout and --request-timeout must be positive")
-    labels: dict[str, str] = {}
-    for item in args.label:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--label {item!r}: expected KEY=VALUE")
-        labels[key] = value
+    given: dict[str, Any] = {}
+    for flag in args.push_flags:
+        if hasattr(args, flag.dest):  # not given: PushOptions' default
+            value = getattr(args, flag.dest)
+            given[flag.dest] = flag.convert(value) if flag.convert is not None else value
     options = PushOptions(
-        region=args.region,
-        name=args.name,
-        boot_mode=args.boot_mode,
-        tpm=args.tpm,
-        copy_to=args.copy_to,
-        share_with=args.share_with,
-        method=args.method,
-        bucket=args.bucket,
-        concurrency=args.concurrency,
-        timeout=args.timeout,
-        request_timeout=args.request_timeout,
-        subscription=args.subscription,
-        resource_group=args.resource_group,
-        storage_account=args.storage_account,
-        storage_resource_group=args.storage_resource_group,
-        container=args.container,
-        gallery=args.gallery,
-        gallery_image=args.gallery_image,
-        version=args.version,
-        replicas=args.replicas,
-        security_type=args.security_type,
-        hyperv_generation=args.hyperv_generation,
-        project=args.project,
-        family=args.family,
-        guest_os_features=args.guest_os_features,
-        storage_location=args.storage_location,
-        deprecate_previous=args.deprecate_previous,
-        labels=labels,
-        endpoint=args.endpoint,
-        anonymous=args.anonymous,
+        name=args.name, timeout=args.timeout, request_timeout=args.request_timeout, **given
     )
     target = get_target(args.target)
     reporter = ProgressPrinter(sys.stderr)

@@ -59,6 +59,61 @@ def test_a_source_without_a_bootable_format_or_that_does_not_exist_is_a_usage_er
         resolve_source(tmp_path / "missing.manifest.json", ("aws",))
 
 
+def test_a_source_that_is_a_fifo_is_refused_without_reading_it(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "web.manifest.json"
+    os.mkfifo(fifo)  # opening it would block: nothing is ever written
+    with pytest.raises(UsageError, match="not a file or a directory"):
+        resolve_source(fifo, ("gcp",))
+
+
+def test_every_target_that_pushes_declares_its_flags_where_the_cli_finds_them() -> None:
+    """`provision push NAME` is built from providers/NAME/push_command.py alone (no SDK import);
+    the target's own Pusher.push_command is that same table, and each flag fills an option."""
+    import dataclasses
+
+    from provision.providers import get_target, push_commands, target_names
+    from provision.push import Pusher
+
+    commands = push_commands()
+    pushers = {n for n in target_names() if isinstance(get_target(n), Pusher)}
+    assert set(commands) == pushers and pushers
+    fields = {f.name for f in dataclasses.fields(PushOptions)}
+    for name, command in commands.items():
+        target = get_target(name)
+        assert isinstance(target, Pusher) and target.push_command is command
+        assert {f.dest for f in command.flags} <= fields
+        grouped = {dest for group in command.exclusive for dest in group}
+        assert grouped <= {f.dest for f in command.flags}
+
+
+def test_push_flags_reach_the_options_and_others_clouds_flags_are_refused(tmp_path: Path) -> None:
+    from provision.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(
+        ["push", "gcp", "web.yml", "--project", "p", "--bucket", "b", "--label", "a=1",
+         "--label", "b=2", "--guest-os-features", "GVNIC, UEFI_COMPATIBLE"]
+    )  # fmt: skip
+    assert args.target == "gcp" and args.source == Path("web.yml")
+    assert (args.project, args.bucket, args.labels) == ("p", "b", [("a", "1"), ("b", "2")])
+    assert args.guest_os_features == ("GVNIC", "UEFI_COMPATIBLE")
+    assert not hasattr(args, "family")  # not given: PushOptions' own default
+    azure = parser.parse_args(["push", "azure", "x", "--region", "eastus", "--replicas", "a=2"])
+    assert azure.region == "eastus" and azure.replicas == {"a": 2}
+    for argv in (
+        ["push", "azure", "x", "--share-with", "1"],  # AWS's
+        ["push", "gcp", "x", "--region", "r"],  # GCP has no region
+        ["push", "azure", "x", "--managed-image", "--gallery", "g"],
+        ["push", "gcp", "x", "--label", "novalue"],
+        ["push", "simulated", "x"],
+    ):
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args(argv)
+        assert exited.value.code == 2, argv
+
+
 def test_a_target_that_cannot_push_is_refused(tmp_path: Path) -> None:
     from provision.providers import get_target
 
