@@ -250,3 +250,56 @@ def test_look_up_finds_the_image_and_the_object_of_a_digest(
     assert found.stored == StoredObject(
         artifact.files[0].stat().st_size, file_crc32c(artifact.files[0])
     )
+
+
+def test_a_chunk_resent_after_a_credentials_refresh_is_whole(tmp_path: Path) -> None:
+    """google-auth's AuthorizedSession answers a 401 by refreshing the token and sending the
+    request again with the same body: the chunk goes out again from its start."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from google.auth.credentials import Credentials
+    from google.auth.transport.requests import AuthorizedSession
+
+    class Refreshing(Credentials):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.token = "expired"
+
+        def refresh(self, request: object) -> None:
+            self.token = "fresh"
+
+    received: list[tuple[str, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.headers["Authorization"], body))
+            self.send_response(401 if self.headers["Authorization"] == "Bearer expired" else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    data = os.urandom(2 * 1024 * 1024 + 17)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        body = ChunkBody(fd, 0, len(data), google_crc32c.Checksum())  # type: ignore[no-untyped-call]
+        answer = AuthorizedSession(Refreshing()).put(
+            f"http://127.0.0.1:{server.server_address[1]}/upload", data=body, timeout=30
+        )
+    finally:
+        os.close(fd)
+        server.shutdown()
+        server.server_close()
+    assert answer.status_code == 200
+    assert received == [("Bearer expired", data), ("Bearer fresh", data)]
+    assert body.checksum is not None
+    assert body.checksum.digest() == google_crc32c.Checksum(data).digest()  # type: ignore[no-untyped-call]
