@@ -27,7 +27,9 @@ def main() -> None:
     index = socket.if_nametoindex("vb")
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
     if args.advertise:  # a router: lifetime 1800 s, as radvd sends
-        sock.sendto(struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0), ("ff02::1", 0, 0, index))
+        sock.sendto(
+            struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0), ("ff02::1", 0, 0, index)
+        )
     solicitation = struct.pack("!BBHI", 133, 0, 0, 0) + bytes([1, 1])
     solicitation += bytes.fromhex(args.mac.replace(":", ""))
     started = time.monotonic()

@@ -194,7 +194,9 @@ def test_uefi_boots_when_the_networks_dhcp_server_gives_the_boot_files(
     assert ipxe_xids, dnsmasq
     for xid in ipxe_xids:
         assert dnsmasq.count(f" {xid} DHCPDISCOVER(") == 1, dnsmasq
-    answered = re.search(r"^(\S+ \S+) INFO provision\.serve\.ndp ra " + MAC + ": answered", log, re.M)
+    answered = re.search(
+        r"^(\S+ \S+) INFO provision\.serve\.ndp ra " + MAC + ": answered", log, re.M
+    )
     assert answered, log
     at = datetime.datetime.strptime(answered[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
     waits = [float(str(boot["at"])) - at for boot in lab.boots()]
