@@ -12,6 +12,11 @@ A machine a cluster reserved boots its group's image with ``provision.hostname=N
 the lab gives it a local ``disk`` and a disk image was published, ``provision.install=URL
 provision.disk=DEV`` (init installs the image there); while it is wiped (its destroy, or a
 create taking a machine another group released) it boots that wipe profile instead.
+
+The machines that have metadata (a reserved machine: its hostname and image; a lab group's
+machine when the group declares ``metadata``) are told where it is:
+``provision.metadata=BASE/v1/metadata/MAC`` (the URL this server is reached at, as for the other
+boot URLs), which the image's metadata component reads as it reads a cloud's service.
 """
 
 from __future__ import annotations
@@ -86,6 +91,13 @@ def find_reservation(state: Path | None, facts: Facts) -> Reservation | None:
     return None if found is None or found.released else found
 
 
+def metadata_argument(facts: Facts, base_url: str) -> str:
+    """``provision.metadata=URL``: where the booted machine reads its metadata (none without a
+    MAC, which names the machine there)."""
+    mac = facts.values.get("mac", "")
+    return f"provision.metadata={base_url}/v1/metadata/{mac}" if mac else ""
+
+
 def install_arguments(reservation: Reservation, lab: Lab, facts: Facts, base_url: str) -> str:
     """What asks init to install the image onto the machine's local disk (none without one):
     ``provision.install=URL provision.disk=DEV provision.mac=MAC``."""
@@ -122,14 +134,19 @@ def answer_ipxe(
             )
         hostname = f"provision.hostname={reservation.name or reservation.machine}"
         install = install_arguments(reservation, lab, facts, base_url)
-        cmdline = " ".join(part for part in (image.cmdline, hostname, install) if part)
+        metadata = metadata_argument(facts, base_url)
+        cmdline = " ".join(part for part in (image.cmdline, hostname, install, metadata) if part)
         profile = Profile(reservation.machine, image.kernel, image.initrd, cmdline)
         return render_ipxe(
             profile, base_url, efi=efi
         ), f"reservation {reservation.machine} ({reservation.image[:19]})"
     group = select_group(lab, facts)
     if group is not None:
-        return render_ipxe(lab.profiles[group.profile], base_url, efi=efi), f"group {group.name}"
+        profile = lab.profiles[group.profile]
+        if group.metadata and (metadata := metadata_argument(facts, base_url)):
+            cmdline = " ".join(part for part in (profile.cmdline, metadata) if part)
+            profile = Profile(profile.name, profile.kernel, profile.initrd, cmdline)
+        return render_ipxe(profile, base_url, efi=efi), f"group {group.name}"
     if lab.default == "exit":
         return (
             "#!ipxe\necho provision: no group for this machine, booting the next device\nexit\n",

@@ -7,6 +7,10 @@
 # content that is not a string is written as its JSON text (false and null: empty, as jq's
 # `//`). Input that is not a JSON object prints nothing and exits 1.
 #   awk -v WORK=/tmp/metadata -f expand.awk user-data
+# With -v FIELDS=DIR it reads provision serve's metadata object instead and, when all of it is
+# JSON, writes DIR/user-data (userData: a string as it is, an object as its JSON text),
+# DIR/meta-data ("local-hostname: NAME"), DIR/instance-key (sshKeys: the strings, one a
+# line; a key holding a line break is dropped) and DIR/image; other members are skipped.
 BEGIN { RS = "\001"; hexdigits = "0123456789abcdef" }
 function ws() { while (pos <= n && index(" \t\n\r", substr(s, pos, 1)) > 0) pos++ }
 function fail() { bad = 1; pos = n + 1 }
@@ -140,12 +144,66 @@ function node(path, keep,   key, perm, content, dir) {
 	close(WORK "/" files)
 	printf "f\t%s\t%s\t%d\n", perm == "" ? "0644" : perm, path, files
 }
+function oneline(v) { return v != "" && index(v, "\n") == 0 && index(v, "\r") == 0 }
+# sshKeys' array at pos: its one-line strings, each ending in a newline
+function keylist(   out) {
+	out = ""
+	pos++
+	for (;;) {
+		ws()
+		if (substr(s, pos, 1) == "]") { pos++; return out }
+		skip()
+		if (T == "s" && oneline(V)) out = out V "\n"
+		ws()
+		if (substr(s, pos, 1) == ",") pos++
+		else if (substr(s, pos, 1) != "]") { fail(); return "" }
+	}
+}
+function put(name, text) {
+	printf "%s", text >(FIELDS "/" name)
+	close(FIELDS "/" name)
+}
+# provision serve's metadata object at pos (see the header)
+function fields(   name, have, userdata, host, keys, image) {
+	pos++
+	for (;;) {
+		ws()
+		if (substr(s, pos, 1) == "}") { pos++; break }
+		if (substr(s, pos, 1) != "\"") { fail(); return }
+		name = str()
+		ws()
+		if (substr(s, pos, 1) != ":") { fail(); return }
+		pos++
+		ws()
+		if (name == "sshKeys" && substr(s, pos, 1) == "[") { keys = keylist(); have["keys"] = 1 }
+		else {
+			skip()
+			if (name == "userData" && (T == "s" || T == "o")) { userdata = V; have["userdata"] = 1 }
+			else if (name == "hostname" && T == "s" && oneline(V)) { host = V; have["host"] = 1 }
+			else if (name == "image" && T == "s" && oneline(V)) { image = V; have["image"] = 1 }
+		}
+		ws()
+		if (substr(s, pos, 1) == ",") pos++
+		else if (substr(s, pos, 1) != "}") { fail(); return }
+	}
+	ws()
+	if (bad || pos <= n) return
+	if ("userdata" in have) put("user-data", userdata)
+	if ("host" in have) put("meta-data", "local-hostname: " host "\n")
+	if ("keys" in have && keys != "") put("instance-key", keys)
+	if ("image" in have) put("image", image "\n")
+}
 {
 	s = $0
 	n = length(s)
 	pos = 1
 	ws()
 	if (substr(s, pos, 1) != "{") exit 1
+	if (FIELDS != "") {
+		fields()
+		if (bad || pos <= n) exit 1
+		exit 0
+	}
 	entries("", 1)
 	ws()
 	if (bad || pos <= n) exit 1
