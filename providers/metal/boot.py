@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from provision.providers.metal.images import read_boot_image
 from provision.providers.metal.lab import Group, Lab, Profile, normalise_mac
@@ -89,6 +90,22 @@ def find_reservation(state: Path | None, facts: Facts) -> Reservation | None:
         return None
     found = read_reservations(state).get(machine)
     return None if found is None or found.released else found
+
+
+def reservation_metadata(reservation: Reservation) -> dict[str, Any]:
+    """``/v1/metadata/MAC`` of a reserved machine: its names, image and cluster, and its group's
+    ``userData`` and ``sshKeys`` when it declares them."""
+    metadata: dict[str, Any] = {
+        "machine": reservation.machine,
+        "hostname": reservation.name or reservation.machine,
+        "image": reservation.image,
+        "cluster": reservation.tags.get("provision-cluster"),
+    }
+    if reservation.user_data:
+        metadata["userData"] = reservation.user_data
+    if reservation.ssh_keys:
+        metadata["sshKeys"] = list(reservation.ssh_keys)
+    return metadata
 
 
 def metadata_argument(facts: Facts, base_url: str) -> str:

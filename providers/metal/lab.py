@@ -28,6 +28,7 @@ malformed MACs and references to missing profiles are all reported at once, each
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ SELECTOR_KEYS = ("mac", "uuid", "hostname", "serial")
 LABEL = re.compile(r"[a-z0-9]([a-z0-9_.-]{0,62})?")
 SERVED_PATH = re.compile(r"[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*")
 DISK = re.compile(r"/dev/[A-Za-z0-9_.:+-]+(/[A-Za-z0-9_.:+-]+)*")
+HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,62})?")
+SSH_KEY = re.compile(r"[^\n\r\0]+")
+USER_DATA_MAX = 65536  # bytes of the user data's JSON: a machine's metadata stays small
 
 
 def normalise_mac(text: str) -> str:
@@ -245,8 +249,29 @@ def _groups(r: _Reader, value: Any, profiles: Mapping[str, Profile]) -> tuple[Gr
             r.fail((*path, "metadata"), "must be a mapping (hostname, userData, sshKeys)")
             metadata = {}
         r.mapping(metadata, (*path, "metadata"), ("hostname", "userData", "sshKeys"))
+        _metadata(r, metadata, (*path, "metadata"))
         groups.append(Group(name, profile, selector, dict(metadata)))
     return tuple(groups)
+
+
+def _metadata(r: _Reader, metadata: Mapping[str, Any], path: KeyPath) -> None:
+    """What a machine's metadata may hold: a host name, user data (text or a JSON tree) of at
+    most USER_DATA_MAX bytes as JSON, SSH keys of one line each."""
+    if "hostname" in metadata:
+        r.text(metadata["hostname"], (*path, "hostname"), HOSTNAME, "a host name", 64)
+    if "userData" in metadata:
+        user_data = metadata["userData"]
+        if not isinstance(user_data, str | dict):
+            r.fail((*path, "userData"), "must be text or a mapping (a JSON tree)")
+        elif len(json.dumps(user_data).encode()) > USER_DATA_MAX:
+            r.fail((*path, "userData"), f"must be at most {USER_DATA_MAX} bytes as JSON")
+    if "sshKeys" in metadata:
+        keys = metadata["sshKeys"]
+        if not isinstance(keys, list):
+            r.fail((*path, "sshKeys"), "must be a list of SSH public keys")
+        else:
+            for index, key in enumerate(keys):
+                r.text(key, (*path, "sshKeys", index), SSH_KEY, "an SSH public key (one line)", 8192)
 
 
 def _machines(r: _Reader, value: Any) -> tuple[Machine, ...]:

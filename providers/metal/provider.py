@@ -29,6 +29,7 @@ serves: published images and reservations), ``powerTimeout`` (60 s), ``efi`` (fa
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -40,7 +41,7 @@ from provision import schema
 from provision.clock import Clock
 from provision.providers.metal.bmc import PowerControl, connect_bmc, wait_power
 from provision.providers.metal.images import LocalDiskLayout, disk_image_path
-from provision.providers.metal.lab import NAME, Bmc, Lab, Machine, load_lab
+from provision.providers.metal.lab import NAME, USER_DATA_MAX, Bmc, Lab, Machine, load_lab
 from provision.providers.metal.reservations import (
     Reservation,
     locked_reservations,
@@ -68,6 +69,19 @@ def _selector(value: Any) -> dict[str, str] | None:
         for k, v in value.items()
     )
     return {k: str(v) for k, v in value.items()} if ok else None
+
+
+def _user_data(value: Any) -> str | dict[str, Any] | None:
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        value = dict(value)
+    elif not isinstance(value, str):
+        return None
+    return value if len(json.dumps(value).encode()) <= USER_DATA_MAX else None
+
+
+def user_data_text(value: Any) -> str:
+    """The user data as the machine reads it: a string as it is, a mapping as its JSON."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True) if value else ""
 
 
 _MIB_TEXT = re.compile(r"([0-9]+)([MG])")
@@ -130,6 +144,15 @@ PROPERTIES = Schema(
         "wipe": Field(
             "a profile name of the lab file (booted once by destroy, to wipe the disk)",
             schema.text(NAME.pattern, max_len=64),
+        ),
+        "userData": Field(
+            f"text or a mapping (a JSON tree) of at most {USER_DATA_MAX} bytes as JSON "
+            "(the machine's metadata from provision serve)",
+            _user_data,
+        ),
+        "sshKeys": Field(
+            "a list of SSH public keys, one line each",
+            schema.list_of(schema.text(r"[^\n\r\0]+", max_len=8192), max_items=100),
         ),
     }
 )
@@ -226,6 +249,8 @@ class MetalProvider:
                     install if free[0].disk else "",
                     wipe,
                     wiping=_inherited_wipe(reserved.get(free[0].name), group, lab),
+                    user_data=user_data_text(request.properties.get("userData")),
+                    ssh_keys=tuple(request.properties.get("sshKeys") or ()),
                 )
                 reserved[mine.machine] = mine
         bmc = self._bmc(self._machine(lab, mine.machine))

@@ -38,6 +38,8 @@ class Reservation:
     wipe: str = ""  # the lab profile destroy boots first (wipes the disk, then powers off)
     wiping: str = ""  # the wipe profile being booted (by destroy, or before a create's boot)
     released: bool = False  # destroyed for a re-image: free, kept for its slot's next create
+    user_data: str = ""  # the group's userData (a JSON tree as its JSON text), served as metadata
+    ssh_keys: tuple[str, ...] = ()  # the group's sshKeys, served as metadata
 
 
 def read_reservations(state: Path) -> dict[str, Reservation]:
@@ -64,6 +66,8 @@ def read_reservations(state: Path) -> dict[str, Reservation]:
                 str(r.get("wipe", "")),
                 str(r.get("wiping", "")),
                 bool(r.get("released", False)),
+                str(r.get("user_data", "")),
+                tuple(str(k) for k in r.get("ssh_keys", ())),
             )
             for r in body["reservations"]
         }

@@ -37,6 +37,7 @@ from provision.providers.metal.boot import (
     Facts,
     answer_ipxe,
     find_reservation,
+    reservation_metadata,
     select_group,
 )
 from provision.providers.metal.files import parse_range, resolve_served, send_file_range
@@ -165,14 +166,7 @@ def _handler(state: ServeState) -> type[BaseHTTPRequestHandler]:
                 group = select_group(lab, facts)
                 reservation = find_reservation(state.state_dir, facts)
                 if reservation is not None:
-                    self._json(
-                        {
-                            "machine": reservation.machine,
-                            "hostname": reservation.name or reservation.machine,
-                            "image": reservation.image,
-                            "cluster": reservation.tags.get("provision-cluster"),
-                        }
-                    )
+                    self._json(reservation_metadata(reservation))
                 elif group is None:
                     self._json({"error": "no group for this machine"}, 404)
                 else:

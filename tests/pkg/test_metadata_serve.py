@@ -2,8 +2,8 @@
 exactly the busybox applets its recipe links, against a real ``provision serve`` (its
 ServeState and HTTP server on 127.0.0.1): the machine's kernel command line is the one serve's
 boot answer gives it (``provision.metadata=URL``), and the program writes the lab group's user
-data, hostname and SSH keys, or a reserved machine's hostname and image digest, into
-/run/config. Hostile user data is refused as from every source: names with ``..`` or ``/``
+data, hostname and SSH keys, or a reserved machine's hostname, image digest and its cluster
+group's user data and keys, into /run/config. Hostile user data is refused as from every source: names with ``..`` or ``/``
 are dropped, a document over the size limit or not JSON writes nothing."""
 
 from __future__ import annotations
@@ -40,12 +40,10 @@ LAB = {
             "name": "web",
             "profile": "web",
             "selector": {"mac": "52:54:00:00:00:01"},
-            "metadata": {"hostname": "web-1", "userData": json.dumps(TREE), "sshKeys": [KEY, "ssh-ed25519 AAAA\nforced"]},
+            "metadata": {"hostname": "web-1", "userData": json.dumps(TREE), "sshKeys": [KEY]},
         },
         {"name": "plain", "profile": "web", "selector": {"mac": "52:54:00:00:00:02"},
          "metadata": {"userData": "#!/bin/sh\necho plain user data\n", "sshKeys": [OTHER]}},
-        {"name": "big", "profile": "web", "selector": {"mac": "52:54:00:00:00:03"},
-         "metadata": {"hostname": "big", "userData": "x" * 300_000}},
         {"name": "bare", "profile": "web", "selector": {"mac": "52:54:00:00:00:05"}},
     ],
     "machines": [
@@ -64,7 +62,10 @@ def serve(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     (image / "image.json").write_text(json.dumps(info))
     tags = {"provision-cluster": "shop"}
     with locked_reservations(state_dir) as reservations:
-        reservations["node-4"] = Reservation("key-1", "node-4", DIGEST, "shop-web-00001", tags, 1.0)
+        reservations["node-4"] = Reservation(
+            "key-1", "node-4", DIGEST, "shop-web-00001", tags, 1.0,
+            user_data=json.dumps({"shop": {"content": "cluster data\n"}}), ssh_keys=(OTHER,),
+        )  # fmt: skip
     lab = parse_lab(yaml.safe_dump(LAB), str(tmp_path / "lab.yml"))
     server, stop = start_http(ServeState(lab, state_dir / "images", state_dir=state_dir))
     try:
@@ -107,7 +108,7 @@ def test_a_groups_user_data_hostname_and_keys_arrive_from_serve(
     assert (config / "web" / "index.html").read_text() == "<h1>metal</h1>\n"
     assert (config / "hostname").read_text() == "web-1\n" and "hostname-now: web-1" in out
     keys = config / "ssh" / "authorized_keys"
-    assert keys.read_text().splitlines() == [KEY]  # the key with a line break in it: dropped
+    assert keys.read_text().splitlines() == [KEY]
     assert oct(keys.stat().st_mode & 0o777) == "0o600"
     written = sorted(str(p.relative_to(config)) for p in config.rglob("*") if p.is_file())
     assert written == ["hostname", "ssh/authorized_keys", "web/index.html"]  # nothing of ".."
@@ -126,7 +127,7 @@ def test_plain_user_data_goes_to_userdata(
     assert not (config / "hostname").exists()
 
 
-def test_a_reserved_machine_gets_its_name_and_image_digest(
+def test_a_reserved_machine_gets_its_name_image_digest_and_groups_user_data(
     serve: tuple[str, Path], applets: Path, tmp_path: Path
 ) -> None:
     url, _ = serve
@@ -134,14 +135,18 @@ def test_a_reserved_machine_gets_its_name_and_image_digest(
     assert (config / "hostname").read_text() == "shop-web-00001\n"
     assert "hostname-now: shop-web-00001" in out
     assert (config / "provision" / "image").read_text() == DIGEST + "\n"
+    assert (config / "shop").read_text() == "cluster data\n"  # its cluster group's userData
+    assert (config / "ssh" / "authorized_keys").read_text().splitlines() == [OTHER]
 
 
 def test_a_document_over_the_limit_writes_nothing(
     serve: tuple[str, Path], applets: Path, tmp_path: Path
 ) -> None:
+    """The lab refuses user data over 64 KiB; the component, whatever the server sends, reads
+    at most METADATA_MAX_BYTES (256 KiB unless told) and refuses a longer document whole."""
     url, _ = serve
-    out, config = run_booted(url, "52:54:00:00:00:03", applets, tmp_path)
-    assert re.search(r"provision.metadata: refused: more than 262144 bytes from http://\S+", out)
+    out, config = run_booted(url, "52:54:00:00:00:01", applets, tmp_path, METADATA_MAX_BYTES="200")
+    assert re.search(r"provision.metadata: refused: more than 200 bytes from http://\S+", out)
     assert "no user data found" in out
     assert list(config.iterdir()) == []
 
@@ -156,7 +161,15 @@ def run_with_cmdline(cmdline: str, applets: Path, tmp_path: Path) -> tuple[str, 
 @pytest.fixture
 def garbage() -> Iterator[str]:
     """An HTTP server whose /v1/metadata/ answers are not metadata objects."""
-    bodies = {"/v1/metadata/truncated": b'{"hostname": "x", "userData": "', "/v1/metadata/list": b'["hostname"]'}
+    forced = json.dumps(
+        {"hostname": "evil\nname", "sshKeys": [f'command="reboot" {KEY}\nssh-rsa AAAA x', 7, OTHER],
+         "image": "sha256:x\ny", "userData": 12}
+    ).encode()  # fmt: skip
+    bodies = {
+        "/v1/metadata/truncated": b'{"hostname": "x", "userData": "',
+        "/v1/metadata/list": b'["hostname"]',
+        "/v1/metadata/forced": forced,
+    }
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -205,6 +218,15 @@ def test_what_is_not_a_metadata_object_or_not_there_writes_nothing(
         out, config = run_with_cmdline(f"provision.metadata={cmdline}", applets, tmp_path / name)
         assert f"provision.metadata: {said}" in out, name
         assert list(config.iterdir()) == [], name
+
+
+def test_values_with_line_breaks_are_dropped(garbage: str, applets: Path, tmp_path: Path) -> None:
+    """A server (not provision serve: its lab refuses them) whose keys, hostname and image hold
+    line breaks, which would add lines to authorized_keys: only the clean key lands."""
+    out, config = run_with_cmdline(f"provision.metadata={garbage}/v1/metadata/forced", applets, tmp_path)
+    assert "read metadata from provision serve" in out
+    assert (config / "ssh" / "authorized_keys").read_text().splitlines() == [OTHER]
+    assert sorted(str(p.relative_to(config)) for p in config.rglob("*")) == ["ssh", "ssh/authorized_keys"]
 
 
 def test_serve_is_asked_before_the_cloud_service_and_only_when_named(
