@@ -23,7 +23,8 @@
 Provider options: ``lab`` (the lab file), ``state`` (the directory ``provision serve --state``
 serves: published images and reservations), ``powerTimeout`` (60 s), ``efi`` (false),
 ``diskBootSize`` / ``diskDataSize`` (the installed disk's partitions: 256M / 1G),
-``wipeTimeout`` (10 m).
+``wipeTimeout`` (10 m). Group properties: ``selector``, ``wipe``, and ``userData`` /
+``sshKeys``, kept in the reservation and served as the machine's metadata (boot.py).
 """
 
 from __future__ import annotations

@@ -42,12 +42,14 @@ profiles:
          cmdline: "console=ttyS0 provision.wipe=/dev/vda"}
 """
 # the image's first boot writes a note into provision-data (a random id and the image that wrote
-# it), never overwritten; its web server serves that directory
+# it), never overwritten; every boot copies what the metadata component wrote from serve's
+# metadata (the group's userData file motd, the image digest) there too; its web server serves
+# that directory
 NOTE = """\
   - name: note
     image: provision/agent:de3393740e47
-    command: ["/bin/sh", "-c", "[ -e /var/persist/note ] || { cat /proc/sys/kernel/random/uuid; cat /host/etc/provision/image.json; } >/var/persist/note"]
-    binds: ["/var/persist:/var/persist", "/etc/provision:/host/etc/provision:ro"]
+    command: ["/bin/sh", "-c", "[ -e /var/persist/note ] || { cat /proc/sys/kernel/random/uuid; cat /host/etc/provision/image.json; } >/var/persist/note; cat /run/config/motd /run/config/provision/image >/var/persist/metadata 2>&1; true"]
+    binds: ["/var/persist:/var/persist", "/etc/provision:/host/etc/provision:ro", "/run/config:/run/config:ro"]
 services:
 """
 
@@ -74,6 +76,13 @@ def read_note(machine: VirtualMachine) -> tuple[str, str]:
     return first.strip(), str(json.loads(rest)["digest"])
 
 
+def read_metadata(machine: VirtualMachine) -> str:
+    """What the machine's metadata component wrote from serve's metadata at its last boot."""
+    reply = requests.get(f"http://127.0.0.1:{machine.forwards[80]}/metadata", timeout=10)
+    assert reply.ok, reply.status_code
+    return reply.text
+
+
 def boot_partition(disk: Path) -> bytes:
     _, parts = read_partitions(disk)
     with open(disk, "rb") as f:
@@ -81,6 +90,7 @@ def boot_partition(disk: Path) -> bytes:
         return f.read(parts[0].size)
 
 
+MOTD = "user data from the group"
 CLUSTER = """\
 cluster: lab
 journal: journal.db
@@ -94,7 +104,7 @@ groups:
     provider: metal
     image: {image}
     size: 2
-    properties: {{selector: {{rack: a}}, wipe: wipe}}
+    properties: {{selector: {{rack: a}}, wipe: wipe, userData: {{motd: {{content: "{motd}\\n"}}}}}}
     update: {{maxSurge: 0, maxUnavailable: 1}}
     health: {{port: 7080, path: /, startupTimeout: 4m, unhealthyTimeout: 1m}}
 """
@@ -229,7 +239,7 @@ def test_a_lab_network_boots_rolls_and_goes_down(
     lab: tuple[Path, list[VirtualMachine], RedfishLab, str],
 ) -> None:
     cwd, machines, redfish, serve_url = lab
-    (cwd / "cluster.yml").write_text(CLUSTER.format(image="v1/web.yml"))
+    (cwd / "cluster.yml").write_text(CLUSTER.format(image="v1/web.yml", motd=MOTD))
     plan = provision(cwd, "plan", "cluster.yml")
     assert plan.returncode == 0 and "will build" in plan.stdout, plan.stderr
     assert all(not m.on() for m in machines)  # plan powers nothing
@@ -260,13 +270,14 @@ def test_a_lab_network_boots_rolls_and_goes_down(
         assert "(provision-data) mounted at /var/persist" in console
         notes[m.name] = read_note(m)
         assert notes[m.name][1] == image_v1
+        assert read_metadata(m) == f"{MOTD}\n{image_v1}\n"  # from serve's /v1/metadata/MAC
     boots = requests.get(f"{serve_url}/v1/boots", timeout=5).json()
     assert {b["answer"].split(" (")[0] for b in boots} == {
         "reservation node-1",
         "reservation node-2",
     }
 
-    (cwd / "cluster.yml").write_text(CLUSTER.format(image="v2/web.yml"))
+    (cwd / "cluster.yml").write_text(CLUSTER.format(image="v2/web.yml", motd=MOTD))
     watcher = Watcher(machines)
     watcher.start()
     rolled = provision(cwd, "up", "cluster.yml", "--json", "--timeout", "600")
@@ -282,6 +293,7 @@ def test_a_lab_network_boots_rolls_and_goes_down(
         assert agent is not None and agent.digest == image_v2
         assert "reimaged onto /dev/vda" in m.serial.read_text(errors="replace")
         assert read_note(m) == notes[m.name]  # written by the first image, kept
+        assert read_metadata(m) == f"{MOTD}\n{image_v2}\n"
         assert boot_partition(m.disk) == boot_partition(disk_v2)  # the disk holds the new image
     assert watcher.fewest_answering() >= 1, (
         f"both machines were down at once during the roll: {watcher.samples}"
