@@ -151,9 +151,9 @@ def test_a_document_over_the_limit_writes_nothing(
     assert list(config.iterdir()) == []
 
 
-def run_with_cmdline(cmdline: str, applets: Path, tmp_path: Path) -> tuple[str, Path]:
+def run_with_cmdline(cmdline: str, applets: Path, tmp_path: Path, end: str = "\n") -> tuple[str, Path]:
     tmp_path.mkdir(exist_ok=True)
-    (tmp_path / "cmdline").write_text(cmdline + "\n")
+    (tmp_path / "cmdline").write_text(cmdline + end)
     env = {"METADATA_SOURCES": "serve", "METADATA_CMDLINE": str(tmp_path / "cmdline")}
     return run_metadata_program(applets, tmp_path, env)
 
@@ -227,6 +227,14 @@ def test_values_with_line_breaks_are_dropped(garbage: str, applets: Path, tmp_pa
     assert "read metadata from provision serve" in out
     assert (config / "ssh" / "authorized_keys").read_text().splitlines() == [OTHER]
     assert sorted(str(p.relative_to(config)) for p in config.rglob("*")) == ["ssh", "ssh/authorized_keys"]
+
+
+def test_a_command_line_without_its_newline_is_read(
+    serve: tuple[str, Path], applets: Path, tmp_path: Path
+) -> None:
+    url, _ = serve
+    _out, config = run_with_cmdline(boot_cmdline(url, "52:54:00:00:00:02"), applets, tmp_path, end="")
+    assert (config / "userdata").read_text() == "#!/bin/sh\necho plain user data\n"
 
 
 def test_serve_is_asked_before_the_cloud_service_and_only_when_named(
