@@ -21,12 +21,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from provision.clock import Clock, SystemClock
 from provision.errors import ProvisionError, UsageError
-from provision.oci.store import ImageStore
 from provision.target import Artifact, Progress, read_artifact
+
+if TYPE_CHECKING:  # the OCI store only when an image spec is pushed
+    from provision.oci.store import ImageStore
 
 MIB = 1024 * 1024
 BOOT_MODES = ("uefi", "legacy-bios", "uefi-preferred")
@@ -269,6 +271,7 @@ def resolve_source(
         raise UsageError(f"{source}: not a file or a directory")
     if source.suffix in (".yml", ".yaml"):
         from provision.image_digest import plan_image_digest
+        from provision.oci.store import ImageStore
         from provision.reconcile.image import build_cached_artifact, default_artifact_cache
 
         the_store = store or ImageStore.default()

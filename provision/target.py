@@ -17,13 +17,15 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from provision.clock import Clock
 from provision.errors import UsageError
 from provision.reconcile.provider import Instance, Provider
-from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema
+
+if TYPE_CHECKING:  # the cluster spec's loader (and YAML) only when a spec is read
+    from provision.reconcile.spec import ProviderSpec
 
 Progress = Callable[[str], None]
 P = TypeVar("P")

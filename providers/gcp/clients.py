@@ -12,21 +12,25 @@ messages carry GCP's error text and the URL, never a header.
 Long-running operations are waited on with a GlobalOperationsClient / ZoneOperationsClient
 built with the same options: ``ExtendedOperation.result()`` would poll through a client made
 without them (the real host).
+
+google-cloud-compute is imported only when a Compute SDK client is first used (importing it
+takes 1.5-2.5 s: proto-plus builds every Compute type). :class:`GceClients` makes its SDK
+clients on first use; images.list, the one call a rerun of ``provision push gcp`` makes, goes
+over the same credentials as a plain REST call (:mod:`.image_list`), and the SDK is then only
+used for images.insert/deprecate, operation waits and instances.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
 from google.api_core import exceptions as gexc
-from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials, Credentials
-from google.cloud import compute_v1
 
 from provision.errors import ProvisionError
 from provision.reconcile.provider import (
@@ -35,9 +39,14 @@ from provision.reconcile.provider import (
     RateLimitedError,
     TransientProviderError,
 )
-from provision.retry import parse_retry_after
+from provision.retry import RetryPolicy, parse_retry_after
+
+if TYPE_CHECKING:
+    from google.auth.transport.requests import AuthorizedSession
+    from google.cloud import compute_v1
 
 T = TypeVar("T")
+API_ROOT = "https://compute.googleapis.com"  # the SDK's default endpoint
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 TOKEN_VARIABLE = "GOOGLE_OAUTH_ACCESS_TOKEN"
 RATE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
@@ -67,25 +76,76 @@ def credentials(anonymous: bool = False) -> Credentials:
     return creds
 
 
-@dataclass(frozen=True)
 class GceClients:
-    """Compute Engine clients sharing one endpoint and one set of credentials."""
+    """Compute Engine clients sharing one endpoint and one set of credentials: the SDK's
+    (REST transport), each made on first use, and an authorized session for the calls made
+    without the SDK (:mod:`.image_list`). ``policy``: how those calls are retried."""
 
-    images: compute_v1.ImagesClient
-    instances: compute_v1.InstancesClient
-    global_operations: compute_v1.GlobalOperationsClient
-    zone_operations: compute_v1.ZoneOperationsClient
+    def __init__(
+        self, endpoint: str | None, creds: Credentials, policy: RetryPolicy | None = None
+    ) -> None:
+        self.endpoint = endpoint
+        self.credentials = creds
+        self.policy = policy or RetryPolicy()
+        self._made: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def api_root(self) -> str:
+        """Where requests go, as the SDK's REST transport builds it (``http://`` or
+        ``https://`` as given, else ``https://``)."""
+        if not self.endpoint:
+            return API_ROOT
+        root = self.endpoint.rstrip("/")
+        return root if root.startswith(("http://", "https://")) else f"https://{root}"
+
+    def _sdk(self, kind: str) -> Any:
+        with self._lock:
+            if kind not in self._made:
+                from google.api_core.client_options import ClientOptions
+                from google.cloud import compute_v1
+
+                options = ClientOptions(api_endpoint=self.endpoint) if self.endpoint else None
+                self._made[kind] = getattr(compute_v1, kind)(
+                    credentials=self.credentials, transport="rest", client_options=options
+                )
+            return self._made[kind]
+
+    @property
+    def images(self) -> compute_v1.ImagesClient:
+        client: compute_v1.ImagesClient = self._sdk("ImagesClient")
+        return client
+
+    @property
+    def instances(self) -> compute_v1.InstancesClient:
+        client: compute_v1.InstancesClient = self._sdk("InstancesClient")
+        return client
+
+    @property
+    def global_operations(self) -> compute_v1.GlobalOperationsClient:
+        client: compute_v1.GlobalOperationsClient = self._sdk("GlobalOperationsClient")
+        return client
+
+    @property
+    def zone_operations(self) -> compute_v1.ZoneOperationsClient:
+        client: compute_v1.ZoneOperationsClient = self._sdk("ZoneOperationsClient")
+        return client
+
+    @property
+    def session(self) -> AuthorizedSession:
+        """google-auth's requests session with these credentials (what the SDK's REST transport
+        sends through)."""
+        with self._lock:
+            if "session" not in self._made:
+                from google.auth.transport.requests import AuthorizedSession
+
+                self._made["session"] = AuthorizedSession(self.credentials)  # type: ignore[no-untyped-call]
+            session: AuthorizedSession = self._made["session"]
+            return session
 
 
 def gce_clients(endpoint: str | None, creds: Credentials) -> GceClients:
-    options = ClientOptions(api_endpoint=endpoint) if endpoint else None
-    made: dict[str, Any] = {"credentials": creds, "transport": "rest", "client_options": options}
-    return GceClients(
-        compute_v1.ImagesClient(**made),
-        compute_v1.InstancesClient(**made),
-        compute_v1.GlobalOperationsClient(**made),
-        compute_v1.ZoneOperationsClient(**made),
-    )
+    return GceClients(endpoint, creds)
 
 
 def _reasons(exc: gexc.GoogleAPICallError) -> set[str]:
@@ -157,6 +217,8 @@ def wait_operation(
     of its scope, at most ``timeout`` seconds; a ProviderError with the operation's error as
     soon as it fails. An operation that is DONE when it is returned is not asked again; between
     ``wait`` calls that come back before it is done, a short pause growing to 1 s."""
+    from google.cloud import compute_v1
+
     name = str(op.name)
     deadline = time.monotonic() + timeout
     pause = 0.05

@@ -11,7 +11,8 @@
 - address: the instance's internal IP (the first network interface).
 
 The image a machine was created from is kept in its metadata (``provision-image``), since an
-instance's disks do not say.
+instance's disks do not say. google-cloud-compute is imported by the calls (importing this
+module, its schemas included, does not: see :mod:`.clients`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
-from google.cloud import compute_v1
 
 from provision import schema
 from provision.clock import Clock
@@ -39,8 +39,12 @@ from provision.providers.gcp.clients import (
     wait_operation,
 )
 from provision.reconcile.provider import CreateRequest, Instance, InstanceState, Page, ProviderError
-from provision.reconcile.spec import ProviderSpec
 from provision.schema import Field, Schema, check_mapping
+
+if TYPE_CHECKING:
+    from google.cloud import compute_v1
+
+    from provision.reconcile.spec import ProviderSpec
 
 NAMESPACE = uuid.UUID("0f6a3c2e-8d7b-4e59-b1a4-2c9e5d7f6a10")  # requestIds of instance creates
 IMAGE_KEY = "provision-image"
@@ -175,6 +179,8 @@ class GcpProvider:
         return image if "/" in image else f"projects/{self.project}/global/images/{image}"
 
     def _body(self, request: CreateRequest, name: str) -> compute_v1.Instance:
+        from google.cloud import compute_v1
+
         props = request.properties
         disk = _disk(props.get("disk", {})) or {"sizeGb": 10, "type": "pd-balanced"}
         items = [
@@ -251,6 +257,8 @@ class GcpProvider:
         )
 
     def create_instance(self, request: CreateRequest) -> Instance:
+        from google.cloud import compute_v1
+
         name = instance_name(request.key, request.name)
         insert = compute_v1.InsertInstanceRequest(
             project=self.project,
@@ -278,6 +286,8 @@ class GcpProvider:
         return self._instance(self._get(name))
 
     def list_instances(self, tags: Mapping[str, str], page_token: str | None = None) -> Page:
+        from google.cloud import compute_v1
+
         listing = compute_v1.ListInstancesRequest(
             project=self.project,
             zone=self.zone,
@@ -297,6 +307,8 @@ class GcpProvider:
         return Page(tuple(self._instance(i) for i in page.items), page.next_page_token or None)
 
     def destroy_instance(self, instance_id: str, epoch: int) -> None:
+        from google.cloud import compute_v1
+
         delete = compute_v1.DeleteInstanceRequest(
             project=self.project,
             zone=self.zone,

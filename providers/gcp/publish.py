@@ -2,7 +2,9 @@
 
 1. An image labelled with the digest (``provision-digest``, the first 63 hex digits; the full
    digest is in its description) is reused: nothing is uploaded. The object the tarball goes to
-   is looked up at the same time (:func:`look_up`: two reads, side by side).
+   is looked up at the same time (:func:`look_up`: two reads, side by side). Neither needs
+   google-cloud-compute (images.list is :mod:`.image_list`'s REST call, the object's metadata
+   the storage client's): a rerun does not import it.
 2. The tarball goes to ``gs://BUCKET/provision/<digest hex>.tar.gz`` (:mod:`.upload`:
    resumable, skipped when the same CRC32C is there).
 3. ``images.insert`` with ``rawDisk.source``, the architecture of the build's platform, the
@@ -10,6 +12,8 @@
    insert is the same request; the global operation is waited on, bounded.
 4. ``deprecate_previous``: every other image of the family not yet deprecated is marked
    DEPRECATED with the new one as replacement. Nothing is ever deleted.
+
+Steps 3 and 4 use google-cloud-compute, imported when they run.
 """
 
 from __future__ import annotations
@@ -25,10 +29,10 @@ from pathlib import Path
 
 import google.cloud.storage as storage
 from google.auth.credentials import Credentials
-from google.cloud import compute_v1
 
 from provision.errors import UsageError
 from provision.providers.gcp.clients import GceClients, call, wait_operation
+from provision.providers.gcp.image_list import ListedImage, list_images
 from provision.providers.gcp.upload import CHUNK, ResumableUpload, StoredObject, stat_object
 from provision.target import Artifact
 
@@ -131,20 +135,16 @@ def architecture_of(artifact: Artifact) -> str:
     return ARCHITECTURES[arch]
 
 
-def _ready(image: compute_v1.Image, digest: str) -> bool:
-    return image.status == "READY" and digest in (image.description or "")
+def _ready(image: ListedImage, digest: str) -> bool:
+    return image.status == "READY" and digest in image.description
 
 
 def find_published(
     clients: GceClients, project: str, digest: str, timeout: float
-) -> compute_v1.Image | None:
+) -> ListedImage | None:
     """The READY image labelled with ``digest`` (newest first), or None."""
-    request = compute_v1.ListImagesRequest(
-        project=project, filter=f'labels.{DIGEST_LABEL} = "{digest_label(digest)}"'
-    )
-    found = call(
-        "images.list",
-        lambda: list(clients.images.list(request=request, retry=None, timeout=timeout)),
+    found = list_images(
+        clients, project, f'labels.{DIGEST_LABEL} = "{digest_label(digest)}"', timeout
     )
     matching = sorted(
         (i for i in found if _ready(i, digest)), key=lambda i: i.creation_timestamp, reverse=True
@@ -162,7 +162,7 @@ class Found:
     """What there is already for a digest: its image (None: not published) and the object its
     tarball is uploaded to (None: no such object)."""
 
-    image: compute_v1.Image | None
+    image: ListedImage | None
     stored: StoredObject | None
 
 
@@ -179,13 +179,12 @@ def look_up(
         return Found(image, stored.result())
 
 
-def _features(push: GcpPush) -> list[compute_v1.GuestOsFeature]:
-    chosen = (
+def _features(push: GcpPush) -> tuple[str, ...]:
+    return (
         DEFAULT_FEATURES
         if push.guest_os_features is None
         else check_features(push.guest_os_features)
     )
-    return [compute_v1.GuestOsFeature(type_=f) for f in chosen]
 
 
 def publish_gcp(
@@ -216,6 +215,8 @@ def publish_gcp(
         return GcpImage(
             existing.name, existing.self_link, existing.family or None, True, artifact.digest
         )
+    from google.cloud import compute_v1  # only to make an image (see the module docstring)
+
     name = image_name(push.name or artifact.name, artifact.digest)
     name_in_bucket = object_name(artifact.digest)
     sessions = push.sessions or _default_sessions()
@@ -234,7 +235,7 @@ def publish_gcp(
         description=f"provision image {artifact.digest}",
         raw_disk=compute_v1.RawDisk(source=f"{STORAGE_HOST}/{push.bucket}/{name_in_bucket}"),
         architecture=architecture,
-        guest_os_features=features,
+        guest_os_features=[compute_v1.GuestOsFeature(type_=f) for f in features],
         labels={**push.labels, DIGEST_LABEL: digest_label(artifact.digest)},
     )
     if push.family:
@@ -262,7 +263,7 @@ def publish_gcp(
         what=f"images.insert {name}",
     )
     # the operation's targetLink is the image's selfLink: no images.get needed
-    made = compute_v1.Image(name=name, self_link=done.target_link, family=push.family or "")
+    made = ListedImage(name, done.target_link, push.family or "")
     if push.deprecate_previous and push.family:
         deprecate_family(clients, push, made)
     return GcpImage(
@@ -270,18 +271,16 @@ def publish_gcp(
     )
 
 
-def deprecate_family(clients: GceClients, push: GcpPush, current: compute_v1.Image) -> list[str]:
+def deprecate_family(clients: GceClients, push: GcpPush, current: ListedImage) -> list[str]:
     """Mark every other image of ``push.family`` DEPRECATED, replaced by ``current``."""
-    request = compute_v1.ListImagesRequest(project=push.project, filter=f'family = "{push.family}"')
-    images = call(
-        "images.list",
-        lambda: list(
-            clients.images.list(request=request, retry=None, timeout=push.request_timeout)
-        ),
+    from google.cloud import compute_v1
+
+    images = list_images(
+        clients, push.project, f'family = "{push.family}"', push.request_timeout
     )
     marked: list[str] = []
     for image in images:
-        state = image.deprecated.state if image.deprecated else ""
+        state = image.deprecated
         if image.name == current.name or state in ("DEPRECATED", "OBSOLETE", "DELETED"):
             continue
         status = compute_v1.DeprecationStatus(state="DEPRECATED", replacement=current.self_link)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provision.clock import Clock
 from provision.errors import UsageError
@@ -25,9 +25,11 @@ from provision.providers.gcp.publish import (
 from provision.providers.gcp.push_command import PUSH_COMMAND
 from provision.push import LoadArtifact, PushCommand, PushOptions, PushResult
 from provision.reconcile.provider import Instance, Provider
-from provision.reconcile.spec import ProviderSpec
 from provision.schema import Schema
 from provision.target import Artifact, Progress, PublishedImage, Target, own_provider, read_artifact
+
+if TYPE_CHECKING:
+    from provision.reconcile.spec import ProviderSpec
 
 
 @dataclass(frozen=True)
