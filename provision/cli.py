@@ -73,9 +73,11 @@ def _base_parser() -> tuple[argparse.ArgumentParser, Any]:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line. With ``command``, only the command module of that name
     registers when it defines that command (a faster start: the other modules' imports are
-    skipped); otherwise every module does."""
-    modules = sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name)
+    skipped; none for ``version``); otherwise every module does."""
     parser, subparsers = _base_parser()
+    if command is not None and command in subparsers.choices:  # `version`: no module needed
+        return parser
+    modules = sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name)
     if command is not None and any(m.name == command for m in modules):
         importlib.import_module(f"{commands.__name__}.{command}").register(subparsers)
         if command in subparsers.choices:
