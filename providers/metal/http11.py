@@ -42,10 +42,10 @@ log = logging.getLogger("provision.serve")
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _REQUEST_LINE = re.compile(rf"({_TOKEN}) (/[\x21-\x7e]*) HTTP/(\d)\.(\d)")
 _FIELD = re.compile(rf"({_TOKEN}):[ \t]*(.*?)[ \t]*")
-# control characters other than HTAB, and CR or LF that are not a CRLF pair
-_BAD_BYTES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # all but HTAB, CR and LF
 _SINGLE = ("host", "content-length", "authorization")
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
+_SERVER = "Server: provision-serve\r\n"
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n{_SERVER}" for s in HTTPStatus}
 
 
 @dataclass(frozen=True)
@@ -160,9 +160,14 @@ class RequestParser:
 
     def _parse_head(self, head: str) -> tuple[Request, int]:
         limits = self.limits
-        if _BAD_BYTES.search(head) is not None:
-            raise HttpError(400, "a control character, or a CR or LF alone, in the request")
         lines = head.split("\r\n")
+        breaks = len(lines) - 1
+        if (
+            head.count("\r") != breaks
+            or head.count("\n") != breaks
+            or _CONTROLS.search(head) is not None
+        ):
+            raise HttpError(400, "a control character, or a CR or LF alone, in the request")
         if len(lines[0]) > limits.request_line:
             raise HttpError(414, "the request line is too long")
         if len(lines) - 1 > limits.headers:
@@ -210,10 +215,11 @@ class _Clock:
         self._second = 0
         self._text = ""
 
-    def date(self) -> str:
+    def date_line(self) -> str:
         now = int(time.time())
         if now != self._second:
-            self._second, self._text = now, email.utils.formatdate(now, usegmt=True)
+            self._second = now
+            self._text = f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n"
         return self._text
 
 
@@ -345,23 +351,22 @@ class HttpConnection(asyncio.Protocol):
     def _write(self, request: Request, response: Response) -> None:
         assert self.transport is not None
         keep_alive = request.keep_alive and not self.service.stopping
-        length = response.file.count if response.file is not None else len(response.body)
-        head = [
-            f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}\r\n"
-            f"Server: provision-serve\r\nDate: {self.service.clock.date()}\r\n"
-            f"Content-Length: {length}\r\n"
-        ]
+        file = response.file
+        status = response.status
+        head = (
+            _STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n{_SERVER}"
+        ) + self.service.clock.date_line()
+        head += f"Content-Length: {file.count if file is not None else len(response.body)}\r\n"
         if response.content_type is not None:
-            head.append(f"Content-Type: {response.content_type}\r\n")
+            head += f"Content-Type: {response.content_type}\r\n"
         for name, value in response.headers:
-            head.append(f"{name}: {value}\r\n")
+            head += f"{name}: {value}\r\n"
         if not keep_alive:
-            head.append("Connection: close\r\n")
+            head += "Connection: close\r\n"
         elif request.version == "1.0":
-            head.append("Connection: keep-alive\r\n")
-        head.append("\r\n")
-        data = "".join(head).encode("latin-1")
-        if request.method != "HEAD" and response.file is None:
+            head += "Connection: keep-alive\r\n"
+        data = (head + "\r\n").encode("latin-1")
+        if file is None and request.method != "HEAD":
             data += response.body
         self.transport.write(data)
         if not keep_alive:
