@@ -317,9 +317,7 @@ class HttpConnection(asyncio.Protocol):
             self.reading = True
             self.transport.resume_reading()
 
-    async def _answer_later(
-        self, request: Request, result: Response | Awaitable[Response]
-    ) -> None:
+    async def _answer_later(self, request: Request, result: Response | Awaitable[Response]) -> None:
         try:
             response = result if isinstance(result, Response) else await result
             if self.closed:

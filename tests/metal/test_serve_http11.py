@@ -203,7 +203,9 @@ def test_keep_alive_http_1_0_and_connection_close(server: HttpService) -> None:
     with connect(server) as sock:
         buffer = bytearray()
         for mac in ("01", "02", "01"):
-            sock.sendall(f"GET /v1/metadata/52:54:00:00:00:{mac} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            sock.sendall(
+                f"GET /v1/metadata/52:54:00:00:00:{mac} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
             status, headers, _ = read_response(sock, buffer)
             assert status == 200 and "connection" not in headers  # kept open
     with connect(server) as sock:
@@ -295,7 +297,9 @@ def test_answers_follow_the_reservations_file(tmp_path: Path, state: ServeState)
     assert answer == "group web"
     digest = "sha256:" + "ab" * 32
     with locked_reservations(metal) as reservations:
-        reservations["node-1"] = Reservation("k", "node-1", digest, "web-0", {"provision-cluster": "c"})
+        reservations["node-1"] = Reservation(
+            "k", "node-1", digest, "web-0", {"provision-cluster": "c"}
+        )
     script, answer, _ = answers.ipxe("mac=52:54:00:00:00:01", "http://x")
     assert "not published" in script.decode()  # and not cached: publishing it is seen
     image_dir = metal / "images" / ("ab" * 32)
