@@ -244,6 +244,11 @@ class HttpConnection(asyncio.Protocol):
         self.client = ""
         self.local = ""
 
+    def waits_for_client(self) -> bool:
+        """Nothing to answer, nothing being sent: the next move is the client's (the time-outs
+        apply only then; a connection the server paused is not timed out)."""
+        return not (self.busy or self.pending or not self.reading or not self.writing)
+
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -272,13 +277,16 @@ class HttpConnection(asyncio.Protocol):
         if self.closed or self.transport is None or self.transport.is_closing():
             return  # refused, or closing: nothing more is read
         try:
-            self.pending.extend(self.parser.feed(data))
+            ready: list[Request] = self.parser.feed(data)
+            self.pending.extend(ready)
         except HttpError as refusal:
-            self.pending.extend(self.parser.ready)
+            ready = self.parser.ready
+            self.pending.extend(ready)
             self.pending.append(refusal)
         limits = self.service.limits
         if self.parser.partial:
-            if not self.head_started:  # the head must be complete within head_timeout
+            # a request must be complete within head_timeout of its first byte
+            if ready or not self.head_started:
                 self.head_started = True
                 self.deadline = time.monotonic() + limits.head_timeout
         else:
@@ -316,6 +324,10 @@ class HttpConnection(asyncio.Protocol):
         if resume and self.transport is not None and not self.closed:
             self.reading = True
             self.transport.resume_reading()
+            limits = self.service.limits  # the client's time restarts: the wait was ours
+            self.deadline = time.monotonic() + (
+                limits.head_timeout if self.parser.partial else limits.idle_timeout
+            )
 
     async def _answer_later(self, request: Request, result: Response | Awaitable[Response]) -> None:
         try:
@@ -462,7 +474,7 @@ class HttpService:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for connection in list(self.connections):
-                if not connection.busy and connection.deadline < now:
+                if connection.deadline < now and connection.waits_for_client():
                     log.debug("closing %s: timed out", connection.client)
                     if connection.transport is not None:
                         connection.transport.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,6 +198,58 @@ def read_head(sock: socket.socket, buffer: bytearray) -> tuple[int, dict[str, st
     lines = raw.decode().split("\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     return int(lines[0].split()[1]), headers, b""
+
+
+def test_a_client_streaming_requests_split_across_reads_is_not_timed_out(
+    server: HttpService,
+) -> None:
+    """The head time-out (1 s here) runs from the first byte of each request: a client whose
+    every send ends inside the next request, for longer than that, is still answered."""
+    request = b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\n\r\n"
+    half = len(request) // 2
+    with connect(server) as sock:
+        buffer = bytearray()
+        sock.sendall(request[:half])
+        started = time.monotonic()
+        answered = 0
+        while time.monotonic() - started < 2.5:
+            sock.sendall(request[half:] + request[:half])
+            assert read_response(sock, buffer)[0] == 200
+            answered += 1
+            time.sleep(0.1)
+        sock.sendall(request[half:])
+        assert read_response(sock, buffer)[0] == 200 and answered > 10
+
+
+@pytest.mark.slow
+def test_a_client_that_pipelines_thousands_without_reading_is_paused_then_answered(
+    server: HttpService,
+) -> None:
+    """Far more requests in flight than the socket buffers hold answers for: the server stops
+    reading the connection (what it holds stays bounded: the requests of one read) while the
+    answers are not read, and answers every one in order once they are."""
+    count = 100_000  # about 20 MB of answers
+    requests_bytes = b"".join(
+        b"GET /v1/metadata/52:54:00:00:00:%02d HTTP/1.1\r\nHost: x\r\n\r\n" % (1 + n % 2)
+        for n in range(count)
+    )
+    with connect(server) as sock:
+        sock.settimeout(30)
+        sender = threading.Thread(target=sock.sendall, args=(requests_bytes,), daemon=True)
+        sender.start()
+        deadline = time.monotonic() + 20
+        while not server.connections:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (connection,) = list(server.connections)
+        while connection.reading:
+            assert time.monotonic() < deadline, "the server kept reading"
+            time.sleep(0.05)
+        assert len(connection.pending) < 5000  # at most one read's worth (256 KiB) waits
+        buffer = bytearray()
+        machines = [json.loads(read_response(sock, buffer)[2])["machine"] for _ in range(count)]
+        sender.join(timeout=10)
+        assert machines == ["node-1", "node-2"] * (count // 2)
 
 
 def test_keep_alive_http_1_0_and_connection_close(server: HttpService) -> None:
