@@ -7,7 +7,10 @@ cached answers follow the reservations file and a reload."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -341,6 +344,38 @@ def test_start_http_refuses_an_address_in_use(state: ServeState) -> None:
             start_http(state, port=service.server_address[1])
     finally:
         stop()
+
+
+def test_serve_in_the_foreground_stops_on_sigterm_with_connections_open(tmp_path: Path) -> None:
+    """``provision serve`` exits 0 soon after SIGTERM, an idle keep-alive connection and a
+    half-sent request open."""
+    (tmp_path / "lab.yml").write_text(LAB)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "provision", "serve", "--lab", str(tmp_path / "lab.yml")]
+        + ["--root", str(tmp_path), "--listen", "127.0.0.1:0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert serve.stderr is not None
+        line = serve.stderr.readline()
+        port = int(line.split("http://127.0.0.1:")[1].split()[0])
+        idle = socket.create_connection(("127.0.0.1", port), timeout=5)
+        idle.sendall(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(idle, bytearray())[0] == 200
+        half = socket.create_connection(("127.0.0.1", port), timeout=5)
+        half.sendall(b"GET /boot.ipxe HTTP/1.1\r\nHo")
+        time.sleep(0.2)
+        started = time.monotonic()
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=10) == 0 and time.monotonic() - started < 5
+        assert "Traceback" not in serve.stderr.read()
+        idle.close()
+        half.close()
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
 
 
 def test_answers_follow_the_reservations_file(tmp_path: Path, state: ServeState) -> None:
