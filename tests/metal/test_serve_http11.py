@@ -6,6 +6,7 @@ cached answers follow the reservations file and a reload."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import socket
@@ -21,7 +22,13 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provision.providers.metal.boot import BootAnswers, Facts, GroupIndex, select_group
+from provision.providers.metal.boot import (
+    BootAnswers,
+    Facts,
+    GroupIndex,
+    answer_ipxe,
+    select_group,
+)
 from provision.providers.metal.http11 import HttpService, Limits
 from provision.providers.metal.lab import Group, Lab, Profile, parse_lab
 from provision.providers.metal.reservations import Reservation, locked_reservations
@@ -398,6 +405,22 @@ def test_answers_follow_the_reservations_file(tmp_path: Path, state: ServeState)
     script, answer, _ = answers.ipxe("mac=52:54:00:00:00:01", "http://x")
     assert "provision.hostname=web-0" in script.decode() and answer.startswith("reservation node-1")
     assert json.loads(answers.metadata("52:54:00:00:00:01")[1])["hostname"] == "web-0"
+    uncached, uncached_answer = answer_ipxe(
+        state.lab, {"mac": "52:54:00:00:00:01"}, "http://x", metal
+    )
+    assert answers.ipxe("mac=52:54:00:00:00:01", "http://x")[:2] == (
+        uncached.encode(),
+        uncached_answer,
+    )  # the cached answer is the uncached one
+    with locked_reservations(metal) as reservations:  # being wiped: the wipe profile boots
+        reservations["node-1"] = dataclasses.replace(reservations["node-1"], wiping="other")
+    assert answers.ipxe("mac=52:54:00:00:00:01", "http://x")[1] == "wipe node-1 (other)"
+    with locked_reservations(metal) as reservations:  # released: the lab's own group again
+        reservations["node-1"] = dataclasses.replace(
+            reservations["node-1"], wiping="", released=True
+        )
+    assert answers.ipxe("mac=52:54:00:00:00:01", "http://x")[1] == "group web"
+    assert json.loads(answers.metadata("52:54:00:00:00:01")[1])["group"] == "web"
     with locked_reservations(metal) as reservations:
         del reservations["node-1"]
     assert answers.ipxe("mac=52:54:00:00:00:01", "http://x")[1] == "group web"
