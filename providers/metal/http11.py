@@ -334,9 +334,13 @@ class HttpConnection(asyncio.Protocol):
             response = result if isinstance(result, Response) else await result
             if self.closed:
                 return
-            self._write(request, response)
-            if response.file is not None and request.method != "HEAD" and response.file.count:
-                await self._send_file(response.file)
+            file = response.file
+            sending = file is not None and request.method != "HEAD" and file.count > 0
+            keep_alive = self._write(request, response, body_follows=sending)
+            if file is not None and sending:
+                await self._send_file(file)
+            if not keep_alive:
+                self._close()  # after the file (a Connection: close download)
         except (ConnectionError, TimeoutError) as error:
             log.debug("client %s went away: %s", self.client, error)
             self._close()
@@ -358,7 +362,9 @@ class HttpConnection(asyncio.Protocol):
             log.warning("%s: sent %d of %d bytes, closing", body.path, sent, body.count)
             self._close()
 
-    def _write(self, request: Request, response: Response) -> None:
+    def _write(self, request: Request, response: Response, *, body_follows: bool = False) -> bool:
+        """Write the head (and an in-memory body); close unless the connection is kept or a
+        file body follows (the caller closes after it). Returns whether it is kept."""
         assert self.transport is not None
         keep_alive = request.keep_alive and not self.service.stopping
         file = response.file
@@ -379,8 +385,9 @@ class HttpConnection(asyncio.Protocol):
         if file is None and request.method != "HEAD":
             data += response.body
         self.transport.write(data)
-        if not keep_alive:
+        if not keep_alive and not body_follows:
             self._close()
+        return keep_alive
 
     def _refuse(self, refusal: HttpError) -> None:
         log.debug("refused a request from %s: %d %s", self.client, refusal.status, refusal.reason)

@@ -283,6 +283,23 @@ def test_keep_alive_http_1_0_and_connection_close(server: HttpService) -> None:
         assert read_response(sock, buffer)[0] == 200
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /files/web-kernel HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /files/web-kernel HTTP/1.0\r\n\r\n",  # busybox wget's, curl --http1.0
+    ],
+)
+def test_a_download_that_closes_the_connection_is_sent_whole_then_closed(
+    server: HttpService, request_bytes: bytes
+) -> None:
+    with connect(server) as sock:
+        sock.sendall(request_bytes)
+        status, headers, body = read_response(sock, bytearray())
+        assert (status, headers["connection"], body) == (200, "close", KERNEL)
+        assert closed_after(sock)
+
+
 def test_a_slow_client_does_not_delay_another_and_is_timed_out(server: HttpService) -> None:
     slow = connect(server)
     slow.sendall(b"GET /ipxe?mac=52:54:00:00:00:01 HTTP/1.1\r\nHo")  # half a request
