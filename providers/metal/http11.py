@@ -15,7 +15,9 @@ closed):
 - an HTTP version other than 1.0 and 1.1: 505.
 
 A request's head must arrive within ``Limits.head_timeout`` seconds of its first byte, and an
-idle keep-alive connection is closed after ``Limits.idle_timeout``. A handler returns a
+idle keep-alive connection is closed after ``Limits.idle_timeout``; a file body must be taken
+at ``Limits.send_rate`` bytes a second at least (after ``Limits.send_grace`` seconds), or the
+connection is closed (a client that stops reading holds it no longer). A handler returns a
 ``Response`` (written at once) or an awaitable of one; a response with a ``FileBody`` is sent
 with ``loop.sendfile`` (the kernel copies the file to the socket), and the requests pipelined
 behind it wait their turn.
@@ -57,6 +59,8 @@ class Limits:
     pipelined: int = 32  # requests parsed ahead of their answers before reading pauses
     head_timeout: float = 20.0
     idle_timeout: float = 75.0
+    send_rate: int = 65536  # bytes a second a file body must be taken at, at least
+    send_grace: float = 60.0  # seconds beyond count / send_rate
 
 
 class HttpError(Exception):
@@ -354,10 +358,19 @@ class HttpConnection(asyncio.Protocol):
 
     async def _send_file(self, body: FileBody) -> None:
         assert self.transport is not None
+        limits = self.service.limits
         with open(body.path, "rb") as handle:
-            sent = await asyncio.get_running_loop().sendfile(
-                self.transport, handle, body.offset, body.count, fallback=False
-            )
+            try:
+                sent = await asyncio.wait_for(
+                    asyncio.get_running_loop().sendfile(
+                        self.transport, handle, body.offset, body.count, fallback=False
+                    ),
+                    limits.send_grace + body.count / limits.send_rate,
+                )
+            except TimeoutError:
+                log.info("%s: a client (%s) took it too slowly, closing", body.path, self.client)
+                self._abort()
+                return
         if sent != body.count:  # the file shrank under us: the length we promised is wrong
             log.warning("%s: sent %d of %d bytes, closing", body.path, sent, body.count)
             self._close()
@@ -406,6 +419,12 @@ class HttpConnection(asyncio.Protocol):
             return
         request.keep_alive = False
         self._write(request, Response(500, b"internal error\n"))
+
+    def _abort(self) -> None:
+        """Close at once, dropping what is buffered (the answer is cut short anyway)."""
+        self.pending.clear()
+        if self.transport is not None:
+            self.transport.abort()
 
     def _close(self) -> None:
         self.pending.clear()

@@ -6,6 +6,7 @@ cached answers follow the reservations file and a reload."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
@@ -338,6 +339,23 @@ def test_a_download_held_by_a_reader_that_does_not_read_does_not_delay_others(
     assert any(c.busy for c in list(server.connections))  # still sending: nobody read it
     assert read_response(stalled, bytearray())[2] == big  # and the download completes
     stalled.close()
+
+
+def test_a_download_not_taken_at_the_minimum_rate_is_cut_off(state: ServeState) -> None:
+    (state.root / "big").write_bytes(bytes(32 << 20))  # more than the socket buffers hold
+    service = HttpService(BootRoutes(state), limits=Limits(send_rate=1 << 30, send_grace=1.0))
+    try:
+        with connect(service) as stalled:
+            stalled.sendall(b"GET /files/big HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(2.5)  # not read: the send times out after about a second
+            assert not service.connections
+            received = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := stalled.recv(1 << 20):
+                    received += len(chunk)
+            assert received < 32 << 20  # cut short, not completed
+    finally:
+        service.shutdown()
 
 
 def test_a_reload_keeps_open_connections_and_they_see_the_new_lab(
