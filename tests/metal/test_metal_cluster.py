@@ -44,11 +44,12 @@ profiles:
 # the image's first boot writes a note into provision-data (a random id and the image that wrote
 # it), never overwritten; every boot copies what the metadata component wrote from serve's
 # metadata (the group's userData file motd, the image digest) there too; its web server serves
-# that directory
+# that directory. It syncs: a roll resets the machine through its BMC, and ext4's delayed
+# allocation would otherwise lose a note written less than 30 s before (an empty file)
 NOTE = """\
   - name: note
     image: provision/agent:de3393740e47
-    command: ["/bin/sh", "-c", "[ -e /var/persist/note ] || { cat /proc/sys/kernel/random/uuid; cat /host/etc/provision/image.json; } >/var/persist/note; cat /run/config/motd /run/config/provision/image >/var/persist/metadata 2>&1; true"]
+    command: ["/bin/sh", "-c", "[ -e /var/persist/note ] || { cat /proc/sys/kernel/random/uuid; cat /host/etc/provision/image.json; } >/var/persist/note; cat /run/config/motd /run/config/provision/image >/var/persist/metadata 2>&1; /bin/busybox sync; true"]
     binds: ["/var/persist:/var/persist", "/etc/provision:/host/etc/provision:ro", "/run/config:/run/config:ro"]
 services:
 """
