@@ -199,9 +199,7 @@ def main() -> int:
                         f"run {run} ({first} first): floor {f * 1000:.1f} ms, push {p * 1000:.1f} ms "
                         f"({p / f:.2f} x), rerun {r * 1000:.1f} ms"
                     )
-            commands = [
-                command_rerun(manifest, fake.url, scratch / "cache")[0] for _ in range(5)
-            ]
+            commands = [command_rerun(manifest, fake.url, scratch / "cache")[0] for _ in range(5)]
             _, report = command_rerun(manifest, fake.url, scratch / "cache", importtime=True)
         ratio = statistics.median(pushes) / statistics.median(floors)
         print(

@@ -30,7 +30,12 @@ def _imported(*argv: str) -> set[str]:
 
 @pytest.mark.parametrize(
     "argv",
-    [("version",), ("push", "gcp", "--help"), ("push", "aws", "--help"), ("push", "azure", "--help")],
+    [
+        ("version",),
+        ("push", "gcp", "--help"),
+        ("push", "aws", "--help"),
+        ("push", "azure", "--help"),
+    ],
 )
 def test_a_command_starts_without_other_commands_or_heavy_imports(argv: tuple[str, ...]) -> None:
     loaded = _imported(*argv)

@@ -275,9 +275,7 @@ def deprecate_family(clients: GceClients, push: GcpPush, current: ListedImage) -
     """Mark every other image of ``push.family`` DEPRECATED, replaced by ``current``."""
     from google.cloud import compute_v1
 
-    images = list_images(
-        clients, push.project, f'family = "{push.family}"', push.request_timeout
-    )
+    images = list_images(clients, push.project, f'family = "{push.family}"', push.request_timeout)
     marked: list[str] = []
     for image in images:
         state = image.deprecated

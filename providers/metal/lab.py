@@ -271,7 +271,9 @@ def _metadata(r: _Reader, metadata: Mapping[str, Any], path: KeyPath) -> None:
             r.fail((*path, "sshKeys"), "must be a list of SSH public keys")
         else:
             for index, key in enumerate(keys):
-                r.text(key, (*path, "sshKeys", index), SSH_KEY, "an SSH public key (one line)", 8192)
+                r.text(
+                    key, (*path, "sshKeys", index), SSH_KEY, "an SSH public key (one line)", 8192
+                )
 
 
 def _machines(r: _Reader, value: Any) -> tuple[Machine, ...]:

@@ -42,12 +42,16 @@ def test_a_machine_reads_its_groups_metadata_from_provision_serve(tmp_path: Path
     busybox = shutil.which("busybox")
     assert busybox is not None, "needs busybox-static on the host"
     # the guest reaches serve at 10.0.2.100:8080 (restrict=on: nothing else of the host)
-    user_net = f",guestfwd=tcp:10.0.2.100:8080-cmd:{busybox} nc 127.0.0.1 {server.server_address[1]}"
+    user_net = (
+        f",guestfwd=tcp:10.0.2.100:8080-cmd:{busybox} nc 127.0.0.1 {server.server_address[1]}"
+    )
     script = requests.get(
         f"http://127.0.0.1:{server.server_address[1]}/ipxe", params={"mac": MAC},
         headers={"Host": "10.0.2.100:8080"}, timeout=5,
     ).text  # fmt: skip
-    cmdline = next(line for line in script.splitlines() if line.startswith("kernel ")).split(" ", 2)[2]
+    cmdline = next(line for line in script.splitlines() if line.startswith("kernel ")).split(
+        " ", 2
+    )[2]
     assert cmdline.endswith(f"provision.metadata=http://10.0.2.100:8080/v1/metadata/{MAC}")
     agent_port = free_port()
     machine = Machine(kernel, initrd, tmp_path, publish=[(agent_port, 7080)], user_net=user_net,

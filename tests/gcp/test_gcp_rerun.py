@@ -30,7 +30,9 @@ from provision.retry import RetryPolicy
 def _imports(stderr: str) -> set[str]:
     """The modules ``python -X importtime`` reported importing."""
     return {
-        line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")
+        line.rsplit("|", 1)[1].strip()
+        for line in stderr.splitlines()
+        if line.startswith("import time:")
     }
 
 
@@ -74,7 +76,9 @@ def test_a_rerun_of_the_command_does_not_import_the_compute_sdk(
 
 
 @contextmanager
-def _recording(pages: list[dict[str, Any]]) -> Iterator[tuple[str, list[tuple[str, dict[str, str]]]]]:
+def _recording(
+    pages: list[dict[str, Any]],
+) -> Iterator[tuple[str, list[tuple[str, dict[str, str]]]]]:
     """A server answering GET with ``pages`` in turn (each page's nextPageToken chains them);
     every request's path (with its query) and headers recorded."""
     seen: list[tuple[str, dict[str, str]]] = []

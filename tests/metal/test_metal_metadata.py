@@ -58,8 +58,9 @@ def test_a_groups_user_data_and_keys_are_its_machines_metadata(
     }
     b = requests.get(f"{url}/v1/metadata/{machines[1].mac}", timeout=5).json()
     assert b["userData"] == "#!/bin/sh\n" and "sshKeys" not in b
-    assert f"provision.metadata=http://10.0.2.2:8080/v1/metadata/{machines[0].mac}" in (
-        machines[0].answers[-1]
+    assert (
+        f"provision.metadata=http://10.0.2.2:8080/v1/metadata/{machines[0].mac}"
+        in (machines[0].answers[-1])
     )  # what the machine was told when it booted
 
 

@@ -58,7 +58,12 @@ def serve(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     state_dir = tmp_path / "state"
     image = state_dir / "images" / DIGEST.split(":")[1]
     image.mkdir(parents=True)
-    info = {"digest": DIGEST, "kernel": f"{image.name}/k", "initrd": [f"{image.name}/i"], "cmdline": "console=ttyS0"}
+    info = {
+        "digest": DIGEST,
+        "kernel": f"{image.name}/k",
+        "initrd": [f"{image.name}/i"],
+        "cmdline": "console=ttyS0",
+    }
     (image / "image.json").write_text(json.dumps(info))
     tags = {"provision-cluster": "shop"}
     with locked_reservations(state_dir) as reservations:
@@ -92,11 +97,15 @@ def test_the_boot_answer_names_the_metadata_url_for_machines_that_have_metadata(
     serve: tuple[str, Path],
 ) -> None:
     url, _ = serve
-    assert f"provision.metadata={url}/v1/metadata/52:54:00:00:00:01" in boot_cmdline(url, "52-54-00-00-00-01")
+    assert f"provision.metadata={url}/v1/metadata/52:54:00:00:00:01" in boot_cmdline(
+        url, "52-54-00-00-00-01"
+    )
     assert boot_cmdline(url, "52:54:00:00:00:04").endswith(
         f"provision.hostname=shop-web-00001 provision.metadata={url}/v1/metadata/52:54:00:00:00:04"
     )  # a reserved machine: its hostname and image
-    assert "provision.metadata" not in boot_cmdline(url, "52:54:00:00:00:05")  # a group without metadata
+    assert "provision.metadata" not in boot_cmdline(
+        url, "52:54:00:00:00:05"
+    )  # a group without metadata
 
 
 def test_a_groups_user_data_hostname_and_keys_arrive_from_serve(
@@ -113,7 +122,13 @@ def test_a_groups_user_data_hostname_and_keys_arrive_from_serve(
     written = sorted(str(p.relative_to(config)) for p in config.rglob("*") if p.is_file())
     assert written == ["hostname", "ssh/authorized_keys", "web/index.html"]  # nothing of ".."
     assert list((config / "ok").iterdir()) == []  # ok/ itself is fine, its ".." is dropped
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "cmdline", "config", "state", "work"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bin",
+        "cmdline",
+        "config",
+        "state",
+        "work",
+    ]
     assert not (config / "provision").exists()  # a lab group's machine: no image named
 
 
@@ -151,7 +166,9 @@ def test_a_document_over_the_limit_writes_nothing(
     assert list(config.iterdir()) == []
 
 
-def run_with_cmdline(cmdline: str, applets: Path, tmp_path: Path, end: str = "\n") -> tuple[str, Path]:
+def run_with_cmdline(
+    cmdline: str, applets: Path, tmp_path: Path, end: str = "\n"
+) -> tuple[str, Path]:
     tmp_path.mkdir(exist_ok=True)
     (tmp_path / "cmdline").write_text(cmdline + end)
     env = {"METADATA_SOURCES": "serve", "METADATA_CMDLINE": str(tmp_path / "cmdline")}
@@ -192,7 +209,10 @@ def garbage() -> Iterator[str]:
 @pytest.mark.parametrize(
     ("cmdline", "said"),
     [
-        ("provision.metadata=https://10.0.0.1/v1/metadata/52:54:00:00:00:01", "not http://SERVER/v1/metadata/MAC"),
+        (
+            "provision.metadata=https://10.0.0.1/v1/metadata/52:54:00:00:00:01",
+            "not http://SERVER/v1/metadata/MAC",
+        ),
         ("provision.metadata=http://10.0.0.1/files/x", "not http://SERVER/v1/metadata/MAC"),
         ("provision.metadata=http://10.0.0.1/v1/metadata/a;reboot", "not a URL this reads"),
         ("provision.metadata=http://10.0.0.1/v1/metadata/$(reboot)", "not a URL this reads"),
@@ -223,17 +243,24 @@ def test_what_is_not_a_metadata_object_or_not_there_writes_nothing(
 def test_values_with_line_breaks_are_dropped(garbage: str, applets: Path, tmp_path: Path) -> None:
     """A server (not provision serve: its lab refuses them) whose keys, hostname and image hold
     line breaks, which would add lines to authorized_keys: only the clean key lands."""
-    out, config = run_with_cmdline(f"provision.metadata={garbage}/v1/metadata/forced", applets, tmp_path)
+    out, config = run_with_cmdline(
+        f"provision.metadata={garbage}/v1/metadata/forced", applets, tmp_path
+    )
     assert "read metadata from provision serve" in out
     assert (config / "ssh" / "authorized_keys").read_text().splitlines() == [OTHER]
-    assert sorted(str(p.relative_to(config)) for p in config.rglob("*")) == ["ssh", "ssh/authorized_keys"]
+    assert sorted(str(p.relative_to(config)) for p in config.rglob("*")) == [
+        "ssh",
+        "ssh/authorized_keys",
+    ]
 
 
 def test_a_command_line_without_its_newline_is_read(
     serve: tuple[str, Path], applets: Path, tmp_path: Path
 ) -> None:
     url, _ = serve
-    _out, config = run_with_cmdline(boot_cmdline(url, "52:54:00:00:00:02"), applets, tmp_path, end="")
+    _out, config = run_with_cmdline(
+        boot_cmdline(url, "52:54:00:00:00:02"), applets, tmp_path, end=""
+    )
     assert (config / "userdata").read_text() == "#!/bin/sh\necho plain user data\n"
 
 
