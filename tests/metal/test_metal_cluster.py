@@ -48,7 +48,7 @@ profiles:
 # allocation would otherwise lose a note written less than 30 s before (an empty file)
 NOTE = """\
   - name: note
-    image: provision/agent:de3393740e47
+    image: provision/agent:df39cc8fb154
     command: ["/bin/sh", "-c", "[ -e /var/persist/note ] || { cat /proc/sys/kernel/random/uuid; cat /host/etc/provision/image.json; } >/var/persist/note; cat /run/config/motd /run/config/provision/image >/var/persist/metadata 2>&1; /bin/busybox sync; true"]
     binds: ["/var/persist:/var/persist", "/etc/provision:/host/etc/provision:ro", "/run/config:/run/config:ro"]
 services:
