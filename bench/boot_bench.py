@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import select
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ def build_floor(out: Path) -> Path:
 
 def time_floor(kernel: Path, initrd: Path, out: Path) -> tuple[float, float]:
     """(host seconds, guest uptime) to the floor's shell."""
-    machine = Machine(kernel, initrd, out, cmdline="console=ttyS0 panic=-1 quiet")
+    machine = Machine(kernel, initrd, out)  # the images' command line
     try:
         match = machine.wait_for(r"FLOOR-SHELL-READY (\d+\.\d+)", timeout=120)
         return time.monotonic() - machine.started, float(match.group(1))
@@ -103,26 +104,71 @@ def time_minimal(kernel: Path, initrd: Path, out: Path) -> tuple[float, float, S
         machine.kill()
 
 
+def read_http(sock: socket.socket, timeout: float) -> bytes:
+    """The whole answer on ``sock`` (HTTP/1.0: the server closes), within ``timeout``."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    while chunk := sock.recv(65536):
+        data += chunk
+    return bytes(data)
+
+
+def poll_agent(port: int, path: str, deadline: float) -> Any:
+    """The JSON the agent answers at ``path``, asked until it answers (or the deadline).
+
+    Through QEMU's user network a connection to a published port is accepted at once on
+    the host, and its SYN to the guest is dropped until the guest's interface has its
+    address and the agent listens; such a request hangs until its time-out (a sequential
+    poll with a 2 s time-out measures the agent in 2 s steps). So a new connection is
+    opened every 0.2 s while none has answered, the older ones (at most 4) kept open in
+    case they do: the first that answers is the moment the agent first answered."""
+    request = f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    pending: list[socket.socket] = []
+    try:
+        while time.monotonic() < deadline:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+                sock.sendall(request)
+                pending.append(sock)
+            except OSError:
+                time.sleep(0.1)
+            if len(pending) > 4:
+                pending.pop(0).close()
+            readable, _, _ = select.select(pending, [], [], 0.2)
+            for sock in readable:
+                pending.remove(sock)
+                try:
+                    answer = read_http(sock, 10)
+                except OSError:
+                    continue
+                finally:
+                    sock.close()
+                head, _, body = answer.partition(b"\r\n\r\n")
+                if head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0]:
+                    try:
+                        return json.loads(body)
+                    except ValueError:
+                        continue
+        raise SystemExit(f"the agent never answered {path}")
+    finally:
+        for sock in pending:
+            sock.close()
+
+
 def time_web(kernel: Path, initrd: Path, out: Path, services: int) -> tuple[float, float, Steps]:
     """(host seconds, guest uptime the agent reported with every service running, steps)."""
     port = free_port()
     machine = Machine(kernel, initrd, out, publish=[(port, 7080)])
     try:
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-                    status = json.load(r)
-                states = [s["state"] for s in status["services"].values()]
-                if len(states) == services and set(states) == {"running"}:
-                    took = time.monotonic() - machine.started
-                    url = f"http://127.0.0.1:{port}/cgi-bin/boot-times"
-                    with urllib.request.urlopen(url, timeout=10) as r:
-                        return took, float(status["uptime"]), parse_steps(json.load(r))
-            except (OSError, ValueError):
-                pass
+        while True:
+            status = poll_agent(port, "/", deadline)
+            states = [s["state"] for s in status["services"].values()]
+            if len(states) == services and set(states) == {"running"}:
+                took = time.monotonic() - machine.started
+                times = poll_agent(port, "/cgi-bin/boot-times", deadline)
+                return took, float(status["uptime"]), parse_steps(times)
             time.sleep(0.1)
-        raise SystemExit("web never reported every service running")
     finally:
         machine.kill()
 
