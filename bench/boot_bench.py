@@ -95,11 +95,14 @@ def time_minimal(kernel: Path, initrd: Path, out: Path) -> tuple[float, float, S
         took = time.monotonic() - machine.started
         # field 22 of the prompt shell's stat: its start, in clock ticks (USER_HZ 100)
         started = int(machine.shell("cut -d ' ' -f 22 /proc/$$/stat").strip()) / 100
-        return (
-            took,
-            started,
-            parse_steps(json.loads(machine.shell("cat /run/provision/boot-times.json"))),
-        )
+        # the services' first start reaches boot-times.json at the lowest priority: wait
+        # until getty's is in (at most 10 s) for the table
+        deadline = time.monotonic() + 10
+        while True:
+            steps = parse_steps(json.loads(machine.shell("cat /run/provision/boot-times.json")))
+            if any(n.startswith("service ") for n, _ in steps) or time.monotonic() > deadline:
+                return took, started, steps
+            time.sleep(0.5)
     finally:
         machine.kill()
 

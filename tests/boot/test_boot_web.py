@@ -133,6 +133,21 @@ def test_service_with_fewer_capabilities_lacks_them(web: Web) -> None:
     assert int(shell_caps, 16) > 1 << 37
 
 
+def test_crun_runs_from_a_read_only_binary_without_cloning_itself(web: Web) -> None:
+    # crun re-executes itself from a sealed copy (CVE-2019-5736) unless its binary is on a
+    # read-only file system: init bind-mounts a read-only ramfs copy over /usr/bin/crun
+    fields = web.machine.shell("grep ' /usr/bin/crun ' /proc/mounts").split()
+    assert fields[2] == "ramfs" and "ro" in fields[3].split(","), fields
+    out = web.machine.shell("echo x >>/usr/bin/crun 2>&1; echo rc=$?")
+    assert "rc=1" in out and "Read-only" in out, out
+    # each service's `crun run` still runs /usr/bin/crun itself (a clone would be a memfd)
+    exes = web.machine.shell(
+        "for p in /proc/[0-9]*; do case $(cat $p/cmdline 2>/dev/null | tr '\\0' ' ') in"
+        " 'crun --root /run/runc run '*) readlink $p/exe ;; esac; done"
+    ).split()
+    assert len(exes) >= len(SERVICES) - 1 and set(exes) == {"/usr/bin/crun"}, exes
+
+
 def test_killed_service_is_restarted_and_the_agent_shows_it(web: Web) -> None:
     before = web.status()["services"]["web"]
     web.machine.shell("crun --root /run/runc kill web KILL")
