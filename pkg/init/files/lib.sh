@@ -37,6 +37,18 @@ write_boot_times() {
 	done
 }
 
+# write_boot_times in a process of its own at the lowest priority (busybox has no nice:
+# the subshell renices itself), so that what boots goes first
+write_boot_times_later() {
+	(
+		(
+			read -r self _ </proc/self/stat
+			renice -n 19 -p "$self" >/dev/null 2>&1
+			write_boot_times
+		) &
+	)
+}
+
 # Containers given block devices wait until the IDE controllers are probed (rcS probes
 # them in the background; at most 20 s)
 wait_for_ide() {
