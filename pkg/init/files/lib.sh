@@ -88,7 +88,14 @@ uptime_s() { read -r up _ </proc/uptime; echo "${up%%.*}"; }
 # container id from a bundle directory: 001-sysctl -> sysctl
 container_id() { basename "$1" | sed 's/^[0-9][0-9]*-//'; }
 
-is_mounted() { grep -q " $1 " /proc/mounts; }
+# is $1 a mount point? (builtins: a fork and exec costs ~5 ms under emulation)
+is_mounted() {
+	local _dev _dir _rest
+	while read -r _dev _dir _rest; do
+		[ "$_dir" = "$1" ] && return 0
+	done </proc/mounts
+	return 1
+}
 
 # Remove what is left of container $1 (runc costs ~0.4 s per call under emulation:
 # call it only when runc has state for it).
