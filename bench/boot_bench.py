@@ -119,11 +119,12 @@ def time_minimal(kernel: Path, initrd: Path, out: Path) -> Boot:
         took, cpu = time.monotonic() - machine.started, qemu_cpu(machine)
         # field 22 of the prompt shell's stat: its start, in clock ticks (USER_HZ 100)
         started = int(machine.shell("cut -d ' ' -f 22 /proc/$$/stat").strip()) / 100
-        # the services' first start reaches boot-times.json at the lowest priority: wait
-        # until getty's is in (at most 10 s) for the table
+        # boot-times.json is written at the lowest priority (it may not be there yet): wait
+        # until getty's start is in (at most 10 s) for the table
         deadline = time.monotonic() + 10
         while True:
-            steps = parse_steps(json.loads(machine.shell("cat /run/provision/boot-times.json")))
+            text = machine.shell("cat /run/provision/boot-times.json 2>/dev/null || true")
+            steps = parse_steps(json.loads(text or '{"steps": []}'))
             if any(n.startswith("service ") for n, _ in steps) or time.monotonic() > deadline:
                 return Boot(took, started, cpu, steps)
             time.sleep(0.5)
