@@ -1,6 +1,11 @@
 """Power and boot device through a machine's BMC: Redfish (plain HTTP) or IPMI (ipmitool).
 
 Both set a one-time network boot, power on, reset and power off, and report the power state.
+A machine is powered off in order (``power_off_in_order``): its operating system is asked to
+shut down first (Redfish ``GracefulShutdown`` when the system's
+``ResetType@Redfish.AllowableValues`` offers it, IPMI ``chassis power soft``: the ACPI power
+button), and forced off only when it is still on after a bound, so what it had not yet written
+to disk is not lost.
 Quirks users hit with real BMCs are handled as Ironic handles them: a BMC that refuses
 ``BootSourceOverrideEnabled: Once`` gets ``Continuous`` (and the caller restores the disk
 after the boot); ``BootSourceOverrideMode`` is sent again with the target because some BMCs
@@ -13,12 +18,13 @@ environment variable and are never logged; ipmitool reads its password from ``IP
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
 
@@ -42,7 +48,14 @@ class PowerControl(Protocol):
 
     def reset(self) -> None: ...
 
-    def power_off(self) -> None: ...
+    def power_off(self) -> None:
+        """Forced off, at once."""
+        ...
+
+    def shut_down(self) -> bool:
+        """Ask the operating system to shut down in order (the ACPI power button); False when
+        the BMC does not offer it."""
+        ...
 
 
 def read_password(bmc: Bmc, base: Path) -> str:
@@ -80,6 +93,26 @@ def wait_power(
         sleep(0.5)
 
 
+def power_off_in_order(
+    control: PowerControl,
+    shutdown_timeout: float,
+    power_timeout: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Power a machine off: asked to shut down in order first, then, when the BMC does not
+    offer that or the machine is still on after ``shutdown_timeout`` (0: no wait), forced off
+    and polled up to ``power_timeout``. True when it went off in order (or was off)."""
+    if control.power_state() != "on":
+        return True
+    if shutdown_timeout > 0 and control.shut_down():
+        with contextlib.suppress(TransientProviderError):  # still on: forced off below
+            wait_power(control, "off", shutdown_timeout, sleep)
+            return True
+    control.power_off()
+    wait_power(control, "off", power_timeout, sleep)
+    return False
+
+
 @dataclass
 class RedfishBmc:
     """A Redfish ``ComputerSystem`` at ``address`` (its URL, e.g. .../redfish/v1/Systems/1)."""
@@ -115,17 +148,32 @@ class RedfishBmc:
             )
         return response
 
-    def power_state(self) -> str:
+    def _system(self) -> dict[str, Any]:
         response = self._call("GET", self.address)
         if response.status_code != 200:
             raise ProviderError(
                 f"BMC {self.address}: HTTP {response.status_code} reading the system"
             )
         try:
-            state = str(response.json()["PowerState"]).lower()
-        except (ValueError, KeyError, TypeError) as exc:
+            body = response.json()
+            if not isinstance(body, dict) or "PowerState" not in body:
+                raise ValueError("no PowerState")
+        except ValueError as exc:
             raise ProviderError(f"BMC {self.address}: not a Redfish ComputerSystem") from exc
+        return body
+
+    def power_state(self) -> str:
+        state = str(self._system()["PowerState"]).lower()
         return "on" if state in ("on", "poweringon") else "off"
+
+    def reset_types(self) -> list[str] | None:
+        """The system's ``ResetType@Redfish.AllowableValues``; None when it does not say."""
+        action = self._system().get("Actions", {})
+        action = action.get("#ComputerSystem.Reset") if isinstance(action, dict) else None
+        allowed = (
+            action.get("ResetType@Redfish.AllowableValues") if isinstance(action, dict) else None
+        )
+        return [str(v) for v in allowed] if isinstance(allowed, list) else None
 
     def boot_from_network(self, *, efi: bool) -> None:
         boot: dict[str, object] = {
@@ -142,12 +190,15 @@ class RedfishBmc:
                 f"BMC {self.address}: setting the boot device failed (HTTP {response.status_code})"
             )
 
-    def _reset(self, kind: str) -> None:
+    def _reset(self, kind: str, *, refusal_ok: bool = False) -> bool:
         response = self._call(
             "POST", f"{self.address}/Actions/ComputerSystem.Reset", {"ResetType": kind}
         )
+        if refusal_ok and response.status_code == 400:
+            return False
         if response.status_code not in (200, 202, 204):
             raise ProviderError(f"BMC {self.address}: {kind} failed (HTTP {response.status_code})")
+        return True
 
     def power_on(self) -> None:
         self._reset("On")
@@ -157,6 +208,13 @@ class RedfishBmc:
 
     def power_off(self) -> None:
         self._reset("ForceOff")
+
+    def shut_down(self) -> bool:
+        allowed = self.reset_types()
+        if allowed is not None and "GracefulShutdown" not in allowed:
+            return False
+        # a system that does not list its reset types may still refuse it (400): forced then
+        return self._reset("GracefulShutdown", refusal_ok=allowed is None)
 
 
 @dataclass
@@ -228,6 +286,17 @@ class IpmiBmc:
 
     def power_off(self) -> None:
         self._ipmitool("chassis", "power", "off")
+
+    def shut_down(self) -> bool:
+        try:
+            self._ipmitool("chassis", "power", "soft")
+        except TransientProviderError:
+            raise
+        except ProviderError as exc:
+            if "credentials" in str(exc):
+                raise
+            return False  # the BMC refused a soft shutdown: forced off then
+        return True
 
 
 def connect_bmc(bmc: Bmc, base: Path) -> PowerControl:

@@ -3,7 +3,8 @@
 * create: reserve a free machine whose labels match the group's ``properties.selector`` (the
   reservation is named by the idempotency key, so a retried create finds the same machine),
   point it at the image (``provision serve`` answers its iPXE request with that image), set a
-  one-time network boot through its BMC and power it on (or reset it when it is on). A retry of
+  one-time network boot through its BMC and power it on (a machine that is on is first powered
+  off in order, as destroy does). A retry of
   a create whose machine is still off boots it again.
 * list: the reserved machines carrying the tags, with their power state (off = terminated).
   A machine with a local ``disk`` in the lab file also gets the image's raw disk to install
@@ -13,7 +14,8 @@
 * destroy: when the group names a ``wipe`` profile, boot it once (``provision serve`` answers
   that profile while the reservation is marked wiping) and wait until the machine powers
   itself off (the wipe is done) or ``wipeTimeout`` passes; then power the machine off and
-  release it (in that order: a crash in between leaves a reserved, powered-off machine, never
+  release it (powered off in order: asked to shut down through the BMC, forced off only when it
+  is still on after ``shutdownTimeout``, so its disk's data is written; in that order: a crash in between leaves a reserved, powered-off machine, never
   an unowned running one; a retried destroy wipes again). A machine not reserved is done.
   A replaced machine (``destroy_for_replacement``: a re-image) is not wiped: it is powered off
   and kept as its group's, taken first by the group's next create; another group taking it
@@ -21,7 +23,9 @@
 * address: the inventory's ``address`` (and ``ports`` forwarded by a NAT in virtual labs).
 
 Provider options: ``lab`` (the lab file), ``state`` (the directory ``provision serve --state``
-serves: published images and reservations), ``powerTimeout`` (60 s), ``efi`` (false),
+serves: published images and reservations), ``powerTimeout`` (60 s), ``shutdownTimeout`` (60 s:
+how long an orderly shutdown may take before the machine is forced off; 0 forces at once),
+``efi`` (false),
 ``diskBootSize`` / ``diskDataSize`` (the installed disk's partitions: 256M / 1G),
 ``wipeTimeout`` (10 m). Group properties: ``selector``, ``wipe``, and ``userData`` /
 ``sshKeys``, kept in the reservation and served as the machine's metadata (boot.py).
@@ -40,7 +44,12 @@ from typing import Any
 
 from provision import schema
 from provision.clock import Clock
-from provision.providers.metal.bmc import PowerControl, connect_bmc, wait_power
+from provision.providers.metal.bmc import (
+    PowerControl,
+    connect_bmc,
+    power_off_in_order,
+    wait_power,
+)
 from provision.providers.metal.images import LocalDiskLayout, disk_image_path
 from provision.providers.metal.lab import NAME, USER_DATA_MAX, Bmc, Lab, Machine, load_lab
 from provision.providers.metal.reservations import (
@@ -115,6 +124,11 @@ OPTIONS = Schema(
         "powerTimeout": Field(
             "a duration from 1s to 10m", schema.duration(1.0, 600.0), doc="default 60s"
         ),
+        "shutdownTimeout": Field(
+            "a duration from 0s to 1h (an orderly shutdown before a forced power-off; 0s: forced)",
+            schema.duration(0.0, 3600.0),
+            doc="default 60s",
+        ),
         "efi": Field(
             "true or false (network boot in UEFI mode)", schema.boolean, doc="default false"
         ),
@@ -174,6 +188,7 @@ class MetalProvider:
         page_size: int = 50,
         disk_layout: LocalDiskLayout | None = None,
         wipe_timeout: float = 600.0,
+        shutdown_timeout: float = 60.0,
         bmc_factory: BmcFactory = connect_bmc,
     ) -> None:
         self.name = name
@@ -186,6 +201,7 @@ class MetalProvider:
         self.page_size = page_size
         self.disk_layout = disk_layout or LocalDiskLayout("efi" if efi else "bios")
         self.wipe_timeout = wipe_timeout
+        self.shutdown_timeout = shutdown_timeout
         self._lock = threading.Lock()
 
     def lab(self) -> Lab:
@@ -264,12 +280,11 @@ class MetalProvider:
             fresh = True
         on = bmc.power_state() == "on"
         if fresh or not on:  # a retry finds its machine; it boots again only if it is off
-            bmc.boot_from_network(efi=self.efi)
-            if on:
-                bmc.reset()
-            else:
-                bmc.power_on()
-                wait_power(bmc, "on", self.power_timeout, self.clock.sleep)
+            if on:  # shut down in order (its disk's data written), then booted from the network
+                self._power_off(bmc)
+            bmc.boot_from_network(efi=self.efi)  # after: IPMI's boot flags expire in 60 s
+            bmc.power_on()
+            wait_power(bmc, "on", self.power_timeout, self.clock.sleep)
         return self._instance(mine, InstanceState.RUNNING)
 
     def _instance(self, reservation: Reservation, state: InstanceState) -> Instance:
@@ -331,9 +346,7 @@ class MetalProvider:
             bmc = self._bmc(machine)
             if not replacing and reservation.wipe and reservation.wipe in lab.profiles:
                 self._wipe(bmc, reservation)
-            if bmc.power_state() == "on":
-                bmc.power_off()
-                wait_power(bmc, "off", self.power_timeout, self.clock.sleep)
+            self._power_off(bmc)
         with self._lock, locked_reservations(self.state) as reserved:
             current = reserved.get(instance_id)
             if current is None or current.key != reservation.key:
@@ -342,6 +355,10 @@ class MetalProvider:
                 reserved[instance_id] = replace(current, released=True, wiping="")
             else:
                 del reserved[instance_id]
+
+    def _power_off(self, bmc: PowerControl) -> bool:
+        """Off in order (the OS asked to shut down, forced after ``shutdown_timeout``)."""
+        return power_off_in_order(bmc, self.shutdown_timeout, self.power_timeout, self.clock.sleep)
 
     def _wipe(self, bmc: PowerControl, reservation: Reservation) -> None:
         """Boot the reservation's wipe profile once (marked wiping, so serve answers it) and
@@ -411,4 +428,11 @@ def create_metal_provider(spec: ProviderSpec, clock: Clock) -> MetalProvider:
             mebibytes(8, 16 << 20)(options.get("diskDataSize", 1024)) or 1024,
         ),
         wipe_timeout=parse_duration(options.get("wipeTimeout", 600)) or 600.0,
+        shutdown_timeout=_seconds(options.get("shutdownTimeout"), 60.0),
     )
+
+
+def _seconds(value: Any, default: float) -> float:
+    """A duration option (0 allowed), or ``default`` when it is not given."""
+    seconds = None if value is None else parse_duration(value)
+    return default if seconds is None else seconds

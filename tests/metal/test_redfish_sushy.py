@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from provision.providers.metal.bmc import RedfishBmc, wait_power
+from provision.providers.metal.bmc import RedfishBmc, power_off_in_order, wait_power
 from provision.reconcile.provider import ProviderError, TransientProviderError
 
 UUID = "27946b59-9e44-4fa7-8e91-f3527a1ef094"
@@ -103,3 +103,13 @@ def test_refusals_are_permanent_and_outages_transient(sushy: str) -> None:
         RedfishBmc(
             f"http://127.0.0.1:{free_port()}/redfish/v1/Systems/x", USER, PASSWORD, timeout=2
         ).power_state()
+
+
+@pytest.mark.timeout(120)
+def test_graceful_shutdown_is_offered_and_lands(sushy: str) -> None:
+    bmc = RedfishBmc(sushy, USER, PASSWORD)
+    assert "GracefulShutdown" in (bmc.reset_types() or [])
+    bmc.power_on()
+    wait_power(bmc, "on", 30)
+    assert power_off_in_order(bmc, 30, 30) is True  # the emulator applies it 1-11 s later
+    assert bmc.power_state() == "off"
