@@ -4,8 +4,8 @@
   reservation is named by the idempotency key, so a retried create finds the same machine),
   point it at the image (``provision serve`` answers its iPXE request with that image), set a
   one-time network boot through its BMC and power it on (a machine that is on is first powered
-  off in order, as destroy does). A retry of
-  a create whose machine is still off boots it again.
+  off in order, as destroy does). A retry of a create whose machine is still off boots it
+  again.
 * list: the reserved machines carrying the tags, with their power state (off = terminated).
   A machine with a local ``disk`` in the lab file also gets the image's raw disk to install
   (``provision serve`` adds ``provision.install=URL provision.disk=DEV`` to its command line:

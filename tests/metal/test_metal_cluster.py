@@ -44,12 +44,13 @@ profiles:
 # the image's first boot writes a note into provision-data (a random id and the image that wrote
 # it), never overwritten; every boot copies what the metadata component wrote from serve's
 # metadata (the group's userData file motd, the image digest) there too; its web server serves
-# that directory. It syncs: a roll resets the machine through its BMC, and ext4's delayed
-# allocation would otherwise lose a note written less than 30 s before (an empty file)
+# that directory. It does not sync: ext4's delayed allocation keeps a note written less than
+# 30 s before in memory, and it survives the roll only because the provider shuts the machine
+# down in order (GracefulShutdown: the power button, init's shutdown syncs) before a forced off
 NOTE = """\
   - name: note
     image: provision/agent:df39cc8fb154
-    command: ["/bin/sh", "-c", "[ -e /var/persist/note ] || { cat /proc/sys/kernel/random/uuid; cat /host/etc/provision/image.json; } >/var/persist/note; cat /run/config/motd /run/config/provision/image >/var/persist/metadata 2>&1; /bin/busybox sync; true"]
+    command: ["/bin/sh", "-c", "[ -e /var/persist/note ] || { cat /proc/sys/kernel/random/uuid; cat /host/etc/provision/image.json; } >/var/persist/note; cat /run/config/motd /run/config/provision/image >/var/persist/metadata 2>&1; true"]
     binds: ["/var/persist:/var/persist", "/etc/provision:/host/etc/provision:ro", "/run/config:/run/config:ro"]
 services:
 """
@@ -98,7 +99,7 @@ journal: journal.db
 providers:
   metal:
     type: metal
-    options: {{lab: lab.yml, state: metal-state, powerTimeout: 30s,
+    options: {{lab: lab.yml, state: metal-state, powerTimeout: 30s, shutdownTimeout: 60s,
                diskBootSize: 40M, diskDataSize: 16M, wipeTimeout: 3m}}
 groups:
   - name: web
