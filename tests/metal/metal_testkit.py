@@ -154,6 +154,7 @@ class RedfishLab:
     def __init__(self, machines: list[VirtualMachine]) -> None:
         self.machines = {m.name: m for m in machines}
         self.requests: list[tuple[str, str, str]] = []  # (method, path, Authorization header seen)
+        self.resets: list[tuple[str, str]] = []  # (machine, ResetType) of every accepted reset
         self.lock = threading.Lock()
         lab = self
 
@@ -248,6 +249,7 @@ class RedfishLab:
                 if kind not in actions:
                     self._reply(400, {"error": f"ResetType {kind!r} is not allowed"})
                     return
+                lab.resets.append((machine.name, kind))
                 actions[kind]()
                 self._reply(204)
 

@@ -280,6 +280,7 @@ def test_a_lab_network_boots_rolls_and_goes_down(
     }
 
     (cwd / "cluster.yml").write_text(CLUSTER.format(image="v2/web.yml", motd=MOTD))
+    redfish.resets.clear()
     watcher = Watcher(machines)
     watcher.start()
     rolled = provision(cwd, "up", "cluster.yml", "--json", "--timeout", "600")
@@ -294,7 +295,9 @@ def test_a_lab_network_boots_rolls_and_goes_down(
         agent = read_agent("127.0.0.1", m.agent_port)
         assert agent is not None and agent.digest == image_v2
         assert "reimaged onto /dev/vda" in m.serial.read_text(errors="replace")
-        assert read_note(m) == notes[m.name]  # written by the first image, kept
+        assert read_note(m) == notes[m.name]  # written by the first image, kept (not synced)
+        resets = [kind for name, kind in redfish.resets if name == m.name]
+        assert "GracefulShutdown" in resets and "ForceOff" not in resets, resets  # in order
         assert read_metadata(m) == f"{MOTD}\n{image_v2}\n"
         assert boot_partition(m.disk) == boot_partition(disk_v2)  # the disk holds the new image
     assert watcher.fewest_answering() >= 1, (
