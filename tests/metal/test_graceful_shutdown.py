@@ -209,8 +209,14 @@ def paper_lab(tmp_path: Path) -> Iterator[tuple[MetalProvider, list[ButtonMachin
     redfish = RedfishLab(list(machines))
     (tmp_path / "bmc.pass").write_text(PASSWORD)
     (tmp_path / "lab.yml").write_text(lab_file_text(list(machines), redfish, tmp_path / "bmc.pass"))
-    options = {"lab": "lab.yml", "state": "metal-state", "powerTimeout": "5s",
-               "shutdownTimeout": "1s", "diskBootSize": "16M", "diskDataSize": "8M"}
+    options = {
+        "lab": "lab.yml",
+        "state": "metal-state",
+        "powerTimeout": "5s",
+        "shutdownTimeout": "1s",
+        "diskBootSize": "16M",
+        "diskDataSize": "8M",
+    }
     provider = get_target("metal").create_provider(
         ProviderSpec("lab", "metal", options=options, base=tmp_path), SystemClock()
     )

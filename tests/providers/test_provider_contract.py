@@ -119,8 +119,13 @@ def _metal(tmp_path: Path) -> Subject:
     (tmp_path / "bmc.pass").write_text(PASSWORD)
     (tmp_path / "lab.yml").write_text(lab_file_text(machines, redfish, tmp_path / "bmc.pass"))
     # firmware that never boots an OS ignores the power button: forced off after 1 s
-    options = {"lab": "lab.yml", "state": "metal-state", "pageSize": PAGE, "powerTimeout": "20s",
-               "shutdownTimeout": "1s"}
+    options = {
+        "lab": "lab.yml",
+        "state": "metal-state",
+        "pageSize": PAGE,
+        "powerTimeout": "20s",
+        "shutdownTimeout": "1s",
+    }
     provider = get_target("metal").create_provider(
         ProviderSpec("lab", "metal", options=options, base=tmp_path), SystemClock()
     )
