@@ -156,8 +156,13 @@ def test_three_daemons_five_groups_each_group_has_exactly_one_owner(
             )
         except AssertionError as exc:
             state = {d.proc.pid: (d.proc.poll(), sorted(owned_groups(d))) for d in daemons}
+            machines = {
+                g: sorted((m.image, m.id) for m in cloud.live({TAG_CLUSTER: "demo", TAG_GROUP: g}))
+                for g in groups
+            }
             raise AssertionError(
-                f"{exc}; expected {expected}; owned {state}; logs {[d.lines[-5:] for d in daemons]}"
+                f"{exc}; expected {expected}; owned {state}; machines {machines}; "
+                f"logs {[d.lines[-60:] for d in daemons]}"
             ) from None
         assert balanced()
         assert sampler.is_alive()
