@@ -382,5 +382,28 @@ class Daemon:
         return fast
 
 
-def reloader(path: Path) -> Callable[[], ClusterSpec]:
-    return lambda: load_cluster_spec(path)
+SPEC_SETTLE = 0.2  # seconds a just-written spec file must stay unchanged before it is taken
+
+
+def reloader(
+    path: Path, settle: float = SPEC_SETTLE, pause: Callable[[float], None] = time.sleep
+) -> Callable[[], ClusterSpec]:
+    """Read the cluster spec for a resync. A file written within the last ``settle`` seconds is
+    read again after that pause and taken only when both reads agree: an editor, `cp` or a
+    config-management run still writing it would otherwise hand the daemon part of a spec, and a
+    spec cut off between two groups is valid and removes the groups after the cut."""
+
+    def load() -> ClusterSpec:
+        spec = load_cluster_spec(path)
+        if time.time() - path.stat().st_mtime >= settle:
+            return spec
+        pause(settle)
+        again = load_cluster_spec(path)
+        if again.source_text != spec.source_text:
+            raise ProvisionError(
+                f"{path}: changed while being read; keeping the previous spec until the next resync",
+                hint="write the spec to a temporary file and rename it into place",
+            )
+        return again
+
+    return load

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,14 @@ class GroupImage:
 
 
 class GroupImages:
-    """Each group's :class:`GroupImage`, resolved once per group (``clear`` forgets them, as a
-    resync does). ``fixed`` maps group names to ids given by the caller (nothing resolved)."""
+    """Each group's :class:`GroupImage`, resolved once per group and image (``clear`` forgets
+    them, as a resync that read a changed spec does). ``fixed`` maps group names to ids given by
+    the caller (nothing resolved).
+
+    A pass may be resolving a group's image while a resync swaps the spec and clears: that
+    resolution was of the old spec, so it is used for its own pass only and never cached over
+    the new one (the cache is keyed by the group's provider and image, and a resolution started
+    before a ``clear`` is not kept)."""
 
     def __init__(
         self,
@@ -88,7 +95,9 @@ class GroupImages:
         self.artifacts = artifacts or default_artifact_cache()
         self.progress = progress
         self.fixed = dict(fixed or {})
-        self._resolved: dict[str, GroupImage] = {}
+        self._resolved: dict[tuple[str, str, str], GroupImage] = {}
+        self._generation = 0  # bumped by clear(): a resolution started before it is not kept
+        self._lock = threading.Lock()
 
     @property
     def store(self) -> ImageStore:
@@ -97,13 +106,19 @@ class GroupImages:
         return self._store
 
     def clear(self) -> None:
-        self._resolved.clear()
+        with self._lock:
+            self._generation += 1
+            self._resolved.clear()
 
     def image(self, group: GroupSpec) -> GroupImage:
-        found = self._resolved.get(group.name)
+        key = (group.name, group.provider, group.image)
+        found = self._resolved.get(key)
         if found is None:
+            generation = self._generation
             found = self._resolve(group)
-            self._resolved[group.name] = found
+            with self._lock:
+                if generation == self._generation:
+                    self._resolved[key] = found
         return found
 
     def _say(self, message: str) -> None:

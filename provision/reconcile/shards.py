@@ -213,7 +213,9 @@ class ShardedDaemon(Daemon):
                 owners.get(group, ("", 0))[1] != token
             ):  # the key is gone (never seen while the lease lives)
                 raise StaleEpochError(f"group {group}: owner key lost", hint="its lease expired")
-            if group not in wanted:
+            with self._owned_lock:
+                leaving = group in self._leaving
+            if group not in wanted or leaving:  # a hand-off once begun is finished (then reclaimed)
                 self._hand_off(group)
         for group in sorted(wanted - set(self.owned())):
             if group in owners or not self.acting():

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,9 @@ from provision.clock import FakeClock
 from provision.image_digest import plan_image_digest
 from provision.oci.store import ImageStore
 from provision.providers.simulated.persistence import load_cloud
-from provision.reconcile.image import GroupImages
+from provision.reconcile.image import GroupImage, GroupImages
 from provision.reconcile.registry import create_providers
-from provision.reconcile.spec import load_cluster_spec
+from provision.reconcile.spec import GroupSpec, load_cluster_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -170,3 +171,38 @@ def test_a_built_artifact_is_only_digested_by_a_plan_and_cached_by_apply(workdir
     assert (cached / "standin-initrd.img").read_bytes() == (
         prefix.parent / "standin-initrd.img"
     ).read_bytes()
+
+
+def test_a_resolution_in_flight_when_the_spec_changes_is_not_kept_for_the_new_spec(
+    workdir: Path,
+) -> None:
+    """A resync swaps the spec while a pass is still resolving the group's old image: the
+    next pass must launch the new image (it used to keep the old one cached until the spec
+    changed again, so that group silently never rolled out)."""
+    resolving, go_on = threading.Event(), threading.Event()
+
+    class SlowForImg1(GroupImages):
+        def _resolve(self, group: GroupSpec) -> GroupImage:
+            if group.image == "img-1":
+                resolving.set()
+                assert go_on.wait(10)
+            return super()._resolve(group)
+
+    (workdir / "cluster.yml").write_text(CLUSTER.replace("specs/machine.yml", "img-1"))
+    old_spec = load_cluster_spec(workdir / "cluster.yml")
+    (workdir / "cluster.yml").write_text(CLUSTER.replace("specs/machine.yml", "img-2"))
+    new_spec = load_cluster_spec(workdir / "cluster.yml")
+    providers = create_providers(old_spec, FakeClock())
+    images = SlowForImg1(old_spec, providers, build=True, artifacts=workdir / "artifacts")
+    got: list[str] = []
+    in_flight = threading.Thread(target=lambda: got.append(images.image(old_spec.group("web")).id))
+    in_flight.start()
+    assert resolving.wait(10)
+    images.spec = new_spec  # what the daemon's resync does with a changed spec
+    images.clear()
+    go_on.set()
+    in_flight.join(10)
+    assert got == ["img-1"]  # the pass that began before the change used its own spec
+    assert images.image(new_spec.group("web")).id == "img-2"
+    assert images.image(old_spec.group("web")).id == "img-1"  # a stale group never poisons it
+    assert images.image(new_spec.group("web")).id == "img-2"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -82,3 +83,38 @@ def test_daemon_converges_serves_metrics_and_stops_cleanly_on_sigterm(
     assert {i.id for i in sim.live()} == tracked  # nothing untracked
     assert len(tracked) > 3  # the grown group was being created when the daemon stopped
     assert lease_owner is None  # released for the next daemon
+
+
+def _spec_with_groups(url: str, groups: tuple[str, ...]) -> str:
+    spec = SPEC.format(url=url, size=1)
+    extra = "".join(
+        f"  - name: {g}\n    provider: sim\n    image: img-1\n    size: 1\n" for g in groups
+    )
+    return spec + extra
+
+
+def test_a_spec_file_still_being_written_is_not_taken_by_a_resync(tmp_path: Path) -> None:
+    """A spec changed while the daemon reads it (an editor or `cp` writing it in place) is
+    refused with a located one-line error, and the previous spec is kept: a file cut off
+    between two groups is a valid spec that would remove every group after the cut."""
+    from provision.errors import ProvisionError
+    from provision.reconcile.daemon import reloader
+
+    path = tmp_path / "cluster.yml"
+    whole = _spec_with_groups("http://127.0.0.1:9", ("extra",))
+    cut = whole[: whole.index("  - name: extra")]
+    pauses: list[float] = []
+
+    def writer_finishes(seconds: float) -> None:  # the writer completes while we wait
+        pauses.append(seconds)
+        path.write_text(whole)
+
+    path.write_text(cut)
+    with pytest.raises(ProvisionError, match=r"cluster\.yml: changed while being read"):
+        reloader(path, pause=writer_finishes)()
+    assert pauses == [0.2]
+    assert [g.name for g in reloader(path, pause=lambda s: None)().groups][-1] == "extra"
+    old = time.time() - 60  # a file nobody touched lately is read once
+    os.utime(path, (old, old))
+    assert [g.name for g in reloader(path, pause=writer_finishes)().groups][-1] == "extra"
+    assert pauses == [0.2]
