@@ -30,7 +30,6 @@ from __future__ import annotations
 import datetime
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,22 +40,11 @@ from netns_testkit import (
     SERVER,
     STAGE_WAIT_BOUND,
     LabNetwork,
-    lab_network,
     write_lab,
 )
 
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(300)]
 HTTP_SCRIPT = f"http://{SERVER}:8080/boot.ipxe"
-
-
-@pytest.fixture
-def single_network(tmp_path: Path) -> Iterator[LabNetwork]:
-    yield from lab_network(tmp_path, with_dhcp_server=False)
-
-
-@pytest.fixture
-def network_with_dnsmasq(tmp_path: Path) -> Iterator[LabNetwork]:
-    yield from lab_network(tmp_path, with_dhcp_server=True)
 
 
 def ovmf_machine(vars_copy: Path) -> list[str]:

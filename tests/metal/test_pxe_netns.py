@@ -7,18 +7,10 @@ IPv6 router solicitation: ndp.py). (Legacy PXE and UEFI firmware going through T
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-from netns_testkit import MAC, SERVER, STAGE_WAIT_BOUND, LabNetwork, lab_network, write_lab
+from netns_testkit import MAC, SERVER, STAGE_WAIT_BOUND, LabNetwork, write_lab
 
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(240)]
-
-
-@pytest.fixture
-def single_network(tmp_path: Path) -> Iterator[LabNetwork]:
-    yield from lab_network(tmp_path, with_dhcp_server=False)
 
 
 def test_firmware_pxe_boots_from_serve_as_the_only_dhcp_server(
