@@ -291,7 +291,8 @@ class Daemon:
             self._start_groups()
 
     def _resync(self) -> None:
-        """Full resync: re-read the spec (a changed file becomes the new desired state) and wake
+        """Full resync: re-read the spec (a changed file becomes the new desired state), resolve
+        every group's image again (an edited image spec, or a tag that moved, rolls out) and wake
         every group for a full observation. A spec that removes every group is refused."""
         if self.reload is not None:
             try:
@@ -312,9 +313,9 @@ class Daemon:
                     else:
                         self.engine.spec = spec
                         self.engine.images.spec = spec
-                        self.engine.images.clear()
                         self.engine._record_spec(spec)
                         log_event("spec-reloaded", cluster=spec.name, digest=spec.digest)
+        self.engine.images.clear()
         self._start_groups()
         for event in self._wake.values():
             event.set()

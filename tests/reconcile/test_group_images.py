@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -206,3 +208,50 @@ def test_a_resolution_in_flight_when_the_spec_changes_is_not_kept_for_the_new_sp
     assert images.image(new_spec.group("web")).id == "img-2"
     assert images.image(old_spec.group("web")).id == "img-1"  # a stale group never poisons it
     assert images.image(new_spec.group("web")).id == "img-2"
+
+
+def test_the_daemon_rolls_out_an_edited_image_spec_at_its_next_resync(workdir: Path) -> None:
+    """Only the image spec changes (cluster.yml stays as it was): the daemon's next resync
+    builds and publishes the new digest and replaces the group's machines with it."""
+    (workdir / "cluster.yml").write_text(CLUSTER)
+    store = ImageStore(workdir / "oci")
+    machine = workdir / "specs/machine.yml"
+    first = plan_image_digest([machine], store)
+    env = {**os.environ, "PROVISION_CACHE": str(workdir / "oci")}
+    env["PROVISION_ARTIFACTS"] = str(workdir / "artifacts")
+    log = (workdir / "daemon.log").open("w")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "provision", "daemon", "cluster.yml", "--listen", "127.0.0.1:0"]
+        + ["--interval", "0.1", "--resync", "0.5"],
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+
+    def runs_only(digest: str) -> bool:
+        """Both machines run the image published for ``digest``, and nothing else runs."""
+        cloud = load_cloud(str(workdir / "cloud.json"))
+        image = cloud.find_image(digest)
+        live = [m.image for m in cloud.live({"provision-cluster": "imgs"})]
+        return image is not None and live == [image, image]
+
+    def wait(predicate: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 120
+        while not predicate():
+            assert daemon.poll() is None, (workdir / "daemon.log").read_text()
+            assert time.monotonic() < deadline, f"{what}: {(workdir / 'daemon.log').read_text()}"
+            time.sleep(0.2)
+
+    try:
+        wait(lambda: runs_only(first), "v1 up")
+        machine.write_text(machine.read_text().replace('contents: "hello\\n"', 'contents: "v2\\n"'))
+        second = plan_image_digest([machine], store)
+        assert second != first
+        wait(lambda: runs_only(second), "the edited image spec rolled out")
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        log.close()
+    assert daemon.returncode == 0
