@@ -154,6 +154,25 @@ class LabNetwork:
             time.sleep(0.5)
         return time.monotonic() - started
 
+    def pxe_boot_with_full_dhcp(self, *serve_extra: str) -> str:
+        """serve as the only DHCP server (with TFTP, ``serve_extra`` added), a machine whose NIC
+        boots first: its serve log once the stand-in image is up."""
+        self.start_serve(
+            write_lab(self.tmp),
+            "--tftp",
+            f"{SERVER}:69",
+            "--dhcp",
+            "full",
+            "--dhcp-pool",
+            "192.168.77.10-192.168.77.20",
+            *serve_extra,
+        )
+        self.start_machine(
+            "-device", f"virtio-net-pci,netdev=n0,mac={MAC},bootindex=1", "-boot", "n"
+        )
+        self.wait_for_serial("STANDIN-READY", 150)
+        return self.log("serve.log")
+
     def boots(self) -> list[dict[str, object]]:
         """serve's /v1/boots (each /ipxe request, with its time), asked from the namespace."""
         done = subprocess.run(

@@ -82,20 +82,7 @@ def test_bios_ipxe_rom_chainloads_undionly_over_tftp_then_boots_over_http(
     single_network: LabNetwork,
 ) -> None:
     lab = single_network
-    root = write_lab(lab.tmp)
-    lab.start_serve(
-        root,
-        "--tftp",
-        f"{SERVER}:69",
-        "--dhcp",
-        "full",
-        "--dhcp-pool",
-        "192.168.77.10-192.168.77.20",
-        "--dhcp-chain-ipxe",
-    )
-    lab.start_machine("-device", f"virtio-net-pci,netdev=n0,mac={MAC},bootindex=1", "-boot", "n")
-    lab.wait_for_serial("STANDIN-READY", 150)
-    log = lab.log("serve.log")
+    log = lab.pxe_boot_with_full_dhcp("--dhcp-chain-ipxe")
     answers = dhcp_lines(log)
     # the NIC ROM (arch 0, iPXE) is handed undionly.kpxe by TFTP, in the offer and the ack
     assert answers[:2] == [

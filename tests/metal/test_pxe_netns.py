@@ -8,7 +8,7 @@ IPv6 router solicitation: ndp.py). (Legacy PXE and UEFI firmware going through T
 from __future__ import annotations
 
 import pytest
-from netns_testkit import MAC, SERVER, STAGE_WAIT_BOUND, LabNetwork, write_lab
+from netns_testkit import MAC, SERVER, STAGE_WAIT_BOUND, LabNetwork
 
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(240)]
 
@@ -17,19 +17,7 @@ def test_firmware_pxe_boots_from_serve_as_the_only_dhcp_server(
     single_network: LabNetwork,
 ) -> None:
     lab = single_network
-    root = write_lab(lab.tmp)
-    lab.start_serve(
-        root,
-        "--tftp",
-        f"{SERVER}:69",
-        "--dhcp",
-        "full",
-        "--dhcp-pool",
-        "192.168.77.10-192.168.77.20",
-    )
-    lab.start_machine("-device", f"virtio-net-pci,netdev=n0,mac={MAC},bootindex=1", "-boot", "n")
-    lab.wait_for_serial("STANDIN-READY", 150)
-    log = lab.log("serve.log")
+    log = lab.pxe_boot_with_full_dhcp()
     assert f"dhcp {MAC}: offer 192.168.77.10" in log and f"dhcp {MAC}: ack 192.168.77.10" in log
     # the firmware is iPXE: it got the HTTP script, and nothing over TFTP
     assert f"boot http://{SERVER}:8080/boot.ipxe (arch 0, iPXE)" in log
