@@ -4,9 +4,9 @@ once with `provision pkg build` into a cache kept across runs (``PROVISION_E2E_C
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
+
+from cli_testkit import run_provision
 
 REPO = Path(__file__).resolve().parents[1]
 COMPONENTS = Path(os.environ.get("PROVISION_E2E_CACHE", "/var/tmp/provision-e2e-oci"))
@@ -21,16 +21,13 @@ def ensure_web_components() -> Path:
     try:
         plan_image_digest([REPO / "examples/web.yml"], ImageStore(COMPONENTS))
     except ComponentsMissingError:
-        env = {**os.environ, "PROVISION_CACHE": str(COMPONENTS)}
-        done = subprocess.run(
-            [sys.executable, "-m", "provision", "pkg", "build", "-q", *WEB_COMPONENTS],
+        done = run_provision(
+            "pkg",
+            "build",
+            "-q",
+            *WEB_COMPONENTS,
             cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            stdin=subprocess.DEVNULL,
-            check=False,
-            env=env,
+            env={"PROVISION_CACHE": str(COMPONENTS)},
         )
         assert done.returncode == 0, done.stderr
     return COMPONENTS

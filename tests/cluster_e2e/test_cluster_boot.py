@@ -9,7 +9,6 @@ import concurrent.futures
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_testkit import run_provision
 from components_testkit import COMPONENTS, ensure_web_components
 from standin import host_kernel, write_standin
 
@@ -49,17 +49,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def provision(*args: str, cwd: Path, timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PROVISION_CACHE": str(COMPONENTS)}
-    return subprocess.run(
-        [sys.executable, "-m", "provision", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-        env=env,
-    )
+    return run_provision(*args, cwd=cwd, env={"PROVISION_CACHE": str(COMPONENTS)}, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import io
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_testkit import run_provision
 from guest_testkit import newc_archive
 
 from provision.builders.base import BootInputs, FormatOptions
@@ -246,16 +246,8 @@ AGENT_COMPONENTS = ("pkg/kernel", "pkg/init", "pkg/dhcpcd", "pkg/agent")
 
 def provision_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """``python -m provision ARGS`` in the repository, with the component store as its cache."""
-    env = {**os.environ, "PROVISION_CACHE": str(COMPONENT_STORE)}
-    return subprocess.run(
-        [sys.executable, "-m", "provision", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-        env=env,
+    return run_provision(
+        *args, cwd=REPO, env={"PROVISION_CACHE": str(COMPONENT_STORE)}, timeout=timeout
     )
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from cli_testkit import run_provision
 from components_testkit import REPO, ensure_web_components
 from metal_testkit import PASSWORD, RedfishLab, VirtualMachine, free_port, lab_file_text
 
@@ -114,20 +115,10 @@ groups:
 
 def provision(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {
-        **os.environ,
         "PROVISION_CACHE": str(ensure_web_components()),
         "PROVISION_ARTIFACTS": str(cwd / "artifacts"),
     }
-    return subprocess.run(
-        [sys.executable, "-m", "provision", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-        env=env,
-    )
+    return run_provision(*args, cwd=cwd, env=env, timeout=timeout)
 
 
 @pytest.fixture

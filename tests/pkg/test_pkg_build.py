@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_testkit import run_provision
 from pkg_testkit import LocalRepo, locked, make_deb, replace_data, write_recipe
 
 from provision.builders.pkg import (
@@ -52,8 +52,7 @@ def layer_members(store: ImageStore, name: str) -> dict[str, tuple[tarfile.TarIn
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "provision", *args], capture_output=True,
-                          text=True, check=False)  # fmt: skip
+    return run_provision(*args)
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,11 @@ the CLI run as a user runs it."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
+from cli_testkit import run_provision
 from guest_testkit import NewcEntry, newc_archive
 
 BUSYBOX = Path("/bin/busybox")
@@ -68,16 +67,7 @@ def provision(
     state_root: Path, *args: str, timeout: float = 90
 ) -> subprocess.CompletedProcess[str]:
     """Run the ``provision`` CLI with its own state root; stdin closed, output captured."""
-    env = {**os.environ, "PROVISION_STATE": str(state_root)}
-    return subprocess.run(
-        [sys.executable, "-m", "provision", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_provision(*args, env={"PROVISION_STATE": str(state_root)}, timeout=timeout)
 
 
 def dead_pid() -> int:
