@@ -161,3 +161,10 @@ def test_metadata_leaves_what_is_not_a_json_object_to_userdata(
 ) -> None:
     code, records, _ = expand_user_data(tmp_path, user_data)
     assert code == 1 and records == []
+
+
+def test_udhcpc_up_copies_stay_one_script() -> None:
+    # a recipe's files come from its own directory: init and metadata each carry a copy
+    init, metadata = (REPO / f"pkg/{name}/files/udhcpc-up" for name in ("init", "metadata"))
+    assert init.read_bytes() == metadata.read_bytes()
+
