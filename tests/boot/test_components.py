@@ -168,3 +168,34 @@ def test_udhcpc_up_copies_stay_one_script() -> None:
     init, metadata = (REPO / f"pkg/{name}/files/udhcpc-up" for name in ("init", "metadata"))
     assert init.read_bytes() == metadata.read_bytes()
 
+
+def iso_labels(tmp_path: Path, devices: list[Path]) -> list[str]:
+    """metadata's iso_label over each file (host busybox): the volume id, or "-" for none."""
+    busybox = shutil.which("busybox")
+    assert busybox, "busybox-static is needed (apt-get install busybox-static)"
+    script = (REPO / "pkg/metadata/files/metadata").read_text()
+    function = re.search(r"^iso_label\(\) \{\n.*?^\}\n", script, re.M | re.S)
+    assert function, "pkg/metadata/files/metadata has no iso_label function"
+    probe = tmp_path / "probe.sh"
+    probe.write_text(function.group(0) + 'for dev; do iso_label "$dev" && echo "$ISO_LABEL" || echo -; done\n')
+    done = subprocess.run([busybox, "sh", str(probe), *map(str, devices)], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    return done.stdout.splitlines()
+
+
+def test_metadata_reads_the_iso_volume_id(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "user-data").write_text("{}\n")
+    images = []
+    for name, label, joliet in (("lower", "cidata", "-J"), ("upper", "CIDATA", "-r"),
+                                ("spaced", "MY DISC", "-r")):  # fmt: skip
+        images.append(tmp_path / f"{name}.iso")
+        subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-V", label, joliet, "-o",
+                        str(images[-1]), str(tree)], check=True, capture_output=True)  # fmt: skip
+    blank = tmp_path / "blank.img"
+    blank.write_bytes(b"\0" * 65536)
+    short = tmp_path / "short.img"
+    short.write_bytes(b"x" * 100)
+    labels = iso_labels(tmp_path, [*images, blank, short, tmp_path / "missing"])
+    assert labels == ["cidata", "CIDATA", "MY DISC", "-", "-", "-"]
