@@ -199,3 +199,14 @@ def test_metadata_reads_the_iso_volume_id(tmp_path: Path) -> None:
     short.write_bytes(b"x" * 100)
     labels = iso_labels(tmp_path, [*images, blank, short, tmp_path / "missing"])
     assert labels == ["cidata", "CIDATA", "MY DISC", "-", "-", "-"]
+
+
+def test_init_names_containers_by_their_bundle_without_the_order_prefix() -> None:
+    busybox = shutil.which("busybox")
+    assert busybox, "busybox-static is needed (apt-get install busybox-static)"
+    bundles = ["/containers/onboot/000-sysctl", "/containers/onboot/012-a-b/", "/x/007",
+               "/containers/services/web", "/x/1x-y", "/x/-z"]  # fmt: skip
+    script = ". pkg/init/files/lib.sh; for b; do container_id \"$b\"; echo \"$CONTAINER_ID\"; done"
+    done = subprocess.run([busybox, "sh", "-c", script, "sh", *bundles], cwd=REPO,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert done.stdout.splitlines() == ["sysctl", "a-b", "007", "web", "1x-y", "-z"]
