@@ -210,3 +210,23 @@ def test_init_names_containers_by_their_bundle_without_the_order_prefix() -> Non
     done = subprocess.run([busybox, "sh", "-c", script, "sh", *bundles], cwd=REPO,
                           capture_output=True, text=True, check=True)  # fmt: skip
     assert done.stdout.splitlines() == ["sysctl", "a-b", "007", "web", "1x-y", "-z"]
+
+
+@pytest.mark.parametrize(("runtime", "sets"), [
+    ('{\n  "bindNS": {\n    "net": ""\n  },\n  "cgroups": [],\n  "mounts": [],\n  "namespace": ""\n}', False),
+    ('{"interfaces": [], "mkdir": [ ], "bindNS": {}}', False),
+    ('{\n  "mkdir": [\n    "x"\n  ]\n}', True),
+    ('{"mkdir": ["x"]}', True),
+    ('{"bindNS": {"net":"/run/netns/lab"}}', True),
+    ('{"namespace": "", "x": {  "y": 1}}', True),
+    ('{"a": "" , "b": "c"}', True),
+])  # fmt: skip
+def test_init_applies_runtime_json_only_when_it_sets_something(runtime: str, sets: bool,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    busybox = shutil.which("busybox")
+    assert busybox, "busybox-static is needed (apt-get install busybox-static)"
+    (tmp_path / "runtime.json").write_text(runtime)
+    script = ". pkg/init/files/lib.sh; runtime_sets_something <\"$1\""
+    done = subprocess.run([busybox, "sh", "-c", script, "sh", str(tmp_path / "runtime.json")],
+                          cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == (0 if sets else 1), done.stderr

@@ -143,16 +143,41 @@ prepare_rootfs() {
 	fi
 }
 
+# Does the runtime.json on stdin set anything: an array with items (a line ending in "[",
+# or ["...), a string that is not empty, an object with members? What
+# `grep -e '\[$' -e '": *\["' -e '": *"[^"]' -e '": *{ *"'` finds, with builtins (a grep
+# costs ~8 ms under emulation, at every container start).
+runtime_sets_something() {
+	local line rest value
+	while IFS= read -r line || [ -n "$line" ]; do
+		case $line in *\[) return 0 ;; esac
+		rest=$line
+		while :; do
+			case $rest in *'":'*) rest=${rest#*'":'} ;; *) break ;; esac
+			value=${rest#"${rest%%[! ]*}"}
+			case $value in
+			'["'* | '"'[!'"']*) return 0 ;;
+			'{'*)
+				value=${value#?}
+				value=${value#"${value%%[! ]*}"}
+				case $value in '"'*) return 0 ;; esac
+				;;
+			esac
+		done
+	done
+	return 1
+}
+
 # LinuxKit's runtime.json beside config.json, flattened once per container start into
 # "path<TAB>value" lines ($RT_FLAT; json-flat.awk). Nothing to do when no array has items
-# and no string is set (one grep first: forks are costly under emulation).
+# and no string is set (runtime_sets_something first: forks are costly under emulation).
 RT_FLAT=""
 load_runtime() {
 	local runtime
 	RT_FLAT=""
 	runtime=${1%/}/runtime.json
 	[ -f "$runtime" ] || return 0
-	grep -q -e '\[$' -e '": *\["' -e '": *"[^"]' -e '": *{ *"' "$runtime" || return 0
+	runtime_sets_something <"$runtime" || return 0
 	RT_FLAT=$(awk -f "${JSON_FLAT:-/usr/libexec/provision/json-flat.awk}" "$runtime")
 }
 
