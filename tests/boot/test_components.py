@@ -161,3 +161,72 @@ def test_metadata_leaves_what_is_not_a_json_object_to_userdata(
 ) -> None:
     code, records, _ = expand_user_data(tmp_path, user_data)
     assert code == 1 and records == []
+
+
+def test_udhcpc_up_copies_stay_one_script() -> None:
+    # a recipe's files come from its own directory: init and metadata each carry a copy
+    init, metadata = (REPO / f"pkg/{name}/files/udhcpc-up" for name in ("init", "metadata"))
+    assert init.read_bytes() == metadata.read_bytes()
+
+
+def iso_labels(tmp_path: Path, devices: list[Path]) -> list[str]:
+    """metadata's iso_label over each file (host busybox): the volume id, or "-" for none."""
+    busybox = shutil.which("busybox")
+    assert busybox, "busybox-static is needed (apt-get install busybox-static)"
+    script = (REPO / "pkg/metadata/files/metadata").read_text()
+    function = re.search(r"^iso_label\(\) \{\n.*?^\}\n", script, re.M | re.S)
+    assert function, "pkg/metadata/files/metadata has no iso_label function"
+    probe = tmp_path / "probe.sh"
+    probe.write_text(function.group(0) + 'for dev; do iso_label "$dev" && echo "$ISO_LABEL" || echo -; done\n')
+    done = subprocess.run([busybox, "sh", str(probe), *map(str, devices)], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    return done.stdout.splitlines()
+
+
+def test_metadata_reads_the_iso_volume_id(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "user-data").write_text("{}\n")
+    images = []
+    for name, label, joliet in (("lower", "cidata", "-J"), ("upper", "CIDATA", "-r"),
+                                ("spaced", "MY DISC", "-r")):  # fmt: skip
+        images.append(tmp_path / f"{name}.iso")
+        subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-V", label, joliet, "-o",
+                        str(images[-1]), str(tree)], check=True, capture_output=True)  # fmt: skip
+    blank = tmp_path / "blank.img"
+    blank.write_bytes(b"\0" * 65536)
+    short = tmp_path / "short.img"
+    short.write_bytes(b"x" * 100)
+    labels = iso_labels(tmp_path, [*images, blank, short, tmp_path / "missing"])
+    assert labels == ["cidata", "CIDATA", "MY DISC", "-", "-", "-"]
+
+
+def test_init_names_containers_by_their_bundle_without_the_order_prefix() -> None:
+    busybox = shutil.which("busybox")
+    assert busybox, "busybox-static is needed (apt-get install busybox-static)"
+    bundles = ["/containers/onboot/000-sysctl", "/containers/onboot/012-a-b/", "/x/007",
+               "/containers/services/web", "/x/1x-y", "/x/-z"]  # fmt: skip
+    script = ". pkg/init/files/lib.sh; for b; do container_id \"$b\"; echo \"$CONTAINER_ID\"; done"
+    done = subprocess.run([busybox, "sh", "-c", script, "sh", *bundles], cwd=REPO,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert done.stdout.splitlines() == ["sysctl", "a-b", "007", "web", "1x-y", "-z"]
+
+
+@pytest.mark.parametrize(("runtime", "sets"), [
+    ('{\n  "bindNS": {\n    "net": ""\n  },\n  "cgroups": [],\n  "mounts": [],\n  "namespace": ""\n}', False),
+    ('{"interfaces": [], "mkdir": [ ], "bindNS": {}}', False),
+    ('{\n  "mkdir": [\n    "x"\n  ]\n}', True),
+    ('{"mkdir": ["x"]}', True),
+    ('{"bindNS": {"net":"/run/netns/lab"}}', True),
+    ('{"namespace": "", "x": {  "y": 1}}', True),
+    ('{"a": "" , "b": "c"}', True),
+])  # fmt: skip
+def test_init_applies_runtime_json_only_when_it_sets_something(runtime: str, sets: bool,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    busybox = shutil.which("busybox")
+    assert busybox, "busybox-static is needed (apt-get install busybox-static)"
+    (tmp_path / "runtime.json").write_text(runtime)
+    script = ". pkg/init/files/lib.sh; runtime_sets_something <\"$1\""
+    done = subprocess.run([busybox, "sh", "-c", script, "sh", str(tmp_path / "runtime.json")],
+                          cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == (0 if sets else 1), done.stderr

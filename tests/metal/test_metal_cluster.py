@@ -50,7 +50,7 @@ profiles:
 # down in order (GracefulShutdown: the power button, init's shutdown syncs) before a forced off
 NOTE = """\
   - name: note
-    image: provision/agent:df39cc8fb154
+    image: provision/agent:92a6e56c095d
     command: ["/bin/sh", "-c", "[ -e /var/persist/note ] || { cat /proc/sys/kernel/random/uuid; cat /host/etc/provision/image.json; } >/var/persist/note; cat /run/config/motd /run/config/provision/image >/var/persist/metadata 2>&1; true"]
     binds: ["/var/persist:/var/persist", "/etc/provision:/host/etc/provision:ro", "/run/config:/run/config:ro"]
 services:

@@ -15,8 +15,19 @@ json_string() {
 	esac
 }
 
+# the image's digest: "digest": "..." in image.json (read, no sed: the boot is ready when
+# this first answers)
 digest=""
-[ -r "$IMAGE_JSON" ] && digest=$(sed -n 's/.*"digest"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$IMAGE_JSON")
+if [ -r "$IMAGE_JSON" ]; then
+	while IFS= read -r line || [ -n "$line" ]; do
+		case $line in *'"digest"'*) ;; *) continue ;; esac
+		line=${line##*'"digest"'}
+		line=${line#"${line%%[!	 ]*}"}
+		case $line in :*) line=${line#:} ;; *) continue ;; esac
+		line=${line#"${line%%[!	 ]*}"}
+		case $line in '"'*'"'*) line=${line#'"'}; digest=${line%%'"'*}; break ;; esac
+	done <"$IMAGE_JSON"
+fi
 read -r up _ </proc/uptime
 read -r host </proc/sys/kernel/hostname
 now=$(date +%s)

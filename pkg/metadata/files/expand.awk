@@ -84,6 +84,27 @@ function skip(   depth, c, start) {
 	V = substr(s, start, pos - start)
 	T = "l"
 }
+# an object's next member at pos (inside the braces): 1 with its decoded name in KEY and pos
+# on its value; 0 at the closing brace (passed) or on bad JSON
+function member() {
+	ws()
+	if (substr(s, pos, 1) == "}") { pos++; return 0 }
+	if (substr(s, pos, 1) != "\"") { fail(); return 0 }
+	KEY = str()
+	ws()
+	if (substr(s, pos, 1) != ":") { fail(); return 0 }
+	pos++
+	ws()
+	return 1
+}
+# after a member's value: 1 past its comma or before the closing brace, 0 on bad JSON
+function member_end() {
+	ws()
+	if (substr(s, pos, 1) == ",") { pos++; return 1 }
+	if (substr(s, pos, 1) == "}") return 1
+	fail()
+	return 0
+}
 function good(name) {
 	return name != "" && name != "." && name != ".." && index(name, "/") == 0 && index(name, "\t") == 0 && index(name, "\n") == 0
 }
@@ -92,21 +113,12 @@ function entries(prefix, keep,   name, ok) {
 	ws()
 	if (substr(s, pos, 1) != "{") { skip(); return }
 	pos++
-	for (;;) {
-		ws()
-		if (substr(s, pos, 1) == "}") { pos++; return }
-		if (substr(s, pos, 1) != "\"") { fail(); return }
-		name = str()
-		ws()
-		if (substr(s, pos, 1) != ":") { fail(); return }
-		pos++
-		ws()
+	while (member()) {
+		name = KEY
 		ok = keep && good(name)
 		if (substr(s, pos, 1) == "{") node(prefix "/" name, ok)
 		else skip()
-		ws()
-		if (substr(s, pos, 1) == ",") pos++
-		else if (substr(s, pos, 1) != "}") { fail(); return }
+		if (!member_end()) return
 	}
 }
 # a node object at pos: a directory (it has "entries") or a file
@@ -115,15 +127,8 @@ function node(path, keep,   key, perm, content, dir) {
 	perm = ""
 	content = ""
 	dir = 0
-	for (;;) {
-		ws()
-		if (substr(s, pos, 1) == "}") { pos++; break }
-		if (substr(s, pos, 1) != "\"") { fail(); return }
-		key = str()
-		ws()
-		if (substr(s, pos, 1) != ":") { fail(); return }
-		pos++
-		ws()
+	while (member()) {
+		key = KEY
 		if (key == "entries") {
 			dir = 1
 			if (substr(s, pos, 1) == "{") entries(path, keep)
@@ -133,9 +138,7 @@ function node(path, keep,   key, perm, content, dir) {
 			if (key == "perm") perm = V
 			else if (key == "content") content = (T == "l" && (V == "false" || V == "null")) ? "" : V
 		}
-		ws()
-		if (substr(s, pos, 1) == ",") pos++
-		else if (substr(s, pos, 1) != "}") { fail(); return }
+		if (!member_end()) return
 	}
 	if (!keep || bad) return
 	if (dir) { printf "d\t%s\t%s\n", perm == "" ? "0755" : perm, path; return }
@@ -166,15 +169,8 @@ function put(name, text) {
 # provision serve's metadata object at pos (see the header)
 function fields(   name, have, userdata, host, keys, image) {
 	pos++
-	for (;;) {
-		ws()
-		if (substr(s, pos, 1) == "}") { pos++; break }
-		if (substr(s, pos, 1) != "\"") { fail(); return }
-		name = str()
-		ws()
-		if (substr(s, pos, 1) != ":") { fail(); return }
-		pos++
-		ws()
+	while (member()) {
+		name = KEY
 		if (name == "sshKeys" && substr(s, pos, 1) == "[") { keys = keylist(); have["keys"] = 1 }
 		else {
 			skip()
@@ -182,9 +178,7 @@ function fields(   name, have, userdata, host, keys, image) {
 			else if (name == "hostname" && T == "s" && oneline(V)) { host = V; have["host"] = 1 }
 			else if (name == "image" && T == "s" && oneline(V)) { image = V; have["image"] = 1 }
 		}
-		ws()
-		if (substr(s, pos, 1) == ",") pos++
-		else if (substr(s, pos, 1) != "}") { fail(); return }
+		if (!member_end()) return
 	}
 	ws()
 	if (bad || pos <= n) return
