@@ -36,9 +36,11 @@ class Machine:
     def __init__(self, kernel: Path | None, initrd: Path | None, workdir: Path, *, mem: int = 512,
                  publish: Sequence[tuple[int, int]] = (), cidata: Path | None = None,
                  cmdline: str = "console=tty0 console=ttyS0 panic=-1 quiet",
-                 user_net: str = "", extra: Sequence[str] = (), disk: Path | None = None) -> None:  # fmt: skip
+                 user_net: str = "", extra: Sequence[str] = (), disk: Path | None = None,
+                 machine: str = "q35") -> None:  # fmt: skip
         """Boots ``kernel`` + ``initrd`` directly, or, given ``disk``, that raw disk through the
-        BIOS (a copy-on-write snapshot: the file is not changed)."""
+        BIOS (a copy-on-write snapshot: the file is not changed). ``machine`` is q35, as
+        `provision run qemu` boots (the CIDATA CD on virtio-scsi), or pc (the CD on IDE)."""
         self.workdir = workdir
         self.qmp_path = workdir / "qmp.sock"
         self.started = time.monotonic()
@@ -48,8 +50,8 @@ class Machine:
             assert kernel is not None and initrd is not None
             boot = ["-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline]
         argv = [
-            "qemu-system-x86_64", "-accel", "tcg", "-m", str(mem), "-smp", "1", *boot,
-            "-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
+            "qemu-system-x86_64", "-accel", "tcg", "-machine", machine, "-m", str(mem), "-smp", "1",
+            *boot, "-nodefaults", "-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-device", "virtio-rng-pci", *extra,
         ]  # fmt: skip
@@ -61,8 +63,14 @@ class Machine:
             "virtio-net-pci,netdev=n0",
         ]
         if cidata is not None:
-            argv += ["-drive", f"file={cidata},format=raw,if=none,id=cidata,media=cdrom,readonly=on",
-                     "-device", "ide-cd,drive=cidata"]  # fmt: skip
+            argv += [
+                "-drive",
+                f"file={cidata},format=raw,if=none,id=cidata,media=cdrom,readonly=on",
+            ]
+            if machine == "pc":
+                argv += ["-device", "ide-cd,drive=cidata"]
+            else:
+                argv += ["-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-cd,drive=cidata,bus=scsi0.0"]  # fmt: skip
         self._log = open(workdir / "console.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)  # fmt: skip

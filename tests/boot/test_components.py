@@ -177,7 +177,9 @@ def iso_labels(tmp_path: Path, devices: list[Path]) -> list[str]:
     function = re.search(r"^iso_label\(\) \{\n.*?^\}\n", script, re.M | re.S)
     assert function, "pkg/metadata/files/metadata has no iso_label function"
     probe = tmp_path / "probe.sh"
-    probe.write_text(function.group(0) + 'for dev; do iso_label "$dev" && echo "$ISO_LABEL" || echo -; done\n')
+    probe.write_text(
+        function.group(0) + 'for dev; do iso_label "$dev" && echo "$ISO_LABEL" || echo -; done\n'
+    )
     done = subprocess.run([busybox, "sh", str(probe), *map(str, devices)], capture_output=True,
                           text=True, check=True)  # fmt: skip
     return done.stdout.splitlines()
@@ -206,7 +208,7 @@ def test_init_names_containers_by_their_bundle_without_the_order_prefix() -> Non
     assert busybox, "busybox-static is needed (apt-get install busybox-static)"
     bundles = ["/containers/onboot/000-sysctl", "/containers/onboot/012-a-b/", "/x/007",
                "/containers/services/web", "/x/1x-y", "/x/-z"]  # fmt: skip
-    script = ". pkg/init/files/lib.sh; for b; do container_id \"$b\"; echo \"$CONTAINER_ID\"; done"
+    script = '. pkg/init/files/lib.sh; for b; do container_id "$b"; echo "$CONTAINER_ID"; done'
     done = subprocess.run([busybox, "sh", "-c", script, "sh", *bundles], cwd=REPO,
                           capture_output=True, text=True, check=True)  # fmt: skip
     assert done.stdout.splitlines() == ["sysctl", "a-b", "007", "web", "1x-y", "-z"]
@@ -226,7 +228,7 @@ def test_init_applies_runtime_json_only_when_it_sets_something(runtime: str, set
     busybox = shutil.which("busybox")
     assert busybox, "busybox-static is needed (apt-get install busybox-static)"
     (tmp_path / "runtime.json").write_text(runtime)
-    script = ". pkg/init/files/lib.sh; runtime_sets_something <\"$1\""
+    script = '. pkg/init/files/lib.sh; runtime_sets_something <"$1"'
     done = subprocess.run([busybox, "sh", "-c", script, "sh", str(tmp_path / "runtime.json")],
                           cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == (0 if sets else 1), done.stderr

@@ -182,7 +182,8 @@ def test_plan_escapes_commas_in_paths(tmp_path: Path) -> None:
         f"file={tmp_path}/a,,b/web.iso,format=raw,if=none,id=boot0,media=cdrom,readonly=on" in argv
     )
     assert argv[argv.index("-cpu") + 1] == "host"
-    assert argv[argv.index("-machine") + 1] == "pc"
+    assert argv[argv.index("-machine") + 1] == "q35"  # BIOS too (a static _PRT)
+    assert "ide-cd,drive=boot0,bootindex=0" in argv and "scsi-cd,drive=cidata,bus=scsi0.0" in argv
 
 
 @pytest.mark.parametrize(
