@@ -16,7 +16,8 @@ TCG the guest's work is the host's CPU work, so it moves least when other jobs s
 host (both clocks stretch when QEMU waits for a core). The load average is printed at
 the start and the end.
 
-Images are built by the real pipeline (`provision pkg build` of the components, then
+Every machine (the floor too) is tests/boot/boot_machine.py's: q35, `-nodefaults`, one vCPU,
+512 MB, virtio-rng and virtio-net, as `provision run qemu` boots. Images are built by the real pipeline (`provision pkg build` of the components, then
 `provision build`, default gzip initrd; see tests/boot/boot_rig.py). Runs are sequential (2 cores:
 parallel VMs would slow each other). Goals: web <= 2 x floor, minimal <= 1.5 x floor. Exit
 status 1 when over.
