@@ -299,6 +299,9 @@ class Daemon:
                 spec = self.reload()
             except ProvisionError as exc:
                 log_event("spec-invalid", logging.ERROR, error=str(exc))
+            except Exception as exc:  # a bug reading the spec must not end a long-running daemon
+                logging.getLogger("provision.reconcile").exception("spec reload crashed")
+                log_event("spec-invalid", logging.ERROR, error=repr(exc))
             else:
                 if spec.digest != self.engine.spec.digest:
                     refusal = self.engine.destroy_all_refusal(spec)
@@ -396,7 +399,11 @@ def reloader(
 
     def load() -> ClusterSpec:
         spec = load_cluster_spec(path)
-        if time.time() - path.stat().st_mtime >= settle:
+        try:
+            written = path.stat().st_mtime
+        except OSError as exc:  # removed or replaced right after the read
+            raise ProvisionError(f"{path}: {exc.strerror}; keeping the previous spec") from None
+        if time.time() - written >= settle:
             return spec
         pause(settle)
         again = load_cluster_spec(path)

@@ -118,3 +118,10 @@ def test_a_spec_file_still_being_written_is_not_taken_by_a_resync(tmp_path: Path
     os.utime(path, (old, old))
     assert [g.name for g in reloader(path, pause=writer_finishes)().groups][-1] == "extra"
     assert pauses == [0.2]
+
+    def writer_removes(seconds: float) -> None:  # a tool that writes a new file and renames
+        path.unlink()
+
+    path.write_text(whole)
+    with pytest.raises(ProvisionError, match=r"cluster\.yml: "):
+        reloader(path, pause=writer_removes)()

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -198,3 +199,48 @@ def test_a_dead_group_thread_fails_healthz_is_restarted_and_ends_the_daemon_if_i
         daemon.stop.set()
         runner.join(timeout=20)
         store.close()
+
+
+def test_a_crash_reading_the_spec_is_logged_and_the_daemon_goes_on_with_the_old_spec(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in re-reading the spec (not a located spec error) must not end a daemon that
+    runs for months: the resync logs it and keeps the spec it has."""
+    reloads: list[int] = []
+
+    def broken_reload() -> Any:
+        reloads.append(1)
+        raise RuntimeError("a bug in the loader")
+
+    clock = SystemClock()
+    cloud = SimulatedCloud(clock, Faults())
+    store = SqliteStore(tmp_path / "journal.db")
+    spec = make_spec(2)
+    daemon = Daemon(
+        spec,
+        {"sim": SimulatedProvider(cloud, "sim")},
+        store,
+        clock,
+        DaemonOptions(0.05, 0.1, "127.0.0.1:0", lease_ttl=3.0),
+        reload=broken_reload,
+    )
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(daemon.run()))
+    with caplog.at_level("ERROR", logger="provision.reconcile"):
+        runner.start()
+        try:
+            deadline = time.monotonic() + 10
+            while len(reloads) < 3 or len(cloud.live()) < 2:
+                assert time.monotonic() < deadline and runner.is_alive(), (reloads, codes)
+                time.sleep(0.05)
+            assert daemon.healthy() and daemon.engine.spec is spec
+        finally:
+            daemon.stop.set()
+            runner.join(timeout=20)
+            store.close()
+    assert codes == [0]
+    assert any(
+        "RuntimeError('a bug in the loader')" in r.getMessage()
+        or "spec reload crashed" in r.getMessage()
+        for r in caplog.records
+    )
