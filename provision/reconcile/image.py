@@ -69,7 +69,7 @@ class GroupImage:
 
 class GroupImages:
     """Each group's :class:`GroupImage`, resolved once per group and image (``clear`` forgets
-    them, as a resync that read a changed spec does). ``fixed`` maps group names to ids given by
+    them, as every resync does). ``fixed`` maps group names to ids given by
     the caller (nothing resolved).
 
     A pass may be resolving a group's image while a resync swaps the spec and clears: that

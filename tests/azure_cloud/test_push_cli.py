@@ -5,13 +5,12 @@ reuses; neither the bearer token nor the storage key appears in any output, even
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from arm_testkit import GROUP, LOCATION, SUBSCRIPTION, Arm
 from azurite_testkit import KEY, Azurite
+from cli_testkit import run_provision
 from vhd_testkit import write_vhd
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,21 +33,13 @@ def _build(tmp_path: Path) -> Path:
 
 def _provision(arm: Arm, azurite: Azurite, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
-        **os.environ,
         "PYTHONPATH": str(ROOT),
         "PROVISION_AZURE_TOKEN": MARKER,
         "PROVISION_AZURE_ARM_ENDPOINT": arm.url,
         "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
         "AZURE_SUBSCRIPTION_ID": SUBSCRIPTION,
     }
-    return subprocess.run(
-        [sys.executable, "-m", "provision", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=ROOT,
-    )
+    return run_provision(*args, cwd=ROOT, env=env, timeout=120)
 
 
 def test_push_azure_prints_the_image_and_reuses_it_without_leaking_secrets(

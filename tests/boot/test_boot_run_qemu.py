@@ -6,9 +6,7 @@ hostname it reports comes from the CD's meta-data."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 import boot_rig as rig
 import pytest
 from boot_machine import free_port
+from cli_testkit import run_provision
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot-run-qemu"), pytest.mark.timeout(300)]
 
@@ -24,8 +23,7 @@ AGENT_PORT = 7181
 
 
 def provision(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "provision", *args], cwd=rig.REPO, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return run_provision(*args, cwd=rig.REPO, env=env, timeout=120)
 
 
 def agent_status(port: int, timeout: float) -> dict[str, Any]:
@@ -46,7 +44,7 @@ def agent_status(port: int, timeout: float) -> dict[str, Any]:
 
 
 def test_web_through_run_qemu_publish_and_data(tmp_path: Path) -> None:
-    env = dict(os.environ, PROVISION_STATE=str(tmp_path / "state"))
+    env = {"PROVISION_STATE": str(tmp_path / "state")}
     out = tmp_path / "out"
     _kernel, _initrd, digest = rig.build_with_provision([rig.REPO / "examples/web.yml"], out, "web")
     user_data = {"agent": {"entries": {"port": {"content": f"{AGENT_PORT}\n"}}}}

@@ -153,20 +153,25 @@ def local_repo(tmp_path: Path) -> LocalRepo:
 MakeDeb = Callable[..., Path]
 
 
-@pytest.fixture
-def applets(tmp_path: Path) -> Path:
-    """A PATH holding the metadata recipe's busybox links, nothing else (the component's own
-    tools: the tests run its script on the host with exactly these)."""
-    recipe = yaml.safe_load((REPO / "pkg" / "metadata" / "build.yml").read_text())
+def recipe_applets(recipe: Path, bin_dir: Path, under: str = "/") -> Path:
+    """``bin_dir`` holding the host's busybox under each name the recipe at ``recipe`` links to
+    busybox (those below ``under``), nothing else: the component's own tools, so that tests run
+    its scripts on the host with exactly these."""
+    links = yaml.safe_load((recipe / "build.yml").read_text())["symlinks"]
     busybox = shutil.which("busybox")
     if busybox is None:
         pytest.fail("needs busybox on the host (apt-get install busybox-static)")
-    bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for link, target in recipe["symlinks"].items():
-        if target == "busybox":
+    for link, target in links.items():
+        if target == "busybox" and link.startswith(under):
             (bin_dir / Path(link).name).symlink_to(busybox)
     return bin_dir
+
+
+@pytest.fixture
+def applets(tmp_path: Path) -> Path:
+    """A PATH holding the metadata recipe's busybox links, nothing else."""
+    return recipe_applets(REPO / "pkg" / "metadata", tmp_path / "bin")
 
 
 METADATA_RECIPE = REPO / "pkg" / "metadata"

@@ -6,7 +6,6 @@ for all of them: a service runsv has not started yet must not shift the others')
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import struct
 import subprocess
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from pkg_testkit import recipe_applets
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "pkg" / "agent"
@@ -23,17 +22,8 @@ TAI_UNIX_OFFSET = 4611686018427387914
 
 @pytest.fixture
 def agent_applets(tmp_path: Path) -> Path:
-    """A PATH holding the agent recipe's busybox links, nothing else."""
-    recipe = yaml.safe_load((RECIPE / "build.yml").read_text())
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        pytest.fail("needs busybox on the host (apt-get install busybox-static)")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for link, target in recipe["symlinks"].items():
-        if target == "busybox" and link.startswith("/bin/"):
-            (bin_dir / Path(link).name).symlink_to(busybox)
-    return bin_dir
+    """A PATH holding the agent recipe's busybox links in /bin, nothing else."""
+    return recipe_applets(RECIPE, tmp_path / "bin", under="/bin/")
 
 
 def add_service(root: Path, name: str, starts: int, stat: str | None, want: str = "u",
