@@ -14,6 +14,14 @@ seen through every other):
   ``containers/{onboot,onshutdown,services}/NAME/{rootfs,lower}/...``. The host root (init
   images, kernel modules, ``files`` entries, ``/etc/provision``) and volumes
   (``containers/volumes``) are never linked: init scripts and services write there.
+  One exception: the program ``/sbin/init`` resolves to in the host root, when it is an
+  ELF executable (provision's init: busybox), is linked with the container files equal to
+  it. The machine's pid 1 runs that file from the first instruction of init to power-off,
+  and the kernel refuses to open a file a process executes for writing (``ETXTBSY``), so
+  nothing on the machine can change it in place (a new file renamed over it gets a new
+  inode and leaves the containers' name alone). It is the one host file every image
+  shares with its containers, and linking it saves a copy (2 MB for busybox) that the
+  kernel would otherwise unpack at every boot.
   At boot those roots are only read: init runs from the initramfs itself (links stay
   links); a writable container runs on an overlay of ``lower/`` with a tmpfs
   upper (a write copies the file up, the shared lower file is untouched; without overlayfs
@@ -77,6 +85,9 @@ def dedupe_container_files(tree: Tree, spool: Spool, *, epoch: int) -> DedupeRes
         inside[id(node)] = inside.get(id(node), 0) + 1
     everywhere = tree.link_counts()
     keep: dict[_Key, Node] = {}
+    init_program = _init_program(tree, spool, exposed)
+    if init_program is not None:  # first: the container names become links of it
+        keep[_link_key(init_program, spool, epoch)] = init_program
     merged: set[int] = set()
     linked = saved = 0
     for parent, name, node, _parts in names:
@@ -93,6 +104,20 @@ def dedupe_container_files(tree: Tree, spool: Spool, *, epoch: int) -> DedupeRes
             merged.add(id(node))
             saved += node.size
     return DedupeResult(linked, saved, tuple("/" + "/".join(p) for p in sorted(exposed)))
+
+
+def _init_program(tree: Tree, spool: Spool, exposed: list[Parts]) -> Node | None:
+    """The host file ``/sbin/init`` resolves to, when it is a non-empty ELF file and no
+    writable bind exposes any of its names (else None)."""
+    node = tree.lookup("/sbin/init")
+    if node is None or node.kind is not NodeKind.FILE or node.size < 4:
+        return None
+    if spool.read_range(node.offset, 4) != b"\x7fELF":
+        return None
+    for path, other in tree.walk():
+        if other is node and _is_exposed(tuple(path.split("/")), exposed):
+            return None
+    return node
 
 
 def _link_key(node: Node, spool: Spool, epoch: int) -> _Key:

@@ -46,13 +46,41 @@ def test_root_is_the_initramfs_and_the_service_is_supervised_by_runc(minimal: Ma
     assert minimal.shell("cat /run/service/getty/supervise/stat").strip() == "run"
     # this image runs its containers with runc (provision/runc after provision/init)
     assert minimal.shell("cat /etc/provision-init/runtime").strip() == "runc"
-    assert minimal.shell("runc list -q").split() == ["getty"]
+    assert sorted(minimal.shell("runc list -q").split()) == ["getty", "scratch"]
     supervised = minimal.shell("od -An -tu1 -j12 -N4 /run/service/getty/supervise/status").split()
     pid = sum(int(b) << (8 * i) for i, b in enumerate(supervised))
     assert minimal.shell(f"readlink /proc/{pid}/exe").strip() == "/usr/sbin/runc"
-    # getty is writable: its lower/ is overlaid with a tmpfs
-    assert " /containers/services/getty/rootfs overlay " in minimal.shell("cat /proc/mounts")
     assert minimal.shell("hostname").strip() == "provision"
+
+
+def test_a_writable_container_writes_to_its_overlay_and_getty_has_none(minimal: Machine) -> None:
+    # scratch is writable: its lower/ is overlaid with a tmpfs, where its write landed
+    # (it may start after the console shell's prompt)
+    wrote = "for i in $(seq 300); do [ -e /containers/services/scratch/rootfs/written ] && break;"
+    wrote += " sleep 0.1; done; cat /containers/services/scratch/rootfs/written"
+    assert minimal.shell(wrote, timeout=60).strip() == "written"
+    assert minimal.shell("ls /containers/services/scratch/lower/written 2>&1; true").startswith(
+        "ls: "
+    )
+    mounts = minimal.shell("cat /proc/mounts")
+    assert " /containers/services/scratch/rootfs overlay " in mounts
+    # getty's label makes its root read-only: no overlay to set up
+    assert " /containers/services/getty/rootfs overlay " not in mounts
+    assert minimal.shell("ls -d /containers/services/getty/lower 2>&1; true").startswith("ls: ")
+
+
+def test_pid_1s_program_is_the_containers_busybox_and_cannot_be_written(minimal: Machine) -> None:
+    # one inode: the host's busybox (pid 1's program), getty's and scratch's lower copy
+    inodes = minimal.shell(
+        "stat -L -c %i /proc/1/exe /containers/services/getty/rootfs/bin/busybox"
+        " /containers/services/scratch/lower/bin/busybox"
+    ).split()
+    assert len(inodes) == 3 and len(set(inodes)) == 1, inodes
+    # the kernel refuses writes to a running program: nothing changes the shared file
+    refused = minimal.shell("echo x >>/bin/busybox 2>&1; echo rc=$?")
+    assert "Text file busy" in refused and "rc=1" in refused, refused
+    # /sbin/modprobe is not in the image: rcS made it with the applets' links
+    assert minimal.shell("readlink /sbin/modprobe").strip() == "/bin/busybox"
 
 
 def test_console_shell_is_root_in_the_machine_namespaces(minimal: Machine) -> None:

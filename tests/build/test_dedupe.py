@@ -334,3 +334,47 @@ def test_a_writable_bind_leaves_what_it_exposes_alone(
     result = dedupe_container_files(tree, spool, epoch=EPOCH)
     assert linked(tree) is expect
     assert bool(result.exposed) is (mount["options"] != ["ro", "rbind"])
+
+
+ELF = b"\x7fELF\x02\x01\x01" + b"program" * 100
+
+
+@pytest.mark.parametrize(
+    ("content", "init_link", "mount", "expect"),
+    [
+        (ELF, "../bin/busybox", None, True),
+        (ELF, "/bin/busybox", None, True),
+        (b"#!/bin/sh\n" + b"x" * 100, "../bin/busybox", None, False),  # a script: not ETXTBSY
+        (ELF, None, None, False),  # no /sbin/init: not pid 1's program
+        (ELF, "../bin/other", None, False),  # /sbin/init is another file
+        (ELF, "../bin/busybox", bind("/bin", "rw"), False),  # a container may write it
+        (ELF, "../bin/busybox", bind("/sbin/init", "rw"), False),
+        (ELF, "../bin/busybox", bind("/bin", "ro"), True),
+    ],
+    ids=["elf", "absolute-link", "script", "no-init", "other-file", "exposed", "exposed-by-init",
+         "read-only-bind"],
+)  # fmt: skip
+def test_the_host_init_program_is_linked_with_equal_container_files(
+    tmp_path: Path,
+    content: bytes,
+    init_link: str | None,
+    mount: dict[str, object] | None,
+    expect: bool,
+) -> None:
+    """pid 1's executable can't be written while the machine runs (ETXTBSY): it alone of
+    the host root is shared with the containers' equal copies."""
+    spool = Spool(tmp_path / "spool")
+    paths = ("bin/busybox", "containers/services/b/lower/bin/busybox")
+    tree = make_tree(spool, {"content": content}, {"content": content}, paths=paths,
+                     mounts=[mount] if mount else None)  # fmt: skip
+    offset, size = spool.add_bytes(b"\x7fELF other")
+    tree.put("bin/other", Node(NodeKind.FILE, 0o755, offset=offset, size=size))
+    if init_link is not None:
+        tree.put("sbin/init", Node(NodeKind.SYMLINK, 0o777, target=init_link))
+    result = dedupe_container_files(tree, spool, epoch=EPOCH)
+    assert linked(tree, paths) is expect
+    host = tree.lookup("bin/busybox")
+    assert host is not None
+    if expect:  # the host keeps its node; the container's name points at it
+        assert tree.lookup("containers/services/b/lower/bin/busybox") is host
+        assert result.saved_bytes == len(content)

@@ -24,12 +24,22 @@ mark() {
 # $BOOT_TIMES.tsv as JSON, {"steps": [{"step": "...", "uptime": 1.23}, ...]} in time
 # order, written to a temporary name and renamed; a writer that finds lines added while it
 # wrote writes again, so the last one to finish has them all (services write concurrently)
+# the kernel's own steps (printk times), read from its log once: the initramfs unpacked,
+# which happened before /init ran
+kernel_boot_times() {
+	[ -s "$BOOT_TIMES.kernel" ] && return 0
+	dmesg | sed -n 's/^\[ *\([0-9.]*\)\] Trying to unpack rootfs image.*/\1	kernel: initramfs unpack starts/p
+s/^\[ *\([0-9.]*\)\] Freeing initrd memory.*/\1	kernel: initramfs unpacked/p' >"$BOOT_TIMES.kernel.$$" &&
+		mv -f "$BOOT_TIMES.kernel.$$" "$BOOT_TIMES.kernel"
+	[ -e "$BOOT_TIMES.kernel" ] || : >"$BOOT_TIMES.kernel"
+}
 write_boot_times() {
 	local lines tmp
 	tmp=$BOOT_TIMES.json.$$.$RANDOM
+	kernel_boot_times
 	while :; do
 		lines=$(wc -l <"$BOOT_TIMES.tsv")
-		sort -n "$BOOT_TIMES.tsv" 2>/dev/null | awk -F '\t' '
+		sort -n "$BOOT_TIMES.tsv" "$BOOT_TIMES.kernel" 2>/dev/null | awk -F '\t' '
 			BEGIN { printf "{\"steps\": [" }
 			{ gsub(/["\\]/, "", $2); printf("%s{\"step\": \"%s\", \"uptime\": %s}", (NR > 1 ? ", " : ""), $2, $1) }
 			END { print "]}" }' >"$tmp" && mv -f "$tmp" "$BOOT_TIMES.json"
