@@ -47,17 +47,18 @@ write_boot_times() {
 	done
 }
 
-# write_boot_times in a process of its own at the lowest priority (busybox has no nice:
-# the subshell renices itself), so that what boots goes first
-write_boot_times_later() {
+# "$@" in a process of its own at the lowest priority (busybox has no nice: the subshell
+# renices itself), so that what boots goes first
+at_lowest_priority() {
 	(
 		(
 			read -r self _ </proc/self/stat
 			renice -n 19 -p "$self" >/dev/null 2>&1
-			write_boot_times
+			"$@"
 		) &
 	)
 }
+write_boot_times_later() { at_lowest_priority write_boot_times; }
 
 # Has every service started at least once (each ./starts above 0)? The last of them to start
 # writes boot-times.json (one writer, not one per service; builtins only)
