@@ -170,16 +170,21 @@ def test_user_and_password_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     )
     try:
         base = f"http://127.0.0.1:{client_port}/v3"
-        deadline = time.monotonic() + 15
+        # healthy first (a leader), then the one user/add: retrying it after a client time-out
+        # that the server had in fact served answers 412 "user name already exists" forever
+        deadline = time.monotonic() + 30
         while True:
             try:
-                requests.post(
-                    f"{base}/auth/user/add", json={"name": "root", "password": "rootpw"}, timeout=1
-                ).raise_for_status()
-                break
-            except requests.RequestException:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+                health = requests.get(f"http://127.0.0.1:{client_port}/health", timeout=2)
+                if health.status_code == 200 and health.json().get("health") == "true":
+                    break
+            except (requests.RequestException, ValueError):
+                pass
+            assert time.monotonic() < deadline, "etcd never became healthy"
+            time.sleep(0.1)
+        requests.post(
+            f"{base}/auth/user/add", json={"name": "root", "password": "rootpw"}, timeout=10
+        ).raise_for_status()
         requests.post(
             f"{base}/auth/user/grant", json={"user": "root", "role": "root"}, timeout=2
         ).raise_for_status()
