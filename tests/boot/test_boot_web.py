@@ -92,9 +92,16 @@ def test_agent_reports_every_service_running_and_the_image_digest(web: Web) -> N
 
 def test_agent_serves_the_boot_times_init_wrote(web: Web) -> None:
     url = f"http://127.0.0.1:{web.agent_port}/cgi-bin/boot-times"
-    with urllib.request.urlopen(url, timeout=10) as r:
-        assert r.headers["Content-Type"] == "application/json"
-        served = json.load(r)
+    # init writes it a second after the last service started, at the lowest priority
+    deadline = time.monotonic() + 30
+    while True:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.headers["Content-Type"] == "application/json"
+            served = json.load(r)
+        started = [s for s in served["steps"] if s["step"].startswith("service ")]
+        if len(started) == len(SERVICES) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert served == json.loads(web.machine.shell("cat /run/provision/boot-times.json"))
     steps = [s["step"] for s in served["steps"]]
     uptimes = [s["uptime"] for s in served["steps"]]
