@@ -81,8 +81,10 @@ def main() -> int:
                 out.mkdir()
                 if compress == "gzip":  # components into the store once
                     rig.build_with_provision([spec], out, example)
+                # (stdout: the paths written, which this report does not print)
                 subprocess.run([sys.executable, "-m", "provision", "build", "-q", "--compress",
-                                compress, "-o", str(out), str(spec)], cwd=REPO, check=True)  # fmt: skip
+                                compress, "-o", str(out), str(spec)], cwd=REPO, check=True,
+                               stdout=subprocess.PIPE)  # fmt: skip
                 kernel, initrd = out / f"{example}-kernel", out / f"{example}-initrd.img"
                 k, i = kernel.stat().st_size, initrd.stat().st_size
                 report[f"{example}/{compress}"] = {
