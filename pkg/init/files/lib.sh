@@ -99,7 +99,9 @@ wait_for_ide() {
 readonly_runtime() {
 	local bin dir
 	[ "$RUNTIME" = crun ] || return 0 # runc 1.1 also wants _LIBCONTAINER_CLONED_BINARY in runc init
-	bin=$(command -v crun) || return 0
+	bin=""
+	for dir in /usr/bin /usr/sbin /bin /sbin; do [ -x "$dir/crun" ] && bin=$dir/crun && break; done
+	[ -n "$bin" ] || return 0
 	dir=/run/provision/.runtime
 	mkdir -p "$dir"
 	if mount -t ramfs -o mode=0755 ramfs "$dir"; then
@@ -335,6 +337,9 @@ run_containers_in_order() {
 # labelled provision-data, mounted at /var/persist (before the onboot containers run).
 # Missing partition: nothing to do; a failed mount is logged, never fatal.
 mount_persist() {
+	# no block device, no data partition (and no findfs process to say so)
+	set -- /sys/class/block/*
+	[ -e "$1" ] || return 0
 	dev=$(findfs LABEL=provision-data 2>/dev/null) || return 0
 	[ -b "$dev" ] || return 0
 	mkdir -p /var/persist
