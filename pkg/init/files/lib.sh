@@ -51,8 +51,8 @@ write_boot_times() {
 # nice: the subshell renices itself): bookkeeping the boot does not wait for. Started at
 # once at the lowest priority, such work still took ~0.05 s from the boot on one vCPU
 # (the renice runs at full priority, and a new process runs before the others): the
-# second keeps it out of the busiest part (with TCG the console shell of examples/minimal.yml
-# is up 0.4 s after rcS ends)
+# second keeps it out of the busiest part (under TCG the examples' services are up within
+# 0.5 s of rcS's end)
 later() {
 	(
 		(
