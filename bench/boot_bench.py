@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,17 @@ def parse_steps(document: Any) -> Steps:
     return steps
 
 
+def steps_with_services(read: Callable[[], Steps], deadline: float) -> Steps:
+    """``read()`` again until its steps have the services' starts, or the deadline: init
+    writes boot-times.json a second after the last service started, at the lowest priority
+    (the table wants those steps; the boot's time is already taken)."""
+    while True:
+        steps = read()
+        if any(n.startswith("service ") for n, _ in steps) or time.monotonic() > deadline:
+            return steps
+        time.sleep(0.5)
+
+
 def time_minimal(kernel: Path, initrd: Path, out: Path) -> Boot:
     """To the console shell (the guest's uptime: when that shell started)."""
     machine = Machine(kernel, initrd, out)
@@ -119,16 +131,12 @@ def time_minimal(kernel: Path, initrd: Path, out: Path) -> Boot:
         took, cpu = time.monotonic() - machine.started, qemu_cpu(machine)
         # field 22 of the prompt shell's stat: its start, in clock ticks (USER_HZ 100)
         started = int(machine.shell("cut -d ' ' -f 22 /proc/$$/stat").strip()) / 100
-        # boot-times.json is written a second after the services start, at the lowest
-        # priority (it may not be there yet): wait until getty's start is in (at most 10 s)
-        # for the table
-        deadline = time.monotonic() + 10
-        while True:
-            text = machine.shell("cat /run/provision/boot-times.json 2>/dev/null || true")
-            steps = parse_steps(json.loads(text or '{"steps": []}'))
-            if any(n.startswith("service ") for n, _ in steps) or time.monotonic() > deadline:
-                return Boot(took, started, cpu, steps)
-            time.sleep(0.5)
+        shell = "cat /run/provision/boot-times.json 2>/dev/null || true"
+        steps = steps_with_services(
+            lambda: parse_steps(json.loads(machine.shell(shell) or '{"steps": []}')),
+            time.monotonic() + 10,
+        )
+        return Boot(took, started, cpu, steps)
     finally:
         machine.kill()
 
@@ -171,18 +179,6 @@ def poll_agent(port: int, path: str, deadline: float) -> Any:
     raise SystemExit(f"the agent never answered {path}")
 
 
-def web_steps(port: int, deadline: float) -> Steps:
-    """boot-times.json as the agent serves it, once it has the services' starts (init
-    writes it a second after the last service started, at the lowest priority; at most
-    10 s, for the table)."""
-    deadline = min(deadline, time.monotonic() + 10)
-    while True:
-        steps = parse_steps(poll_agent(port, "/cgi-bin/boot-times", deadline))
-        if any(n.startswith("service ") for n, _ in steps) or time.monotonic() > deadline:
-            return steps
-        time.sleep(0.5)
-
-
 def time_web(kernel: Path, initrd: Path, out: Path, services: int) -> Boot:
     """To the agent's first answer with every service running (the uptime it reported)."""
     port = free_port()
@@ -196,7 +192,11 @@ def time_web(kernel: Path, initrd: Path, out: Path, services: int) -> Boot:
             states = [s["state"] for s in status["services"].values()]
             if len(states) == services and set(states) == {"running"}:
                 took, cpu = time.monotonic() - machine.started, qemu_cpu(machine)
-                return Boot(took, float(status["uptime"]), cpu, web_steps(port, deadline))
+                steps = steps_with_services(
+                    lambda: parse_steps(poll_agent(port, "/cgi-bin/boot-times", deadline)),
+                    min(deadline, time.monotonic() + 10),
+                )
+                return Boot(took, float(status["uptime"]), cpu, steps)
             time.sleep(0.1)
     finally:
         machine.kill()
